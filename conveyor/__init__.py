@@ -1,0 +1,53 @@
+"""conveyor: background jobs for Python.
+
+One API for a durable job queue over pluggable backends chosen by URL:
+memory://, sqlite:///path.db (the default), and more to come.
+"""
+
+from __future__ import annotations
+
+from conveyor.app import Conveyor
+from conveyor.backoff import Backoff
+from conveyor.context import JobContext
+from conveyor.events import Event
+from conveyor.job import (
+    BackendUnavailableError,
+    ConveyorError,
+    InvalidOptionError,
+    InvalidPayloadError,
+    Job,
+    JobState,
+    JobTimeoutError,
+    NotSupportedError,
+    Permanent,
+    PermanentError,
+    UnknownJobError,
+    UnsupportedURLError,
+)
+from conveyor.registry import JobType
+from conveyor.worker import Worker, WorkerSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "Backoff",
+    "Conveyor",
+    "ConveyorError",
+    "Event",
+    "InvalidOptionError",
+    "InvalidPayloadError",
+    "Job",
+    "JobContext",
+    "JobState",
+    "JobTimeoutError",
+    "JobType",
+    "NotSupportedError",
+    "Permanent",
+    "PermanentError",
+    "UnknownJobError",
+    "UnsupportedURLError",
+    "Worker",
+    "WorkerSettings",
+    "__version__",
+]

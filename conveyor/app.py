@@ -1,0 +1,424 @@
+"""Conveyor: the facade. Registry of job types, events, producer and admin calls.
+
+Shared rules live here once (option checks, payload validation, timestamps,
+events); a backend only stores and claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from types import EllipsisType, TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from conveyor._sync import Portal, blocking
+from conveyor.backends import from_url
+from conveyor.backends.base import Backend, CancelResult, NewJob, Retention
+from conveyor.backoff import BackoffLike
+from conveyor.events import Callback, EventBus
+from conveyor.job import (
+    FINAL_STATES,
+    InvalidOptionError,
+    Job,
+    JobState,
+    JobTimeoutError,
+    NotSupportedError,
+    UnknownJobError,
+    new_job_id,
+)
+from conveyor.registry import (
+    Handler,
+    JobDefaults,
+    JobType,
+    check_priority,
+    check_queue,
+    check_retries,
+    check_timeout,
+)
+
+if TYPE_CHECKING:
+    from conveyor.worker import Worker
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+
+EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
+CallbackT = TypeVar("CallbackT", bound=Callback)
+
+
+class Conveyor:
+    """The application object: `app = Conveyor("sqlite:///jobs.db")`.
+
+    The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
+    backend is opened on first use (or explicitly with `await app.open()` /
+    `async with app:`).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        keep_completed: int | None = 1000,
+        keep_failed: int | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        for name, value in (("keep_completed", keep_completed), ("keep_failed", keep_failed)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InvalidOptionError(f"{name} must be an integer >= 0 or None, got {value!r}")
+        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.backend: Backend = backend if backend is not None else from_url(self.url)
+        self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
+        self.registry: dict[str, JobType[Any]] = {}
+        self.events = EventBus()
+        self.portal = Portal()
+        self._open = False
+        self._open_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.url!r} jobs={sorted(self.registry)}>"
+
+    # ------------------------------------------------------------------ registry
+
+    def job(
+        self,
+        name: str,
+        *,
+        retries: int = 3,
+        timeout: float | None = 30.0,
+        priority: int = 0,
+        queue: str = "default",
+        backoff: BackoffLike | None = None,
+    ) -> Callable[[Handler], JobType[Any]]:
+        """Register a handler under `name` with its per-type defaults."""
+        defaults = JobDefaults(retries=retries, timeout=timeout, priority=priority, queue=queue)
+
+        def register(handler: Handler) -> JobType[Any]:
+            if name in self.registry:
+                raise InvalidOptionError(f"job name {name!r} is already registered")
+            job_type: JobType[Any] = JobType(self, name, handler, defaults, backoff)
+            self.registry[name] = job_type
+            return job_type
+
+        return register
+
+    def job_type(self, name: str) -> JobType[Any]:
+        try:
+            return self.registry[name]
+        except KeyError:
+            known = ", ".join(sorted(self.registry)) or "none registered"
+            raise UnknownJobError(f"unknown job name {name!r} (known: {known})") from None
+
+    @overload
+    def on(self, event: str, callback: None = None) -> Callable[[CallbackT], CallbackT]: ...
+
+    @overload
+    def on(self, event: str, callback: CallbackT) -> CallbackT: ...
+
+    def on(self, event: str, callback: Any = None) -> Any:
+        """Call `callback(event)` on a lifecycle event; usable as a decorator."""
+        if callback is None:
+
+            def decorate(cb: CallbackT) -> CallbackT:
+                self.events.on(event, cb)
+                return cb
+
+            return decorate
+        self.events.on(event, callback)
+        return callback
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._open:
+                await self.backend.open()
+                self._open = True
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self.backend.close()
+
+    def close_sync(self) -> None:
+        """Close the backend and stop the helper loop used by the `_sync` calls."""
+        try:
+            self.portal.call(self.close, "close")
+        finally:
+            self.portal.stop()
+
+    async def __aenter__(self) -> Conveyor:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _backend(self) -> Backend:
+        if not self._open:
+            await self.open()
+        return self.backend
+
+    # ------------------------------------------------------------------ producing
+
+    def _new_job(
+        self,
+        name: str,
+        payload: Any,
+        now: float,
+        *,
+        key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | EllipsisType | None = ...,
+        queue: str | None = None,
+    ) -> NewJob:
+        job_type = self.job_type(name)
+        defaults = job_type.defaults
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidOptionError(f"key must be a non-empty string or None, got {key!r}")
+        return NewJob(
+            id=new_job_id(),
+            name=name,
+            queue=defaults.queue if queue is None else check_queue(queue),
+            payload=job_type.encode_payload(payload),
+            priority=defaults.priority if priority is None else check_priority(priority),
+            max_retries=defaults.retries if retries is None else check_retries(retries),
+            timeout=defaults.timeout if timeout is ... else check_timeout(timeout),
+            key=key,
+            created_at=now,
+            run_at=_due_time(now, delay, run_at),
+        )
+
+    async def enqueue(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | EllipsisType | None = ...,
+        queue: str | None = None,
+    ) -> Job:
+        """Store one job. Options left out take the job type's defaults.
+
+        With `key`, a job that the backend still retains under the same key is
+        returned instead (its `duplicate` is True) and nothing new is stored.
+        """
+        new = self._new_job(
+            name,
+            payload,
+            time.time(),
+            key=key,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+            queue=queue,
+        )
+        backend = await self._backend()
+        (job,) = await backend.enqueue([new])
+        if not job.duplicate:
+            self.events.emit("job.enqueued", job)
+        return job
+
+    async def enqueue_many(self, items: Iterable[EnqueueItem]) -> list[Job]:
+        """Store many jobs in one round trip: `[(name, payload), (name, payload,
+        {"delay": 5, ...}), ...]`. Every item is checked before anything is
+        stored, so one bad item stores none."""
+        now = time.time()
+        batch: list[NewJob] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise InvalidOptionError(
+                    f"enqueue_many item {index} must be (name, payload) or "
+                    f"(name, payload, options), got {item!r}"
+                )
+            options: dict[str, Any] = item[2] if len(item) == 3 else {}
+            try:
+                batch.append(self._new_job(item[0], item[1], now, **options))
+            except TypeError as exc:
+                raise InvalidOptionError(f"enqueue_many item {index}: {exc}") from exc
+        if not batch:
+            return []
+        backend = await self._backend()
+        jobs = await backend.enqueue(batch)
+        if self.events.wants("job.enqueued"):
+            for job in jobs:
+                if not job.duplicate:
+                    self.events.emit("job.enqueued", job)
+        return jobs
+
+    # ------------------------------------------------------------------ inspecting
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return await (await self._backend()).get(job_id)
+
+    async def get_job_by_key(self, key: str) -> Job | None:
+        return await (await self._backend()).get_by_key(key)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Wait until the job is completed, failed or cancelled; return it.
+
+        Raises JobTimeoutError after `timeout` seconds, UnknownJobError if the
+        job does not exist (or was trimmed by retention before we saw it)."""
+        backend = await self._backend()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            job = await backend.get(job_id)
+            if job is None:
+                raise UnknownJobError(f"no job with id {job_id!r}")
+            if job.state in FINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeoutError(f"job {job_id} is still {job.state.value} after {timeout} s")
+            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
+            pause = min(pause * 1.5, 0.25)
+
+    async def list_jobs(
+        self,
+        state: JobState | str | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job]:
+        backend = await self._backend()
+        self._require(backend.capabilities.list_jobs, "listing jobs")
+        if limit < 0 or offset < 0:
+            raise InvalidOptionError("limit and offset must be >= 0")
+        return await backend.list(
+            state=_state(state), name=name, queue=queue, limit=limit, offset=offset
+        )
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per queue and state: `{"default": {"queued": 3, ...}}`."""
+        backend = await self._backend()
+        self._require(backend.capabilities.stats, "stats")
+        return await backend.stats()
+
+    # ------------------------------------------------------------------ administering
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job. A pending one is cancelled at once; a running one has
+        its `ctx.cancelled` set at the worker's next heartbeat. False when the
+        job does not exist or already finished."""
+        backend = await self._backend()
+        self._require(backend.capabilities.cancel, "cancel")
+        outcome = await backend.cancel(job_id, time.time())
+        if outcome is CancelResult.CANCELLED and self.events.wants("job.cancelled"):
+            self.events.emit("job.cancelled", await backend.get(job_id))
+        return outcome in (CancelResult.CANCELLED, CancelResult.REQUESTED)
+
+    async def retry(self, job_id: str) -> Job | None:
+        """Queue a failed or cancelled job again for one more attempt. None when
+        there is no such job or it is not failed/cancelled."""
+        backend = await self._backend()
+        self._require(backend.capabilities.retry, "retry")
+        return await backend.retry(job_id, time.time())
+
+    async def purge(
+        self,
+        state: JobState | str | Sequence[JobState | str] = JobState.COMPLETED,
+        older_than: float | timedelta | None = None,
+        queue: str | None = None,
+    ) -> int:
+        """Delete jobs in the given state(s), optionally only those older than
+        `older_than` (seconds or timedelta). Running jobs are never purged."""
+        backend = await self._backend()
+        self._require(backend.capabilities.purge, "purge")
+        raw = [state] if isinstance(state, JobState | str) else list(state)
+        states = [s for s in (_state(x) for x in raw) if s is not None]
+        if JobState.RUNNING in states:
+            raise InvalidOptionError("running jobs cannot be purged; cancel them first")
+        cutoff = None
+        if older_than is not None:
+            seconds = (
+                older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+            )
+            if seconds < 0:
+                raise InvalidOptionError(f"older_than must be >= 0, got {older_than!r}")
+            cutoff = time.time() - seconds
+        return await backend.purge(states, cutoff, queue)
+
+    @staticmethod
+    def _require(supported: bool, what: str) -> None:
+        if not supported:
+            raise NotSupportedError(f"this backend does not support {what}")
+
+    # ------------------------------------------------------------------ workers
+
+    def worker(
+        self,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        **settings: Any,
+    ) -> Worker:
+        """A worker for this app: `async with app.worker():` runs it in this
+        event loop; `await app.worker().run()` runs until SIGTERM/SIGINT."""
+        from conveyor.worker import Worker, WorkerSettings
+
+        settings_ = WorkerSettings.build(concurrency=concurrency, queues=queues, **settings)
+        return Worker(self, settings_)
+
+    # ------------------------------------------------------------------ blocking twins
+
+    enqueue_sync = blocking(enqueue)
+    enqueue_many_sync = blocking(enqueue_many)
+    get_job_sync = blocking(get_job)
+    get_job_by_key_sync = blocking(get_job_by_key)
+    wait_sync = blocking(wait)
+    list_jobs_sync = blocking(list_jobs)
+    stats_sync = blocking(stats)
+    cancel_sync = blocking(cancel)
+    retry_sync = blocking(retry)
+    purge_sync = blocking(purge)
+
+
+def _state(value: JobState | str | None) -> JobState | None:
+    if value is None or isinstance(value, JobState):
+        return value
+    try:
+        return JobState(value)
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise InvalidOptionError(f"unknown job state {value!r}; known: {known}") from None
+
+
+def _due_time(now: float, delay: float | timedelta | None, run_at: datetime | None) -> float:
+    if delay is not None and run_at is not None:
+        raise InvalidOptionError("give either delay or run_at, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidOptionError(f"run_at must be a datetime, got {run_at!r}")
+        if run_at.tzinfo is None:
+            raise InvalidOptionError(
+                "run_at must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...))"
+            )
+        return run_at.timestamp()
+    if delay is None:
+        return now
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidOptionError(f"delay must be seconds or a timedelta, got {delay!r}")
+    if seconds < 0:
+        raise InvalidOptionError(f"delay must be >= 0 seconds, got {delay!r}")
+    return now + seconds

@@ -1,0 +1,203 @@
+"""The one seam between the engine (facade, worker) and storage.
+
+A backend stores jobs and hands them out under leases; it knows nothing of
+handlers, retries policy or events. Every method is batch-shaped so a backend
+can do a whole batch in one round trip (one transaction, one Lua script).
+
+Contract every backend keeps (the conformance suite checks it):
+
+* Times are epoch seconds (float) in and out of the protocol, except inside
+  `Job` records, which carry aware UTC datetimes.
+* Payloads and results cross the seam as JSON text (`NewJob.payload`,
+  `Outcome.result`), already validated and encoded by the facade or worker; a
+  backend stores the text and decodes it only when it builds a `Job` record
+  (`Job.payload` and `Job.result` are Python values).
+* `enqueue` stores each `NewJob` with state `scheduled` when `run_at > now`,
+  else `queued`. A job whose `key` matches a job the backend still retains is
+  not stored: the existing record comes back with `duplicate=True`. Within one
+  batch a repeated key is a duplicate of its first occurrence.
+* `claim` first promotes due `scheduled` jobs to `queued`, then takes up to
+  `limit` `queued` jobs of the given queues ordered by (priority, run_at,
+  enqueue order), sets them `running`, increments `attempts` (the new value is
+  the claim's fencing token), sets `started_at`, a lease until `now + lease`,
+  and returns them in that order.
+* Every call that acts on a running job carries `(job_id, token)` and is
+  refused (returns False / LOST) unless the job is still `running` with
+  `attempts == token`. `heartbeat` is additionally refused once the lease has
+  expired, so a worker that lost its lease learns it at once.
+* `finish` applies outcomes: COMPLETED (result, trims completed jobs of that
+  queue beyond `keep_completed`), FAILED (final, error; trims failed beyond
+  `keep_failed` when set), SCHEDULED (a retry at `run_at`, error kept),
+  CANCELLED, and QUEUED (handed back at shutdown: lease dropped, the attempt
+  not counted).
+* `recover_expired` takes every `running` job whose lease expired, adds one to
+  its `stalls`, and requeues it (attempt already counted), or fails it with an
+  error naming the stalls when `stalls > max_stalled`.
+* `cancel` of a scheduled/queued job makes it `cancelled` at once; of a
+  running job it sets `cancel_requested`, which the next heartbeat reports.
+* A backend may be called from more than one event loop (the blocking twins
+  run on a helper thread's loop), so it keeps no loop-bound state it cannot
+  rebuild per loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from conveyor.job import Job, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do. The facade raises NotSupportedError for the rest."""
+
+    list_jobs: bool = True
+    cancel: bool = True
+    retry: bool = True
+    purge: bool = True
+    stats: bool = True
+    progress: bool = True
+    recurring: bool = False
+    locks: bool = False
+    cache: bool = False
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job to store, with every option already resolved by the facade."""
+
+    id: str
+    name: str
+    queue: str
+    payload: str  # JSON text
+    priority: int
+    max_retries: int
+    timeout: float | None
+    key: str | None
+    created_at: float
+    run_at: float
+
+
+class OutcomeKind(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SCHEDULED = "scheduled"  # retry later
+    CANCELLED = "cancelled"
+    QUEUED = "queued"  # handed back unfinished at shutdown
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one claimed job ended, reported with the claim's fencing token."""
+
+    job_id: str
+    token: int
+    kind: OutcomeKind
+    at: float
+    result: str | None = None  # JSON text
+    error: str | None = None
+    run_at: float | None = None  # for SCHEDULED
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    progress: float | None = None
+
+
+class LeaseStatus(enum.StrEnum):
+    HELD = "held"  # lease renewed
+    CANCEL = "cancel"  # lease renewed, and a cancel was requested
+    LOST = "lost"  # fenced off: expired, recovered, or finished elsewhere
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    job_id: str
+    token: int
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    keep_completed: int | None = 1000  # per queue; None keeps all
+    keep_failed: int | None = None  # per queue; None keeps until purged
+
+
+class CancelResult(enum.StrEnum):
+    CANCELLED = "cancelled"  # was pending, now cancelled
+    REQUESTED = "requested"  # running; the worker is told at its next heartbeat
+    FINAL = "final"  # already completed/failed/cancelled: nothing done
+    NOT_FOUND = "not_found"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage for jobs. See the module docstring for the contract."""
+
+    url: str
+    capabilities: Capabilities
+
+    async def open(self) -> None:
+        """Connect / create the schema. Idempotent. Raises BackendUnavailableError."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    # -- producing
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Store jobs (one round trip); return one record per input, in order."""
+
+    # -- consuming
+    async def claim(self, queues: Sequence[str], limit: int, lease: float, now: float) -> list[Job]:
+        """Promote due scheduled jobs, then lease up to `limit` queued ones."""
+
+    async def heartbeat(
+        self, beats: Sequence[Heartbeat], lease: float, now: float
+    ) -> list[LeaseStatus]:
+        """Extend leases (and append logs); one status per beat, in order."""
+
+    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
+        """Apply outcomes; True where the token still held the job."""
+
+    async def progress(
+        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+    ) -> bool:
+        """Record progress and log lines on a running job (fenced)."""
+
+    async def recover_expired(self, now: float, max_stalled: int) -> list[Job]:
+        """Requeue or fail running jobs whose lease expired; return them."""
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may be available (an enqueue, a due scheduled job)
+        or after `timeout` seconds, without spinning."""
+
+    # -- inspecting and administering
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def get_by_key(self, key: str) -> Job | None: ...
+
+    async def list(
+        self,
+        *,
+        state: JobState | None,
+        name: str | None,
+        queue: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Job]:
+        """Newest first."""
+
+    async def cancel(self, job_id: str, now: float) -> CancelResult: ...
+
+    async def retry(self, job_id: str, now: float) -> Job | None:
+        """Put a failed or cancelled job back as queued for one more attempt;
+        None when there is no such job or it is not failed/cancelled."""
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """{queue: {state: count}} for every state, zeros included."""
+
+    async def purge(
+        self, states: Sequence[JobState], older_than: float | None, queue: str | None
+    ) -> int:
+        """Delete jobs in these states (never running ones) finished, or for
+        pending ones created, before `older_than` (an epoch time; None: all)."""

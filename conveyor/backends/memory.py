@@ -1,0 +1,402 @@
+"""In-process backend for tests and experiments: everything in dicts and heaps.
+
+It implements the whole contract of `backends.base` (the conformance suite
+holds it to account like any other backend), so code tested on `memory://`
+behaves the same on a real backend. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.backends._notify import Notifier
+from conveyor.backends.base import (
+    CancelResult,
+    Capabilities,
+    Heartbeat,
+    LeaseStatus,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Retention,
+)
+from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState, utc
+
+
+@dataclass(slots=True)
+class _Record:
+    seq: int
+    id: str
+    name: str
+    queue: str
+    payload: str  # JSON text, decoded per snapshot so callers never share objects
+    state: JobState
+    priority: int
+    max_retries: int
+    timeout: float | None
+    key: str | None
+    created_at: float
+    run_at: float
+    attempts: int = 0
+    result: str | None = None
+    error: str | None = None
+    progress: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_until: float = 0.0
+    stalls: int = 0
+    cancel_requested: bool = False
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    def snapshot(self, duplicate: bool = False) -> Job:
+        return Job(
+            id=self.id,
+            name=self.name,
+            queue=self.queue,
+            payload=json.loads(self.payload),
+            state=self.state,
+            attempts=self.attempts,
+            max_retries=self.max_retries,
+            priority=self.priority,
+            key=self.key,
+            result=None if self.result is None else json.loads(self.result),
+            error=self.error,
+            progress=self.progress,
+            created_at=utc(self.created_at),
+            run_at=utc(self.run_at),
+            started_at=utc(self.started_at),
+            finished_at=utc(self.finished_at),
+            timeout=self.timeout,
+            logs=list(self.logs),
+            stalls=self.stalls,
+            cancel_requested=self.cancel_requested,
+            duplicate=duplicate,
+        )
+
+
+class MemoryBackend:
+    """`memory://` — one store per backend object, shared by every loop using it."""
+
+    capabilities = Capabilities(recurring=False, locks=False, cache=False)
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._notifier = Notifier()
+        self._seq = 0
+        self._jobs: dict[str, _Record] = {}
+        self._keys: dict[str, str] = {}
+        # Heaps hold ids with their sort keys; stale entries (a job that moved
+        # on) are skipped when popped, which is cheaper than removing them.
+        self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
+        self._scheduled: list[tuple[float, int, str]] = []
+        self._running: dict[str, _Record] = {}
+        self._finished: dict[tuple[str, JobState], deque[str]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # ----------------------------------------------------------------- producing
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        now = time.time()
+        out: list[Job] = []
+        with self._lock:
+            for new in jobs:
+                if new.key is not None and new.key in self._keys:
+                    out.append(self._jobs[self._keys[new.key]].snapshot(duplicate=True))
+                    continue
+                self._seq += 1
+                rec = _Record(
+                    seq=self._seq,
+                    id=new.id,
+                    name=new.name,
+                    queue=new.queue,
+                    payload=new.payload,
+                    state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED,
+                    priority=new.priority,
+                    max_retries=new.max_retries,
+                    timeout=new.timeout,
+                    key=new.key,
+                    created_at=new.created_at,
+                    run_at=new.run_at,
+                )
+                self._jobs[rec.id] = rec
+                if rec.key is not None:
+                    self._keys[rec.key] = rec.id
+                self._make_pending(rec, rec.state)
+                out.append(rec.snapshot())
+        self._notifier.notify()
+        return out
+
+    def _make_pending(self, rec: _Record, state: JobState) -> None:
+        rec.state = state
+        if state is JobState.QUEUED:
+            heapq.heappush(
+                self._ready.setdefault(rec.queue, []),
+                (rec.priority, rec.run_at, rec.seq, rec.id),
+            )
+        else:
+            heapq.heappush(self._scheduled, (rec.run_at, rec.seq, rec.id))
+
+    # ----------------------------------------------------------------- consuming
+
+    def _promote(self, now: float) -> None:
+        heap = self._scheduled
+        while heap and heap[0][0] <= now:
+            run_at, _, job_id = heapq.heappop(heap)
+            rec = self._jobs.get(job_id)
+            if rec is not None and rec.state is JobState.SCHEDULED and rec.run_at == run_at:
+                self._make_pending(rec, JobState.QUEUED)
+
+    async def claim(self, queues: Sequence[str], limit: int, lease: float, now: float) -> list[Job]:
+        claimed: list[Job] = []
+        with self._lock:
+            self._promote(now)
+            heaps = [h for q in queues if (h := self._ready.get(q))]
+            while len(claimed) < limit and heaps:
+                heap = min(heaps, key=lambda h: h[0]) if len(heaps) > 1 else heaps[0]
+                priority, run_at, _, job_id = heapq.heappop(heap)
+                if not heap:
+                    heaps.remove(heap)
+                rec = self._jobs.get(job_id)
+                if (
+                    rec is None
+                    or rec.state is not JobState.QUEUED
+                    or rec.priority != priority
+                    or rec.run_at != run_at
+                ):
+                    continue
+                rec.state = JobState.RUNNING
+                rec.attempts += 1
+                rec.started_at = now
+                rec.lease_until = now + lease
+                rec.cancel_requested = False
+                self._running[rec.id] = rec
+                claimed.append(rec.snapshot())
+        return claimed
+
+    def _held(self, job_id: str, token: int) -> _Record | None:
+        rec = self._running.get(job_id)
+        if rec is None or rec.attempts != token:
+            return None
+        return rec
+
+    async def heartbeat(
+        self, beats: Sequence[Heartbeat], lease: float, now: float
+    ) -> list[LeaseStatus]:
+        statuses: list[LeaseStatus] = []
+        with self._lock:
+            for beat in beats:
+                rec = self._held(beat.job_id, beat.token)
+                if rec is None or rec.lease_until < now:
+                    statuses.append(LeaseStatus.LOST)
+                    continue
+                rec.lease_until = now + lease
+                rec.logs.extend(beat.logs)
+                statuses.append(LeaseStatus.CANCEL if rec.cancel_requested else LeaseStatus.HELD)
+        return statuses
+
+    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
+        accepted: list[bool] = []
+        requeued = False
+        with self._lock:
+            for out in outcomes:
+                rec = self._held(out.job_id, out.token)
+                if rec is None:
+                    accepted.append(False)
+                    continue
+                del self._running[rec.id]
+                rec.logs.extend(out.logs)
+                if out.progress is not None:
+                    rec.progress = out.progress
+                kind = out.kind
+                if kind is OutcomeKind.QUEUED:
+                    rec.attempts -= 1
+                    rec.started_at = None
+                    rec.run_at = out.at
+                    self._make_pending(rec, JobState.QUEUED)
+                    requeued = True
+                elif kind is OutcomeKind.SCHEDULED:
+                    rec.error = out.error
+                    rec.run_at = out.run_at if out.run_at is not None else out.at
+                    self._make_pending(
+                        rec, JobState.SCHEDULED if rec.run_at > out.at else JobState.QUEUED
+                    )
+                    requeued = True
+                else:
+                    rec.state = JobState(kind.value)
+                    rec.finished_at = out.at
+                    if kind is OutcomeKind.COMPLETED:
+                        rec.result = out.result
+                        rec.error = None
+                        rec.progress = 100.0
+                    else:
+                        rec.error = out.error
+                        rec.result = out.result
+                    self._retain(rec, retention)
+                accepted.append(True)
+        if requeued:
+            self._notifier.notify()
+        return accepted
+
+    def _retain(self, rec: _Record, retention: Retention) -> None:
+        keep = {
+            JobState.COMPLETED: retention.keep_completed,
+            JobState.FAILED: retention.keep_failed,
+        }.get(rec.state)
+        ring = self._finished.setdefault((rec.queue, rec.state), deque())
+        ring.append(rec.id)
+        if keep is None:
+            return
+        while len(ring) > keep:
+            old = self._jobs.get(ring.popleft())
+            if old is not None and old.state is rec.state:
+                self._delete(old)
+
+    def _delete(self, rec: _Record) -> None:
+        del self._jobs[rec.id]
+        if rec.key is not None and self._keys.get(rec.key) == rec.id:
+            del self._keys[rec.key]
+
+    async def progress(
+        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+    ) -> bool:
+        with self._lock:
+            rec = self._held(job_id, token)
+            if rec is None:
+                return False
+            if progress is not None:
+                rec.progress = progress
+            rec.logs.extend(logs)
+            return True
+
+    async def recover_expired(self, now: float, max_stalled: int) -> list[Job]:
+        recovered: list[Job] = []
+        with self._lock:
+            for rec in [r for r in self._running.values() if r.lease_until < now]:
+                del self._running[rec.id]
+                rec.stalls += 1
+                if rec.stalls > max_stalled:
+                    rec.state = JobState.FAILED
+                    rec.finished_at = now
+                    rec.error = (
+                        f"lease expired {rec.stalls} times (worker lost); "
+                        f"max_stalled is {max_stalled}"
+                    )
+                else:
+                    rec.run_at = now
+                    rec.started_at = None
+                    self._make_pending(rec, JobState.QUEUED)
+                recovered.append(rec.snapshot())
+        if recovered:
+            self._notifier.notify()
+        return recovered
+
+    def _has_due_work(self, queues: Sequence[str]) -> bool:
+        with self._lock:
+            if self._scheduled and self._scheduled[0][0] <= time.time():
+                return True
+            return any(self._ready.get(q) for q in queues)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        with self._lock:
+            if self._scheduled:
+                timeout = min(timeout, max(0.0, self._scheduled[0][0] - time.time()))
+        await self._notifier.wait(timeout, ready=lambda: self._has_due_work(queues))
+
+    # ----------------------------------------------------------------- inspecting
+
+    async def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            rec = self._jobs.get(job_id)
+            return None if rec is None else rec.snapshot()
+
+    async def get_by_key(self, key: str) -> Job | None:
+        with self._lock:
+            job_id = self._keys.get(key)
+            return None if job_id is None else self._jobs[job_id].snapshot()
+
+    async def list(
+        self,
+        *,
+        state: JobState | None,
+        name: str | None,
+        queue: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Job]:
+        with self._lock:
+            recs = [
+                r
+                for r in self._jobs.values()
+                if (state is None or r.state is state)
+                and (name is None or r.name == name)
+                and (queue is None or r.queue == queue)
+            ]
+            recs.sort(key=lambda r: r.seq, reverse=True)
+            return [r.snapshot() for r in recs[offset : offset + limit]]
+
+    async def cancel(self, job_id: str, now: float) -> CancelResult:
+        with self._lock:
+            rec = self._jobs.get(job_id)
+            if rec is None:
+                return CancelResult.NOT_FOUND
+            if rec.state in FINAL_STATES:
+                return CancelResult.FINAL
+            if rec.state is JobState.RUNNING:
+                rec.cancel_requested = True
+                return CancelResult.REQUESTED
+            rec.state = JobState.CANCELLED
+            rec.finished_at = now
+            return CancelResult.CANCELLED
+
+    async def retry(self, job_id: str, now: float) -> Job | None:
+        with self._lock:
+            rec = self._jobs.get(job_id)
+            if rec is None or rec.state not in (JobState.FAILED, JobState.CANCELLED):
+                return None
+            rec.max_retries = max(rec.max_retries, rec.attempts)
+            rec.run_at = now
+            rec.finished_at = None
+            rec.stalls = 0
+            self._make_pending(rec, JobState.QUEUED)
+            job = rec.snapshot()
+        self._notifier.notify()
+        return job
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for rec in self._jobs.values():
+                counts = out.setdefault(rec.queue, {s.value: 0 for s in JobState})
+                counts[rec.state.value] += 1
+        return out
+
+    async def purge(
+        self, states: Sequence[JobState], older_than: float | None, queue: str | None
+    ) -> int:
+        wanted = set(states) - {JobState.RUNNING}
+        removed = 0
+        with self._lock:
+            for rec in list(self._jobs.values()):
+                if rec.state not in wanted or (queue is not None and rec.queue != queue):
+                    continue
+                stamp = rec.created_at if rec.state in PENDING_STATES else rec.finished_at
+                if older_than is not None and (stamp is None or stamp >= older_than):
+                    continue
+                if rec.state in PENDING_STATES:
+                    rec.state = JobState.CANCELLED  # makes heap entries stale
+                self._delete(rec)
+                removed += 1
+        return removed

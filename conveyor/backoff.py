@@ -1,0 +1,66 @@
+"""How long a failed job waits before its next attempt."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from conveyor.job import InvalidOptionError
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before retry number `attempt` (1 = the first retry).
+
+    Exponential by default: `base * factor ** (attempt - 1)`, capped at
+    `maximum`, then spread by `jitter` (0.25 draws from 75 % to 125 %) so a burst
+    of failures does not come back as a burst.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    maximum: float = 3600.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.factor < 1 or self.maximum < 0 or not 0 <= self.jitter <= 1:
+            raise InvalidOptionError(
+                "backoff needs base >= 0, factor >= 1, maximum >= 0 and 0 <= jitter <= 1"
+            )
+
+    @classmethod
+    def exponential(
+        cls, base: float = 1.0, factor: float = 2.0, maximum: float = 3600.0, jitter: float = 0.25
+    ) -> Backoff:
+        return cls(base, factor, maximum, jitter)
+
+    @classmethod
+    def fixed(cls, seconds: float, jitter: float = 0.0) -> Backoff:
+        return cls(seconds, 1.0, seconds, jitter)
+
+    def delay(self, attempt: int) -> float:
+        raw = min(self.maximum, self.base * self.factor ** max(0, attempt - 1))
+        if self.jitter:
+            raw *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(0.0, raw)
+
+
+BackoffLike = Backoff | float | int | Callable[[int], float]
+
+
+def as_backoff(value: BackoffLike | None) -> Callable[[int], float]:
+    """Normalise what users may pass as `backoff=` into attempt -> seconds."""
+    if value is None:
+        return Backoff().delay
+    if isinstance(value, Backoff):
+        return value.delay
+    if isinstance(value, bool):
+        raise InvalidOptionError("backoff must be seconds, a Backoff or a callable, not a bool")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise InvalidOptionError(f"backoff must be >= 0 seconds, got {value}")
+        return Backoff.fixed(float(value)).delay
+    if callable(value):
+        return value
+    raise InvalidOptionError(f"backoff must be seconds, a Backoff or a callable, got {value!r}")

@@ -1,0 +1,169 @@
+"""Jobs as data: the record, its states, per-enqueue options and the errors.
+
+Nothing here does I/O. Backends build `Job` records; the facade and the worker
+read them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life.
+
+    `scheduled` waits for `run_at` (a delay or a retry's backoff); `queued` is
+    due and waits for a worker; `running` is held by a worker's lease;
+    `completed`, `failed` (retries exhausted: the dead-letter set) and
+    `cancelled` are final.
+    """
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+PENDING_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
+
+
+def utc(ts: float | None) -> datetime | None:
+    """An epoch timestamp as an aware UTC datetime (backends store floats)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+_last_id_ms = 0
+_id_counter = 0
+
+
+def new_job_id() -> str:
+    """A unique id that sorts by creation time: 12 hex digits of milliseconds,
+    4 of a per-process counter, 8 random. Made client-side so a batch needs no
+    round trip to learn its ids."""
+    global _last_id_ms, _id_counter
+    ms = int(time.time() * 1000)
+    if ms == _last_id_ms:
+        _id_counter = (_id_counter + 1) & 0xFFFF
+    else:
+        _last_id_ms, _id_counter = ms, 0
+    return f"{ms:012x}{_id_counter:04x}{os.urandom(4).hex()}"
+
+
+@dataclass(slots=True)
+class Job:
+    """A snapshot of one job as the backend holds it.
+
+    Timestamps are aware UTC datetimes. `attempts` counts claims, so while a job
+    runs it is the current attempt (1-based) and serves as the fencing token.
+    `duplicate` is True on the record returned by an enqueue whose idempotency
+    key already existed.
+    """
+
+    id: str
+    name: str
+    queue: str
+    payload: Any
+    state: JobState
+    attempts: int = 0
+    max_retries: int = 3
+    priority: int = 0
+    key: str | None = None
+    result: Any = None
+    error: str | None = None
+    progress: float = 0.0
+    created_at: datetime | None = None
+    run_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timeout: float | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    stalls: int = 0
+    cancel_requested: bool = False
+    duplicate: bool = False
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view, used by the CLI and the dashboard."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queue": self.queue,
+            "payload": self.payload,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "priority": self.priority,
+            "key": self.key,
+            "result": self.result,
+            "error": self.error,
+            "progress": self.progress,
+            "created_at": _iso(self.created_at),
+            "run_at": _iso(self.run_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "timeout": self.timeout,
+            "stalls": self.stalls,
+            "logs": self.logs,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConveyorError(Exception):
+    """Base class of every error conveyor raises on purpose."""
+
+
+class UnknownJobError(ConveyorError, LookupError):
+    """No job type is registered under this name."""
+
+
+class InvalidPayloadError(ConveyorError, ValueError):
+    """The payload does not fit the job type's model, or is not JSON."""
+
+
+class InvalidOptionError(ConveyorError, ValueError):
+    """An enqueue or configuration option is out of range."""
+
+
+class UnsupportedURLError(ConveyorError, ValueError):
+    """The backend URL names a scheme conveyor does not know."""
+
+
+class BackendUnavailableError(ConveyorError, ConnectionError):
+    """The backend cannot be reached or opened."""
+
+
+class NotSupportedError(ConveyorError, NotImplementedError):
+    """The backend declared that it cannot do this (see its capabilities)."""
+
+
+class JobTimeoutError(ConveyorError, TimeoutError):
+    """`wait()` ran out of time before the job reached a final state."""
+
+
+class Permanent(ConveyorError):
+    """Raise from a handler to fail the job at once, skipping its retries."""
+
+
+# Longer spelling for people who prefer exception names to end in Error.
+PermanentError = Permanent

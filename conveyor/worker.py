@@ -1,0 +1,568 @@
+"""The worker: claim loop, concurrency, heartbeats, timeouts, recovery, shutdown.
+
+It talks to storage only through the `Backend` protocol. Claims and
+acknowledgements are batched: a claim takes as many jobs as there are free
+slots, and outcomes that finish while an acknowledgement is in flight are
+sent together in the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from conveyor.backends.base import Heartbeat, LeaseStatus, Outcome, OutcomeKind
+from conveyor.context import JobContext
+from conveyor.job import InvalidOptionError, Job, JobState, Permanent, utc
+from conveyor.registry import encode_json
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.registry import JobType
+
+logger = logging.getLogger("conveyor.worker")
+
+# Why a handler was told to stop; decides the outcome that gets recorded.
+CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Every knob of a worker. `build()` applies the environment under code."""
+
+    concurrency: int = 10
+    queues: tuple[str, ...] | None = None  # None: every queue the app's job types use
+    lease: float = 30.0
+    heartbeat_interval: float | None = None  # None: min(lease / 3, 1 s)
+    recover_interval: float | None = None  # None: min(lease / 2, 5 s)
+    max_stalled: int = 1
+    shutdown_timeout: float = 30.0
+    poll_interval: float = 1.0  # longest idle wait between claims
+    scheduler: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise InvalidOptionError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.lease <= 0:
+            raise InvalidOptionError(f"lease must be > 0 seconds, got {self.lease}")
+        if self.max_stalled < 0:
+            raise InvalidOptionError(f"max_stalled must be >= 0, got {self.max_stalled}")
+        if self.shutdown_timeout < 0:
+            raise InvalidOptionError("shutdown_timeout must be >= 0")
+        if self.queues is not None and not all(self.queues):
+            raise InvalidOptionError(f"queue names must be non-empty, got {self.queues!r}")
+
+    @property
+    def heartbeat_every(self) -> float:
+        return self.heartbeat_interval or min(self.lease / 3, 1.0)
+
+    @property
+    def recover_every(self) -> float:
+        return self.recover_interval or min(self.lease / 2, 5.0)
+
+    @classmethod
+    def build(cls, **given: Any) -> WorkerSettings:
+        """Settings from code (`given`, None meaning "not given"), under which the
+        environment fills what code left out. The CLI passes its flags here too,
+        so flags win over the environment, which wins over defaults."""
+        values = {k: v for k, v in given.items() if v is not None}
+        env_readers: dict[str, tuple[str, Any]] = {
+            "concurrency": ("CONVEYOR_CONCURRENCY", int),
+            "queues": ("CONVEYOR_QUEUES", _split_queues),
+            "shutdown_timeout": ("CONVEYOR_SHUTDOWN_TIMEOUT", float),
+            "scheduler": ("CONVEYOR_SCHEDULER", _parse_bool),
+        }
+        for key, (var, parse) in env_readers.items():
+            raw = _env(var)
+            if key not in values and raw is not None:
+                try:
+                    values[key] = parse(raw)
+                except ValueError as exc:
+                    raise InvalidOptionError(f"bad {var}={raw!r}: {exc}") from exc
+        if "queues" in values and values["queues"] is not None:
+            values["queues"] = tuple(values["queues"])
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidOptionError(f"unknown worker settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def _split_queues(raw: str) -> tuple[str, ...]:
+    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
+    if not queues:
+        raise ValueError("no queue names")
+    return queues
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    ctx: JobContext
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Acks:
+    """Outcomes waiting to be sent, with the job each belongs to (for events)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, app: Conveyor, settings: WorkerSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.queues: tuple[str, ...] = settings.queues or _queues_of(app)
+        self._running: dict[str, _Running] = {}
+        self._acks = _Acks()
+        self._ack_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._force = False  # a second signal: hand back running jobs at once
+        self.processed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._started:
+            raise InvalidOptionError("this worker was already started; make a new one")
+        self._started = True
+        await self.app.open()
+        self._loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.settings.concurrency, thread_name_prefix="conveyor-job"
+        )
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
+            asyncio.create_task(self._recover_loop(), name="conveyor-recover"),
+        ]
+        logger.info(
+            "worker %s started: queues=%s concurrency=%d backend=%s",
+            self.id,
+            ",".join(self.queues),
+            self.settings.concurrency,
+            self.app.url,
+        )
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (or `stop()`), then shut down gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        try:
+            await self._stopping.wait()
+            await self.stop()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping.is_set():
+            logger.warning("second %s: handing back running jobs now", sig.name)
+            self._force = True
+            for running in list(self._running.values()):
+                self._tell_stop(running, RELEASED)
+            return
+        logger.info(
+            "%s received: finishing running jobs (up to %.0f s)",
+            sig.name,
+            self.settings.shutdown_timeout,
+        )
+        self._stopping.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, wait up to `timeout` (default: the shutdown timeout) for
+        running jobs, hand back the rest so another worker takes them at once."""
+        if self._stopped.is_set() or not self._started:
+            return
+        self._stopping.set()
+        self._slot_freed.set()
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        for task in self._loops[:1]:  # the claim loop first, so nothing new starts
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if tasks and not self._force:
+            await asyncio.wait(tasks, timeout=limit)
+        leftovers = list(self._running.values())
+        if leftovers:
+            logger.warning("handing back %d unfinished job(s)", len(leftovers))
+            for running in leftovers:
+                self._tell_stop(running, RELEASED)
+            await asyncio.wait([r.task for r in leftovers if r.task is not None], timeout=1.0)
+            for running in list(self._running.values()):
+                # A sync handler's thread cannot be interrupted: hand its job back anyway.
+                self._release(running)
+        await self._flush_acks()
+        for task in self._loops[1:]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.app.events.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+        logger.info("worker %s stopped after %d job(s)", self.id, self.processed)
+
+    def request_stop(self) -> None:
+        """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""
+        self._stopping.set()
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        return [r.job for r in self._running.values()]
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _claim_loop(self) -> None:
+        backend = self.app.backend
+        settings = self.settings
+        failures = 0
+        while not self._stopping.is_set():
+            free = settings.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                jobs = await backend.claim(self.queues, free, settings.lease, time.time())
+                if failures:
+                    logger.warning("backend reachable again after %d failed claim(s)", failures)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                pause = min(0.1 * 2**failures, 5.0)
+                logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
+                await self._sleep_unless_stopping(pause)
+                continue
+            if not jobs:
+                await self._idle(backend_wait=True)
+                continue
+            for job in jobs:
+                self._start_job(job)
+
+    async def _idle(self, backend_wait: bool) -> None:
+        waiter = asyncio.ensure_future(
+            self.app.backend.wait_for_work(self.queues, self.settings.poll_interval)
+        )
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, stopper):
+                if not fut.done():
+                    fut.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await waiter
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    # ------------------------------------------------------------------ running
+
+    def _start_job(self, job: Job) -> None:
+        assert self._loop is not None
+        ctx = JobContext(job, self._progress, self._loop)
+        running = _Running(job, ctx)
+        self._running[job.id] = running
+        running.task = self._loop.create_task(self._execute(running))
+
+    async def _execute(self, running: _Running) -> None:
+        job, ctx = running.job, running.ctx
+        events = self.app.events
+        job_type = self.app.registry.get(job.name)
+        if events.wants("job.started"):
+            events.emit("job.started", job)
+        outcome: Outcome | None
+        try:
+            if job_type is None:
+                raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
+            result = await self._call(job_type, job, ctx)
+            kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
+            outcome = Outcome(job.id, job.attempts, kind, time.time())
+            outcome.result = encode_json(result, f"the result of job {job.name!r}")
+        except asyncio.CancelledError:
+            outcome = self._stopped_outcome(job, ctx)
+            if outcome is None and ctx.stop_reason is None:
+                raise  # cancelled by someone else than us: let it propagate
+        except Permanent as exc:
+            outcome = self._failure(job, exc, final=True)
+        except Exception as exc:
+            if ctx.stop_reason is not None and ctx.stop_reason != TIMED_OUT:
+                outcome = self._stopped_outcome(job, ctx)
+            else:
+                outcome = self._failure(job, exc, final=False, job_type=job_type)
+        finally:
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+        if outcome is not None:
+            outcome.logs = ctx.take_logs()
+            self._ack(outcome, job)
+
+    async def _call(self, job_type: JobType[Any], job: Job, ctx: JobContext) -> Any:
+        payload = job_type.decode_payload(job.payload)
+        timeout = job.timeout
+        if job_type.is_async:
+            if timeout is None:
+                return await job_type.call(payload, ctx)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await job_type.call(payload, ctx)
+            except TimeoutError:
+                if ctx.stop_reason is None:
+                    ctx.mark_stopped(TIMED_OUT)
+                raise
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._pool, job_type.call, payload, ctx)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            # The thread cannot be interrupted; it is told to stop and its
+            # result, if it ever comes, is dropped.
+            if ctx.stop_reason is None:
+                ctx.mark_stopped(TIMED_OUT)
+            raise
+
+    def _stopped_outcome(self, job: Job, ctx: JobContext) -> Outcome | None:
+        now = time.time()
+        reason = ctx.stop_reason
+        if reason == CANCELLED:
+            return Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, now, error="cancelled")
+        if reason == RELEASED:
+            return Outcome(job.id, job.attempts, OutcomeKind.QUEUED, now)
+        return None  # LOST: another claim owns the job now; say nothing
+
+    def _failure(
+        self,
+        job: Job,
+        exc: BaseException,
+        *,
+        final: bool,
+        job_type: JobType[Any] | None = None,
+    ) -> Outcome:
+        now = time.time()
+        if isinstance(exc, TimeoutError) and job.timeout is not None:
+            error = f"TimeoutError: timed out after {job.timeout:g} s"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        if not final and job.attempts <= job.max_retries:
+            delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
+            return Outcome(
+                job.id, job.attempts, OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
+            )
+        return Outcome(job.id, job.attempts, OutcomeKind.FAILED, now, error=error)
+
+    def _tell_stop(self, running: _Running, reason: str) -> None:
+        running.ctx.mark_stopped(reason)
+        if running.task is not None and running.task.get_loop() is self._loop:
+            job_type = self.app.registry.get(running.job.name)
+            if job_type is None or job_type.is_async or reason in (RELEASED, LOST):
+                running.task.cancel()
+
+    def _release(self, running: _Running) -> None:
+        self._running.pop(running.job.id, None)
+        if running.task is not None:
+            running.task.cancel()
+        self._ack(
+            Outcome(running.job.id, running.job.attempts, OutcomeKind.QUEUED, time.time()),
+            running.job,
+        )
+
+    async def _progress(self, job: Job, percent: float | None, logs: list[dict[str, Any]]) -> bool:
+        held = await self.app.backend.progress(job.id, job.attempts, percent, logs)
+        if percent is not None:
+            job.progress = percent
+        if not held and job.id in self._running:
+            self._tell_stop(self._running[job.id], LOST)
+        return held
+
+    # ------------------------------------------------------------------ acknowledging
+
+    def _ack(self, outcome: Outcome, job: Job) -> None:
+        self._acks.outcomes.append(outcome)
+        self._acks.jobs.append(job)
+        if self._ack_task is None or self._ack_task.done():
+            assert self._loop is not None
+            self._ack_task = self._loop.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        backend = self.app.backend
+        failures = 0
+        while self._acks.outcomes:
+            batch, self._acks = self._acks, _Acks()
+            try:
+                accepted = await backend.finish(batch.outcomes, self.app.retention)
+            except Exception as exc:
+                # Keep them: a lost acknowledgement would make the job run again.
+                self._acks.outcomes[:0] = batch.outcomes
+                self._acks.jobs[:0] = batch.jobs
+                failures += 1
+                pause = min(0.1 * 2**failures, 5.0)
+                logger.error(
+                    "acknowledging %d job(s) failed (%s); retrying in %.1f s",
+                    len(batch.outcomes),
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                continue
+            failures = 0
+            self.processed += len(batch.outcomes)
+            self._emit_outcomes(batch, accepted)
+
+    def _emit_outcomes(self, batch: _Acks, accepted: Sequence[bool]) -> None:
+        events = self.app.events
+        for outcome, job, ok in zip(batch.outcomes, batch.jobs, accepted, strict=True):
+            if not ok:
+                logger.warning(
+                    "result of job %s attempt %d was refused: its lease was lost",
+                    job.id,
+                    outcome.token,
+                )
+                continue
+            kind = outcome.kind
+            if kind is OutcomeKind.FAILED:
+                logger.error("job %s %s failed for good: %s", job.name, job.id, outcome.error)
+            elif kind is OutcomeKind.SCHEDULED:
+                logger.warning(
+                    "job %s %s attempt %d failed (%s); retrying",
+                    job.name,
+                    job.id,
+                    job.attempts,
+                    outcome.error,
+                )
+            name = _EVENT_OF[kind]
+            if name is not None and events.wants(name):
+                events.emit(name, _finished_view(job, outcome))
+
+    # ------------------------------------------------------------------ leases
+
+    async def _heartbeat_loop(self) -> None:
+        backend = self.app.backend
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_every)
+            running = list(self._running.values())
+            if not running:
+                continue
+            beats = [Heartbeat(r.job.id, r.job.attempts, r.ctx.take_logs()) for r in running]
+            try:
+                statuses = await backend.heartbeat(beats, self.settings.lease, time.time())
+            except Exception as exc:
+                logger.error("heartbeat failed (%s); will retry", exc)
+                for r, beat in zip(running, beats, strict=True):
+                    r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
+                continue
+            for r, status in zip(running, statuses, strict=True):
+                if status is LeaseStatus.CANCEL:
+                    self._tell_stop(r, CANCELLED)
+                elif status is LeaseStatus.LOST and r.job.id in self._running:
+                    logger.warning("job %s lost its lease; abandoning this attempt", r.job.id)
+                    self._tell_stop(r, LOST)
+
+    async def _recover_loop(self) -> None:
+        backend = self.app.backend
+        while True:
+            try:
+                recovered = await backend.recover_expired(time.time(), self.settings.max_stalled)
+            except Exception as exc:
+                logger.error("lease recovery failed (%s); will retry", exc)
+                recovered = []
+            for job in recovered:
+                if job.state is JobState.FAILED:
+                    logger.error("job %s %s failed: %s", job.name, job.id, job.error)
+                    self.app.events.emit("job.failed", job)
+                else:
+                    logger.warning(
+                        "job %s %s: its worker's lease expired; queued again", job.name, job.id
+                    )
+            await asyncio.sleep(self.settings.recover_every)
+
+
+_EVENT_OF: dict[OutcomeKind, str | None] = {
+    OutcomeKind.COMPLETED: "job.completed",
+    OutcomeKind.FAILED: "job.failed",
+    OutcomeKind.SCHEDULED: "job.retrying",
+    OutcomeKind.CANCELLED: "job.cancelled",
+    OutcomeKind.QUEUED: None,
+}
+
+
+def _finished_view(job: Job, outcome: Outcome) -> Job:
+    """The job as it stands after `outcome`, for event callbacks (no refetch)."""
+    state = {
+        OutcomeKind.COMPLETED: JobState.COMPLETED,
+        OutcomeKind.FAILED: JobState.FAILED,
+        OutcomeKind.SCHEDULED: JobState.SCHEDULED,
+        OutcomeKind.CANCELLED: JobState.CANCELLED,
+        OutcomeKind.QUEUED: JobState.QUEUED,
+    }[outcome.kind]
+    result = None
+    if outcome.result is not None:
+        result = json.loads(outcome.result)
+    final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
+    return replace(
+        job,
+        state=state,
+        result=result,
+        error=outcome.error,
+        finished_at=utc(outcome.at) if final else None,
+        run_at=utc(outcome.run_at) if outcome.run_at is not None else job.run_at,
+    )
+
+
+def _queues_of(app: Conveyor) -> tuple[str, ...]:
+    queues = {"default"} | {t.defaults.queue for t in app.registry.values()}
+    return tuple(sorted(queues))
