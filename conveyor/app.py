@@ -7,17 +7,27 @@ events); a backend only stores and claims.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends import from_url
-from conveyor.backends.base import Backend, CancelResult, NewJob, Retention
+from conveyor.backends.base import (
+    Backend,
+    CancelResult,
+    NewJob,
+    Retention,
+    ScheduleRecord,
+    ScheduleStore,
+)
 from conveyor.backoff import BackoffLike
+from conveyor.cache import Cache
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
     FINAL_STATES,
@@ -29,6 +39,7 @@ from conveyor.job import (
     UnknownJobError,
     new_job_id,
 )
+from conveyor.locks import Locks, hold
 from conveyor.registry import (
     Handler,
     JobDefaults,
@@ -37,6 +48,16 @@ from conveyor.registry import (
     check_queue,
     check_retries,
     check_timeout,
+)
+from conveyor.scheduler import (
+    CATCH_UP_POLICIES,
+    InvalidScheduleError,
+    Schedule,
+    first_run,
+    parse_cron,
+    parse_every,
+    parse_tz,
+    schedule_store,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +94,8 @@ class Conveyor:
         self.registry: dict[str, JobType[Any]] = {}
         self.events = EventBus()
         self.portal = Portal()
+        self.locks = Locks(self)
+        self.cache = Cache(self)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
 
@@ -364,6 +387,164 @@ class Conveyor:
         if not supported:
             raise NotSupportedError(f"this backend does not support {what}")
 
+    # ------------------------------------------------------------------ recurring
+
+    async def recurring(
+        self,
+        name: str,
+        job_name: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | str | None = None,
+        tz: str = "UTC",
+        key: str | None = None,
+        enabled: bool = True,
+        catch_up: str = "once",
+        max_catch_up: int = 100,
+        misfire_grace: float = 60.0,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | EllipsisType | None = ...,
+    ) -> Schedule:
+        """Create or update the schedule `name`: enqueue `job_name` with
+        `payload` on a cron (in time zone `tz`) or every interval.
+
+        Updating keeps the next run unless the cron, interval or zone changed.
+        Any worker running with the scheduler enabled fires it, once per tick.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidScheduleError(f"a schedule name must be a non-empty string, got {name!r}")
+        if (cron is None) == (every is None):
+            raise InvalidScheduleError("give exactly one of cron= or every=")
+        cron_text = parse_cron(cron) if cron is not None else None
+        seconds = parse_every(every) if every is not None else None
+        parse_tz(tz)
+        if catch_up not in CATCH_UP_POLICIES:
+            raise InvalidScheduleError(
+                f"catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, got {catch_up!r}"
+            )
+        if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+            raise InvalidScheduleError(
+                f"max_catch_up must be an integer >= 1, got {max_catch_up!r}"
+            )
+        if misfire_grace < 0:
+            raise InvalidScheduleError(f"misfire_grace must be >= 0, got {misfire_grace!r}")
+        job_type = self.job_type(job_name)
+        options: dict[str, Any] = {}
+        if queue is not None:
+            options["queue"] = check_queue(queue)
+        if priority is not None:
+            options["priority"] = check_priority(priority)
+        if retries is not None:
+            options["retries"] = check_retries(retries)
+        if timeout is not ...:
+            options["timeout"] = check_timeout(timeout)
+        encoded = job_type.encode_payload(payload)
+        store = await self._schedules()
+        now = time.time()
+        old = await store.schedule_get(name)
+        same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
+        next_run = (
+            old.next_run
+            if old is not None and same_timing and old.enabled
+            else first_run(cron_text, seconds, tz, now)
+        )
+        record = ScheduleRecord(
+            name=name,
+            job_name=job_name,
+            payload=encoded,
+            cron=cron_text,
+            every=seconds,
+            tz=tz,
+            key=key,
+            enabled=bool(enabled),
+            next_run=next_run,
+            created_at=old.created_at if old is not None else now,
+            updated_at=now,
+            last_run=old.last_run if old is not None else None,
+            last_error=old.last_error if old is not None else None,
+            catch_up=catch_up,
+            max_catch_up=max_catch_up,
+            misfire_grace=float(misfire_grace),
+            options=json.dumps(options),
+        )
+        await store.schedule_put(record)
+        return Schedule.from_record(record)
+
+    async def _schedules(self) -> ScheduleStore:
+        await self.open()
+        return schedule_store(self)
+
+    async def get_recurring(self, name: str) -> Schedule | None:
+        rec = await (await self._schedules()).schedule_get(name)
+        return None if rec is None else Schedule.from_record(rec)
+
+    async def list_recurring(self) -> list[Schedule]:
+        return [Schedule.from_record(r) for r in await (await self._schedules()).schedule_list()]
+
+    async def _set_enabled(self, name: str, enabled: bool) -> bool:
+        store = await self._schedules()
+        rec = await store.schedule_get(name)
+        if rec is None:
+            return False
+        if rec.enabled != enabled:
+            rec.enabled = enabled
+            rec.updated_at = time.time()
+            if enabled:  # no burst of catch-up for the time it was off
+                rec.next_run = first_run(rec.cron, rec.every, rec.tz, rec.updated_at)
+            await store.schedule_put(rec)
+        return True
+
+    async def enable_recurring(self, name: str) -> bool:
+        """Enable a schedule; its next run is computed from now. False if unknown."""
+        return await self._set_enabled(name, True)
+
+    async def disable_recurring(self, name: str) -> bool:
+        """Stop firing a schedule but keep it listed. False if unknown."""
+        return await self._set_enabled(name, False)
+
+    async def delete_recurring(self, name: str) -> bool:
+        """Remove a schedule for good. False if unknown."""
+        return await (await self._schedules()).schedule_delete(name)
+
+    async def cancel_recurring(
+        self,
+        name: str | None = None,
+        *,
+        key: str | None = None,
+        cron: str | None = None,
+        every: float | timedelta | str | None = None,
+    ) -> int:
+        """Remove exactly the schedules matching every criterion given (name,
+        key, cron, interval); return how many. Seed scripts use it to undo
+        precisely what they created."""
+        if name is None and key is None:
+            raise InvalidScheduleError("cancel_recurring needs name= or key=")
+        cron_text = parse_cron(cron) if cron is not None else None
+        seconds = parse_every(every) if every is not None else None
+        store = await self._schedules()
+        removed = 0
+        for rec in await store.schedule_list():
+            if (
+                (name is None or rec.name == name)
+                and (key is None or rec.key == key)
+                and (cron_text is None or rec.cron == cron_text)
+                and (seconds is None or rec.every == seconds)
+            ) and await store.schedule_delete(rec.name):
+                removed += 1
+        return removed
+
+    # ------------------------------------------------------------------ locks
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str, ttl: float = 10.0, wait: float = 0.0) -> AsyncIterator[bool]:
+        """`async with app.lock("key", ttl=10) as held:`; held is False when
+        another owner has it (after trying for `wait` seconds)."""
+        async with hold(self.locks, key, ttl, wait) as held:
+            yield held
+
     # ------------------------------------------------------------------ workers
 
     def worker(
@@ -391,6 +572,13 @@ class Conveyor:
     cancel_sync = blocking(cancel)
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)
+    recurring_sync = blocking(recurring)
+    get_recurring_sync = blocking(get_recurring)
+    list_recurring_sync = blocking(list_recurring)
+    enable_recurring_sync = blocking(enable_recurring)
+    disable_recurring_sync = blocking(disable_recurring)
+    delete_recurring_sync = blocking(delete_recurring)
+    cancel_recurring_sync = blocking(cancel_recurring)
 
 
 def _state(value: JobState | str | None) -> JobState | None:

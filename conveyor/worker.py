@@ -55,6 +55,7 @@ class WorkerSettings:
     shutdown_timeout: float = 30.0
     poll_interval: float = 1.0  # longest idle wait between claims
     scheduler: bool = True
+    scheduler_interval: float = 1.0  # how often due schedules are looked for
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -181,6 +182,13 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
             asyncio.create_task(self._recover_loop(), name="conveyor-recover"),
         ]
+        if self.settings.scheduler and self.app.backend.capabilities.recurring:
+            from conveyor.scheduler import Scheduler
+
+            scheduler = Scheduler(self.app, interval=self.settings.scheduler_interval)
+            self._loops.append(
+                asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
+            )
         logger.info(
             "worker %s started: queues=%s concurrency=%d backend=%s",
             self.id,

@@ -201,3 +201,84 @@ class Backend(Protocol):
     ) -> int:
         """Delete jobs in these states (never running ones) finished, or for
         pending ones created, before `older_than` (an epoch time; None: all)."""
+
+
+# --------------------------------------------------------------------------- stores
+# Capability protocols: a backend whose `capabilities` says recurring / locks /
+# cache implements the matching protocol below as well.
+
+
+@dataclass(slots=True)
+class ScheduleRecord:
+    """A recurring schedule as stored. `next_run` is the compare-and-set field:
+    only the scheduler that moves it from the value it read fires that tick."""
+
+    name: str
+    job_name: str
+    payload: str  # JSON text
+    cron: str | None
+    every: float | None  # seconds
+    tz: str
+    key: str | None
+    enabled: bool
+    next_run: float
+    created_at: float
+    updated_at: float
+    last_run: float | None = None
+    last_error: str | None = None
+    catch_up: str = "once"  # once | skip | all
+    max_catch_up: int = 100
+    misfire_grace: float = 60.0
+    options: str = "{}"  # JSON: enqueue options (queue, priority, retries, timeout)
+
+
+@runtime_checkable
+class ScheduleStore(Protocol):
+    async def schedule_put(self, record: ScheduleRecord) -> None:
+        """Create or replace the schedule named `record.name`."""
+
+    async def schedule_get(self, name: str) -> ScheduleRecord | None: ...
+
+    async def schedule_list(self) -> list[ScheduleRecord]:
+        """All schedules, ordered by name."""
+
+    async def schedule_delete(self, name: str) -> bool: ...
+
+    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+        """Enabled schedules whose next_run <= now, earliest first."""
+
+    async def schedule_fire(
+        self,
+        name: str,
+        expected_next_run: float,
+        next_run: float,
+        last_run: float | None,
+        last_error: str | None,
+        jobs: Sequence[NewJob],
+    ) -> list[Job] | None:
+        """Atomically: if the schedule is enabled and its next_run still equals
+        `expected_next_run`, set next_run / last_run / last_error and enqueue
+        `jobs` (same rules as `Backend.enqueue`); return the jobs. Else change
+        nothing and return None (another scheduler fired this tick)."""
+
+
+@runtime_checkable
+class LockStore(Protocol):
+    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+        """Take the lock if it is free or expired."""
+
+    async def lock_release(self, key: str, token: str) -> bool:
+        """Release only if `token` holds it (and it has not expired)."""
+
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+        """Extend to now + ttl only if `token` still holds it unexpired."""
+
+
+@runtime_checkable
+class CacheStore(Protocol):
+    async def cache_get(self, key: str, now: float) -> str | None:
+        """JSON text, or None when missing or expired."""
+
+    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None: ...
+
+    async def cache_delete(self, key: str) -> bool: ...

@@ -7,6 +7,8 @@ behaves the same on a real backend. Nothing survives the process.
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import heapq
 import json
 import threading
@@ -26,6 +28,7 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    ScheduleRecord,
 )
 from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState, utc
 
@@ -84,7 +87,7 @@ class _Record:
 class MemoryBackend:
     """`memory://` — one store per backend object, shared by every loop using it."""
 
-    capabilities = Capabilities(recurring=False, locks=False, cache=False)
+    capabilities = Capabilities(recurring=True, locks=True, cache=True)
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -99,6 +102,9 @@ class MemoryBackend:
         self._scheduled: list[tuple[float, int, str]] = []
         self._running: dict[str, _Record] = {}
         self._finished: dict[tuple[str, JobState], deque[str]] = {}
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._locks: dict[str, tuple[str, float]] = {}  # key -> (token, expires)
+        self._cache: dict[str, tuple[str, float | None]] = {}  # key -> (json, expires)
 
     async def open(self) -> None:
         return None
@@ -109,34 +115,38 @@ class MemoryBackend:
     # ----------------------------------------------------------------- producing
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
-        now = time.time()
-        out: list[Job] = []
         with self._lock:
-            for new in jobs:
-                if new.key is not None and new.key in self._keys:
-                    out.append(self._jobs[self._keys[new.key]].snapshot(duplicate=True))
-                    continue
-                self._seq += 1
-                rec = _Record(
-                    seq=self._seq,
-                    id=new.id,
-                    name=new.name,
-                    queue=new.queue,
-                    payload=new.payload,
-                    state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED,
-                    priority=new.priority,
-                    max_retries=new.max_retries,
-                    timeout=new.timeout,
-                    key=new.key,
-                    created_at=new.created_at,
-                    run_at=new.run_at,
-                )
-                self._jobs[rec.id] = rec
-                if rec.key is not None:
-                    self._keys[rec.key] = rec.id
-                self._make_pending(rec, rec.state)
-                out.append(rec.snapshot())
+            out = self._insert(jobs, time.time())
         self._notifier.notify()
+        return out
+
+    def _insert(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
+        """Store jobs; the caller holds self._lock."""
+        out: list[Job] = []
+        for new in jobs:
+            if new.key is not None and new.key in self._keys:
+                out.append(self._jobs[self._keys[new.key]].snapshot(duplicate=True))
+                continue
+            self._seq += 1
+            rec = _Record(
+                seq=self._seq,
+                id=new.id,
+                name=new.name,
+                queue=new.queue,
+                payload=new.payload,
+                state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED,
+                priority=new.priority,
+                max_retries=new.max_retries,
+                timeout=new.timeout,
+                key=new.key,
+                created_at=new.created_at,
+                run_at=new.run_at,
+            )
+            self._jobs[rec.id] = rec
+            if rec.key is not None:
+                self._keys[rec.key] = rec.id
+            self._make_pending(rec, rec.state)
+            out.append(rec.snapshot())
         return out
 
     def _make_pending(self, rec: _Record, state: JobState) -> None:
@@ -400,3 +410,95 @@ class MemoryBackend:
                 self._delete(rec)
                 removed += 1
         return removed
+
+    # ----------------------------------------------------------------- schedules
+
+    async def schedule_put(self, record: ScheduleRecord) -> None:
+        with self._lock:
+            self._schedules[record.name] = dataclasses.replace(record)
+
+    async def schedule_get(self, name: str) -> ScheduleRecord | None:
+        with self._lock:
+            rec = self._schedules.get(name)
+            return None if rec is None else dataclasses.replace(rec)
+
+    async def schedule_list(self) -> builtins.list[ScheduleRecord]:
+        with self._lock:
+            return [dataclasses.replace(self._schedules[n]) for n in sorted(self._schedules)]
+
+    async def schedule_delete(self, name: str) -> bool:
+        with self._lock:
+            return self._schedules.pop(name, None) is not None
+
+    async def schedule_due(self, now: float, limit: int) -> builtins.list[ScheduleRecord]:
+        with self._lock:
+            due = [r for r in self._schedules.values() if r.enabled and r.next_run <= now]
+            due.sort(key=lambda r: r.next_run)
+            return [dataclasses.replace(r) for r in due[:limit]]
+
+    async def schedule_fire(
+        self,
+        name: str,
+        expected_next_run: float,
+        next_run: float,
+        last_run: float | None,
+        last_error: str | None,
+        jobs: Sequence[NewJob],
+    ) -> builtins.list[Job] | None:
+        with self._lock:
+            rec = self._schedules.get(name)
+            if rec is None or not rec.enabled or rec.next_run != expected_next_run:
+                return None
+            rec.next_run = next_run
+            rec.last_run = last_run if last_run is not None else rec.last_run
+            rec.last_error = last_error
+            out = self._insert(jobs, time.time())
+        if jobs:
+            self._notifier.notify()
+        return out
+
+    # ----------------------------------------------------------------- locks
+
+    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+        with self._lock:
+            held = self._locks.get(key)
+            if held is not None and held[1] > now:
+                return False
+            self._locks[key] = (token, now + ttl)
+            return True
+
+    async def lock_release(self, key: str, token: str) -> bool:
+        with self._lock:
+            held = self._locks.get(key)
+            if held is None or held[0] != token or held[1] <= time.time():
+                return False
+            del self._locks[key]
+            return True
+
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+        with self._lock:
+            held = self._locks.get(key)
+            if held is None or held[0] != token or held[1] <= now:
+                return False
+            self._locks[key] = (token, now + ttl)
+            return True
+
+    # ----------------------------------------------------------------- cache
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            if entry[1] is not None and entry[1] <= now:
+                del self._cache[key]
+                return None
+            return entry[0]
+
+    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
+        with self._lock:
+            self._cache[key] = (value, None if ttl is None else now + ttl)
+
+    async def cache_delete(self, key: str) -> bool:
+        with self._lock:
+            return self._cache.pop(key, None) is not None

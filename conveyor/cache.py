@@ -1,0 +1,98 @@
+"""A JSON cache with time to live, shared through the backend.
+
+`wrap` computes a missing value once per process even when many callers ask
+for it at the same moment (single flight), then stores it for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from conveyor._sync import Portal, blocking
+from conveyor.backends.base import CacheStore
+from conveyor.job import InvalidOptionError, NotSupportedError
+from conveyor.registry import encode_json
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+T = TypeVar("T")
+
+
+def _check(key: str, ttl: float | None) -> None:
+    if not isinstance(key, str) or not key:
+        raise InvalidOptionError(f"a cache key must be a non-empty string, got {key!r}")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        raise InvalidOptionError(f"a cache ttl must be > 0 seconds or None, got {ttl!r}")
+
+
+class Cache:
+    """`app.cache`: get / set / delete / wrap, values as JSON."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self._app = app
+        self._inflight: dict[tuple[int, str], asyncio.Future[Any]] = {}
+
+    @property
+    def portal(self) -> Portal:
+        return self._app.portal
+
+    async def _store(self) -> CacheStore:
+        await self._app.open()
+        if not self._app.backend.capabilities.cache:
+            raise NotSupportedError(f"the backend {self._app.url} has no cache")
+        return cast(CacheStore, self._app.backend)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        _check(key, None)
+        raw = await (await self._store()).cache_get(key, time.time())
+        return default if raw is None else json.loads(raw)
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        _check(key, ttl)
+        text = encode_json(value, f"the cache value for {key!r}")
+        await (await self._store()).cache_set(key, text, ttl, time.time())
+
+    async def delete(self, key: str) -> bool:
+        _check(key, None)
+        return await (await self._store()).cache_delete(key)
+
+    async def wrap(self, key: str, ttl: float | None, compute: Callable[[], T | Awaitable[T]]) -> T:
+        """The cached value, or `compute()`'s, stored for `ttl` seconds.
+        Concurrent callers in this process share one computation."""
+        _check(key, ttl)
+        store = await self._store()
+        raw = await store.cache_get(key, time.time())
+        if raw is not None:
+            return cast(T, json.loads(raw))
+        flight = (id(asyncio.get_running_loop()), key)
+        pending = self._inflight.get(flight)
+        if pending is not None:
+            return cast(T, await asyncio.shield(pending))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = future
+        try:
+            value = compute()
+            if inspect.isawaitable(value):
+                value = await value
+            text = encode_json(value, f"the cache value for {key!r}")
+            await store.cache_set(key, text, ttl, time.time())
+            result = json.loads(text)  # what later readers get back, exactly
+            future.set_result(result)
+            return cast(T, result)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[flight]
+
+    get_sync = blocking(get)
+    set_sync = blocking(set)
+    delete_sync = blocking(delete)
+    wrap_sync = blocking(wrap)

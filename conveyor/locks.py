@@ -1,0 +1,88 @@
+"""Distributed locks with an owner token and a time to live.
+
+Only the holder's token releases or extends a lock; an expired lock can be
+taken by anyone. A lock guards against concurrent work for at most `ttl`
+seconds: extend it for longer work, and treat it as advisory (a paused holder
+can outlive its lock, as with every lease-based lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
+
+from conveyor._sync import Portal, blocking
+from conveyor.backends.base import LockStore
+from conveyor.job import InvalidOptionError, NotSupportedError
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+
+def _check(key: str, ttl: float) -> None:
+    if not isinstance(key, str) or not key:
+        raise InvalidOptionError(f"a lock key must be a non-empty string, got {key!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+        raise InvalidOptionError(f"a lock ttl must be > 0 seconds, got {ttl!r}")
+
+
+class Locks:
+    """`app.locks`: acquire / release / extend by owner token."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self._app = app
+
+    @property
+    def portal(self) -> Portal:
+        return self._app.portal
+
+    async def _store(self) -> LockStore:
+        await self._app.open()
+        if not self._app.backend.capabilities.locks:
+            raise NotSupportedError(f"the backend {self._app.url} has no locks")
+        return cast(LockStore, self._app.backend)
+
+    async def acquire(self, key: str, ttl: float, wait: float = 0.0) -> str | None:
+        """The owner token, or None if the lock is held by someone else.
+        With `wait`, keep trying for up to that many seconds."""
+        _check(key, ttl)
+        store = await self._store()
+        token = os.urandom(12).hex()
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            if await store.lock_acquire(key, token, float(ttl), time.time()):
+                return token
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
+
+    async def release(self, key: str, token: str) -> bool:
+        """False when `token` does not hold the lock (never held, or expired)."""
+        return await (await self._store()).lock_release(key, token)
+
+    async def extend(self, key: str, token: str, ttl: float) -> bool:
+        """Hold the lock for `ttl` more seconds from now; False if not held."""
+        _check(key, ttl)
+        return await (await self._store()).lock_extend(key, token, float(ttl), time.time())
+
+    acquire_sync = blocking(acquire)
+    release_sync = blocking(release)
+    extend_sync = blocking(extend)
+
+
+@contextlib.asynccontextmanager
+async def hold(locks: Locks, key: str, ttl: float, wait: float) -> AsyncIterator[bool]:
+    """`async with app.lock(key, ttl=10) as held:` — held is False when
+    another owner has the lock; the lock is released on exit if taken."""
+    token = await locks.acquire(key, ttl, wait=wait)
+    try:
+        yield token is not None
+    finally:
+        if token is not None:
+            await locks.release(key, token)

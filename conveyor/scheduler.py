@@ -1,0 +1,364 @@
+"""Recurring schedules: cron and interval specs, time zones, catch-up, firing.
+
+Time zones: a cron schedule is evaluated on the wall clock of its own zone
+(zoneinfo), by cronsim. Across daylight-saving changes:
+
+* a wall time that does not exist (skipped by spring-forward, e.g. 02:30 in
+  New York on the second Sunday of March) fires once, at the first instant
+  after the gap (03:00 local);
+* a wall time that happens twice (fall-back) fires once, at its first
+  occurrence, for schedules that name the hour; a schedule that runs every hour
+  (`*` in the hour field) runs in both real hours, as the clock says.
+
+Interval schedules (`every=`) count real elapsed seconds, so they are immune to
+the clock changes.
+
+Exactly once per tick across any number of schedulers: a scheduler fires a
+tick with the backend's `schedule_fire`, which moves `next_run` from the
+value it read (compare-and-set) and enqueues the tick's jobs in the same
+atomic step; the jobs also carry an idempotency key made of the schedule's
+name and the tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from conveyor.backends.base import NewJob, ScheduleRecord, ScheduleStore
+from conveyor.job import InvalidOptionError, NotSupportedError, new_job_id, utc
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.scheduler")
+
+CATCH_UP_POLICIES = ("once", "skip", "all")
+
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
+_INTERVAL_RE = re.compile(r"^(?:every\s+)?(\d+(?:\.\d+)?)?\s*([a-z]+)$")
+
+
+class InvalidScheduleError(InvalidOptionError):
+    """A malformed cron, an unknown time zone, an interval of zero or below."""
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A recurring schedule as `list_recurring()` shows it."""
+
+    name: str
+    job_name: str
+    payload: Any
+    cron: str | None
+    every: timedelta | None
+    tz: str
+    key: str | None
+    enabled: bool
+    next_run: datetime | None
+    last_run: datetime | None
+    last_error: str | None
+    catch_up: str
+    max_catch_up: int
+    misfire_grace: float
+
+    @property
+    def spec(self) -> str:
+        if self.cron is not None:
+            return self.cron
+        assert self.every is not None
+        return f"every {_describe_seconds(self.every.total_seconds())}"
+
+    @classmethod
+    def from_record(cls, rec: ScheduleRecord) -> Schedule:
+        return cls(
+            name=rec.name,
+            job_name=rec.job_name,
+            payload=json.loads(rec.payload),
+            cron=rec.cron,
+            every=None if rec.every is None else timedelta(seconds=rec.every),
+            tz=rec.tz,
+            key=rec.key,
+            enabled=rec.enabled,
+            next_run=utc(rec.next_run) if rec.enabled else None,
+            last_run=utc(rec.last_run),
+            last_error=rec.last_error,
+            catch_up=rec.catch_up,
+            max_catch_up=rec.max_catch_up,
+            misfire_grace=rec.misfire_grace,
+        )
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def parse_cron(expr: str) -> str:
+    """Normalise and check a cron expression; the error names the bad field."""
+    if not isinstance(expr, str) or not expr.strip():
+        raise InvalidScheduleError(f"cron must be a non-empty string, got {expr!r}")
+    text = " ".join(expr.split())
+    text = _ALIASES.get(text.lower(), text)
+    if len(text.split(" ")) != 5:
+        raise InvalidScheduleError(
+            f"bad cron expression {expr!r}: expected 5 fields "
+            "(minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/@monthly"
+        )
+    try:
+        CronSim(text, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        raise InvalidScheduleError(f"bad cron expression {expr!r}: {exc}") from None
+    return text
+
+
+def parse_every(value: float | int | timedelta | str) -> float:
+    """Seconds from a timedelta, a number, or text like "every 30 minutes"."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidScheduleError(f"every= must be seconds, a timedelta or text, not {value!r}")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _INTERVAL_RE.match(value.strip().lower())
+        if match is None or match.group(2) not in _UNITS:
+            raise InvalidScheduleError(
+                f"bad interval {value!r}: use e.g. '30 seconds', 'every 5 minutes', '1 day'"
+            )
+        seconds = float(match.group(1) or 1) * _UNITS[match.group(2)]
+    else:
+        raise InvalidScheduleError(f"every= must be seconds, a timedelta or text, not {value!r}")
+    if seconds <= 0:
+        raise InvalidScheduleError(f"an interval must be above zero, got {value!r}")
+    return seconds
+
+
+def parse_tz(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidScheduleError(
+            f"unknown time zone {name!r} (use an IANA name such as 'Europe/Berlin')"
+        ) from None
+
+
+def next_after(rec: ScheduleRecord, after: float) -> float:
+    """The first tick strictly after `after` (epoch seconds)."""
+    if rec.cron is not None:
+        zone = parse_tz(rec.tz)
+        start = datetime.fromtimestamp(after, zone)
+        return next(iter(CronSim(rec.cron, start))).timestamp()
+    assert rec.every is not None
+    # Intervals are anchored on the schedule's own ticks, not on when we look.
+    anchor = rec.next_run
+    if after < anchor:
+        return anchor
+    steps = int((after - anchor) // rec.every) + 1
+    return anchor + steps * rec.every
+
+
+def first_run(cron: str | None, every: float | None, tz: str, now: float) -> float:
+    probe = ScheduleRecord(
+        name="",
+        job_name="",
+        payload="null",
+        cron=cron,
+        every=every,
+        tz=tz,
+        key=None,
+        enabled=True,
+        next_run=now + (every or 0.0),
+        created_at=now,
+        updated_at=now,
+    )
+    return next_after(probe, now) if cron is not None else probe.next_run
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    fire: list[float]  # the ticks to enqueue a job for
+    missed: int  # ticks that were due, fired or not
+    next_run: float
+
+
+def plan(rec: ScheduleRecord, now: float) -> Plan:
+    """Which of the due ticks to fire, by the schedule's catch-up policy.
+
+    A tick more than `misfire_grace` seconds late is a misfire. `once` (the
+    default) fires one job for however many ticks were missed; `skip` fires
+    only a tick still within the grace period; `all` fires each missed tick,
+    the latest `max_catch_up` of them.
+    """
+    bound = max(1, rec.max_catch_up)
+    ticks = [rec.next_run]
+    tick = rec.next_run
+    missed_more = False
+    while True:
+        tick = next_after(rec, tick)
+        if tick > now:
+            break
+        ticks.append(tick)
+        if len(ticks) > bound:
+            missed_more = True
+            tick = next_after(rec, now)
+            break
+    next_run = tick
+    on_time = [t for t in ticks if now - t <= rec.misfire_grace]
+    if rec.catch_up == "all":
+        fire = ticks[-bound:]
+    elif rec.catch_up == "skip":
+        fire = on_time[-1:]
+    else:
+        fire = ticks[-1:]
+    return Plan(fire=fire, missed=len(ticks) + (1 if missed_more else 0), next_run=next_run)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Scheduler:
+    """Fires due schedules; any number may run against one backend."""
+
+    def __init__(self, app: Conveyor, interval: float = 1.0) -> None:
+        self.app = app
+        self.interval = interval
+
+    def store(self) -> ScheduleStore:
+        return schedule_store(self.app)
+
+    async def tick(self, now: float | None = None) -> int:
+        """Fire every due schedule once; return how many jobs were enqueued."""
+        store = self.store()
+        now = time.time() if now is None else now
+        enqueued = 0
+        for rec in await store.schedule_due(now, limit=100):
+            enqueued += await self._fire(store, rec, now)
+        return enqueued
+
+    async def _fire(self, store: ScheduleStore, rec: ScheduleRecord, now: float) -> int:
+        try:
+            the_plan = plan(rec, now)
+        except InvalidOptionError as exc:  # e.g. a zone this machine no longer knows
+            await store.schedule_fire(rec.name, rec.next_run, now + 60, None, str(exc), [])
+            return 0
+        error = None
+        jobs: list[NewJob] = []
+        try:
+            jobs = [self._job_for(rec, tick, now) for tick in the_plan.fire]
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.error("schedule %s cannot enqueue: %s", rec.name, error)
+        fired = await store.schedule_fire(
+            rec.name,
+            rec.next_run,
+            the_plan.next_run,
+            now if jobs else rec.last_run,
+            error,
+            jobs,
+        )
+        if fired is None:
+            return 0  # another scheduler fired this tick
+        events = self.app.events
+        if events.wants("job.enqueued"):
+            for job in fired:
+                if not job.duplicate:
+                    events.emit("job.enqueued", job)
+        events.emit(
+            "scheduler.tick",
+            None,
+            schedule=rec.name,
+            ticks=[utc(t) for t in the_plan.fire],
+            missed=the_plan.missed,
+            jobs=[job.id for job in fired],
+            next_run=utc(the_plan.next_run),
+            error=error,
+        )
+        return sum(1 for job in fired if not job.duplicate)
+
+    def _job_for(self, rec: ScheduleRecord, tick: float, now: float) -> NewJob:
+        job_type = self.app.job_type(rec.job_name)
+        options = json.loads(rec.options)
+        defaults = job_type.defaults
+        return NewJob(
+            id=new_job_id(),
+            name=rec.job_name,
+            queue=options.get("queue") or defaults.queue,
+            payload=rec.payload,
+            priority=options.get("priority", defaults.priority),
+            max_retries=options.get("retries", defaults.retries),
+            timeout=options.get("timeout", defaults.timeout),
+            key=f"recurring:{rec.key or rec.name}:{tick:.3f}",
+            created_at=now,
+            run_at=now,
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        failures = 0
+        while not stopping.is_set():
+            try:
+                await self.tick()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                logger.error("scheduler pass failed (%s); retrying", exc)
+            pause = self.interval if not failures else min(self.interval * 2**failures, 30.0)
+            try:
+                async with asyncio.timeout(pause):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+
+
+def schedule_store(app: Conveyor) -> ScheduleStore:
+    backend = app.backend
+    if not backend.capabilities.recurring:
+        raise NotSupportedError(f"the backend {app.url} does not store recurring schedules")
+    return cast(ScheduleStore, backend)
+
+
+def _describe_seconds(seconds: float) -> str:
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} seconds"
