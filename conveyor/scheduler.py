@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -230,27 +231,42 @@ def plan(rec: ScheduleRecord, now: float) -> Plan:
     the latest `max_catch_up` of them.
     """
     bound = max(1, rec.max_catch_up)
-    ticks = [rec.next_run]
-    tick = rec.next_run
-    missed_more = False
-    while True:
-        tick = next_after(rec, tick)
-        if tick > now:
-            break
-        ticks.append(tick)
-        if len(ticks) > bound:
-            missed_more = True
-            tick = next_after(rec, now)
-            break
-    next_run = tick
+    ticks, missed = _due_ticks(rec, now, bound)
     on_time = [t for t in ticks if now - t <= rec.misfire_grace]
     if rec.catch_up == "all":
-        fire = ticks[-bound:]
+        fire = ticks
     elif rec.catch_up == "skip":
         fire = on_time[-1:]
     else:
         fire = ticks[-1:]
-    return Plan(fire=fire, missed=len(ticks) + (1 if missed_more else 0), next_run=next_run)
+    return Plan(fire=fire, missed=missed, next_run=next_after(rec, max(now, ticks[-1])))
+
+
+_MAX_STEPS = 20_000  # cron ticks walked one by one before jumping ahead
+
+
+def _due_ticks(rec: ScheduleRecord, now: float, keep: int) -> tuple[list[float], int]:
+    """The latest `keep` ticks in [next_run, now] and how many there were."""
+    if rec.every is not None:
+        count = int((now - rec.next_run) // rec.every) + 1
+        return [rec.next_run + i * rec.every for i in range(max(0, count - keep), count)], count
+    kept: deque[float] = deque([rec.next_run], maxlen=keep)
+    count, tick = 1, rec.next_run
+    while count < _MAX_STEPS:
+        tick = next_after(rec, tick)
+        if tick > now:
+            return list(kept), count
+        kept.append(tick)
+        count += 1
+    # Down for a very long time: find the latest ticks by looking back from now.
+    window = 3600.0
+    while True:
+        recent, tick = [], now - window
+        while (tick := next_after(rec, tick)) <= now:
+            recent.append(tick)
+        if len(recent) >= keep or window > 400 * 86400:
+            return (recent[-keep:] or [rec.next_run]), count + len(recent)
+        window *= 4
 
 
 # --------------------------------------------------------------------------- running

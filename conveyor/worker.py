@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Heartbeat, LeaseStatus, Outcome, OutcomeKind
 from conveyor.context import JobContext
-from conveyor.job import InvalidOptionError, Job, JobState, Permanent, utc
+from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
 from conveyor.registry import encode_json
 
 if TYPE_CHECKING:
@@ -251,6 +251,8 @@ class Worker:
             for running in list(self._running.values()):
                 # A sync handler's thread cannot be interrupted: hand its job back anyway.
                 self._release(running)
+        if self._ack_task is not None:
+            await self._ack_task  # a batch may be in flight already
         await self._flush_acks()
         for task in self._loops[1:]:
             task.cancel()
@@ -338,9 +340,7 @@ class Worker:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
             result = await self._call(job_type, job, ctx)
-            kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
-            outcome = Outcome(job.id, job.attempts, kind, time.time())
-            outcome.result = encode_json(result, f"the result of job {job.name!r}")
+            outcome = self._success(job, ctx, result)
         except asyncio.CancelledError:
             outcome = self._stopped_outcome(job, ctx)
             if outcome is None and ctx.stop_reason is None:
@@ -383,6 +383,16 @@ class Worker:
             if ctx.stop_reason is None:
                 ctx.mark_stopped(TIMED_OUT)
             raise
+
+    def _success(self, job: Job, ctx: JobContext, result: Any) -> Outcome:
+        now = time.time()
+        try:
+            encoded = encode_json(result, f"the result of job {job.name!r}")
+        except InvalidPayloadError as exc:
+            # The same code would return the same value again: do not retry.
+            return Outcome(job.id, job.attempts, OutcomeKind.FAILED, now, error=str(exc))
+        kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
+        return Outcome(job.id, job.attempts, kind, now, result=encoded)
 
     def _stopped_outcome(self, job: Job, ctx: JobContext) -> Outcome | None:
         now = time.time()
@@ -524,7 +534,9 @@ class Worker:
         backend = self.app.backend
         while True:
             try:
-                recovered = await backend.recover_expired(time.time(), self.settings.max_stalled)
+                recovered = await backend.recover_expired(
+                    time.time(), self.settings.max_stalled, self.app.retention
+                )
             except Exception as exc:
                 logger.error("lease recovery failed (%s); will retry", exc)
                 recovered = []

@@ -34,7 +34,12 @@ Contract every backend keeps (the conformance suite checks it):
   its `stalls`, and requeues it (attempt already counted), or fails it with an
   error naming the stalls when `stalls > max_stalled`.
 * `cancel` of a scheduled/queued job makes it `cancelled` at once; of a
-  running job it sets `cancel_requested`, which the next heartbeat reports.
+  running job it sets `cancel_requested`, which the next heartbeat reports. A
+  cancel outlives the attempt: a cancel-requested job that is handed back
+  (QUEUED), retried (SCHEDULED) or recovered from an expired lease becomes
+  `cancelled` instead.
+* `retry` gives a failed job exactly one more attempt (max_retries =
+  attempts); a cancelled one resumes with max(max_retries, attempts).
 * A backend may be called from more than one event loop (the blocking twins
   run on a helper thread's loop), so it keeps no loop-bound state it cannot
   rebuild per loop.
@@ -164,8 +169,11 @@ class Backend(Protocol):
     ) -> bool:
         """Record progress and log lines on a running job (fenced)."""
 
-    async def recover_expired(self, now: float, max_stalled: int) -> list[Job]:
-        """Requeue or fail running jobs whose lease expired; return them."""
+    async def recover_expired(
+        self, now: float, max_stalled: int, retention: Retention | None = None
+    ) -> list[Job]:
+        """Requeue or fail running jobs whose lease expired; return them.
+        A job whose cancel was requested becomes `cancelled` instead."""
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may be available (an enqueue, a due scheduled job)

@@ -56,6 +56,7 @@ class _Record:
     lease_until: float = 0.0
     stalls: int = 0
     cancel_requested: bool = False
+    final_seq: int = 0  # which entry of the retention ring is current
     logs: list[dict[str, Any]] = field(default_factory=list)
 
     def snapshot(self, duplicate: bool = False) -> Job:
@@ -84,6 +85,9 @@ class _Record:
         )
 
 
+_KEEP_ALL = Retention(keep_completed=None, keep_failed=None)
+
+
 class MemoryBackend:
     """`memory://` — one store per backend object, shared by every loop using it."""
 
@@ -101,7 +105,11 @@ class MemoryBackend:
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
         self._scheduled: list[tuple[float, int, str]] = []
         self._running: dict[str, _Record] = {}
-        self._finished: dict[tuple[str, JobState], deque[str]] = {}
+        # Retention: per (queue, state) a ring of (final_seq, id) in finishing
+        # order, and the true count (the ring may hold stale entries of jobs
+        # that were retried or purged since).
+        self._finished: dict[tuple[str, JobState], deque[tuple[int, str]]] = {}
+        self._final_count: dict[tuple[str, JobState], int] = {}
         self._schedules: dict[str, ScheduleRecord] = {}
         self._locks: dict[str, tuple[str, float]] = {}  # key -> (token, expires)
         self._cache: dict[str, tuple[str, float | None]] = {}  # key -> (json, expires)
@@ -231,6 +239,8 @@ class MemoryBackend:
                 if out.progress is not None:
                     rec.progress = out.progress
                 kind = out.kind
+                if rec.cancel_requested and kind in (OutcomeKind.QUEUED, OutcomeKind.SCHEDULED):
+                    kind = OutcomeKind.CANCELLED  # a cancel outlives the attempt
                 if kind is OutcomeKind.QUEUED:
                     rec.attempts -= 1
                     rec.started_at = None
@@ -245,36 +255,51 @@ class MemoryBackend:
                     )
                     requeued = True
                 else:
-                    rec.state = JobState(kind.value)
-                    rec.finished_at = out.at
                     if kind is OutcomeKind.COMPLETED:
                         rec.result = out.result
                         rec.error = None
                         rec.progress = 100.0
                     else:
-                        rec.error = out.error
+                        rec.error = out.error or ("cancelled" if rec.cancel_requested else None)
                         rec.result = out.result
-                    self._retain(rec, retention)
+                    self._finalize(rec, JobState(kind.value), out.at, retention)
                 accepted.append(True)
         if requeued:
             self._notifier.notify()
         return accepted
 
-    def _retain(self, rec: _Record, retention: Retention) -> None:
+    def _finalize(self, rec: _Record, state: JobState, at: float, retention: Retention) -> None:
+        """Move a job into a final state and trim what retention no longer keeps."""
+        rec.state = state
+        rec.finished_at = at
         keep = {
             JobState.COMPLETED: retention.keep_completed,
             JobState.FAILED: retention.keep_failed,
-        }.get(rec.state)
-        ring = self._finished.setdefault((rec.queue, rec.state), deque())
-        ring.append(rec.id)
+        }.get(state)
+        slot = (rec.queue, state)
+        self._seq += 1
+        rec.final_seq = self._seq
+        ring = self._finished.setdefault(slot, deque())
+        ring.append((rec.final_seq, rec.id))
+        self._final_count[slot] = self._final_count.get(slot, 0) + 1
         if keep is None:
             return
-        while len(ring) > keep:
-            old = self._jobs.get(ring.popleft())
-            if old is not None and old.state is rec.state:
+        while self._final_count[slot] > keep and ring:
+            seq, job_id = ring.popleft()
+            old = self._jobs.get(job_id)
+            if old is not None and old.state is state and old.final_seq == seq:
                 self._delete(old)
 
+    def _leave_final(self, rec: _Record) -> None:
+        """Bookkeeping for a job leaving a final state (retry, purge)."""
+        slot = (rec.queue, rec.state)
+        if slot in self._final_count:
+            self._final_count[slot] -= 1
+        rec.final_seq = 0
+
     def _delete(self, rec: _Record) -> None:
+        if rec.state in FINAL_STATES:
+            self._leave_final(rec)
         del self._jobs[rec.id]
         if rec.key is not None and self._keys.get(rec.key) == rec.id:
             del self._keys[rec.key]
@@ -291,15 +316,20 @@ class MemoryBackend:
             rec.logs.extend(logs)
             return True
 
-    async def recover_expired(self, now: float, max_stalled: int) -> list[Job]:
+    async def recover_expired(
+        self, now: float, max_stalled: int, retention: Retention | None = None
+    ) -> list[Job]:
+        retention = retention or Retention()
         recovered: list[Job] = []
         with self._lock:
             for rec in [r for r in self._running.values() if r.lease_until < now]:
                 del self._running[rec.id]
                 rec.stalls += 1
-                if rec.stalls > max_stalled:
-                    rec.state = JobState.FAILED
-                    rec.finished_at = now
+                if rec.cancel_requested:
+                    rec.error = "cancelled"
+                    self._finalize(rec, JobState.CANCELLED, now, retention)
+                elif rec.stalls > max_stalled:
+                    self._finalize(rec, JobState.FAILED, now, retention)
                     rec.error = (
                         f"lease expired {rec.stalls} times (worker lost); "
                         f"max_stalled is {max_stalled}"
@@ -367,8 +397,8 @@ class MemoryBackend:
             if rec.state is JobState.RUNNING:
                 rec.cancel_requested = True
                 return CancelResult.REQUESTED
-            rec.state = JobState.CANCELLED
-            rec.finished_at = now
+            rec.error = "cancelled"
+            self._finalize(rec, JobState.CANCELLED, now, _KEEP_ALL)
             return CancelResult.CANCELLED
 
     async def retry(self, job_id: str, now: float) -> Job | None:
@@ -376,7 +406,13 @@ class MemoryBackend:
             rec = self._jobs.get(job_id)
             if rec is None or rec.state not in (JobState.FAILED, JobState.CANCELLED):
                 return None
-            rec.max_retries = max(rec.max_retries, rec.attempts)
+            # A failed job gets exactly one more attempt; a cancelled one
+            # resumes with what was left of its retries (at least one attempt).
+            if rec.state is JobState.FAILED:
+                rec.max_retries = rec.attempts
+            else:
+                rec.max_retries = max(rec.max_retries, rec.attempts)
+            self._leave_final(rec)
             rec.run_at = now
             rec.finished_at = None
             rec.stalls = 0
