@@ -1,0 +1,108 @@
+"""The worker command in-process: how it finds the app and builds its settings.
+
+`_serve` (the part that runs the worker) is replaced, so nothing runs here;
+real worker processes are in test_worker_processes.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conveyor.cli
+from conveyor import Conveyor
+
+from .helpers import error_line, invoke
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Conveyor, Any]]:
+    """What the worker command would have run: (app, worker) per invocation."""
+    seen: list[tuple[Conveyor, Any]] = []
+
+    async def fake_serve(app: Conveyor, worker: Any) -> None:
+        seen.append((app, worker))
+
+    monkeypatch.setattr(conveyor.cli, "_serve", fake_serve)
+    monkeypatch.setattr(conveyor.cli, "_configure_logging", lambda level: None)
+    return seen
+
+
+def test_worker_flags_win_over_environment(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, served: list[tuple[Conveyor, Any]]
+) -> None:
+    (in_tmp / "flags_mod.py").write_text(
+        "from conveyor import Conveyor\n"
+        "app = Conveyor()\n"
+        "@app.job('a', queue='alpha')\n"
+        "def a(payload): ...\n"
+    )
+    monkeypatch.setenv("CONVEYOR_CONCURRENCY", "3")
+    monkeypatch.setenv("CONVEYOR_QUEUES", "envq")
+    monkeypatch.setenv("CONVEYOR_SHUTDOWN_TIMEOUT", "7")
+
+    result = invoke("--url", db_url, "worker", "flags_mod", "--concurrency", "5", "--lease", "2")
+    assert result.exit_code == 0, result.output
+    app, worker = served[-1]
+    settings = worker.settings
+    assert app.url == db_url
+    assert settings.concurrency == 5  # flag over env
+    assert settings.queues == ("envq",)  # env over default
+    assert settings.shutdown_timeout == 7.0
+    assert settings.lease == 2.0
+    assert settings.scheduler is True  # default
+
+    result = invoke("worker", "flags_mod:app", "--queues", "a, b", "--no-scheduler")
+    assert result.exit_code == 0, result.output
+    settings = served[-1][1].settings
+    assert settings.queues == ("a", "b")
+    assert settings.scheduler is False
+    assert settings.concurrency == 3
+
+
+def test_url_flag_wins_over_the_url_in_the_code(
+    in_tmp: Path, db_url: str, served: list[tuple[Conveyor, Any]]
+) -> None:
+    (in_tmp / "fixed_url_mod.py").write_text(
+        "from conveyor import Conveyor\napp = Conveyor('memory://')\n"
+    )
+    result = invoke("--url", db_url, "worker", "fixed_url_mod:app")
+    assert result.exit_code == 0, result.output
+    app, _ = served[-1]
+    assert app.url == db_url
+    assert type(app.backend).__name__ == "SQLiteBackend"
+
+
+def test_module_alone_finds_its_only_app(in_tmp: Path, served: list[tuple[Conveyor, Any]]) -> None:
+    (in_tmp / "one_app_mod.py").write_text(
+        "from conveyor import Conveyor\njobs = Conveyor('memory://')\n"
+    )
+    result = invoke("worker", "one_app_mod")
+    assert result.exit_code == 0, result.output
+    import one_app_mod  # type: ignore[import-not-found]
+
+    assert served[-1][0] is one_app_mod.jobs
+
+
+def test_module_alone_with_several_apps(in_tmp: Path, served: list[tuple[Conveyor, Any]]) -> None:
+    (in_tmp / "two_apps_mod.py").write_text(
+        "from conveyor import Conveyor\nfirst = Conveyor('memory://')\n"
+        "second = Conveyor('memory://')\n"
+    )
+    result = invoke("worker", "two_apps_mod")
+    assert result.exit_code == 1
+    assert "several Conveyor apps (first, second)" in error_line(result.stderr)
+    assert served == []
+
+
+def test_dotted_attribute(in_tmp: Path, served: list[tuple[Conveyor, Any]]) -> None:
+    (in_tmp / "dotted_mod.py").write_text(
+        "from types import SimpleNamespace\nfrom conveyor import Conveyor\n"
+        "holder = SimpleNamespace(app=Conveyor('memory://'))\n"
+    )
+    result = invoke("worker", "dotted_mod:holder.app")
+    assert result.exit_code == 0, result.output
+    assert served[-1][0].url == "memory://"
