@@ -52,9 +52,12 @@ def check_timeout(value: float | None) -> float | None:
     return float(value)
 
 
+PRIORITY_RANGE = range(-1000, 1001)  # every backend can order this range exactly
+
+
 def check_priority(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidOptionError(f"priority must be an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITY_RANGE:
+        raise InvalidOptionError(f"priority must be an integer from -1000 to 1000, got {value!r}")
     return value
 
 

@@ -12,6 +12,8 @@ from conveyor.job import BackendUnavailableError, UnsupportedURLError
 SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("conveyor.backends.memory", "MemoryBackend", None),
     "sqlite": ("conveyor.backends.sqlite", "SQLiteBackend", None),
+    "redis": ("conveyor.backends.redis", "RedisBackend", "redis"),
+    "rediss": ("conveyor.backends.redis", "RedisBackend", "redis"),
 }
 
 

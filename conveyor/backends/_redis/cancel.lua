@@ -1,0 +1,19 @@
+-- ARGV: prefix, id, now. Returns cancelled | requested | final | not_found.
+local id = ARGV[2]
+local key = jkey(id)
+local h = redis.call("HMGET", key, "state", "queue")
+if not h[1] then return "not_found" end
+local state = h[1]
+if state == "completed" or state == "failed" or state == "cancelled" then return "final" end
+if state == "running" then
+  redis.call("HSET", key, "cancel_requested", 1)
+  return "requested"
+end
+if state == "queued" then
+  redis.call("ZREM", ready_key(h[2]), id)
+else
+  redis.call("ZREM", P .. ":scheduled", id)
+end
+redis.call("HSET", key, "error", "cancelled")
+finalize(id, h[2], state, "cancelled", ARGV[3], "")
+return "cancelled"

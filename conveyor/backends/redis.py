@@ -1,0 +1,637 @@
+"""Redis backend: every operation one atomic Lua script, one round trip.
+
+URL: `redis://[:password@]host:port/db?prefix=conveyor` (or `rediss://` for
+TLS). All keys start with the hash tag `{prefix}`, so on a Redis Cluster a
+deployment lives in one slot and every script touches that slot only; run
+several prefixes to spread several apps over shards.
+
+Key layout (P = "{prefix}"):
+
+    P:job:<id>              hash: the job's fields (payload/result/logs as JSON text)
+    P:ready:<queue>         zset: queued jobs, score priority * 2^40 + sequence
+    P:scheduled             zset: delayed jobs and retries, score run_at
+    P:running               zset: claimed jobs, score lease expiry
+    P:done:<queue>:<state>  zset: completed/failed/cancelled, in finishing order
+    P:all                   zset: every retained job, score enqueue sequence
+    P:keys                  hash: idempotency key -> job id
+    P:counts                hash: "<queue>|<state>" -> count (stats)
+    P:queues                set of queue names
+    P:seq                   counter behind every sequence above
+    P:wake:<queue>          list: wake-up tokens, BLPOP-ed by idle workers
+    P:schedule:<name>       hash: a recurring schedule
+    P:schedules:due         zset: enabled schedules, score next_run
+    P:lock:<key>            string: the owner token, with a TTL
+    P:cache:<key>           string: JSON, with a TTL
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from importlib import resources
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from conveyor.backends.base import (
+    CancelResult,
+    Capabilities,
+    Heartbeat,
+    LeaseStatus,
+    NewJob,
+    Outcome,
+    Retention,
+    ScheduleRecord,
+)
+from conveyor.job import (
+    BackendUnavailableError,
+    InvalidOptionError,
+    Job,
+    JobState,
+    utc,
+)
+
+logger = logging.getLogger("conveyor.redis")
+
+_SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "heartbeat",
+    "finish",
+    "progress",
+    "recover",
+    "cancel",
+    "retry",
+    "purge",
+    "schedule_fire",
+    "lock_release",
+    "lock_extend",
+)
+_FIELDS = (
+    "name",
+    "queue",
+    "payload",
+    "state",
+    "attempts",
+    "max_retries",
+    "priority",
+    "key",
+    "result",
+    "error",
+    "progress",
+    "created_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "timeout",
+    "logs",
+    "stalls",
+    "cancel_requested",
+)
+_FIELD_LIST = list(_FIELDS)
+_LEASE = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
+
+
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def _load_scripts() -> dict[str, _Script]:
+    folder = resources.files("conveyor.backends") / "_redis"
+    library = (folder / "library.lua").read_text()
+    return {
+        name: _Script(library + "\n" + (folder / f"{name}.lua").read_text())
+        for name in _SCRIPT_NAMES
+    }
+
+
+_SCRIPTS = _load_scripts()
+
+
+T = TypeVar("T")
+
+
+def _aw(value: Awaitable[T] | T) -> Awaitable[T]:
+    """redis-py types its asyncio commands as `Awaitable[T] | T`; they are awaitables."""
+    return cast(Awaitable[T], value)
+
+
+def _f(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _job(values: Sequence[Any], duplicate: bool = False) -> Job:
+    (
+        job_id,
+        name,
+        queue,
+        payload,
+        state,
+        attempts,
+        max_retries,
+        priority,
+        key,
+        result,
+        error,
+        progress,
+        created_at,
+        run_at,
+        started_at,
+        finished_at,
+        timeout,
+        logs,
+        stalls,
+        cancel_requested,
+    ) = values
+    return Job(
+        id=job_id,
+        name=name,
+        queue=queue,
+        payload=json.loads(payload),
+        state=JobState(state),
+        attempts=int(attempts),
+        max_retries=int(max_retries),
+        priority=int(priority),
+        key=key or None,
+        result=json.loads(result) if result else None,
+        error=error or None,
+        progress=float(progress or 0),
+        created_at=utc(_f(created_at)),
+        run_at=utc(_f(run_at)),
+        started_at=utc(_f(started_at)),
+        finished_at=utc(_f(finished_at)),
+        timeout=_f(timeout),
+        logs=json.loads(logs) if logs else [],
+        stalls=int(stalls or 0),
+        cancel_requested=cancel_requested == "1",
+        duplicate=duplicate,
+    )
+
+
+def _new_job_record(new: NewJob, now: float) -> Job:
+    """The record of a job just stored, built locally: no read back needed."""
+    return Job(
+        id=new.id,
+        name=new.name,
+        queue=new.queue,
+        payload=json.loads(new.payload),
+        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED,
+        max_retries=new.max_retries,
+        priority=new.priority,
+        key=new.key,
+        created_at=utc(new.created_at),
+        run_at=utc(new.run_at),
+        timeout=new.timeout,
+    )
+
+
+def _job_args(jobs: Sequence[NewJob]) -> list[str | int | float]:
+    args: list[str | int | float] = []
+    for new in jobs:
+        args += (
+            new.id,
+            new.name,
+            new.queue,
+            new.payload,
+            new.priority,
+            new.max_retries,
+            _num(new.timeout),
+            new.key or "",
+            repr(new.created_at),
+            repr(new.run_at),
+        )
+    return args
+
+
+def _logs(lines: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(lines, default=str) if lines else ""
+
+
+def _parse_url(url: str) -> tuple[str, str]:
+    """The URL for redis-py (without our options) and the key prefix tag."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise InvalidOptionError(f"not a Redis URL: {url!r}")
+    options = dict(parse_qsl(parts.query))
+    prefix = options.pop("prefix", "conveyor")
+    if not prefix or any(c in prefix for c in "{}: "):
+        raise InvalidOptionError(f"bad Redis key prefix {prefix!r} in {url!r}")
+    clean = urlunsplit(parts._replace(query=urlencode(options)))
+    return clean, "{" + prefix + "}"
+
+
+class RedisBackend:
+    """`redis://` / `rediss://` — see the module docstring for the key layout."""
+
+    capabilities = Capabilities(recurring=True, locks=True, cache=True)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client_url, self.prefix = _parse_url(url)
+        # redis-py clients belong to one event loop; the blocking twins run on
+        # another, so each loop gets its own pair (commands, blocking waits).
+        self._clients: dict[int, tuple[aioredis.Redis, aioredis.Redis]] = {}
+        self._loaded: set[str] = set()
+        self._closed = False
+        self._down_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self._client_url} prefix={self.prefix}>"
+
+    # ------------------------------------------------------------------ connections
+
+    def _make_client(self, blocking: bool) -> aioredis.Redis:
+        return aioredis.Redis.from_url(  # type: ignore[no-any-return]
+            self._client_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=0 if blocking else 30,
+            retry=None if blocking else Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+
+    def _pair(self) -> tuple[aioredis.Redis, aioredis.Redis]:
+        loop = asyncio.get_running_loop()
+        pair = self._clients.get(id(loop))
+        if pair is None:
+            pair = (self._make_client(False), self._make_client(True))
+            self._clients[id(loop)] = pair
+        return pair
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        return self._pair()[0]
+
+    async def open(self) -> None:
+        self._closed = False
+        try:
+            await _aw(self._r.ping())
+        except RedisError as exc:
+            raise BackendUnavailableError(
+                f"cannot reach Redis at {self._client_url}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        self._closed = True
+        loop_id = id(asyncio.get_running_loop())
+        for key, (commands, blocking) in list(self._clients.items()):
+            if key != loop_id:
+                continue  # clients of another loop are closed from that loop
+            del self._clients[key]
+            await commands.aclose()
+            await blocking.aclose()
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        """EVALSHA the script (loading it once per server: after a restart the
+        script cache is empty, and NOSCRIPT makes us load it again)."""
+        script = _SCRIPTS[name]
+        client = self._r
+        try:
+            result = await _aw(client.evalsha(script.sha, 1, self.prefix, self.prefix, *args))
+        except NoScriptError:
+            await _aw(client.script_load(script.source))
+            result = await _aw(client.evalsha(script.sha, 1, self.prefix, self.prefix, *args))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.error("Redis at %s is unreachable (%s); retrying", self._client_url, exc)
+            raise BackendUnavailableError(f"Redis unreachable: {exc}") from exc
+        if self._down_since is not None:
+            logger.warning(
+                "Redis at %s reachable again after %.1f s",
+                self._client_url,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+        return result
+
+    # ------------------------------------------------------------------ producing
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[Job]:
+        if not jobs:
+            return []
+        now = time.time()
+        flat = await self._run("enqueue", repr(now), len(jobs), *_job_args(jobs))
+        return await self._inserted(jobs, flat, now)
+
+    async def _inserted(
+        self, jobs: Sequence[NewJob], flat: Sequence[Any], now: float
+    ) -> builtins.list[Job]:
+        out: list[Job | None] = []
+        duplicates: dict[int, str] = {}
+        for index, new in enumerate(jobs):
+            job_id, duplicate = flat[2 * index], int(flat[2 * index + 1])
+            if duplicate:
+                duplicates[index] = job_id
+                out.append(None)
+            else:
+                out.append(_new_job_record(new, now))
+        if duplicates:
+            pipe = self._r.pipeline(transaction=False)
+            for job_id in duplicates.values():
+                pipe.hmget(f"{self.prefix}:job:{job_id}", _FIELD_LIST)
+            rows = await pipe.execute()
+            for (index, job_id), row in zip(duplicates.items(), rows, strict=True):
+                out[index] = _job([job_id, *row], duplicate=True)
+        return [job for job in out if job is not None]
+
+    # ------------------------------------------------------------------ consuming
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, now: float
+    ) -> builtins.list[Job]:
+        rows = await self._run("claim", repr(now), repr(lease), limit, len(queues), *queues)
+        return [_job(row) for row in rows]
+
+    async def heartbeat(
+        self, beats: Sequence[Heartbeat], lease: float, now: float
+    ) -> builtins.list[LeaseStatus]:
+        args: list[str | int | float] = []
+        for beat in beats:
+            args += (beat.job_id, beat.token, _logs(beat.logs))
+        codes = await self._run("heartbeat", repr(now), repr(lease), len(beats), *args)
+        return [_LEASE[int(code)] for code in codes]
+
+    async def finish(
+        self, outcomes: Sequence[Outcome], retention: Retention
+    ) -> builtins.list[bool]:
+        args: list[str | int | float] = []
+        for out in outcomes:
+            args += (
+                out.job_id,
+                out.token,
+                out.kind.value,
+                repr(out.at),
+                out.result if out.result is not None else "",
+                out.error or "",
+                _num(out.run_at),
+                _logs(out.logs),
+                _num(out.progress),
+            )
+        keep_completed = "" if retention.keep_completed is None else retention.keep_completed
+        keep_failed = "" if retention.keep_failed is None else retention.keep_failed
+        flags = await self._run("finish", keep_completed, keep_failed, len(outcomes), *args)
+        return [bool(int(flag)) for flag in flags]
+
+    async def progress(
+        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+    ) -> bool:
+        held = await self._run("progress", job_id, token, _num(progress), _logs(logs))
+        return bool(int(held))
+
+    async def recover_expired(
+        self, now: float, max_stalled: int, retention: Retention | None = None
+    ) -> builtins.list[Job]:
+        keep = retention.keep_failed if retention is not None else None
+        rows = await self._run("recover", repr(now), max_stalled, "" if keep is None else keep)
+        return [_job(row) for row in rows]
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        commands, blocking = self._pair()
+        head = await _aw(commands.zrange(f"{self.prefix}:scheduled", 0, 0, withscores=True))
+        if head:
+            timeout = min(timeout, max(0.0, float(head[0][1]) - time.time()))
+        if timeout < 0.001:
+            return
+        keys = [f"{self.prefix}:wake:{q}" for q in queues]
+        try:
+            await _aw(blocking.blpop(keys, timeout=cast(int, timeout)))  # float works
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailableError(f"Redis unreachable: {exc}") from exc
+
+    # ------------------------------------------------------------------ inspecting
+
+    async def get(self, job_id: str) -> Job | None:
+        row = await _aw(self._r.hmget(f"{self.prefix}:job:{job_id}", _FIELD_LIST))
+        return None if row[0] is None else _job([job_id, *row])
+
+    async def get_by_key(self, key: str) -> Job | None:
+        job_id = await _aw(self._r.hget(f"{self.prefix}:keys", key))
+        return None if job_id is None else await self.get(job_id)
+
+    async def _records(self, ids: Sequence[str]) -> builtins.list[Job]:
+        if not ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(f"{self.prefix}:job:{job_id}", _FIELD_LIST)
+        rows = await pipe.execute()
+        return [_job([i, *row]) for i, row in zip(ids, rows, strict=True) if row[0] is not None]
+
+    async def list(
+        self,
+        *,
+        state: JobState | None,
+        name: str | None,
+        queue: str | None,
+        limit: int,
+        offset: int,
+    ) -> builtins.list[Job]:
+        # Newest first: walk the enqueue-ordered index from the end, in pages,
+        # keeping the jobs that match.
+        out: list[Job] = []
+        skipped = 0
+        start, page = 0, 500
+        while len(out) < limit:
+            ids = await _aw(self._r.zrevrange(f"{self.prefix}:all", start, start + page - 1))
+            if not ids:
+                break
+            start += page
+            for job in await self._records(ids):
+                if (
+                    (state is None or job.state is state)
+                    and (name is None or job.name == name)
+                    and (queue is None or job.queue == queue)
+                ):
+                    if skipped < offset:
+                        skipped += 1
+                    elif len(out) < limit:
+                        out.append(job)
+        return out
+
+    async def cancel(self, job_id: str, now: float) -> CancelResult:
+        return CancelResult(await self._run("cancel", job_id, repr(now)))
+
+    async def retry(self, job_id: str, now: float) -> Job | None:
+        if not int(await self._run("retry", job_id, repr(now))):
+            return None
+        return await self.get(job_id)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        raw = await _aw(self._r.hgetall(f"{self.prefix}:counts"))
+        out: dict[str, dict[str, int]] = {}
+        for field, value in raw.items():
+            queue, _, state = field.rpartition("|")
+            counts = out.setdefault(queue, {s.value: 0 for s in JobState})
+            counts[state] = int(value)
+        return {q: c for q, c in out.items() if any(c.values())}
+
+    async def purge(
+        self, states: Sequence[JobState], older_than: float | None, queue: str | None
+    ) -> int:
+        wanted = [s.value for s in states if s is not JobState.RUNNING]
+        if not wanted:
+            return 0
+        total = 0
+        while True:  # in slices, so one script never blocks Redis for long
+            removed = int(await self._run("purge", _num(older_than), queue or "", 2000, *wanted))
+            total += removed
+            if removed < 2000:
+                return total
+
+    # ------------------------------------------------------------------ schedules
+
+    def _schedule_key(self, name: str) -> str:
+        return f"{self.prefix}:schedule:{name}"
+
+    async def schedule_put(self, record: ScheduleRecord) -> None:
+        mapping = {
+            "name": record.name,
+            "job_name": record.job_name,
+            "payload": record.payload,
+            "cron": record.cron or "",
+            "every": _num(record.every),
+            "tz": record.tz,
+            "key": record.key or "",
+            "enabled": "1" if record.enabled else "0",
+            "next_run": repr(record.next_run),
+            "created_at": repr(record.created_at),
+            "updated_at": repr(record.updated_at),
+            "last_run": _num(record.last_run),
+            "last_error": record.last_error or "",
+            "catch_up": record.catch_up,
+            "max_catch_up": str(record.max_catch_up),
+            "misfire_grace": repr(record.misfire_grace),
+            "options": record.options,
+        }
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(self._schedule_key(record.name))
+        pipe.hset(self._schedule_key(record.name), mapping=mapping)
+        pipe.sadd(f"{self.prefix}:schedules", record.name)
+        if record.enabled:
+            pipe.zadd(f"{self.prefix}:schedules:due", {record.name: record.next_run})
+        else:
+            pipe.zrem(f"{self.prefix}:schedules:due", record.name)
+        await pipe.execute()
+
+    @staticmethod
+    def _schedule(raw: dict[str, str]) -> ScheduleRecord:
+        return ScheduleRecord(
+            name=raw["name"],
+            job_name=raw["job_name"],
+            payload=raw["payload"],
+            cron=raw["cron"] or None,
+            every=_f(raw["every"]),
+            tz=raw["tz"],
+            key=raw["key"] or None,
+            enabled=raw["enabled"] == "1",
+            next_run=float(raw["next_run"]),
+            created_at=float(raw["created_at"]),
+            updated_at=float(raw["updated_at"]),
+            last_run=_f(raw.get("last_run")),
+            last_error=raw.get("last_error") or None,
+            catch_up=raw["catch_up"],
+            max_catch_up=int(raw["max_catch_up"]),
+            misfire_grace=float(raw["misfire_grace"]),
+            options=raw["options"],
+        )
+
+    async def _schedules(self, names: Sequence[str]) -> builtins.list[ScheduleRecord]:
+        if not names:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self._schedule_key(name))
+        return [self._schedule(raw) for raw in await pipe.execute() if raw]
+
+    async def schedule_get(self, name: str) -> ScheduleRecord | None:
+        found = await self._schedules([name])
+        return found[0] if found else None
+
+    async def schedule_list(self) -> builtins.list[ScheduleRecord]:
+        names = sorted(await _aw(self._r.smembers(f"{self.prefix}:schedules")))
+        return await self._schedules(names)
+
+    async def schedule_delete(self, name: str) -> bool:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(self._schedule_key(name))
+        pipe.srem(f"{self.prefix}:schedules", name)
+        pipe.zrem(f"{self.prefix}:schedules:due", name)
+        deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def schedule_due(self, now: float, limit: int) -> builtins.list[ScheduleRecord]:
+        names = await _aw(
+            self._r.zrangebyscore(f"{self.prefix}:schedules:due", "-inf", now, start=0, num=limit)
+        )
+        return [r for r in await self._schedules(names) if r.enabled and r.next_run <= now]
+
+    async def schedule_fire(
+        self,
+        name: str,
+        expected_next_run: float,
+        next_run: float,
+        last_run: float | None,
+        last_error: str | None,
+        jobs: Sequence[NewJob],
+    ) -> builtins.list[Job] | None:
+        now = time.time()
+        flat = await self._run(
+            "schedule_fire",
+            repr(now),
+            name,
+            repr(expected_next_run),
+            repr(next_run),
+            _num(last_run),
+            last_error or "",
+            len(jobs),
+            *_job_args(jobs),
+        )
+        if flat is None:
+            return None
+        return await self._inserted(jobs, flat, now)
+
+    # ------------------------------------------------------------------ locks
+
+    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+        # The TTL runs on the Redis clock, so expiry is the same for every client.
+        ms = max(1, int(ttl * 1000))
+        return bool(await _aw(self._r.set(f"{self.prefix}:lock:{key}", token, nx=True, px=ms)))
+
+    async def lock_release(self, key: str, token: str) -> bool:
+        return bool(int(await self._run("lock_release", key, token)))
+
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+        ms = max(1, int(ttl * 1000))
+        return bool(int(await self._run("lock_extend", key, token, ms)))
+
+    # ------------------------------------------------------------------ cache
+
+    async def cache_get(self, key: str, now: float) -> str | None:
+        value: str | None = await _aw(self._r.get(f"{self.prefix}:cache:{key}"))
+        return value
+
+    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        await _aw(self._r.set(f"{self.prefix}:cache:{key}", value, px=px))
+
+    async def cache_delete(self, key: str) -> bool:
+        return bool(await _aw(self._r.delete(f"{self.prefix}:cache:{key}")))

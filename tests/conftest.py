@@ -1,0 +1,202 @@
+"""Fixtures shared by every test directory.
+
+The backend matrix lives here so that the conformance suite and the
+model-based property test run over exactly the same backends.
+
+Adding a backend (redis, postgresql, sqs, ...) takes two steps:
+
+1. one `pytest.param("<name>", marks=pytest.mark.<name>)` in `BACKENDS`
+   (and the marker in pyproject.toml), and
+2. one fixture named `<name>_urls` returning a callable that gives a fresh,
+   isolated URL each time it is called (a new file, a new database number,
+   a unique prefix...). It must skip with a printed reason when the backend
+   cannot be had, except under CI, where it fails (DESIGN section 4): use
+   `require_backend()`.
+
+Backends are resolved lazily, aiocache style: `backend_urls` asks pytest for
+the `<name>_urls` fixture of the param being run only, so a test selected with
+`-m memory` never touches SQLite (or a server).
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+BACKENDS = [
+    pytest.param("memory", marks=pytest.mark.memory),
+    pytest.param("sqlite", marks=pytest.mark.sqlite),
+    pytest.param("redis", marks=pytest.mark.redis),
+]
+
+# Variables the worker and the app read; a developer's shell must not change
+# what the tests see.
+_CONVEYOR_ENV = (
+    "CONVEYOR_URL",
+    "CONVEYOR_CONCURRENCY",
+    "CONVEYOR_QUEUES",
+    "CONVEYOR_SHUTDOWN_TIMEOUT",
+    "CONVEYOR_SCHEDULER",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_conveyor_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _CONVEYOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def unavailable(reason: str) -> None:
+    """Skip with the reason, or fail when $CI is set (DESIGN section 4)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
+    pytest.skip(reason)
+
+
+def require_backend(name: str, module: str) -> None:
+    """Skip (or, when $CI is set, fail) unless `module` imports cleanly."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a half-written module's SyntaxError
+        reason = f"{name} backend unavailable: cannot import {module}: {type(exc).__name__}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
+        pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.fixture
+def memory_urls() -> Callable[[], str]:
+    require_backend("memory", "conveyor.backends.memory")
+    # Every Conveyor("memory://") builds its own store, so each URL is isolated.
+    return lambda: "memory://"
+
+
+@pytest.fixture
+def sqlite_urls(tmp_path: Path) -> Callable[[], str]:
+    require_backend("sqlite", "conveyor.backends.sqlite")
+    counter = itertools.count()
+
+    def fresh() -> str:
+        n = next(counter)
+        name = "jobs.db" if n == 0 else f"jobs-{n}.db"
+        return f"sqlite:///{tmp_path}/{name}"
+
+    return fresh
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """$CONVEYOR_TEST_REDIS_URL, else the default local port, else a server
+    started from the redis-server binary on PATH; None when none can be had."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    candidates = [os.environ.get("CONVEYOR_TEST_REDIS_URL"), "redis://127.0.0.1:6379/15"]
+    for url in candidates:
+        if url and _redis_answers(url):
+            yield url
+            return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _redis_answers(url):
+        time.sleep(0.05)
+    try:
+        yield url if _redis_answers(url) else None
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
+    require_backend("redis", "conveyor.backends.redis")
+    if redis_server_url is None:
+        unavailable("redis backend unavailable: no Redis server answers and none could be started")
+    assert redis_server_url is not None
+    prefixes: list[str] = []
+
+    def fresh() -> str:
+        # A key prefix of its own per URL isolates tests sharing one server.
+        prefix = f"test-{uuid.uuid4().hex[:12]}"
+        prefixes.append(prefix)
+        return f"{redis_server_url}?prefix={prefix}"
+
+    yield fresh
+    import redis
+
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def backend_urls(request: pytest.FixtureRequest, backend_name: str) -> Callable[[], str]:
+    """A maker of fresh URLs for the backend under test (resolved lazily)."""
+    maker: Callable[[], str] = request.getfixturevalue(f"{backend_name}_urls")
+    return maker
+
+
+@pytest.fixture
+def backend_url(backend_urls: Callable[[], str]) -> Iterator[str]:
+    """One fresh URL of the backend under test."""
+    yield backend_urls()
