@@ -51,6 +51,12 @@ class Portal:
         loop = self._ensure()
         return asyncio.run_coroutine_threadsafe(make(), loop).result()
 
+    def owns_current_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
     def stop(self) -> None:
         with self._lock:
             loop, thread = self._loop, self._thread

@@ -164,9 +164,13 @@ class Conveyor:
                 self._open = True
 
     async def close(self) -> None:
+        """Close the backend (for every loop that used it) and stop the helper
+        loop of the `_sync` calls, unless this runs on that loop."""
         if self._open:
             self._open = False
             await self.backend.close()
+        if not self.portal.owns_current_loop():
+            await asyncio.to_thread(self.portal.stop)
 
     def close_sync(self) -> None:
         """Close the backend and stop the helper loop used by the `_sync` calls."""

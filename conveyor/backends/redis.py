@@ -9,13 +9,14 @@ Key layout (P = "{prefix}"):
 
     P:job:<id>              hash: the job's fields (payload/result/logs as JSON text)
     P:ready:<queue>         zset: queued jobs, score priority * 2^40 + sequence
-    P:scheduled             zset: delayed jobs and retries, score run_at
-    P:running               zset: claimed jobs, score lease expiry
+    P:scheduled:<queue>     zset: delayed jobs and retries, score run_at
+    P:running:<queue>       zset: claimed jobs, score lease expiry
     P:done:<queue>:<state>  zset: completed/failed/cancelled, in finishing order
-    P:all                   zset: every retained job, score enqueue sequence
     P:keys                  hash: idempotency key -> job id
-    P:counts                hash: "<queue>|<state>" -> count (stats)
     P:queues                set of queue names
+
+Every job sits in exactly one index of its queue, the one of its state, so
+the indexes' sizes are the stats.
     P:seq                   counter behind every sequence above
     P:wake:<queue>          list: wake-up tokens, BLPOP-ed by idle workers
     P:schedule:<name>       hash: a recurring schedule
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import json
 import logging
@@ -75,6 +77,7 @@ _SCRIPT_NAMES = (
     "retry",
     "purge",
     "schedule_fire",
+    "stats",
     "lock_release",
     "lock_extend",
 )
@@ -100,6 +103,7 @@ _FIELDS = (
     "cancel_requested",
 )
 _FIELD_LIST = list(_FIELDS)
+_LIST_SCAN = 10_000
 _LEASE = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
 
 
@@ -202,26 +206,35 @@ def _new_job_record(new: NewJob, now: float) -> Job:
     )
 
 
-def _job_args(jobs: Sequence[NewJob]) -> list[str | int | float]:
-    args: list[str | int | float] = []
-    for new in jobs:
-        args += (
-            new.id,
-            new.name,
-            new.queue,
-            new.payload,
-            new.priority,
-            new.max_retries,
-            _num(new.timeout),
-            new.key or "",
-            repr(new.created_at),
-            repr(new.run_at),
-        )
-    return args
+def _jobs_json(jobs: Sequence[NewJob]) -> str:
+    """A batch as one JSON argument; numbers as text so Lua keeps every digit."""
+    return json.dumps(
+        [
+            (
+                new.id,
+                new.name,
+                new.queue,
+                new.payload,
+                str(new.priority),
+                str(new.max_retries),
+                _num(new.timeout),
+                new.key or "",
+                repr(new.created_at),
+                repr(new.run_at),
+            )
+            for new in jobs
+        ],
+        separators=(",", ":"),
+    )
 
 
 def _logs(lines: Sequence[dict[str, Any]]) -> str:
     return json.dumps(lines, default=str) if lines else ""
+
+
+async def _close_pair(pair: tuple[aioredis.Redis, aioredis.Redis]) -> None:
+    for client in pair:
+        await client.aclose()
 
 
 def _parse_url(url: str) -> tuple[str, str]:
@@ -247,7 +260,7 @@ class RedisBackend:
         self._client_url, self.prefix = _parse_url(url)
         # redis-py clients belong to one event loop; the blocking twins run on
         # another, so each loop gets its own pair (commands, blocking waits).
-        self._clients: dict[int, tuple[aioredis.Redis, aioredis.Redis]] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[aioredis.Redis, aioredis.Redis]] = {}
         self._loaded: set[str] = set()
         self._closed = False
         self._down_since: float | None = None
@@ -270,10 +283,10 @@ class RedisBackend:
 
     def _pair(self) -> tuple[aioredis.Redis, aioredis.Redis]:
         loop = asyncio.get_running_loop()
-        pair = self._clients.get(id(loop))
+        pair = self._clients.get(loop)
         if pair is None:
             pair = (self._make_client(False), self._make_client(True))
-            self._clients[id(loop)] = pair
+            self._clients[loop] = pair
         return pair
 
     @property
@@ -290,14 +303,18 @@ class RedisBackend:
             ) from exc
 
     async def close(self) -> None:
+        """Close the clients of every loop that used this backend: those of
+        another loop (the blocking twins' helper loop) are closed on it."""
         self._closed = True
-        loop_id = id(asyncio.get_running_loop())
-        for key, (commands, blocking) in list(self._clients.items()):
-            if key != loop_id:
-                continue  # clients of another loop are closed from that loop
-            del self._clients[key]
-            await commands.aclose()
-            await blocking.aclose()
+        current = asyncio.get_running_loop()
+        for loop, pair in list(self._clients.items()):
+            del self._clients[loop]
+            if loop is current:
+                await _close_pair(pair)
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(_close_pair(pair), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
 
     async def _run(self, name: str, *args: Any) -> Any:
         """EVALSHA the script (loading it once per server: after a restart the
@@ -329,7 +346,7 @@ class RedisBackend:
         if not jobs:
             return []
         now = time.time()
-        flat = await self._run("enqueue", repr(now), len(jobs), *_job_args(jobs))
+        flat = await self._run("enqueue", repr(now), _jobs_json(jobs))
         return await self._inserted(jobs, flat, now)
 
     async def _inserted(
@@ -358,37 +375,39 @@ class RedisBackend:
     async def claim(
         self, queues: Sequence[str], limit: int, lease: float, now: float
     ) -> builtins.list[Job]:
-        rows = await self._run("claim", repr(now), repr(lease), limit, len(queues), *queues)
+        rows = await self._run("claim", repr(now), repr(lease), limit, *queues)
         return [_job(row) for row in rows]
 
     async def heartbeat(
         self, beats: Sequence[Heartbeat], lease: float, now: float
     ) -> builtins.list[LeaseStatus]:
-        args: list[str | int | float] = []
-        for beat in beats:
-            args += (beat.job_id, beat.token, _logs(beat.logs))
-        codes = await self._run("heartbeat", repr(now), repr(lease), len(beats), *args)
+        beats_json = json.dumps([(b.job_id, b.token, _logs(b.logs)) for b in beats])
+        codes = await self._run("heartbeat", repr(now), repr(lease), beats_json)
         return [_LEASE[int(code)] for code in codes]
 
     async def finish(
         self, outcomes: Sequence[Outcome], retention: Retention
     ) -> builtins.list[bool]:
-        args: list[str | int | float] = []
-        for out in outcomes:
-            args += (
-                out.job_id,
-                out.token,
-                out.kind.value,
-                repr(out.at),
-                out.result if out.result is not None else "",
-                out.error or "",
-                _num(out.run_at),
-                _logs(out.logs),
-                _num(out.progress),
-            )
+        outcomes_json = json.dumps(
+            [
+                (
+                    out.job_id,
+                    out.token,
+                    out.kind.value,
+                    repr(out.at),
+                    out.result if out.result is not None else "",
+                    out.error or "",
+                    _num(out.run_at),
+                    _logs(out.logs),
+                    _num(out.progress),
+                )
+                for out in outcomes
+            ],
+            separators=(",", ":"),
+        )
         keep_completed = "" if retention.keep_completed is None else retention.keep_completed
         keep_failed = "" if retention.keep_failed is None else retention.keep_failed
-        flags = await self._run("finish", keep_completed, keep_failed, len(outcomes), *args)
+        flags = await self._run("finish", keep_completed, keep_failed, outcomes_json)
         return [bool(int(flag)) for flag in flags]
 
     async def progress(
@@ -406,9 +425,12 @@ class RedisBackend:
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         commands, blocking = self._pair()
-        head = await _aw(commands.zrange(f"{self.prefix}:scheduled", 0, 0, withscores=True))
-        if head:
-            timeout = min(timeout, max(0.0, float(head[0][1]) - time.time()))
+        pipe = commands.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zrange(f"{self.prefix}:scheduled:{queue}", 0, 0, withscores=True)
+        for head in await pipe.execute():
+            if head:
+                timeout = min(timeout, max(0.0, float(head[0][1]) - time.time()))
         if timeout < 0.001:
             return
         keys = [f"{self.prefix}:wake:{q}" for q in queues]
@@ -445,27 +467,43 @@ class RedisBackend:
         limit: int,
         offset: int,
     ) -> builtins.list[Job]:
-        # Newest first: walk the enqueue-ordered index from the end, in pages,
-        # keeping the jobs that match.
+        # Candidates come from the state indexes; job ids sort by creation
+        # time, so newest first is a sort of ids. An index is read whole up
+        # to _LIST_SCAN entries (beyond that, its most recent entries).
+        queues = [queue] if queue is not None else sorted(await self._queues())
+        states = [state] if state is not None else list(JobState)
+        pipe = self._r.pipeline(transaction=False)
+        for q in queues:
+            for st in states:
+                pipe.zrevrange(self._index(q, st), 0, _LIST_SCAN - 1)
+        ids = sorted({i for chunk in await pipe.execute() for i in chunk}, reverse=True)
         out: list[Job] = []
         skipped = 0
-        start, page = 0, 500
-        while len(out) < limit:
-            ids = await _aw(self._r.zrevrange(f"{self.prefix}:all", start, start + page - 1))
-            if not ids:
+        for start in range(0, len(ids), 200):
+            for job in await self._records(ids[start : start + 200]):
+                if name is not None and job.name != name:
+                    continue
+                if state is not None and job.state is not state:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                elif len(out) < limit:
+                    out.append(job)
+            if len(out) >= limit:
                 break
-            start += page
-            for job in await self._records(ids):
-                if (
-                    (state is None or job.state is state)
-                    and (name is None or job.name == name)
-                    and (queue is None or job.queue == queue)
-                ):
-                    if skipped < offset:
-                        skipped += 1
-                    elif len(out) < limit:
-                        out.append(job)
         return out
+
+    async def _queues(self) -> set[str]:
+        queues: set[str] = await _aw(self._r.smembers(f"{self.prefix}:queues"))
+        return queues
+
+    def _index(self, queue: str, state: JobState) -> str:
+        p = self.prefix
+        if state is JobState.QUEUED:
+            return f"{p}:ready:{queue}"
+        if state in (JobState.SCHEDULED, JobState.RUNNING):
+            return f"{p}:{state.value}:{queue}"
+        return f"{p}:done:{queue}:{state.value}"
 
     async def cancel(self, job_id: str, now: float) -> CancelResult:
         return CancelResult(await self._run("cancel", job_id, repr(now)))
@@ -476,13 +514,13 @@ class RedisBackend:
         return await self.get(job_id)
 
     async def stats(self) -> dict[str, dict[str, int]]:
-        raw = await _aw(self._r.hgetall(f"{self.prefix}:counts"))
+        rows = await self._run("stats")
+        order = ("scheduled", "queued", "running", "completed", "failed", "cancelled")
         out: dict[str, dict[str, int]] = {}
-        for field, value in raw.items():
-            queue, _, state = field.rpartition("|")
-            counts = out.setdefault(queue, {s.value: 0 for s in JobState})
-            counts[state] = int(value)
-        return {q: c for q, c in out.items() if any(c.values())}
+        for queue, *counts in rows:
+            if any(counts):
+                out[queue] = {state: int(n) for state, n in zip(order, counts, strict=True)}
+        return out
 
     async def purge(
         self, states: Sequence[JobState], older_than: float | None, queue: str | None
@@ -602,8 +640,7 @@ class RedisBackend:
             repr(next_run),
             _num(last_run),
             last_error or "",
-            len(jobs),
-            *_job_args(jobs),
+            _jobs_json(jobs),
         )
         if flat is None:
             return None

@@ -9,11 +9,6 @@ if state == "running" then
   redis.call("HSET", key, "cancel_requested", 1)
   return "requested"
 end
-if state == "queued" then
-  redis.call("ZREM", ready_key(h[2]), id)
-else
-  redis.call("ZREM", P .. ":scheduled", id)
-end
-redis.call("HSET", key, "error", "cancelled")
-finalize(id, h[2], state, "cancelled", ARGV[3], "")
+redis.call("ZREM", index_key(h[2], state), id)
+finalize(id, h[2], "cancelled", ARGV[3], "", {"error", "cancelled"})
 return "cancelled"

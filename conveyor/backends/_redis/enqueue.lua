@@ -1,2 +1,2 @@
--- ARGV: prefix, now, n, then 10 values per job
-return insert(4, tonumber(ARGV[3]), tonumber(ARGV[2]))
+-- ARGV: prefix, now, jobs (JSON)
+return insert(cjson.decode(ARGV[3]), tonumber(ARGV[2]))

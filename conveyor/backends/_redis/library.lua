@@ -1,6 +1,8 @@
 -- Shared by every script (prepended to each). ARGV[1] is the key prefix,
 -- a hash tag such as "{conveyor}", so every key of a deployment lives in one
 -- slot and each script touches one slot, on a single Redis or a Cluster.
+-- Batches arrive as one JSON argument (cheaper to pack than many arguments);
+-- timestamps travel as text so they keep every digit.
 local P = ARGV[1]
 local FIELDS = {"name", "queue", "payload", "state", "attempts", "max_retries", "priority",
   "key", "result", "error", "progress", "created_at", "run_at", "started_at", "finished_at",
@@ -9,10 +11,16 @@ local PRIORITY_SPAN = 1099511627776 -- 2^40: a ready score is priority * 2^40 + 
 
 local function jkey(id) return P .. ":job:" .. id end
 local function ready_key(queue) return P .. ":ready:" .. queue end
+local function scheduled_key(queue) return P .. ":scheduled:" .. queue end
+local function running_key(queue) return P .. ":running:" .. queue end
 local function done_key(queue, state) return P .. ":done:" .. queue .. ":" .. state end
 
-local function count(queue, state, delta)
-  redis.call("HINCRBY", P .. ":counts", queue .. "|" .. state, delta)
+-- The index a job sits in while in `state`; its membership is the state count.
+local function index_key(queue, state)
+  if state == "queued" then return ready_key(queue) end
+  if state == "scheduled" then return scheduled_key(queue) end
+  if state == "running" then return running_key(queue) end
+  return done_key(queue, state)
 end
 
 local function next_seq() return redis.call("INCR", P .. ":seq") end
@@ -59,45 +67,31 @@ local function delete_job(id)
   if h[3] and h[3] ~= "" and redis.call("HGET", P .. ":keys", h[3]) == id then
     redis.call("HDEL", P .. ":keys", h[3])
   end
-  if h[2] == "queued" then
-    redis.call("ZREM", ready_key(h[1]), id)
-  elseif h[2] == "scheduled" then
-    redis.call("ZREM", P .. ":scheduled", id)
-  elseif h[2] == "running" then
-    redis.call("ZREM", P .. ":running", id)
-  else
-    redis.call("ZREM", done_key(h[1], h[2]), id)
-  end
-  redis.call("ZREM", P .. ":all", id)
+  redis.call("ZREM", index_key(h[1], h[2]), id)
   redis.call("DEL", key)
-  count(h[1], h[2], -1)
 end
 
--- Move a job into a final state; trim what `keep` (a number or "") no longer keeps.
-local function finalize(id, queue, from_state, state, at, keep)
-  redis.call("HSET", jkey(id), "state", state, "finished_at", at)
-  count(queue, from_state, -1)
-  count(queue, state, 1)
+-- Move a job from `from_state` (its index entry already removed) into a final
+-- state; trim what `keep` (a number, or "" for all) no longer keeps.
+local function finalize(id, queue, state, at, keep, fields)
+  redis.call("HSET", jkey(id), "state", state, "finished_at", at, unpack(fields))
   local done = done_key(queue, state)
-  redis.call("ZADD", done, string.format("%.0f", next_seq()), id)
+  redis.call("ZADD", done, next_seq(), id)
   if keep ~= "" then
     local extra = redis.call("ZCARD", done) - tonumber(keep)
     if extra > 0 then
-      local old = redis.call("ZRANGE", done, 0, extra - 1)
-      for _, old_id in ipairs(old) do delete_job(old_id) end
+      for _, old_id in ipairs(redis.call("ZRANGE", done, 0, extra - 1)) do delete_job(old_id) end
     end
   end
 end
 
--- Store jobs; ARGV from `base` on holds 10 values per job. Returns {id, duplicate}*.
-local function insert(base, n, now)
+-- Store jobs [[id, name, queue, payload, priority, max_retries, timeout, key,
+-- created_at, run_at], ...]. Returns {id, duplicate (0/1)} per job.
+local function insert(jobs, now)
   local out = {}
   local woken = {}
-  for i = 0, n - 1 do
-    local a = base + i * 10
-    local id, name, queue, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    local priority, max_retries, timeout, ukey = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
-    local created_at, run_at = ARGV[a + 8], ARGV[a + 9]
+  for _, j in ipairs(jobs) do
+    local id, queue, priority, ukey, run_at = j[1], j[3], j[5], j[8], j[10]
     local existing = false
     if ukey ~= "" then existing = redis.call("HGET", P .. ":keys", ukey) end
     if existing then
@@ -106,20 +100,17 @@ local function insert(base, n, now)
     else
       local state = "queued"
       if tonumber(run_at) > now then state = "scheduled" end
-      local seq = next_seq()
-      redis.call("HSET", jkey(id), "name", name, "queue", queue, "payload", payload,
-        "state", state, "priority", priority, "max_retries", max_retries, "timeout", timeout,
-        "key", ukey, "created_at", created_at, "run_at", run_at, "attempts", 0, "progress", 0,
-        "stalls", 0, "cancel_requested", 0, "seq", seq)
+      redis.call("HSET", jkey(id), "name", j[2], "queue", queue, "payload", j[4],
+        "state", state, "priority", priority, "max_retries", j[6], "timeout", j[7],
+        "key", ukey, "created_at", j[9], "run_at", run_at, "attempts", 0, "progress", 0,
+        "stalls", 0, "cancel_requested", 0)
       if ukey ~= "" then redis.call("HSET", P .. ":keys", ukey, id) end
       if state == "queued" then
-        redis.call("ZADD", ready_key(queue), ready_score(priority, seq), id)
+        make_ready(id, queue, priority)
         woken[queue] = (woken[queue] or 0) + 1
       else
-        redis.call("ZADD", P .. ":scheduled", run_at, id)
+        redis.call("ZADD", scheduled_key(queue), run_at, id)
       end
-      redis.call("ZADD", P .. ":all", seq, id)
-      count(queue, state, 1)
       redis.call("SADD", P .. ":queues", queue)
       out[#out + 1] = id
       out[#out + 1] = 0

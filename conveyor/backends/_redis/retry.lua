@@ -10,7 +10,5 @@ redis.call("ZREM", done_key(h[2], h[1]), id)
 redis.call("HSET", key, "state", "queued", "max_retries", max_retries, "run_at", ARGV[3],
   "finished_at", "", "stalls", 0, "cancel_requested", 0)
 make_ready(id, h[2], h[3])
-count(h[2], h[1], -1)
-count(h[2], "queued", 1)
 wake(h[2], 1)
 return 1
