@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,14 +22,14 @@ class JobContext:
     the worker hands it back at shutdown; sync handlers poll `is_cancelled()`.
     """
 
-    __slots__ = ("_cancel_flag", "_event", "_logs", "_loop", "_sink", "job", "stop_reason")
+    __slots__ = ("_event", "_logs", "_loop", "_sink", "_stopped", "job", "stop_reason")
 
     def __init__(self, job: Job, sink: ProgressSink, loop: asyncio.AbstractEventLoop) -> None:
         self.job = job
         self._sink = sink
         self._loop = loop
         self._logs: list[dict[str, Any]] = []
-        self._cancel_flag = threading.Event()
+        self._stopped = False  # read by sync handlers in their thread
         self._event: asyncio.Event | None = None
         self.stop_reason: str | None = None
 
@@ -47,12 +46,12 @@ class JobContext:
         # Made on first use: most handlers never look, and the worker runs many jobs.
         if self._event is None:
             self._event = asyncio.Event()
-            if self._cancel_flag.is_set():
+            if self._stopped:
                 self._event.set()
         return self._event
 
     def is_cancelled(self) -> bool:
-        return self._cancel_flag.is_set()
+        return self._stopped
 
     def log(self, message: str, **fields: Any) -> None:
         """Keep a line on the job record (flushed with progress, heartbeat and finish)."""
@@ -80,6 +79,6 @@ class JobContext:
         """Called by the worker (on its loop) to tell the handler to stop."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._cancel_flag.set()
+        self._stopped = True
         if self._event is not None:
             self._event.set()

@@ -16,13 +16,14 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import Heartbeat, LeaseStatus, Outcome, OutcomeKind
+from conveyor.backends.base import FinishAndClaim, Heartbeat, LeaseStatus, Outcome, OutcomeKind
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
 from conveyor.registry import encode_json
@@ -47,6 +48,10 @@ class WorkerSettings:
     """Every knob of a worker. `build()` applies the environment under code."""
 
     concurrency: int = 10
+    # Jobs claimed ahead of free slots, started the moment a slot frees: the
+    # next claim's round trip overlaps with running jobs. Prefetched jobs hold
+    # a lease like running ones; keep it 0 for long jobs spread over many workers.
+    prefetch: int = 0
     queues: tuple[str, ...] | None = None  # None: every queue the app's job types use
     lease: float = 30.0
     heartbeat_interval: float | None = None  # None: min(lease / 3, 1 s)
@@ -60,6 +65,8 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise InvalidOptionError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.prefetch < 0:
+            raise InvalidOptionError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.lease <= 0:
             raise InvalidOptionError(f"lease must be > 0 seconds, got {self.lease}")
         if self.max_stalled < 0:
@@ -85,6 +92,7 @@ class WorkerSettings:
         values = {k: v for k, v in given.items() if v is not None}
         env_readers: dict[str, tuple[str, Any]] = {
             "concurrency": ("CONVEYOR_CONCURRENCY", int),
+            "prefetch": ("CONVEYOR_PREFETCH", int),
             "queues": ("CONVEYOR_QUEUES", _split_queues),
             "shutdown_timeout": ("CONVEYOR_SHUTDOWN_TIMEOUT", float),
             "scheduler": ("CONVEYOR_SCHEDULER", _parse_bool),
@@ -125,6 +133,11 @@ class _Running:
     job: Job
     ctx: JobContext
     task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+def _timed_out(job: Job) -> TimeoutError:
+    return TimeoutError(f"timed out after {job.timeout:g} s")
 
 
 @dataclass(slots=True)
@@ -142,6 +155,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.queues: tuple[str, ...] = settings.queues or _queues_of(app)
         self._running: dict[str, _Running] = {}
+        self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
         self._acks = _Acks()
         self._ack_task: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -152,6 +166,14 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._force = False  # a second signal: hand back running jobs at once
+        self._idle_now = False  # the claim loop waits for work (acks need the flusher)
+        backend = app.backend
+        self._combined: FinishAndClaim | None = (
+            backend if isinstance(backend, FinishAndClaim) else None
+        )
+        self._deadlines: list[tuple[float, int, _Running]] = []  # heap of job deadlines
+        self._deadline_seq = 0
+        self._deadline_added = asyncio.Event()
         self.processed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -235,10 +257,11 @@ class Worker:
         self._stopping.set()
         self._slot_freed.set()
         limit = self.settings.shutdown_timeout if timeout is None else timeout
-        for task in self._loops[:1]:  # the claim loop first, so nothing new starts
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # The claim loop ends by itself once it sees `_stopping` (cancelling it
+        # could lose the acknowledgements of an exchange in flight).
+        with contextlib.suppress(Exception):
+            await self._loops[0]
+        self._hand_back_backlog()
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks and not self._force:
             await asyncio.wait(tasks, timeout=limit)
@@ -275,33 +298,70 @@ class Worker:
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> None:
-        backend = self.app.backend
+        """Claim as many jobs as there are free slots, taking along the
+        acknowledgements waiting to be sent (one round trip for both where the
+        backend can). When there is no work it waits on the backend, and
+        acknowledgements go out through `_flush_acks` instead."""
         settings = self.settings
         failures = 0
-        while not self._stopping.is_set():
-            free = settings.concurrency - len(self._running)
-            if free <= 0:
+        while True:
+            stopping = self._stopping.is_set()
+            free = (
+                0
+                if stopping
+                else settings.concurrency
+                + settings.prefetch
+                - len(self._running)
+                - len(self._backlog)
+            )
+            if stopping and not self._acks.outcomes:
+                return
+            if free <= 0 and not self._acks.outcomes:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            batch, self._acks = self._acks, _Acks()
             try:
-                jobs = await backend.claim(self.queues, free, settings.lease, time.time())
+                jobs = await self._exchange(batch, free)
                 if failures:
-                    logger.warning("backend reachable again after %d failed claim(s)", failures)
+                    logger.warning("backend reachable again after %d failed call(s)", failures)
                 failures = 0
             except Exception as exc:
+                self._requeue_acks(batch)
                 failures += 1
                 pause = min(0.1 * 2**failures, 5.0)
                 logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
+                self._idle_now = True
                 await self._sleep_unless_stopping(pause)
-                continue
-            if not jobs:
-                await self._idle(backend_wait=True)
+                self._idle_now = False
                 continue
             for job in jobs:
                 self._start_job(job)
+            if free > 0 and not jobs and not batch.outcomes:
+                await self._idle()
 
-    async def _idle(self, backend_wait: bool) -> None:
+    async def _exchange(self, batch: _Acks, limit: int) -> list[Job]:
+        """Send `batch` and claim up to `limit` jobs."""
+        backend = self.app.backend
+        now = time.time()
+        if not batch.outcomes:
+            return await backend.claim(self.queues, limit, self.settings.lease, now)
+        if self._combined is not None and limit > 0:
+            accepted, jobs = await self._combined.finish_and_claim(
+                batch.outcomes, self.app.retention, self.queues, limit, self.settings.lease, now
+            )
+        else:
+            accepted = await backend.finish(batch.outcomes, self.app.retention)
+            jobs = []
+            if limit > 0:
+                jobs = await backend.claim(self.queues, limit, self.settings.lease, now)
+        self._acknowledged(batch, accepted)
+        return jobs
+
+    async def _idle(self) -> None:
+        self._idle_now = True
+        if self._acks.outcomes:
+            self._start_flush()
         waiter = asyncio.ensure_future(
             self.app.backend.wait_for_work(self.queues, self.settings.poll_interval)
         )
@@ -314,6 +374,7 @@ class Worker:
                     fut.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await waiter
+            self._idle_now = False
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -323,11 +384,25 @@ class Worker:
     # ------------------------------------------------------------------ running
 
     def _start_job(self, job: Job) -> None:
+        if len(self._running) >= self.settings.concurrency:
+            self._backlog.append(job)
+            return
         assert self._loop is not None
         ctx = JobContext(job, self._progress, self._loop)
         running = _Running(job, ctx)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
+        if job.timeout is not None:
+            # A bare timer, cancelled when the job ends: far cheaper per job
+            # than an asyncio.timeout() block around the handler.
+            running.timer = self._loop.call_at(
+                self._loop.time() + job.timeout, self._expire, running
+            )
+
+    def _expire(self, running: _Running) -> None:
+        if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
+            running.ctx.mark_stopped(TIMED_OUT)
+            running.task.cancel()
 
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.ctx
@@ -342,18 +417,27 @@ class Worker:
             result = await self._call(job_type, job, ctx)
             outcome = self._success(job, ctx, result)
         except asyncio.CancelledError:
-            outcome = self._stopped_outcome(job, ctx)
-            if outcome is None and ctx.stop_reason is None:
-                raise  # cancelled by someone else than us: let it propagate
+            if ctx.stop_reason == TIMED_OUT:
+                outcome = self._failure(job, _timed_out(job), final=False, job_type=job_type)
+            else:
+                outcome = self._stopped_outcome(job, ctx)
+                if outcome is None and ctx.stop_reason is None:
+                    raise  # cancelled by someone else than us: let it propagate
         except Permanent as exc:
             outcome = self._failure(job, exc, final=True)
         except Exception as exc:
-            if ctx.stop_reason is not None and ctx.stop_reason != TIMED_OUT:
+            if ctx.stop_reason == TIMED_OUT:
+                outcome = self._failure(job, _timed_out(job), final=False, job_type=job_type)
+            elif ctx.stop_reason is not None:
                 outcome = self._stopped_outcome(job, ctx)
             else:
                 outcome = self._failure(job, exc, final=False, job_type=job_type)
         finally:
+            if running.timer is not None:
+                running.timer.cancel()
             self._running.pop(job.id, None)
+            if self._backlog and not self._stopping.is_set():
+                self._start_job(self._backlog.popleft())
             self._slot_freed.set()
         if outcome is not None:
             outcome.logs = ctx.take_logs()
@@ -361,28 +445,12 @@ class Worker:
 
     async def _call(self, job_type: JobType[Any], job: Job, ctx: JobContext) -> Any:
         payload = job_type.decode_payload(job.payload)
-        timeout = job.timeout
         if job_type.is_async:
-            if timeout is None:
-                return await job_type.call(payload, ctx)
-            try:
-                async with asyncio.timeout(timeout):
-                    return await job_type.call(payload, ctx)
-            except TimeoutError:
-                if ctx.stop_reason is None:
-                    ctx.mark_stopped(TIMED_OUT)
-                raise
+            return await job_type.call(payload, ctx)
         assert self._loop is not None
-        future = self._loop.run_in_executor(self._pool, job_type.call, payload, ctx)
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            # The thread cannot be interrupted; it is told to stop and its
-            # result, if it ever comes, is dropped.
-            if ctx.stop_reason is None:
-                ctx.mark_stopped(TIMED_OUT)
-            raise
+        # On timeout or cancel this await is cancelled; the thread cannot be
+        # interrupted, so it is told through ctx and its late result dropped.
+        return await self._loop.run_in_executor(self._pool, job_type.call, payload, ctx)
 
     def _success(self, job: Job, ctx: JobContext, result: Any) -> Outcome:
         now = time.time()
@@ -412,10 +480,7 @@ class Worker:
         job_type: JobType[Any] | None = None,
     ) -> Outcome:
         now = time.time()
-        if isinstance(exc, TimeoutError) and job.timeout is not None:
-            error = f"TimeoutError: timed out after {job.timeout:g} s"
-        else:
-            error = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
         if not final and job.attempts <= job.max_retries:
             delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
             return Outcome(
@@ -429,6 +494,12 @@ class Worker:
             job_type = self.app.registry.get(running.job.name)
             if job_type is None or job_type.is_async or reason in (RELEASED, LOST):
                 running.task.cancel()
+
+    def _hand_back_backlog(self) -> None:
+        """Prefetched jobs that never started go back to the queue at once."""
+        while self._backlog:
+            job = self._backlog.popleft()
+            self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
 
     def _release(self, running: _Running) -> None:
         self._running.pop(running.job.id, None)
@@ -452,9 +523,25 @@ class Worker:
     def _ack(self, outcome: Outcome, job: Job) -> None:
         self._acks.outcomes.append(outcome)
         self._acks.jobs.append(job)
+        # A busy claim loop takes the acknowledgement along with its next
+        # claim; an idle or stopped one leaves it to the flusher.
+        if self._idle_now or self._stopping.is_set() or self._loops[0].done():
+            self._start_flush()
+
+    def _start_flush(self) -> None:
         if self._ack_task is None or self._ack_task.done():
             assert self._loop is not None
             self._ack_task = self._loop.create_task(self._flush_acks())
+
+    def _requeue_acks(self, batch: _Acks) -> None:
+        """Put a batch whose sending failed back in front: a lost acknowledgement
+        would make its job run again."""
+        self._acks.outcomes[:0] = batch.outcomes
+        self._acks.jobs[:0] = batch.jobs
+
+    def _acknowledged(self, batch: _Acks, accepted: Sequence[bool]) -> None:
+        self.processed += len(batch.outcomes)
+        self._emit_outcomes(batch, accepted)
 
     async def _flush_acks(self) -> None:
         backend = self.app.backend
@@ -464,9 +551,7 @@ class Worker:
             try:
                 accepted = await backend.finish(batch.outcomes, self.app.retention)
             except Exception as exc:
-                # Keep them: a lost acknowledgement would make the job run again.
-                self._acks.outcomes[:0] = batch.outcomes
-                self._acks.jobs[:0] = batch.jobs
+                self._requeue_acks(batch)
                 failures += 1
                 pause = min(0.1 * 2**failures, 5.0)
                 logger.error(
@@ -478,8 +563,7 @@ class Worker:
                 await asyncio.sleep(pause)
                 continue
             failures = 0
-            self.processed += len(batch.outcomes)
-            self._emit_outcomes(batch, accepted)
+            self._acknowledged(batch, accepted)
 
     def _emit_outcomes(self, batch: _Acks, accepted: Sequence[bool]) -> None:
         events = self.app.events
@@ -513,22 +597,35 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_every)
             running = list(self._running.values())
-            if not running:
+            waiting = list(self._backlog)
+            if not running and not waiting:
                 continue
             beats = [Heartbeat(r.job.id, r.job.attempts, r.ctx.take_logs()) for r in running]
+            beats += [Heartbeat(job.id, job.attempts) for job in waiting]
             try:
                 statuses = await backend.heartbeat(beats, self.settings.lease, time.time())
             except Exception as exc:
                 logger.error("heartbeat failed (%s); will retry", exc)
-                for r, beat in zip(running, beats, strict=True):
+                for r, beat in zip(running, beats, strict=False):
                     r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
                 continue
-            for r, status in zip(running, statuses, strict=True):
+            self._check_backlog(waiting, statuses[len(running) :])
+            for r, status in zip(running, statuses, strict=False):
                 if status is LeaseStatus.CANCEL:
                     self._tell_stop(r, CANCELLED)
                 elif status is LeaseStatus.LOST and r.job.id in self._running:
                     logger.warning("job %s lost its lease; abandoning this attempt", r.job.id)
                     self._tell_stop(r, LOST)
+
+    def _check_backlog(self, waiting: list[Job], statuses: Sequence[LeaseStatus]) -> None:
+        for job, status in zip(waiting, statuses, strict=True):
+            if status is LeaseStatus.HELD or job not in self._backlog:
+                continue
+            self._backlog.remove(job)
+            if status is LeaseStatus.CANCEL:
+                outcome = Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, time.time())
+                outcome.error = "cancelled"
+                self._ack(outcome, job)
 
     async def _recover_loop(self) -> None:
         backend = self.app.backend

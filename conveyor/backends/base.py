@@ -211,6 +211,22 @@ class Backend(Protocol):
         pending ones created, before `older_than` (an epoch time; None: all)."""
 
 
+@runtime_checkable
+class FinishAndClaim(Protocol):
+    """Optional: acknowledgements and the next claim in one round trip, the
+    same as `finish(outcomes, retention)` followed by `claim(...)`."""
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        retention: Retention,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[list[bool], list[Job]]: ...
+
+
 # --------------------------------------------------------------------------- stores
 # Capability protocols: a backend whose `capabilities` says recurring / locks /
 # cache implements the matching protocol below as well.

@@ -13,6 +13,7 @@ Key layout (P = "{prefix}"):
     P:running:<queue>       zset: claimed jobs, score lease expiry
     P:done:<queue>:<state>  zset: completed/failed/cancelled, in finishing order
     P:keys                  hash: idempotency key -> job id
+    P:keyof                 hash: job id -> idempotency key (keyed jobs only)
     P:queues                set of queue names
 
 Every job sits in exactly one index of its queue, the one of its state, so
@@ -71,6 +72,7 @@ _SCRIPT_NAMES = (
     "claim",
     "heartbeat",
     "finish",
+    "finish_claim",
     "progress",
     "recover",
     "cancel",
@@ -226,6 +228,32 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
         ],
         separators=(",", ":"),
     )
+
+
+def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
+    return json.dumps(
+        [
+            (
+                out.job_id,
+                out.token,
+                out.kind.value,
+                repr(out.at),
+                out.result if out.result is not None else "",
+                out.error or "",
+                _num(out.run_at),
+                _logs(out.logs),
+                _num(out.progress),
+            )
+            for out in outcomes
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _keep(retention: Retention) -> tuple[str | int, str | int]:
+    keep_completed = "" if retention.keep_completed is None else retention.keep_completed
+    keep_failed = "" if retention.keep_failed is None else retention.keep_failed
+    return keep_completed, keep_failed
 
 
 def _logs(lines: Sequence[dict[str, Any]]) -> str:
@@ -388,27 +416,28 @@ class RedisBackend:
     async def finish(
         self, outcomes: Sequence[Outcome], retention: Retention
     ) -> builtins.list[bool]:
-        outcomes_json = json.dumps(
-            [
-                (
-                    out.job_id,
-                    out.token,
-                    out.kind.value,
-                    repr(out.at),
-                    out.result if out.result is not None else "",
-                    out.error or "",
-                    _num(out.run_at),
-                    _logs(out.logs),
-                    _num(out.progress),
-                )
-                for out in outcomes
-            ],
-            separators=(",", ":"),
-        )
-        keep_completed = "" if retention.keep_completed is None else retention.keep_completed
-        keep_failed = "" if retention.keep_failed is None else retention.keep_failed
-        flags = await self._run("finish", keep_completed, keep_failed, outcomes_json)
+        flags = await self._run("finish", *_keep(retention), _outcomes_json(outcomes))
         return [bool(int(flag)) for flag in flags]
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        retention: Retention,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[builtins.list[bool], builtins.list[Job]]:
+        flags, rows = await self._run(
+            "finish_claim",
+            *_keep(retention),
+            _outcomes_json(outcomes),
+            repr(now),
+            repr(lease),
+            limit,
+            *queues,
+        )
+        return [bool(int(flag)) for flag in flags], [_job(row) for row in rows]
 
     async def progress(
         self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]

@@ -10,5 +10,7 @@ if state == "running" then
   return "requested"
 end
 redis.call("ZREM", index_key(h[2], state), id)
-finalize(id, h[2], "cancelled", ARGV[3], "", {"error", "cancelled"})
+local batch = batch_new()
+finalize(batch, id, h[2], "cancelled", ARGV[3], "", {"error", "cancelled"})
+batch_apply(batch)
 return "cancelled"

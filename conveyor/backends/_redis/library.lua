@@ -64,25 +64,75 @@ local function delete_job(id)
   local key = jkey(id)
   local h = redis.call("HMGET", key, "queue", "state", "key")
   if not h[1] then return end
-  if h[3] and h[3] ~= "" and redis.call("HGET", P .. ":keys", h[3]) == id then
-    redis.call("HDEL", P .. ":keys", h[3])
+  if h[3] and h[3] ~= "" then
+    if redis.call("HGET", P .. ":keys", h[3]) == id then redis.call("HDEL", P .. ":keys", h[3]) end
+    redis.call("HDEL", P .. ":keyof", id)
   end
   redis.call("ZREM", index_key(h[1], h[2]), id)
   redis.call("DEL", key)
 end
 
--- Move a job from `from_state` (its index entry already removed) into a final
--- state; trim what `keep` (a number, or "" for all) no longer keeps.
-local function finalize(id, queue, state, at, keep, fields)
-  redis.call("HSET", jkey(id), "state", state, "finished_at", at, unpack(fields))
-  local done = done_key(queue, state)
-  redis.call("ZADD", done, next_seq(), id)
-  if keep ~= "" then
-    local extra = redis.call("ZCARD", done) - tonumber(keep)
-    if extra > 0 then
-      for _, old_id in ipairs(redis.call("ZRANGE", done, 0, extra - 1)) do delete_job(old_id) end
+-- Per-batch collections of index writes, applied once per key at the end:
+-- one ZADD / ZREM with many members costs far less than one call per job.
+local function batch_new() return {adds = {}, removes = {}, trims = {}} end
+
+local function batch_add(batch, key, score, id)
+  local list = batch.adds[key]
+  if not list then list = {}; batch.adds[key] = list end
+  list[#list + 1] = score
+  list[#list + 1] = id
+end
+
+local function batch_remove(batch, key, id)
+  local list = batch.removes[key]
+  if not list then list = {}; batch.removes[key] = list end
+  list[#list + 1] = id
+end
+
+local function in_chunks(list, step, fn)
+  for i = 1, #list, step do fn(unpack(list, i, math.min(i + step - 1, #list))) end
+end
+
+-- Delete the oldest entries of a done set beyond `keep`, with their jobs
+-- (at most 1,000 per call: a lowered limit converges over the next batches
+-- instead of stalling Redis).
+local function trim(done, keep)
+  local extra = math.min(redis.call("ZCARD", done) - keep, 1000)
+  if extra <= 0 then return end
+  local old = redis.call("ZRANGE", done, 0, extra - 1)
+  local job_keys = {}
+  for i, id in ipairs(old) do job_keys[i] = jkey(id) end
+  -- Only jobs with an idempotency key are in P:keyof: one call for the batch.
+  local ukeys = redis.call("HMGET", P .. ":keyof", unpack(old))
+  local idem_keys = {}
+  for i, ukey in ipairs(ukeys) do
+    if ukey and redis.call("HGET", P .. ":keys", ukey) == old[i] then
+      idem_keys[#idem_keys + 1] = ukey
     end
   end
+  redis.call("ZREMRANGEBYRANK", done, 0, extra - 1)
+  redis.call("DEL", unpack(job_keys))
+  redis.call("HDEL", P .. ":keyof", unpack(old))
+  if #idem_keys > 0 then redis.call("HDEL", P .. ":keys", unpack(idem_keys)) end
+end
+
+local function batch_apply(batch)
+  for key, list in pairs(batch.removes) do
+    in_chunks(list, 1000, function(...) redis.call("ZREM", key, ...) end)
+  end
+  for key, list in pairs(batch.adds) do
+    in_chunks(list, 1000, function(...) redis.call("ZADD", key, ...) end)
+  end
+  for done, keep in pairs(batch.trims) do trim(done, keep) end
+end
+
+-- Move a job (already out of its previous index) into a final state, keeping
+-- at most `keep` (a number, or "" for all) of that state in its queue.
+local function finalize(batch, id, queue, state, at, keep, fields)
+  redis.call("HSET", jkey(id), "state", state, "finished_at", at, unpack(fields))
+  local done = done_key(queue, state)
+  batch_add(batch, done, at, id)
+  if keep ~= "" then batch.trims[done] = tonumber(keep) end
 end
 
 -- Store jobs [[id, name, queue, payload, priority, max_retries, timeout, key,
@@ -104,7 +154,10 @@ local function insert(jobs, now)
         "state", state, "priority", priority, "max_retries", j[6], "timeout", j[7],
         "key", ukey, "created_at", j[9], "run_at", run_at, "attempts", 0, "progress", 0,
         "stalls", 0, "cancel_requested", 0)
-      if ukey ~= "" then redis.call("HSET", P .. ":keys", ukey, id) end
+      if ukey ~= "" then
+        redis.call("HSET", P .. ":keys", ukey, id)
+        redis.call("HSET", P .. ":keyof", id, ukey)
+      end
       if state == "queued" then
         make_ready(id, queue, priority)
         woken[queue] = (woken[queue] or 0) + 1
@@ -117,5 +170,110 @@ local function insert(jobs, now)
     end
   end
   for queue, n_ready in pairs(woken) do wake(queue, n_ready) end
+  return out
+end
+
+-- Apply outcomes [[id, token, kind, at, result, error, run_at, logs, progress]]
+-- of claims; returns 1/0 per outcome: 0 when the token no longer holds the job.
+local function finish_jobs(keep_completed, keep_failed, outcomes)
+  local keep = {completed = keep_completed, failed = keep_failed, cancelled = ""}
+  local batch = batch_new()
+  local out = {}
+  for _, o in ipairs(cjson.decode(outcomes)) do
+    local id, kind, at, result, err, run_at = o[1], o[3], o[4], o[5], o[6], o[7]
+    local key = jkey(id)
+    local h = redis.call("HMGET", key, "state", "attempts", "queue", "priority", "cancel_requested")
+    if h[1] ~= "running" or tonumber(h[2]) ~= tonumber(o[2]) then
+      out[#out + 1] = 0
+    else
+      out[#out + 1] = 1
+      local queue = h[3]
+      batch_remove(batch, running_key(queue), id)
+      append_logs(key, o[8])
+      if o[9] ~= "" then redis.call("HSET", key, "progress", o[9]) end
+      if h[5] == "1" and (kind == "queued" or kind == "scheduled") then
+        kind = "cancelled" -- a cancel outlives the attempt
+        if err == "" then err = "cancelled" end
+      end
+      if kind == "queued" then
+        redis.call("HINCRBY", key, "attempts", -1)
+        redis.call("HSET", key, "state", "queued", "started_at", "", "run_at", at)
+        make_ready(id, queue, h[4])
+        wake(queue, 1)
+      elseif kind == "scheduled" then
+        if run_at == "" then run_at = at end
+        if tonumber(run_at) > tonumber(at) then
+          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "scheduled")
+          batch_add(batch, scheduled_key(queue), run_at, id)
+        else
+          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued")
+          make_ready(id, queue, h[4])
+          wake(queue, 1)
+        end
+      elseif kind == "completed" then
+        finalize(batch, id, queue, kind, at, keep[kind], {"result", result, "error", "", "progress", 100})
+      else
+        finalize(batch, id, queue, kind, at, keep[kind], {"result", result, "error", err})
+      end
+    end
+  end
+  batch_apply(batch)
+  return out
+end
+
+-- Promote due scheduled jobs of these queues, then lease up to `limit` ready
+-- ones: attempts + 1 is the claim's fencing token. Returns their records.
+local function claim_jobs(now_text, lease, limit, queue_list)
+  local now = tonumber(now_text)
+  local nq = #queue_list
+  -- Promote due scheduled jobs (delays, retry backoff) of these queues.
+  for i = 1, nq do
+    local queue = queue_list[i]
+    local due = redis.call("ZRANGEBYSCORE", scheduled_key(queue), "-inf", now, "LIMIT", 0, 1000)
+    for _, id in ipairs(due) do
+      redis.call("ZREM", scheduled_key(queue), id)
+      redis.call("HSET", jkey(id), "state", "queued")
+      make_ready(id, queue, redis.call("HGET", jkey(id), "priority"))
+    end
+  end
+
+  local ids, queues = {}, {}
+  if nq == 1 then
+    local popped = redis.call("ZPOPMIN", ready_key(queue_list[1]), limit)
+    for i = 1, #popped, 2 do
+      ids[#ids + 1] = popped[i]
+      queues[#queues + 1] = queue_list[1]
+    end
+  else
+    -- Several queues: take the lowest score across them, one job at a time.
+    while #ids < limit do
+      local best_queue, best_id, best_score = nil, nil, nil
+      for i = 1, nq do
+        local head = redis.call("ZRANGE", ready_key(queue_list[i]), 0, 0, "WITHSCORES")
+        if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
+          best_queue, best_id, best_score = queue_list[i], head[1], tonumber(head[2])
+        end
+      end
+      if not best_queue then break end
+      redis.call("ZREM", ready_key(best_queue), best_id)
+      ids[#ids + 1] = best_id
+      queues[#queues + 1] = best_queue
+    end
+  end
+
+  local out = {}
+  local batch = batch_new()
+  local until_ = string.format("%.6f", now + lease)
+  for i, id in ipairs(ids) do
+    local values = record(id)
+    -- record(): {id, name, queue, payload, state, attempts, ...}; patch what changes.
+    local attempts = tonumber(values[6]) + 1
+    values[5], values[6], values[15], values[20] = "running", tostring(attempts), now_text, "0"
+    redis.call("HSET", jkey(id), "state", "running", "attempts", attempts, "started_at", now_text,
+      "lease_until", until_, "cancel_requested", 0)
+    batch_add(batch, running_key(queues[i]), until_, id)
+    out[#out + 1] = values
+  end
+  batch_apply(batch)
   return out
 end

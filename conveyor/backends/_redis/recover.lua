@@ -1,6 +1,7 @@
 -- ARGV: prefix, now, max_stalled, keep_failed. Returns the records of the jobs touched.
 local now, max_stalled = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
+local batch = batch_new()
 for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do
   local running = running_key(queue)
   for _, id in ipairs(redis.call("ZRANGEBYSCORE", running, "-inf", "(" .. ARGV[2], "LIMIT", 0, 1000)) do
@@ -10,17 +11,18 @@ for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do
     if h[1] == "running" and tonumber(h[2]) < now then
       local stalls = redis.call("HINCRBY", key, "stalls", 1)
       if h[4] == "1" then
-        finalize(id, queue, "cancelled", ARGV[2], "", {"error", "cancelled"})
+        finalize(batch, id, queue, "cancelled", ARGV[2], "", {"error", "cancelled"})
       elseif stalls > max_stalled then
-        finalize(id, queue, "failed", ARGV[2], ARGV[4], {"error", "lease expired " .. stalls ..
+        finalize(batch, id, queue, "failed", ARGV[2], ARGV[4], {"error", "lease expired " .. stalls ..
           " times (worker lost); max_stalled is " .. max_stalled})
       else
         redis.call("HSET", key, "state", "queued", "run_at", ARGV[2], "started_at", "")
         make_ready(id, queue, h[3])
         wake(queue, 1)
       end
-      if redis.call("EXISTS", key) == 1 then out[#out + 1] = record(id) end
+      out[#out + 1] = record(id)
     end
   end
 end
+batch_apply(batch) -- trims last, so the records above were read while they existed
 return out
