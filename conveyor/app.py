@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from conveyor.worker import Worker
 
 DEFAULT_URL = "sqlite:///conveyor.db"
+MAX_DELAY = 100 * 365.25 * 86400.0
 
 EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
@@ -611,6 +612,6 @@ def _due_time(now: float, delay: float | timedelta | None, run_at: datetime | No
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise InvalidOptionError(f"delay must be seconds or a timedelta, got {delay!r}")
-    if seconds < 0:
-        raise InvalidOptionError(f"delay must be >= 0 seconds, got {delay!r}")
+    if not 0 <= seconds <= MAX_DELAY:  # also refuses NaN
+        raise InvalidOptionError(f"delay must be between 0 seconds and 100 years, got {delay!r}")
     return now + seconds

@@ -47,7 +47,7 @@ def check_retries(value: int) -> int:
 def check_timeout(value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
         raise InvalidOptionError(f"timeout must be > 0 seconds or None, got {value!r}")
     return float(value)
 

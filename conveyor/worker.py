@@ -23,7 +23,14 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import FinishAndClaim, Heartbeat, LeaseStatus, Outcome, OutcomeKind
+from conveyor.backends.base import (
+    BlockingClaim,
+    FinishAndClaim,
+    Heartbeat,
+    LeaseStatus,
+    Outcome,
+    OutcomeKind,
+)
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
 from conveyor.registry import encode_json
@@ -171,6 +178,10 @@ class Worker:
         self._combined: FinishAndClaim | None = (
             backend if isinstance(backend, FinishAndClaim) else None
         )
+        self._blocking: BlockingClaim | None = (
+            backend if isinstance(backend, BlockingClaim) else None
+        )
+        self._blocked_in: BlockingClaim | None = None  # set while in claim_blocking
         self._deadlines: list[tuple[float, int, _Running]] = []  # heap of job deadlines
         self._deadline_seq = 0
         self._deadline_added = asyncio.Event()
@@ -256,6 +267,9 @@ class Worker:
             return
         self._stopping.set()
         self._slot_freed.set()
+        if self._blocked_in is not None:
+            with contextlib.suppress(Exception):
+                await self._blocked_in.wake_waiter(self.id)
         limit = self.settings.shutdown_timeout if timeout is None else timeout
         # The claim loop ends by itself once it sees `_stopping` (cancelling it
         # could lose the acknowledgements of an exchange in flight).
@@ -362,6 +376,40 @@ class Worker:
         self._idle_now = True
         if self._acks.outcomes:
             self._start_flush()
+        try:
+            if self._blocking is not None:
+                for job in await self._claim_blocking(self._blocking):
+                    self._start_job(job)
+            else:
+                await self._wait_for_work()
+        except Exception as exc:
+            logger.error("waiting for work failed (%s); retrying in 1 s", exc)
+            await self._sleep_unless_stopping(1.0)
+        finally:
+            self._idle_now = False
+
+    async def _claim_blocking(self, backend: BlockingClaim) -> list[Job]:
+        settings = self.settings
+        free = settings.concurrency + settings.prefetch - len(self._running) - len(self._backlog)
+        if self._stopping.is_set():
+            return []
+        self._blocked_in = backend
+        try:
+            # stop() ends this wait through wake_waiter() rather than abandon
+            # it, so whatever the claim took is handed back now, not after its
+            # lease expires.
+            jobs = await backend.claim_blocking(
+                self.queues, free, settings.lease, settings.poll_interval, self.id
+            )
+        finally:
+            self._blocked_in = None
+        if self._stopping.is_set():
+            for job in jobs:
+                self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
+            return []
+        return jobs
+
+    async def _wait_for_work(self) -> None:
         waiter = asyncio.ensure_future(
             self.app.backend.wait_for_work(self.queues, self.settings.poll_interval)
         )
@@ -374,7 +422,6 @@ class Worker:
                     fut.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await waiter
-            self._idle_now = False
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

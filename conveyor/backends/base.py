@@ -16,11 +16,12 @@ Contract every backend keeps (the conformance suite checks it):
   else `queued`. A job whose `key` matches a job the backend still retains is
   not stored: the existing record comes back with `duplicate=True`. Within one
   batch a repeated key is a duplicate of its first occurrence.
-* `claim` first promotes due `scheduled` jobs to `queued`, then takes up to
-  `limit` `queued` jobs of the given queues ordered by (priority, run_at,
-  enqueue order), sets them `running`, increments `attempts` (the new value is
-  the claim's fencing token), sets `started_at`, a lease until `now + lease`,
-  and returns them in that order.
+* `claim` first promotes the due `scheduled` jobs of the given queues to
+  `queued`, then takes up to `limit` `queued` jobs of those queues ordered by
+  (priority, run_at at millisecond resolution, enqueue order), sets them
+  `running`, increments `attempts` (the new value is the claim's fencing
+  token), sets `started_at`, a lease until `now + lease`, and returns them in
+  that order.
 * Every call that acts on a running job carries `(job_id, token)` and is
   refused (returns False / LOST) unless the job is still `running` with
   `attempts == token`. `heartbeat` is additionally refused once the lease has
@@ -225,6 +226,22 @@ class FinishAndClaim(Protocol):
         lease: float,
         now: float,
     ) -> tuple[list[bool], list[Job]]: ...
+
+
+@runtime_checkable
+class BlockingClaim(Protocol):
+    """Optional: wait for work and claim it in one step on the server, so a
+    new job reaches an idle worker in one hop instead of a wake-up followed
+    by a claim round trip."""
+
+    async def claim_blocking(
+        self, queues: Sequence[str], limit: int, lease: float, timeout: float, waiter: str
+    ) -> list[Job]:
+        """Wait up to `timeout` for work (or for `wake_waiter(waiter)`), then
+        claim up to `limit` jobs as `claim` does, by the server's clock."""
+
+    async def wake_waiter(self, waiter: str) -> None:
+        """End the blocking wait of `waiter` early (its claim still runs)."""
 
 
 # --------------------------------------------------------------------------- stores

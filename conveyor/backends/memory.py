@@ -103,7 +103,7 @@ class MemoryBackend:
         # Heaps hold ids with their sort keys; stale entries (a job that moved
         # on) are skipped when popped, which is cheaper than removing them.
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
-        self._scheduled: list[tuple[float, int, str]] = []
+        self._scheduled: dict[str, list[tuple[float, int, str]]] = {}  # per queue
         self._running: dict[str, _Record] = {}
         # Retention: per (queue, state) a ring of (final_seq, id) in finishing
         # order, and the true count (the ring may hold stale entries of jobs
@@ -165,22 +165,23 @@ class MemoryBackend:
                 (rec.priority, rec.run_at, rec.seq, rec.id),
             )
         else:
-            heapq.heappush(self._scheduled, (rec.run_at, rec.seq, rec.id))
+            heapq.heappush(self._scheduled.setdefault(rec.queue, []), (rec.run_at, rec.seq, rec.id))
 
     # ----------------------------------------------------------------- consuming
 
-    def _promote(self, now: float) -> None:
-        heap = self._scheduled
-        while heap and heap[0][0] <= now:
-            run_at, _, job_id = heapq.heappop(heap)
-            rec = self._jobs.get(job_id)
-            if rec is not None and rec.state is JobState.SCHEDULED and rec.run_at == run_at:
-                self._make_pending(rec, JobState.QUEUED)
+    def _promote(self, now: float, queues: Sequence[str]) -> None:
+        for queue in queues:
+            heap = self._scheduled.get(queue)
+            while heap and heap[0][0] <= now:
+                run_at, _, job_id = heapq.heappop(heap)
+                rec = self._jobs.get(job_id)
+                if rec is not None and rec.state is JobState.SCHEDULED and rec.run_at == run_at:
+                    self._make_pending(rec, JobState.QUEUED)
 
     async def claim(self, queues: Sequence[str], limit: int, lease: float, now: float) -> list[Job]:
         claimed: list[Job] = []
         with self._lock:
-            self._promote(now)
+            self._promote(now, queues)
             heaps = [h for q in queues if (h := self._ready.get(q))]
             while len(claimed) < limit and heaps:
                 heap = min(heaps, key=lambda h: h[0]) if len(heaps) > 1 else heaps[0]
@@ -343,16 +344,22 @@ class MemoryBackend:
             self._notifier.notify()
         return recovered
 
+    def _next_due(self, queues: Sequence[str]) -> float | None:
+        heads = [h[0][0] for q in queues if (h := self._scheduled.get(q))]
+        return min(heads) if heads else None
+
     def _has_due_work(self, queues: Sequence[str]) -> bool:
         with self._lock:
-            if self._scheduled and self._scheduled[0][0] <= time.time():
+            due = self._next_due(queues)
+            if due is not None and due <= time.time():
                 return True
             return any(self._ready.get(q) for q in queues)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:
-            if self._scheduled:
-                timeout = min(timeout, max(0.0, self._scheduled[0][0] - time.time()))
+            due = self._next_due(queues)
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.time()))
         await self._notifier.wait(timeout, ready=lambda: self._has_due_work(queues))
 
     # ----------------------------------------------------------------- inspecting

@@ -8,7 +8,7 @@ several prefixes to spread several apps over shards.
 Key layout (P = "{prefix}"):
 
     P:job:<id>              hash: the job's fields (payload/result/logs as JSON text)
-    P:ready:<queue>         zset: queued jobs, score priority * 2^40 + sequence
+    P:ready:<queue>         zset: queued jobs, score priority * 2^42 + due ms (ties: id)
     P:scheduled:<queue>     zset: delayed jobs and retries, score run_at
     P:running:<queue>       zset: claimed jobs, score lease expiry
     P:done:<queue>:<state>  zset: completed/failed/cancelled, in finishing order
@@ -18,7 +18,6 @@ Key layout (P = "{prefix}"):
 
 Every job sits in exactly one index of its queue, the one of its state, so
 the indexes' sizes are the stats.
-    P:seq                   counter behind every sequence above
     P:wake:<queue>          list: wake-up tokens, BLPOP-ed by idle workers
     P:schedule:<name>       hash: a recurring schedule
     P:schedules:due         zset: enabled schedules, score next_run
@@ -35,18 +34,18 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
-
+from conveyor.backends._resp import (
+    Arg,
+    RedisConnectionLost,
+    RedisReplyError,
+    RedisURL,
+    RespClient,
+)
 from conveyor.backends.base import (
     CancelResult,
     Capabilities,
@@ -104,7 +103,6 @@ _FIELDS = (
     "stalls",
     "cancel_requested",
 )
-_FIELD_LIST = list(_FIELDS)
 _LIST_SCAN = 10_000
 _LEASE = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
 
@@ -125,14 +123,6 @@ def _load_scripts() -> dict[str, _Script]:
 
 
 _SCRIPTS = _load_scripts()
-
-
-T = TypeVar("T")
-
-
-def _aw(value: Awaitable[T] | T) -> Awaitable[T]:
-    """redis-py types its asyncio commands as `Awaitable[T] | T`; they are awaitables."""
-    return cast(Awaitable[T], value)
 
 
 def _f(value: str | None) -> float | None:
@@ -260,7 +250,7 @@ def _logs(lines: Sequence[dict[str, Any]]) -> str:
     return json.dumps(lines, default=str) if lines else ""
 
 
-async def _close_pair(pair: tuple[aioredis.Redis, aioredis.Redis]) -> None:
+async def _close_pair(pair: tuple[RespClient, RespClient]) -> None:
     for client in pair:
         await client.aclose()
 
@@ -285,55 +275,40 @@ class RedisBackend:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client_url, self.prefix = _parse_url(url)
-        # redis-py clients belong to one event loop; the blocking twins run on
+        client_url, self.prefix = _parse_url(url)
+        try:
+            self._settings = RedisURL(client_url)
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc)) from None
+        # Connections belong to one event loop; the blocking twins run on
         # another, so each loop gets its own pair (commands, blocking waits).
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[aioredis.Redis, aioredis.Redis]] = {}
-        self._loaded: set[str] = set()
-        self._closed = False
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[RespClient, RespClient]] = {}
         self._down_since: float | None = None
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {self._client_url} prefix={self.prefix}>"
+        return f"<RedisBackend {self._settings.display()} prefix={self.prefix}>"
 
     # ------------------------------------------------------------------ connections
 
-    def _make_client(self, blocking: bool) -> aioredis.Redis:
-        return aioredis.Redis.from_url(  # type: ignore[no-any-return]
-            self._client_url,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            socket_keepalive=True,
-            health_check_interval=0 if blocking else 30,
-            retry=None if blocking else Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-
-    def _pair(self) -> tuple[aioredis.Redis, aioredis.Redis]:
+    def _pair(self) -> tuple[RespClient, RespClient]:
         loop = asyncio.get_running_loop()
         pair = self._clients.get(loop)
         if pair is None:
-            pair = (self._make_client(False), self._make_client(True))
+            pair = (RespClient(self._settings), RespClient(self._settings))
             self._clients[loop] = pair
         return pair
 
-    @property
-    def _r(self) -> aioredis.Redis:
-        return self._pair()[0]
-
     async def open(self) -> None:
-        self._closed = False
         try:
-            await _aw(self._r.ping())
-        except RedisError as exc:
+            await self._pair()[0].call("PING")
+        except (RedisConnectionLost, RedisReplyError) as exc:
             raise BackendUnavailableError(
-                f"cannot reach Redis at {self._client_url}: {exc}"
+                f"cannot reach Redis at {self._settings.display()}: {exc}"
             ) from exc
 
     async def close(self) -> None:
-        """Close the clients of every loop that used this backend: those of
+        """Close the connections of every loop that used this backend: those of
         another loop (the blocking twins' helper loop) are closed on it."""
-        self._closed = True
         current = asyncio.get_running_loop()
         for loop, pair in list(self._clients.items()):
             del self._clients[loop]
@@ -344,29 +319,44 @@ class RedisBackend:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
 
-    async def _run(self, name: str, *args: Any) -> Any:
-        """EVALSHA the script (loading it once per server: after a restart the
-        script cache is empty, and NOSCRIPT makes us load it again)."""
-        script = _SCRIPTS[name]
-        client = self._r
-        try:
-            result = await _aw(client.evalsha(script.sha, 1, self.prefix, self.prefix, *args))
-        except NoScriptError:
-            await _aw(client.script_load(script.source))
-            result = await _aw(client.evalsha(script.sha, 1, self.prefix, self.prefix, *args))
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                logger.error("Redis at %s is unreachable (%s); retrying", self._client_url, exc)
-            raise BackendUnavailableError(f"Redis unreachable: {exc}") from exc
+    def _lost(self, exc: Exception) -> BackendUnavailableError:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.error("Redis at %s is unreachable (%s)", self._settings.display(), exc)
+        return BackendUnavailableError(f"Redis unreachable: {exc}")
+
+    def _reached(self) -> None:
         if self._down_since is not None:
             logger.warning(
                 "Redis at %s reachable again after %.1f s",
-                self._client_url,
+                self._settings.display(),
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
-        return result
+
+    async def _pipe(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        try:
+            replies = await self._pair()[0].pipeline(commands)
+        except RedisConnectionLost as exc:
+            raise self._lost(exc) from exc
+        self._reached()
+        return replies
+
+    async def _cmd(self, *args: Arg) -> Any:
+        (reply,) = await self._pipe([args])
+        return reply
+
+    async def _run(self, name: str, *args: Arg) -> Any:
+        """EVALSHA the script (loading it once per server: after a restart the
+        script cache is empty, and NOSCRIPT makes us load it again)."""
+        script = _SCRIPTS[name]
+        try:
+            return await self._cmd("EVALSHA", script.sha, 1, self.prefix, self.prefix, *args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await self._cmd("SCRIPT", "LOAD", script.source)
+        return await self._cmd("EVALSHA", script.sha, 1, self.prefix, self.prefix, *args)
 
     # ------------------------------------------------------------------ producing
 
@@ -390,10 +380,12 @@ class RedisBackend:
             else:
                 out.append(_new_job_record(new, now))
         if duplicates:
-            pipe = self._r.pipeline(transaction=False)
-            for job_id in duplicates.values():
-                pipe.hmget(f"{self.prefix}:job:{job_id}", _FIELD_LIST)
-            rows = await pipe.execute()
+            rows = await self._pipe(
+                [
+                    ("HMGET", f"{self.prefix}:job:{job_id}", *_FIELDS)
+                    for job_id in duplicates.values()
+                ]
+            )
             for (index, job_id), row in zip(duplicates.items(), rows, strict=True):
                 out[index] = _job([job_id, *row], duplicate=True)
         return [job for job in out if job is not None]
@@ -453,38 +445,73 @@ class RedisBackend:
         return [_job(row) for row in rows]
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        commands, blocking = self._pair()
-        pipe = commands.pipeline(transaction=False)
-        for queue in queues:
-            pipe.zrange(f"{self.prefix}:scheduled:{queue}", 0, 0, withscores=True)
-        for head in await pipe.execute():
+        heads = await self._pipe(
+            [("ZRANGE", f"{self.prefix}:scheduled:{q}", 0, 0, "WITHSCORES") for q in queues]
+        )
+        for head in heads:
             if head:
-                timeout = min(timeout, max(0.0, float(head[0][1]) - time.time()))
+                timeout = min(timeout, max(0.0, float(head[1]) - time.time()))
         if timeout < 0.001:
             return
         keys = [f"{self.prefix}:wake:{q}" for q in queues]
         try:
-            await _aw(blocking.blpop(keys, timeout=cast(int, timeout)))  # float works
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailableError(f"Redis unreachable: {exc}") from exc
+            await self._pair()[1].call("BLPOP", *keys, f"{timeout:.3f}")
+        except RedisConnectionLost as exc:
+            raise self._lost(exc) from exc
+
+    async def claim_blocking(
+        self, queues: Sequence[str], limit: int, lease: float, timeout: float, waiter: str
+    ) -> builtins.list[Job]:
+        # BLPOP and the claim script go out in one write on the blocking
+        # connection: Redis runs the claim the moment the wait ends, with no
+        # round trip back to us in between.
+        keys = [f"{self.prefix}:wake:{q}" for q in queues]
+        private = f"{self.prefix}:wake-worker:{waiter}"
+        script = _SCRIPTS["claim"]
+        try:
+            _, rows = await self._pair()[1].pipeline(
+                [
+                    ("BLPOP", *keys, private, f"{max(timeout, 0.001):.3f}"),
+                    (
+                        "EVALSHA",
+                        script.sha,
+                        1,
+                        self.prefix,
+                        self.prefix,
+                        "",
+                        repr(lease),
+                        limit,
+                        *queues,
+                    ),
+                ]
+            )
+        except RedisConnectionLost as exc:
+            raise self._lost(exc) from exc
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.claim(queues, limit, lease, time.time())
+        self._reached()
+        return [_job(row) for row in rows]
+
+    async def wake_waiter(self, waiter: str) -> None:
+        key = f"{self.prefix}:wake-worker:{waiter}"
+        await self._pipe([("LPUSH", key, "1"), ("PEXPIRE", key, 60_000)])
 
     # ------------------------------------------------------------------ inspecting
 
     async def get(self, job_id: str) -> Job | None:
-        row = await _aw(self._r.hmget(f"{self.prefix}:job:{job_id}", _FIELD_LIST))
+        row = await self._cmd("HMGET", f"{self.prefix}:job:{job_id}", *_FIELDS)
         return None if row[0] is None else _job([job_id, *row])
 
     async def get_by_key(self, key: str) -> Job | None:
-        job_id = await _aw(self._r.hget(f"{self.prefix}:keys", key))
+        job_id = await self._cmd("HGET", f"{self.prefix}:keys", key)
         return None if job_id is None else await self.get(job_id)
 
     async def _records(self, ids: Sequence[str]) -> builtins.list[Job]:
         if not ids:
             return []
-        pipe = self._r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(f"{self.prefix}:job:{job_id}", _FIELD_LIST)
-        rows = await pipe.execute()
+        rows = await self._pipe([("HMGET", f"{self.prefix}:job:{i}", *_FIELDS) for i in ids])
         return [_job([i, *row]) for i, row in zip(ids, rows, strict=True) if row[0] is not None]
 
     async def list(
@@ -501,11 +528,14 @@ class RedisBackend:
         # to _LIST_SCAN entries (beyond that, its most recent entries).
         queues = [queue] if queue is not None else sorted(await self._queues())
         states = [state] if state is not None else list(JobState)
-        pipe = self._r.pipeline(transaction=False)
-        for q in queues:
-            for st in states:
-                pipe.zrevrange(self._index(q, st), 0, _LIST_SCAN - 1)
-        ids = sorted({i for chunk in await pipe.execute() for i in chunk}, reverse=True)
+        chunks = await self._pipe(
+            [
+                ("ZRANGE", self._index(q, st), 0, _LIST_SCAN - 1, "REV")
+                for q in queues
+                for st in states
+            ]
+        )
+        ids = sorted({i for chunk in chunks for i in chunk}, reverse=True)
         out: list[Job] = []
         skipped = 0
         for start in range(0, len(ids), 200):
@@ -523,8 +553,7 @@ class RedisBackend:
         return out
 
     async def _queues(self) -> set[str]:
-        queues: set[str] = await _aw(self._r.smembers(f"{self.prefix}:queues"))
-        return queues
+        return set(await self._cmd("SMEMBERS", f"{self.prefix}:queues"))
 
     def _index(self, queue: str, state: JobState) -> str:
         p = self.prefix
@@ -538,9 +567,8 @@ class RedisBackend:
         return CancelResult(await self._run("cancel", job_id, repr(now)))
 
     async def retry(self, job_id: str, now: float) -> Job | None:
-        if not int(await self._run("retry", job_id, repr(now))):
-            return None
-        return await self.get(job_id)
+        row = await self._run("retry", job_id, repr(now))
+        return None if row is None else _job(row)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         rows = await self._run("stats")
@@ -589,15 +617,23 @@ class RedisBackend:
             "misfire_grace": repr(record.misfire_grace),
             "options": record.options,
         }
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self._schedule_key(record.name))
-        pipe.hset(self._schedule_key(record.name), mapping=mapping)
-        pipe.sadd(f"{self.prefix}:schedules", record.name)
-        if record.enabled:
-            pipe.zadd(f"{self.prefix}:schedules:due", {record.name: record.next_run})
-        else:
-            pipe.zrem(f"{self.prefix}:schedules:due", record.name)
-        await pipe.execute()
+        key = self._schedule_key(record.name)
+        due: tuple[Arg, ...] = (
+            ("ZADD", f"{self.prefix}:schedules:due", repr(record.next_run), record.name)
+            if record.enabled
+            else ("ZREM", f"{self.prefix}:schedules:due", record.name)
+        )
+        fields = [item for pair in mapping.items() for item in pair]
+        await self._pipe(
+            [
+                ("MULTI",),
+                ("DEL", key),
+                ("HSET", key, *fields),
+                ("SADD", f"{self.prefix}:schedules", record.name),
+                due,
+                ("EXEC",),
+            ]
+        )
 
     @staticmethod
     def _schedule(raw: dict[str, str]) -> ScheduleRecord:
@@ -624,30 +660,32 @@ class RedisBackend:
     async def _schedules(self, names: Sequence[str]) -> builtins.list[ScheduleRecord]:
         if not names:
             return []
-        pipe = self._r.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(self._schedule_key(name))
-        return [self._schedule(raw) for raw in await pipe.execute() if raw]
+        rows = await self._pipe([("HGETALL", self._schedule_key(name)) for name in names])
+        return [self._schedule(dict(zip(raw[::2], raw[1::2], strict=True))) for raw in rows if raw]
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None:
         found = await self._schedules([name])
         return found[0] if found else None
 
     async def schedule_list(self) -> builtins.list[ScheduleRecord]:
-        names = sorted(await _aw(self._r.smembers(f"{self.prefix}:schedules")))
+        names = sorted(await self._cmd("SMEMBERS", f"{self.prefix}:schedules"))
         return await self._schedules(names)
 
     async def schedule_delete(self, name: str) -> bool:
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self._schedule_key(name))
-        pipe.srem(f"{self.prefix}:schedules", name)
-        pipe.zrem(f"{self.prefix}:schedules:due", name)
-        deleted, _, _ = await pipe.execute()
-        return bool(deleted)
+        replies = await self._pipe(
+            [
+                ("MULTI",),
+                ("DEL", self._schedule_key(name)),
+                ("SREM", f"{self.prefix}:schedules", name),
+                ("ZREM", f"{self.prefix}:schedules:due", name),
+                ("EXEC",),
+            ]
+        )
+        return bool(replies[-1][0])
 
     async def schedule_due(self, now: float, limit: int) -> builtins.list[ScheduleRecord]:
-        names = await _aw(
-            self._r.zrangebyscore(f"{self.prefix}:schedules:due", "-inf", now, start=0, num=limit)
+        names = await self._cmd(
+            "ZRANGEBYSCORE", f"{self.prefix}:schedules:due", "-inf", repr(now), "LIMIT", 0, limit
         )
         return [r for r in await self._schedules(names) if r.enabled and r.next_run <= now]
 
@@ -680,7 +718,8 @@ class RedisBackend:
     async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
         # The TTL runs on the Redis clock, so expiry is the same for every client.
         ms = max(1, int(ttl * 1000))
-        return bool(await _aw(self._r.set(f"{self.prefix}:lock:{key}", token, nx=True, px=ms)))
+        reply = await self._cmd("SET", f"{self.prefix}:lock:{key}", token, "NX", "PX", ms)
+        return reply is not None
 
     async def lock_release(self, key: str, token: str) -> bool:
         return bool(int(await self._run("lock_release", key, token)))
@@ -692,12 +731,16 @@ class RedisBackend:
     # ------------------------------------------------------------------ cache
 
     async def cache_get(self, key: str, now: float) -> str | None:
-        value: str | None = await _aw(self._r.get(f"{self.prefix}:cache:{key}"))
+        value: str | None = await self._cmd("GET", f"{self.prefix}:cache:{key}")
         return value
 
     async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
-        px = None if ttl is None else max(1, int(ttl * 1000))
-        await _aw(self._r.set(f"{self.prefix}:cache:{key}", value, px=px))
+        if ttl is None:
+            await self._cmd("SET", f"{self.prefix}:cache:{key}", value)
+        else:
+            await self._cmd(
+                "SET", f"{self.prefix}:cache:{key}", value, "PX", max(1, int(ttl * 1000))
+            )
 
     async def cache_delete(self, key: str) -> bool:
-        return bool(await _aw(self._r.delete(f"{self.prefix}:cache:{key}")))
+        return bool(await self._cmd("DEL", f"{self.prefix}:cache:{key}"))

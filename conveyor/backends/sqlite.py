@@ -172,6 +172,7 @@ _SELECT_BY_KEYS: Final = (
 _PROMOTE: Final = (
     "UPDATE conveyor_jobs INDEXED BY conveyor_jobs_due SET state = 'queued'"
     " WHERE state = 'scheduled' AND run_at <= ?1"
+    " AND queue IN (SELECT value FROM json_each(?2))"
 )
 # One parameter holding a JSON array keeps a single cached statement for every
 # batch size, where "IN (?, ?, ...)" would compile a new one per size.
@@ -701,7 +702,7 @@ class SQLiteBackend:
         now: float,
     ) -> list[Job]:
         with _write(conn):
-            conn.execute(_PROMOTE, (now,))
+            conn.execute(_PROMOTE, (now, json.dumps(queues)))
             rows = conn.execute(
                 _claim_sql(len(queues)), (now, now + lease, limit, *queues)
             ).fetchall()

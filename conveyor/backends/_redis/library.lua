@@ -7,7 +7,12 @@ local P = ARGV[1]
 local FIELDS = {"name", "queue", "payload", "state", "attempts", "max_retries", "priority",
   "key", "result", "error", "progress", "created_at", "run_at", "started_at", "finished_at",
   "timeout", "logs", "stalls", "cancel_requested"}
-local PRIORITY_SPAN = 1099511627776 -- 2^40: a ready score is priority * 2^40 + sequence
+-- A ready score orders by priority, then due time in milliseconds since
+-- 2025-01-01; equal scores fall back to the member, the job id, which sorts by
+-- creation time. priority * 2^42 + ms stays exact in a double (below 2^53)
+-- for priorities -1000..1000 and 139 years of milliseconds.
+local PRIORITY_SPAN = 4398046511104 -- 2^42
+local EPOCH_MS = 1735689600000
 
 local function jkey(id) return P .. ":job:" .. id end
 local function ready_key(queue) return P .. ":ready:" .. queue end
@@ -23,7 +28,6 @@ local function index_key(queue, state)
   return done_key(queue, state)
 end
 
-local function next_seq() return redis.call("INCR", P .. ":seq") end
 
 local function wake(queue, n)
   local key = P .. ":wake:" .. queue
@@ -34,13 +38,14 @@ local function wake(queue, n)
 end
 
 -- Scores go to Redis as "%.0f" text: a Lua number would be sent with 14
--- significant digits and lose the sequence part of large scores.
-local function ready_score(priority, seq)
-  return string.format("%.0f", tonumber(priority) * PRIORITY_SPAN + seq)
+-- significant digits and lose the low digits of large scores.
+local function ready_score(priority, run_at)
+  local ms = math.floor(tonumber(run_at) * 1000) - EPOCH_MS
+  return string.format("%.0f", tonumber(priority) * PRIORITY_SPAN + ms)
 end
 
-local function make_ready(id, queue, priority)
-  redis.call("ZADD", ready_key(queue), ready_score(priority, next_seq()), id)
+local function make_ready(id, queue, priority, run_at)
+  redis.call("ZADD", ready_key(queue), ready_score(priority, run_at), id)
 end
 
 local function record(id)
@@ -159,7 +164,7 @@ local function insert(jobs, now)
         redis.call("HSET", P .. ":keyof", id, ukey)
       end
       if state == "queued" then
-        make_ready(id, queue, priority)
+        make_ready(id, queue, priority, run_at)
         woken[queue] = (woken[queue] or 0) + 1
       else
         redis.call("ZADD", scheduled_key(queue), run_at, id)
@@ -198,7 +203,7 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
       if kind == "queued" then
         redis.call("HINCRBY", key, "attempts", -1)
         redis.call("HSET", key, "state", "queued", "started_at", "", "run_at", at)
-        make_ready(id, queue, h[4])
+        make_ready(id, queue, h[4], at)
         wake(queue, 1)
       elseif kind == "scheduled" then
         if run_at == "" then run_at = at end
@@ -207,7 +212,7 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
           batch_add(batch, scheduled_key(queue), run_at, id)
         else
           redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued")
-          make_ready(id, queue, h[4])
+          make_ready(id, queue, h[4], run_at)
           wake(queue, 1)
         end
       elseif kind == "completed" then
@@ -224,6 +229,12 @@ end
 -- Promote due scheduled jobs of these queues, then lease up to `limit` ready
 -- ones: attempts + 1 is the claim's fencing token. Returns their records.
 local function claim_jobs(now_text, lease, limit, queue_list)
+  if now_text == "" then
+    -- Sent ahead, behind a blocking wait: the claim runs whenever the wait
+    -- ends, so it reads the server's clock then.
+    local t = redis.call("TIME")
+    now_text = t[1] .. "." .. string.format("%06d", tonumber(t[2]))
+  end
   local now = tonumber(now_text)
   local nq = #queue_list
   -- Promote due scheduled jobs (delays, retry backoff) of these queues.
@@ -233,7 +244,8 @@ local function claim_jobs(now_text, lease, limit, queue_list)
     for _, id in ipairs(due) do
       redis.call("ZREM", scheduled_key(queue), id)
       redis.call("HSET", jkey(id), "state", "queued")
-      make_ready(id, queue, redis.call("HGET", jkey(id), "priority"))
+      local job = redis.call("HMGET", jkey(id), "priority", "run_at")
+      make_ready(id, queue, job[1], job[2])
     end
   end
 
@@ -250,8 +262,11 @@ local function claim_jobs(now_text, lease, limit, queue_list)
       local best_queue, best_id, best_score = nil, nil, nil
       for i = 1, nq do
         local head = redis.call("ZRANGE", ready_key(queue_list[i]), 0, 0, "WITHSCORES")
-        if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
-          best_queue, best_id, best_score = queue_list[i], head[1], tonumber(head[2])
+        local score = head[2] and tonumber(head[2])
+        -- Equal scores: the smaller id (created first) wins, as within one set.
+        if head[1] and (best_score == nil or score < best_score
+            or (score == best_score and head[1] < best_id)) then
+          best_queue, best_id, best_score = queue_list[i], head[1], score
         end
       end
       if not best_queue then break end
