@@ -46,10 +46,21 @@ class RedisConnectionLost(ConnectionError):
     """The connection closed or could not be made."""
 
 
+class _Pending:
+    """The replies one `send` waits for: a single future for the whole batch."""
+
+    __slots__ = ("future", "remaining", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.remaining = count
+        self.replies: list[Any] = []
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
-        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -63,27 +74,31 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        pending = self._pending
         while (reply := self._reader.gets()) is not False:
-            waiter = self._waiters.popleft()
-            if not waiter.done():  # a cancelled caller's reply is dropped
-                waiter.set_result(reply)
+            batch = pending[0]
+            batch.replies.append(reply)
+            batch.remaining -= 1
+            if not batch.remaining:
+                pending.popleft()
+                if not batch.future.done():  # a cancelled caller's replies are dropped
+                    batch.future.set_result(batch.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         error = RedisConnectionLost(f"connection to Redis lost: {exc or 'closed by the server'}")
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
+        while self._pending:
+            batch = self._pending.popleft()
+            if not batch.future.done():
+                batch.future.set_exception(error)
 
-    def send(self, packed: bytes, count: int) -> list[asyncio.Future[Any]]:
+    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
         if self.closed or self.transport is None:
             raise RedisConnectionLost("connection to Redis is closed")
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in range(count)]
-        self._waiters.extend(futures)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(future, count))
         self.transport.write(packed)
-        return futures
+        return future
 
 
 class RedisURL:
@@ -151,7 +166,7 @@ class RespClient:
             hello.append(("SELECT", self.settings.db))
         if hello:
             packed = b"".join(_pack(cmd) for cmd in hello)
-            for reply in await asyncio.gather(*protocol.send(packed, len(hello))):
+            for reply in await protocol.send(packed, len(hello)):
                 if isinstance(reply, hiredis.ReplyError):
                     protocol.transport.close()  # type: ignore[union-attr]
                     raise RedisConnectionLost(f"Redis refused the connection setup: {reply}")
@@ -167,7 +182,7 @@ class RespClient:
         raises (after following a MOVED redirection once)."""
         packed = b"".join(_pack(cmd) for cmd in commands)
         protocol = await self._connection()
-        replies = await asyncio.gather(*protocol.send(packed, len(commands)))
+        replies = await protocol.send(packed, len(commands))
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 message = str(reply)

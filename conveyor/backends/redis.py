@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -196,6 +197,15 @@ def _new_job_record(new: NewJob, now: float) -> Job:
         run_at=utc(new.run_at),
         timeout=new.timeout,
     )
+
+
+_PRIORITY_SPAN = 1 << 42  # as in library.lua
+_EPOCH_MS = 1735689600000
+
+
+def _ready_score(priority: int, run_at: float) -> int:
+    """The ready-set score of library.lua's ready_score(), computed exactly."""
+    return priority * _PRIORITY_SPAN + math.floor(run_at * 1000) - _EPOCH_MS
 
 
 def _jobs_json(jobs: Sequence[NewJob]) -> str:
@@ -364,8 +374,69 @@ class RedisBackend:
         if not jobs:
             return []
         now = time.time()
-        flat = await self._run("enqueue", repr(now), _jobs_json(jobs))
-        return await self._inserted(jobs, flat, now)
+        if any(new.key is not None for new in jobs):
+            # The idempotency check and the insert must be one atomic step.
+            flat = await self._run("enqueue", repr(now), _jobs_json(jobs))
+            return await self._inserted(jobs, flat, now)
+        # Without keys there is nothing to check: a MULTI of plain commands
+        # costs Redis a fraction of a script call.
+        await self._pipe(self._insert_commands(jobs, now))
+        return [_new_job_record(new, now) for new in jobs]
+
+    def _insert_commands(self, jobs: Sequence[NewJob], now: float) -> list[tuple[Arg, ...]]:
+        """MULTI ... EXEC storing unkeyed jobs, as library.lua's insert() does."""
+        p = self.prefix
+        commands: list[tuple[Arg, ...]] = [("MULTI",)]
+        woken: dict[str, int] = {}
+        for new in jobs:
+            queued = new.run_at <= now
+            commands.append(
+                (
+                    "HSET",
+                    f"{p}:job:{new.id}",
+                    "name",
+                    new.name,
+                    "queue",
+                    new.queue,
+                    "payload",
+                    new.payload,
+                    "state",
+                    "queued" if queued else "scheduled",
+                    "priority",
+                    new.priority,
+                    "max_retries",
+                    new.max_retries,
+                    "timeout",
+                    _num(new.timeout),
+                    "key",
+                    "",
+                    "created_at",
+                    repr(new.created_at),
+                    "run_at",
+                    repr(new.run_at),
+                    "attempts",
+                    0,
+                    "progress",
+                    0,
+                    "stalls",
+                    0,
+                    "cancel_requested",
+                    0,
+                )
+            )
+            if queued:
+                score = _ready_score(new.priority, new.run_at)
+                commands.append(("ZADD", f"{p}:ready:{new.queue}", score, new.id))
+                woken[new.queue] = woken.get(new.queue, 0) + 1
+            else:
+                commands.append(("ZADD", f"{p}:scheduled:{new.queue}", repr(new.run_at), new.id))
+        for queue in {new.queue for new in jobs}:
+            commands.append(("SADD", f"{p}:queues", queue))
+        for queue, count in woken.items():
+            commands.append(("LPUSH", f"{p}:wake:{queue}", *(["1"] * min(count, 16))))
+            commands.append(("LTRIM", f"{p}:wake:{queue}", 0, 63))
+        commands.append(("EXEC",))
+        return commands
 
     async def _inserted(
         self, jobs: Sequence[NewJob], flat: Sequence[Any], now: float
