@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
+# Retries against an unreachable backend back off up to this, no further: once
+# it is back, acknowledgements must go out before their jobs' leases expire.
+_MAX_RETRY_PAUSE = 1.0
+
 # Why a handler was told to stop; decides the outcome that gets recorded.
 CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
 
@@ -343,7 +347,7 @@ class Worker:
             except Exception as exc:
                 self._requeue_acks(batch)
                 failures += 1
-                pause = min(0.1 * 2**failures, 5.0)
+                pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
                 logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
                 self._idle_now = True
                 await self._sleep_unless_stopping(pause)
@@ -600,7 +604,7 @@ class Worker:
             except Exception as exc:
                 self._requeue_acks(batch)
                 failures += 1
-                pause = min(0.1 * 2**failures, 5.0)
+                pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
                 logger.error(
                     "acknowledging %d job(s) failed (%s); retrying in %.1f s",
                     len(batch.outcomes),
@@ -645,18 +649,23 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_every)
             running = list(self._running.values())
             waiting = list(self._backlog)
-            if not running and not waiting:
+            # Finished jobs whose outcome is not stored yet (the backend may be
+            # away) keep their lease too, or they would be run again.
+            unacked = [Heartbeat(o.job_id, o.token) for o in self._acks.outcomes]
+            if not running and not waiting and not unacked:
                 continue
             beats = [Heartbeat(r.job.id, r.job.attempts, r.ctx.take_logs()) for r in running]
             beats += [Heartbeat(job.id, job.attempts) for job in waiting]
             try:
-                statuses = await backend.heartbeat(beats, self.settings.lease, time.time())
+                statuses = await backend.heartbeat(
+                    beats + unacked, self.settings.lease, time.time()
+                )
             except Exception as exc:
                 logger.error("heartbeat failed (%s); will retry", exc)
                 for r, beat in zip(running, beats, strict=False):
                     r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
                 continue
-            self._check_backlog(waiting, statuses[len(running) :])
+            self._check_backlog(waiting, statuses[len(running) : len(beats)])
             for r, status in zip(running, statuses, strict=False):
                 if status is LeaseStatus.CANCEL:
                     self._tell_stop(r, CANCELLED)

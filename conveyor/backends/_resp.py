@@ -71,6 +71,7 @@ class _Protocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -126,10 +127,15 @@ class RedisURL:
 class RespClient:
     """One connection (made on first use, remade after a loss) for one event loop."""
 
-    def __init__(self, settings: RedisURL, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, settings: RedisURL, connect_timeout: float = 5.0, reply_timeout: float = 30.0
+    ) -> None:
         self.settings = settings
         self.host, self.port = settings.host, settings.port
         self._connect_timeout = connect_timeout
+        # A server that hangs (frozen, partitioned) rather than closing would
+        # otherwise keep callers waiting forever.
+        self.reply_timeout = reply_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -172,23 +178,34 @@ class RespClient:
                     raise RedisConnectionLost(f"Redis refused the connection setup: {reply}")
         return protocol
 
-    async def call(self, *args: Arg) -> Any:
+    async def call(self, *args: Arg, wait: float = 0.0) -> Any:
         """Run one command; raise RedisReplyError on an error reply."""
-        (reply,) = await self.pipeline([args])
+        (reply,) = await self.pipeline([args], wait=wait)
         return reply
 
-    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[Sequence[Arg]], wait: float = 0.0) -> list[Any]:
         """Send commands in one write; their replies in order. An error reply
-        raises (after following a MOVED redirection once)."""
+        raises (after following a MOVED redirection once). `wait` is how long
+        a blocking command in the batch may legitimately keep Redis silent."""
+        if not commands:
+            return []  # nothing to send, and no reply would ever resolve a wait
         packed = b"".join(_pack(cmd) for cmd in commands)
         protocol = await self._connection()
-        replies = await protocol.send(packed, len(commands))
+        try:
+            async with asyncio.timeout(wait + self.reply_timeout):
+                replies = await protocol.send(packed, len(commands))
+        except TimeoutError:
+            self.close()  # later replies would be misattributed: start afresh
+            raise RedisConnectionLost(
+                f"no reply from Redis at {self.host}:{self.port} "
+                f"within {wait + self.reply_timeout:g} s"
+            ) from None
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 message = str(reply)
                 if message.startswith("MOVED "):
                     self._follow(message)
-                    return await self.pipeline(commands)
+                    return await self.pipeline(commands, wait=wait)
                 raise RedisReplyError(message)
         return replies
 

@@ -333,7 +333,7 @@ class RedisBackend:
         if self._down_since is None:
             self._down_since = time.monotonic()
             logger.error("Redis at %s is unreachable (%s)", self._settings.display(), exc)
-        return BackendUnavailableError(f"Redis unreachable: {exc}")
+        return BackendUnavailableError(f"Redis at {self._settings.display()} unreachable: {exc}")
 
     def _reached(self) -> None:
         if self._down_since is not None:
