@@ -69,6 +69,8 @@ def check_queue(value: str) -> str:
 
 def encode_json(value: Any, what: str) -> str:
     """JSON text of a payload or result, with a clear error when it is not JSON."""
+    if value is None:  # most handlers return nothing: skip the encoder
+        return "null"
     if isinstance(value, BaseModel):
         return value.model_dump_json()
     try:

@@ -105,6 +105,7 @@ _FIELDS = (
     "cancel_requested",
 )
 _LIST_SCAN = 10_000
+_STATES = {state.value: state for state in JobState}
 _LEASE = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
 
 
@@ -162,7 +163,7 @@ def _job(values: Sequence[Any], duplicate: bool = False) -> Job:
         name=name,
         queue=queue,
         payload=json.loads(payload),
-        state=JobState(state),
+        state=_STATES[state],
         attempts=int(attempts),
         max_retries=int(max_retries),
         priority=int(priority),
@@ -175,7 +176,7 @@ def _job(values: Sequence[Any], duplicate: bool = False) -> Job:
         started_at=utc(_f(started_at)),
         finished_at=utc(_f(finished_at)),
         timeout=_f(timeout),
-        logs=json.loads(logs) if logs else [],
+        logs=json.loads(logs) if logs and logs != "[]" else [],
         stalls=int(stalls or 0),
         cancel_requested=cancel_requested == "1",
         duplicate=duplicate,
