@@ -7,6 +7,6 @@ same figures in the same JSON shape.
 from __future__ import annotations
 
 #: Python peers in table order; conveyor first
-PYTHON_PEERS = ("conveyor", "arq", "saq", "rq", "celery", "dramatiq", "taskiq")
+PYTHON_PEERS = ("conveyor", "conveyor_prefetch", "arq", "saq", "rq", "celery", "dramatiq", "taskiq")
 NODE_PEERS = ("bullmq",)
 ALL_PEERS = PYTHON_PEERS + NODE_PEERS

@@ -1,0 +1,37 @@
+"""conveyor again, with prefetch: the worker claims up to 4 x concurrency jobs
+ahead of free slots (Celery's default prefetch multiplier is also 4), so the
+round trip of the next claim overlaps with running jobs and batches grow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from peers.conveyor_peer import ConveyorPeer, make_app
+
+
+class ConveyorPrefetchPeer(ConveyorPeer):
+    name = "conveyor_prefetch"
+    settings = (
+        "`app.worker(concurrency=10, prefetch=40, scheduler=False).run()` in one process; "
+        "otherwise as the conveyor row"
+    )
+    notes = "Prefetched jobs hold a lease like running ones and are handed back at shutdown."
+
+    def run_worker(self, started: Callable[[], None]) -> None:
+        async def main() -> None:
+            app = make_app(self.url)
+            await app.open()
+            worker = app.worker(
+                concurrency=self.concurrency, prefetch=4 * self.concurrency, scheduler=False
+            )
+            started()
+            try:
+                await worker.run()  # until SIGTERM/SIGINT
+            finally:
+                await app.close()
+
+        asyncio.run(main())
+
+
+PEER = ConveyorPrefetchPeer
