@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from rich import box
@@ -965,9 +966,30 @@ def _schedule_dict(schedule: Schedule) -> dict[str, Any]:
     return data
 
 
+def _in_zone(moment: datetime | None, zone: str) -> str:
+    """A wall-clock time in `zone`, with its offset (DST shows in the offset)."""
+    if moment is None:
+        return "-"
+    try:
+        local = moment.astimezone(ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return moment.isoformat(timespec="seconds")
+    return local.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
 def recurring_table(schedules: Sequence[Schedule]) -> Table:
     table = _compact_table()
-    columns = ["name", "job", "when", "tz", "enabled", "next run", "last run", "last error"]
+    columns = [
+        "name",
+        "job",
+        "when",
+        "tz",
+        "enabled",
+        "next run (its tz)",
+        "next run (UTC)",
+        "last run",
+        "last error",
+    ]
     if not any(s.last_error for s in schedules):
         columns.remove("last error")
     for name in columns:
@@ -979,7 +1001,8 @@ def recurring_table(schedules: Sequence[Schedule]) -> Table:
             schedule.spec,
             schedule.tz,
             Text("yes", style="green") if schedule.enabled else Text("no", style="dim"),
-            _ago(schedule.next_run),
+            _in_zone(schedule.next_run, schedule.tz),
+            _in_zone(schedule.next_run, "UTC"),
             _ago(schedule.last_run),
             Text(_snippet(schedule.last_error), style="red"),
         ]

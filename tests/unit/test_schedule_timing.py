@@ -19,12 +19,26 @@ from conveyor.scheduler import (
 )
 
 
-def record(cron: str | None = None, every: float | None = None, tz: str = "UTC",
-           next_run: float = 0.0, **extra: object) -> ScheduleRecord:
+def record(
+    cron: str | None = None,
+    every: float | None = None,
+    tz: str = "UTC",
+    next_run: float = 0.0,
+    **extra: object,
+) -> ScheduleRecord:
     return ScheduleRecord(
-        name="s", job_name="j", payload="null", cron=parse_cron(cron) if cron else None,
-        every=every, tz=tz, key=None, enabled=True, next_run=next_run,
-        created_at=0.0, updated_at=0.0, **extra,  # type: ignore[arg-type]
+        name="s",
+        job_name="j",
+        payload="null",
+        cron=parse_cron(cron) if cron else None,
+        every=every,
+        tz=tz,
+        key=None,
+        enabled=True,
+        next_run=next_run,
+        created_at=0.0,
+        updated_at=0.0,
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -105,8 +119,13 @@ def test_cron_fields(expr: str, after: datetime, expected: datetime) -> None:
 
 @pytest.mark.parametrize(
     ("expr", "field"),
-    [("61 * * * *", "minute"), ("* 24 * * *", "hour"), ("* * 32 * *", "day-of-month"),
-     ("* * * FOO *", "month"), ("* * * * XYZ", "day-of-week")],
+    [
+        ("61 * * * *", "minute"),
+        ("* 24 * * *", "hour"),
+        ("* * 32 * *", "day-of-month"),
+        ("* * * FOO *", "month"),
+        ("* * * * XYZ", "day-of-week"),
+    ],
 )
 def test_malformed_cron_names_the_field(expr: str, field: str) -> None:
     with pytest.raises(InvalidScheduleError, match=field):
@@ -120,8 +139,16 @@ def test_wrong_field_count_is_explained() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30 seconds", 30), ("every 30 minutes", 1800), ("every 1 day", 86400), ("2h", 7200),
-     ("every hour", 3600), (timedelta(minutes=5), 300), (45, 45), (0.5, 0.5)],
+    [
+        ("30 seconds", 30),
+        ("every 30 minutes", 1800),
+        ("every 1 day", 86400),
+        ("2h", 7200),
+        ("every hour", 3600),
+        (timedelta(minutes=5), 300),
+        (45, 45),
+        (0.5, 0.5),
+    ],
 )
 def test_intervals(text: object, seconds: float) -> None:
     assert parse_every(text) == seconds  # type: ignore[arg-type]
