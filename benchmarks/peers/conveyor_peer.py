@@ -32,6 +32,8 @@ class ConveyorPeer(Peer):
         "(retries=3, timeout=30 s), keep_completed=1000 (default)"
     )
     batch_call = "`app.enqueue_many([...])` (one round trip per batch where the backend allows)"
+    #: extra worker settings, as multiples of the concurrency
+    prefetch_factor = 0
 
     def __init__(self, url: str, concurrency: int) -> None:
         super().__init__(url, concurrency)
@@ -79,7 +81,11 @@ class ConveyorPeer(Peer):
         async def main() -> None:
             app = make_app(self.url)
             await app.open()
-            worker = app.worker(concurrency=self.concurrency, scheduler=False)
+            worker = app.worker(
+                concurrency=self.concurrency,
+                prefetch=self.prefetch_factor * self.concurrency,
+                scheduler=False,
+            )
             started()
             try:
                 await worker.run()  # until SIGTERM/SIGINT

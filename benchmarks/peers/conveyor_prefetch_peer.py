@@ -4,10 +4,7 @@ round trip of the next claim overlaps with running jobs and batches grow."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
-from peers.conveyor_peer import ConveyorPeer, make_app
+from peers.conveyor_peer import ConveyorPeer
 
 
 class ConveyorPrefetchPeer(ConveyorPeer):
@@ -17,21 +14,7 @@ class ConveyorPrefetchPeer(ConveyorPeer):
         "otherwise as the conveyor row"
     )
     notes = "Prefetched jobs hold a lease like running ones and are handed back at shutdown."
-
-    def run_worker(self, started: Callable[[], None]) -> None:
-        async def main() -> None:
-            app = make_app(self.url)
-            await app.open()
-            worker = app.worker(
-                concurrency=self.concurrency, prefetch=4 * self.concurrency, scheduler=False
-            )
-            started()
-            try:
-                await worker.run()  # until SIGTERM/SIGINT
-            finally:
-                await app.close()
-
-        asyncio.run(main())
+    prefetch_factor = 4
 
 
 PEER = ConveyorPrefetchPeer
