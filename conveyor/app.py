@@ -404,7 +404,7 @@ class Conveyor:
         every: float | timedelta | str | None = None,
         tz: str = "UTC",
         key: str | None = None,
-        enabled: bool = True,
+        enabled: bool | None = None,
         catch_up: str = "once",
         max_catch_up: int = 100,
         misfire_grace: float = 60.0,
@@ -416,7 +416,8 @@ class Conveyor:
         """Create or update the schedule `name`: enqueue `job_name` with
         `payload` on a cron (in time zone `tz`) or every interval.
 
-        Updating keeps the next run unless the cron, interval or zone changed.
+        Updating keeps the next run unless the cron, interval or zone changed,
+        and keeps it enabled or disabled unless `enabled` is given.
         Any worker running with the scheduler enabled fires it, once per tick.
         """
         if not isinstance(name, str) or not name:
@@ -434,8 +435,10 @@ class Conveyor:
             raise InvalidScheduleError(
                 f"max_catch_up must be an integer >= 1, got {max_catch_up!r}"
             )
-        if misfire_grace < 0:
-            raise InvalidScheduleError(f"misfire_grace must be >= 0, got {misfire_grace!r}")
+        if not 0 <= misfire_grace < 1e11:  # also refuses NaN and infinity
+            raise InvalidScheduleError(
+                f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
+            )
         job_type = self.job_type(job_name)
         options: dict[str, Any] = {}
         if queue is not None:
@@ -464,7 +467,9 @@ class Conveyor:
             every=seconds,
             tz=tz,
             key=key,
-            enabled=bool(enabled),
+            # None keeps what an operator chose (a seed script re-run at deploy
+            # time must not re-enable a schedule someone disabled).
+            enabled=(old.enabled if old is not None else True) if enabled is None else enabled,
             next_run=next_run,
             created_at=old.created_at if old is not None else now,
             updated_at=now,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -24,11 +25,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class _Abandoned(Exception):
+    """The caller computing a value was cancelled; a waiter takes over."""
+
+
 def _check(key: str, ttl: float | None) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidOptionError(f"a cache key must be a non-empty string, got {key!r}")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+    if ttl is not None and not _positive_finite(ttl):
         raise InvalidOptionError(f"a cache ttl must be > 0 seconds or None, got {ttl!r}")
+
+
+def _positive_finite(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 class Cache:
@@ -71,9 +85,11 @@ class Cache:
         if raw is not None:
             return cast(T, json.loads(raw))
         flight = (id(asyncio.get_running_loop()), key)
-        pending = self._inflight.get(flight)
-        if pending is not None:
-            return cast(T, await asyncio.shield(pending))
+        while (pending := self._inflight.get(flight)) is not None:
+            try:
+                return cast(T, await asyncio.shield(pending))
+            except _Abandoned:
+                continue  # its caller was cancelled: one of us computes instead
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[flight] = future
         try:
@@ -85,6 +101,11 @@ class Cache:
             result = json.loads(text)  # what later readers get back, exactly
             future.set_result(result)
             return cast(T, result)
+        except asyncio.CancelledError:
+            # Only this caller was cancelled: the others must not be.
+            future.set_exception(_Abandoned())
+            future.exception()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it themselves

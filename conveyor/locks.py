@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 def _check(key: str, ttl: float) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidOptionError(f"a lock key must be a non-empty string, got {key!r}")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-        raise InvalidOptionError(f"a lock ttl must be > 0 seconds, got {ttl!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
+        raise InvalidOptionError(f"a lock ttl must be > 0 seconds (and finite), got {ttl!r}")
 
 
 class Locks:

@@ -169,8 +169,8 @@ def parse_every(value: float | int | timedelta | str) -> float:
         seconds = float(match.group(1) or 1) * _UNITS[match.group(2)]
     else:
         raise InvalidScheduleError(f"every= must be seconds, a timedelta or text, not {value!r}")
-    if seconds <= 0:
-        raise InvalidScheduleError(f"an interval must be above zero, got {value!r}")
+    if not 0 < seconds < 1e11:  # also refuses NaN and infinity
+        raise InvalidScheduleError(f"an interval must be above zero and finite, got {value!r}")
     return seconds
 
 
@@ -343,7 +343,8 @@ class Scheduler:
             priority=options.get("priority", defaults.priority),
             max_retries=options.get("retries", defaults.retries),
             timeout=options.get("timeout", defaults.timeout),
-            key=f"recurring:{rec.key or rec.name}:{tick:.3f}",
+            # The name, not the key: several schedules may share a key (a tag).
+            key=f"recurring:{rec.name}:{tick:.3f}",
             created_at=now,
             run_at=now,
         )

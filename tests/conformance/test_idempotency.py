@@ -3,6 +3,8 @@ enqueue returns the existing job flagged `duplicate` and stores nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from conveyor import Conveyor, JobState
@@ -147,3 +149,35 @@ async def test_typed_enqueue_with_key(app: Conveyor) -> None:
     first = await typed.enqueue({"a": 1}, key="t")
     second = await typed.enqueue({"a": 2}, key="t")
     assert second.duplicate and second.id == first.id
+
+
+async def test_concurrent_enqueues_of_one_key_store_one_job(app: Conveyor, make_app) -> None:
+    """Racing producers: coroutines on this loop, threads through the blocking
+    twin (another loop), and, where the backend's storage is shared between
+    app objects (a file, a server), a second app: one job, the rest duplicates."""
+    counting_app(app)
+    other = await make_app()
+    counting_app(other)
+    probe = await app.enqueue("count", "probe")
+    shared = await other.get_job(probe.id) is not None
+
+    producers = [app.enqueue("count", n, key="race") for n in range(10)]
+    producers += [asyncio.to_thread(app.enqueue_sync, "count", n, key="race") for n in range(5)]
+    if shared:
+        producers += [other.enqueue("count", n, key="race") for n in range(10)]
+    jobs = await asyncio.gather(*producers)
+    assert len({j.id for j in jobs}) == 1
+    assert sum(not j.duplicate for j in jobs) == 1
+    assert total(await app.stats()) == 2  # the probe and the one keyed job
+
+
+async def test_a_large_batch_keeps_keys_and_order(app: Conveyor) -> None:
+    counting_app(app)
+    jobs = await app.enqueue_many([("count", i, {"key": f"k{i}"}) for i in range(2000)])
+    assert len({j.id for j in jobs}) == 2000
+    again = await app.enqueue_many([("count", i, {"key": f"k{i}"}) for i in range(0, 2000, 7)])
+    assert all(j.duplicate for j in again)
+    assert [j.id for j in again] == [jobs[i].id for i in range(0, 2000, 7)]
+    assert total(await app.stats()) == 2000
+    claimed = await app.backend.claim(["default"], 500, 30.0, time.time())
+    assert [j.payload for j in claimed] == list(range(500))

@@ -330,3 +330,19 @@ async def test_job_record_fields(app: Conveyor) -> None:
         assert record.run_at is not None
         assert record.started_at is None and record.finished_at is None
     assert stored.id == job.id
+
+
+async def test_job_without_a_handler_in_the_worker_fails_clearly(app: Conveyor, worker) -> None:
+    """A producer knows a job type the worker's app does not (an old deploy):
+    the job fails with an error naming it rather than being lost or stuck."""
+
+    @app.job("ghost", retries=0)
+    async def ghost(payload: Any) -> None:
+        return None
+
+    job = await app.enqueue("ghost", {})
+    app.registry.pop("ghost")
+    async with worker(app, queues=["default"]):
+        done = await app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.FAILED
+    assert "ghost" in done.error

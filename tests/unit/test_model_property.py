@@ -63,7 +63,7 @@ LEASES = (5.25, 10.25)
 
 SETTINGS = settings(
     max_examples=100,
-    stateful_step_count=50,
+    stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -219,7 +219,7 @@ class BackendModel(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         kind=st.sampled_from(list(OutcomeKind)),
-        delay=st.sampled_from([0.0, 5.0]),
+        delay=st.sampled_from([0.0, 2.0, 5.0]),
         value=st.integers(0, 1000),
     )
     def finish(self, data: st.DataObject, kind: OutcomeKind, delay: float, value: int) -> None:
@@ -251,6 +251,12 @@ class BackendModel(RuleBasedStateMachine):
     def zombie_finish(self, data: st.DataObject, kind: OutcomeKind) -> None:
         """A worker that lost its claim (or never had this token) reports."""
         candidates = self.stale_claims() + [(j.id, j.attempts + 1) for j in self.running()]
+        # The dangerous zombie most of all: its job runs again under a newer claim.
+        superseded = [
+            (j, t) for j, t in self.stale_claims() if self.jobs[j].state is JobState.RUNNING
+        ]
+        if superseded and data.draw(st.booleans()):
+            candidates = superseded
         job_id, token = data.draw(st.sampled_from(candidates))
         self.tick()
         outcome = Outcome(
@@ -318,7 +324,7 @@ class BackendModel(RuleBasedStateMachine):
         job.run_at = self.now
         job.stalls = 0
 
-    @rule(seconds=st.sampled_from([2.0, 6.0, 12.0]))
+    @rule(seconds=st.sampled_from([1.0, 3.0, 6.0, 12.0]))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
 
