@@ -474,7 +474,9 @@ class Worker:
                 outcome = self._stopped_outcome(job, ctx)
                 if outcome is None and ctx.stop_reason is None:
                     raise  # cancelled by someone else than us: let it propagate
-        except Permanent as exc:
+        except (Permanent, InvalidPayloadError) as exc:
+            # A payload that no longer fits its model fails the same way on
+            # every attempt: retrying would only repeat it.
             outcome = self._failure(job, exc, final=True)
         except Exception as exc:
             if ctx.stop_reason == TIMED_OUT:

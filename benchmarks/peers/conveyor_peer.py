@@ -49,9 +49,10 @@ class ConveyorPeer(Peer):
 
     @classmethod
     def versions(cls) -> dict[str, str]:
+        # conveyor speaks RESP itself; hiredis parses the replies.
         found = {"conveyor": conveyor_version}
-        if dist_version("redis") != "not installed":
-            found["redis-py"] = dist_version("redis")
+        if dist_version("hiredis") != "not installed":
+            found["hiredis"] = dist_version("hiredis")
         return found
 
     async def open(self) -> None:

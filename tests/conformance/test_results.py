@@ -89,7 +89,7 @@ async def test_typed_enqueue_many(app: Conveyor, worker) -> None:
 
 async def test_payload_revalidated_on_run(app: Conveyor, worker) -> None:
     """A stored payload that no longer fits the model (the model changed, or
-    someone wrote it by hand) fails the job with a clear error."""
+    someone wrote it by hand) fails the job at once with a clear error."""
 
     @app.job("email.welcome", retries=0)
     async def welcome(payload: Welcome) -> None:
@@ -107,7 +107,7 @@ async def test_payload_revalidated_on_run(app: Conveyor, worker) -> None:
         queue="default",
         payload='{"to": "x"}',
         priority=0,
-        max_retries=0,
+        max_retries=3,  # retrying cannot help: it must fail at once
         timeout=30.0,
         key=None,
         created_at=now,
@@ -117,6 +117,7 @@ async def test_payload_revalidated_on_run(app: Conveyor, worker) -> None:
     async with worker(app):
         done = await app.wait(stored.id, timeout=WAIT)
     assert done.state is JobState.FAILED
+    assert done.attempts == 1
     assert "name" in done.error  # the missing field is named
 
 
