@@ -51,6 +51,10 @@ class Portal:
         loop = self._ensure()
         return asyncio.run_coroutine_threadsafe(make(), loop).result()
 
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
     def owns_current_loop(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop

@@ -170,7 +170,7 @@ class Conveyor:
         if self._open:
             self._open = False
             await self.backend.close()
-        if not self.portal.owns_current_loop():
+        if self.portal.running and not self.portal.owns_current_loop():
             await asyncio.to_thread(self.portal.stop)
 
     def close_sync(self) -> None:
