@@ -17,7 +17,7 @@ from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends import from_url
+from conveyor.backends import from_url, scheme_of
 from conveyor.backends.base import (
     Backend,
     CancelResult,
@@ -25,6 +25,7 @@ from conveyor.backends.base import (
     Retention,
     ScheduleRecord,
     ScheduleStore,
+    TransactionalEnqueue,
 )
 from conveyor.backoff import BackoffLike
 from conveyor.cache import Cache
@@ -242,11 +243,17 @@ class Conveyor:
         retries: int | None = None,
         timeout: float | EllipsisType | None = ...,
         queue: str | None = None,
+        connection: Any = None,
     ) -> Job:
         """Store one job. Options left out take the job type's defaults.
 
         With `key`, a job that the backend still retains under the same key is
         returned instead (its `duplicate` is True) and nothing new is stored.
+
+        With `connection` (a database connection of the backend's own kind,
+        inside an open transaction), the job is stored in that transaction:
+        it exists once the caller commits and never if it rolls back. No
+        `job.enqueued` event is emitted then, since the commit is not ours to see.
         """
         new = self._new_job(
             name,
@@ -261,15 +268,23 @@ class Conveyor:
             queue=queue,
         )
         backend = await self._backend()
+        if connection is not None:
+            (job,) = await self._enqueue_in(backend, connection, [new])
+            return job
+        self._check_fits(backend, [new])
         (job,) = await backend.enqueue([new])
         if not job.duplicate:
             self.events.emit("job.enqueued", job)
         return job
 
-    async def enqueue_many(self, items: Iterable[EnqueueItem]) -> list[Job]:
+    async def enqueue_many(
+        self, items: Iterable[EnqueueItem], *, connection: Any = None
+    ) -> list[Job]:
         """Store many jobs in one round trip: `[(name, payload), (name, payload,
         {"delay": 5, ...}), ...]`. Every item is checked before anything is
-        stored, so one bad item stores none."""
+        stored, so one bad item stores none. A backend with a largest batch
+        (`capabilities.max_batch`) gets several round trips. `connection`:
+        as for `enqueue`."""
         now = time.time()
         batch: list[NewJob] = []
         for index, item in enumerate(items):
@@ -286,7 +301,13 @@ class Conveyor:
         if not batch:
             return []
         backend = await self._backend()
-        jobs = await backend.enqueue(batch)
+        if connection is not None:
+            return await self._enqueue_in(backend, connection, batch)
+        self._check_fits(backend, batch)
+        size = backend.capabilities.max_batch or len(batch)
+        jobs = []
+        for start in range(0, len(batch), size):
+            jobs += await backend.enqueue(batch[start : start + size])
         if self.events.wants("job.enqueued"):
             for job in jobs:
                 if not job.duplicate:
@@ -387,10 +408,37 @@ class Conveyor:
             cutoff = time.time() - seconds
         return await backend.purge(states, cutoff, queue)
 
-    @staticmethod
-    def _require(supported: bool, what: str) -> None:
+    def _require(self, supported: bool, what: str) -> None:
         if not supported:
-            raise NotSupportedError(f"this backend does not support {what}")
+            hint = self.backend.capabilities.hint
+            raise NotSupportedError(
+                f"the {scheme_of(self.url)}:// backend does not support {what}"
+                + (f"; {hint}" if hint else "")
+            )
+
+    def _check_fits(self, backend: Backend, jobs: Sequence[NewJob]) -> None:
+        """Refuse, before anything is stored, what the backend cannot hold."""
+        caps = backend.capabilities
+        for new in jobs:
+            if new.priority != 0:
+                self._require(caps.priorities, f"priorities (job {new.name!r} has {new.priority})")
+            if caps.max_delay is not None and new.run_at - new.created_at > caps.max_delay:
+                delay = new.run_at - new.created_at
+                self._require(
+                    False,
+                    f"delays over {caps.max_delay:g} s (job {new.name!r} is due in {delay:.0f} s)",
+                )
+
+    async def _enqueue_in(self, backend: Backend, connection: Any, jobs: list[NewJob]) -> list[Job]:
+        self._require(
+            backend.capabilities.transactional_enqueue
+            and isinstance(backend, TransactionalEnqueue),
+            "enqueueing inside your transaction (connection=); it needs a backend that "
+            "lives in your database, such as postgresql://",
+        )
+        assert isinstance(backend, TransactionalEnqueue)
+        self._check_fits(backend, jobs)
+        return await backend.enqueue_in(connection, jobs)
 
     # ------------------------------------------------------------------ recurring
 

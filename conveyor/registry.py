@@ -153,6 +153,7 @@ class JobType(Generic[PayloadT]):
         retries: int | None = None,
         timeout: float | EllipsisType | None = ...,
         queue: str | None = None,
+        connection: Any = None,
     ) -> Job:
         return await self.app.enqueue(
             self.name,
@@ -164,10 +165,15 @@ class JobType(Generic[PayloadT]):
             retries=retries,
             timeout=timeout,
             queue=queue,
+            connection=connection,
         )
 
-    async def enqueue_many(self, payloads: Sequence[PayloadT], **options: Any) -> list[Job]:
-        return await self.app.enqueue_many([(self.name, p, options) for p in payloads])
+    async def enqueue_many(
+        self, payloads: Sequence[PayloadT], *, connection: Any = None, **options: Any
+    ) -> list[Job]:
+        return await self.app.enqueue_many(
+            [(self.name, p, options) for p in payloads], connection=connection
+        )
 
     def enqueue_sync(self, payload: PayloadT, **options: Any) -> Job:
         return self.app.portal.call(lambda: self.enqueue(payload, **options), "enqueue")

@@ -58,7 +58,14 @@ from conveyor.job import Job, JobState
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a backend can do. The facade raises NotSupportedError for the rest."""
+    """What a backend can do, with the limits it works within.
+
+    The facade reads these to refuse clearly what a backend cannot do
+    (NotSupportedError naming the operation, the backend and `hint`), and to
+    shape requests to fit (an `enqueue_many` larger than `max_batch` goes out
+    in several batches). Flags say whether an operation exists at all; the
+    values say how far it goes (None: no limit of the backend's own).
+    """
 
     list_jobs: bool = True
     cancel: bool = True
@@ -69,6 +76,22 @@ class Capabilities:
     recurring: bool = False
     locks: bool = False
     cache: bool = False
+    # Lower numbers run first. A broker without priorities refuses priority != 0.
+    priorities: bool = True
+    # A result, heartbeat or progress report from a claim whose lease was lost
+    # is always refused. A broker that can only delete a message by the handle
+    # its last delivery carried may accept a late one: False says so.
+    strong_fencing: bool = True
+    # The longest delay (seconds) the backend can hold a job for by itself; a
+    # longer delay or a later run_at is refused (or served by a store).
+    max_delay: float | None = None
+    # The most jobs one enqueue round trip may carry.
+    max_batch: int | None = None
+    # `enqueue(..., connection=conn)` stores jobs inside the caller's own
+    # database transaction (the backend implements TransactionalEnqueue).
+    transactional_enqueue: bool = False
+    # Appended to NotSupportedError messages: how to get what is missing.
+    hint: str = ""
 
 
 @dataclass(slots=True)
@@ -242,6 +265,18 @@ class BlockingClaim(Protocol):
 
     async def wake_waiter(self, waiter: str) -> None:
         """End the blocking wait of `waiter` early (its claim still runs)."""
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """Optional (with `capabilities.transactional_enqueue`): store jobs with the
+    caller's own database connection, inside the transaction it has open, so
+    they exist exactly when the caller's other writes commit. Nothing is
+    committed here; a rollback removes the jobs with the rest."""
+
+    async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
+        """As `enqueue`, on `connection`; raise InvalidOptionError when
+        `connection` is not a connection this backend can use."""
 
 
 # --------------------------------------------------------------------------- stores
