@@ -96,8 +96,8 @@ class Conveyor:
         self.registry: dict[str, JobType[Any]] = {}
         self.events = EventBus()
         self.portal = Portal()
-        self.locks = Locks(self)
-        self.cache = Cache(self)
+        self.locks = Locks(self._backend, self.portal, self.url)
+        self.cache = Cache(self._backend, self.portal, self.url)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
 

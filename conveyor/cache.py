@@ -12,15 +12,12 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends.base import CacheStore
+from conveyor.backends.base import Backend, CacheStore
 from conveyor.job import InvalidOptionError, NotSupportedError
 from conveyor.registry import encode_json
-
-if TYPE_CHECKING:
-    from conveyor.app import Conveyor
 
 T = TypeVar("T")
 
@@ -48,19 +45,24 @@ def _positive_finite(value: object) -> bool:
 class Cache:
     """`app.cache`: get / set / delete / wrap, values as JSON."""
 
-    def __init__(self, app: Conveyor) -> None:
-        self._app = app
+    def __init__(
+        self, backend: Callable[[], Awaitable[Backend]], portal: Portal, where: str
+    ) -> None:
+        # `backend` opens the backend on first use; `where` names it in errors.
+        self._backend = backend
+        self._portal = portal
+        self._where = where
         self._inflight: dict[tuple[int, str], asyncio.Future[Any]] = {}
 
     @property
     def portal(self) -> Portal:
-        return self._app.portal
+        return self._portal
 
     async def _store(self) -> CacheStore:
-        await self._app.open()
-        if not self._app.backend.capabilities.cache:
-            raise NotSupportedError(f"the backend {self._app.url} has no cache")
-        return cast(CacheStore, self._app.backend)
+        backend = await self._backend()
+        if not backend.capabilities.cache:
+            raise NotSupportedError(f"the backend {self._where} has no cache")
+        return cast(CacheStore, backend)
 
     async def get(self, key: str, default: Any = None) -> Any:
         _check(key, None)

@@ -12,15 +12,12 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends.base import LockStore
+from conveyor.backends.base import Backend, LockStore
 from conveyor.job import InvalidOptionError, NotSupportedError
-
-if TYPE_CHECKING:
-    from conveyor.app import Conveyor
 
 
 def _check(key: str, ttl: float) -> None:
@@ -33,18 +30,23 @@ def _check(key: str, ttl: float) -> None:
 class Locks:
     """`app.locks`: acquire / release / extend by owner token."""
 
-    def __init__(self, app: Conveyor) -> None:
-        self._app = app
+    def __init__(
+        self, backend: Callable[[], Awaitable[Backend]], portal: Portal, where: str
+    ) -> None:
+        # `backend` opens the backend on first use; `where` names it in errors.
+        self._backend = backend
+        self._portal = portal
+        self._where = where
 
     @property
     def portal(self) -> Portal:
-        return self._app.portal
+        return self._portal
 
     async def _store(self) -> LockStore:
-        await self._app.open()
-        if not self._app.backend.capabilities.locks:
-            raise NotSupportedError(f"the backend {self._app.url} has no locks")
-        return cast(LockStore, self._app.backend)
+        backend = await self._backend()
+        if not backend.capabilities.locks:
+            raise NotSupportedError(f"the backend {self._where} has no locks")
+        return cast(LockStore, backend)
 
     async def acquire(self, key: str, ttl: float, wait: float = 0.0) -> str | None:
         """The owner token, or None if the lock is held by someone else.
