@@ -27,13 +27,13 @@ from conveyor.cli.core import (
     run_on,
 )
 from conveyor.cli.views import (
-    format_seconds,
     job_view,
     jobs_table,
     recurring_table,
     schedule_dict,
     stats_table,
 )
+from conveyor.durations import describe_seconds
 from conveyor.job import Job, JobState
 
 # --------------------------------------------------------------------------- stats
@@ -240,7 +240,7 @@ async def _retry_all_failed(app: Conveyor, queue: str | None, name: str | None) 
     "--older-than",
     callback=duration_option,
     metavar="AGE",
-    help="Only jobs older than AGE, e.g. 30s, 10m, 12h, 7d.",
+    help="Only jobs older than AGE, e.g. 30s, 10m, 1h30m, 7d.",
 )
 @click.option("-q", "--queue", help="Only this queue.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -259,7 +259,7 @@ def purge(
     app = admin_app(ctx)  # before the prompt: a bad URL fails without asking first
     if not yes:
         what = "/".join(s.value for s in parsed)
-        age = f" older than {format_seconds(older_than)}" if older_than is not None else ""
+        age = f" older than {describe_seconds(older_than)}" if older_than is not None else ""
         where = f"queue {queue!r}" if queue else "all queues"
         confirm(f"Delete {what} jobs{age} from {where} of {app.url}?", "nothing was purged")
     removed = run_on(app, lambda app: app.purge(parsed, older_than=older_than, queue=queue))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from rich.text import Text
 
 from conveyor.app import Conveyor
 from conveyor.backends import scheme_of
+from conveyor.durations import InvalidDurationError, parse_duration
 from conveyor.job import ConveyorError, JobState
 
 T = TypeVar("T")
@@ -162,32 +162,14 @@ def parse_state(value: str) -> JobState:
         raise CliError(f"unknown job state {value!r}; known: {known}") from None
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> float:
-    """`30s`, `10m`, `12h`, `7d`, `2w`, or combined like `1h30m`, in seconds.
-
-    A bare number is refused on purpose: in `--older-than 7` the unit is
-    anyone's guess, and guessing wrong deletes the wrong jobs."""
-    compact = text.strip().replace(" ", "")
-    parts = _DURATION_PART.findall(compact)
-    if not compact or "".join(n + u for n, u in parts).lower() != compact.lower():
-        raise ValueError(
-            f"{text!r} is not a duration; use a number and a unit, e.g. 30s, 10m, 12h, 7d"
-        )
-    return sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
-
-
 def duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     # A callback rather than a ParamType subclass: ParamType is generic only
     # from click 8.2 on, and we support 8.1.
     if value is None:
         return None
     try:
-        return parse_duration(value)
-    except ValueError as exc:
+        return parse_duration(value, what="the duration", allow_zero=True)
+    except InvalidDurationError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
 
 

@@ -68,13 +68,6 @@ def snippet(text: str | None, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def format_seconds(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
 def compact_table(gap: int = 2) -> Table:
     # SIMPLE_HEAD draws a blank column separator: with right padding it makes
     # the gap between columns, and no edge padding keeps rows flush left.
