@@ -16,6 +16,7 @@ from conveyor.app import DEFAULT_URL
 from conveyor.cli import admin, tools, worker_command
 from conveyor.cli.core import CliError, ConveyorGroup, Options, describe
 from conveyor.cli.loading import load_app
+from conveyor.settings import CONVEYOR_DEBUG, CONVEYOR_URL
 
 __all__ = ["CliError", "cli", "describe", "load_app", "main"]
 
@@ -26,7 +27,7 @@ __all__ = ["CliError", "cli", "describe", "load_app", "main"]
 )
 @click.option(
     "--url",
-    envvar="CONVEYOR_URL",
+    envvar=CONVEYOR_URL,
     show_envvar=True,
     metavar="URL",
     help=f"Backend URL, e.g. sqlite:///jobs.db or memory:// [default: {DEFAULT_URL}].",
@@ -34,7 +35,7 @@ __all__ = ["CliError", "cli", "describe", "load_app", "main"]
 @click.option(
     "--debug",
     is_flag=True,
-    envvar="CONVEYOR_DEBUG",
+    envvar=CONVEYOR_DEBUG,
     help="Show the full traceback of an error.",
 )
 @click.version_option(__version__, "-V", "--version", prog_name="conveyor")

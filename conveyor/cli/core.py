@@ -22,6 +22,7 @@ from conveyor.app import Conveyor
 from conveyor.backends import scheme_of
 from conveyor.durations import InvalidDurationError, parse_duration
 from conveyor.job import ConveyorError, JobState
+from conveyor.settings import CONVEYOR_URL
 
 T = TypeVar("T")
 
@@ -191,7 +192,7 @@ def _require_existing_sqlite(app: Conveyor) -> None:
     path = getattr(app.backend, "path", None)
     if isinstance(path, str) and not os.path.exists(path):
         raise CliError(
-            f"no SQLite database at {path} (check --url or CONVEYOR_URL; "
+            f"no SQLite database at {path} (check --url or {CONVEYOR_URL}; "
             "the file appears once a job is enqueued or a worker starts)"
         )
 

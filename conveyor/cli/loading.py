@@ -11,6 +11,7 @@ from typing import Any
 from conveyor.app import Conveyor
 from conveyor.backends import from_url
 from conveyor.cli.core import CliError, describe
+from conveyor.settings import CONVEYOR_URL
 
 logger = logging.getLogger("conveyor.cli")
 
@@ -76,7 +77,7 @@ def load_app_with_url(path: str, url: str | None) -> Conveyor:
     """`load_app`, with --url (when given) winning over the URL in the code."""
     if url is not None:
         # Conveyor() reads CONVEYOR_URL when the module builds the app.
-        os.environ["CONVEYOR_URL"] = url
+        os.environ[CONVEYOR_URL] = url
     app = load_app(path)
     if url is not None and app.url != url:
         _use_url(app, url)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import click
 
 from conveyor.cli.core import CliError, describe, out
+from conveyor.settings import CONVEYOR_URL
 
 
 @click.command()
@@ -40,7 +41,7 @@ def bench(backends: str, job_count: int, concurrency: int) -> None:
     "demo_url",
     metavar="URL",
     help="Where the demo keeps its jobs [default: a fresh sqlite:///conveyor-demo.db, "
-    "removed at start]. The global --url and CONVEYOR_URL do not apply.",
+    f"removed at start]. The global --url and {CONVEYOR_URL} do not apply.",
 )
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 def demo(job_count: int, demo_url: str | None, concurrency: int) -> None:

@@ -17,6 +17,12 @@ from conveyor import __version__
 from conveyor.app import Conveyor
 from conveyor.cli.core import CliError, options
 from conveyor.cli.loading import load_app_with_url
+from conveyor.settings import (
+    CONVEYOR_CONCURRENCY,
+    CONVEYOR_QUEUES,
+    CONVEYOR_SCHEDULER,
+    CONVEYOR_SHUTDOWN_TIMEOUT,
+)
 from conveyor.worker import Worker
 
 logger = logging.getLogger("conveyor.cli")
@@ -32,25 +38,25 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     "-c",
     "--concurrency",
     type=click.IntRange(min=1),
-    help="Jobs run at once [env CONVEYOR_CONCURRENCY; default 10].",
+    help=f"Jobs run at once [env {CONVEYOR_CONCURRENCY}; default 10].",
 )
 @click.option(
     "-q",
     "--queues",
     metavar="A,B",
-    help="Queues to serve [env CONVEYOR_QUEUES; default: every queue the app's job types use].",
+    help=f"Queues to serve [env {CONVEYOR_QUEUES}; default: every queue the app's job types use].",
 )
 @click.option(
     "--scheduler/--no-scheduler",
     default=None,
-    help="Fire recurring schedules in this worker [env CONVEYOR_SCHEDULER; default on].",
+    help=f"Fire recurring schedules in this worker [env {CONVEYOR_SCHEDULER}; default on].",
 )
 @click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
     metavar="S",
     help="Seconds running jobs get to finish after SIGTERM "
-    "[env CONVEYOR_SHUTDOWN_TIMEOUT; default 30].",
+    f"[env {CONVEYOR_SHUTDOWN_TIMEOUT}; default 30].",
 )
 @click.option(
     "--lease",
@@ -92,7 +98,7 @@ def worker(
     app = load_app_with_url(app_path, options(ctx).url)
     settings: dict[str, Any] = {
         "concurrency": concurrency,
-        # None (not given) lets CONVEYOR_QUEUES apply.
+        # None (not given) lets the environment apply.
         "queues": _split_queues(queues) if queues is not None else None,
         "scheduler": scheduler,
         "shutdown_timeout": shutdown_timeout,
