@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.job import Job, JobState
+from conveyor.job import PENDING_STATES, Job, JobState
 from conveyor.scheduler import Schedule
 
 STATE_STYLES: dict[str, str] = {
@@ -115,7 +115,19 @@ def _count_cells(row: dict[str, int], states: Sequence[str]) -> list[Text]:
 # --------------------------------------------------------------------------- jobs
 
 
-_JOB_COLUMNS = ("id", "name", "queue", "state", "att", "pri", "created", "error")
+_JOB_COLUMNS = (
+    "id",
+    "name",
+    "queue",
+    "state",
+    "run at",
+    "att",
+    "stalls",
+    "pri",
+    "created",
+    "error",
+)
+_RIGHT_ALIGNED = ("att", "stalls", "pri")
 
 
 def jobs_table(found: Sequence[Job], limit: int, width: int) -> Table:
@@ -132,7 +144,7 @@ def jobs_table(found: Sequence[Job], limit: int, width: int) -> Table:
                 no_wrap=True,
                 style="bold" if name == "id" else "",
                 min_width=24 if name == "id" else None,  # ids never shrink: they get copied
-                justify="right" if name in ("att", "pri") else "left",
+                justify="right" if name in _RIGHT_ALIGNED else "left",
             )
     for row in rows:
         table.add_row(*(row[c] for c in columns))
@@ -143,6 +155,9 @@ def jobs_table(found: Sequence[Job], limit: int, width: int) -> Table:
         notes.append(f"showing the newest {limit}; use --limit for more")
     if any(job.error for job in found) and "error" not in columns:
         notes.append("errors hidden (narrow terminal): see jobs show ID, or --json")
+    if "stalls" in columns:
+        # A job whose lease expired is claimed again, so att can read 2/1.
+        notes.append("att counts every claim, also those lost to a stall (lease expired mid-run)")
     table.caption = "\n".join(notes) or None
     return table
 
@@ -153,7 +168,10 @@ def _job_row(job: Job, now: float) -> dict[str, str | Text]:
         "name": job.name,
         "queue": job.queue,
         "state": state_text(job.state),
+        # When a waiting job runs (a delay, a retry's backoff, or due since).
+        "run at": ago(job.run_at, now) if job.state in PENDING_STATES else "",
         "att": f"{job.attempts}/{job.max_retries + 1}",
+        "stalls": str(job.stalls) if job.stalls else "",
         "pri": str(job.priority),
         "created": ago(job.created_at, now),
         "error": snippet(job.error, 200),
@@ -171,6 +189,10 @@ def _jobs_layout(
     columns = list(_JOB_COLUMNS)
     if all(job.priority == 0 for job in found):
         columns.remove("pri")
+    if not any(job.state in PENDING_STATES for job in found):
+        columns.remove("run at")
+    if not any(job.stalls for job in found):
+        columns.remove("stalls")
     if not any(job.error for job in found):
         columns.remove("error")
     fixed = [c for c in columns if c != "error"]
