@@ -88,7 +88,14 @@ def jobs() -> None:
 )
 @click.option("-n", "--name", help="Only jobs of this type.")
 @click.option("-q", "--queue", help="Only jobs of this queue.")
-@click.option("-l", "--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "-l",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many jobs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def jobs_ls(

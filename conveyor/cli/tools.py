@@ -8,15 +8,38 @@ from collections.abc import Callable
 import click
 
 from conveyor.cli.core import CliError, describe, out
-from conveyor.settings import CONVEYOR_URL
+from conveyor.settings import CONVEYOR_BENCH_REDIS_URL, CONVEYOR_URL
 
 
 @click.command()
-@click.option("-b", "--backends", default="memory,sqlite", show_default=True, metavar="A,B")
 @click.option(
-    "-n", "--jobs", "job_count", type=click.IntRange(min=1), default=2000, show_default=True
+    "-b",
+    "--backends",
+    default="memory,sqlite",
+    show_default=True,
+    metavar="A,B",
+    help=f"Backends to measure: memory, sqlite, redis (at ${CONVEYOR_BENCH_REDIS_URL}, "
+    "else the local default port) or full URLs, comma-separated.",
 )
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "-n",
+    "--jobs",
+    "job_count",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=2000,
+    show_default=True,
+    help="No-op jobs enqueued and drained per backend.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=20,
+    show_default=True,
+    help="Jobs the draining worker runs at once.",
+)
 def bench(backends: str, job_count: int, concurrency: int) -> None:
     """Measure enqueue and processing throughput per backend."""
     names = [b.strip() for b in backends.split(",") if b.strip()]
@@ -34,7 +57,14 @@ def bench(backends: str, job_count: int, concurrency: int) -> None:
 
 @click.command()
 @click.option(
-    "-n", "--jobs", "job_count", type=click.IntRange(min=4), default=300, show_default=True
+    "-n",
+    "--jobs",
+    "job_count",
+    type=click.IntRange(min=4),
+    metavar="N",
+    default=300,
+    show_default=True,
+    help="Example jobs to enqueue, of mixed types, in one batch.",
 )
 @click.option(
     "--url",
@@ -43,7 +73,15 @@ def bench(backends: str, job_count: int, concurrency: int) -> None:
     help="Where the demo keeps its jobs [default: a fresh sqlite:///conveyor-demo.db, "
     f"removed at start]. The global --url and {CONVEYOR_URL} do not apply.",
 )
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=8,
+    show_default=True,
+    help="Jobs the demo's worker runs at once.",
+)
 def demo(job_count: int, demo_url: str | None, concurrency: int) -> None:
     """Run a few hundred example jobs with live progress bars (about 10 s).
 

@@ -76,6 +76,7 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
     show_default=True,
+    help="Show log lines of this level and above.",
 )
 @click.pass_context
 def worker(
