@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -60,6 +59,7 @@ from conveyor.scheduler import (
     parse_tz,
     schedule_store,
 )
+from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
     from conveyor.worker import Worker
@@ -90,7 +90,7 @@ class Conveyor:
         for name, value in (("keep_completed", keep_completed), ("keep_failed", keep_failed)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise InvalidOptionError(f"{name} must be an integer >= 0 or None, got {value!r}")
-        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.url = url or env_str(CONVEYOR_URL) or DEFAULT_URL
         self.backend: Backend = backend if backend is not None else from_url(self.url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
         self.registry: dict[str, JobType[Any]] = {}

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from conveyor.app import Conveyor
+from conveyor.settings import CONVEYOR_BENCH_REDIS_URL, env_str
 
 NOOP = "bench.noop"
 STAMP = "bench.stamp"  # returns the moment its handler started
@@ -64,7 +65,7 @@ def _url_for(name: str, workdir: str) -> str:
     if name == "sqlite":
         return f"sqlite:///{os.path.join(workdir, f'bench-{os.getpid()}.db')}"
     if name == "redis":
-        base = os.environ.get("CONVEYOR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        base = env_str(CONVEYOR_BENCH_REDIS_URL) or "redis://127.0.0.1:6379/0"
         return f"{base}?prefix=bench-{os.getpid()}"
     return name  # a full URL
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -16,8 +15,8 @@ from typing import Any, TypeVar, cast
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, CacheStore
+from conveyor.codec import decode_json, encode_json
 from conveyor.job import InvalidOptionError, NotSupportedError
-from conveyor.registry import encode_json
 
 T = TypeVar("T")
 
@@ -67,7 +66,7 @@ class Cache:
     async def get(self, key: str, default: Any = None) -> Any:
         _check(key, None)
         raw = await (await self._store()).cache_get(key, time.time())
-        return default if raw is None else json.loads(raw)
+        return default if raw is None else decode_json(raw)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         _check(key, ttl)
@@ -85,7 +84,7 @@ class Cache:
         store = await self._store()
         raw = await store.cache_get(key, time.time())
         if raw is not None:
-            return cast(T, json.loads(raw))
+            return cast(T, decode_json(raw))
         flight = (id(asyncio.get_running_loop()), key)
         while (pending := self._inflight.get(flight)) is not None:
             try:
@@ -100,7 +99,7 @@ class Cache:
                 value = await value
             text = encode_json(value, f"the cache value for {key!r}")
             await store.cache_set(key, text, ttl, time.time())
-            result = json.loads(text)  # what later readers get back, exactly
+            result = decode_json(text)  # what later readers get back, exactly
             future.set_result(result)
             return cast(T, result)
         except asyncio.CancelledError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from conveyor.backoff import BackoffLike, as_backoff
+from conveyor.codec import encode_json as encode_json  # re-exported: it lived here before
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job
 
 if TYPE_CHECKING:
@@ -65,18 +65,6 @@ def check_queue(value: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 200:
         raise InvalidOptionError(f"queue must be a non-empty name, got {value!r}")
     return value
-
-
-def encode_json(value: Any, what: str) -> str:
-    """JSON text of a payload or result, with a clear error when it is not JSON."""
-    if value is None:  # most handlers return nothing: skip the encoder
-        return "null"
-    if isinstance(value, BaseModel):
-        return value.model_dump_json()
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayloadError(f"{what} is not JSON: {exc}") from exc
 
 
 class JobType(Generic[PayloadT]):

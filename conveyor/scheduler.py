@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from conveyor.backends.base import NewJob, ScheduleRecord, ScheduleStore
+from conveyor.durations import InvalidDurationError, describe_seconds, parse_duration
 from conveyor.job import InvalidOptionError, NotSupportedError, new_job_id, utc
 
 if TYPE_CHECKING:
@@ -54,31 +54,6 @@ _ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-
-_UNITS = {
-    "s": 1,
-    "sec": 1,
-    "secs": 1,
-    "second": 1,
-    "seconds": 1,
-    "m": 60,
-    "min": 60,
-    "mins": 60,
-    "minute": 60,
-    "minutes": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hrs": 3600,
-    "hour": 3600,
-    "hours": 3600,
-    "d": 86400,
-    "day": 86400,
-    "days": 86400,
-    "w": 604800,
-    "week": 604800,
-    "weeks": 604800,
-}
-_INTERVAL_RE = re.compile(r"^(?:every\s+)?(\d+(?:\.\d+)?)?\s*([a-z]+)$")
 
 
 class InvalidScheduleError(InvalidOptionError):
@@ -109,7 +84,7 @@ class Schedule:
         if self.cron is not None:
             return self.cron
         assert self.every is not None
-        return f"every {_describe_seconds(self.every.total_seconds())}"
+        return f"every {describe_seconds(self.every.total_seconds())}"
 
     @classmethod
     def from_record(cls, rec: ScheduleRecord) -> Schedule:
@@ -153,25 +128,11 @@ def parse_cron(expr: str) -> str:
 
 
 def parse_every(value: float | int | timedelta | str) -> float:
-    """Seconds from a timedelta, a number, or text like "every 30 minutes"."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise InvalidScheduleError(f"every= must be seconds, a timedelta or text, not {value!r}")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _INTERVAL_RE.match(value.strip().lower())
-        if match is None or match.group(2) not in _UNITS:
-            raise InvalidScheduleError(
-                f"bad interval {value!r}: use e.g. '30 seconds', 'every 5 minutes', '1 day'"
-            )
-        seconds = float(match.group(1) or 1) * _UNITS[match.group(2)]
-    else:
-        raise InvalidScheduleError(f"every= must be seconds, a timedelta or text, not {value!r}")
-    if not 0 < seconds < 1e11:  # also refuses NaN and infinity
-        raise InvalidScheduleError(f"an interval must be above zero and finite, got {value!r}")
-    return seconds
+    """Seconds of a schedule's interval (conveyor.durations.parse_duration)."""
+    try:
+        return parse_duration(value, what="the schedule's interval (every=)")
+    except InvalidDurationError as exc:
+        raise InvalidScheduleError(str(exc)) from None
 
 
 def parse_tz(name: str) -> ZoneInfo:
@@ -371,11 +332,3 @@ def schedule_store(app: Conveyor) -> ScheduleStore:
     if not backend.capabilities.recurring:
         raise NotSupportedError(f"the backend {app.url} does not store recurring schedules")
     return cast(ScheduleStore, backend)
-
-
-def _describe_seconds(seconds: float) -> str:
-    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds:g} seconds"

@@ -33,26 +33,20 @@ from pathlib import Path
 
 import pytest
 
+from conveyor import settings
+
 BACKENDS = [
     pytest.param("memory", marks=pytest.mark.memory),
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("redis", marks=pytest.mark.redis),
 ]
 
-# Variables the worker and the app read; a developer's shell must not change
-# what the tests see.
-_CONVEYOR_ENV = (
-    "CONVEYOR_URL",
-    "CONVEYOR_CONCURRENCY",
-    "CONVEYOR_QUEUES",
-    "CONVEYOR_SHUTDOWN_TIMEOUT",
-    "CONVEYOR_SCHEDULER",
-)
-
 
 @pytest.fixture(autouse=True)
 def _clean_conveyor_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in _CONVEYOR_ENV:
+    # What the app, the worker and the CLI read: a developer's shell must not
+    # change what the tests see.
+    for name in settings.BEHAVIOUR:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -126,7 +120,7 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str |
     except ImportError:
         yield None
         return
-    candidates = [os.environ.get("CONVEYOR_TEST_REDIS_URL"), "redis://127.0.0.1:6379/15"]
+    candidates = [settings.env_str(settings.CONVEYOR_TEST_REDIS_URL), "redis://127.0.0.1:6379/15"]
     for url in candidates:
         if url and _redis_answers(url):
             yield url

@@ -101,6 +101,10 @@ def test_jobs_ls(jobs: Jobs) -> None:
     every = [*jobs.completed, *jobs.failed, jobs.scheduled, jobs.queued]
     assert all(job_id in table.stdout for job_id in every)
     assert "Permanent: boom" in table.stdout
+    # The job delayed by an hour says when it runs, not just that it waits.
+    assert "run at" in table.stdout
+    delayed = next(line for line in table.stdout.splitlines() if jobs.scheduled in line)
+    assert "in 59m" in delayed or "in 1h" in delayed
 
     by_name = _json("--url", jobs.url, "jobs", "ls", "--name", "ok", "--limit", "2", "--json")
     assert isinstance(by_name, list)

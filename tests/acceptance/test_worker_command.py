@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import conveyor.cli
+import conveyor.cli.worker_command
 from conveyor import Conveyor
 
 from .helpers import error_line, invoke
@@ -26,8 +26,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Conveyor, Any]]:
     async def fake_serve(app: Conveyor, worker: Any) -> None:
         seen.append((app, worker))
 
-    monkeypatch.setattr(conveyor.cli, "_serve", fake_serve)
-    monkeypatch.setattr(conveyor.cli, "_configure_logging", lambda level: None)
+    monkeypatch.setattr(conveyor.cli.worker_command, "_serve", fake_serve)
+    monkeypatch.setattr(conveyor.cli.worker_command, "_configure_logging", lambda level: None)
     return seen
 
 

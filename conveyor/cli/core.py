@@ -1,0 +1,210 @@
+"""What every command shares: one-line errors, the group class that makes them,
+the global options, and running an action on an opened app.
+
+Every failure is reported as one red `error: ...` line on stderr with a non-zero
+exit status; `--debug` (or CONVEYOR_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from conveyor.app import Conveyor
+from conveyor.backends import scheme_of
+from conveyor.durations import InvalidDurationError, parse_duration
+from conveyor.job import ConveyorError, JobState
+from conveyor.settings import CONVEYOR_URL
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CliError(Exception):
+    """An expected failure: shown as one line, or with its traceback under --debug."""
+
+
+class _ErrorLine(click.ClickException):
+    """What click shows for any failure: one red line on stderr."""
+
+    def show(self, file: Any = None) -> None:
+        console = Console(file=file, stderr=file is None, soft_wrap=True, highlight=False)
+        console.print(Text.assemble(("error: ", "bold red"), (self.message, "red")))
+
+
+class _UsageLine(_ErrorLine):
+    exit_code = 2  # click's status for usage errors, kept for scripts that test it
+
+
+def _one_line(message: str) -> str:
+    # Exception texts (pydantic, sqlite, import errors) may span lines; the
+    # contract is one line, so fold them rather than cut them.
+    parts = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(parts) or "unknown error"
+
+
+def describe(exc: BaseException) -> str:
+    """The one-line text shown for an exception."""
+    if isinstance(exc, ConveyorError | CliError):
+        return _one_line(str(exc)) if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _one_line(f"{exc.strerror}{where}")
+    if isinstance(exc, ImportError):
+        return _one_line(str(exc))
+    # Anything else is unexpected: name its type, which is usually the best clue.
+    return _one_line(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+
+
+def _usage_line(exc: click.UsageError) -> _UsageLine:
+    message = exc.format_message()
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]  # match our own lower-case messages
+    if exc.ctx is not None:
+        message = f"{message.rstrip('.')} (see '{exc.ctx.command_path} --help')"
+    return _UsageLine(_one_line(message))
+
+
+class ConveyorGroup(click.Group):
+    """A click group that turns every failure below it into one error line."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # not an error: shows the help
+        except click.UsageError as exc:
+            raise _usage_line(exc) from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, _ErrorLine, click.exceptions.NoArgsIsHelpError):
+            raise
+        except click.UsageError as exc:
+            raise _usage_line(exc) from exc
+        except click.ClickException as exc:
+            raise _ErrorLine(_one_line(exc.format_message())) from exc
+        except BrokenPipeError:
+            raise  # output piped into `head` and the like: click exits quietly
+        except Exception as exc:
+            if _debug_enabled(ctx):
+                raise
+            raise _ErrorLine(describe(exc)) from exc
+
+
+def _debug_enabled(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool(root.params.get("debug"))
+
+
+# --------------------------------------------------------------------------- options and output
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The global options, given before the command name."""
+
+    url: str | None
+    debug: bool
+
+
+def options(ctx: click.Context) -> Options:
+    found = ctx.find_root().obj
+    assert isinstance(found, Options)
+    return found
+
+
+def out() -> Console:
+    # Made per call so output follows sys.stdout when it is swapped (CliRunner).
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped or captured: rich would assume 80 columns and cut ids and
+        # names; a pipe has no width, so give rows the room they need.
+        console.width = 160
+    return console
+
+
+def print_json(value: Any) -> None:
+    # Plain click.echo, not rich: --json output is for machines and must not wrap.
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def confirm(question: str, otherwise: str) -> None:
+    try:
+        confirmed = click.confirm(question, default=False)
+    except click.Abort:  # end of input, e.g. no terminal to ask on
+        confirmed = False
+    if not confirmed:
+        raise CliError(f"not confirmed; {otherwise} (pass --yes to skip the question)")
+
+
+def parse_state(value: str) -> JobState:
+    try:
+        return JobState(value.strip().lower())
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise CliError(f"unknown job state {value!r}; known: {known}") from None
+
+
+def duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    # A callback rather than a ParamType subclass: ParamType is generic only
+    # from click 8.2 on, and we support 8.1.
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, what="the duration", allow_zero=True)
+    except InvalidDurationError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+# --------------------------------------------------------------------------- running on the app
+
+
+def admin_app(ctx: click.Context) -> Conveyor:
+    """An app with no job types: enough for every inspect/admin call."""
+    app = Conveyor(options(ctx).url)
+    _require_existing_sqlite(app)
+    return app
+
+
+def _require_existing_sqlite(app: Conveyor) -> None:
+    # Opening a SQLite URL creates the file. For inspection commands a typo in
+    # the URL would then show an empty, brand-new queue: say so instead.
+    if scheme_of(app.url) != "sqlite":
+        return
+    path = getattr(app.backend, "path", None)
+    if isinstance(path, str) and not os.path.exists(path):
+        raise CliError(
+            f"no SQLite database at {path} (check --url or {CONVEYOR_URL}; "
+            "the file appears once a job is enqueued or a worker starts)"
+        )
+
+
+def run(ctx: click.Context, action: Callable[[Conveyor], Awaitable[T]]) -> T:
+    """Run `action(app)` on a fresh event loop with the app opened and closed."""
+    return run_on(admin_app(ctx), action)
+
+
+def run_on(app: Conveyor, action: Callable[[Conveyor], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with app:
+            return await action(app)
+
+    return asyncio.run(go())

@@ -1,0 +1,170 @@
+"""`conveyor worker MODULE:APP`: run a worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+
+from conveyor import __version__
+from conveyor.app import Conveyor
+from conveyor.cli.core import CliError, options
+from conveyor.cli.loading import load_app_with_url
+from conveyor.settings import (
+    CONVEYOR_CONCURRENCY,
+    CONVEYOR_QUEUES,
+    CONVEYOR_SCHEDULER,
+    CONVEYOR_SHUTDOWN_TIMEOUT,
+)
+from conveyor.worker import Worker
+
+logger = logging.getLogger("conveyor.cli")
+
+# Worker threads that run sync handlers are named after this prefix (see
+# Worker.start); the worker command checks them after shutdown.
+_JOB_THREAD_PREFIX = "conveyor-job"
+
+
+@click.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help=f"Jobs run at once [env {CONVEYOR_CONCURRENCY}; default 10].",
+)
+@click.option(
+    "-q",
+    "--queues",
+    metavar="A,B",
+    help=f"Queues to serve [env {CONVEYOR_QUEUES}; default: every queue the app's job types use].",
+)
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=None,
+    help=f"Fire recurring schedules in this worker [env {CONVEYOR_SCHEDULER}; default on].",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    metavar="S",
+    help="Seconds running jobs get to finish after SIGTERM "
+    f"[env {CONVEYOR_SHUTDOWN_TIMEOUT}; default 30].",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Seconds a claim lasts without a heartbeat before another worker may take "
+    "the job [default 30].",
+)
+@click.option(
+    "--max-stalled",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Lease expiries a job survives before it fails [default 1].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Show log lines of this level and above.",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    app_path: str,
+    concurrency: int | None,
+    queues: str | None,
+    scheduler: bool | None,
+    shutdown_timeout: float | None,
+    lease: float | None,
+    max_stalled: int | None,
+    log_level: str,
+) -> None:
+    """Run a worker for the Conveyor app at MODULE:APP until SIGTERM/SIGINT.
+
+    MODULE is imported with the current directory on sys.path (like uvicorn);
+    with MODULE alone, its `app` attribute (or its only Conveyor) is used.
+    Flags win over the environment, which wins over the defaults.
+    """
+    app = load_app_with_url(app_path, options(ctx).url)
+    settings: dict[str, Any] = {
+        "concurrency": concurrency,
+        # None (not given) lets the environment apply.
+        "queues": _split_queues(queues) if queues is not None else None,
+        "scheduler": scheduler,
+        "shutdown_timeout": shutdown_timeout,
+        "lease": lease,
+        "max_stalled": max_stalled,
+    }
+    the_worker = app.worker(**settings)
+    _configure_logging(log_level)
+    logger.info(
+        "conveyor %s: worker for %s, job types: %s",
+        __version__,
+        app_path,
+        ", ".join(sorted(app.registry)) or "none registered",
+    )
+    asyncio.run(_serve(app, the_worker))
+    _exit_if_job_threads_stuck()
+
+
+async def _serve(app: Conveyor, the_worker: Worker) -> None:
+    try:
+        await the_worker.run()
+    finally:
+        # Closing lets the backend finish queued writes and release its
+        # connection and thread before asyncio.run tears the loop down.
+        await app.close()
+
+
+def _split_queues(raw: str) -> tuple[str, ...]:
+    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
+    if not queues:
+        raise CliError(f"--queues needs at least one queue name, got {raw!r}")
+    return queues
+
+
+def _configure_logging(level: str) -> None:
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False, log_time_format="[%X]")
+        # RichHandler prints time and level itself; without a formatter of its
+        # own basicConfig would give it one that repeats the level.
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        # Files and log collectors want one greppable line per record.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _exit_if_job_threads_stuck(grace: float = 0.5) -> None:
+    """A sync handler that ignores `ctx.is_cancelled()` keeps its thread busy,
+    and the interpreter joins pool threads at exit, so the process would hang
+    after a clean shutdown. Its job was already handed back: leave now."""
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread.name.startswith(_JOB_THREAD_PREFIX):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in threading.enumerate() if t.name.startswith(_JOB_THREAD_PREFIX)]
+    if not stuck:
+        return
+    logger.warning(
+        "%d sync handler thread(s) still busy after shutdown; exiting without them", len(stuck)
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,34 @@
+"""The JSON codec of payloads, results and cache values: one place that
+says what JSON conveyor stores and what a value that is not JSON gets.
+
+Compact separators keep stored rows small; NaN and infinity are refused
+because other JSON readers (and PostgreSQL's jsonb) reject them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from conveyor.job import InvalidPayloadError
+
+
+def encode_json(value: Any, what: str) -> str:
+    """JSON text of a payload or result, with a clear error when it is not JSON.
+
+    `what` names the value in that error, e.g. "the result of job 'send'"."""
+    if value is None:  # most handlers return nothing: skip the encoder
+        return "null"
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayloadError(f"{what} is not JSON: {exc}") from exc
+
+
+def decode_json(text: str) -> Any:
+    """The value of JSON text that `encode_json` wrote."""
+    return json.loads(text)

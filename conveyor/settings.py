@@ -1,0 +1,135 @@
+"""The `CONVEYOR_*` environment variables: every name in one place, what each
+means, and typed readers whose errors name the variable.
+
+An empty value counts as unset, so `CONVEYOR_QUEUES= conveyor worker ...`
+falls back to the default instead of failing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
+
+from conveyor.job import InvalidOptionError
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------- the names
+
+# The backend URL when code gives none (else sqlite:///conveyor.db); the CLI's --url.
+CONVEYOR_URL = "CONVEYOR_URL"
+# Jobs a worker runs at once (default 10).
+CONVEYOR_CONCURRENCY = "CONVEYOR_CONCURRENCY"
+# Jobs a worker claims ahead of free slots (default 0).
+CONVEYOR_PREFETCH = "CONVEYOR_PREFETCH"
+# Queues a worker serves, comma-separated (default: every queue its job types use).
+CONVEYOR_QUEUES = "CONVEYOR_QUEUES"
+# Seconds running jobs get to finish after SIGTERM (default 30).
+CONVEYOR_SHUTDOWN_TIMEOUT = "CONVEYOR_SHUTDOWN_TIMEOUT"
+# Whether a worker fires recurring schedules: true/false, yes/no, on/off, 1/0 (default on).
+CONVEYOR_SCHEDULER = "CONVEYOR_SCHEDULER"
+# The CLI shows the full traceback of an error instead of one line.
+CONVEYOR_DEBUG = "CONVEYOR_DEBUG"
+# The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
+CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
+# The servers the test suite uses (else a default local port, else one it starts).
+CONVEYOR_TEST_REDIS_URL = "CONVEYOR_TEST_REDIS_URL"
+CONVEYOR_TEST_POSTGRES_URL = "CONVEYOR_TEST_POSTGRES_URL"
+
+# What changes how an app, a worker or the CLI behaves (the test suite clears
+# these so a developer's shell cannot change what the tests see).
+BEHAVIOUR = (
+    CONVEYOR_URL,
+    CONVEYOR_CONCURRENCY,
+    CONVEYOR_PREFETCH,
+    CONVEYOR_QUEUES,
+    CONVEYOR_SHUTDOWN_TIMEOUT,
+    CONVEYOR_SCHEDULER,
+    CONVEYOR_DEBUG,
+)
+
+
+# --------------------------------------------------------------------------- typed readers
+
+
+def env_str(name: str) -> str | None:
+    """The variable's value, or None when it is unset or empty."""
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def env_int(name: str) -> int | None:
+    return _read(name, int, "an integer")
+
+
+def env_float(name: str) -> float | None:
+    return _read(name, _finite_float, "a number of seconds")
+
+
+def env_bool(name: str) -> bool | None:
+    return _read(name, _parse_bool, "true or false (also yes/no, on/off, 1/0)")
+
+
+def env_queues(name: str = CONVEYOR_QUEUES) -> tuple[str, ...] | None:
+    return _read(name, _split_queues, "queue names separated by commas")
+
+
+def _read(name: str, parse: Callable[[str], T], expected: str) -> T | None:
+    raw = env_str(name)
+    if raw is None:
+        return None
+    try:
+        return parse(raw.strip())
+    except ValueError:
+        raise InvalidOptionError(f"bad {name}={raw!r}: expected {expected}") from None
+
+
+def _finite_float(raw: str) -> float:
+    value = float(raw)
+    if math.isnan(value):
+        raise ValueError(raw)
+    return value
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _split_queues(raw: str) -> tuple[str, ...]:
+    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
+    if not queues:
+        raise ValueError(raw)
+    return queues
+
+
+# --------------------------------------------------------------------------- the worker's share
+
+# WorkerSettings field -> (variable, reader).
+_WORKER_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "concurrency": (CONVEYOR_CONCURRENCY, env_int),
+    "prefetch": (CONVEYOR_PREFETCH, env_int),
+    "queues": (CONVEYOR_QUEUES, env_queues),
+    "shutdown_timeout": (CONVEYOR_SHUTDOWN_TIMEOUT, env_float),
+    "scheduler": (CONVEYOR_SCHEDULER, env_bool),
+}
+
+
+def worker_environment(given: Collection[str] = ()) -> dict[str, Any]:
+    """The worker settings the environment sets, by WorkerSettings field name,
+    leaving out the fields in `given` (code and flags win over the
+    environment, so a bad variable they override is not even read)."""
+    found: dict[str, Any] = {}
+    for field, (name, read) in _WORKER_VARIABLES.items():
+        if field in given:
+            continue
+        value = read(name)
+        if value is not None:
+            found[field] = value
+    return found

@@ -1,0 +1,70 @@
+"""What `jobs ls` shows, rendered without a backend: the run-at column for
+waiting jobs, and stalls apart from attempts."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+
+from rich.console import Console
+
+from conveyor.cli.views import jobs_table
+from conveyor.job import Job, JobState
+
+
+def _render(jobs: list[Job], width: int = 160) -> str:
+    console = Console(width=width, file=io.StringIO())
+    console.print(jobs_table(jobs, limit=50, width=width))
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
+
+
+def _job(n: int, state: JobState, **fields: object) -> Job:
+    now = datetime.fromtimestamp(time.time(), UTC)
+    defaults: dict[str, object] = {"created_at": now, "run_at": now, "max_retries": 3}
+    return Job(
+        id=f"job{n:021d}",
+        name="send",
+        queue="default",
+        payload=None,
+        state=state,
+        **{**defaults, **fields},  # type: ignore[arg-type]
+    )
+
+
+def _header(text: str) -> str:
+    return next(line for line in text.splitlines() if line.strip().startswith("id"))
+
+
+def test_waiting_jobs_show_when_they_run() -> None:
+    later = datetime.fromtimestamp(time.time() + 2 * 3600 + 30, UTC)
+    text = _render([_job(1, JobState.SCHEDULED, run_at=later), _job(2, JobState.COMPLETED)])
+    header = _header(text)
+    assert "run at" in header
+    lines = text.splitlines()
+    scheduled = next(line for line in lines if "scheduled" in line)
+    assert scheduled[header.index("run at") :].startswith("in 2h")
+    completed = next(line for line in lines if "completed" in line)
+    # A finished job's run-at says nothing: the cell is blank, att comes next.
+    assert completed[header.index("run at") :].split()[0] == "0/4"
+
+
+def test_no_run_at_column_when_nothing_waits() -> None:
+    text = _render([_job(1, JobState.COMPLETED), _job(2, JobState.FAILED, error="boom")])
+    assert "run at" not in _header(text)
+
+
+def test_stalls_are_shown_apart_from_attempts() -> None:
+    stalled = _job(1, JobState.QUEUED, attempts=2, max_retries=0, stalls=1)
+    text = _render([stalled, _job(2, JobState.COMPLETED, attempts=1)])
+    header = _header(text)
+    assert "stalls" in header
+    row = next(line for line in text.splitlines() if "queued" in line)
+    assert row[header.index("att") :].split()[:2] == ["2/1", "1"]  # att, then stalls
+    assert "att counts every claim, also those lost to a stall" in text  # explains 2/1
+
+
+def test_no_stalls_column_without_stalls() -> None:
+    text = _render([_job(1, JobState.COMPLETED, attempts=1)])
+    assert "stalls" not in text

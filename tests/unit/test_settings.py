@@ -1,0 +1,102 @@
+"""The CONVEYOR_* environment variables: declared in one place, read by typed
+readers whose errors name the variable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conveyor
+from conveyor import settings
+from conveyor.job import InvalidOptionError
+from conveyor.settings import env_bool, env_float, env_int, env_queues, env_str
+from conveyor.worker import WorkerSettings
+
+VAR = "CONVEYOR_TEST_SETTING"  # not a real variable: nothing else reads it
+
+
+@pytest.fixture
+def setenv(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def put(value: str) -> None:
+        monkeypatch.setenv(VAR, value)
+
+    monkeypatch.delenv(VAR, raising=False)
+    return put
+
+
+def test_unset_and_empty_are_none(setenv: Any) -> None:
+    readers = (env_str, env_int, env_float, env_bool, env_queues)
+    assert [read(VAR) for read in readers] == [None] * len(readers)
+    setenv("")
+    assert [read(VAR) for read in readers] == [None] * len(readers)
+
+
+@pytest.mark.parametrize(
+    ("reader", "raw", "value"),
+    [
+        (env_str, "redis://x", "redis://x"),
+        (env_int, " 7 ", 7),
+        (env_float, "2.5", 2.5),
+        (env_float, "12", 12.0),
+        (env_bool, "Yes", True),
+        (env_bool, "off", False),
+        (env_bool, "1", True),
+        (env_queues, "a, b,,c ", ("a", "b", "c")),
+    ],
+)
+def test_values(setenv: Any, reader: Any, raw: str, value: Any) -> None:
+    setenv(raw)
+    assert reader(VAR) == value
+
+
+@pytest.mark.parametrize(
+    ("reader", "raw", "expected"),
+    [
+        (env_int, "many", "an integer"),
+        (env_int, "2.5", "an integer"),
+        (env_float, "soon", "a number of seconds"),
+        (env_float, "nan", "a number of seconds"),
+        (env_bool, "maybe", "true or false"),
+        (env_queues, " , ", "queue names"),
+    ],
+)
+def test_bad_values_name_the_variable(setenv: Any, reader: Any, raw: str, expected: str) -> None:
+    setenv(raw)
+    with pytest.raises(InvalidOptionError, match=rf"^bad {VAR}={raw!r}: expected {expected}"):
+        reader(VAR)
+
+
+def test_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.CONVEYOR_CONCURRENCY, "7")
+    monkeypatch.setenv(settings.CONVEYOR_PREFETCH, "2")
+    monkeypatch.setenv(settings.CONVEYOR_QUEUES, "a, b")
+    monkeypatch.setenv(settings.CONVEYOR_SHUTDOWN_TIMEOUT, "12")
+    monkeypatch.setenv(settings.CONVEYOR_SCHEDULER, "no")
+    found = settings.worker_environment()
+    assert found == {
+        "concurrency": 7,
+        "prefetch": 2,
+        "queues": ("a", "b"),
+        "shutdown_timeout": 12.0,
+        "scheduler": False,
+    }
+    assert WorkerSettings(**found).concurrency == 7  # field names WorkerSettings takes
+    # Code and flags win: a variable they override is not even read.
+    monkeypatch.setenv(settings.CONVEYOR_CONCURRENCY, "many")
+    assert "concurrency" not in settings.worker_environment(given={"concurrency"})
+    with pytest.raises(InvalidOptionError, match="CONVEYOR_CONCURRENCY"):
+        settings.worker_environment()
+
+
+def test_every_variable_the_package_reads_is_declared_here() -> None:
+    declared = {value for name, value in vars(settings).items() if name.startswith("CONVEYOR_")}
+    package = Path(conveyor.__file__).parent
+    used = {
+        name
+        for path in package.rglob("*.py")
+        for name in re.findall(r"\bCONVEYOR_[A-Z_]+\b", path.read_text())
+    }
+    assert used - declared == set()
