@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,7 +17,7 @@ from conveyor.codec import encode_json as encode_json  # re-exported: it lived h
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job
 
 if TYPE_CHECKING:
-    from conveyor.app import Conveyor
+    from conveyor._sync import Portal
 
 PayloadT = TypeVar("PayloadT")
 
@@ -67,13 +67,39 @@ def check_queue(value: str) -> str:
     return value
 
 
+class Producer(Protocol):
+    """What a job type needs of the app to enqueue itself (the facade is one)."""
+
+    @property
+    def portal(self) -> Portal: ...
+
+    async def enqueue(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | EllipsisType | None = ...,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> Job: ...
+
+    async def enqueue_many(
+        self, items: Iterable[tuple[Any, ...]], *, connection: Any = None
+    ) -> list[Job]: ...
+
+
 class JobType(Generic[PayloadT]):
     """What `@app.job(...)` returns: still callable as the plain function, plus
     typed `enqueue` / `enqueue_many` (and their `_sync` twins)."""
 
     def __init__(
         self,
-        app: Conveyor,
+        app: Producer,
         name: str,
         handler: Handler,
         defaults: JobDefaults,
