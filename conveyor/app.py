@@ -31,7 +31,9 @@ from conveyor.cache import Cache
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
     FINAL_STATES,
+    ConveyorError,
     InvalidOptionError,
+    InvalidPayloadError,
     Job,
     JobState,
     JobTimeoutError,
@@ -65,6 +67,10 @@ if TYPE_CHECKING:
     from conveyor.worker import Worker
 
 DEFAULT_URL = "sqlite:///conveyor.db"
+# Payloads are stored, copied to every worker and kept with the job's record:
+# 1 MiB of JSON by default, enough for any message, small enough to notice a
+# file or a table sent by mistake. A backend may allow less (capabilities).
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 MAX_DELAY = 100 * 365.25 * 86400.0
 
 EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
@@ -86,7 +92,17 @@ class Conveyor:
         keep_completed: int | None = 1000,
         keep_failed: int | None = None,
         backend: Backend | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        if max_payload_bytes is not None and (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 1
+        ):
+            raise InvalidOptionError(
+                f"max_payload_bytes must be an integer >= 1 or None, got {max_payload_bytes!r}"
+            )
+        self.max_payload_bytes = max_payload_bytes
         for name, value in (("keep_completed", keep_completed), ("keep_failed", keep_failed)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise InvalidOptionError(f"{name} must be an integer >= 0 or None, got {value!r}")
@@ -222,7 +238,7 @@ class Conveyor:
             id=new_job_id(),
             name=name,
             queue=defaults.queue if queue is None else check_queue(queue),
-            payload=job_type.encode_payload(payload),
+            payload=self._sized(name, job_type.encode_payload(payload)),
             priority=defaults.priority if priority is None else check_priority(priority),
             max_retries=defaults.retries if retries is None else check_retries(retries),
             timeout=defaults.timeout if timeout is ... else check_timeout(timeout),
@@ -230,6 +246,20 @@ class Conveyor:
             created_at=now,
             run_at=_due_time(now, delay, run_at),
         )
+
+    def _sized(self, name: str, payload: str) -> str:
+        """Refuse a payload over the app's limit or the backend's, whichever is lower."""
+        limits = [self.max_payload_bytes, self.backend.capabilities.max_payload_bytes]
+        limit = min((n for n in limits if n is not None), default=None)
+        if limit is not None and len(payload) > limit // 4:  # cheap test before encoding
+            size = len(payload.encode())
+            if size > limit:
+                raise InvalidPayloadError(
+                    f"the payload of job {name!r} is {size:,} bytes of JSON, over the limit "
+                    f"of {limit:,} (Conveyor(max_payload_bytes=...) sets the app's limit; "
+                    "store large data elsewhere and pass a reference)"
+                )
+        return payload
 
     async def enqueue(
         self,
@@ -290,14 +320,23 @@ class Conveyor:
         for index, item in enumerate(items):
             if not isinstance(item, tuple) or len(item) not in (2, 3):
                 raise InvalidOptionError(
-                    f"enqueue_many item {index} must be (name, payload) or "
+                    f"enqueue_many item {index}: expected (name, payload) or "
                     f"(name, payload, options), got {item!r}"
                 )
             options: dict[str, Any] = item[2] if len(item) == 3 else {}
             try:
+                if not isinstance(options, dict):
+                    raise InvalidOptionError(f"options must be a dict, got {options!r}")
+                unknown = sorted(set(options) - _ENQUEUE_OPTIONS)
+                if unknown:
+                    raise InvalidOptionError(
+                        f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                        f"known: {', '.join(sorted(_ENQUEUE_OPTIONS))}"
+                    )
                 batch.append(self._new_job(item[0], item[1], now, **options))
-            except TypeError as exc:
-                raise InvalidOptionError(f"enqueue_many item {index}: {exc}") from exc
+            except ConveyorError as exc:
+                # The same kind of error, saying which item was bad.
+                raise type(exc)(f"enqueue_many item {index}: {exc}") from exc
         if not batch:
             return []
         backend = await self._backend()
@@ -637,6 +676,10 @@ class Conveyor:
     disable_recurring_sync = blocking(disable_recurring)
     delete_recurring_sync = blocking(delete_recurring)
     cancel_recurring_sync = blocking(cancel_recurring)
+
+
+# What an enqueue_many item's options may hold: `enqueue`'s keyword options.
+_ENQUEUE_OPTIONS = frozenset({"key", "delay", "run_at", "priority", "retries", "timeout", "queue"})
 
 
 def _state(value: JobState | str | None) -> JobState | None:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from conveyor.job import InvalidPayloadError
 
@@ -22,7 +23,10 @@ def encode_json(value: Any, what: str) -> str:
     if value is None:  # most handlers return nothing: skip the encoder
         return "null"
     if isinstance(value, BaseModel):
-        return value.model_dump_json()
+        try:
+            return value.model_dump_json()
+        except PydanticSerializationError as exc:  # e.g. bytes that are not UTF-8
+            raise InvalidPayloadError(f"{what} is not JSON: {exc}") from exc
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

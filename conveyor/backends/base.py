@@ -87,6 +87,8 @@ class Capabilities:
     max_delay: float | None = None
     # The most jobs one enqueue round trip may carry.
     max_batch: int | None = None
+    # The largest payload (bytes of JSON) the backend can store or carry.
+    max_payload_bytes: int | None = None
     # `enqueue(..., connection=conn)` stores jobs inside the caller's own
     # database transaction (the backend implements TransactionalEnqueue).
     transactional_enqueue: bool = False
