@@ -393,7 +393,7 @@ class Conveyor:
         self._require(backend.capabilities.list_jobs, "listing jobs")
         if limit < 0 or offset < 0:
             raise InvalidOptionError("limit and offset must be >= 0")
-        return await backend.list(
+        return await backend.list_jobs(
             state=_state(state), name=name, queue=queue, limit=limit, offset=offset
         )
 

@@ -66,9 +66,11 @@ class Job:
     """A snapshot of one job as the backend holds it.
 
     Timestamps are aware UTC datetimes. `attempts` counts claims, so while a job
-    runs it is the current attempt (1-based) and serves as the fencing token.
-    `duplicate` is True on the record returned by an enqueue whose idempotency
-    key already existed.
+    runs it is the current attempt (1-based); a hand-back at shutdown does not
+    count. `token` is the claim's fencing token (an opaque value that never
+    repeats for the job), set only on the records a claim returns: the worker
+    sends it back with everything it says about the job. `duplicate` is True on
+    the record returned by an enqueue whose idempotency key already existed.
     """
 
     id: str
@@ -92,6 +94,7 @@ class Job:
     stalls: int = 0
     cancel_requested: bool = False
     duplicate: bool = False
+    token: str | None = None
 
     @property
     def is_final(self) -> bool:

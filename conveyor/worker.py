@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import (
     BlockingClaim,
+    ClaimToken,
     FinishAndClaim,
     Heartbeat,
     LeaseStatus,
@@ -44,6 +45,11 @@ logger = logging.getLogger("conveyor.worker")
 # Retries against an unreachable backend back off up to this, no further: once
 # it is back, acknowledgements must go out before their jobs' leases expire.
 _MAX_RETRY_PAUSE = 1.0
+
+# Claims whose reply never came are undone before the next claim. With retries
+# at most _MAX_RETRY_PAUSE apart, this many cover a default lease (30 s) of
+# failed claims; older ones' leases have expired and recovery takes them back.
+_MAX_LOST_CLAIMS = 32
 
 # Why a handler was told to stop; decides the outcome that gets recorded.
 CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
@@ -147,6 +153,13 @@ class _Running:
     timer: asyncio.TimerHandle | None = None
 
 
+def _token(job: Job) -> ClaimToken:
+    """The fencing token of a job this worker claimed."""
+    # Every record a claim returns carries its token (backends/base.py).
+    assert job.token is not None, f"job {job.id} came from a claim without a token"
+    return job.token
+
+
 def _timed_out(job: Job) -> TimeoutError:
     return TimeoutError(f"timed out after {job.timeout:g} s")
 
@@ -189,6 +202,10 @@ class Worker:
         self._deadlines: list[tuple[float, int, _Running]] = []  # heap of job deadlines
         self._deadline_seq = 0
         self._deadline_added = asyncio.Event()
+        self._claims_made = 0
+        # Claims that raised (lost reply, timeout, dropped connection): they may
+        # have leased jobs on the backend, which `unclaim` hands back.
+        self._lost_claims: deque[str] = deque(maxlen=_MAX_LOST_CLAIMS)
         self.processed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -333,19 +350,25 @@ class Worker:
                 - len(self._backlog)
             )
             if stopping and not self._acks.outcomes:
+                await self._unclaim_lost_before_exit()
                 return
             if free <= 0 and not self._acks.outcomes:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             batch, self._acks = self._acks, _Acks()
+            claim_id: str | None = None
             try:
-                jobs = await self._exchange(batch, free)
+                await self._unclaim_lost()
+                claim_id = self._new_claim_id()
+                jobs = await self._exchange(batch, free, claim_id)
                 if failures:
                     logger.warning("backend reachable again after %d failed call(s)", failures)
                 failures = 0
             except Exception as exc:
                 self._requeue_acks(batch)
+                if claim_id is not None and free > 0:
+                    self._lost_claims.append(claim_id)
                 failures += 1
                 pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
                 logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
@@ -358,23 +381,64 @@ class Worker:
             if free > 0 and not jobs and not batch.outcomes:
                 await self._idle()
 
-    async def _exchange(self, batch: _Acks, limit: int) -> list[Job]:
-        """Send `batch` and claim up to `limit` jobs."""
+    async def _exchange(self, batch: _Acks, limit: int, claim_id: str) -> list[Job]:
+        """Send `batch` and claim up to `limit` jobs under `claim_id`."""
         backend = self.app.backend
+        lease = self.settings.lease
         now = time.time()
         if not batch.outcomes:
-            return await backend.claim(self.queues, limit, self.settings.lease, now)
+            return await backend.claim(self.queues, limit, lease, now, claim_id=claim_id)
         if self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
-                batch.outcomes, self.app.retention, self.queues, limit, self.settings.lease, now
+                batch.outcomes,
+                self.app.retention,
+                self.queues,
+                limit,
+                lease,
+                now,
+                claim_id=claim_id,
             )
         else:
             accepted = await backend.finish(batch.outcomes, self.app.retention)
             jobs = []
             if limit > 0:
-                jobs = await backend.claim(self.queues, limit, self.settings.lease, now)
+                jobs = await backend.claim(self.queues, limit, lease, now, claim_id=claim_id)
         self._acknowledged(batch, accepted)
         return jobs
+
+    def _new_claim_id(self) -> str:
+        """An id for the next claim call, unique to it: the backend makes it
+        (or derives from it) the fencing token of the jobs the call leases."""
+        self._claims_made += 1
+        return f"{self.id}/{self._claims_made}"
+
+    async def _unclaim_lost(self) -> None:
+        """Undo the claims whose reply never came, before claiming again: their
+        jobs, which this worker never saw, go back to the queue now with their
+        attempt uncounted, instead of waiting out the lease and being charged
+        a stall (with max_stalled=1, two network blips would fail them)."""
+        backend = self.app.backend
+        while self._lost_claims:
+            claim_id = self._lost_claims[0]
+            handed_back = await backend.unclaim(claim_id, time.time())
+            self._lost_claims.popleft()
+            if handed_back:
+                logger.warning(
+                    "claim %s: its reply was lost; %d job(s) handed back", claim_id, handed_back
+                )
+
+    async def _unclaim_lost_before_exit(self) -> None:
+        if not self._lost_claims:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await self._unclaim_lost()
+        except Exception as exc:
+            logger.warning(
+                "could not undo %d lost claim(s) (%s); their jobs come back when the lease expires",
+                len(self._lost_claims),
+                exc,
+            )
 
     async def _idle(self) -> None:
         self._idle_now = True
@@ -398,18 +462,27 @@ class Worker:
         if self._stopping.is_set():
             return []
         self._blocked_in = backend
+        claim_id = self._new_claim_id()
         try:
             # stop() ends this wait through wake_waiter() rather than abandon
             # it, so whatever the claim took is handed back now, not after its
             # lease expires.
             jobs = await backend.claim_blocking(
-                self.queues, free, settings.lease, settings.poll_interval, self.id
+                self.queues,
+                free,
+                settings.lease,
+                settings.poll_interval,
+                self.id,
+                claim_id=claim_id,
             )
+        except Exception:
+            self._lost_claims.append(claim_id)  # undone before the next claim
+            raise
         finally:
             self._blocked_in = None
         if self._stopping.is_set():
             for job in jobs:
-                self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
+                self._ack(Outcome(job.id, _token(job), OutcomeKind.QUEUED, time.time()), job)
             return []
         return jobs
 
@@ -511,17 +584,17 @@ class Worker:
             encoded = encode_json(result, f"the result of job {job.name!r}")
         except InvalidPayloadError as exc:
             # The same code would return the same value again: do not retry.
-            return Outcome(job.id, job.attempts, OutcomeKind.FAILED, now, error=str(exc))
+            return Outcome(job.id, _token(job), OutcomeKind.FAILED, now, error=str(exc))
         kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
-        return Outcome(job.id, job.attempts, kind, now, result=encoded)
+        return Outcome(job.id, _token(job), kind, now, result=encoded)
 
     def _stopped_outcome(self, job: Job, ctx: JobContext) -> Outcome | None:
         now = time.time()
         reason = ctx.stop_reason
         if reason == CANCELLED:
-            return Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, now, error="cancelled")
+            return Outcome(job.id, _token(job), OutcomeKind.CANCELLED, now, error="cancelled")
         if reason == RELEASED:
-            return Outcome(job.id, job.attempts, OutcomeKind.QUEUED, now)
+            return Outcome(job.id, _token(job), OutcomeKind.QUEUED, now)
         return None  # LOST: another claim owns the job now; say nothing
 
     def _failure(
@@ -537,9 +610,9 @@ class Worker:
         if not final and job.attempts <= job.max_retries:
             delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
             return Outcome(
-                job.id, job.attempts, OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
+                job.id, _token(job), OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
             )
-        return Outcome(job.id, job.attempts, OutcomeKind.FAILED, now, error=error)
+        return Outcome(job.id, _token(job), OutcomeKind.FAILED, now, error=error)
 
     def _tell_stop(self, running: _Running, reason: str) -> None:
         running.ctx.mark_stopped(reason)
@@ -552,19 +625,19 @@ class Worker:
         """Prefetched jobs that never started go back to the queue at once."""
         while self._backlog:
             job = self._backlog.popleft()
-            self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
+            self._ack(Outcome(job.id, _token(job), OutcomeKind.QUEUED, time.time()), job)
 
     def _release(self, running: _Running) -> None:
         self._running.pop(running.job.id, None)
         if running.task is not None:
             running.task.cancel()
         self._ack(
-            Outcome(running.job.id, running.job.attempts, OutcomeKind.QUEUED, time.time()),
+            Outcome(running.job.id, _token(running.job), OutcomeKind.QUEUED, time.time()),
             running.job,
         )
 
     async def _progress(self, job: Job, percent: float | None, logs: list[dict[str, Any]]) -> bool:
-        held = await self.app.backend.progress(job.id, job.attempts, percent, logs)
+        held = await self.app.backend.progress(job.id, _token(job), percent, logs)
         if percent is not None:
             job.progress = percent
         if not held and job.id in self._running:
@@ -625,7 +698,7 @@ class Worker:
                 logger.warning(
                     "result of job %s attempt %d was refused: its lease was lost",
                     job.id,
-                    outcome.token,
+                    job.attempts,
                 )
                 continue
             kind = outcome.kind
@@ -656,8 +729,8 @@ class Worker:
             unacked = [Heartbeat(o.job_id, o.token) for o in self._acks.outcomes]
             if not running and not waiting and not unacked:
                 continue
-            beats = [Heartbeat(r.job.id, r.job.attempts, r.ctx.take_logs()) for r in running]
-            beats += [Heartbeat(job.id, job.attempts) for job in waiting]
+            beats = [Heartbeat(r.job.id, _token(r.job), r.ctx.take_logs()) for r in running]
+            beats += [Heartbeat(job.id, _token(job)) for job in waiting]
             try:
                 statuses = await backend.heartbeat(
                     beats + unacked, self.settings.lease, time.time()
@@ -681,7 +754,7 @@ class Worker:
                 continue
             self._backlog.remove(job)
             if status is LeaseStatus.CANCEL:
-                outcome = Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, time.time())
+                outcome = Outcome(job.id, _token(job), OutcomeKind.CANCELLED, time.time())
                 outcome.error = "cancelled"
                 self._ack(outcome, job)
 

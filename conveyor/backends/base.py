@@ -19,18 +19,33 @@ Contract every backend keeps (the conformance suite checks it):
 * `claim` first promotes the due `scheduled` jobs of the given queues to
   `queued`, then takes up to `limit` `queued` jobs of those queues ordered by
   (priority, run_at at millisecond resolution, enqueue order), sets them
-  `running`, increments `attempts` (the new value is the claim's fencing
-  token), sets `started_at`, a lease until `now + lease`, and returns them in
-  that order.
+  `running`, increments `attempts`, sets `started_at`, a lease until
+  `now + lease` and the claim's fencing token, and returns them in that order,
+  each record with `Job.token` set (records read any other way have None).
+* The fencing token (`ClaimToken`) is opaque to the engine and never repeats
+  for a job, whatever happened to it in between: not the attempt count, which
+  a hand-back lowers again. Claim calls take a `claim_id`, made unique per
+  call by the caller; memory, SQLite and Redis use it as the token of every
+  job the call leases (a fresh random id when none is given). A backend whose
+  broker makes its own handles (an SQS receipt handle) may use those as
+  tokens, as long as `unclaim(claim_id)` still finds the call's jobs.
 * Every call that acts on a running job carries `(job_id, token)` and is
-  refused (returns False / LOST) unless the job is still `running` with
-  `attempts == token`. `heartbeat` is additionally refused once the lease has
-  expired, so a worker that lost its lease learns it at once.
+  refused (returns False / LOST) unless the job is still `running` under that
+  very token. `heartbeat` is additionally refused once the lease has expired,
+  so a worker that lost its lease learns it at once.
 * `finish` applies outcomes: COMPLETED (result, trims completed jobs of that
   queue beyond `keep_completed`), FAILED (final, error; trims failed beyond
   `keep_failed` when set), SCHEDULED (a retry at `run_at`, error kept),
   CANCELLED, and QUEUED (handed back at shutdown: lease dropped, the attempt
-  not counted).
+  not counted; the next claim still gets a new token).
+* `unclaim(claim_id, now)` undoes a claim whose reply the worker never got
+  (a lost reply, a timeout, a dropped connection: the claim may or may not
+  have run). Every job still `running` under that claim id is handed back as
+  by a QUEUED outcome at `now` (attempt not counted, no stall, lease dropped;
+  a cancel-requested one becomes `cancelled`); jobs that moved on (recovered,
+  claimed again, finished) are left alone. It returns how many it handed
+  back, and a second call for the same id does nothing. A job the worker
+  never received was never started, so it must not be failed as stalled.
 * `recover_expired` takes every `running` job whose lease expired, adds one to
   its `stalls`, and requeues it (attempt already counted), or fails it with an
   error naming the stalls when `stalls > max_stalled`.
@@ -54,6 +69,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from conveyor.job import Job, JobState
+
+ClaimToken = str
+"""A claim's fencing token: opaque, compared for equality only, never reused
+for the same job (a claim id, a claim counter, a broker's receipt handle)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +144,7 @@ class Outcome:
     """How one claimed job ended, reported with the claim's fencing token."""
 
     job_id: str
-    token: int
+    token: ClaimToken
     kind: OutcomeKind
     at: float
     result: str | None = None  # JSON text
@@ -144,7 +163,7 @@ class LeaseStatus(enum.StrEnum):
 @dataclass(slots=True)
 class Heartbeat:
     job_id: str
-    token: int
+    token: ClaimToken
     logs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -179,8 +198,21 @@ class Backend(Protocol):
         """Store jobs (one round trip); return one record per input, in order."""
 
     # -- consuming
-    async def claim(self, queues: Sequence[str], limit: int, lease: float, now: float) -> list[Job]:
-        """Promote due scheduled jobs, then lease up to `limit` queued ones."""
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+        *,
+        claim_id: str | None = None,
+    ) -> list[Job]:
+        """Promote due scheduled jobs, then lease up to `limit` queued ones
+        under a new token (`claim_id` when given)."""
+
+    async def unclaim(self, claim_id: str, now: float) -> int:
+        """Hand back the jobs still running under `claim_id` (a claim whose
+        reply was lost), attempt not counted; return how many."""
 
     async def heartbeat(
         self, beats: Sequence[Heartbeat], lease: float, now: float
@@ -191,7 +223,11 @@ class Backend(Protocol):
         """Apply outcomes; True where the token still held the job."""
 
     async def progress(
-        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
     ) -> bool:
         """Record progress and log lines on a running job (fenced)."""
 
@@ -210,7 +246,7 @@ class Backend(Protocol):
 
     async def get_by_key(self, key: str) -> Job | None: ...
 
-    async def list(
+    async def list_jobs(
         self,
         *,
         state: JobState | None,
@@ -250,6 +286,8 @@ class FinishAndClaim(Protocol):
         limit: int,
         lease: float,
         now: float,
+        *,
+        claim_id: str | None = None,
     ) -> tuple[list[bool], list[Job]]: ...
 
 
@@ -260,7 +298,14 @@ class BlockingClaim(Protocol):
     by a claim round trip."""
 
     async def claim_blocking(
-        self, queues: Sequence[str], limit: int, lease: float, timeout: float, waiter: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        timeout: float,
+        waiter: str,
+        *,
+        claim_id: str | None = None,
     ) -> list[Job]:
         """Wait up to `timeout` for work (or for `wake_waiter(waiter)`), then
         claim up to `limit` jobs as `claim` does, by the server's clock."""

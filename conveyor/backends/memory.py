@@ -7,10 +7,10 @@ behaves the same on a real backend. Nothing survives the process.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import heapq
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -22,6 +22,7 @@ from conveyor.backends._notify import Notifier
 from conveyor.backends.base import (
     CancelResult,
     Capabilities,
+    ClaimToken,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -54,6 +55,7 @@ class _Record:
     started_at: float | None = None
     finished_at: float | None = None
     lease_until: float = 0.0
+    token: ClaimToken | None = None  # of the current (or last) claim
     stalls: int = 0
     cancel_requested: bool = False
     final_seq: int = 0  # which entry of the retention ring is current
@@ -178,7 +180,16 @@ class MemoryBackend:
                 if rec is not None and rec.state is JobState.SCHEDULED and rec.run_at == run_at:
                     self._make_pending(rec, JobState.QUEUED)
 
-    async def claim(self, queues: Sequence[str], limit: int, lease: float, now: float) -> list[Job]:
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+        *,
+        claim_id: str | None = None,
+    ) -> list[Job]:
+        token = claim_id if claim_id is not None else os.urandom(12).hex()
         claimed: list[Job] = []
         with self._lock:
             self._promote(now, queues)
@@ -200,14 +211,39 @@ class MemoryBackend:
                 rec.attempts += 1
                 rec.started_at = now
                 rec.lease_until = now + lease
+                rec.token = token
                 rec.cancel_requested = False
                 self._running[rec.id] = rec
-                claimed.append(rec.snapshot())
+                job = rec.snapshot()
+                job.token = token
+                claimed.append(job)
         return claimed
 
-    def _held(self, job_id: str, token: int) -> _Record | None:
+    async def unclaim(self, claim_id: str, now: float) -> int:
+        with self._lock:
+            lost = [r for r in self._running.values() if r.token == claim_id]
+            for rec in lost:
+                del self._running[rec.id]
+                self._hand_back(rec, now)
+        if lost:
+            self._notifier.notify()
+        return len(lost)
+
+    def _hand_back(self, rec: _Record, at: float) -> None:
+        """A running job (already out of `_running`) back to the queue with its
+        attempt uncounted; a requested cancel ends it instead."""
+        if rec.cancel_requested:
+            rec.error = "cancelled"
+            self._finalize(rec, JobState.CANCELLED, at, _KEEP_ALL)
+            return
+        rec.attempts -= 1
+        rec.started_at = None
+        rec.run_at = at
+        self._make_pending(rec, JobState.QUEUED)
+
+    def _held(self, job_id: str, token: ClaimToken) -> _Record | None:
         rec = self._running.get(job_id)
-        if rec is None or rec.attempts != token:
+        if rec is None or rec.token != token:
             return None
         return rec
 
@@ -243,10 +279,7 @@ class MemoryBackend:
                 if rec.cancel_requested and kind in (OutcomeKind.QUEUED, OutcomeKind.SCHEDULED):
                     kind = OutcomeKind.CANCELLED  # a cancel outlives the attempt
                 if kind is OutcomeKind.QUEUED:
-                    rec.attempts -= 1
-                    rec.started_at = None
-                    rec.run_at = out.at
-                    self._make_pending(rec, JobState.QUEUED)
+                    self._hand_back(rec, out.at)
                     requeued = True
                 elif kind is OutcomeKind.SCHEDULED:
                     rec.error = out.error
@@ -306,7 +339,11 @@ class MemoryBackend:
             del self._keys[rec.key]
 
     async def progress(
-        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
     ) -> bool:
         with self._lock:
             rec = self._held(job_id, token)
@@ -374,7 +411,7 @@ class MemoryBackend:
             job_id = self._keys.get(key)
             return None if job_id is None else self._jobs[job_id].snapshot()
 
-    async def list(
+    async def list_jobs(
         self,
         *,
         state: JobState | None,
@@ -465,7 +502,7 @@ class MemoryBackend:
             rec = self._schedules.get(name)
             return None if rec is None else dataclasses.replace(rec)
 
-    async def schedule_list(self) -> builtins.list[ScheduleRecord]:
+    async def schedule_list(self) -> list[ScheduleRecord]:
         with self._lock:
             return [dataclasses.replace(self._schedules[n]) for n in sorted(self._schedules)]
 
@@ -473,7 +510,7 @@ class MemoryBackend:
         with self._lock:
             return self._schedules.pop(name, None) is not None
 
-    async def schedule_due(self, now: float, limit: int) -> builtins.list[ScheduleRecord]:
+    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
         with self._lock:
             due = [r for r in self._schedules.values() if r.enabled and r.next_run <= now]
             due.sort(key=lambda r: r.next_run)
@@ -487,7 +524,7 @@ class MemoryBackend:
         last_run: float | None,
         last_error: str | None,
         jobs: Sequence[NewJob],
-    ) -> builtins.list[Job] | None:
+    ) -> list[Job] | None:
         with self._lock:
             rec = self._schedules.get(name)
             if rec is None or not rec.enabled or rec.next_run != expected_next_run:

@@ -28,12 +28,12 @@ the indexes' sizes are the stats.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -50,6 +50,7 @@ from conveyor.backends._resp import (
 from conveyor.backends.base import (
     CancelResult,
     Capabilities,
+    ClaimToken,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -73,6 +74,7 @@ _SCRIPT_NAMES = (
     "heartbeat",
     "finish",
     "finish_claim",
+    "unclaim",
     "progress",
     "recover",
     "cancel",
@@ -251,6 +253,19 @@ def _outcomes_json(outcomes: Sequence[Outcome]) -> str:
     )
 
 
+def _claimed(rows: Sequence[Any], token: ClaimToken) -> list[Job]:
+    """The records a claim script returned, with the token it leased them under."""
+    jobs = [_job(row) for row in rows]
+    for job in jobs:
+        job.token = token
+    return jobs
+
+
+def _new_token(claim_id: str | None) -> ClaimToken:
+    # Made here, not in Lua: a script's randomness is not to be relied on.
+    return claim_id if claim_id is not None else os.urandom(12).hex()
+
+
 def _keep(retention: Retention) -> tuple[str | int, str | int]:
     keep_completed = "" if retention.keep_completed is None else retention.keep_completed
     keep_failed = "" if retention.keep_failed is None else retention.keep_failed
@@ -371,7 +386,7 @@ class RedisBackend:
 
     # ------------------------------------------------------------------ producing
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> builtins.list[Job]:
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         if not jobs:
             return []
         now = time.time()
@@ -439,9 +454,7 @@ class RedisBackend:
         commands.append(("EXEC",))
         return commands
 
-    async def _inserted(
-        self, jobs: Sequence[NewJob], flat: Sequence[Any], now: float
-    ) -> builtins.list[Job]:
+    async def _inserted(self, jobs: Sequence[NewJob], flat: Sequence[Any], now: float) -> list[Job]:
         out: list[Job | None] = []
         duplicates: dict[int, str] = {}
         for index, new in enumerate(jobs):
@@ -465,21 +478,29 @@ class RedisBackend:
     # ------------------------------------------------------------------ consuming
 
     async def claim(
-        self, queues: Sequence[str], limit: int, lease: float, now: float
-    ) -> builtins.list[Job]:
-        rows = await self._run("claim", repr(now), repr(lease), limit, *queues)
-        return [_job(row) for row in rows]
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+        *,
+        claim_id: str | None = None,
+    ) -> list[Job]:
+        token = _new_token(claim_id)
+        rows = await self._run("claim", repr(now), repr(lease), limit, token, *queues)
+        return _claimed(rows, token)
+
+    async def unclaim(self, claim_id: str, now: float) -> int:
+        return int(await self._run("unclaim", claim_id, repr(now)))
 
     async def heartbeat(
         self, beats: Sequence[Heartbeat], lease: float, now: float
-    ) -> builtins.list[LeaseStatus]:
+    ) -> list[LeaseStatus]:
         beats_json = json.dumps([(b.job_id, b.token, _logs(b.logs)) for b in beats])
         codes = await self._run("heartbeat", repr(now), repr(lease), beats_json)
         return [_LEASE[int(code)] for code in codes]
 
-    async def finish(
-        self, outcomes: Sequence[Outcome], retention: Retention
-    ) -> builtins.list[bool]:
+    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         flags = await self._run("finish", *_keep(retention), _outcomes_json(outcomes))
         return [bool(int(flag)) for flag in flags]
 
@@ -491,7 +512,10 @@ class RedisBackend:
         limit: int,
         lease: float,
         now: float,
-    ) -> tuple[builtins.list[bool], builtins.list[Job]]:
+        *,
+        claim_id: str | None = None,
+    ) -> tuple[list[bool], list[Job]]:
+        token = _new_token(claim_id)
         flags, rows = await self._run(
             "finish_claim",
             *_keep(retention),
@@ -499,19 +523,24 @@ class RedisBackend:
             repr(now),
             repr(lease),
             limit,
+            token,
             *queues,
         )
-        return [bool(int(flag)) for flag in flags], [_job(row) for row in rows]
+        return [bool(int(flag)) for flag in flags], _claimed(rows, token)
 
     async def progress(
-        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
     ) -> bool:
         held = await self._run("progress", job_id, token, _num(progress), _logs(logs))
         return bool(int(held))
 
     async def recover_expired(
         self, now: float, max_stalled: int, retention: Retention | None = None
-    ) -> builtins.list[Job]:
+    ) -> list[Job]:
         keep = retention.keep_failed if retention is not None else None
         rows = await self._run("recover", repr(now), max_stalled, "" if keep is None else keep)
         return [_job(row) for row in rows]
@@ -532,8 +561,16 @@ class RedisBackend:
             raise self._lost(exc) from exc
 
     async def claim_blocking(
-        self, queues: Sequence[str], limit: int, lease: float, timeout: float, waiter: str
-    ) -> builtins.list[Job]:
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        timeout: float,
+        waiter: str,
+        *,
+        claim_id: str | None = None,
+    ) -> list[Job]:
+        token = _new_token(claim_id)
         # BLPOP and the claim script go out in one write on the blocking
         # connection: Redis runs the claim the moment the wait ends, with no
         # round trip back to us in between.
@@ -553,6 +590,7 @@ class RedisBackend:
                         "",
                         repr(lease),
                         limit,
+                        token,
                         *queues,
                     ),
                 ]
@@ -562,9 +600,9 @@ class RedisBackend:
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await self.claim(queues, limit, lease, time.time())
+            return await self.claim(queues, limit, lease, time.time(), claim_id=token)
         self._reached()
-        return [_job(row) for row in rows]
+        return _claimed(rows, token)
 
     async def wake_waiter(self, waiter: str) -> None:
         key = f"{self.prefix}:wake-worker:{waiter}"
@@ -580,13 +618,13 @@ class RedisBackend:
         job_id = await self._cmd("HGET", f"{self.prefix}:keys", key)
         return None if job_id is None else await self.get(job_id)
 
-    async def _records(self, ids: Sequence[str]) -> builtins.list[Job]:
+    async def _records(self, ids: Sequence[str]) -> list[Job]:
         if not ids:
             return []
         rows = await self._pipe([("HMGET", f"{self.prefix}:job:{i}", *_FIELDS) for i in ids])
         return [_job([i, *row]) for i, row in zip(ids, rows, strict=True) if row[0] is not None]
 
-    async def list(
+    async def list_jobs(
         self,
         *,
         state: JobState | None,
@@ -594,7 +632,7 @@ class RedisBackend:
         queue: str | None,
         limit: int,
         offset: int,
-    ) -> builtins.list[Job]:
+    ) -> list[Job]:
         # Candidates come from the state indexes; job ids sort by creation
         # time, so newest first is a sort of ids. An index is read whole up
         # to _LIST_SCAN entries (beyond that, its most recent entries).
@@ -729,7 +767,7 @@ class RedisBackend:
             options=raw["options"],
         )
 
-    async def _schedules(self, names: Sequence[str]) -> builtins.list[ScheduleRecord]:
+    async def _schedules(self, names: Sequence[str]) -> list[ScheduleRecord]:
         if not names:
             return []
         rows = await self._pipe([("HGETALL", self._schedule_key(name)) for name in names])
@@ -739,7 +777,7 @@ class RedisBackend:
         found = await self._schedules([name])
         return found[0] if found else None
 
-    async def schedule_list(self) -> builtins.list[ScheduleRecord]:
+    async def schedule_list(self) -> list[ScheduleRecord]:
         names = sorted(await self._cmd("SMEMBERS", f"{self.prefix}:schedules"))
         return await self._schedules(names)
 
@@ -755,7 +793,7 @@ class RedisBackend:
         )
         return bool(replies[-1][0])
 
-    async def schedule_due(self, now: float, limit: int) -> builtins.list[ScheduleRecord]:
+    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
         names = await self._cmd(
             "ZRANGEBYSCORE", f"{self.prefix}:schedules:due", "-inf", repr(now), "LIMIT", 0, limit
         )
@@ -769,7 +807,7 @@ class RedisBackend:
         last_run: float | None,
         last_error: str | None,
         jobs: Sequence[NewJob],
-    ) -> builtins.list[Job] | None:
+    ) -> list[Job] | None:
         now = time.time()
         flat = await self._run(
             "schedule_fire",

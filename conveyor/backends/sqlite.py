@@ -31,7 +31,6 @@ so the backend serves any number of loops (the blocking twins run their own).
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import functools
 import json
@@ -48,6 +47,7 @@ from conveyor.backends._notify import Notifier
 from conveyor.backends.base import (
     CancelResult,
     Capabilities,
+    ClaimToken,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -67,7 +67,9 @@ from conveyor.job import (
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+# 2: the claim token column (see _UPGRADES). A database at a newer version
+# than this code knows is refused, so old workers cannot open an upgraded file.
+SCHEMA_VERSION: Final = 2
 
 # How often an idle waiter looks at PRAGMA data_version for commits made by
 # other connections. Each look is a thread hop and a shared-memory read (tens
@@ -99,7 +101,7 @@ CREATE TABLE conveyor_jobs (
     key              TEXT,
     created_at       REAL NOT NULL,
     run_at           REAL NOT NULL,
-    attempts         INTEGER NOT NULL DEFAULT 0,  -- also the fencing token
+    attempts         INTEGER NOT NULL DEFAULT 0,
     result           TEXT,                  -- JSON text
     error            TEXT,
     progress         REAL NOT NULL DEFAULT 0,
@@ -108,7 +110,8 @@ CREATE TABLE conveyor_jobs (
     lease_until      REAL NOT NULL DEFAULT 0,
     stalls           INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    logs             TEXT NOT NULL DEFAULT '[]'   -- JSON array
+    logs             TEXT NOT NULL DEFAULT '[]',  -- JSON array
+    token            TEXT   -- the fencing token of the current (or last) claim
 );
 -- Partial indexes hold only the rows each hot query looks at, so they stay
 -- small and an insert touches few of them. The rowid (seq) ends every index,
@@ -153,6 +156,14 @@ CREATE TABLE conveyor_cache (
 ) WITHOUT ROWID;
 """
 
+# Statements that bring a database of version N - 1 to version N (index N - 2).
+_UPGRADES: Final = (
+    # 2: fencing by a claim token that never repeats, where the attempt count
+    # (lowered again by a hand-back) did. Running jobs get no token, so their
+    # claims made by older code are fenced off and come back by lease expiry.
+    ("ALTER TABLE conveyor_jobs ADD COLUMN token TEXT",),
+)
+
 _COLS: Final = (
     "seq, id, name, queue, payload, state, priority, max_retries, timeout, key, created_at,"
     " run_at, attempts, result, error, progress, started_at, finished_at, stalls,"
@@ -177,7 +188,7 @@ _PROMOTE: Final = (
 # One parameter holding a JSON array keeps a single cached statement for every
 # batch size, where "IN (?, ?, ...)" would compile a new one per size.
 _SELECT_RUNNING: Final = (
-    "SELECT id, seq, attempts, queue, lease_until, cancel_requested FROM conveyor_jobs"
+    "SELECT id, seq, token, queue, lease_until, cancel_requested FROM conveyor_jobs"
     " WHERE id IN (SELECT value FROM json_each(?1)) AND +state = 'running'"
 )
 
@@ -221,8 +232,21 @@ _TRIM: Final = (
 _PROGRESS: Final = (
     "UPDATE conveyor_jobs SET progress = coalesce(?1, progress),"
     f" {_APPEND_LOGS.format(p='?2')}"
-    " WHERE id = ?3 AND state = 'running' AND attempts = ?4"
+    " WHERE id = ?3 AND state = 'running' AND token = ?4"
 )
+# A claim whose reply was lost: its jobs go back as if handed back (attempt
+# not counted), a cancel-requested one ends cancelled, as in _finish. The
+# running jobs are few (bounded by worker concurrency), found by the state index.
+_UNCLAIM: Final = """
+UPDATE conveyor_jobs SET
+    state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
+    started_at = CASE WHEN cancel_requested THEN started_at ELSE NULL END,
+    run_at = CASE WHEN cancel_requested THEN run_at ELSE ?1 END,
+    finished_at = CASE WHEN cancel_requested THEN ?1 ELSE finished_at END,
+    error = CASE WHEN cancel_requested THEN 'cancelled' ELSE error END
+WHERE state = 'running' AND token = ?2
+"""
 # Column references on the right of SET see the old row, so `stalls + 1` is
 # the new stall count everywhere below. A job whose cancel was requested is
 # not run again: it ends cancelled.
@@ -378,7 +402,8 @@ def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
 def _claim_sql(n_queues: int) -> str:
     """The claim statement for `n_queues` queues.
 
-    Parameters: ?1 started_at, ?2 lease_until, ?3 limit, ?4... the queues.
+    Parameters: ?1 started_at, ?2 lease_until, ?3 limit, ?4 the claim token,
+    ?5... the queues.
     One index range scan per queue, each stopping after `limit` rows, then a
     merge of at most n * limit rows: never a sort of the whole backlog.
     """
@@ -386,25 +411,26 @@ def _claim_sql(n_queues: int) -> str:
     if n_queues == 1:
         pick = (
             "SELECT seq FROM conveyor_jobs INDEXED BY conveyor_jobs_claim"
-            f" WHERE state = 'queued' AND queue = ?4 {order} LIMIT ?3"
+            f" WHERE state = 'queued' AND queue = ?5 {order} LIMIT ?3"
         )
     elif n_queues <= _MAX_UNION_QUEUES:
         branches = " UNION ALL ".join(
             "SELECT * FROM (SELECT seq, priority, run_at"
             " FROM conveyor_jobs INDEXED BY conveyor_jobs_claim"
-            f" WHERE state = 'queued' AND queue = ?{i + 4} {order} LIMIT ?3)"
+            f" WHERE state = 'queued' AND queue = ?{i + 5} {order} LIMIT ?3)"
             for i in range(n_queues)
         )
         pick = f"SELECT seq FROM ({branches}) {order} LIMIT ?3"
     else:
-        marks = ", ".join(f"?{i + 4}" for i in range(n_queues))
+        marks = ", ".join(f"?{i + 5}" for i in range(n_queues))
         pick = (
             f"SELECT seq FROM conveyor_jobs WHERE state = 'queued' AND queue IN ({marks})"
             f" {order} LIMIT ?3"
         )
     return (
         "UPDATE conveyor_jobs SET state = 'running', attempts = attempts + 1, started_at = ?1,"
-        f" lease_until = ?2, cancel_requested = 0 WHERE seq IN ({pick}) RETURNING {_COLS}"
+        f" lease_until = ?2, token = ?4, cancel_requested = 0 WHERE seq IN ({pick})"
+        f" RETURNING {_COLS}"
     )
 
 
@@ -599,6 +625,14 @@ class SQLiteBackend:
                     f"schema version {row[0]} was written by a newer conveyor;"
                     f" this one knows version {SCHEMA_VERSION}"
                 )
+            elif int(row[0]) < SCHEMA_VERSION:
+                for statements in _UPGRADES[int(row[0]) - 1 :]:
+                    for statement in statements:
+                        conn.execute(statement)
+                conn.execute(
+                    "UPDATE conveyor_meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
 
     def _disconnect(self) -> None:
         with self._watch_lock:
@@ -688,10 +722,19 @@ class SQLiteBackend:
 
     # ------------------------------------------------------------ consuming
 
-    async def claim(self, queues: Sequence[str], limit: int, lease: float, now: float) -> list[Job]:
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float,
+        *,
+        claim_id: str | None = None,
+    ) -> list[Job]:
         if limit <= 0 or not queues:
             return []
-        return await self._call(self._claim, tuple(dict.fromkeys(queues)), limit, lease, now)
+        token = claim_id if claim_id is not None else os.urandom(12).hex()
+        return await self._call(self._claim, tuple(dict.fromkeys(queues)), limit, lease, now, token)
 
     def _claim(
         self,
@@ -700,14 +743,31 @@ class SQLiteBackend:
         limit: int,
         lease: float,
         now: float,
+        token: ClaimToken,
     ) -> list[Job]:
         with _write(conn):
             conn.execute(_PROMOTE, (now, json.dumps(queues)))
             rows = conn.execute(
-                _claim_sql(len(queues)), (now, now + lease, limit, *queues)
+                _claim_sql(len(queues)), (now, now + lease, limit, token, *queues)
             ).fetchall()
         rows.sort(key=_sort_key)
-        return [_job(row) for row in rows]
+        jobs = [_job(row) for row in rows]
+        for job in jobs:
+            job.token = token
+        return jobs
+
+    async def unclaim(self, claim_id: str, now: float) -> int:
+        handed_back = await self._call(self._unclaim, claim_id, now)
+        if handed_back:
+            self._wake()
+        return handed_back
+
+    def _unclaim(self, conn: sqlite3.Connection, claim_id: str, now: float) -> int:
+        with _write(conn):
+            handed_back: int = conn.execute(_UNCLAIM, (now, claim_id)).rowcount
+        if handed_back:
+            self._wakeups += 1
+        return handed_back
 
     async def heartbeat(
         self, beats: Sequence[Heartbeat], lease: float, now: float
@@ -726,7 +786,7 @@ class SQLiteBackend:
             held = _running_rows(conn, [beat.job_id for beat in beats])
             for beat in beats:
                 row = held.get(beat.job_id)
-                # row: (id, seq, attempts, queue, lease_until, cancel_requested)
+                # row: (id, seq, token, queue, lease_until, cancel_requested)
                 if row is None or row[2] != beat.token or row[4] < now:
                     statuses.append(LeaseStatus.LOST)
                     continue
@@ -801,7 +861,11 @@ class SQLiteBackend:
         return accepted, requeued
 
     async def progress(
-        self, job_id: str, token: int, progress: float | None, logs: Sequence[dict[str, Any]]
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
     ) -> bool:
         return await self._call(self._progress, job_id, token, progress, _logs_json(logs))
 
@@ -809,7 +873,7 @@ class SQLiteBackend:
         self,
         conn: sqlite3.Connection,
         job_id: str,
-        token: int,
+        token: ClaimToken,
         progress: float | None,
         logs: str | None,
     ) -> bool:
@@ -903,7 +967,7 @@ class SQLiteBackend:
         ).fetchone()
         return None if row is None else _job(row)
 
-    async def list(
+    async def list_jobs(
         self,
         *,
         state: JobState | None,
@@ -953,7 +1017,7 @@ class SQLiteBackend:
         )
         return records[0] if records else None
 
-    async def schedule_list(self) -> builtins.list[ScheduleRecord]:
+    async def schedule_list(self) -> list[ScheduleRecord]:
         return await self._call(
             _schedules, f"SELECT {_SCHEDULE_COLS} FROM conveyor_schedules ORDER BY name"
         )
@@ -961,7 +1025,7 @@ class SQLiteBackend:
     async def schedule_delete(self, name: str) -> bool:
         return await self._call(_write_one, "DELETE FROM conveyor_schedules WHERE name = ?1", name)
 
-    async def schedule_due(self, now: float, limit: int) -> builtins.list[ScheduleRecord]:
+    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
         return await self._call(
             _schedules,
             f"SELECT {_SCHEDULE_COLS} FROM conveyor_schedules WHERE enabled AND next_run <= ?1"
@@ -978,7 +1042,7 @@ class SQLiteBackend:
         last_run: float | None,
         last_error: str | None,
         jobs: Sequence[NewJob],
-    ) -> builtins.list[Job] | None:
+    ) -> list[Job] | None:
         fired = await self._call(
             self._schedule_fire,
             name,
@@ -986,7 +1050,7 @@ class SQLiteBackend:
             next_run,
             last_run,
             last_error,
-            builtins.list(jobs),
+            list(jobs),
         )
         if fired:
             self._wake()
@@ -1000,8 +1064,8 @@ class SQLiteBackend:
         next_run: float,
         last_run: float | None,
         last_error: str | None,
-        jobs: builtins.list[NewJob],
-    ) -> builtins.list[Job] | None:
+        jobs: list[NewJob],
+    ) -> list[Job] | None:
         # The compare-and-set and the enqueue commit together: a tick is
         # either fired with its jobs or not at all, whoever crashes.
         with _write(conn):
@@ -1120,7 +1184,7 @@ def _probe(conn: sqlite3.Connection, names: str) -> tuple[bool, float | None]:
 
 
 def _running_rows(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[Any, ...]]:
-    """id -> (id, seq, attempts, queue, lease_until, cancel_requested) of the
+    """id -> (id, seq, token, queue, lease_until, cancel_requested) of the
     given jobs that are running."""
     return {row[0]: row for row in conn.execute(_SELECT_RUNNING, (json.dumps(ids),))}
 

@@ -107,8 +107,8 @@ async def test_heartbeat_extends_the_lease(app: Conveyor) -> None:
     job_id = await enqueue_one(app)
     backend = app.backend
     t0 = time.time()
-    await backend.claim(Q, 1, 1.0, t0)
-    beat = [Heartbeat(job_id, 1, [{"at": t0, "msg": "alive"}])]
+    (claimed,) = await backend.claim(Q, 1, 1.0, t0)
+    beat = [Heartbeat(job_id, claimed.token, [{"at": t0, "msg": "alive"}])]
     assert await backend.heartbeat(beat, 1.0, t0 + 0.8) == [LeaseStatus.HELD]
     # the lease now runs to t0 + 1.8: not expired at t0 + 1.5
     assert await backend.recover_expired(t0 + 1.5, 1) == []
@@ -121,15 +121,15 @@ async def test_heartbeat_extends_the_lease(app: Conveyor) -> None:
 async def test_heartbeat_after_the_lease_expired_is_refused(app: Conveyor) -> None:
     job_id = await enqueue_one(app)
     t0 = time.time()
-    await app.backend.claim(Q, 1, 1.0, t0)
+    (claimed,) = await app.backend.claim(Q, 1, 1.0, t0)
     # expired but not yet recovered: the worker must learn it lost the lease
-    statuses = await app.backend.heartbeat([Heartbeat(job_id, 1)], 1.0, t0 + 1.5)
+    statuses = await app.backend.heartbeat([Heartbeat(job_id, claimed.token)], 1.0, t0 + 1.5)
     assert statuses == [LeaseStatus.LOST]
 
 
 async def test_zombie_worker_is_fenced_off(app: Conveyor) -> None:
-    """claim (token 1), expire, recover, claim (token 2): everything the first
-    worker says afterwards is refused and never overwrites attempt 2."""
+    """claim (attempt 1), expire, recover, claim (attempt 2): everything the
+    first worker says afterwards is refused and never overwrites attempt 2."""
     job_id = await enqueue_one(app)
     backend = app.backend
     t0 = time.time()
@@ -138,13 +138,15 @@ async def test_zombie_worker_is_fenced_off(app: Conveyor) -> None:
     await backend.recover_expired(t0 + 2.0, 3)
     (second,) = await backend.claim(Q, 1, 10.0, t0 + 2.0)
     assert second.attempts == 2
+    old, new = first.token, second.token
+    assert old != new
 
-    zombie_beat = await backend.heartbeat([Heartbeat(job_id, 1)], 10.0, t0 + 2.1)
+    zombie_beat = await backend.heartbeat([Heartbeat(job_id, old)], 10.0, t0 + 2.1)
     assert zombie_beat == [LeaseStatus.LOST]
-    assert await backend.progress(job_id, 1, 77.0, [{"at": t0, "msg": "zombie"}]) is False
-    zombie_done = Outcome(job_id, 1, OutcomeKind.COMPLETED, t0 + 2.2, result='"zombie"')
+    assert await backend.progress(job_id, old, 77.0, [{"at": t0, "msg": "zombie"}]) is False
+    zombie_done = Outcome(job_id, old, OutcomeKind.COMPLETED, t0 + 2.2, result='"zombie"')
     assert await backend.finish([zombie_done], KEEP_ALL) == [False]
-    zombie_fail = Outcome(job_id, 1, OutcomeKind.FAILED, t0 + 2.2, error="zombie error")
+    zombie_fail = Outcome(job_id, old, OutcomeKind.FAILED, t0 + 2.2, error="zombie error")
     assert await backend.finish([zombie_fail], KEEP_ALL) == [False]
 
     mid = await app.get_job(job_id)
@@ -153,9 +155,9 @@ async def test_zombie_worker_is_fenced_off(app: Conveyor) -> None:
     assert mid.progress != 77.0
     assert all(entry["msg"] != "zombie" for entry in mid.logs)
 
-    assert await backend.heartbeat([Heartbeat(job_id, 2)], 10.0, t0 + 2.3) == [LeaseStatus.HELD]
-    assert await backend.progress(job_id, 2, 50.0, []) is True
-    winner = Outcome(job_id, 2, OutcomeKind.COMPLETED, t0 + 2.4, result='"winner"')
+    assert await backend.heartbeat([Heartbeat(job_id, new)], 10.0, t0 + 2.3) == [LeaseStatus.HELD]
+    assert await backend.progress(job_id, new, 50.0, []) is True
+    winner = Outcome(job_id, new, OutcomeKind.COMPLETED, t0 + 2.4, result='"winner"')
     assert await backend.finish([winner], KEEP_ALL) == [True]
 
     final = await app.get_job(job_id)
@@ -177,9 +179,9 @@ async def test_finish_batch_reports_each_outcome(app: Conveyor) -> None:
     claimed = await app.backend.claim(Q, 3, 10.0, t0)
     assert [j.id for j in claimed] == [j.id for j in jobs]
     outcomes = [
-        Outcome(jobs[0].id, 1, OutcomeKind.COMPLETED, t0 + 1, result="1"),
-        Outcome(jobs[1].id, 7, OutcomeKind.COMPLETED, t0 + 1, result="2"),  # wrong token
-        Outcome(jobs[2].id, 1, OutcomeKind.FAILED, t0 + 1, error="E"),
+        Outcome(jobs[0].id, claimed[0].token, OutcomeKind.COMPLETED, t0 + 1, result="1"),
+        Outcome(jobs[1].id, "wrong-token", OutcomeKind.COMPLETED, t0 + 1, result="2"),
+        Outcome(jobs[2].id, claimed[2].token, OutcomeKind.FAILED, t0 + 1, error="E"),
     ]
     assert await app.backend.finish(outcomes, KEEP_ALL) == [True, False, True]
     states = [(await app.get_job(j.id)).state for j in jobs]
@@ -317,7 +319,7 @@ async def test_cancel_of_a_running_job_survives_a_hand_back(app: Conveyor) -> No
     t0 = time.time()
     (claimed,) = await app.backend.claim(Q, 1, 10.0, t0)
     assert await app.cancel(job_id) is True
-    handed_back = Outcome(job_id, claimed.attempts, OutcomeKind.QUEUED, t0 + 1)
+    handed_back = Outcome(job_id, claimed.token, OutcomeKind.QUEUED, t0 + 1)
     assert await app.backend.finish([handed_back], KEEP_ALL) == [True]
     assert await app.backend.claim(Q, 1, 10.0, t0 + 1) == []
     assert (await app.get_job(job_id)).state is JobState.CANCELLED

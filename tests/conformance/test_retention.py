@@ -130,7 +130,7 @@ async def test_keep_failed_counts_a_job_failed_twice_once(app: Conveyor) -> None
         nonlocal t
         (claimed,) = await backend.claim(["default"], 1, 10.0, t)
         assert claimed.id == job_id
-        out = Outcome(job_id, claimed.attempts, OutcomeKind.FAILED, t, error="E")
+        out = Outcome(job_id, claimed.token, OutcomeKind.FAILED, t, error="E")
         assert await backend.finish([out], keep) == [True]
         t += 0.01
 
@@ -153,11 +153,12 @@ async def test_a_retried_job_no_longer_counts_toward_keep_failed(app: Conveyor) 
     t = time.time()
     claimed = await backend.claim(["default"], 3, 10.0, t)
     assert [j.payload for j in claimed] == ["a", "b", "c"]
+    tokens = {j.payload: j.token for j in claimed}
     for p in "ab":
-        out = Outcome(jobs[p].id, 1, OutcomeKind.FAILED, t + 0.01, error="E")
+        out = Outcome(jobs[p].id, tokens[p], OutcomeKind.FAILED, t + 0.01, error="E")
         assert await backend.finish([out], keep) == [True]
     assert await backend.retry(jobs["b"].id, t + 0.02) is not None
-    out = Outcome(jobs["c"].id, 1, OutcomeKind.FAILED, t + 0.03, error="E")
+    out = Outcome(jobs["c"].id, tokens["c"], OutcomeKind.FAILED, t + 0.03, error="E")
     assert await backend.finish([out], keep) == [True]
     failed = await app.list_jobs(state=JobState.FAILED)
     assert sorted(j.payload for j in failed) == ["a", "c"]
@@ -178,7 +179,7 @@ async def test_keep_failed_also_trims_jobs_failed_by_stalls(app: Conveyor) -> No
     assert dead.id == stalled.id and dead.state is JobState.FAILED
     (claimed,) = await backend.claim(["default"], 1, 10.0, t + 3)
     assert claimed.id == later.id
-    out = Outcome(later.id, 1, OutcomeKind.FAILED, t + 4, error="E")
+    out = Outcome(later.id, claimed.token, OutcomeKind.FAILED, t + 4, error="E")
     assert await backend.finish([out], keep) == [True]
     failed = await app.list_jobs(state=JobState.FAILED)
     assert [j.payload for j in failed] == ["later"]

@@ -13,8 +13,13 @@ Invariants checked:
 * no job is held by two claims: a claim only returns jobs that no live claim
   holds, never the same job twice, in (priority, run_at, enqueue order);
 * duplicate keys never create a second job;
-* fencing: heartbeat, progress and finish with a stale token are refused and
-  change nothing; final states change only through `retry`.
+* fencing: every claim returns a token the job never had before (a hand-back
+  does not count an attempt, yet the next claim's token differs); heartbeat,
+  progress and finish with any token but the current claim's are refused and
+  change nothing; final states change only through `retry`;
+* `unclaim` puts exactly the jobs still running under that claim id back,
+  uncounted (the model tracks claims by identity, not by token value, so a
+  backend that hands out a token twice is caught).
 
 It runs for every backend of the matrix in tests/conftest.py (a fresh URL,
 so for SQLite a new file, per example).
@@ -43,6 +48,7 @@ from conveyor.backends import from_url
 from conveyor.backends.base import (
     Backend,
     CancelResult,
+    ClaimToken,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -79,6 +85,7 @@ class ModelJob:
     run_at: float
     state: JobState = JobState.QUEUED
     attempts: int = 0
+    claim: int | None = None  # index in BackendModel.claims of the current claim
     stalls: int = 0
     lease_until: float = 0.0
     cancel_requested: bool = False
@@ -102,7 +109,10 @@ class BackendModel(RuleBasedStateMachine):
         self.jobs: dict[str, ModelJob] = {}
         self.keys: dict[str, str] = {}
         self.seq = 0
-        self.claims: list[tuple[str, int]] = []  # every (job, token) ever handed out
+        # Every claim of a job ever made, in order: (job id, token, claim id).
+        # A claim's identity is its index here, never its token's value.
+        self.claims: list[tuple[str, ClaimToken, str | None]] = []
+        self.claim_calls = 0
 
     def teardown(self) -> None:
         try:
@@ -127,12 +137,13 @@ class BackendModel(RuleBasedStateMachine):
     def running(self) -> list[ModelJob]:
         return [j for j in self.jobs.values() if j.state is JobState.RUNNING]
 
-    def holds(self, job_id: str, token: int) -> bool:
-        job = self.jobs.get(job_id)
-        return job is not None and job.state is JobState.RUNNING and job.attempts == token
+    def holds(self, claim: int) -> bool:
+        """Whether claim number `claim` is its job's current claim."""
+        job = self.jobs[self.claims[claim][0]]
+        return job.state is JobState.RUNNING and job.claim == claim
 
-    def stale_claims(self) -> list[tuple[str, int]]:
-        return [(j, t) for j, t in self.claims if not self.holds(j, t)]
+    def stale_claims(self) -> list[int]:
+        return [i for i in range(len(self.claims)) if not self.holds(i)]
 
     # ------------------------------------------------------------------ rules
 
@@ -187,9 +198,12 @@ class BackendModel(RuleBasedStateMachine):
         queues=st.sampled_from([("a",), ("b",), ("a", "b")]),
         limit=st.integers(1, 3),
         lease=st.sampled_from(LEASES),
+        named=st.booleans(),
     )
-    def claim(self, queues: tuple[str, ...], limit: int, lease: float) -> None:
+    def claim(self, queues: tuple[str, ...], limit: int, lease: float, named: bool) -> None:
         now = self.tick()
+        self.claim_calls += 1
+        claim_id = f"claim-{self.claim_calls}" if named else None
         for job in self.jobs.values():  # promotion of due scheduled jobs of these queues
             if job.state is JobState.SCHEDULED and job.run_at <= now and job.queue in queues:
                 job.state = JobState.QUEUED
@@ -199,7 +213,7 @@ class BackendModel(RuleBasedStateMachine):
         )
         expected = eligible[:limit]
         held_before = {j.id for j in self.running()}
-        claimed = self.run(self.backend.claim(list(queues), limit, lease, now))
+        claimed = self.run(self.backend.claim(list(queues), limit, lease, now, claim_id=claim_id))
         ids = [j.id for j in claimed]
         assert len(ids) == len(set(ids)), "one claim returned a job twice"
         assert not set(ids) & held_before, "a claim returned a job another claim holds"
@@ -213,7 +227,16 @@ class BackendModel(RuleBasedStateMachine):
             assert record.attempts == job.attempts
             assert record.started_at is not None
             assert abs(record.started_at.timestamp() - now) < 1e-3
-            self.claims.append((job.id, job.attempts))
+            token = record.token
+            assert token is not None
+            earlier = [t for j, t, _ in self.claims if j == job.id]
+            assert token not in earlier, f"claim token {token!r} repeated for job {job.id}"
+            job.claim = len(self.claims)
+            self.claims.append((job.id, token, claim_id))
+
+    def token(self, job: ModelJob) -> ClaimToken:
+        assert job.claim is not None
+        return self.claims[job.claim][1]
 
     @precondition(lambda self: self.running())
     @rule(
@@ -226,7 +249,7 @@ class BackendModel(RuleBasedStateMachine):
         """The worker holding a job reports how it ended (every outcome kind)."""
         job = data.draw(st.sampled_from(self.running()))
         now = self.tick()
-        outcome = Outcome(job.id, job.attempts, kind, now)
+        outcome = Outcome(job.id, self.token(job), kind, now)
         if kind is OutcomeKind.COMPLETED:
             outcome.result = str(value)
         elif kind is OutcomeKind.SCHEDULED:
@@ -250,11 +273,10 @@ class BackendModel(RuleBasedStateMachine):
     @rule(data=st.data(), kind=st.sampled_from(list(OutcomeKind)))
     def zombie_finish(self, data: st.DataObject, kind: OutcomeKind) -> None:
         """A worker that lost its claim (or never had this token) reports."""
-        candidates = self.stale_claims() + [(j.id, j.attempts + 1) for j in self.running()]
+        stale = [self.claims[i][:2] for i in self.stale_claims()]
+        candidates = stale + [(j.id, "never-issued") for j in self.running()]
         # The dangerous zombie most of all: its job runs again under a newer claim.
-        superseded = [
-            (j, t) for j, t in self.stale_claims() if self.jobs[j].state is JobState.RUNNING
-        ]
+        superseded = [(j, t) for j, t in stale if self.jobs[j].state is JobState.RUNNING]
         if superseded and data.draw(st.booleans()):
             candidates = superseded
         job_id, token = data.draw(st.sampled_from(candidates))
@@ -270,24 +292,42 @@ class BackendModel(RuleBasedStateMachine):
     def heartbeat(self, data: st.DataObject, lease: float) -> None:
         self.tick()
         # Mostly the live claims (a worker beating for its jobs), sometimes old ones.
-        live = [(j.id, j.attempts) for j in self.running()]
-        pool = live if live and data.draw(st.booleans()) else self.claims
+        live = [j.claim for j in self.running() if j.claim is not None]
+        pool = live if live and data.draw(st.booleans()) else list(range(len(self.claims)))
         picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4, unique=True))
-        statuses = self.run(
-            self.backend.heartbeat([Heartbeat(j, t) for j, t in picked], lease, self.now)
-        )
+        beats = [Heartbeat(*self.claims[i][:2]) for i in picked]
+        statuses = self.run(self.backend.heartbeat(beats, lease, self.now))
         assert len(statuses) == len(picked)
-        for (job_id, token), status in zip(picked, statuses, strict=True):
-            job = self.jobs[job_id]
-            if self.holds(job_id, token) and job.lease_until >= self.now:
+        for claim, status in zip(picked, statuses, strict=True):
+            job = self.jobs[self.claims[claim][0]]
+            if self.holds(claim) and job.lease_until >= self.now:
                 job.lease_until = self.now + lease
                 expected = LeaseStatus.CANCEL if job.cancel_requested else LeaseStatus.HELD
             else:
                 expected = LeaseStatus.LOST
-            assert status is expected, (job_id, token, job)
-        for job_id, token in picked:  # progress is fenced by the token alone
-            held = self.holds(job_id, token)
+            assert status is expected, (self.claims[claim], job)
+        for claim in picked:  # progress is fenced by the token alone
+            job_id, token, _ = self.claims[claim]
+            held = self.holds(claim)
             assert self.run(self.backend.progress(job_id, token, 42.0, [])) is held
+
+    @precondition(lambda self: self.claim_calls)
+    @rule(data=st.data())
+    def unclaim(self, data: st.DataObject) -> None:
+        """A worker whose claim reply was lost undoes that claim."""
+        named = sorted({c for _, _, c in self.claims if c is not None})
+        claim_id = data.draw(st.sampled_from([*named, "claim-never-made"]))
+        now = self.tick()
+        count = self.run(self.backend.unclaim(claim_id, now))
+        undone = [
+            j for j in self.running() if j.claim is not None and self.claims[j.claim][2] == claim_id
+        ]
+        assert count == len(undone)
+        for job in undone:  # as a hand-back: the attempt does not count
+            if job.cancel_requested:
+                job.state = JobState.CANCELLED
+            else:
+                job.state, job.attempts, job.run_at = JobState.QUEUED, job.attempts - 1, now
 
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
@@ -353,7 +393,7 @@ class BackendModel(RuleBasedStateMachine):
     @invariant()
     def backend_agrees_with_the_model(self) -> None:
         listed = self.run(
-            self.backend.list(state=None, name=None, queue=None, limit=10_000, offset=0)
+            self.backend.list_jobs(state=None, name=None, queue=None, limit=10_000, offset=0)
         )
         listed_ids = [j.id for j in listed]
         assert len(listed_ids) == len(set(listed_ids)), "a job is listed twice"

@@ -286,6 +286,48 @@ async def test_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     await assert_open_fails(url_for(path), "schema version 999", "newer conveyor")
 
 
+async def test_a_version_1_database_is_upgraded_to_claim_tokens(tmp_path: Path) -> None:
+    """Version 1 fenced by the attempt count; version 2 adds the claim token
+    column. A job a version-1 worker held has no token, so nothing fences in
+    on its claim: it comes back through lease recovery."""
+    path = tmp_path / "jobs.db"
+    url = url_for(path)
+    b = SQLiteBackend(url)
+    await b.open()
+    held, waiting = await b.enqueue([new_job(), new_job()])
+    now = time.time()
+    await b.claim(["default"], 1, 30, now)
+    await b.close()
+    raw = sqlite3.connect(path)
+    raw.execute("ALTER TABLE conveyor_jobs DROP COLUMN token")  # the version 1 table
+    raw.execute("UPDATE conveyor_meta SET value = '1' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+
+    upgraded = SQLiteBackend(url)
+    await upgraded.open()
+    try:
+        raw = sqlite3.connect(path)
+        try:
+            version = raw.execute(
+                "SELECT value FROM conveyor_meta WHERE key = 'schema_version'"
+            ).fetchone()[0]
+            columns = [row[1] for row in raw.execute("PRAGMA table_info(conveyor_jobs)")]
+        finally:
+            raw.close()
+        assert int(version) == SCHEMA_VERSION == 2
+        assert "token" in columns
+        assert await upgraded.heartbeat([Heartbeat(held.id, "1")], 30, now) == [LeaseStatus.LOST]
+        [recovered] = await upgraded.recover_expired(now + 60, 1)
+        assert recovered.id == held.id and recovered.state is JobState.QUEUED
+        claimed = await upgraded.claim(["default"], 2, 30, now + 60)
+        assert {j.id for j in claimed} == {held.id, waiting.id}
+        outcomes = [Outcome(j.id, j.token, OutcomeKind.COMPLETED, now + 61) for j in claimed]
+        assert await upgraded.finish(outcomes, Retention()) == [True, True]
+    finally:
+        await upgraded.close()
+
+
 # --------------------------------------------------------------------------- storage details
 
 
@@ -306,17 +348,18 @@ async def test_log_lines_are_appended_as_json(backend: SQLiteBackend) -> None:
     [job] = await backend.claim(["default"], 1, 30, time.time())
     odd = {"msg": 'quotes " and \\ and ] , [', "emoji": "\u2603", "n": 1.5}
     now = time.time()
-    assert await backend.heartbeat([Heartbeat(job.id, 1, logs=[odd])], 30, now) == [
+    token = job.token
+    assert await backend.heartbeat([Heartbeat(job.id, token, logs=[odd])], 30, now) == [
         LeaseStatus.HELD
     ]
-    assert await backend.heartbeat([Heartbeat(job.id, 1)], 30, now) == [LeaseStatus.HELD]
-    assert await backend.progress(job.id, 1, 50.0, [{"msg": "half"}, {"msg": "way"}])
+    assert await backend.heartbeat([Heartbeat(job.id, token)], 30, now) == [LeaseStatus.HELD]
+    assert await backend.progress(job.id, token, 50.0, [{"msg": "half"}, {"msg": "way"}])
     stamp = {
         "msg": "done",
         "at": datetime(2024, 1, 1, tzinfo=UTC),
     }  # not JSON: stored as text, not an error
     [ok] = await backend.finish(
-        [Outcome(job.id, 1, OutcomeKind.COMPLETED, time.time(), result="7", logs=[stamp])],
+        [Outcome(job.id, token, OutcomeKind.COMPLETED, time.time(), result="7", logs=[stamp])],
         Retention(),
     )
     assert ok
@@ -335,7 +378,7 @@ async def test_recovery_trims_failed_jobs_beyond_keep_failed(backend: SQLiteBack
         await backend.claim(["default"], 1, 1.0, now + n * 10)
         [failed] = await backend.recover_expired(now + n * 10 + 2, 0, Retention(keep_failed=2))
         assert failed.state is JobState.FAILED and "lease expired 1 times" in (failed.error or "")
-    kept = await backend.list(state=JobState.FAILED, name=None, queue=None, limit=10, offset=0)
+    kept = await backend.list_jobs(state=JobState.FAILED, name=None, queue=None, limit=10, offset=0)
     assert [j.id for j in kept] == [j.id for j in jobs[:0:-1]]
 
 
@@ -388,7 +431,7 @@ async def drain(b: SQLiteBackend, seen: list[str], rng: random.Random) -> None:
             return
         seen.extend(j.id for j in jobs)
         at = time.time()
-        outcomes = [Outcome(j.id, j.attempts, OutcomeKind.COMPLETED, at) for j in jobs]
+        outcomes = [Outcome(j.id, j.token, OutcomeKind.COMPLETED, at) for j in jobs]
         assert all(await b.finish(outcomes, Retention(keep_completed=None)))
 
 
@@ -434,7 +477,7 @@ CLAIMER = textwrap.dedent(
             idle_since = time.monotonic()
             seen += [j.id for j in jobs]
             at = time.time()
-            await b.finish([Outcome(j.id, j.attempts, OutcomeKind.COMPLETED, at) for j in jobs],
+            await b.finish([Outcome(j.id, j.token, OutcomeKind.COMPLETED, at) for j in jobs],
                            Retention(keep_completed=None))
         await b.close()
         print(json.dumps(seen))
@@ -622,7 +665,9 @@ async def test_wait_returns_at_once_when_work_is_there(backend: SQLiteBackend) -
 def snapshot(value: Any) -> Any:
     if isinstance(value, Job):
         d = value.to_dict()
-        d.update(duplicate=value.duplicate, cancel_requested=value.cancel_requested)
+        d.update(
+            duplicate=value.duplicate, cancel_requested=value.cancel_requested, token=value.token
+        )
         return d
     if isinstance(value, list):
         return [snapshot(v) for v in value]
@@ -638,13 +683,14 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
     await sql.open()
     base = now = time.time()
     ids: list[str] = []
-    tokens: dict[str, int] = {}
+    tokens: dict[str, str] = {}
     queues = ["a", "b", "c"]
     retention = Retention(
         keep_completed=rng.choice([None, 0, 2, 5]), keep_failed=rng.choice([None, 0, 1, 3])
     )
     ops = ["enqueue"] * 4 + ["claim"] * 3 + ["heartbeat", "finish", "finish", "progress"]
-    ops += ["recover_expired", "get", "get_by_key", "list", "cancel", "retry", "stats", "purge"]
+    ops += ["recover_expired", "get", "get_by_key", "list_jobs", "cancel", "retry", "stats"]
+    ops += ["purge", "unclaim"]
     ops += ["schedule_put", "schedule_get", "schedule_list", "schedule_delete"]
     ops += ["schedule_due", "schedule_fire", "schedule_fire"]
     ops += ["lock_acquire", "lock_release", "lock_extend", "cache_set", "cache_get"]
@@ -678,9 +724,15 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
                 args = (batch,)
             elif op == "claim":
                 args = (rng.sample(queues, rng.randint(1, 3)), rng.randint(1, 5), 50.0, now)
+                # The same claim id on both: the same tokens, compared below.
+                kwargs = {"claim_id": f"claim-{step}"}
+            elif op == "unclaim":
+                args = (f"claim-{rng.randint(max(0, step - 20), step)}", now)
             elif op == "heartbeat":
                 beats = [
-                    Heartbeat(i, tokens[i] + rng.choice([0, 0, -1]), [{"m": 1}] * rng.randint(0, 1))
+                    Heartbeat(
+                        i, rng.choice([tokens[i]] * 2 + ["stale"]), [{"m": 1}] * rng.randint(0, 1)
+                    )
                     for i in pick(3)
                 ]
                 args = (beats, 50.0, now)
@@ -688,7 +740,7 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
                 outcomes = [
                     Outcome(
                         i,
-                        tokens[i] + rng.choice([0, 0, 0, 1]),
+                        rng.choice([tokens[i]] * 3 + ["stale"]),
                         rng.choice(list(OutcomeKind)),
                         # Distinct finish times: on a tie, memory trims in
                         # call order and SQLite in enqueue order.
@@ -706,7 +758,7 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
                 if not tokens:
                     continue
                 job_id = rng.choice(sorted(tokens))
-                args = (job_id, tokens[job_id] + rng.choice([0, 1]), rng.choice([None, 9.0]), [])
+                args = (job_id, rng.choice([tokens[job_id], "stale"]), rng.choice([None, 9.0]), [])
             elif op == "recover_expired":
                 # Jobs failed by one recovery share a finish time, and a tie
                 # is trimmed in claim order by memory, in enqueue order by
@@ -717,7 +769,7 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
                 args = (rng.choice([*ids, "missing"]),) + (() if op == "get" else (now,))
             elif op == "get_by_key":
                 args = (f"k{rng.randint(0, 15)}",)
-            elif op == "list":
+            elif op == "list_jobs":
                 kwargs = {
                     "state": rng.choice([None, *JobState]),
                     "name": rng.choice([None, "task"]),
@@ -782,7 +834,7 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
                 actual.sort(key=lambda j: j.id)
             assert snapshot(actual) == snapshot(expected), f"seed {seed} step {step}: {op}"
             if op == "claim":
-                tokens.update((j.id, j.attempts) for j in expected)
+                tokens.update((j.id, j.token) for j in expected)
             if op == "schedule_fire" and expected is not None:
                 next_runs[args[0]] = args[2]
         everything: dict[str, Any] = {
@@ -792,7 +844,9 @@ async def random_ops(seed: int, tmp_path: Path, steps: int = 200) -> None:
             "limit": 10**6,
             "offset": 0,
         }
-        assert snapshot(await sql.list(**everything)) == snapshot(await mem.list(**everything))
+        assert snapshot(await sql.list_jobs(**everything)) == snapshot(
+            await mem.list_jobs(**everything)
+        )
     finally:
         await sql.close()
 

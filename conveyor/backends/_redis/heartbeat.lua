@@ -4,8 +4,8 @@ local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for _, beat in ipairs(cjson.decode(ARGV[4])) do
   local key = jkey(beat[1])
-  local h = redis.call("HMGET", key, "state", "attempts", "lease_until", "cancel_requested", "queue")
-  if h[1] ~= "running" or tonumber(h[2]) ~= tonumber(beat[2]) or tonumber(h[3]) < now then
+  local h = redis.call("HMGET", key, "state", "token", "lease_until", "cancel_requested", "queue")
+  if h[1] ~= "running" or h[2] ~= beat[2] or tonumber(h[3]) < now then
     out[#out + 1] = 0
   else
     redis.call("HSET", key, "lease_until", now + lease)

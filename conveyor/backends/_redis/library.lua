@@ -133,8 +133,13 @@ end
 
 -- Move a job (already out of its previous index) into a final state, keeping
 -- at most `keep` (a number, or "" for all) of that state in its queue.
+--
+-- Wherever a job stops running its claim token is cleared: every claim made
+-- by this code sets a new one, but a worker still running older scripts
+-- (a rolling deploy) claims without touching it, and a stale token left in
+-- place would then match that claim.
 local function finalize(batch, id, queue, state, at, keep, fields)
-  redis.call("HSET", jkey(id), "state", state, "finished_at", at, unpack(fields))
+  redis.call("HSET", jkey(id), "state", state, "finished_at", at, "token", "", unpack(fields))
   local done = done_key(queue, state)
   batch_add(batch, done, at, id)
   if keep ~= "" then batch.trims[done] = tonumber(keep) end
@@ -178,6 +183,21 @@ local function insert(jobs, now)
   return out
 end
 
+-- Hand a running job (already out of its running index) back to the queue
+-- at `at` with its attempt uncounted, as if it had never been claimed; a
+-- cancel-requested one ends cancelled instead.
+local function hand_back(batch, id, queue, priority, cancel_requested, at)
+  if cancel_requested == "1" then
+    finalize(batch, id, queue, "cancelled", at, "", {"error", "cancelled"})
+    return
+  end
+  local key = jkey(id)
+  redis.call("HINCRBY", key, "attempts", -1)
+  redis.call("HSET", key, "state", "queued", "started_at", "", "run_at", at, "token", "")
+  make_ready(id, queue, priority, at)
+  wake(queue, 1)
+end
+
 -- Apply outcomes [[id, token, kind, at, result, error, run_at, logs, progress]]
 -- of claims; returns 1/0 per outcome: 0 when the token no longer holds the job.
 local function finish_jobs(keep_completed, keep_failed, outcomes)
@@ -187,8 +207,8 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
   for _, o in ipairs(cjson.decode(outcomes)) do
     local id, kind, at, result, err, run_at = o[1], o[3], o[4], o[5], o[6], o[7]
     local key = jkey(id)
-    local h = redis.call("HMGET", key, "state", "attempts", "queue", "priority", "cancel_requested")
-    if h[1] ~= "running" or tonumber(h[2]) ~= tonumber(o[2]) then
+    local h = redis.call("HMGET", key, "state", "token", "queue", "priority", "cancel_requested")
+    if h[1] ~= "running" or h[2] ~= o[2] then
       out[#out + 1] = 0
     else
       out[#out + 1] = 1
@@ -201,17 +221,14 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
         if err == "" then err = "cancelled" end
       end
       if kind == "queued" then
-        redis.call("HINCRBY", key, "attempts", -1)
-        redis.call("HSET", key, "state", "queued", "started_at", "", "run_at", at)
-        make_ready(id, queue, h[4], at)
-        wake(queue, 1)
+        hand_back(batch, id, queue, h[4], "0", at)
       elseif kind == "scheduled" then
         if run_at == "" then run_at = at end
         if tonumber(run_at) > tonumber(at) then
-          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "scheduled")
+          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "scheduled", "token", "")
           batch_add(batch, scheduled_key(queue), run_at, id)
         else
-          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued")
+          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued", "token", "")
           make_ready(id, queue, h[4], run_at)
           wake(queue, 1)
         end
@@ -227,8 +244,9 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
 end
 
 -- Promote due scheduled jobs of these queues, then lease up to `limit` ready
--- ones: attempts + 1 is the claim's fencing token. Returns their records.
-local function claim_jobs(now_text, lease, limit, queue_list)
+-- ones under the claim's fencing token (made unique per call by the caller).
+-- Returns their records.
+local function claim_jobs(now_text, lease, limit, queue_list, token)
   if now_text == "" then
     -- Sent ahead, behind a blocking wait: the claim runs whenever the wait
     -- ends, so it reads the server's clock then.
@@ -285,7 +303,7 @@ local function claim_jobs(now_text, lease, limit, queue_list)
     local attempts = tonumber(values[6]) + 1
     values[5], values[6], values[15], values[20] = "running", tostring(attempts), now_text, "0"
     redis.call("HSET", jkey(id), "state", "running", "attempts", attempts, "started_at", now_text,
-      "lease_until", until_, "cancel_requested", 0)
+      "lease_until", until_, "token", token, "cancel_requested", 0)
     batch_add(batch, running_key(queues[i]), until_, id)
     out[#out + 1] = values
   end

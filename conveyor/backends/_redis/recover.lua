@@ -16,7 +16,7 @@ for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do
         finalize(batch, id, queue, "failed", ARGV[2], ARGV[4], {"error", "lease expired " .. stalls ..
           " times (worker lost); max_stalled is " .. max_stalled})
       else
-        redis.call("HSET", key, "state", "queued", "run_at", ARGV[2], "started_at", "")
+        redis.call("HSET", key, "state", "queued", "run_at", ARGV[2], "started_at", "", "token", "")
         make_ready(id, queue, h[3], ARGV[2])
         wake(queue, 1)
       end
