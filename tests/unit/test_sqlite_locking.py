@@ -164,9 +164,7 @@ async def test_a_lease_that_ran_out_before_the_lock_was_taken_is_still_recovered
     """The allowance is for time the database could not be written, not for
     a worker that was already gone before."""
     job = await claim_one(backend, lease=0.2)
-    deadline = time.time() + 0.2
-    while time.time() < deadline + 0.3:  # let the lease run out, with a margin
-        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the lease runs out (a duration, not a wait for an event)
     with write_lock_held(db_path):
         recovery = asyncio.create_task(backend.recover_expired(time.time(), 1))
         await submitted(recovery)
@@ -175,7 +173,7 @@ async def test_a_lease_that_ran_out_before_the_lock_was_taken_is_still_recovered
     assert recovered.id == job.id
 
 
-# A conveyor process that claims a job, then stops in the middle of a write
+# A conveyor process that, when told to, stops in the middle of a write
 # transaction (it holds the write lock) and waits there to be frozen.
 FROZEN_HOLDER = textwrap.dedent(
     """
@@ -187,11 +185,13 @@ FROZEN_HOLDER = textwrap.dedent(
             conn.execute("UPDATE conveyor_jobs SET progress = 1")
             print("holding", flush=True)
             # SIGSTOP lands during this sleep; after SIGCONT it has run out.
-            time.sleep(0.5)
+            time.sleep(1.0)
 
     async def main():
         b = SQLiteBackend(sys.argv[1])
         await b.open()
+        print("ready", flush=True)
+        sys.stdin.readline()
         await b._call(hold)
         await b.close()
         print("done", flush=True)
@@ -209,21 +209,27 @@ async def test_a_process_frozen_while_holding_the_lock_costs_no_lease(db_path: P
     a = SQLiteBackend(url)
     await a.open()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", FROZEN_HOLDER, url], stdout=subprocess.PIPE, text=True, env=env
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FROZEN_HOLDER,
+        url,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
     )
     try:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), WAIT) == b"ready\n"
         job = await claim_one(a, lease=1.0)
-        assert holder.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), WAIT)
-        assert line.strip() == "holding"
+        holder.stdin.write(b"go\n")
+        await holder.stdin.drain()
+        assert await asyncio.wait_for(holder.stdout.readline(), WAIT) == b"holding\n"
         holder.send_signal(signal.SIGSTOP)
-        stopped_until = time.monotonic() + 2.5
-        while time.monotonic() < stopped_until:  # the freeze being tested
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.5)  # the freeze being tested, longer than the lease
         holder.send_signal(signal.SIGCONT)
-        out, _ = await asyncio.wait_for(asyncio.to_thread(holder.communicate), WAIT)
-        assert holder.returncode == 0 and out.strip() == "done"
+        out, _ = await asyncio.wait_for(holder.communicate(), WAIT)
+        assert holder.returncode == 0 and out.strip() == b"done"
         # Nothing of this process waited for the lock meanwhile: the frozen
         # process itself accounted for the time it held the lock.
         assert await a.recover_expired(time.time(), 1) == []
@@ -231,8 +237,8 @@ async def test_a_process_frozen_while_holding_the_lock_costs_no_lease(db_path: P
             LeaseStatus.HELD
         ]
     finally:
-        if holder.poll() is None:
+        if holder.returncode is None:
             holder.send_signal(signal.SIGCONT)
             holder.kill()
-            holder.wait()
+            await holder.wait()
         await a.close()
