@@ -23,9 +23,51 @@ safe and fast:
   enqueues its jobs in one transaction.
 
 sqlite3 calls block, so each backend object owns one thread that owns the
-connection; async methods hand it closures with `run_in_executor`. The thread
-serialises all use of the connection, and no state is tied to an event loop,
-so the backend serves any number of loops (the blocking twins run their own).
+connection (`sqlite_writer.ConnectionThread`); async methods hand it closures
+and await a future. The thread serialises all use of the connection, and no
+state is tied to an event loop, so the backend serves any number of loops
+(the blocking twins run their own). It never blocks on the write lock: a
+write that finds it taken is queued for another try a few milliseconds later,
+until `busy_timeout` has passed, and heartbeats, acknowledgements and lock
+extensions go before every other queued call. So a heartbeat waits for the
+lock itself, never for another call's wait for it.
+
+Leases and the write lock. A lease only runs while the database accepts
+writes. While some connection holds the write lock without committing (a
+process frozen by SIGSTOP, a debugger or a cgroup freezer in mid-transaction,
+a process killed in one, a long transaction, a `sqlite3` shell in BEGIN),
+no heartbeat can be stored, so expiry then would say nothing about whether a
+worker is alive. The rule, applied by every write transaction when it gets
+the lock and before it commits (`sqlite_writer`):
+
+* a transaction that held the lock for a time T pushes back, by T, the
+  leases that were live when it took the lock;
+* a transaction whose connection waited for the lock pushes back the leases
+  that were live when the stall began, by its length: the stall runs from
+  the later of the connection's first refused try and the last write
+  recorded in the meta table (each connection records its commit times
+  there, at most every 100 ms) until the lock was taken;
+* a heartbeat or claim that waited for the lock stores a lease that runs from
+  when it is stored, not from the `now` it was called with.
+
+What this tolerates: a stall of any length. What it does not make up for:
+stalls shorter than 0.25 s, and the start of a stall before the first
+refused try of the connection that gets the lock first after it (at most one
+heartbeat interval, as a worker with running jobs writes that often). A live
+worker's lease, last renewed at most one interval before the stall, is thus
+left with at least a lease minus two heartbeat intervals once the lock is
+free: the worker's defaults (an interval is a third of the lease) leave a
+third. A stall pushes a dead worker's jobs back too: they are recovered at
+most one lease after it ends. One gap is left: if the first write after a
+stall comes from a process that did not wait through it (it began writing
+within the few milliseconds in which waiters poll), it records a fresh write
+time and the stall goes unnoticed, as before this rule.
+
+Clocks: the file must be on a local disk (WAL needs shared memory), so all
+processes using it share one clock; leases compare the callers' `now`
+(`time.time()`) with each other, and there is no skew between workers to
+tolerate. A step of the host's clock forward by more than a lease minus a
+heartbeat interval expires live leases, as it would on any backend.
 """
 
 from __future__ import annotations
@@ -38,8 +80,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -55,6 +97,13 @@ from conveyor.backends.base import (
     OutcomeKind,
     Retention,
     ScheduleRecord,
+)
+from conveyor.backends.sqlite_writer import (
+    ConnectionThread,
+    Lane,
+    LockAwareConnection,
+    waited_for_lock_after,
+    write_transaction,
 )
 from conveyor.job import (
     BackendUnavailableError,
@@ -76,10 +125,6 @@ SCHEMA_VERSION: Final = 2
 # of microseconds), so 15 ms keeps cross-process wake-up latency well under
 # 50 ms while an idle worker stays near 0 % CPU.
 POLL_INTERVAL: Final = 0.015
-
-# Beyond busy_timeout, a write that still finds the file locked is retried
-# this many times after these pauses before the error reaches the caller.
-_LOCK_RETRY_PAUSES: Final = (0.01, 0.05, 0.1, 0.25, 0.5)
 
 # Above this many queues the per-queue UNION ALL claim (each branch an index
 # range scan) would be too long a statement; fall back to one IN-list scan.
@@ -390,14 +435,6 @@ def _logs_json(logs: Sequence[dict[str, Any]]) -> str | None:
     return json.dumps(logs, default=str) if logs else None
 
 
-def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    message = str(exc)
-    return "locked" in message or "busy" in message
-
-
 @functools.lru_cache(maxsize=64)
 def _claim_sql(n_queues: int) -> str:
     """The claim statement for `n_queues` queues.
@@ -434,17 +471,9 @@ def _claim_sql(n_queues: int) -> str:
     )
 
 
-@contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, holding the write lock from its first statement."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+# One write transaction (BEGIN IMMEDIATE ... COMMIT) that also makes up for
+# any stall of the write lock: see the module docstring.
+_write = write_transaction
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -471,9 +500,11 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
 class SQLiteBackend:
     """`sqlite:///path.db`: jobs in one SQLite file, shared by any number of processes.
 
-    URL options: `busy_timeout` (milliseconds to wait for another process's
-    write lock, default 5000) and `synchronous` (`off`, `normal` (default),
-    `full`, `extra`), e.g. `sqlite:///jobs.db?busy_timeout=10000`.
+    URL options: `busy_timeout` (milliseconds one call waits for the write
+    lock while another connection holds it, before it fails with
+    BackendUnavailableError; default 30000) and `synchronous` (`off`,
+    `normal` (default), `full`, `extra`), e.g.
+    `sqlite:///jobs.db?busy_timeout=10000`.
 
     Any call opens the backend if it is not open yet; `close()` releases the
     connection and its thread.
@@ -484,7 +515,7 @@ class SQLiteBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path, options = _parse_url(url)
-        self._busy_timeout_ms = 5000
+        self._busy_timeout_ms = 30_000
         self._synchronous = "normal"
         for name, value in options.items():
             if name == "busy_timeout":
@@ -508,12 +539,11 @@ class SQLiteBackend:
                 )
         self._notifier = Notifier()
         self._state_lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: ConnectionThread | None = None
         self._opened: Future[None] | None = None
-        # Owned by the backend thread: the connection, and a counter bumped
-        # after every commit that makes work available, which lets a waiter
-        # see a wake-up that raced ahead of its registration.
-        self._conn: sqlite3.Connection | None = None
+        # Owned by the backend thread: a counter bumped after every commit
+        # that makes work available, which lets a waiter see a wake-up that
+        # raced ahead of its registration.
         self._wakeups = 0
         # Used from event-loop threads, hence the lock.
         self._watch_lock = threading.Lock()
@@ -527,11 +557,11 @@ class SQLiteBackend:
     async def open(self) -> None:
         with self._state_lock:
             if self._opened is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="conveyor-sqlite"
+                self._thread = ConnectionThread(
+                    "conveyor-sqlite", f"SQLite database {self.path}", self._busy_timeout_ms / 1000
                 )
-                self._opened = self._executor.submit(self._connect)
-            opened, executor = self._opened, self._executor
+                self._opened = self._thread.start(self._connect)
+            opened, thread = self._opened, self._thread
         try:
             await asyncio.wrap_future(opened)
         except Exception:
@@ -540,21 +570,22 @@ class SQLiteBackend:
             # next call waits for the same future.)
             with self._state_lock:
                 if self._opened is opened:
-                    self._opened = self._executor = None
-            if executor is not None:
-                executor.shutdown(wait=True)  # idle now: a quick join, no thread left behind
+                    self._opened = self._thread = None
+            if thread is not None:
+                thread.stop(None)
+                thread.join()  # idle now: a quick join, no thread left behind
             raise
 
     async def close(self) -> None:
         with self._state_lock:
-            executor, self._executor, self._opened = self._executor, None, None
-        if executor is None:
+            thread, self._thread, self._opened = self._thread, None, None
+        if thread is None:
             return
         # Queued calls (from any loop) run first; then the connection closes.
-        await asyncio.wrap_future(executor.submit(self._disconnect))
-        executor.shutdown(wait=True)  # the thread is idle by now: a quick join
+        await asyncio.wrap_future(thread.stop(self._disconnect))
+        thread.join()  # the thread is ending by now: a quick join
 
-    def _connect(self) -> None:
+    def _connect(self) -> LockAwareConnection:
         path = self.path
         if os.path.isdir(path):
             raise self._unavailable("the path is a directory")
@@ -569,19 +600,28 @@ class SQLiteBackend:
             raise self._unavailable(
                 f"directory {parent} is not writable (SQLite keeps its -wal and -shm files there)"
             )
-        conn: sqlite3.Connection | None = None
+        conn: LockAwareConnection | None = None
         try:
             # mode=rw for an existing file: never silently replace a file that
             # vanished in the meantime with an empty database.
             mode = "rw" if existed else "rwc"
             uri = f"file:{_quote_path(path)}?mode={mode}"
             conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0
+                uri,
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=0,
+                factory=LockAwareConnection,
             )
+            # While opening, SQLite's own busy handler waits for the lock (no
+            # other call can run before the connection exists); afterwards
+            # the thread waits for it without blocking (sqlite_writer).
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._create_schema(conn)
+            conn.execute("PRAGMA busy_timeout = 0")
             # A second connection only for PRAGMA data_version (see
             # _data_version); it never writes and never waits for a lock.
             watch = sqlite3.connect(
@@ -599,9 +639,9 @@ class SQLiteBackend:
             if isinstance(exc, sqlite3.DatabaseError):
                 raise self._unavailable(_explain(exc)) from exc
             raise
-        self._conn = conn
         with self._watch_lock:
             self._watch = watch
+        return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         with _write(conn):
@@ -634,14 +674,12 @@ class SQLiteBackend:
                     (str(SCHEMA_VERSION),),
                 )
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, conn: sqlite3.Connection) -> None:
         with self._watch_lock:
             watch, self._watch = self._watch, None
         if watch is not None:
             watch.close()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        conn.close()
 
     def _unavailable(self, reason: str) -> BackendUnavailableError:
         return BackendUnavailableError(f"cannot open SQLite database {self.path}: {reason}")
@@ -654,49 +692,33 @@ class SQLiteBackend:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run `fn(conn, ...)` on the backend thread."""
-        executor = await self._ensure_open()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            executor, functools.partial(self._guarded, fn, *args, **kwargs)
+        """Run `fn(conn, ...)` on the backend thread, in turn."""
+        thread = await self._ensure_open()
+        return await asyncio.wrap_future(
+            thread.submit(lambda conn: fn(conn, *args, **kwargs), Lane.OTHER)
         )
 
-    async def _ensure_open(self) -> ThreadPoolExecutor:
-        opened = self._opened
-        if opened is None or not opened.done() or opened.exception() is not None:
-            await self.open()
-        executor = self._executor
-        if executor is None:  # closed by another task meanwhile
-            raise BackendUnavailableError(f"SQLite database {self.path} is closed")
-        return executor
-
-    def _guarded(
+    async def _lease_call(
         self,
         fn: Callable[Concatenate[sqlite3.Connection, P], T],
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run on the backend thread: retry on a lock held past busy_timeout,
-        and turn storage failures into BackendUnavailableError."""
-        conn = self._conn
-        if conn is None:
-            raise BackendUnavailableError(f"SQLite database {self.path} is not open")
-        for pause in (*_LOCK_RETRY_PAUSES, None):
-            try:
-                return fn(conn, *args, **kwargs)
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:  # e.g. a failed COMMIT
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if pause is not None and _is_lock_error(exc):
-                    time.sleep(pause)
-                    continue
-                raise BackendUnavailableError(f"SQLite database {self.path}: {exc}") from exc
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-                raise  # bad input or a bug here: not the storage's fault
-            except sqlite3.DatabaseError as exc:  # corrupt file, disk I/O error, ...
-                raise BackendUnavailableError(f"SQLite database {self.path}: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Run `fn(conn, ...)` on the backend thread before any queued `_call`:
+        for calls that keep leases alive (heartbeats, acknowledgements)."""
+        thread = await self._ensure_open()
+        return await asyncio.wrap_future(
+            thread.submit(lambda conn: fn(conn, *args, **kwargs), Lane.LEASE)
+        )
+
+    async def _ensure_open(self) -> ConnectionThread:
+        opened = self._opened
+        if opened is None or not opened.done() or opened.exception() is not None:
+            await self.open()
+        thread = self._thread
+        if thread is None:  # closed by another task meanwhile
+            raise BackendUnavailableError(f"SQLite database {self.path} is closed")
+        return thread
 
     def _wake(self) -> None:
         self._notifier.notify()
@@ -747,6 +769,7 @@ class SQLiteBackend:
     ) -> list[Job]:
         with _write(conn):
             conn.execute(_PROMOTE, (now, json.dumps(queues)))
+            lease += waited_for_lock_after(conn, now)  # as in _heartbeat
             rows = conn.execute(
                 _claim_sql(len(queues)), (now, now + lease, limit, token, *queues)
             ).fetchall()
@@ -774,15 +797,17 @@ class SQLiteBackend:
     ) -> list[LeaseStatus]:
         if not beats:
             return []
-        return await self._call(self._heartbeat, list(beats), lease, now)
+        return await self._lease_call(self._heartbeat, list(beats), lease, now)
 
     def _heartbeat(
         self, conn: sqlite3.Connection, beats: list[Heartbeat], lease: float, now: float
     ) -> list[LeaseStatus]:
         statuses: list[LeaseStatus] = []
         params: list[tuple[Any, ...]] = []
-        until = now + lease
         with _write(conn):
+            # A heartbeat held up by the write lock stores a lease that runs
+            # from when it is stored, not one that ran out while it waited.
+            until = now + lease + waited_for_lock_after(conn, now)
             held = _running_rows(conn, [beat.job_id for beat in beats])
             for beat in beats:
                 row = held.get(beat.job_id)
@@ -799,7 +824,7 @@ class SQLiteBackend:
     async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         if not outcomes:
             return []
-        accepted, requeued = await self._call(self._finish, list(outcomes), retention)
+        accepted, requeued = await self._lease_call(self._finish, list(outcomes), retention)
         if requeued:
             self._wake()
         return accepted
@@ -1092,7 +1117,7 @@ class SQLiteBackend:
         )
 
     async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
-        return await self._call(
+        return await self._lease_call(
             _write_one,
             "UPDATE conveyor_locks SET expires = ?1 + ?2"
             " WHERE key = ?3 AND token = ?4 AND expires > ?1",

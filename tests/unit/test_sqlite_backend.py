@@ -126,10 +126,13 @@ def test_bad_urls_are_refused_with_the_url_named(url: str, message: str) -> None
 
 
 async def test_url_options_reach_the_connection(tmp_path: Path) -> None:
+    """busy_timeout is how long a call waits for the write lock (see the lock
+    tests below); the connection itself never blocks on the lock, so that its
+    thread can serve other calls meanwhile (test_sqlite_locking.py)."""
     b = SQLiteBackend(url_for(tmp_path / "jobs.db", "?busy_timeout=1234&synchronous=FULL"))
     await b.open()
     try:
-        assert await b._call(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) == 1234
+        assert await b._call(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) == 0
         assert await b._call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
     finally:
         await b.close()
@@ -396,9 +399,9 @@ async def test_claim_over_many_queues_keeps_the_global_order(backend: SQLiteBack
         jobs = [j for j in jobs if j.queue not in queues[:n]]
 
 
-async def test_a_lock_held_past_busy_timeout_is_retried(tmp_path: Path) -> None:
+async def test_a_call_waits_for_the_lock_up_to_busy_timeout(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    b = SQLiteBackend(url_for(path, "?busy_timeout=20"))
+    b = SQLiteBackend(url_for(path, "?busy_timeout=1000"))
     await b.open()
     raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
@@ -412,8 +415,10 @@ async def test_a_lock_held_past_busy_timeout_is_retried(tmp_path: Path) -> None:
         assert await b.get(job.id) is not None
 
         raw.execute("BEGIN IMMEDIATE")  # and now never lets go
+        started = time.monotonic()
         with pytest.raises(BackendUnavailableError, match="locked"):
             await b.enqueue([new_job()])
+        assert time.monotonic() - started >= 0.9  # it waited its busy_timeout
         raw.execute("ROLLBACK")
         assert (await b.stats())["default"]["queued"] == 1
     finally:
