@@ -110,7 +110,7 @@ async def test_a_heartbeat_goes_before_a_write_that_waited_for_the_lock_first(
         await submitted(write)
         await asyncio.sleep(0.3)  # the enqueue waits for the lock meanwhile
         beat = asyncio.create_task(
-            backend.heartbeat([Heartbeat(job.id, job.attempts)], 30.0, time.time())
+            backend.heartbeat([Heartbeat(job.id, job.token)], 30.0, time.time())
         )
         beat.add_done_callback(note("heartbeat"))
         await submitted(beat)
@@ -137,7 +137,7 @@ async def test_a_lease_does_not_run_out_while_another_connection_holds_the_lock(
         job = await claim_one(a, lease=1.0)
         with write_lock_held(db_path):
             beat = asyncio.create_task(
-                a.heartbeat([Heartbeat(job.id, job.attempts)], 1.0, time.time())
+                a.heartbeat([Heartbeat(job.id, job.token)], 1.0, time.time())
             )
             recovery = asyncio.create_task(b.recover_expired(time.time(), 1))
             await submitted(beat)
@@ -149,7 +149,7 @@ async def test_a_lease_does_not_run_out_while_another_connection_holds_the_lock(
         # Later calls see the time at which they are made; the lease that the
         # held-up heartbeat stored runs from when it was stored.
         assert await b.recover_expired(time.time(), 1) == []
-        beat_now = await a.heartbeat([Heartbeat(job.id, job.attempts)], 1.0, time.time())
+        beat_now = await a.heartbeat([Heartbeat(job.id, job.token)], 1.0, time.time())
         assert beat_now == [LeaseStatus.HELD]
         stored = await b.get(job.id)
         assert stored is not None and stored.stalls == 0 and stored.attempts == 1
@@ -233,7 +233,7 @@ async def test_a_process_frozen_while_holding_the_lock_costs_no_lease(db_path: P
         # Nothing of this process waited for the lock meanwhile: the frozen
         # process itself accounted for the time it held the lock.
         assert await a.recover_expired(time.time(), 1) == []
-        assert await a.heartbeat([Heartbeat(job.id, job.attempts)], 1.0, time.time()) == [
+        assert await a.heartbeat([Heartbeat(job.id, job.token)], 1.0, time.time()) == [
             LeaseStatus.HELD
         ]
     finally:
