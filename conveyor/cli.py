@@ -35,7 +35,8 @@ from rich.text import Text
 from conveyor import __version__
 from conveyor.app import DEFAULT_URL, Conveyor
 from conveyor.backends import from_url, scheme_of
-from conveyor.job import ConveyorError, Job, JobState
+from conveyor.backends.base import WorkerInfo
+from conveyor.job import ConveyorError, Job, JobState, NotSupportedError
 from conveyor.scheduler import Schedule
 from conveyor.worker import Worker
 
@@ -534,27 +535,51 @@ def stats(ctx: click.Context, watch: bool, as_json: bool) -> None:
         raise CliError("--watch and --json do not go together")
     if not watch:
         app = _admin_app(ctx)
-        counts = _run_on(app, lambda app: app.stats())
         if as_json:
-            _print_json(counts)
+            _print_json(_run_on(app, lambda app: app.stats()))
         else:
-            _out().print(stats_table(counts, app.url))
+            _out().print(_run_on(app, _stats_view))
         return
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         _run(ctx, _watch_stats)
 
 
 async def _watch_stats(app: Conveyor) -> None:
-    def render(counts: dict[str, dict[str, int]]) -> RenderableType:
+    def render(view: RenderableType) -> RenderableType:
         stamp = Text(
             f"{datetime.now():%H:%M:%S} · refreshing every 1 s · Ctrl-C to stop", style="dim"
         )
-        return Group(stats_table(counts, app.url), stamp)
+        return Group(view, stamp)
 
-    with Live(render(await app.stats()), console=_out(), auto_refresh=False) as live:
+    with Live(render(await _stats_view(app)), console=_out(), auto_refresh=False) as live:
         while True:
             await asyncio.sleep(1.0)
-            live.update(render(await app.stats()), refresh=True)
+            live.update(render(await _stats_view(app)), refresh=True)
+
+
+async def _stats_view(app: Conveyor) -> RenderableType:
+    """The counts table, then who serves which queues and what no live worker can run."""
+    table = stats_table(await app.stats(), app.url)
+    try:
+        workers, unserved = await app.workers(), await app.unserved()
+    except NotSupportedError:
+        return table
+    return Group(table, serving_lines(workers, unserved))
+
+
+def serving_lines(workers: Sequence[WorkerInfo], unserved: dict[str, dict[str, int]]) -> Text:
+    text = Text()
+    if workers:
+        queues = sorted({queue for info in workers for queue in info.queues})
+        plural = "" if len(workers) == 1 else "s"
+        text.append(f"{len(workers)} live worker{plural} serving {', '.join(queues)}")
+    else:
+        text.append("no live worker", style="dim")
+    for queue in sorted(unserved):
+        for name, count in sorted(unserved[queue].items()):
+            text.append(f"\n{queue} · ", style="bold")
+            text.append(f"{name}: {count} waiting, no worker serves it", style="yellow")
+    return text
 
 
 def stats_table(counts: dict[str, dict[str, int]], url: str) -> Table:
