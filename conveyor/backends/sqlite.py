@@ -1203,10 +1203,16 @@ def _probe(
             " AND name IN (SELECT value FROM json_each(?2)))",
             (names, served),
         ).fetchone()[0]
-    next_run = conn.execute(
-        "SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due"
-        " WHERE state = 'scheduled'"
-    ).fetchone()[0]
+    # Of these queues only: a due job of another queue is not promoted by this
+    # caller's claims, so it would wake the caller again and again. The index
+    # is walked in run_at order up to the first job of these queues.
+    row = conn.execute(
+        "SELECT run_at FROM conveyor_jobs INDEXED BY conveyor_jobs_due"
+        " WHERE state = 'scheduled' AND queue IN (SELECT value FROM json_each(?1))"
+        " ORDER BY run_at LIMIT 1",
+        (names,),
+    ).fetchone()
+    next_run = None if row is None else row[0]
     return bool(queued) or (next_run is not None and next_run <= time.time()), next_run
 
 

@@ -218,13 +218,10 @@ async def test_a_backend_that_keeps_returning_an_unknown_job_does_not_loop(
     assert "no handler for job 'B'" in (done.error or "")
 
 
-async def test_an_idle_worker_does_not_spin_on_jobs_it_cannot_run(
-    make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
-) -> None:
-    old, new, _ = await old_and_new(make_app, backend_name)
-    await new.enqueue_many([("B", n) for n in range(3)])
+def count_claims(app: Conveyor) -> list[int]:
+    """Count the backend's claim and wait calls (a one-element list, reset by the caller)."""
     calls = [0]
-    backend = old.backend
+    backend = app.backend
     for attr in ("claim", "finish_and_claim", "claim_blocking", "wait_for_work"):
         if hasattr(backend, attr):
             method = getattr(backend, attr)
@@ -234,6 +231,15 @@ async def test_an_idle_worker_does_not_spin_on_jobs_it_cannot_run(
                 return await _method(*args, **kwargs)
 
             setattr(backend, attr, counted)
+    return calls
+
+
+async def test_an_idle_worker_does_not_spin_on_jobs_it_cannot_run(
+    make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
+) -> None:
+    old, new, _ = await old_and_new(make_app, backend_name)
+    await new.enqueue_many([("B", n) for n in range(3)])
+    calls = count_claims(old)
     async with worker(old, poll_interval=0.5):
         a = await new.enqueue("A", "wake up")
         await new.wait(a.id, timeout=WAIT)
@@ -243,6 +249,22 @@ async def test_an_idle_worker_does_not_spin_on_jobs_it_cannot_run(
     # Waking up once per poll interval is a handful of calls; a worker woken
     # over and over by the B jobs would make thousands.
     assert idle_calls <= 12, idle_calls
+
+
+async def test_an_idle_worker_does_not_spin_on_a_due_job_of_a_queue_it_does_not_serve(
+    make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
+) -> None:
+    old, new, _ = await old_and_new(make_app, backend_name)
+    elsewhere = await new.enqueue("A", "elsewhere", queue="other", delay=0.1)
+    calls = count_claims(old)
+    async with worker(old, queues=["default"], poll_interval=0.5):
+        a = await new.enqueue("A", "wake up")
+        await new.wait(a.id, timeout=WAIT)
+        calls[0] = 0
+        await asyncio.sleep(1.0)  # the "other" job is due meanwhile; nobody here serves it
+        idle_calls = calls[0]
+    assert idle_calls <= 12, idle_calls
+    assert (await new.get_job(elsewhere.id)).state in (JobState.SCHEDULED, JobState.QUEUED)
 
 
 # --------------------------------------------------------------------------- (4)
