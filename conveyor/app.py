@@ -25,6 +25,8 @@ from conveyor.backends.base import (
     ScheduleRecord,
     ScheduleStore,
     TransactionalEnqueue,
+    WorkerInfo,
+    WorkerRegistry,
 )
 from conveyor.backoff import BackoffLike
 from conveyor.cache import Cache
@@ -403,6 +405,30 @@ class Conveyor:
         self._require(backend.capabilities.stats, "stats")
         return await backend.stats()
 
+    async def workers(self) -> list[WorkerInfo]:
+        """Live workers: id, host, pid, queues and the job names each serves."""
+        return await (await self._worker_registry()).workers(time.time())
+
+    async def unserved(self) -> dict[str, dict[str, int]]:
+        """Queued jobs that no live worker can run, `{queue: {job name: count}}`:
+        no live worker serves that name in that queue (say, a new job type
+        while only old workers run). They wait; nothing fails them."""
+        registry = await self._worker_registry()
+        waiting = await registry.queued_by_name()
+        live = await registry.workers(time.time())
+        served = {(queue, name) for w in live for queue in w.queues for name in w.names}
+        return {
+            queue: left
+            for queue, counts in waiting.items()
+            if (left := {n: c for n, c in counts.items() if (queue, n) not in served})
+        }
+
+    async def _worker_registry(self) -> WorkerRegistry:
+        backend = await self._backend()
+        if not isinstance(backend, WorkerRegistry):
+            raise NotSupportedError("this backend does not support worker presence")
+        return backend
+
     # ------------------------------------------------------------------ administering
 
     async def cancel(self, job_id: str) -> bool:
@@ -666,6 +692,8 @@ class Conveyor:
     wait_sync = blocking(wait)
     list_jobs_sync = blocking(list_jobs)
     stats_sync = blocking(stats)
+    workers_sync = blocking(workers)
+    unserved_sync = blocking(unserved)
     cancel_sync = blocking(cancel)
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)

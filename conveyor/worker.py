@@ -31,6 +31,8 @@ from conveyor.backends.base import (
     LeaseStatus,
     Outcome,
     OutcomeKind,
+    WorkerInfo,
+    WorkerRegistry,
 )
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
@@ -50,6 +52,14 @@ _MAX_RETRY_PAUSE = 1.0
 # at most _MAX_RETRY_PAUSE apart, this many cover a default lease (30 s) of
 # failed claims; older ones' leases have expired and recovery takes them back.
 _MAX_LOST_CLAIMS = 32
+# Presence: a worker records itself this often; a record not renewed for
+# _PRESENCE_TTL seconds (a killed worker) counts as gone.
+_PRESENCE_EVERY = 5.0
+_PRESENCE_TTL = 20.0
+
+# Jobs handed back for want of a handler, remembered so that a backend that
+# returns the same job again (it ignores `names`) cannot make a loop of it.
+_HANDED_BACK_MEMORY = 10_000
 
 # Why a handler was told to stop; decides the outcome that gets recorded.
 CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
@@ -207,6 +217,11 @@ class Worker:
         # have leased jobs on the backend, which `unclaim` hands back.
         self._lost_claims: deque[str] = deque(maxlen=_MAX_LOST_CLAIMS)
         self.processed = 0
+        self._presence: WorkerRegistry | None = (
+            backend if isinstance(backend, WorkerRegistry) else None
+        )
+        self._started_at = 0.0
+        self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -242,6 +257,12 @@ class Worker:
             scheduler = Scheduler(self.app, interval=self.settings.scheduler_interval)
             self._loops.append(
                 asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
+            )
+        if self._presence is not None:
+            self._started_at = time.time()
+            await self._beat(self._presence)  # listed by app.workers() from now on
+            self._loops.append(
+                asyncio.create_task(self._presence_loop(self._presence), name="conveyor-presence")
             )
         logger.info(
             "worker %s started: queues=%s concurrency=%d backend=%s",
@@ -316,6 +337,11 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._presence is not None:
+            try:
+                await self._presence.worker_gone(self.id)
+            except Exception as exc:  # its record expires by itself
+                logger.warning("could not remove this worker's presence record (%s)", exc)
         await self.app.events.drain()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -329,6 +355,13 @@ class Worker:
     @property
     def running_jobs(self) -> list[Job]:
         return [r.job for r in self._running.values()]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The job names this worker has handlers for: the only ones it claims,
+        so jobs of other types (a newer release's, in a rolling deploy) wait
+        for a worker that knows them instead of failing here."""
+        return tuple(self.app.registry)
 
     # ------------------------------------------------------------------ claiming
 
@@ -386,8 +419,11 @@ class Worker:
         backend = self.app.backend
         lease = self.settings.lease
         now = time.time()
+        names = self.names
         if not batch.outcomes:
-            return await backend.claim(self.queues, limit, lease, now, claim_id=claim_id)
+            return await backend.claim(
+                self.queues, limit, lease, now, claim_id=claim_id, names=names
+            )
         if self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes,
@@ -397,12 +433,15 @@ class Worker:
                 lease,
                 now,
                 claim_id=claim_id,
+                names=names,
             )
         else:
             accepted = await backend.finish(batch.outcomes, self.app.retention)
             jobs = []
             if limit > 0:
-                jobs = await backend.claim(self.queues, limit, lease, now, claim_id=claim_id)
+                jobs = await backend.claim(
+                    self.queues, limit, lease, now, claim_id=claim_id, names=names
+                )
         self._acknowledged(batch, accepted)
         return jobs
 
@@ -474,6 +513,7 @@ class Worker:
                 settings.poll_interval,
                 self.id,
                 claim_id=claim_id,
+                names=self.names,
             )
         except Exception:
             self._lost_claims.append(claim_id)  # undone before the next claim
@@ -488,7 +528,9 @@ class Worker:
 
     async def _wait_for_work(self) -> None:
         waiter = asyncio.ensure_future(
-            self.app.backend.wait_for_work(self.queues, self.settings.poll_interval)
+            self.app.backend.wait_for_work(
+                self.queues, self.settings.poll_interval, names=self.names
+            )
         )
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -508,6 +550,8 @@ class Worker:
     # ------------------------------------------------------------------ running
 
     def _start_job(self, job: Job) -> None:
+        if job.name not in self.app.registry and self._hand_back_unknown(job):
+            return
         if len(self._running) >= self.settings.concurrency:
             self._backlog.append(job)
             return
@@ -620,6 +664,23 @@ class Worker:
             job_type = self.app.registry.get(running.job.name)
             if job_type is None or job_type.is_async or reason in (RELEASED, LOST):
                 running.task.cancel()
+
+    def _hand_back_unknown(self, job: Job) -> bool:
+        """Hand back, untouched (no attempt counted), a job this worker has
+        no handler for; claims ask for `self.names` only, so it came from a
+        claim that did not filter by name. Only once per job: a backend that
+        returns the same job again ignores names, and handing it back once
+        more would loop, so then (False) it fails as "no handler", as before."""
+        if job.id in self._handed_back:
+            return False
+        self._handed_back[job.id] = None
+        if len(self._handed_back) > _HANDED_BACK_MEMORY:
+            del self._handed_back[next(iter(self._handed_back))]
+        logger.warning(
+            "job %s %s: no handler for it in this worker; handed back for another", job.name, job.id
+        )
+        self._ack(Outcome(job.id, _token(job), OutcomeKind.QUEUED, time.time()), job)
+        return True
 
     def _hand_back_backlog(self) -> None:
         """Prefetched jobs that never started go back to the queue at once."""
@@ -757,6 +818,29 @@ class Worker:
                 outcome = Outcome(job.id, _token(job), OutcomeKind.CANCELLED, time.time())
                 outcome.error = "cancelled"
                 self._ack(outcome, job)
+
+    # ------------------------------------------------------------------ presence
+
+    async def _beat(self, registry: WorkerRegistry) -> None:
+        now = time.time()
+        info = WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            names=tuple(sorted(self.names)),
+            started_at=self._started_at,
+            last_seen=now,
+        )
+        try:
+            await registry.worker_beat(info, _PRESENCE_TTL, now)
+        except Exception as exc:  # presence is for people looking on: never fatal
+            logger.warning("could not record this worker's presence (%s); will retry", exc)
+
+    async def _presence_loop(self, registry: WorkerRegistry) -> None:
+        while True:
+            await asyncio.sleep(_PRESENCE_EVERY)
+            await self._beat(registry)
 
     async def _recover_loop(self) -> None:
         backend = self.app.backend

@@ -17,11 +17,16 @@ Contract every backend keeps (the conformance suite checks it):
   not stored: the existing record comes back with `duplicate=True`. Within one
   batch a repeated key is a duplicate of its first occurrence.
 * `claim` first promotes the due `scheduled` jobs of the given queues to
-  `queued`, then takes up to `limit` `queued` jobs of those queues ordered by
-  (priority, run_at at millisecond resolution, enqueue order), sets them
-  `running`, increments `attempts`, sets `started_at`, a lease until
-  `now + lease` and the claim's fencing token, and returns them in that order,
-  each record with `Job.token` set (records read any other way have None).
+  `queued`, then takes up to `limit` `queued` jobs of those queues whose name
+  is in `names` (None: any name) ordered by (priority, run_at at millisecond
+  resolution, enqueue order), sets them `running`, increments `attempts`, sets
+  `started_at`, a lease until `now + lease` and the claim's fencing token, and
+  returns them in that order, each record with `Job.token` set (records read
+  any other way have None). Jobs of other names stay queued, untouched, and
+  cost the claim nothing however many sit ahead: a worker claims by the names
+  it has handlers for, so in a rolling deploy an old worker leaves new job
+  types to the workers that know them. `wait_for_work` filters by `names` the
+  same way, so such jobs do not wake a worker that cannot run them.
 * The fencing token (`ClaimToken`) is opaque to the engine and never repeats
   for a job, whatever happened to it in between: not the attempt count, which
   a hand-back lowers again. Claim calls take a `claim_id`, made unique per
@@ -206,9 +211,11 @@ class Backend(Protocol):
         now: float,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Job]:
         """Promote due scheduled jobs, then lease up to `limit` queued ones
-        under a new token (`claim_id` when given)."""
+        named in `names` (None: any name; admin and test callers) under a new
+        token (`claim_id` when given)."""
 
     async def unclaim(self, claim_id: str, now: float) -> int:
         """Hand back the jobs still running under `claim_id` (a claim whose
@@ -237,9 +244,12 @@ class Backend(Protocol):
         """Requeue or fail running jobs whose lease expired; return them.
         A job whose cancel was requested becomes `cancelled` instead."""
 
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_work(
+        self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None
+    ) -> None:
         """Return when work may be available (an enqueue, a due scheduled job)
-        or after `timeout` seconds, without spinning."""
+        or after `timeout` seconds, without spinning. Queued jobs whose name is
+        not in `names` (None: any name) are not work for this caller."""
 
     # -- inspecting and administering
     async def get(self, job_id: str) -> Job | None: ...
@@ -288,6 +298,7 @@ class FinishAndClaim(Protocol):
         now: float,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> tuple[list[bool], list[Job]]: ...
 
 
@@ -306,9 +317,10 @@ class BlockingClaim(Protocol):
         waiter: str,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Job]:
-        """Wait up to `timeout` for work (or for `wake_waiter(waiter)`), then
-        claim up to `limit` jobs as `claim` does, by the server's clock."""
+        """Wait up to `timeout` for work of `names` (or for `wake_waiter(waiter)`),
+        then claim up to `limit` jobs as `claim` does, by the server's clock."""
 
     async def wake_waiter(self, waiter: str) -> None:
         """End the blocking wait of `waiter` early (its claim still runs)."""
@@ -405,3 +417,41 @@ class CacheStore(Protocol):
     async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None: ...
 
     async def cache_delete(self, key: str) -> bool: ...
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A worker's presence record: who it is and what it serves. Times are
+    epoch seconds; `last_seen` is the time of its latest beat."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    names: tuple[str, ...]  # the job names it has handlers for
+    started_at: float
+    last_seen: float
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """Optional: worker presence, and what waits by job name, so that a job
+    nobody can run (no live worker serves its name in its queue) is visible.
+
+    A worker beats on start and every few seconds and says goodbye at stop; a
+    record not renewed within its TTL counts as gone (a killed worker)."""
+
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+        """Create or replace the record of `info.id`, live until `now + ttl`."""
+
+    async def worker_gone(self, worker_id: str) -> None:
+        """Remove the record (no error when there is none)."""
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        """The records still live at `now`, ordered by (started_at, id)."""
+
+    async def queued_by_name(self) -> dict[str, dict[str, int]]:
+        """{queue: {job name: queued jobs}}, leaving out zero counts."""

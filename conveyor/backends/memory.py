@@ -30,6 +30,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     Retention,
     ScheduleRecord,
+    WorkerInfo,
 )
 from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState, utc
 
@@ -104,7 +105,9 @@ class MemoryBackend:
         self._keys: dict[str, str] = {}
         # Heaps hold ids with their sort keys; stale entries (a job that moved
         # on) are skipped when popped, which is cheaper than removing them.
-        self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
+        # Ready jobs have one heap per (queue, job name): a claim looks only at
+        # the names it serves, however many jobs of other names wait.
+        self._ready: dict[str, dict[str, list[tuple[int, float, int, str]]]] = {}
         self._scheduled: dict[str, list[tuple[float, int, str]]] = {}  # per queue
         self._running: dict[str, _Record] = {}
         # Retention: per (queue, state) a ring of (final_seq, id) in finishing
@@ -115,6 +118,7 @@ class MemoryBackend:
         self._schedules: dict[str, ScheduleRecord] = {}
         self._locks: dict[str, tuple[str, float]] = {}  # key -> (token, expires)
         self._cache: dict[str, tuple[str, float | None]] = {}  # key -> (json, expires)
+        self._workers: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires)
 
     async def open(self) -> None:
         return None
@@ -163,7 +167,7 @@ class MemoryBackend:
         rec.state = state
         if state is JobState.QUEUED:
             heapq.heappush(
-                self._ready.setdefault(rec.queue, []),
+                self._ready.setdefault(rec.queue, {}).setdefault(rec.name, []),
                 (rec.priority, rec.run_at, rec.seq, rec.id),
             )
         else:
@@ -180,6 +184,21 @@ class MemoryBackend:
                 if rec is not None and rec.state is JobState.SCHEDULED and rec.run_at == run_at:
                     self._make_pending(rec, JobState.QUEUED)
 
+    def _ready_heaps(
+        self, queues: Sequence[str], names: Sequence[str] | None
+    ) -> list[list[tuple[int, float, int, str]]]:
+        """The non-empty ready heaps of these queues and job names."""
+        heaps = []
+        for queue in queues:
+            by_name = self._ready.get(queue)
+            if not by_name:
+                continue
+            if names is None:
+                heaps += [h for h in by_name.values() if h]
+            else:
+                heaps += [h for name in names if (h := by_name.get(name))]
+        return heaps
+
     async def claim(
         self,
         queues: Sequence[str],
@@ -188,12 +207,13 @@ class MemoryBackend:
         now: float,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Job]:
         token = claim_id if claim_id is not None else os.urandom(12).hex()
         claimed: list[Job] = []
         with self._lock:
             self._promote(now, queues)
-            heaps = [h for q in queues if (h := self._ready.get(q))]
+            heaps = self._ready_heaps(list(dict.fromkeys(queues)), names)
             while len(claimed) < limit and heaps:
                 heap = min(heaps, key=lambda h: h[0]) if len(heaps) > 1 else heaps[0]
                 priority, run_at, _, job_id = heapq.heappop(heap)
@@ -385,19 +405,21 @@ class MemoryBackend:
         heads = [h[0][0] for q in queues if (h := self._scheduled.get(q))]
         return min(heads) if heads else None
 
-    def _has_due_work(self, queues: Sequence[str]) -> bool:
+    def _has_due_work(self, queues: Sequence[str], names: Sequence[str] | None) -> bool:
         with self._lock:
             due = self._next_due(queues)
             if due is not None and due <= time.time():
                 return True
-            return any(self._ready.get(q) for q in queues)
+            return bool(self._ready_heaps(queues, names))
 
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_work(
+        self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None
+    ) -> None:
         with self._lock:
             due = self._next_due(queues)
             if due is not None:
                 timeout = min(timeout, max(0.0, due - time.time()))
-        await self._notifier.wait(timeout, ready=lambda: self._has_due_work(queues))
+        await self._notifier.wait(timeout, ready=lambda: self._has_due_work(queues, names))
 
     # ----------------------------------------------------------------- inspecting
 
@@ -582,3 +604,32 @@ class MemoryBackend:
     async def cache_delete(self, key: str) -> bool:
         with self._lock:
             return self._cache.pop(key, None) is not None
+
+    # ----------------------------------------------------------------- workers
+
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+        with self._lock:
+            # Records of workers that died without saying goodbye go here.
+            for worker_id in [w for w, (_, expires) in self._workers.items() if expires <= now]:
+                del self._workers[worker_id]
+            self._workers[info.id] = (dataclasses.replace(info), now + ttl)
+
+    async def worker_gone(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        with self._lock:
+            live = [
+                dataclasses.replace(i) for i, expires in self._workers.values() if expires > now
+            ]
+        return sorted(live, key=lambda info: (info.started_at, info.id))
+
+    async def queued_by_name(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for rec in self._jobs.values():
+                if rec.state is JobState.QUEUED:
+                    counts = out.setdefault(rec.queue, {})
+                    counts[rec.name] = counts.get(rec.name, 0) + 1
+        return out

@@ -5,10 +5,12 @@ TLS). All keys start with the hash tag `{prefix}`, so on a Redis Cluster a
 deployment lives in one slot and every script touches that slot only; run
 several prefixes to spread several apps over shards.
 
-Key layout (P = "{prefix}"):
+Key layout (P = "{prefix}"; <pair> = "<bytes of queue>:<queue>:<job name>"):
 
     P:job:<id>              hash: the job's fields (payload/result/logs as JSON text)
-    P:ready:<queue>         zset: queued jobs, score priority * 2^42 + due ms (ties: id)
+    P:queued:<pair>         zset: queued jobs of one name in one queue, score
+                            priority * 2^42 + due ms (ties: id)
+    P:names:<queue>         set: job names that have queued jobs in the queue
     P:scheduled:<queue>     zset: delayed jobs and retries, score run_at
     P:running:<queue>       zset: claimed jobs, score lease expiry
     P:done:<queue>:<state>  zset: completed/failed/cancelled, in finishing order
@@ -18,11 +20,23 @@ Key layout (P = "{prefix}"):
 
 Every job sits in exactly one index of its queue, the one of its state, so
 the indexes' sizes are the stats.
-    P:wake:<queue>          list: wake-up tokens, BLPOP-ed by idle workers
+    P:wakeup:<pair>         list: wake-up tokens, BLPOP-ed by idle workers serving that name
+    P:wake-worker:<id>      list: ends one worker's blocking wait (stop)
+    P:workers               hash: worker id -> presence record (JSON)
+    P:workers:expires       zset: worker id, score the time its record expires
     P:schedule:<name>       hash: a recurring schedule
     P:schedules:due         zset: enabled schedules, score next_run
     P:lock:<key>            string: the owner token, with a TTL
     P:cache:<key>           string: JSON, with a TTL
+
+Layout change: queued jobs used to wait in one `P:ready:<queue>` zset (woken
+through `P:wake:<queue>`); they now wait per job name, so a worker claims only
+the names it has handlers for, in one round trip, whatever else is queued.
+Queued jobs left in a `P:ready:<queue>` set by an older release are moved into
+the per-name sets by the next claim on that queue (1,000 per claim), so an
+upgrade needs no migration step; stats count them meanwhile. Run older and
+newer releases on one prefix only while draining the old: older workers never
+see jobs queued by newer code, and older admin commands miss them.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ from conveyor.backends.base import (
     Outcome,
     Retention,
     ScheduleRecord,
+    WorkerInfo,
 )
 from conveyor.job import (
     BackendUnavailableError,
@@ -84,6 +99,8 @@ _SCRIPT_NAMES = (
     "stats",
     "lock_release",
     "lock_extend",
+    "queued_by_name",
+    "worker_beat",
 )
 _FIELDS = (
     "name",
@@ -266,6 +283,16 @@ def _new_token(claim_id: str | None) -> ClaimToken:
     return claim_id if claim_id is not None else os.urandom(12).hex()
 
 
+def _pair(queue: str, name: str) -> str:
+    """library.lua's pair(): Lua's # counts bytes, hence the encoding."""
+    return f"{len(queue.encode())}:{queue}:{name}"
+
+
+def _names_arg(names: Sequence[str] | None) -> str:
+    """The names argument of the claim scripts: "" for any name."""
+    return "" if names is None else json.dumps(list(dict.fromkeys(names)))
+
+
 def _keep(retention: Retention) -> tuple[str | int, str | int]:
     keep_completed = "" if retention.keep_completed is None else retention.keep_completed
     keep_failed = "" if retention.keep_failed is None else retention.keep_failed
@@ -403,7 +430,7 @@ class RedisBackend:
         """MULTI ... EXEC storing unkeyed jobs, as library.lua's insert() does."""
         p = self.prefix
         commands: list[tuple[Arg, ...]] = [("MULTI",)]
-        woken: dict[str, int] = {}
+        woken: dict[tuple[str, str], int] = {}
         for new in jobs:
             queued = new.run_at <= now
             commands.append(
@@ -442,15 +469,17 @@ class RedisBackend:
             )
             if queued:
                 score = _ready_score(new.priority, new.run_at)
-                commands.append(("ZADD", f"{p}:ready:{new.queue}", score, new.id))
-                woken[new.queue] = woken.get(new.queue, 0) + 1
+                commands.append(("ZADD", f"{p}:queued:{_pair(new.queue, new.name)}", score, new.id))
+                woken[new.queue, new.name] = woken.get((new.queue, new.name), 0) + 1
             else:
                 commands.append(("ZADD", f"{p}:scheduled:{new.queue}", repr(new.run_at), new.id))
         for queue in {new.queue for new in jobs}:
             commands.append(("SADD", f"{p}:queues", queue))
-        for queue, count in woken.items():
-            commands.append(("LPUSH", f"{p}:wake:{queue}", *(["1"] * min(count, 16))))
-            commands.append(("LTRIM", f"{p}:wake:{queue}", 0, 63))
+        for (queue, name), count in woken.items():
+            commands.append(("SADD", f"{p}:names:{queue}", name))
+            wake = f"{p}:wakeup:{_pair(queue, name)}"
+            commands.append(("LPUSH", wake, *(["1"] * min(count, 16))))
+            commands.append(("LTRIM", wake, 0, 63))
         commands.append(("EXEC",))
         return commands
 
@@ -485,9 +514,12 @@ class RedisBackend:
         now: float,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Job]:
         token = _new_token(claim_id)
-        rows = await self._run("claim", repr(now), repr(lease), limit, token, *queues)
+        rows = await self._run(
+            "claim", repr(now), repr(lease), limit, token, _names_arg(names), *queues
+        )
         return _claimed(rows, token)
 
     async def unclaim(self, claim_id: str, now: float) -> int:
@@ -514,6 +546,7 @@ class RedisBackend:
         now: float,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> tuple[list[bool], list[Job]]:
         token = _new_token(claim_id)
         flags, rows = await self._run(
@@ -524,6 +557,7 @@ class RedisBackend:
             repr(lease),
             limit,
             token,
+            _names_arg(names),
             *queues,
         )
         return [bool(int(flag)) for flag in flags], _claimed(rows, token)
@@ -545,7 +579,19 @@ class RedisBackend:
         rows = await self._run("recover", repr(now), max_stalled, "" if keep is None else keep)
         return [_job(row) for row in rows]
 
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+    async def _wake_keys(self, queues: Sequence[str], names: Sequence[str] | None) -> list[str]:
+        """The wake-up lists of these queues' jobs of `names` (None: of every
+        name queued in them now)."""
+        if names is None:
+            known = await self._pipe([("SMEMBERS", f"{self.prefix}:names:{q}") for q in queues])
+            pairs = [(q, name) for q, found in zip(queues, known, strict=True) for name in found]
+        else:
+            pairs = [(q, name) for q in queues for name in names]
+        return [f"{self.prefix}:wakeup:{_pair(q, name)}" for q, name in dict.fromkeys(pairs)]
+
+    async def wait_for_work(
+        self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None
+    ) -> None:
         heads = await self._pipe(
             [("ZRANGE", f"{self.prefix}:scheduled:{q}", 0, 0, "WITHSCORES") for q in queues]
         )
@@ -554,7 +600,9 @@ class RedisBackend:
                 timeout = min(timeout, max(0.0, float(head[1]) - time.time()))
         if timeout < 0.001:
             return
-        keys = [f"{self.prefix}:wake:{q}" for q in queues]
+        keys = await self._wake_keys(queues, names)
+        if not keys:  # nothing to wait on: wait out the timeout (BLPOP needs a key)
+            keys = [f"{self.prefix}:wakeup:none"]
         try:
             await self._pair()[1].call("BLPOP", *keys, f"{timeout:.3f}")
         except RedisConnectionLost as exc:
@@ -569,12 +617,14 @@ class RedisBackend:
         waiter: str,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Job]:
         token = _new_token(claim_id)
         # BLPOP and the claim script go out in one write on the blocking
         # connection: Redis runs the claim the moment the wait ends, with no
-        # round trip back to us in between.
-        keys = [f"{self.prefix}:wake:{q}" for q in queues]
+        # round trip back to us in between. Only the wake-up lists of the
+        # names served are waited on: a job of another name wakes nobody here.
+        keys = await self._wake_keys(queues, names)
         private = f"{self.prefix}:wake-worker:{waiter}"
         script = _SCRIPTS["claim"]
         try:
@@ -591,6 +641,7 @@ class RedisBackend:
                         repr(lease),
                         limit,
                         token,
+                        _names_arg(names),
                         *queues,
                     ),
                 ]
@@ -600,7 +651,7 @@ class RedisBackend:
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await self.claim(queues, limit, lease, time.time(), claim_id=token)
+            return await self.claim(queues, limit, lease, time.time(), claim_id=token, names=names)
         self._reached()
         return _claimed(rows, token)
 
@@ -638,11 +689,19 @@ class RedisBackend:
         # to _LIST_SCAN entries (beyond that, its most recent entries).
         queues = [queue] if queue is not None else sorted(await self._queues())
         states = [state] if state is not None else list(JobState)
+        queued: dict[str, list[str]] = {}
+        if JobState.QUEUED in states and queues:
+            found = await self._pipe([("SMEMBERS", f"{self.prefix}:names:{q}") for q in queues])
+            queued = {
+                q: [self._index(q, JobState.QUEUED), *(self._queued_key(q, n) for n in names)]
+                for q, names in zip(queues, found, strict=True)
+            }
         chunks = await self._pipe(
             [
-                ("ZRANGE", self._index(q, st), 0, _LIST_SCAN - 1, "REV")
+                ("ZRANGE", key, 0, _LIST_SCAN - 1, "REV")
                 for q in queues
                 for st in states
+                for key in (queued[q] if st is JobState.QUEUED else [self._index(q, st)])
             ]
         )
         ids = sorted({i for chunk in chunks for i in chunk}, reverse=True)
@@ -665,7 +724,12 @@ class RedisBackend:
     async def _queues(self) -> set[str]:
         return set(await self._cmd("SMEMBERS", f"{self.prefix}:queues"))
 
+    def _queued_key(self, queue: str, name: str) -> str:
+        return f"{self.prefix}:queued:{_pair(queue, name)}"
+
     def _index(self, queue: str, state: JobState) -> str:
+        """The index of `state` in `queue`; for QUEUED the legacy per-queue
+        set (the per-name sets are `_queued_key`)."""
         p = self.prefix
         if state is JobState.QUEUED:
             return f"{p}:ready:{queue}"
@@ -854,3 +918,61 @@ class RedisBackend:
 
     async def cache_delete(self, key: str) -> bool:
         return bool(await self._cmd("DEL", f"{self.prefix}:cache:{key}"))
+
+    # ------------------------------------------------------------------ workers
+
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+        record = json.dumps(
+            {
+                "host": info.host,
+                "pid": info.pid,
+                "queues": info.queues,
+                "names": info.names,
+                "started_at": info.started_at,
+                "last_seen": info.last_seen,
+            }
+        )
+        await self._run("worker_beat", info.id, record, repr(now + ttl), repr(now))
+
+    async def worker_gone(self, worker_id: str) -> None:
+        p = self.prefix
+        await self._pipe(
+            [
+                ("MULTI",),
+                ("HDEL", f"{p}:workers", worker_id),
+                ("ZREM", f"{p}:workers:expires", worker_id),
+                ("EXEC",),
+            ]
+        )
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        p = self.prefix
+        live, records = await self._pipe(
+            [
+                ("ZRANGEBYSCORE", f"{p}:workers:expires", f"({now!r}", "+inf"),
+                ("HGETALL", f"{p}:workers"),
+            ]
+        )
+        found = dict(zip(records[::2], records[1::2], strict=True))
+        out = []
+        for worker_id in live:
+            if worker_id in found:
+                raw = json.loads(found[worker_id])
+                out.append(
+                    WorkerInfo(
+                        id=worker_id,
+                        host=raw["host"],
+                        pid=raw["pid"],
+                        queues=tuple(raw["queues"]),
+                        names=tuple(raw["names"]),
+                        started_at=raw["started_at"],
+                        last_seen=raw["last_seen"],
+                    )
+                )
+        return sorted(out, key=lambda info: (info.started_at, info.id))
+
+    async def queued_by_name(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for queue, name, count in await self._run("queued_by_name"):
+            out.setdefault(queue, {})[name] = int(count)
+        return out

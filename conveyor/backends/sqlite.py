@@ -12,7 +12,9 @@ safe and fast:
   process crash).
 * A claim is one transaction: promote due scheduled jobs, then one
   `UPDATE ... WHERE seq IN (SELECT ... LIMIT n) RETURNING`, index-backed by a
-  partial index on queued jobs only.
+  partial index on queued jobs only. A worker claims by the job names it
+  serves: one index range per (queue, name) on `conveyor_jobs_claim_name`,
+  so queued jobs of other names cost nothing however many there are.
 * Idle workers wake on an in-process `Notifier` (enqueues made through this
   backend object) or, for commits by other connections and processes, on a
   change of `PRAGMA data_version`, polled every 15 ms on a second, read-only
@@ -97,6 +99,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     Retention,
     ScheduleRecord,
+    WorkerInfo,
 )
 from conveyor.backends.sqlite_writer import (
     ConnectionThread,
@@ -129,6 +132,9 @@ POLL_INTERVAL: Final = 0.015
 # Above this many queues the per-queue UNION ALL claim (each branch an index
 # range scan) would be too long a statement; fall back to one IN-list scan.
 _MAX_UNION_QUEUES: Final = 32
+# The same for a claim by job names: one branch per (queue, name) pair. Below
+# SQLite's limit of 500 terms in a compound SELECT.
+_MAX_UNION_PAIRS: Final = 256
 
 _SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
 
@@ -207,6 +213,22 @@ _UPGRADES: Final = (
     # (lowered again by a hand-back) did. Running jobs get no token, so their
     # claims made by older code are fenced off and come back by lease expiry.
     ("ALTER TABLE conveyor_jobs ADD COLUMN token TEXT",),
+)
+
+# Added since schema version 1 was first released, created on open when
+# missing; an older conveyor sharing the file is not disturbed by them.
+_SCHEMA_ADDITIONS: Final = (
+    # Claims by job name (the worker's): one range per (queue, name), in
+    # claim order. The older conveyor_jobs_claim still serves claims of any
+    # name (admin and test callers, and workers of an older release).
+    "CREATE INDEX IF NOT EXISTS conveyor_jobs_claim_name"
+    " ON conveyor_jobs (queue, name, priority, run_at) WHERE state = 'queued'",
+    # Worker presence: a row per live worker, renewed every few seconds.
+    "CREATE TABLE IF NOT EXISTS conveyor_workers ("
+    " id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+    " queues TEXT NOT NULL, names TEXT NOT NULL,"  # JSON arrays
+    " started_at REAL NOT NULL, last_seen REAL NOT NULL, expires REAL NOT NULL"
+    ") WITHOUT ROWID",
 )
 
 _COLS: Final = (
@@ -436,16 +458,19 @@ def _logs_json(logs: Sequence[dict[str, Any]]) -> str | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _claim_sql(n_queues: int) -> str:
-    """The claim statement for `n_queues` queues.
+def _claim_sql(n_queues: int, n_names: int | None = None) -> str:
+    """The claim statement for `n_queues` queues and `n_names` job names
+    (None: any name).
 
     Parameters: ?1 started_at, ?2 lease_until, ?3 limit, ?4 the claim token,
-    ?5... the queues.
-    One index range scan per queue, each stopping after `limit` rows, then a
-    merge of at most n * limit rows: never a sort of the whole backlog.
+    ?5... the queues, then the names. One index range scan per queue (or per
+    queue and name), each stopping after `limit` rows, then a merge of at most
+    n * limit rows: never a sort of the whole backlog.
     """
     order = "ORDER BY priority, run_at, seq"
-    if n_queues == 1:
+    if n_names is not None:
+        pick = _pick_by_name(n_queues, n_names, order)
+    elif n_queues == 1:
         pick = (
             "SELECT seq FROM conveyor_jobs INDEXED BY conveyor_jobs_claim"
             f" WHERE state = 'queued' AND queue = ?5 {order} LIMIT ?3"
@@ -468,6 +493,30 @@ def _claim_sql(n_queues: int) -> str:
         "UPDATE conveyor_jobs SET state = 'running', attempts = attempts + 1, started_at = ?1,"
         f" lease_until = ?2, token = ?4, cancel_requested = 0 WHERE seq IN ({pick})"
         f" RETURNING {_COLS}"
+    )
+
+
+def _pick_by_name(n_queues: int, n_names: int, order: str) -> str:
+    """The SELECT of a claim by name (see _claim_sql): the jobs of names other
+    than these are never read, so any number of them waiting costs nothing."""
+    pairs = [(f"?{5 + q}", f"?{5 + n_queues + n}") for q in range(n_queues) for n in range(n_names)]
+    source = "conveyor_jobs INDEXED BY conveyor_jobs_claim_name WHERE state = 'queued'"
+    if len(pairs) == 1:
+        queue, name = pairs[0]
+        return f"SELECT seq FROM {source} AND queue = {queue} AND name = {name} {order} LIMIT ?3"
+    if len(pairs) <= _MAX_UNION_PAIRS:
+        branches = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT seq, priority, run_at FROM {source}"
+            f" AND queue = {queue} AND name = {name} {order} LIMIT ?3)"
+            for queue, name in pairs
+        )
+        return f"SELECT seq FROM ({branches}) {order} LIMIT ?3"
+    # Too many pairs for one statement: one scan over the served jobs (the
+    # names' ranges of the index), sorted. Still blind to other names.
+    queues = ", ".join(f"?{5 + q}" for q in range(n_queues))
+    names = ", ".join(f"?{5 + n_queues + n}" for n in range(n_names))
+    return (
+        f"SELECT seq FROM {source} AND queue IN ({queues}) AND name IN ({names}) {order} LIMIT ?3"
     )
 
 
@@ -673,6 +722,8 @@ class SQLiteBackend:
                     "UPDATE conveyor_meta SET value = ? WHERE key = 'schema_version'",
                     (str(SCHEMA_VERSION),),
                 )
+            for statement in _SCHEMA_ADDITIONS:
+                conn.execute(statement)
 
     def _disconnect(self, conn: sqlite3.Connection) -> None:
         with self._watch_lock:
@@ -752,11 +803,15 @@ class SQLiteBackend:
         now: float,
         *,
         claim_id: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Job]:
-        if limit <= 0 or not queues:
+        if limit <= 0 or not queues or (names is not None and not names):
             return []
         token = claim_id if claim_id is not None else os.urandom(12).hex()
-        return await self._call(self._claim, tuple(dict.fromkeys(queues)), limit, lease, now, token)
+        served = None if names is None else tuple(dict.fromkeys(names))
+        return await self._call(
+            self._claim, tuple(dict.fromkeys(queues)), limit, lease, now, token, served
+        )
 
     def _claim(
         self,
@@ -766,12 +821,14 @@ class SQLiteBackend:
         lease: float,
         now: float,
         token: ClaimToken,
+        names: tuple[str, ...] | None = None,
     ) -> list[Job]:
+        sql = _claim_sql(len(queues), None if names is None else len(names))
         with _write(conn):
             conn.execute(_PROMOTE, (now, json.dumps(queues)))
             lease += waited_for_lock_after(conn, now)  # as in _heartbeat
             rows = conn.execute(
-                _claim_sql(len(queues)), (now, now + lease, limit, token, *queues)
+                sql, (now, now + lease, limit, token, *queues, *(names or ()))
             ).fetchall()
         rows.sort(key=_sort_key)
         jobs = [_job(row) for row in rows]
@@ -928,17 +985,20 @@ class SQLiteBackend:
         rows.sort(key=lambda row: row[0])
         return [_job(row) for row in rows]
 
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_work(
+        self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None
+    ) -> None:
         if timeout <= 0:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        names = json.dumps(list(dict.fromkeys(queues)))
+        queues_json = json.dumps(list(dict.fromkeys(queues)))
+        names_json = None if names is None else json.dumps(list(dict.fromkeys(names)))
         await self._ensure_open()
         # Both read before probing, so a commit that lands after the probe
         # changes one of them and is not missed.
         seen, version = self._wakeups, self._data_version()
-        ready, next_run = await self._call(_probe, names)
+        ready, next_run = await self._call(_probe, queues_json, names_json)
         while not ready:
             remaining = deadline - loop.time()
             if next_run is not None:
@@ -955,7 +1015,7 @@ class SQLiteBackend:
                 # workers' finishes) bring no work for these queues: look
                 # before waking the caller for nothing.
                 seen, version = self._wakeups, current
-                ready, next_run = await self._call(_probe, names)
+                ready, next_run = await self._call(_probe, queues_json, names_json)
 
     def _woken_since(self, seen: int) -> bool:
         return self._wakeups != seen
@@ -1138,6 +1198,20 @@ class SQLiteBackend:
     async def cache_delete(self, key: str) -> bool:
         return await self._call(_write_one, "DELETE FROM conveyor_cache WHERE key = ?1", key)
 
+    # ------------------------------------------------------------ workers
+
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+        await self._call(_worker_beat, info, now + ttl, now)
+
+    async def worker_gone(self, worker_id: str) -> None:
+        await self._call(_write_one, "DELETE FROM conveyor_workers WHERE id = ?1", worker_id)
+
+    async def workers(self, now: float) -> list[WorkerInfo]:
+        return await self._call(_workers, now)
+
+    async def queued_by_name(self) -> dict[str, dict[str, int]]:
+        return await self._call(_queued_by_name)
+
 
 # --------------------------------------------------------------- thread-side helpers
 
@@ -1194,17 +1268,34 @@ def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> tup
     return out, len(rows)
 
 
-def _probe(conn: sqlite3.Connection, names: str) -> tuple[bool, float | None]:
-    """(work is claimable now, the next scheduled run_at)."""
-    queued = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'queued'"
-        " AND queue IN (SELECT value FROM json_each(?1)))",
+def _probe(
+    conn: sqlite3.Connection, names: str, served: str | None = None
+) -> tuple[bool, float | None]:
+    """(work is claimable now, the next scheduled run_at): `names` are the
+    queues, `served` the job names (None: any) as JSON arrays."""
+    if served is None:
+        queued = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'queued'"
+            " AND queue IN (SELECT value FROM json_each(?1)))",
+            (names,),
+        ).fetchone()[0]
+    else:  # jobs of other names are no work for this caller: a worker must not wake for them
+        queued = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM conveyor_jobs INDEXED BY conveyor_jobs_claim_name"
+            " WHERE state = 'queued' AND queue IN (SELECT value FROM json_each(?1))"
+            " AND name IN (SELECT value FROM json_each(?2)))",
+            (names, served),
+        ).fetchone()[0]
+    # Of these queues only: a due job of another queue is not promoted by this
+    # caller's claims, so it would wake the caller again and again. The index
+    # is walked in run_at order up to the first job of these queues.
+    row = conn.execute(
+        "SELECT run_at FROM conveyor_jobs INDEXED BY conveyor_jobs_due"
+        " WHERE state = 'scheduled' AND queue IN (SELECT value FROM json_each(?1))"
+        " ORDER BY run_at LIMIT 1",
         (names,),
-    ).fetchone()[0]
-    next_run = conn.execute(
-        "SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due"
-        " WHERE state = 'scheduled'"
-    ).fetchone()[0]
+    ).fetchone()
+    next_run = None if row is None else row[0]
     return bool(queued) or (next_run is not None and next_run <= time.time()), next_run
 
 
@@ -1367,3 +1458,46 @@ def _cache_get(conn: sqlite3.Connection, key: str, now: float) -> str | None:
         return None
     text: str = value
     return text
+
+
+def _worker_beat(conn: sqlite3.Connection, info: WorkerInfo, expires: float, now: float) -> None:
+    with _write(conn):
+        # Records of workers that died without saying goodbye go here.
+        conn.execute("DELETE FROM conveyor_workers WHERE expires <= ?1", (now,))
+        conn.execute(
+            "INSERT OR REPLACE INTO conveyor_workers"
+            " (id, host, pid, queues, names, started_at, last_seen, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.id,
+                info.host,
+                info.pid,
+                json.dumps(info.queues),
+                json.dumps(info.names),
+                info.started_at,
+                info.last_seen,
+                expires,
+            ),
+        )
+
+
+def _workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
+    rows = conn.execute(
+        "SELECT id, host, pid, queues, names, started_at, last_seen FROM conveyor_workers"
+        " WHERE expires > ?1 ORDER BY started_at, id",
+        (now,),
+    )
+    return [
+        WorkerInfo(id, host, pid, tuple(json.loads(queues)), tuple(json.loads(names)), start, seen)
+        for id, host, pid, queues, names, start, seen in rows
+    ]
+
+
+def _queued_by_name(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for queue, name, count in conn.execute(
+        "SELECT queue, name, count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_claim_name"
+        " WHERE state = 'queued' GROUP BY queue, name"
+    ):
+        out.setdefault(queue, {})[name] = count
+    return out

@@ -31,10 +31,11 @@ from conveyor.cli.views import (
     jobs_table,
     recurring_table,
     schedule_dict,
+    serving_lines,
     stats_table,
 )
 from conveyor.durations import describe_seconds
-from conveyor.job import Job, JobState
+from conveyor.job import Job, JobState, NotSupportedError
 
 # --------------------------------------------------------------------------- stats
 
@@ -49,27 +50,36 @@ def stats(ctx: click.Context, watch: bool, as_json: bool) -> None:
         raise CliError("--watch and --json do not go together")
     if not watch:
         app = admin_app(ctx)
-        counts = run_on(app, lambda app: app.stats())
         if as_json:
-            print_json(counts)
+            print_json(run_on(app, lambda app: app.stats()))
         else:
-            out().print(stats_table(counts, app.url))
+            out().print(run_on(app, _stats_view))
         return
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         run(ctx, _watch_stats)
 
 
 async def _watch_stats(app: Conveyor) -> None:
-    def render(counts: dict[str, dict[str, int]]) -> RenderableType:
+    def render(view: RenderableType) -> RenderableType:
         stamp = Text(
             f"{datetime.now():%H:%M:%S} · refreshing every 1 s · Ctrl-C to stop", style="dim"
         )
-        return Group(stats_table(counts, app.url), stamp)
+        return Group(view, stamp)
 
-    with Live(render(await app.stats()), console=out(), auto_refresh=False) as live:
+    with Live(render(await _stats_view(app)), console=out(), auto_refresh=False) as live:
         while True:
             await asyncio.sleep(1.0)
-            live.update(render(await app.stats()), refresh=True)
+            live.update(render(await _stats_view(app)), refresh=True)
+
+
+async def _stats_view(app: Conveyor) -> RenderableType:
+    """The counts table, then who serves which queues and what no live worker can run."""
+    table = stats_table(await app.stats(), app.url)
+    try:
+        workers, unserved = await app.workers(), await app.unserved()
+    except NotSupportedError:
+        return table
+    return Group(table, serving_lines(workers, unserved))
 
 
 # --------------------------------------------------------------------------- jobs

@@ -18,6 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from conveyor.backends.base import WorkerInfo
 from conveyor.job import PENDING_STATES, Job, JobState
 from conveyor.scheduler import Schedule
 
@@ -77,6 +78,22 @@ def compact_table(gap: int = 2) -> Table:
 
 
 # --------------------------------------------------------------------------- stats
+
+
+def serving_lines(workers: Sequence[WorkerInfo], unserved: dict[str, dict[str, int]]) -> Text:
+    """Who serves which queues, and the job types waiting that no live worker runs."""
+    text = Text()
+    if workers:
+        queues = sorted({queue for info in workers for queue in info.queues})
+        plural = "" if len(workers) == 1 else "s"
+        text.append(f"{len(workers)} live worker{plural} serving {', '.join(queues)}")
+    else:
+        text.append("no live worker", style="dim")
+    for queue in sorted(unserved):
+        for name, count in sorted(unserved[queue].items()):
+            text.append(f"\n{queue} · ", style="bold")
+            text.append(f"{name}: {count} waiting, no worker serves it", style="yellow")
+    return text
 
 
 def stats_table(counts: dict[str, dict[str, int]], url: str) -> Table:

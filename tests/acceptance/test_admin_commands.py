@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,36 @@ def test_stats(jobs: Jobs) -> None:
     for word in ("queue", "default", "other", "completed", "failed", "total"):
         assert word in table.stdout
     assert table.stdout.count("7") >= 1  # the total of all queues
+
+
+def test_stats_names_waiting_job_types_no_live_worker_serves(db_url: str) -> None:
+    from conveyor.backends.base import WorkerInfo, WorkerRegistry
+
+    async def setup() -> None:
+        app = Conveyor(db_url)
+        for name in ("email.new", "report.build"):
+            app.job(name)(_noop)
+        async with app:
+            await app.enqueue_many([("email.new", {"n": n}) for n in range(12)])
+            await app.enqueue("report.build", {})
+            await app.enqueue("report.build", {}, queue="reports")
+            backend = app.backend
+            assert isinstance(backend, WorkerRegistry)
+            now = time.time()
+            serves = ("default",), ("report.build",)
+            await backend.worker_beat(WorkerInfo("w-1", "box", 7, *serves, now, now), 600.0, now)
+
+    asyncio.run(setup())
+    table = invoke("--url", db_url, "stats")
+    assert table.exit_code == 0, table.output
+    assert "email.new: 12 waiting, no worker serves it" in table.stdout
+    assert "report.build: 1 waiting, no worker serves it" in table.stdout  # queue "reports"
+    assert table.stdout.count("no worker serves it") == 2
+    assert "1 live worker serving default" in table.stdout
+
+
+async def _noop(payload: Any) -> None:
+    return None
 
 
 def test_jobs_ls(jobs: Jobs) -> None:

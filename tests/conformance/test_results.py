@@ -333,17 +333,26 @@ async def test_job_record_fields(app: Conveyor) -> None:
     assert stored.id == job.id
 
 
-async def test_job_without_a_handler_in_the_worker_fails_clearly(app: Conveyor, worker) -> None:
+async def test_job_without_a_handler_in_the_worker_waits_and_is_reported(
+    app: Conveyor, worker
+) -> None:
     """A producer knows a job type the worker's app does not (an old deploy):
-    the job fails with an error naming it rather than being lost or stuck."""
+    the worker leaves the job queued, untouched, for a worker that knows it,
+    and `unserved()` names it rather than it being failed or stuck unseen."""
 
     @app.job("ghost", retries=0)
     async def ghost(payload: Any) -> None:
         return None
 
+    @app.job("known")
+    async def known(payload: Any) -> None:
+        return None
+
     job = await app.enqueue("ghost", {})
+    behind = await app.enqueue("known", {})  # claimed after "ghost", were it claimable
     app.registry.pop("ghost")
     async with worker(app, queues=["default"]):
-        done = await app.wait(job.id, timeout=WAIT)
-    assert done.state is JobState.FAILED
-    assert "ghost" in done.error
+        assert (await app.wait(behind.id, timeout=WAIT)).state is JobState.COMPLETED
+        assert await app.unserved() == {"default": {"ghost": 1}}
+    stored = await app.get_job(job.id)
+    assert (stored.state, stored.attempts, stored.error) == (JobState.QUEUED, 0, None)

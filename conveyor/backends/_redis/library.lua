@@ -15,22 +15,46 @@ local PRIORITY_SPAN = 4398046511104 -- 2^42
 local EPOCH_MS = 1735689600000
 
 local function jkey(id) return P .. ":job:" .. id end
-local function ready_key(queue) return P .. ":ready:" .. queue end
+-- Queued jobs wait in one set per (queue, job name), so a claim reads only
+-- the names its worker serves. The byte length of the queue name up front
+-- keeps "a:b" + "c" apart from "a" + "b:c".
+local function pair(queue, name) return #queue .. ":" .. queue .. ":" .. name end
+local function queued_key(queue, name) return P .. ":queued:" .. pair(queue, name) end
+local function names_key(queue) return P .. ":names:" .. queue end
+local function legacy_ready_key(queue) return P .. ":ready:" .. queue end
 local function scheduled_key(queue) return P .. ":scheduled:" .. queue end
 local function running_key(queue) return P .. ":running:" .. queue end
 local function done_key(queue, state) return P .. ":done:" .. queue .. ":" .. state end
 
 -- The index a job sits in while in `state`; its membership is the state count.
-local function index_key(queue, state)
-  if state == "queued" then return ready_key(queue) end
+local function index_key(queue, state, name)
+  if state == "queued" then return queued_key(queue, name) end
   if state == "scheduled" then return scheduled_key(queue) end
   if state == "running" then return running_key(queue) end
   return done_key(queue, state)
 end
 
+-- Every index of `state` in `queue`: for queued jobs, one per job name (and
+-- the set of the layout before per-name sets, until claims have emptied it).
+local function index_keys(queue, state)
+  if state ~= "queued" then return {index_key(queue, state)} end
+  local keys = {legacy_ready_key(queue)}
+  for _, name in ipairs(redis.call("SMEMBERS", names_key(queue))) do
+    keys[#keys + 1] = queued_key(queue, name)
+  end
+  return keys
+end
 
-local function wake(queue, n)
-  local key = P .. ":wake:" .. queue
+local function queued_count(queue)
+  local n = 0
+  for _, key in ipairs(index_keys(queue, "queued")) do n = n + redis.call("ZCARD", key) end
+  return n
+end
+
+-- Wake-up tokens per (queue, job name): only workers serving that name wait
+-- on its list, so a job nobody here can run wakes nobody in vain.
+local function wake(queue, name, n)
+  local key = P .. ":wakeup:" .. pair(queue, name)
   local tokens = {}
   for i = 1, math.min(n, 16) do tokens[i] = "1" end
   redis.call("LPUSH", key, unpack(tokens))
@@ -44,8 +68,12 @@ local function ready_score(priority, run_at)
   return string.format("%.0f", tonumber(priority) * PRIORITY_SPAN + ms)
 end
 
-local function make_ready(id, queue, priority, run_at)
-  redis.call("ZADD", ready_key(queue), ready_score(priority, run_at), id)
+-- Returns the job's name (read from its hash unless given).
+local function make_ready(id, queue, priority, run_at, name)
+  name = name or redis.call("HGET", jkey(id), "name")
+  redis.call("ZADD", queued_key(queue, name), ready_score(priority, run_at), id)
+  redis.call("SADD", names_key(queue), name)
+  return name
 end
 
 local function record(id)
@@ -67,13 +95,13 @@ end
 
 local function delete_job(id)
   local key = jkey(id)
-  local h = redis.call("HMGET", key, "queue", "state", "key")
+  local h = redis.call("HMGET", key, "queue", "state", "key", "name")
   if not h[1] then return end
   if h[3] and h[3] ~= "" then
     if redis.call("HGET", P .. ":keys", h[3]) == id then redis.call("HDEL", P .. ":keys", h[3]) end
     redis.call("HDEL", P .. ":keyof", id)
   end
-  redis.call("ZREM", index_key(h[1], h[2]), id)
+  redis.call("ZREM", index_key(h[1], h[2], h[4]), id)
   redis.call("DEL", key)
 end
 
@@ -169,8 +197,10 @@ local function insert(jobs, now)
         redis.call("HSET", P .. ":keyof", id, ukey)
       end
       if state == "queued" then
-        make_ready(id, queue, priority, run_at)
-        woken[queue] = (woken[queue] or 0) + 1
+        make_ready(id, queue, priority, run_at, j[2])
+        local by_name = woken[queue] or {}
+        woken[queue] = by_name
+        by_name[j[2]] = (by_name[j[2]] or 0) + 1
       else
         redis.call("ZADD", scheduled_key(queue), run_at, id)
       end
@@ -179,7 +209,9 @@ local function insert(jobs, now)
       out[#out + 1] = 0
     end
   end
-  for queue, n_ready in pairs(woken) do wake(queue, n_ready) end
+  for queue, by_name in pairs(woken) do
+    for name, n_ready in pairs(by_name) do wake(queue, name, n_ready) end
+  end
   return out
 end
 
@@ -194,8 +226,7 @@ local function hand_back(batch, id, queue, priority, cancel_requested, at)
   local key = jkey(id)
   redis.call("HINCRBY", key, "attempts", -1)
   redis.call("HSET", key, "state", "queued", "started_at", "", "run_at", at, "token", "")
-  make_ready(id, queue, priority, at)
-  wake(queue, 1)
+  wake(queue, make_ready(id, queue, priority, at), 1)
 end
 
 -- Apply outcomes [[id, token, kind, at, result, error, run_at, logs, progress]]
@@ -229,8 +260,7 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
           batch_add(batch, scheduled_key(queue), run_at, id)
         else
           redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued", "token", "")
-          make_ready(id, queue, h[4], run_at)
-          wake(queue, 1)
+          wake(queue, make_ready(id, queue, h[4], run_at), 1)
         end
       elseif kind == "completed" then
         finalize(batch, id, queue, kind, at, keep[kind], {"result", result, "error", "", "progress", 100})
@@ -243,10 +273,24 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
   return out
 end
 
+-- Queued jobs stored before per-name sets (one set per queue) move into
+-- them, a slice per claim, so an upgraded deployment needs no migration.
+local function adopt_legacy(queue)
+  local legacy = legacy_ready_key(queue)
+  if redis.call("EXISTS", legacy) == 0 then return end
+  local ids = redis.call("ZRANGE", legacy, 0, 999)
+  for _, id in ipairs(ids) do
+    local h = redis.call("HMGET", jkey(id), "state", "priority", "run_at")
+    if h[1] == "queued" then make_ready(id, queue, h[2], h[3]) end
+  end
+  redis.call("ZREM", legacy, unpack(ids))
+end
+
 -- Promote due scheduled jobs of these queues, then lease up to `limit` ready
--- ones under the claim's fencing token (made unique per call by the caller).
--- Returns their records.
-local function claim_jobs(now_text, lease, limit, queue_list, token)
+-- ones named in `names` (nil: any name) under the claim's fencing token (made
+-- unique per call by the caller). Jobs of other names are never read. Returns
+-- their records.
+local function claim_jobs(now_text, lease, limit, queue_list, names, token)
   if now_text == "" then
     -- Sent ahead, behind a blocking wait: the claim runs whenever the wait
     -- ends, so it reads the server's clock then.
@@ -255,42 +299,79 @@ local function claim_jobs(now_text, lease, limit, queue_list, token)
   end
   local now = tonumber(now_text)
   local nq = #queue_list
+  local served = nil
+  if names then
+    served = {}
+    for _, name in ipairs(names) do served[name] = true end
+  end
   -- Promote due scheduled jobs (delays, retry backoff) of these queues.
   for i = 1, nq do
     local queue = queue_list[i]
     local due = redis.call("ZRANGEBYSCORE", scheduled_key(queue), "-inf", now, "LIMIT", 0, 1000)
+    local others = {} -- name -> promoted jobs this claim cannot take
     for _, id in ipairs(due) do
       redis.call("ZREM", scheduled_key(queue), id)
       redis.call("HSET", jkey(id), "state", "queued")
       local job = redis.call("HMGET", jkey(id), "priority", "run_at")
-      make_ready(id, queue, job[1], job[2])
+      local name = make_ready(id, queue, job[1], job[2])
+      if served and not served[name] then others[name] = (others[name] or 0) + 1 end
+    end
+    -- Wake the workers that serve them instead.
+    for name, n in pairs(others) do wake(queue, name, n) end
+    adopt_legacy(queue)
+  end
+
+  -- The sets to take from: one per (queue, served name).
+  local sets, set_queues, set_names, seen = {}, {}, {}, {}
+  for i = 1, nq do
+    local queue = queue_list[i]
+    for _, name in ipairs(names or redis.call("SMEMBERS", names_key(queue))) do
+      local key = queued_key(queue, name)
+      if not seen[key] then
+        seen[key] = true
+        local n = #sets + 1
+        sets[n], set_queues[n], set_names[n] = key, queue, name
+      end
     end
   end
 
   local ids, queues = {}, {}
-  if nq == 1 then
-    local popped = redis.call("ZPOPMIN", ready_key(queue_list[1]), limit)
+  if #sets == 1 then
+    local popped = redis.call("ZPOPMIN", sets[1], limit)
     for i = 1, #popped, 2 do
       ids[#ids + 1] = popped[i]
-      queues[#queues + 1] = queue_list[1]
+      queues[#queues + 1] = set_queues[1]
+    end
+    if #popped > 0 and #popped < 2 * limit then
+      redis.call("SREM", names_key(set_queues[1]), set_names[1])
     end
   else
-    -- Several queues: take the lowest score across them, one job at a time.
+    -- Several sets: take the lowest score across their heads, one job at a
+    -- time; only the set a job came from is read again.
+    local function head(i, taken)
+      local h = redis.call("ZRANGE", sets[i], 0, 0, "WITHSCORES")
+      if h[1] then return {h[1], tonumber(h[2])} end
+      -- Emptied by this claim: its name leaves the queue's directory until a job comes.
+      if taken then redis.call("SREM", names_key(set_queues[i]), set_names[i]) end
+      return false
+    end
+    local heads = {}
+    for i = 1, #sets do heads[i] = head(i, false) end
     while #ids < limit do
-      local best_queue, best_id, best_score = nil, nil, nil
-      for i = 1, nq do
-        local head = redis.call("ZRANGE", ready_key(queue_list[i]), 0, 0, "WITHSCORES")
-        local score = head[2] and tonumber(head[2])
+      local best = nil
+      for i = 1, #sets do
+        local h = heads[i]
         -- Equal scores: the smaller id (created first) wins, as within one set.
-        if head[1] and (best_score == nil or score < best_score
-            or (score == best_score and head[1] < best_id)) then
-          best_queue, best_id, best_score = queue_list[i], head[1], score
+        if h and (best == nil or h[2] < heads[best][2]
+            or (h[2] == heads[best][2] and h[1] < heads[best][1])) then
+          best = i
         end
       end
-      if not best_queue then break end
-      redis.call("ZREM", ready_key(best_queue), best_id)
-      ids[#ids + 1] = best_id
-      queues[#queues + 1] = best_queue
+      if not best then break end
+      redis.call("ZREM", sets[best], heads[best][1])
+      ids[#ids + 1] = heads[best][1]
+      queues[#queues + 1] = set_queues[best]
+      heads[best] = head(best, true)
     end
   end
 

@@ -8,15 +8,17 @@ for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do
       local state = ARGV[i]
       local field = "finished_at"
       if state == "queued" or state == "scheduled" then field = "created_at" end
-      local set = index_key(queue, state)
-      for _, id in ipairs(redis.call("ZRANGE", set, 0, -1)) do
-        if removed >= limit then return removed end
-        local stamp = redis.call("HGET", jkey(id), field)
-        if not stamp then
-          redis.call("ZREM", set, id) -- a stale index entry
-        elseif older_than == "" or (stamp ~= "" and tonumber(stamp) < tonumber(older_than)) then
-          delete_job(id)
-          removed = removed + 1
+      for _, set in ipairs(index_keys(queue, state)) do
+        for _, id in ipairs(redis.call("ZRANGE", set, 0, -1)) do
+          if removed >= limit then return removed end
+          local stamp = redis.call("HGET", jkey(id), field)
+          if not stamp then
+            redis.call("ZREM", set, id) -- a stale index entry
+          elseif older_than == "" or (stamp ~= "" and tonumber(stamp) < tonumber(older_than)) then
+            redis.call("ZREM", set, id) -- (a legacy set is not the job's index_key)
+            delete_job(id)
+            removed = removed + 1
+          end
         end
       end
     end

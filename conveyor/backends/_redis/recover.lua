@@ -17,8 +17,7 @@ for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do
           " times (worker lost); max_stalled is " .. max_stalled})
       else
         redis.call("HSET", key, "state", "queued", "run_at", ARGV[2], "started_at", "", "token", "")
-        make_ready(id, queue, h[3], ARGV[2])
-        wake(queue, 1)
+        wake(queue, make_ready(id, queue, h[3], ARGV[2]), 1)
       end
       out[#out + 1] = record(id)
     end

@@ -9,6 +9,5 @@ if h[1] == "failed" then max_retries = attempts else max_retries = math.max(max_
 redis.call("ZREM", done_key(h[2], h[1]), id)
 redis.call("HSET", key, "state", "queued", "max_retries", max_retries, "run_at", ARGV[3],
   "finished_at", "", "stalls", 0, "cancel_requested", 0)
-make_ready(id, h[2], h[3], ARGV[3])
-wake(h[2], 1)
+wake(h[2], make_ready(id, h[2], h[3], ARGV[3]), 1)
 return record(id)
