@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -58,6 +57,7 @@ from conveyor.scheduler import (
     parse_every,
     parse_tz,
     schedule_store,
+    stored_options,
 )
 
 if TYPE_CHECKING:
@@ -418,7 +418,12 @@ class Conveyor:
 
         Updating keeps the next run unless the cron, interval or zone changed,
         and keeps it enabled or disabled unless `enabled` is given.
-        Any worker running with the scheduler enabled fires it, once per tick.
+        Any worker running with the scheduler enabled fires it, once per tick,
+        whether or not it registers `job_name`: the payload is validated and
+        the job options (queue, priority, retries, timeout; those left out are
+        the job type's defaults as registered now) are stored with the
+        schedule. After changing a job type's defaults, call `recurring()`
+        again (as a seed script run at deploy does) to store the new ones.
         """
         if not isinstance(name, str) or not name:
             raise InvalidScheduleError(f"a schedule name must be a non-empty string, got {name!r}")
@@ -439,19 +444,15 @@ class Conveyor:
             raise InvalidScheduleError(
                 f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
             )
-        job_type = self.job_type(job_name)
-        options: dict[str, Any] = {}
-        if queue is not None:
-            options["queue"] = check_queue(queue)
-        if priority is not None:
-            options["priority"] = check_priority(priority)
-        if retries is not None:
-            options["retries"] = check_retries(retries)
-        if timeout is not ...:
-            options["timeout"] = check_timeout(timeout)
-        encoded = job_type.encode_payload(payload)
-        store = await self._schedules()
         now = time.time()
+        # Resolved and checked against the registered job type now, exactly as
+        # an enqueue would: the record then holds everything a tick's job
+        # needs, so a scheduler that does not register the type fires it too.
+        resolved = self._new_job(
+            job_name, payload, now, queue=queue, priority=priority, retries=retries, timeout=timeout
+        )
+        options = stored_options(resolved)
+        store = await self._schedules()
         old = await store.schedule_get(name)
         same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
         next_run = (
@@ -462,7 +463,7 @@ class Conveyor:
         record = ScheduleRecord(
             name=name,
             job_name=job_name,
-            payload=encoded,
+            payload=resolved.payload,
             cron=cron_text,
             every=seconds,
             tz=tz,
@@ -478,7 +479,7 @@ class Conveyor:
             catch_up=catch_up,
             max_catch_up=max_catch_up,
             misfire_grace=float(misfire_grace),
-            options=json.dumps(options),
+            options=options,
         )
         await store.schedule_put(record)
         return Schedule.from_record(record)
