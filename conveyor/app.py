@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import EllipsisType, TracebackType
@@ -63,6 +65,8 @@ from conveyor.scheduler import (
 if TYPE_CHECKING:
     from conveyor.worker import Worker
 
+logger = logging.getLogger("conveyor.app")
+
 DEFAULT_URL = "sqlite:///conveyor.db"
 MAX_DELAY = 100 * 365.25 * 86400.0
 
@@ -99,6 +103,7 @@ class Conveyor:
         self.cache = Cache(self)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
+        _LIVE_APPS.add(self)  # for the fork hooks (a weak reference)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url!r} jobs={sorted(self.registry)}>"
@@ -179,6 +184,12 @@ class Conveyor:
             self.portal.call(self.close, "close")
         finally:
             self.portal.stop()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: start the blocking twins' helper loop afresh
+        (the parent's thread is not copied) and forget an open in progress."""
+        self.portal.after_fork_in_child()
+        self._open_lock = None
 
     async def __aenter__(self) -> Conveyor:
         await self.open()
@@ -590,6 +601,69 @@ class Conveyor:
     disable_recurring_sync = blocking(disable_recurring)
     delete_recurring_sync = blocking(delete_recurring)
     cancel_recurring_sync = blocking(cancel_recurring)
+
+
+# --------------------------------------------------------------------------- fork
+
+# Every live app, weakly: the process-wide fork hooks below reach them without
+# keeping them alive (one registration per process, not one per app).
+_LIVE_APPS: weakref.WeakSet[Conveyor] = weakref.WeakSet()
+# The backends readied for the fork under way (each once: apps may share one).
+_READIED: list[Backend] = []
+
+
+def _backends() -> list[Backend]:
+    return list({id(app.backend): app.backend for app in list(_LIVE_APPS)}.values())
+
+
+def _fork_hook(backend: Backend, name: str) -> bool:
+    """Call the backend's optional fork method `name`; a failure is logged,
+    not raised (os.fork would ignore it, and the other backends need theirs)."""
+    method = getattr(backend, name, None)
+    if method is None:  # a backend with no thread or connection to look after
+        return True
+    try:
+        method()
+    except Exception:
+        logger.exception("%s of %r failed", name, backend)
+        return False
+    return True
+
+
+def _before_fork() -> None:
+    """Let each backend quiesce its threads, so the child copies no call half done."""
+    _READIED[:] = [b for b in _backends() if _fork_hook(b, "_before_fork")]
+
+
+def _after_fork_in_parent() -> None:
+    for backend in _READIED:
+        _fork_hook(backend, "_after_fork_in_parent")
+    _READIED.clear()
+
+
+def _after_fork_in_child() -> None:
+    """The child has only the forking thread: every app's helper loop and each
+    backend's threads and connections are the parent's. Drop them (without
+    closing what the parent still uses) so that the next call starts afresh."""
+    _READIED.clear()
+    for app in list(_LIVE_APPS):
+        app._after_fork_in_child()
+    for backend in _backends():
+        _fork_hook(backend, "_after_fork_in_child")
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    # Before-fork hooks run in the reverse order of registration, and the
+    # thread pool's own hook takes a lock that ThreadPoolExecutor.submit needs
+    # (the SQLite backend submits from its hook): register after it, so that
+    # ours run first.
+    import concurrent.futures.thread  # noqa: F401
+
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _state(value: JobState | str | None) -> JobState | None:

@@ -35,6 +35,7 @@ import builtins
 import contextlib
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -44,6 +45,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from conveyor._sync import leave_alone
 from conveyor.backends._notify import Notifier
 from conveyor.backends.base import (
     CancelResult,
@@ -64,6 +66,8 @@ from conveyor.job import (
     utc,
 )
 
+logger = logging.getLogger("conveyor.sqlite")
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -78,6 +82,9 @@ POLL_INTERVAL: Final = 0.015
 # Beyond busy_timeout, a write that still finds the file locked is retried
 # this many times after these pauses before the error reaches the caller.
 _LOCK_RETRY_PAUSES: Final = (0.01, 0.05, 0.1, 0.25, 0.5)
+# How long a fork waits for the backend thread to finish the calls queued
+# before it (a write retrying behind another process's lock can take ~30 s).
+_FORK_PARK_WAIT: Final = 30.0
 
 # Above this many queues the per-queue UNION ALL claim (each branch an index
 # range scan) would be too long a statement; fall back to one IN-list scan.
@@ -1049,8 +1056,70 @@ class SQLiteBackend:
     async def cache_delete(self, key: str) -> bool:
         return await self._call(_write_one, "DELETE FROM conveyor_cache WHERE key = ?1", key)
 
+    # ------------------------------------------------------------ fork
+    #
+    # The facade's fork hooks. A child has no backend thread, so it must open
+    # its own connections; and it must close its copies of the parent's first.
+    # SQLite keeps its POSIX lock bookkeeping per process and file: new
+    # connections next to inherited ones would share it and take no real
+    # locks, and the parent's last close could then checkpoint and delete the
+    # WAL under the child, losing the child's later writes. Closing the copies
+    # writes nothing and leaves the parent's locks alone, provided no call was
+    # half done at the fork (a transaction open, an SQLite mutex held): hence
+    # the backend thread waits between two calls while the process forks.
+
+    _fork_gate: threading.Event | None = None
+    _parked_for_fork = False
+
+    def _before_fork(self) -> None:
+        self._fork_gate, self._parked_for_fork = None, False
+        with self._state_lock:
+            executor = self._executor
+        if executor is not None:
+            parked, gate = threading.Event(), threading.Event()
+            try:
+                executor.submit(_park_for_fork, parked, gate)
+            except RuntimeError:  # shut down meanwhile: no thread to park
+                pass
+            else:
+                self._fork_gate = gate
+                self._parked_for_fork = parked.wait(_FORK_PARK_WAIT)
+        self._watch_lock.acquire()  # nor a data_version read half done
+
+    def _after_fork_in_parent(self) -> None:
+        self._watch_lock.release()
+        if self._fork_gate is not None:
+            self._fork_gate.set()
+            self._fork_gate = None
+
+    def _after_fork_in_child(self) -> None:
+        inherited = [conn for conn in (self._conn, self._watch) if conn is not None]
+        for conn in inherited:
+            if self._parked_for_fork:
+                conn.close()
+            else:  # a call may be half done in it: closing could hang or write
+                leave_alone(conn)
+        if inherited and not self._parked_for_fork:
+            logger.warning(
+                "forked while the SQLite backend of %s was busy: the child left the "
+                "parent's connections open; close the parent's app last",
+                self.path,
+            )
+        self._conn = self._watch = None
+        self._executor = self._opened = None  # the parent's thread, not copied
+        self._fork_gate, self._parked_for_fork = None, False
+        self._state_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._notifier = Notifier()  # its waiters are the parent's loops
+
 
 # --------------------------------------------------------------- thread-side helpers
+
+
+def _park_for_fork(parked: threading.Event, gate: threading.Event) -> None:
+    """Hold the backend thread between two calls until the fork is done."""
+    parked.set()
+    gate.wait(_FORK_PARK_WAIT * 2)
 
 
 def _insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> tuple[list[Job], int]:
