@@ -12,6 +12,7 @@ hang fails the test (the child is killed) instead of hanging the suite.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import signal
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -303,3 +305,20 @@ def test_sqlite_writes_of_a_child_survive_the_parent_closing_first(
     assert sorted(str(job.payload) for job in jobs) == sorted(
         str(p) for p in ({"from": "parent"}, {"from": "child", "n": 1}, {"from": "child", "n": 2})
     )
+
+
+def test_the_fork_hooks_keep_no_app_alive(backend_url: str) -> None:
+    """The hooks are registered once per process and reach the apps weakly:
+    an app dropped by its owner is freed, and a fork after that is fine."""
+    app = Conveyor(backend_url)
+    app.job(JOB)(lambda payload: None)
+    app.enqueue_sync(JOB, None)
+    app.close_sync()
+    gone = weakref.ref(app)
+    del app
+    gc.collect()
+    assert gone() is None
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
