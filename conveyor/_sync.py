@@ -4,6 +4,11 @@
 parameters that runs the coroutine on a private event loop in a helper thread
 and returns its result. One loop thread per owner object keeps the backend's
 connections on one loop, and never touches the caller's thread state.
+
+After a fork the child has no helper thread (only the forking thread is
+copied), so the facade's fork hook calls `Portal.after_fork_in_child()`: the
+child's next blocking call starts a loop of its own instead of waiting forever
+for one that does not run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,17 @@ from conveyor.job import ConveyorError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+# What a forked child inherited from its parent and must neither use nor
+# close (an event loop, connections): kept referenced for the child's life, so
+# that no finaliser closes, or warns about, what still belongs to the parent.
+_INHERITED: list[object] = []
+
+
+def leave_alone(*inherited: object) -> None:
+    """Keep objects a forked child inherited referenced, unused, until it exits."""
+    _INHERITED.extend(inherited)
 
 
 class Portal:
@@ -60,6 +76,15 @@ class Portal:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:
             return False
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's loop and thread in a forked child: the thread
+        does not exist here, and the loop (which looks running) must not be
+        closed, its files are the parent's too. The next call starts afresh."""
+        self._lock = threading.Lock()  # may have been held by another thread
+        if self._loop is not None:
+            leave_alone(self._loop, self._thread)
+        self._loop = self._thread = None
 
     def stop(self) -> None:
         with self._lock:

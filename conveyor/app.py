@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
+import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import EllipsisType, TracebackType
@@ -62,11 +64,14 @@ from conveyor.scheduler import (
     parse_every,
     parse_tz,
     schedule_store,
+    stored_options,
 )
 from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
     from conveyor.worker import Worker
+
+logger = logging.getLogger("conveyor.app")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 # Payloads are stored, copied to every worker and kept with the job's record:
@@ -118,6 +123,7 @@ class Conveyor:
         self.cache = Cache(self._backend, self.portal, self.url)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
+        _LIVE_APPS.add(self)  # for the fork hooks (a weak reference)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url!r} jobs={sorted(self.registry)}>"
@@ -198,6 +204,12 @@ class Conveyor:
             self.portal.call(self.close, "close")
         finally:
             self.portal.stop()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: start the blocking twins' helper loop afresh
+        (the parent's thread is not copied) and forget an open in progress."""
+        self.portal.after_fork_in_child()
+        self._open_lock = None
 
     async def __aenter__(self) -> Conveyor:
         await self.open()
@@ -531,7 +543,12 @@ class Conveyor:
 
         Updating keeps the next run unless the cron, interval or zone changed,
         and keeps it enabled or disabled unless `enabled` is given.
-        Any worker running with the scheduler enabled fires it, once per tick.
+        Any worker running with the scheduler enabled fires it, once per tick,
+        whether or not it registers `job_name`: the payload is validated and
+        the job options (queue, priority, retries, timeout; those left out are
+        the job type's defaults as registered now) are stored with the
+        schedule. After changing a job type's defaults, call `recurring()`
+        again (as a seed script run at deploy does) to store the new ones.
         """
         if not isinstance(name, str) or not name:
             raise InvalidScheduleError(f"a schedule name must be a non-empty string, got {name!r}")
@@ -552,19 +569,15 @@ class Conveyor:
             raise InvalidScheduleError(
                 f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
             )
-        job_type = self.job_type(job_name)
-        options: dict[str, Any] = {}
-        if queue is not None:
-            options["queue"] = check_queue(queue)
-        if priority is not None:
-            options["priority"] = check_priority(priority)
-        if retries is not None:
-            options["retries"] = check_retries(retries)
-        if timeout is not ...:
-            options["timeout"] = check_timeout(timeout)
-        encoded = job_type.encode_payload(payload)
-        store = await self._schedules()
         now = time.time()
+        # Resolved and checked against the registered job type now, exactly as
+        # an enqueue would: the record then holds everything a tick's job
+        # needs, so a scheduler that does not register the type fires it too.
+        resolved = self._new_job(
+            job_name, payload, now, queue=queue, priority=priority, retries=retries, timeout=timeout
+        )
+        options = stored_options(resolved)
+        store = await self._schedules()
         old = await store.schedule_get(name)
         same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
         next_run = (
@@ -575,7 +588,7 @@ class Conveyor:
         record = ScheduleRecord(
             name=name,
             job_name=job_name,
-            payload=encoded,
+            payload=resolved.payload,
             cron=cron_text,
             every=seconds,
             tz=tz,
@@ -591,7 +604,7 @@ class Conveyor:
             catch_up=catch_up,
             max_catch_up=max_catch_up,
             misfire_grace=float(misfire_grace),
-            options=json.dumps(options),
+            options=options,
         )
         await store.schedule_put(record)
         return Schedule.from_record(record)
@@ -708,6 +721,67 @@ class Conveyor:
 
 # What an enqueue_many item's options may hold: `enqueue`'s keyword options.
 _ENQUEUE_OPTIONS = frozenset({"key", "delay", "run_at", "priority", "retries", "timeout", "queue"})
+# --------------------------------------------------------------------------- fork
+
+# Every live app, weakly: the process-wide fork hooks below reach them without
+# keeping them alive (one registration per process, not one per app).
+_LIVE_APPS: weakref.WeakSet[Conveyor] = weakref.WeakSet()
+# The backends readied for the fork under way (each once: apps may share one).
+_READIED: list[Backend] = []
+
+
+def _backends() -> list[Backend]:
+    return list({id(app.backend): app.backend for app in list(_LIVE_APPS)}.values())
+
+
+def _fork_hook(backend: Backend, name: str) -> bool:
+    """Call the backend's optional fork method `name`; a failure is logged,
+    not raised (os.fork would ignore it, and the other backends need theirs)."""
+    method = getattr(backend, name, None)
+    if method is None:  # a backend with no thread or connection to look after
+        return True
+    try:
+        method()
+    except Exception:
+        logger.exception("%s of %r failed", name, backend)
+        return False
+    return True
+
+
+def _before_fork() -> None:
+    """Let each backend quiesce its threads, so the child copies no call half done."""
+    _READIED[:] = [b for b in _backends() if _fork_hook(b, "_before_fork")]
+
+
+def _after_fork_in_parent() -> None:
+    for backend in _READIED:
+        _fork_hook(backend, "_after_fork_in_parent")
+    _READIED.clear()
+
+
+def _after_fork_in_child() -> None:
+    """The child has only the forking thread: every app's helper loop and each
+    backend's threads and connections are the parent's. Drop them (without
+    closing what the parent still uses) so that the next call starts afresh."""
+    _READIED.clear()
+    for app in list(_LIVE_APPS):
+        app._after_fork_in_child()
+    for backend in _backends():
+        _fork_hook(backend, "_after_fork_in_child")
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    # Before-fork hooks run in the reverse order of registration, and the
+    # thread pool's own hook takes a lock that ThreadPoolExecutor.submit needs
+    # (the SQLite backend submits from its hook): register after it, so that
+    # ours run first.
+    import concurrent.futures.thread  # noqa: F401
+
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _state(value: JobState | str | None) -> JobState | None:

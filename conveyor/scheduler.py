@@ -18,6 +18,15 @@ tick with the backend's `schedule_fire`, which moves `next_run` from the
 value it read (compare-and-set) and enqueues the tick's jobs in the same
 atomic step; the jobs also carry an idempotency key made of the schedule's
 name and the tick.
+
+Whichever scheduler fires: a tick's job is built from the stored record alone
+(job name, payload, and the options `recurring()` resolved against the job
+type and stored: queue, priority, retries, timeout), so a worker that does not
+register the job type fires it as well as one that does. A record stored by
+an older conveyor holds only the options given explicitly; the missing ones
+are the job type's defaults, which only a scheduler that registers the type
+knows, so one that does not leaves such a tick due for one that does (and
+logs a warning once). Calling `recurring()` again stores the options in full.
 """
 
 from __future__ import annotations
@@ -37,9 +46,11 @@ from cronsim import CronSim, CronSimError
 from conveyor.backends.base import NewJob, ScheduleRecord, ScheduleStore
 from conveyor.durations import InvalidDurationError, describe_seconds, parse_duration
 from conveyor.job import InvalidOptionError, NotSupportedError, new_job_id, utc
+from conveyor.registry import check_priority, check_queue, check_retries, check_timeout
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.registry import JobDefaults
 
 logger = logging.getLogger("conveyor.scheduler")
 
@@ -239,6 +250,9 @@ class Scheduler:
     def __init__(self, app: Conveyor, interval: float = 1.0) -> None:
         self.app = app
         self.interval = interval
+        # Schedules with incomplete stored options left due for a scheduler
+        # that registers their job type: warned about once each.
+        self._left_due: set[str] = set()
 
     def store(self) -> ScheduleStore:
         return schedule_store(self.app)
@@ -261,7 +275,10 @@ class Scheduler:
         error = None
         jobs: list[NewJob] = []
         try:
-            jobs = [self._job_for(rec, tick, now) for tick in the_plan.fire]
+            options = self._job_options(rec)
+            if options is None:
+                return 0  # left due for a scheduler that knows the job's defaults
+            jobs = [job_for(rec, options, tick, now) for tick in the_plan.fire]
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.error("schedule %s cannot enqueue: %s", rec.name, error)
@@ -292,23 +309,35 @@ class Scheduler:
         )
         return sum(1 for job in fired if not job.duplicate)
 
-    def _job_for(self, rec: ScheduleRecord, tick: float, now: float) -> NewJob:
-        job_type = self.app.job_type(rec.job_name)
-        options = json.loads(rec.options)
-        defaults = job_type.defaults
-        return NewJob(
-            id=new_job_id(),
-            name=rec.job_name,
-            queue=options.get("queue") or defaults.queue,
-            payload=rec.payload,
-            priority=options.get("priority", defaults.priority),
-            max_retries=options.get("retries", defaults.retries),
-            timeout=options.get("timeout", defaults.timeout),
-            # The name, not the key: several schedules may share a key (a tag).
-            key=f"recurring:{rec.name}:{tick:.3f}",
-            created_at=now,
-            run_at=now,
-        )
+    def _job_options(self, rec: ScheduleRecord) -> dict[str, Any] | None:
+        """The options of the schedule's jobs, checked, from the record; None
+        when the record lacks some and this app does not register the job
+        type whose defaults they are."""
+        stored = json.loads(rec.options)
+        if not isinstance(stored, dict):
+            raise InvalidOptionError(f"stored options are not a JSON object: {rec.options!r}")
+        missing = [name for name in STORED_OPTIONS if name not in stored]
+        if missing:
+            job_type = self.app.registry.get(rec.job_name)
+            if job_type is None:
+                if rec.name not in self._left_due:
+                    self._left_due.add(rec.name)
+                    logger.warning(
+                        "schedule %s was stored without its %s (by an older conveyor): "
+                        "only a scheduler that registers job %r can fire it; call "
+                        "recurring() again to store them",
+                        rec.name,
+                        ", ".join(missing),
+                        rec.job_name,
+                    )
+                return None
+            stored = {**_defaults_of(job_type.defaults), **stored}
+        return {
+            "queue": check_queue(stored["queue"]),
+            "priority": check_priority(stored["priority"]),
+            "retries": check_retries(stored["retries"]),
+            "timeout": check_timeout(stored["timeout"]),
+        }
 
     async def run(self, stopping: asyncio.Event) -> None:
         failures = 0
@@ -325,6 +354,48 @@ class Scheduler:
                     await stopping.wait()
             except TimeoutError:
                 pass
+
+
+# The options a schedule's record holds, resolved, so any scheduler can fire it.
+STORED_OPTIONS = ("queue", "priority", "retries", "timeout")
+
+
+def stored_options(job: NewJob) -> str:
+    """The record's options (JSON) for jobs like `job`, as `recurring()` stores them."""
+    return json.dumps(
+        {
+            "queue": job.queue,
+            "priority": job.priority,
+            "retries": job.max_retries,
+            "timeout": job.timeout,
+        }
+    )
+
+
+def _defaults_of(defaults: JobDefaults) -> dict[str, Any]:
+    return {
+        "queue": defaults.queue,
+        "priority": defaults.priority,
+        "retries": defaults.retries,
+        "timeout": defaults.timeout,
+    }
+
+
+def job_for(rec: ScheduleRecord, options: dict[str, Any], tick: float, now: float) -> NewJob:
+    """The job of one tick of the schedule: the record and its checked options."""
+    return NewJob(
+        id=new_job_id(),
+        name=rec.job_name,
+        queue=options["queue"],
+        payload=rec.payload,
+        priority=options["priority"],
+        max_retries=options["retries"],
+        timeout=options["timeout"],
+        # The name, not the key: several schedules may share a key (a tag).
+        key=f"recurring:{rec.name}:{tick:.3f}",
+        created_at=now,
+        run_at=now,
+    )
 
 
 def schedule_store(app: Conveyor) -> ScheduleStore:

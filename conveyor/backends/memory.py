@@ -3,6 +3,11 @@
 It implements the whole contract of `backends.base` (the conformance suite
 holds it to account like any other backend), so code tested on `memory://`
 behaves the same on a real backend. Nothing survives the process.
+
+A forked child (multiprocessing, a pre-fork server) gets a copy of the store
+as it was at the fork: from then on the parent and the child each change their
+own copy and see nothing of the other's jobs. Share a real backend between
+processes.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ _KEEP_ALL = Retention(keep_completed=None, keep_failed=None)
 
 
 class MemoryBackend:
-    """`memory://` — one store per backend object, shared by every loop using it."""
+    """`memory://` — one store per backend object, shared by every loop using it
+    (not across processes: a forked child works on a copy)."""
 
     capabilities = Capabilities(recurring=True, locks=True, cache=True)
 
@@ -125,6 +131,20 @@ class MemoryBackend:
 
     async def close(self) -> None:
         return None
+
+    # The facade's fork hooks: the store's lock is held across the fork, so the
+    # child's copy is never taken in the middle of a change.
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh locks, and no waiters: theirs are the parent's event loops."""
+        self._lock = threading.RLock()
+        self._notifier = Notifier()
 
     # ----------------------------------------------------------------- producing
 

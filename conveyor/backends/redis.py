@@ -54,6 +54,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from conveyor._sync import leave_alone
 from conveyor.backends._resp import (
     Arg,
     RedisConnectionLost,
@@ -371,6 +372,13 @@ class RedisBackend:
                 future = asyncio.run_coroutine_threadsafe(_close_pair(pair), loop)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
+
+    def _after_fork_in_child(self) -> None:
+        """The facade's fork hook, in the child: forget the parent's
+        connections. Their sockets are shared with the parent, so nothing may
+        be sent on them (not even a QUIT) nor read; the child connects anew."""
+        leave_alone(*self._clients.values())
+        self._clients = {}
 
     def _lost(self, exc: Exception) -> BackendUnavailableError:
         if self._down_since is None:

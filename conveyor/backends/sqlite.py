@@ -78,6 +78,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -87,6 +88,7 @@ from concurrent.futures import Future
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from conveyor._sync import leave_alone
 from conveyor.backends._notify import Notifier
 from conveyor.backends.base import (
     CancelResult,
@@ -116,6 +118,8 @@ from conveyor.job import (
     utc,
 )
 
+logger = logging.getLogger("conveyor.sqlite")
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -128,6 +132,10 @@ SCHEMA_VERSION: Final = 2
 # of microseconds), so 15 ms keeps cross-process wake-up latency well under
 # 50 ms while an idle worker stays near 0 % CPU.
 POLL_INTERVAL: Final = 0.015
+
+# How long a fork waits for the connection thread to finish the call it runs
+# (a call never waits for the write lock inside the thread, so this is short).
+_FORK_PARK_WAIT: Final = 30.0
 
 # Above this many queues the per-queue UNION ALL claim (each branch an index
 # range scan) would be too long a statement; fall back to one IN-list scan.
@@ -1211,6 +1219,60 @@ class SQLiteBackend:
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         return await self._call(_queued_by_name)
+
+    # ------------------------------------------------------------ fork
+    #
+    # The facade's fork hooks. A child has no connection thread, so it must
+    # open its own connections; and it must close its copies of the parent's
+    # first. SQLite keeps its POSIX lock bookkeeping per process and file: new
+    # connections next to inherited ones would share it and take no real
+    # locks, and the parent's last close could then checkpoint and delete the
+    # WAL under the child, losing the child's later writes. Closing the copies
+    # writes nothing and leaves the parent's locks alone, provided no call was
+    # half done at the fork (a transaction open, an SQLite mutex held): hence
+    # the connection thread is parked between two calls while the process forks.
+
+    _parked: ConnectionThread | None = None
+    _parked_ok = False
+
+    def _before_fork(self) -> None:
+        with self._state_lock:
+            thread = self._thread
+        self._parked, self._parked_ok = thread, False
+        if thread is not None:
+            self._parked_ok = thread.park(_FORK_PARK_WAIT)
+        self._watch_lock.acquire()  # nor a data_version read half done
+
+    def _after_fork_in_parent(self) -> None:
+        self._watch_lock.release()
+        if self._parked is not None and self._parked_ok:
+            self._parked.unpark()
+        self._parked, self._parked_ok = None, False
+
+    def _after_fork_in_child(self) -> None:
+        thread = self._parked
+        conn = thread.inherited_connection() if thread is not None else None
+        inherited = [c for c in (conn, self._watch) if c is not None]
+        safe = thread is None or self._parked_ok
+        for c in inherited:
+            if safe:
+                c.close()
+            else:  # a call may be half done in it: closing could hang or write
+                leave_alone(c)
+        if inherited and not safe:
+            logger.warning(
+                "forked while the SQLite backend of %s was busy: the child left the "
+                "parent's connections open; close the parent's app last",
+                self.path,
+            )
+        if thread is not None:
+            leave_alone(thread)  # its locks may be held by threads that are gone
+        self._watch = None
+        self._thread = self._opened = None  # the parent's thread, not copied
+        self._parked, self._parked_ok = None, False
+        self._state_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._notifier = Notifier()  # its waiters are the parent's loops
 
 
 # --------------------------------------------------------------- thread-side helpers

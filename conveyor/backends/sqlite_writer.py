@@ -214,6 +214,9 @@ class ConnectionThread:
         self._stopped: Future[None] = Future()
         self._name = name
         self._thread: threading.Thread | None = None
+        # Held while a call runs: a fork waits for it (see `park`), so the
+        # child never inherits a connection with a call half done in it.
+        self._busy = threading.Lock()
 
     def start(self, connect: Callable[[], sqlite3.Connection]) -> Future[None]:
         """Start the thread; it first runs `connect` (the returned future says
@@ -254,6 +257,22 @@ class ConnectionThread:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    # ------------------------------------------------------------ fork
+
+    def park(self, timeout: float) -> bool:
+        """Before a fork: wait (up to `timeout`) until no call is running and
+        keep the next from starting until `unpark`. False: still busy."""
+        return self._busy.acquire(timeout=timeout)
+
+    def unpark(self) -> None:
+        """After the fork, in the parent: let the calls run again."""
+        self._busy.release()
+
+    def inherited_connection(self) -> sqlite3.Connection | None:
+        """In a forked child: the copy of the parent's connection (the thread
+        that owned it does not exist here), for the child to close."""
+        return self._conn
+
     # ------------------------------------------------------------ the thread
 
     def _run(self, connect: Callable[[], sqlite3.Connection], opened: Future[None]) -> None:
@@ -264,7 +283,8 @@ class ConnectionThread:
         else:
             opened.set_result(None)
         while (call := self._next()) is not None:
-            self._attempt(call)
+            with self._busy:
+                self._attempt(call)
         try:
             if self._conn is not None and self._disconnect is not None:
                 self._disconnect(self._conn)

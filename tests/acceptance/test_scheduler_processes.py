@@ -17,10 +17,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, JobState
 
 from .helpers import WAIT, WorkerProcess, eventually
 
@@ -268,3 +269,86 @@ def test_a_lock_excludes_critical_sections_across_processes(
     per_process = Counter(pid for what, pid in rows if what == "enter")
     assert sorted(per_process.values()) == [rounds] * processes
     assert set(per_process) == {str(child.pid) for child in children}
+
+
+# ------------------------------------------------------------ a scheduler without the job type
+
+# Two apps: one with the job's handler (its worker runs the jobs, its scheduler
+# off), one without any job type (its worker only runs the scheduler).
+HANDLER_APP = """
+import os
+from pathlib import Path
+
+from conveyor import Conveyor, JobContext
+
+HERE = Path(__file__).resolve().parent
+app = Conveyor()  # the URL comes from CONVEYOR_URL
+
+
+@app.job("tick.record", queue="ticks", timeout=None)
+async def record(payload: dict, ctx: JobContext) -> None:
+    fd = os.open(HERE / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{ctx.job_id} {os.getpid()}\\n".encode())
+    finally:
+        os.close(fd)
+"""
+BLIND_APP = """
+from conveyor import Conveyor
+
+app = Conveyor()  # registers no job type at all
+"""
+
+
+def test_a_scheduler_process_without_the_job_type_fires_a_job_per_tick(
+    tmp_path: Path, shared_url: str, admin: Conveyor
+) -> None:
+    (tmp_path / "handlerapp.py").write_text(HANDLER_APP)
+    (tmp_path / "blindapp.py").write_text(BLIND_APP)
+    # Every tick gets its job ("all"), so a pass that finds two ticks due
+    # (passes are a second apart, as are the ticks) fires both.
+    made = admin.recurring_sync(
+        "every-second", JOB, {"n": 1}, every=1, catch_up="all", queue="ticks", priority=5
+    )
+    assert made.next_run is not None
+    anchor = made.next_run.timestamp()
+    runner = WorkerProcess(
+        tmp_path, shared_url, ["handlerapp:app", "--no-scheduler", "--queues", "ticks"], "runner"
+    )
+    blind = WorkerProcess(
+        tmp_path, shared_url, ["blindapp:app", "--scheduler", "--queues", "idle"], "blind"
+    )
+
+    def fired() -> list[Any]:
+        return admin.list_jobs_sync(name=JOB, queue="ticks", limit=1000)
+
+    try:
+        eventually(lambda: len(fired()) >= 3, "three ticks fired by the scheduler without the type")
+        stopped = time.time()
+        blind.signal(signal.SIGTERM)
+        assert blind.wait() == 0, blind.output()
+        jobs = fired()
+        eventually(
+            lambda: all(admin.get_job_sync(j.id).state is JobState.COMPLETED for j in jobs),
+            "the worker with the handler to run every fired job",
+        )
+        runner.signal(signal.SIGTERM)
+        assert runner.wait() == 0, runner.output()
+    finally:
+        runner.close()
+        blind.close()
+
+    outputs = blind.log_path.read_text() + runner.log_path.read_text()
+    assert "Traceback" not in outputs, outputs
+    assert "cannot enqueue" not in outputs, outputs
+    # One job per tick on the schedule's grid, none skipped, up to about when
+    # the scheduler was stopped (its passes are a second apart: allow for one
+    # pass and some slack on a slow machine).
+    offsets = sorted(float(job.key.rsplit(":", 1)[1]) - anchor for job in jobs)
+    assert [round(o) for o in offsets] == list(range(len(offsets))), offsets
+    assert all(abs(o - round(o)) < 0.002 for o in offsets), offsets
+    due_long_before_stop = math.floor(stopped - 2.5 - anchor) + 1
+    assert len(offsets) >= due_long_before_stop, (offsets, stopped - anchor)
+    assert {(j.priority, j.payload["n"]) for j in jobs} == {(5, 1)}
+    ran = Counter(row[0] for row in read_lines(tmp_path / "runs.log"))
+    assert ran == Counter({job.id: 1 for job in jobs})

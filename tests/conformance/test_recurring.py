@@ -666,7 +666,7 @@ async def test_scheduler_tick_event_carries_the_schedule_and_its_jobs(app: Conve
     assert len(events) == 1
 
 
-async def test_an_unregistered_job_type_records_last_error_and_others_still_fire(
+async def test_a_record_that_cannot_make_a_job_records_last_error_and_others_still_fire(
     app: Conveyor, peer: Peer
 ) -> None:
     register(app, "known", "elsewhere")
@@ -674,8 +674,11 @@ async def test_an_unregistered_job_type_records_last_error_and_others_still_fire
     await app.recurring("fine", "known", {}, every=60)
     for name in ("broken", "fine"):
         await set_next_run(app, name, T0)
-    other = await peer()  # knows only "known"
-    register(other, "known")
+    # A record edited by hand (or by a buggy tool) into options no job can have.
+    rec = await record_of(app, "broken")
+    rec.options = '{"queue": "", "priority": 0, "retries": 3, "timeout": 30.0}'
+    await store(app).schedule_put(rec)
+    other = await peer()  # registers neither type: it fires from the records
     events: list[Event] = []
     other.on("scheduler.tick", events.append)
 
@@ -685,15 +688,16 @@ async def test_an_unregistered_job_type_records_last_error_and_others_still_fire
     broken = await app.get_recurring("broken")
     assert broken is not None
     assert broken.last_error is not None
-    assert "elsewhere" in broken.last_error
+    assert "queue" in broken.last_error
     assert broken.last_run is None
     errors = [e.data["error"] for e in events if e.data["schedule"] == "broken"]
-    assert len(errors) == 1 and "elsewhere" in errors[0]
+    assert len(errors) == 1 and "queue" in errors[0]
     fine = await app.get_recurring("fine")
     assert fine is not None and fine.last_error is None
 
-    # An app that knows the job type fires the next tick and clears the error.
-    assert await Scheduler(app).tick(now=T0 + 61) == 2
+    # Storing the schedule again repairs it: the next tick fires and clears the error.
+    await app.recurring("broken", "elsewhere", {}, every=60)
+    assert await Scheduler(other).tick(now=T0 + 61) == 2
     broken = await app.get_recurring("broken")
     assert broken is not None
     assert broken.last_error is None
