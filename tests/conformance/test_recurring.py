@@ -1007,7 +1007,7 @@ async def test_a_worker_fires_jobs_that_run(app: Conveyor, worker: Any) -> None:
 async def test_listing_jobs_before_any_schedule_fired_returns_nothing(app: Conveyor) -> None:
     # A regression test: on Redis, listing a store that knows no queue yet sent
     # an empty pipeline, which waited forever for zero replies and wedged the
-    # connection (fixed in conveyor/backends/_resp.py: RespClient.pipeline).
+    # connection (fixed in conveyor/backends/redis/resp.py: RespClient.pipeline).
     register(app, "j")
     await app.recurring("s", "j", {}, every=60)
     assert await asyncio.wait_for(app.list_jobs(), timeout=5) == []

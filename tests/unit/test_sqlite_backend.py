@@ -537,7 +537,7 @@ async def test_usable_from_two_event_loops(backend: SQLiteBackend) -> None:
 
 
 def test_schedule_columns_follow_the_record() -> None:
-    from conveyor.backends.sqlite import _SCHEDULE_COLS
+    from conveyor.backends.sqlite.backend import _SCHEDULE_COLS
 
     columns = [c.strip() for c in _SCHEDULE_COLS.split(",")]
     assert columns == [f.name for f in dataclasses.fields(ScheduleRecord)]

@@ -178,7 +178,7 @@ async def test_a_lease_that_ran_out_before_the_lock_was_taken_is_still_recovered
 FROZEN_HOLDER = textwrap.dedent(
     """
     import asyncio, sys, time
-    from conveyor.backends.sqlite import SQLiteBackend, _write
+    from conveyor.backends.sqlite.backend import SQLiteBackend, _write
 
     def hold(conn):
         with _write(conn):

@@ -55,13 +55,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from conveyor._sync import leave_alone
-from conveyor.backends._resp import (
-    Arg,
-    RedisConnectionLost,
-    RedisReplyError,
-    RedisURL,
-    RespClient,
-)
 from conveyor.backends.base import (
     CancelResult,
     Capabilities,
@@ -73,6 +66,13 @@ from conveyor.backends.base import (
     Retention,
     ScheduleRecord,
     WorkerInfo,
+)
+from conveyor.backends.redis.resp import (
+    Arg,
+    RedisConnectionLost,
+    RedisReplyError,
+    RedisURL,
+    RespClient,
 )
 from conveyor.job import (
     BackendUnavailableError,
@@ -136,7 +136,7 @@ class _Script:
 
 
 def _load_scripts() -> dict[str, _Script]:
-    folder = resources.files("conveyor.backends") / "_redis"
+    folder = resources.files("conveyor.backends.redis") / "lua"
     library = (folder / "library.lua").read_text()
     return {
         name: _Script(library + "\n" + (folder / f"{name}.lua").read_text())

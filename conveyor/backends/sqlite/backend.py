@@ -25,7 +25,7 @@ safe and fast:
   enqueues its jobs in one transaction.
 
 sqlite3 calls block, so each backend object owns one thread that owns the
-connection (`sqlite_writer.ConnectionThread`); async methods hand it closures
+connection (`writer.ConnectionThread`); async methods hand it closures
 and await a future. The thread serialises all use of the connection, and no
 state is tied to an event loop, so the backend serves any number of loops
 (the blocking twins run their own). It never blocks on the write lock: a
@@ -40,7 +40,7 @@ process frozen by SIGSTOP, a debugger or a cgroup freezer in mid-transaction,
 a process killed in one, a long transaction, a `sqlite3` shell in BEGIN),
 no heartbeat can be stored, so expiry then would say nothing about whether a
 worker is alive. The rule, applied by every write transaction when it gets
-the lock and before it commits (`sqlite_writer`):
+the lock and before it commits (`writer.py`):
 
 * a transaction that held the lock for a time T pushes back, by T, the
   leases that were live when it took the lock;
@@ -103,7 +103,7 @@ from conveyor.backends.base import (
     ScheduleRecord,
     WorkerInfo,
 )
-from conveyor.backends.sqlite_writer import (
+from conveyor.backends.sqlite.writer import (
     ConnectionThread,
     Lane,
     LockAwareConnection,
@@ -673,7 +673,7 @@ class SQLiteBackend:
             )
             # While opening, SQLite's own busy handler waits for the lock (no
             # other call can run before the connection exists); afterwards
-            # the thread waits for it without blocking (sqlite_writer).
+            # the thread waits for it without blocking (writer.py).
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
