@@ -34,6 +34,7 @@ from conveyor.backends.base import (
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
 from conveyor.registry import encode_json
+from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -47,96 +48,6 @@ _MAX_RETRY_PAUSE = 1.0
 
 # Why a handler was told to stop; decides the outcome that gets recorded.
 CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    """Every knob of a worker. `build()` applies the environment under code."""
-
-    concurrency: int = 10
-    # Jobs claimed ahead of free slots, started the moment a slot frees: the
-    # next claim's round trip overlaps with running jobs. Prefetched jobs hold
-    # a lease like running ones; keep it 0 for long jobs spread over many workers.
-    prefetch: int = 0
-    queues: tuple[str, ...] | None = None  # None: every queue the app's job types use
-    lease: float = 30.0
-    heartbeat_interval: float | None = None  # None: min(lease / 3, 1 s)
-    recover_interval: float | None = None  # None: min(lease / 2, 5 s)
-    max_stalled: int = 1
-    shutdown_timeout: float = 30.0
-    poll_interval: float = 1.0  # longest idle wait between claims
-    scheduler: bool = True
-    scheduler_interval: float = 1.0  # how often due schedules are looked for
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise InvalidOptionError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.prefetch < 0:
-            raise InvalidOptionError(f"prefetch must be >= 0, got {self.prefetch}")
-        if self.lease <= 0:
-            raise InvalidOptionError(f"lease must be > 0 seconds, got {self.lease}")
-        if self.max_stalled < 0:
-            raise InvalidOptionError(f"max_stalled must be >= 0, got {self.max_stalled}")
-        if self.shutdown_timeout < 0:
-            raise InvalidOptionError("shutdown_timeout must be >= 0")
-        if self.queues is not None and not all(self.queues):
-            raise InvalidOptionError(f"queue names must be non-empty, got {self.queues!r}")
-
-    @property
-    def heartbeat_every(self) -> float:
-        return self.heartbeat_interval or min(self.lease / 3, 1.0)
-
-    @property
-    def recover_every(self) -> float:
-        return self.recover_interval or min(self.lease / 2, 5.0)
-
-    @classmethod
-    def build(cls, **given: Any) -> WorkerSettings:
-        """Settings from code (`given`, None meaning "not given"), under which the
-        environment fills what code left out. The CLI passes its flags here too,
-        so flags win over the environment, which wins over defaults."""
-        values = {k: v for k, v in given.items() if v is not None}
-        env_readers: dict[str, tuple[str, Any]] = {
-            "concurrency": ("CONVEYOR_CONCURRENCY", int),
-            "prefetch": ("CONVEYOR_PREFETCH", int),
-            "queues": ("CONVEYOR_QUEUES", _split_queues),
-            "shutdown_timeout": ("CONVEYOR_SHUTDOWN_TIMEOUT", float),
-            "scheduler": ("CONVEYOR_SCHEDULER", _parse_bool),
-        }
-        for key, (var, parse) in env_readers.items():
-            raw = _env(var)
-            if key not in values and raw is not None:
-                try:
-                    values[key] = parse(raw)
-                except ValueError as exc:
-                    raise InvalidOptionError(f"bad {var}={raw!r}: {exc}") from exc
-        if "queues" in values and values["queues"] is not None:
-            values["queues"] = tuple(values["queues"])
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidOptionError(f"unknown worker settings: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-def _split_queues(raw: str) -> tuple[str, ...]:
-    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
-    if not queues:
-        raise ValueError("no queue names")
-    return queues
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true/false")
 
 
 @dataclass(slots=True)
