@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -17,8 +18,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
 from conveyor.registry import encode_json
 from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
+from conveyor.worker_threads import HandlerThreads
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -45,6 +46,15 @@ logger = logging.getLogger("conveyor.worker")
 # Retries against an unreachable backend back off up to this, no further: once
 # it is back, acknowledgements must go out before their jobs' leases expire.
 _MAX_RETRY_PAUSE = 1.0
+
+# How long stop() may run past the shutdown timeout: for handing back, the
+# last acknowledgements and event callbacks. Past it, what the backend has not
+# taken is given up (logged; those jobs come back when their lease expires).
+STOP_GRACE = 2.0
+# After a second SIGTERM/SIGINT: one short last try to hand jobs back.
+_ABORT_FLUSH = 0.5
+# How long a cancelled task of ours gets to wind down before stop() moves on.
+_CANCEL_WAIT = 0.5
 
 # Why a handler was told to stop; decides the outcome that gets recorded.
 CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
@@ -84,10 +94,15 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: HandlerThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._force = False  # a second signal: hand back running jobs at once
+        self._abort = asyncio.Event()  # ... and stop() returns at once
+        # Claimed jobs not started yet: the loop time until which their lease
+        # is surely held (from when the claim was sent, less a margin).
+        self._leased_until: dict[str, float] = {}
+        self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
         backend = app.backend
         self._combined: FinishAndClaim | None = (
@@ -97,10 +112,10 @@ class Worker:
             backend if isinstance(backend, BlockingClaim) else None
         )
         self._blocked_in: BlockingClaim | None = None  # set while in claim_blocking
-        self._deadlines: list[tuple[float, int, _Running]] = []  # heap of job deadlines
-        self._deadline_seq = 0
-        self._deadline_added = asyncio.Event()
-        self.processed = 0
+        self.processed = 0  # outcomes acknowledged, of any kind
+        self._finished = 0  # completed, failed, retrying or cancelled
+        self._handed_back = 0
+        self._dropped_stale = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -122,8 +137,10 @@ class Worker:
         self._started = True
         await self.app.open()
         self._loop = asyncio.get_running_loop()
-        self._pool = ThreadPoolExecutor(
-            max_workers=self.settings.concurrency, thread_name_prefix="conveyor-job"
+        self._threads = HandlerThreads(
+            self.settings.concurrency,
+            self.settings.abandoned_threads_tolerated,
+            on_returned=self._thread_returned,
         )
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
@@ -163,8 +180,9 @@ class Worker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping.is_set():
-            logger.warning("second %s: handing back running jobs now", sig.name)
+            logger.warning("second %s: handing back running jobs and leaving now", sig.name)
             self._force = True
+            self._abort.set()
             for running in list(self._running.values()):
                 self._tell_stop(running, RELEASED)
             return
@@ -177,44 +195,132 @@ class Worker:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, wait up to `timeout` (default: the shutdown timeout) for
-        running jobs, hand back the rest so another worker takes them at once."""
-        if self._stopped.is_set() or not self._started:
+        running jobs, hand back the rest so another worker takes them at once.
+
+        Returns within `timeout` + STOP_GRACE whatever the backend does: what
+        it has not acknowledged by then is logged and left to lease expiry. A
+        second SIGTERM/SIGINT (under `run()`) makes it return at once."""
+        if not self._started:
             return
+        if self._stop_begun:
+            await self._stopped.wait()  # a stop() under way is bounded
+            return
+        self._stop_begun = True
+        assert self._loop is not None
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        jobs_deadline = self._loop.time() + limit
+        deadline = jobs_deadline + STOP_GRACE
         self._stopping.set()
         self._slot_freed.set()
+        try:
+            await self._wind_down(jobs_deadline, deadline)
+            if self._abort.is_set():
+                await self._flush_until(self._loop.time() + _ABORT_FLUSH, abortable=False)
+            for task in self._loops:
+                task.cancel()
+            await asyncio.wait(self._loops, timeout=_CANCEL_WAIT)
+            if not self._abort.is_set():
+                # Callbacks of the last outcomes get a moment even at the deadline.
+                drain = asyncio.ensure_future(self.app.events.drain())
+                if not await self._wait([drain], max(deadline, self._clock() + _CANCEL_WAIT)):
+                    logger.warning("event callbacks still running at shutdown were cancelled")
+                    await self._cancel(drain)
+        finally:
+            assert self._threads is not None
+            self._threads.shutdown()
+            self._log_unacknowledged()
+            self._stopped.set()
+        extra = f", {self._dropped_stale} stale claim(s) dropped" if self._dropped_stale else ""
+        logger.info(
+            "worker %s stopped: %d job(s) finished, %d handed back%s",
+            self.id,
+            self._finished,
+            self._handed_back,
+            extra,
+        )
+
+    async def _wind_down(self, jobs_deadline: float, deadline: float) -> None:
+        """The graceful part of stop(). Every wait ends by `deadline` (running
+        jobs get until `jobs_deadline`), and at once after a second signal."""
+        assert self._loop is not None
         if self._blocked_in is not None:
-            with contextlib.suppress(Exception):
-                await self._blocked_in.wake_waiter(self.id)
-        limit = self.settings.shutdown_timeout if timeout is None else timeout
+            # End the blocking wait rather than abandon it, so whatever its
+            # claim took is handed back now, not after its lease expires.
+            await self._bounded(
+                self._blocked_in.wake_waiter(self.id), min(deadline, self._loop.time() + 1.0)
+            )
         # The claim loop ends by itself once it sees `_stopping` (cancelling it
-        # could lose the acknowledgements of an exchange in flight).
-        with contextlib.suppress(Exception):
-            await self._loops[0]
+        # could lose the acknowledgements of an exchange in flight), unless
+        # the backend does not answer.
+        claim_loop = self._loops[0]
+        if not await self._wait([claim_loop], deadline):
+            await self._cancel(claim_loop)
         self._hand_back_backlog()
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks and not self._force:
-            await asyncio.wait(tasks, timeout=limit)
+            await self._wait(tasks, jobs_deadline)
         leftovers = list(self._running.values())
         if leftovers:
             logger.warning("handing back %d unfinished job(s)", len(leftovers))
             for running in leftovers:
                 self._tell_stop(running, RELEASED)
-            await asyncio.wait([r.task for r in leftovers if r.task is not None], timeout=1.0)
+            await self._wait(
+                [r.task for r in leftovers if r.task is not None],
+                min(deadline, self._loop.time() + 1.0),
+            )
             for running in list(self._running.values()):
                 # A sync handler's thread cannot be interrupted: hand its job back anyway.
                 self._release(running)
-        if self._ack_task is not None:
-            await self._ack_task  # a batch may be in flight already
-        await self._flush_acks()
-        for task in self._loops[1:]:
+        await self._flush_until(deadline)
+
+    async def _wait(
+        self, tasks: Sequence[asyncio.Future[Any]], deadline: float, abortable: bool = True
+    ) -> bool:
+        """Wait for `tasks` until the loop time `deadline` (or a second signal,
+        when `abortable`); True when they all ended."""
+        assert self._loop is not None
+        pending = {task for task in tasks if not task.done()}
+        if not pending:
+            return True
+        if abortable and self._abort.is_set():
+            return False
+        aborted = asyncio.ensure_future(self._abort.wait()) if abortable else None
+        try:
+            while pending and not (aborted is not None and aborted.done()):
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    break
+                wanted = pending if aborted is None else pending | {aborted}
+                done, _ = await asyncio.wait(
+                    wanted, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending -= done
+        finally:
+            if aborted is not None:
+                aborted.cancel()
+        return not pending
+
+    async def _bounded(self, call: Coroutine[Any, Any, Any], deadline: float) -> None:
+        """Run a backend call for its effect only, giving up on it at `deadline`."""
+        task = asyncio.ensure_future(call)
+        task.add_done_callback(_ignore_outcome)
+        if not await self._wait([task], deadline):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.app.events.drain()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._stopped.set()
-        logger.info("worker %s stopped after %d job(s)", self.id, self.processed)
+
+    @staticmethod
+    async def _cancel(task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        await asyncio.wait([task], timeout=_CANCEL_WAIT)
+
+    def _log_unacknowledged(self) -> None:
+        outcomes = self._acks.outcomes
+        if outcomes:
+            logger.warning(
+                "stopped with %d outcome(s) unacknowledged (the backend did not take them "
+                "in time); these jobs come back when their lease expires: %s",
+                len(outcomes),
+                ", ".join(o.job_id for o in outcomes),
+            )
 
     def request_stop(self) -> None:
         """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""
@@ -224,6 +330,22 @@ class Worker:
     def running_jobs(self) -> list[Job]:
         return [r.job for r in self._running.values()]
 
+    def stats(self) -> dict[str, int]:
+        """This worker's figures: jobs running and prefetched now, threads of
+        sync handlers still busy after their job ended (timed out, cancelled,
+        lost), outcomes not yet acknowledged; and since start, jobs finished
+        (completed, failed, retrying or cancelled), handed back, and claims
+        dropped unstarted because their lease had run out."""
+        return {
+            "running": len(self._running),
+            "prefetched": len(self._backlog),
+            "abandoned_threads": self._threads.abandoned if self._threads is not None else 0,
+            "unacknowledged": len(self._acks.outcomes),
+            "finished": self._finished,
+            "handed_back": self._handed_back,
+            "dropped_stale": self._dropped_stale,
+        }
+
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> None:
@@ -231,30 +353,24 @@ class Worker:
         acknowledgements waiting to be sent (one round trip for both where the
         backend can). When there is no work it waits on the backend, and
         acknowledgements go out through `_flush_acks` instead."""
-        settings = self.settings
         failures = 0
-        while True:
-            stopping = self._stopping.is_set()
-            free = (
-                0
-                if stopping
-                else settings.concurrency
-                + settings.prefetch
-                - len(self._running)
-                - len(self._backlog)
-            )
-            if stopping and not self._acks.outcomes:
-                return
+        # Once stopping, what is left to acknowledge goes out through stop().
+        while not self._stopping.is_set():
+            free = self._free_slots()
             if free <= 0 and not self._acks.outcomes:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             batch, self._acks = self._acks, _Acks()
+            sent = bool(batch.outcomes)
             try:
                 jobs = await self._exchange(batch, free)
                 if failures:
                     logger.warning("backend reachable again after %d failed call(s)", failures)
                 failures = 0
+            except asyncio.CancelledError:
+                self._requeue_acks(batch)  # stop() gave up on this exchange
+                raise
             except Exception as exc:
                 self._requeue_acks(batch)
                 failures += 1
@@ -264,28 +380,86 @@ class Worker:
                 await self._sleep_unless_stopping(pause)
                 self._idle_now = False
                 continue
+            if self._stopping.is_set():
+                # Told to stop while the claim was in flight: these jobs go
+                # back unstarted, as stop() does with prefetched ones.
+                for job in jobs:
+                    self._hand_back(job)
+                return
             for job in jobs:
                 self._start_job(job)
-            if free > 0 and not jobs and not batch.outcomes:
+            if free > 0 and not jobs and not sent:
                 await self._idle()
 
+    def _free_slots(self) -> int:
+        """How many jobs to claim: free slots plus prefetch, none while stopping
+        or while abandoned threads take every slot."""
+        capacity = self._capacity()
+        if self._stopping.is_set() or capacity <= 0:
+            return 0
+        return max(0, capacity + self.settings.prefetch - len(self._running) - len(self._backlog))
+
+    def _capacity(self) -> int:
+        """Jobs that may run at once: the concurrency, less the slots taken by
+        abandoned threads beyond those tolerated (see worker_threads)."""
+        assert self._threads is not None
+        return self.settings.concurrency - self._threads.lost_slots
+
     async def _exchange(self, batch: _Acks, limit: int) -> list[Job]:
-        """Send `batch` and claim up to `limit` jobs."""
+        """Send `batch` and claim up to `limit` jobs. Once acknowledged, the
+        batch is emptied: a failure after that must not send it again."""
         backend = self.app.backend
-        now = time.time()
+        lease = self.settings.lease
+        sent_at, now = self._clock(), time.time()
         if not batch.outcomes:
-            return await backend.claim(self.queues, limit, self.settings.lease, now)
-        if self._combined is not None and limit > 0:
+            jobs = await backend.claim(self.queues, limit, lease, now)
+        elif self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
-                batch.outcomes, self.app.retention, self.queues, limit, self.settings.lease, now
+                batch.outcomes, self.app.retention, self.queues, limit, lease, now
             )
+            self._acknowledged(batch, accepted)
         else:
             accepted = await backend.finish(batch.outcomes, self.app.retention)
+            self._acknowledged(batch, accepted)
             jobs = []
             if limit > 0:
-                jobs = await backend.claim(self.queues, limit, self.settings.lease, now)
-        self._acknowledged(batch, accepted)
+                sent_at, now = self._clock(), time.time()
+                jobs = await backend.claim(self.queues, limit, lease, now)
+        return self._claimed(jobs, sent_at)
+
+    def _clock(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _claimed(self, jobs: list[Job], sent_at: float) -> list[Job]:
+        """Note until when the lease of each claimed job surely holds. The
+        backend started it no earlier than when the claim was sent; the
+        margin leaves a job started at the last moment time for the
+        heartbeat that renews its lease."""
+        settings = self.settings
+        margin = min(settings.heartbeat_every, settings.lease / 4)
+        until = sent_at + settings.lease - margin
+        for job in jobs:
+            self._leased_until[job.id] = until
         return jobs
+
+    def _stale(self, job: Job) -> bool:
+        """Whether the claim of a job not started yet has outlived its lease
+        (the process was frozen, or the reply or a heartbeat came too late):
+        then another worker may hold the job, and it is dropped, unstarted
+        and without an outcome. It comes back through lease recovery."""
+        until = self._leased_until.get(job.id)
+        if until is None or self._clock() < until:
+            return False
+        del self._leased_until[job.id]
+        self._dropped_stale += 1
+        logger.warning(
+            "job %s %s not started: its claim's lease ran out before it could start "
+            "(was this process frozen, or the backend away?); another worker may hold it now",
+            job.name,
+            job.id,
+        )
+        return True
 
     async def _idle(self) -> None:
         self._idle_now = True
@@ -305,22 +479,30 @@ class Worker:
 
     async def _claim_blocking(self, backend: BlockingClaim) -> list[Job]:
         settings = self.settings
-        free = settings.concurrency + settings.prefetch - len(self._running) - len(self._backlog)
-        if self._stopping.is_set():
+        free = self._free_slots()
+        if free <= 0:
             return []
         self._blocked_in = backend
+        sent_at = self._clock()
         try:
             # stop() ends this wait through wake_waiter() rather than abandon
             # it, so whatever the claim took is handed back now, not after its
-            # lease expires.
+            # lease expires. The wait lasts at most half a lease: the claim at
+            # its end then still has half its lease by the worker's reckoning,
+            # which counts from when the wait began.
             jobs = await backend.claim_blocking(
-                self.queues, free, settings.lease, settings.poll_interval, self.id
+                self.queues,
+                free,
+                settings.lease,
+                min(settings.poll_interval, settings.lease / 2),
+                self.id,
             )
         finally:
             self._blocked_in = None
+        self._claimed(jobs, sent_at)
         if self._stopping.is_set():
             for job in jobs:
-                self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
+                self._hand_back(job)
             return []
         return jobs
 
@@ -346,20 +528,41 @@ class Worker:
     # ------------------------------------------------------------------ running
 
     def _start_job(self, job: Job) -> None:
-        if len(self._running) >= self.settings.concurrency:
+        if self._stale(job):
+            return
+        if len(self._running) >= self._capacity():
             self._backlog.append(job)
             return
         assert self._loop is not None
+        self._leased_until.pop(job.id, None)
         ctx = JobContext(job, self._progress, self._loop)
         running = _Running(job, ctx)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
-        if job.timeout is not None:
-            # A bare timer, cancelled when the job ends: far cheaper per job
-            # than an asyncio.timeout() block around the handler.
-            running.timer = self._loop.call_at(
-                self._loop.time() + job.timeout, self._expire, running
-            )
+        job_type = self.app.registry.get(job.name)
+        if job_type is None or job_type.is_async:
+            self._arm_timer(running)  # a sync handler's clock starts in its thread
+
+    def _start_backlog(self) -> None:
+        while self._backlog and len(self._running) < self._capacity():
+            if self._stopping.is_set():
+                return  # stop() hands the backlog back
+            self._start_job(self._backlog.popleft())
+
+    def _thread_returned(self) -> None:
+        """An abandoned thread is back: a slot it took may be free again."""
+        self._start_backlog()
+        self._slot_freed.set()
+
+    def _arm_timer(self, running: _Running) -> None:
+        timeout = running.job.timeout
+        task = running.task
+        if timeout is None or task is None or task.done() or running.ctx.stop_reason is not None:
+            return
+        assert self._loop is not None
+        # A bare timer, cancelled when the job ends: far cheaper per job
+        # than an asyncio.timeout() block around the handler.
+        running.timer = self._loop.call_at(self._loop.time() + timeout, self._expire, running)
 
     def _expire(self, running: _Running) -> None:
         if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
@@ -376,7 +579,7 @@ class Worker:
         try:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
-            result = await self._call(job_type, job, ctx)
+            result = await self._call(job_type, running)
             outcome = self._success(job, ctx, result)
         except asyncio.CancelledError:
             if ctx.stop_reason == TIMED_OUT:
@@ -400,21 +603,24 @@ class Worker:
             if running.timer is not None:
                 running.timer.cancel()
             self._running.pop(job.id, None)
-            if self._backlog and not self._stopping.is_set():
-                self._start_job(self._backlog.popleft())
+            self._start_backlog()
             self._slot_freed.set()
         if outcome is not None:
             outcome.logs = ctx.take_logs()
             self._ack(outcome, job)
 
-    async def _call(self, job_type: JobType[Any], job: Job, ctx: JobContext) -> Any:
-        payload = job_type.decode_payload(job.payload)
+    async def _call(self, job_type: JobType[Any], running: _Running) -> Any:
+        ctx = running.ctx
+        payload = job_type.decode_payload(running.job.payload)
         if job_type.is_async:
             return await job_type.call(payload, ctx)
-        assert self._loop is not None
+        assert self._threads is not None
         # On timeout or cancel this await is cancelled; the thread cannot be
-        # interrupted, so it is told through ctx and its late result dropped.
-        return await self._loop.run_in_executor(self._pool, job_type.call, payload, ctx)
+        # interrupted, so it is told through ctx, its late result dropped, and
+        # the thread counted as abandoned until it returns.
+        return await self._threads.run(
+            ctx, job_type.call, payload, ctx, on_start=functools.partial(self._arm_timer, running)
+        )
 
     def _success(self, job: Job, ctx: JobContext, result: Any) -> Outcome:
         now = time.time()
@@ -462,7 +668,13 @@ class Worker:
     def _hand_back_backlog(self) -> None:
         """Prefetched jobs that never started go back to the queue at once."""
         while self._backlog:
-            job = self._backlog.popleft()
+            self._hand_back(self._backlog.popleft())
+
+    def _hand_back(self, job: Job) -> None:
+        """A claimed job that never started goes back to the queue (unless its
+        claim is stale: then the job may not be ours to hand back)."""
+        if not self._stale(job):
+            self._leased_until.pop(job.id, None)
             self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
 
     def _release(self, running: _Running) -> None:
@@ -505,7 +717,13 @@ class Worker:
 
     def _acknowledged(self, batch: _Acks, accepted: Sequence[bool]) -> None:
         self.processed += len(batch.outcomes)
+        for outcome, ok in zip(batch.outcomes, accepted, strict=True):
+            if ok and outcome.kind is OutcomeKind.QUEUED:
+                self._handed_back += 1
+            elif ok:
+                self._finished += 1
         self._emit_outcomes(batch, accepted)
+        batch.outcomes, batch.jobs = [], []  # sent: never to be requeued
 
     async def _flush_acks(self) -> None:
         backend = self.app.backend
@@ -514,6 +732,9 @@ class Worker:
             batch, self._acks = self._acks, _Acks()
             try:
                 accepted = await backend.finish(batch.outcomes, self.app.retention)
+            except asyncio.CancelledError:
+                self._requeue_acks(batch)  # stop() gave up: these count as unacknowledged
+                raise
             except Exception as exc:
                 self._requeue_acks(batch)
                 failures += 1
@@ -528,6 +749,15 @@ class Worker:
                 continue
             failures = 0
             self._acknowledged(batch, accepted)
+
+    async def _flush_until(self, deadline: float, abortable: bool = True) -> None:
+        """Send what is left to acknowledge, retrying until `deadline`."""
+        while self._acks.outcomes or (self._ack_task is not None and not self._ack_task.done()):
+            self._start_flush()
+            assert self._ack_task is not None
+            if not await self._wait([self._ack_task], deadline, abortable):
+                await self._cancel(self._ack_task)
+                return
 
     def _emit_outcomes(self, batch: _Acks, accepted: Sequence[bool]) -> None:
         events = self.app.events
@@ -569,6 +799,7 @@ class Worker:
                 continue
             beats = [Heartbeat(r.job.id, r.job.attempts, r.ctx.take_logs()) for r in running]
             beats += [Heartbeat(job.id, job.attempts) for job in waiting]
+            sent_at = self._clock()
             try:
                 statuses = await backend.heartbeat(
                     beats + unacked, self.settings.lease, time.time()
@@ -578,7 +809,7 @@ class Worker:
                 for r, beat in zip(running, beats, strict=False):
                     r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
                 continue
-            self._check_backlog(waiting, statuses[len(running) : len(beats)])
+            self._check_backlog(waiting, statuses[len(running) : len(beats)], sent_at)
             for r, status in zip(running, statuses, strict=False):
                 if status is LeaseStatus.CANCEL:
                     self._tell_stop(r, CANCELLED)
@@ -586,11 +817,17 @@ class Worker:
                     logger.warning("job %s lost its lease; abandoning this attempt", r.job.id)
                     self._tell_stop(r, LOST)
 
-    def _check_backlog(self, waiting: list[Job], statuses: Sequence[LeaseStatus]) -> None:
+    def _check_backlog(
+        self, waiting: list[Job], statuses: Sequence[LeaseStatus], sent_at: float
+    ) -> None:
         for job, status in zip(waiting, statuses, strict=True):
-            if status is LeaseStatus.HELD or job not in self._backlog:
+            if job not in self._backlog:
+                continue
+            if status is LeaseStatus.HELD:
+                self._claimed([job], sent_at)  # the lease runs on from this heartbeat
                 continue
             self._backlog.remove(job)
+            self._leased_until.pop(job.id, None)
             if status is LeaseStatus.CANCEL:
                 outcome = Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, time.time())
                 outcome.error = "cancelled"
@@ -652,3 +889,10 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
 def _queues_of(app: Conveyor) -> tuple[str, ...]:
     queues = {"default"} | {t.defaults.queue for t in app.registry.values()}
     return tuple(sorted(queues))
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve a task's exception so asyncio does not log it: its failure is
+    expected (the backend is away) and reported elsewhere."""
+    if not task.cancelled():
+        task.exception()

@@ -33,6 +33,10 @@ class WorkerSettings:
     poll_interval: float = 1.0  # longest idle wait between claims
     scheduler: bool = True
     scheduler_interval: float = 1.0  # how often due schedules are looked for
+    # Sync handlers still running after their job ended (timed out, cancelled,
+    # lost) keep their thread; this many are tolerated before each one takes a
+    # slot. None: as many as `concurrency`.
+    max_abandoned_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -45,6 +49,10 @@ class WorkerSettings:
             raise InvalidOptionError(f"max_stalled must be >= 0, got {self.max_stalled}")
         if self.shutdown_timeout < 0:
             raise InvalidOptionError("shutdown_timeout must be >= 0")
+        if self.max_abandoned_threads is not None and self.max_abandoned_threads < 0:
+            raise InvalidOptionError(
+                f"max_abandoned_threads must be >= 0, got {self.max_abandoned_threads}"
+            )
         if self.queues is not None and not all(self.queues):
             raise InvalidOptionError(f"queue names must be non-empty, got {self.queues!r}")
 
@@ -55,6 +63,12 @@ class WorkerSettings:
     @property
     def recover_every(self) -> float:
         return self.recover_interval or min(self.lease / 2, 5.0)
+
+    @property
+    def abandoned_threads_tolerated(self) -> int:
+        if self.max_abandoned_threads is None:
+            return self.concurrency
+        return self.max_abandoned_threads
 
     @classmethod
     def build(cls, **given: Any) -> WorkerSettings:
