@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +31,21 @@ from conveyor.backends.base import (
     OutcomeKind,
 )
 from conveyor.context import JobContext
-from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
-from conveyor.registry import encode_json
+from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent
+from conveyor.worker_acks import (
+    CANCELLED,
+    LOST,
+    MAX_RETRY_PAUSE,
+    RELEASED,
+    TIMED_OUT,
+    Acknowledgements,
+    Batch,
+    failure,
+    handed_back,
+    stopped,
+    success,
+    timed_out,
+)
 from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker_threads import HandlerThreads
 
@@ -42,10 +54,6 @@ if TYPE_CHECKING:
     from conveyor.registry import JobType
 
 logger = logging.getLogger("conveyor.worker")
-
-# Retries against an unreachable backend back off up to this, no further: once
-# it is back, acknowledgements must go out before their jobs' leases expire.
-_MAX_RETRY_PAUSE = 1.0
 
 # How long stop() may run past the shutdown timeout: for handing back, the
 # last acknowledgements and event callbacks. Past it, what the backend has not
@@ -56,9 +64,6 @@ _ABORT_FLUSH = 0.5
 # How long a cancelled task of ours gets to wind down before stop() moves on.
 _CANCEL_WAIT = 0.5
 
-# Why a handler was told to stop; decides the outcome that gets recorded.
-CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
-
 
 @dataclass(slots=True)
 class _Running:
@@ -66,18 +71,6 @@ class _Running:
     ctx: JobContext
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
-
-
-def _timed_out(job: Job) -> TimeoutError:
-    return TimeoutError(f"timed out after {job.timeout:g} s")
-
-
-@dataclass(slots=True)
-class _Acks:
-    """Outcomes waiting to be sent, with the job each belongs to (for events)."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    jobs: list[Job] = field(default_factory=list)
 
 
 class Worker:
@@ -88,8 +81,7 @@ class Worker:
         self.queues: tuple[str, ...] = settings.queues or _queues_of(app)
         self._running: dict[str, _Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
-        self._acks = _Acks()
-        self._ack_task: asyncio.Task[None] | None = None
+        self._acks = Acknowledgements(app.backend, app.retention, app.events)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -112,9 +104,6 @@ class Worker:
             backend if isinstance(backend, BlockingClaim) else None
         )
         self._blocked_in: BlockingClaim | None = None  # set while in claim_blocking
-        self.processed = 0  # outcomes acknowledged, of any kind
-        self._finished = 0  # completed, failed, retrying or cancelled
-        self._handed_back = 0
         self._dropped_stale = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -228,14 +217,14 @@ class Worker:
         finally:
             assert self._threads is not None
             self._threads.shutdown()
-            self._log_unacknowledged()
+            self._acks.log_unacknowledged()
             self._stopped.set()
         extra = f", {self._dropped_stale} stale claim(s) dropped" if self._dropped_stale else ""
         logger.info(
             "worker %s stopped: %d job(s) finished, %d handed back%s",
             self.id,
-            self._finished,
-            self._handed_back,
+            self._acks.finished,
+            self._acks.handed_back,
             extra,
         )
 
@@ -312,16 +301,6 @@ class Worker:
         task.cancel()
         await asyncio.wait([task], timeout=_CANCEL_WAIT)
 
-    def _log_unacknowledged(self) -> None:
-        outcomes = self._acks.outcomes
-        if outcomes:
-            logger.warning(
-                "stopped with %d outcome(s) unacknowledged (the backend did not take them "
-                "in time); these jobs come back when their lease expires: %s",
-                len(outcomes),
-                ", ".join(o.job_id for o in outcomes),
-            )
-
     def request_stop(self) -> None:
         """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""
         self._stopping.set()
@@ -329,6 +308,11 @@ class Worker:
     @property
     def running_jobs(self) -> list[Job]:
         return [r.job for r in self._running.values()]
+
+    @property
+    def processed(self) -> int:
+        """Outcomes the backend has answered, of any kind."""
+        return self._acks.sent
 
     def stats(self) -> dict[str, int]:
         """This worker's figures: jobs running and prefetched now, threads of
@@ -340,9 +324,9 @@ class Worker:
             "running": len(self._running),
             "prefetched": len(self._backlog),
             "abandoned_threads": self._threads.abandoned if self._threads is not None else 0,
-            "unacknowledged": len(self._acks.outcomes),
-            "finished": self._finished,
-            "handed_back": self._handed_back,
+            "unacknowledged": len(self._acks),
+            "finished": self._acks.finished,
+            "handed_back": self._acks.handed_back,
             "dropped_stale": self._dropped_stale,
         }
 
@@ -352,16 +336,16 @@ class Worker:
         """Claim as many jobs as there are free slots, taking along the
         acknowledgements waiting to be sent (one round trip for both where the
         backend can). When there is no work it waits on the backend, and
-        acknowledgements go out through `_flush_acks` instead."""
+        acknowledgements go out through the flusher instead."""
         failures = 0
         # Once stopping, what is left to acknowledge goes out through stop().
         while not self._stopping.is_set():
             free = self._free_slots()
-            if free <= 0 and not self._acks.outcomes:
+            if free <= 0 and not len(self._acks):
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            batch, self._acks = self._acks, _Acks()
+            batch = self._acks.take()
             sent = bool(batch.outcomes)
             try:
                 jobs = await self._exchange(batch, free)
@@ -369,12 +353,12 @@ class Worker:
                     logger.warning("backend reachable again after %d failed call(s)", failures)
                 failures = 0
             except asyncio.CancelledError:
-                self._requeue_acks(batch)  # stop() gave up on this exchange
+                self._acks.put_back(batch)  # stop() gave up on this exchange
                 raise
             except Exception as exc:
-                self._requeue_acks(batch)
+                self._acks.put_back(batch)
                 failures += 1
-                pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
+                pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
                 logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
                 self._idle_now = True
                 await self._sleep_unless_stopping(pause)
@@ -405,7 +389,7 @@ class Worker:
         assert self._threads is not None
         return self.settings.concurrency - self._threads.lost_slots
 
-    async def _exchange(self, batch: _Acks, limit: int) -> list[Job]:
+    async def _exchange(self, batch: Batch, limit: int) -> list[Job]:
         """Send `batch` and claim up to `limit` jobs. Once acknowledged, the
         batch is emptied: a failure after that must not send it again."""
         backend = self.app.backend
@@ -417,10 +401,10 @@ class Worker:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes, self.app.retention, self.queues, limit, lease, now
             )
-            self._acknowledged(batch, accepted)
+            self._acks.acknowledged(batch, accepted)
         else:
             accepted = await backend.finish(batch.outcomes, self.app.retention)
-            self._acknowledged(batch, accepted)
+            self._acks.acknowledged(batch, accepted)
             jobs = []
             if limit > 0:
                 sent_at, now = self._clock(), time.time()
@@ -463,8 +447,8 @@ class Worker:
 
     async def _idle(self) -> None:
         self._idle_now = True
-        if self._acks.outcomes:
-            self._start_flush()
+        if len(self._acks):
+            self._acks.flush()
         try:
             if self._blocking is not None:
                 for job in await self._claim_blocking(self._blocking):
@@ -580,25 +564,25 @@ class Worker:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
             result = await self._call(job_type, running)
-            outcome = self._success(job, ctx, result)
+            outcome = success(job, ctx, result)
         except asyncio.CancelledError:
             if ctx.stop_reason == TIMED_OUT:
-                outcome = self._failure(job, _timed_out(job), final=False, job_type=job_type)
+                outcome = failure(job, timed_out(job), final=False, job_type=job_type)
             else:
-                outcome = self._stopped_outcome(job, ctx)
+                outcome = stopped(job, ctx)
                 if outcome is None and ctx.stop_reason is None:
                     raise  # cancelled by someone else than us: let it propagate
         except (Permanent, InvalidPayloadError) as exc:
             # A payload that no longer fits its model fails the same way on
             # every attempt: retrying would only repeat it.
-            outcome = self._failure(job, exc, final=True)
+            outcome = failure(job, exc, final=True)
         except Exception as exc:
             if ctx.stop_reason == TIMED_OUT:
-                outcome = self._failure(job, _timed_out(job), final=False, job_type=job_type)
+                outcome = failure(job, timed_out(job), final=False, job_type=job_type)
             elif ctx.stop_reason is not None:
-                outcome = self._stopped_outcome(job, ctx)
+                outcome = stopped(job, ctx)
             else:
-                outcome = self._failure(job, exc, final=False, job_type=job_type)
+                outcome = failure(job, exc, final=False, job_type=job_type)
         finally:
             if running.timer is not None:
                 running.timer.cancel()
@@ -622,42 +606,6 @@ class Worker:
             ctx, job_type.call, payload, ctx, on_start=functools.partial(self._arm_timer, running)
         )
 
-    def _success(self, job: Job, ctx: JobContext, result: Any) -> Outcome:
-        now = time.time()
-        try:
-            encoded = encode_json(result, f"the result of job {job.name!r}")
-        except InvalidPayloadError as exc:
-            # The same code would return the same value again: do not retry.
-            return Outcome(job.id, job.attempts, OutcomeKind.FAILED, now, error=str(exc))
-        kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
-        return Outcome(job.id, job.attempts, kind, now, result=encoded)
-
-    def _stopped_outcome(self, job: Job, ctx: JobContext) -> Outcome | None:
-        now = time.time()
-        reason = ctx.stop_reason
-        if reason == CANCELLED:
-            return Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, now, error="cancelled")
-        if reason == RELEASED:
-            return Outcome(job.id, job.attempts, OutcomeKind.QUEUED, now)
-        return None  # LOST: another claim owns the job now; say nothing
-
-    def _failure(
-        self,
-        job: Job,
-        exc: BaseException,
-        *,
-        final: bool,
-        job_type: JobType[Any] | None = None,
-    ) -> Outcome:
-        now = time.time()
-        error = f"{type(exc).__name__}: {exc}"
-        if not final and job.attempts <= job.max_retries:
-            delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
-            return Outcome(
-                job.id, job.attempts, OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
-            )
-        return Outcome(job.id, job.attempts, OutcomeKind.FAILED, now, error=error)
-
     def _tell_stop(self, running: _Running, reason: str) -> None:
         running.ctx.mark_stopped(reason)
         if running.task is not None and running.task.get_loop() is self._loop:
@@ -675,16 +623,13 @@ class Worker:
         claim is stale: then the job may not be ours to hand back)."""
         if not self._stale(job):
             self._leased_until.pop(job.id, None)
-            self._ack(Outcome(job.id, job.attempts, OutcomeKind.QUEUED, time.time()), job)
+            self._ack(handed_back(job), job)
 
     def _release(self, running: _Running) -> None:
         self._running.pop(running.job.id, None)
         if running.task is not None:
             running.task.cancel()
-        self._ack(
-            Outcome(running.job.id, running.job.attempts, OutcomeKind.QUEUED, time.time()),
-            running.job,
-        )
+        self._ack(handed_back(running.job), running.job)
 
     async def _progress(self, job: Job, percent: float | None, logs: list[dict[str, Any]]) -> bool:
         held = await self.app.backend.progress(job.id, job.attempts, percent, logs)
@@ -697,92 +642,20 @@ class Worker:
     # ------------------------------------------------------------------ acknowledging
 
     def _ack(self, outcome: Outcome, job: Job) -> None:
-        self._acks.outcomes.append(outcome)
-        self._acks.jobs.append(job)
+        self._acks.add(outcome, job)
         # A busy claim loop takes the acknowledgement along with its next
         # claim; an idle or stopped one leaves it to the flusher.
         if self._idle_now or self._stopping.is_set() or self._loops[0].done():
-            self._start_flush()
-
-    def _start_flush(self) -> None:
-        if self._ack_task is None or self._ack_task.done():
-            assert self._loop is not None
-            self._ack_task = self._loop.create_task(self._flush_acks())
-
-    def _requeue_acks(self, batch: _Acks) -> None:
-        """Put a batch whose sending failed back in front: a lost acknowledgement
-        would make its job run again."""
-        self._acks.outcomes[:0] = batch.outcomes
-        self._acks.jobs[:0] = batch.jobs
-
-    def _acknowledged(self, batch: _Acks, accepted: Sequence[bool]) -> None:
-        self.processed += len(batch.outcomes)
-        for outcome, ok in zip(batch.outcomes, accepted, strict=True):
-            if ok and outcome.kind is OutcomeKind.QUEUED:
-                self._handed_back += 1
-            elif ok:
-                self._finished += 1
-        self._emit_outcomes(batch, accepted)
-        batch.outcomes, batch.jobs = [], []  # sent: never to be requeued
-
-    async def _flush_acks(self) -> None:
-        backend = self.app.backend
-        failures = 0
-        while self._acks.outcomes:
-            batch, self._acks = self._acks, _Acks()
-            try:
-                accepted = await backend.finish(batch.outcomes, self.app.retention)
-            except asyncio.CancelledError:
-                self._requeue_acks(batch)  # stop() gave up: these count as unacknowledged
-                raise
-            except Exception as exc:
-                self._requeue_acks(batch)
-                failures += 1
-                pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
-                logger.error(
-                    "acknowledging %d job(s) failed (%s); retrying in %.1f s",
-                    len(batch.outcomes),
-                    exc,
-                    pause,
-                )
-                await asyncio.sleep(pause)
-                continue
-            failures = 0
-            self._acknowledged(batch, accepted)
+            self._acks.flush()
 
     async def _flush_until(self, deadline: float, abortable: bool = True) -> None:
         """Send what is left to acknowledge, retrying until `deadline`."""
-        while self._acks.outcomes or (self._ack_task is not None and not self._ack_task.done()):
-            self._start_flush()
-            assert self._ack_task is not None
-            if not await self._wait([self._ack_task], deadline, abortable):
-                await self._cancel(self._ack_task)
+        flusher = self._acks.flusher
+        while len(self._acks) or (flusher is not None and not flusher.done()):
+            flusher = self._acks.flush()
+            if not await self._wait([flusher], deadline, abortable):
+                await self._cancel(flusher)
                 return
-
-    def _emit_outcomes(self, batch: _Acks, accepted: Sequence[bool]) -> None:
-        events = self.app.events
-        for outcome, job, ok in zip(batch.outcomes, batch.jobs, accepted, strict=True):
-            if not ok:
-                logger.warning(
-                    "result of job %s attempt %d was refused: its lease was lost",
-                    job.id,
-                    outcome.token,
-                )
-                continue
-            kind = outcome.kind
-            if kind is OutcomeKind.FAILED:
-                logger.error("job %s %s failed for good: %s", job.name, job.id, outcome.error)
-            elif kind is OutcomeKind.SCHEDULED:
-                logger.warning(
-                    "job %s %s attempt %d failed (%s); retrying",
-                    job.name,
-                    job.id,
-                    job.attempts,
-                    outcome.error,
-                )
-            name = _EVENT_OF[kind]
-            if name is not None and events.wants(name):
-                events.emit(name, _finished_view(job, outcome))
 
     # ------------------------------------------------------------------ leases
 
@@ -792,9 +665,7 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_every)
             running = list(self._running.values())
             waiting = list(self._backlog)
-            # Finished jobs whose outcome is not stored yet (the backend may be
-            # away) keep their lease too, or they would be run again.
-            unacked = [Heartbeat(o.job_id, o.token) for o in self._acks.outcomes]
+            unacked = self._acks.heartbeats()
             if not running and not waiting and not unacked:
                 continue
             beats = [Heartbeat(r.job.id, r.job.attempts, r.ctx.take_logs()) for r in running]
@@ -852,38 +723,6 @@ class Worker:
                         "job %s %s: its worker's lease expired; queued again", job.name, job.id
                     )
             await asyncio.sleep(self.settings.recover_every)
-
-
-_EVENT_OF: dict[OutcomeKind, str | None] = {
-    OutcomeKind.COMPLETED: "job.completed",
-    OutcomeKind.FAILED: "job.failed",
-    OutcomeKind.SCHEDULED: "job.retrying",
-    OutcomeKind.CANCELLED: "job.cancelled",
-    OutcomeKind.QUEUED: None,
-}
-
-
-def _finished_view(job: Job, outcome: Outcome) -> Job:
-    """The job as it stands after `outcome`, for event callbacks (no refetch)."""
-    state = {
-        OutcomeKind.COMPLETED: JobState.COMPLETED,
-        OutcomeKind.FAILED: JobState.FAILED,
-        OutcomeKind.SCHEDULED: JobState.SCHEDULED,
-        OutcomeKind.CANCELLED: JobState.CANCELLED,
-        OutcomeKind.QUEUED: JobState.QUEUED,
-    }[outcome.kind]
-    result = None
-    if outcome.result is not None:
-        result = json.loads(outcome.result)
-    final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
-    return replace(
-        job,
-        state=state,
-        result=result,
-        error=outcome.error,
-        finished_at=utc(outcome.at) if final else None,
-        run_at=utc(outcome.run_at) if outcome.run_at is not None else job.run_at,
-    )
 
 
 def _queues_of(app: Conveyor) -> tuple[str, ...]:
