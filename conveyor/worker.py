@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,7 @@ from conveyor.worker_acks import (
     success,
     timed_out,
 )
+from conveyor.worker_clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker_threads import HandlerThreads
 
@@ -61,8 +62,6 @@ logger = logging.getLogger("conveyor.worker")
 STOP_GRACE = 2.0
 # After a second SIGTERM/SIGINT: one short last try to hand jobs back.
 _ABORT_FLUSH = 0.5
-# How long a cancelled task of ours gets to wind down before stop() moves on.
-_CANCEL_WAIT = 0.5
 
 
 @dataclass(slots=True)
@@ -91,9 +90,8 @@ class Worker:
         self._started = False
         self._force = False  # a second signal: hand back running jobs at once
         self._abort = asyncio.Event()  # ... and stop() returns at once
-        # Claimed jobs not started yet: the loop time until which their lease
-        # is surely held (from when the claim was sent, less a margin).
-        self._leased_until: dict[str, float] = {}
+        self._deadlines: Deadlines | None = None  # the waits of stop()
+        self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
         backend = app.backend
@@ -104,7 +102,6 @@ class Worker:
             backend if isinstance(backend, BlockingClaim) else None
         )
         self._blocked_in: BlockingClaim | None = None  # set while in claim_blocking
-        self._dropped_stale = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +123,7 @@ class Worker:
         self._started = True
         await self.app.open()
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop, self._abort)
         self._threads = HandlerThreads(
             self.settings.concurrency,
             self.settings.abandoned_threads_tolerated,
@@ -195,7 +193,8 @@ class Worker:
             await self._stopped.wait()  # a stop() under way is bounded
             return
         self._stop_begun = True
-        assert self._loop is not None
+        assert self._loop is not None and self._deadlines is not None
+        deadlines = self._deadlines
         limit = self.settings.shutdown_timeout if timeout is None else timeout
         jobs_deadline = self._loop.time() + limit
         deadline = jobs_deadline + STOP_GRACE
@@ -207,19 +206,20 @@ class Worker:
                 await self._flush_until(self._loop.time() + _ABORT_FLUSH, abortable=False)
             for task in self._loops:
                 task.cancel()
-            await asyncio.wait(self._loops, timeout=_CANCEL_WAIT)
+            await asyncio.wait(self._loops, timeout=CANCEL_WAIT)
             if not self._abort.is_set():
                 # Callbacks of the last outcomes get a moment even at the deadline.
                 drain = asyncio.ensure_future(self.app.events.drain())
-                if not await self._wait([drain], max(deadline, self._clock() + _CANCEL_WAIT)):
+                if not await deadlines.wait([drain], max(deadline, self._clock() + CANCEL_WAIT)):
                     logger.warning("event callbacks still running at shutdown were cancelled")
-                    await self._cancel(drain)
+                    await deadlines.cancel(drain)
         finally:
             assert self._threads is not None
             self._threads.shutdown()
             self._acks.log_unacknowledged()
             self._stopped.set()
-        extra = f", {self._dropped_stale} stale claim(s) dropped" if self._dropped_stale else ""
+        dropped = self._claims.dropped
+        extra = f", {dropped} stale claim(s) dropped" if dropped else ""
         logger.info(
             "worker %s stopped: %d job(s) finished, %d handed back%s",
             self.id,
@@ -231,29 +231,30 @@ class Worker:
     async def _wind_down(self, jobs_deadline: float, deadline: float) -> None:
         """The graceful part of stop(). Every wait ends by `deadline` (running
         jobs get until `jobs_deadline`), and at once after a second signal."""
-        assert self._loop is not None
+        assert self._loop is not None and self._deadlines is not None
+        deadlines = self._deadlines
         if self._blocked_in is not None:
             # End the blocking wait rather than abandon it, so whatever its
             # claim took is handed back now, not after its lease expires.
-            await self._bounded(
+            await deadlines.call(
                 self._blocked_in.wake_waiter(self.id), min(deadline, self._loop.time() + 1.0)
             )
         # The claim loop ends by itself once it sees `_stopping` (cancelling it
         # could lose the acknowledgements of an exchange in flight), unless
         # the backend does not answer.
         claim_loop = self._loops[0]
-        if not await self._wait([claim_loop], deadline):
-            await self._cancel(claim_loop)
+        if not await deadlines.wait([claim_loop], deadline):
+            await deadlines.cancel(claim_loop)
         self._hand_back_backlog()
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks and not self._force:
-            await self._wait(tasks, jobs_deadline)
+            await deadlines.wait(tasks, jobs_deadline)
         leftovers = list(self._running.values())
         if leftovers:
             logger.warning("handing back %d unfinished job(s)", len(leftovers))
             for running in leftovers:
                 self._tell_stop(running, RELEASED)
-            await self._wait(
+            await deadlines.wait(
                 [r.task for r in leftovers if r.task is not None],
                 min(deadline, self._loop.time() + 1.0),
             )
@@ -261,45 +262,6 @@ class Worker:
                 # A sync handler's thread cannot be interrupted: hand its job back anyway.
                 self._release(running)
         await self._flush_until(deadline)
-
-    async def _wait(
-        self, tasks: Sequence[asyncio.Future[Any]], deadline: float, abortable: bool = True
-    ) -> bool:
-        """Wait for `tasks` until the loop time `deadline` (or a second signal,
-        when `abortable`); True when they all ended."""
-        assert self._loop is not None
-        pending = {task for task in tasks if not task.done()}
-        if not pending:
-            return True
-        if abortable and self._abort.is_set():
-            return False
-        aborted = asyncio.ensure_future(self._abort.wait()) if abortable else None
-        try:
-            while pending and not (aborted is not None and aborted.done()):
-                left = deadline - self._loop.time()
-                if left <= 0:
-                    break
-                wanted = pending if aborted is None else pending | {aborted}
-                done, _ = await asyncio.wait(
-                    wanted, timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
-        finally:
-            if aborted is not None:
-                aborted.cancel()
-        return not pending
-
-    async def _bounded(self, call: Coroutine[Any, Any, Any], deadline: float) -> None:
-        """Run a backend call for its effect only, giving up on it at `deadline`."""
-        task = asyncio.ensure_future(call)
-        task.add_done_callback(_ignore_outcome)
-        if not await self._wait([task], deadline):
-            task.cancel()
-
-    @staticmethod
-    async def _cancel(task: asyncio.Future[Any]) -> None:
-        task.cancel()
-        await asyncio.wait([task], timeout=_CANCEL_WAIT)
 
     def request_stop(self) -> None:
         """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""
@@ -327,7 +289,7 @@ class Worker:
             "unacknowledged": len(self._acks),
             "finished": self._acks.finished,
             "handed_back": self._acks.handed_back,
-            "dropped_stale": self._dropped_stale,
+            "dropped_stale": self._claims.dropped,
         }
 
     # ------------------------------------------------------------------ claiming
@@ -409,41 +371,12 @@ class Worker:
             if limit > 0:
                 sent_at, now = self._clock(), time.time()
                 jobs = await backend.claim(self.queues, limit, lease, now)
-        return self._claimed(jobs, sent_at)
+        self._claims.claimed(jobs, sent_at)
+        return jobs
 
     def _clock(self) -> float:
         assert self._loop is not None
         return self._loop.time()
-
-    def _claimed(self, jobs: list[Job], sent_at: float) -> list[Job]:
-        """Note until when the lease of each claimed job surely holds. The
-        backend started it no earlier than when the claim was sent; the
-        margin leaves a job started at the last moment time for the
-        heartbeat that renews its lease."""
-        settings = self.settings
-        margin = min(settings.heartbeat_every, settings.lease / 4)
-        until = sent_at + settings.lease - margin
-        for job in jobs:
-            self._leased_until[job.id] = until
-        return jobs
-
-    def _stale(self, job: Job) -> bool:
-        """Whether the claim of a job not started yet has outlived its lease
-        (the process was frozen, or the reply or a heartbeat came too late):
-        then another worker may hold the job, and it is dropped, unstarted
-        and without an outcome. It comes back through lease recovery."""
-        until = self._leased_until.get(job.id)
-        if until is None or self._clock() < until:
-            return False
-        del self._leased_until[job.id]
-        self._dropped_stale += 1
-        logger.warning(
-            "job %s %s not started: its claim's lease ran out before it could start "
-            "(was this process frozen, or the backend away?); another worker may hold it now",
-            job.name,
-            job.id,
-        )
-        return True
 
     async def _idle(self) -> None:
         self._idle_now = True
@@ -483,7 +416,7 @@ class Worker:
             )
         finally:
             self._blocked_in = None
-        self._claimed(jobs, sent_at)
+        self._claims.claimed(jobs, sent_at)
         if self._stopping.is_set():
             for job in jobs:
                 self._hand_back(job)
@@ -512,13 +445,13 @@ class Worker:
     # ------------------------------------------------------------------ running
 
     def _start_job(self, job: Job) -> None:
-        if self._stale(job):
+        if self._claims.stale(job, self._clock()):
             return
         if len(self._running) >= self._capacity():
             self._backlog.append(job)
             return
         assert self._loop is not None
-        self._leased_until.pop(job.id, None)
+        self._claims.forget(job)
         ctx = JobContext(job, self._progress, self._loop)
         running = _Running(job, ctx)
         self._running[job.id] = running
@@ -621,8 +554,8 @@ class Worker:
     def _hand_back(self, job: Job) -> None:
         """A claimed job that never started goes back to the queue (unless its
         claim is stale: then the job may not be ours to hand back)."""
-        if not self._stale(job):
-            self._leased_until.pop(job.id, None)
+        if not self._claims.stale(job, self._clock()):
+            self._claims.forget(job)
             self._ack(handed_back(job), job)
 
     def _release(self, running: _Running) -> None:
@@ -653,8 +586,9 @@ class Worker:
         flusher = self._acks.flusher
         while len(self._acks) or (flusher is not None and not flusher.done()):
             flusher = self._acks.flush()
-            if not await self._wait([flusher], deadline, abortable):
-                await self._cancel(flusher)
+            assert self._deadlines is not None
+            if not await self._deadlines.wait([flusher], deadline, abortable):
+                await self._deadlines.cancel(flusher)
                 return
 
     # ------------------------------------------------------------------ leases
@@ -695,10 +629,10 @@ class Worker:
             if job not in self._backlog:
                 continue
             if status is LeaseStatus.HELD:
-                self._claimed([job], sent_at)  # the lease runs on from this heartbeat
+                self._claims.claimed([job], sent_at)  # the lease runs on from this heartbeat
                 continue
             self._backlog.remove(job)
-            self._leased_until.pop(job.id, None)
+            self._claims.forget(job)
             if status is LeaseStatus.CANCEL:
                 outcome = Outcome(job.id, job.attempts, OutcomeKind.CANCELLED, time.time())
                 outcome.error = "cancelled"
@@ -728,10 +662,3 @@ class Worker:
 def _queues_of(app: Conveyor) -> tuple[str, ...]:
     queues = {"default"} | {t.defaults.queue for t in app.registry.values()}
     return tuple(sorted(queues))
-
-
-def _ignore_outcome(task: asyncio.Future[Any]) -> None:
-    """Retrieve a task's exception so asyncio does not log it: its failure is
-    expected (the backend is away) and reported elsewhere."""
-    if not task.cancelled():
-        task.exception()
