@@ -88,8 +88,7 @@ class Worker:
         self._threads: HandlerThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
-        self._force = False  # a second signal: hand back running jobs at once
-        self._abort = asyncio.Event()  # ... and stop() returns at once
+        self._abort = asyncio.Event()  # a second signal: stop() returns at once
         self._deadlines: Deadlines | None = None  # the waits of stop()
         self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
@@ -168,7 +167,6 @@ class Worker:
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping.is_set():
             logger.warning("second %s: handing back running jobs and leaving now", sig.name)
-            self._force = True
             self._abort.set()
             for running in list(self._running.values()):
                 self._tell_stop(running, RELEASED)
@@ -247,8 +245,7 @@ class Worker:
             await deadlines.cancel(claim_loop)
         self._hand_back_backlog()
         tasks = [r.task for r in self._running.values() if r.task is not None]
-        if tasks and not self._force:
-            await deadlines.wait(tasks, jobs_deadline)
+        await deadlines.wait(tasks, jobs_deadline)
         leftovers = list(self._running.values())
         if leftovers:
             logger.warning("handing back %d unfinished job(s)", len(leftovers))
@@ -519,10 +516,13 @@ class Worker:
         finally:
             if running.timer is not None:
                 running.timer.cancel()
-            self._running.pop(job.id, None)
+            # Not ours any more if stop() handed the job back (_release).
+            owned = self._running.get(job.id) is running
+            if owned:
+                del self._running[job.id]
             self._start_backlog()
             self._slot_freed.set()
-        if outcome is not None:
+        if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
             self._ack(outcome, job)
 

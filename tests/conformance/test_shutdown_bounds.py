@@ -6,6 +6,7 @@ through lease expiry), and returns."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -84,3 +85,49 @@ async def test_stop_is_bounded_while_a_claim_hangs(
     async with asyncio.timeout(BOUND):
         await w.stop()
     faults.heal()
+
+
+async def test_job_handed_back_at_stop_sends_no_outcome_of_its_own(app: Conveyor, worker) -> None:
+    """A handler that ignores its cancellation outlives stop(), which handed
+    its job back. When it returns at last, its result must not be sent: the
+    job may already run elsewhere (here: on a second worker)."""
+    first_started = asyncio.Event()
+    second_started = asyncio.Event()
+    zombie_may_return = asyncio.Event()
+    second_may_return = asyncio.Event()
+    zombie_returned = asyncio.Event()
+    runs = 0
+
+    @app.job("stubborn", timeout=None)
+    async def stubborn(payload: Any) -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            first_started.set()
+            while not zombie_may_return.is_set():
+                with contextlib.suppress(asyncio.CancelledError):  # ignores every cancel
+                    await zombie_may_return.wait()
+            zombie_returned.set()
+            return "zombie"
+        second_started.set()
+        await second_may_return.wait()
+        return "second"
+
+    job = await app.enqueue("stubborn", {})
+    first = worker(app, shutdown_timeout=0.1)
+    await first.start()
+    await wait_event(first_started)
+    await first.stop()
+    back = await app.get_job(job.id)
+    assert back is not None and back.state is JobState.QUEUED
+    async with worker(app) as second:
+        await wait_event(second_started)
+        zombie_may_return.set()
+        await wait_event(zombie_returned)
+        second_may_return.set()
+        done = await app.wait(job.id, timeout=10)
+        assert second.stats()["finished"] == 1
+    assert done.state is JobState.COMPLETED
+    assert done.result == "second"
+    assert first.stats()["finished"] == 0
+    assert first.stats()["handed_back"] == 1
