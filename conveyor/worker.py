@@ -185,8 +185,8 @@ class Worker:
         Returns within `timeout` + STOP_GRACE whatever the backend does: what
         it has not acknowledged by then is logged and left to lease expiry. A
         second SIGTERM/SIGINT (under `run()`) makes it return at once."""
-        if not self._started:
-            return
+        if not self._loops:
+            return  # never started, or start() failed before anything ran
         if self._stop_begun:
             await self._stopped.wait()  # a stop() under way is bounded
             return

@@ -63,18 +63,21 @@ class HandlerThreads:
             return call(*args)
 
         future = self._pool.submit(in_thread)
-        future.add_done_callback(lambda done: self._returned_threadsafe(loop, done))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             # A call that had not started was cancelled with us; one that
             # runs keeps its thread until it returns by itself.
             if not future.done():
-                self._abandon(future, ctx)
+                self._abandon(future, ctx, loop)
             raise
 
-    def _abandon(self, future: Future[Any], ctx: JobContext) -> None:
+    def _abandon(
+        self, future: Future[Any], ctx: JobContext, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._abandoned[future] = ctx
+        # Called at once if the thread returned meanwhile, else when it does.
+        future.add_done_callback(lambda done: self._returned_threadsafe(loop, done))
         job = ctx.job
         logger.warning(
             "job %s %s: its sync handler still runs after the job %s; abandoning its "
