@@ -92,7 +92,9 @@ async def test_prefetched_job_whose_lease_lapsed_is_not_started(app: Conveyor, w
     assert done.attempts == 2
 
 
-async def test_jobs_of_a_claim_in_flight_at_stop_go_back_unstarted(app: Conveyor, worker) -> None:
+async def test_jobs_of_a_claim_in_flight_at_stop_go_back_unstarted(
+    app: Conveyor, worker, caplog: pytest.LogCaptureFixture
+) -> None:
     faults = BackendFaults(app.backend)
     ran: list[Any] = []
 
@@ -101,6 +103,7 @@ async def test_jobs_of_a_claim_in_flight_at_stop_go_back_unstarted(app: Conveyor
         ran.append(payload)
 
     jobs = [await app.enqueue("never", n) for n in range(3)]
+    caplog.set_level(logging.INFO, "conveyor.worker")
     w = worker(app, concurrency=3)
     claimed = asyncio.Event()
 
@@ -124,3 +127,5 @@ async def test_jobs_of_a_claim_in_flight_at_stop_go_back_unstarted(app: Conveyor
         assert back.started_at is None
     assert w.stats()["handed_back"] == 3
     assert w.stats()["finished"] == 0
+    # The last line counts them apart (it used to say "stopped after 3 job(s)").
+    assert _logged(caplog, "stopped: 0 job(s) finished, 3 handed back")
