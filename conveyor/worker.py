@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import os
 import signal
@@ -18,14 +18,12 @@ import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import (
     BlockingClaim,
-    ClaimToken,
     FinishAndClaim,
     Heartbeat,
     LeaseStatus,
@@ -35,8 +33,25 @@ from conveyor.backends.base import (
     WorkerRegistry,
 )
 from conveyor.context import JobContext
-from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent, utc
-from conveyor.registry import encode_json
+from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent
+from conveyor.worker_acks import (
+    CANCELLED,
+    LOST,
+    MAX_RETRY_PAUSE,
+    RELEASED,
+    TIMED_OUT,
+    Acknowledgements,
+    Batch,
+    failure,
+    handed_back,
+    stopped,
+    success,
+    timed_out,
+    token_of,
+)
+from conveyor.worker_clock import CANCEL_WAIT, ClaimLeases, Deadlines
+from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
+from conveyor.worker_threads import HandlerThreads
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -44,115 +59,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
-# Retries against an unreachable backend back off up to this, no further: once
-# it is back, acknowledgements must go out before their jobs' leases expire.
-_MAX_RETRY_PAUSE = 1.0
+# How long stop() may run past the shutdown timeout: for handing back, the
+# last acknowledgements and event callbacks. Past it, what the backend has not
+# taken is given up (logged; those jobs come back when their lease expires).
+STOP_GRACE = 2.0
+# After a second SIGTERM/SIGINT: one short last try to hand jobs back.
+_ABORT_FLUSH = 0.5
 
 # Claims whose reply never came are undone before the next claim. With retries
-# at most _MAX_RETRY_PAUSE apart, this many cover a default lease (30 s) of
+# at most MAX_RETRY_PAUSE apart, this many cover a default lease (30 s) of
 # failed claims; older ones' leases have expired and recovery takes them back.
 _MAX_LOST_CLAIMS = 32
 # Presence: a worker records itself this often; a record not renewed for
 # _PRESENCE_TTL seconds (a killed worker) counts as gone.
 _PRESENCE_EVERY = 5.0
 _PRESENCE_TTL = 20.0
-
 # Jobs handed back for want of a handler, remembered so that a backend that
 # returns the same job again (it ignores `names`) cannot make a loop of it.
 _HANDED_BACK_MEMORY = 10_000
-
-# Why a handler was told to stop; decides the outcome that gets recorded.
-CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    """Every knob of a worker. `build()` applies the environment under code."""
-
-    concurrency: int = 10
-    # Jobs claimed ahead of free slots, started the moment a slot frees: the
-    # next claim's round trip overlaps with running jobs. Prefetched jobs hold
-    # a lease like running ones; keep it 0 for long jobs spread over many workers.
-    prefetch: int = 0
-    queues: tuple[str, ...] | None = None  # None: every queue the app's job types use
-    lease: float = 30.0
-    heartbeat_interval: float | None = None  # None: min(lease / 3, 1 s)
-    recover_interval: float | None = None  # None: min(lease / 2, 5 s)
-    max_stalled: int = 1
-    shutdown_timeout: float = 30.0
-    poll_interval: float = 1.0  # longest idle wait between claims
-    scheduler: bool = True
-    scheduler_interval: float = 1.0  # how often due schedules are looked for
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise InvalidOptionError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.prefetch < 0:
-            raise InvalidOptionError(f"prefetch must be >= 0, got {self.prefetch}")
-        if self.lease <= 0:
-            raise InvalidOptionError(f"lease must be > 0 seconds, got {self.lease}")
-        if self.max_stalled < 0:
-            raise InvalidOptionError(f"max_stalled must be >= 0, got {self.max_stalled}")
-        if self.shutdown_timeout < 0:
-            raise InvalidOptionError("shutdown_timeout must be >= 0")
-        if self.queues is not None and not all(self.queues):
-            raise InvalidOptionError(f"queue names must be non-empty, got {self.queues!r}")
-
-    @property
-    def heartbeat_every(self) -> float:
-        return self.heartbeat_interval or min(self.lease / 3, 1.0)
-
-    @property
-    def recover_every(self) -> float:
-        return self.recover_interval or min(self.lease / 2, 5.0)
-
-    @classmethod
-    def build(cls, **given: Any) -> WorkerSettings:
-        """Settings from code (`given`, None meaning "not given"), under which the
-        environment fills what code left out. The CLI passes its flags here too,
-        so flags win over the environment, which wins over defaults."""
-        values = {k: v for k, v in given.items() if v is not None}
-        env_readers: dict[str, tuple[str, Any]] = {
-            "concurrency": ("CONVEYOR_CONCURRENCY", int),
-            "prefetch": ("CONVEYOR_PREFETCH", int),
-            "queues": ("CONVEYOR_QUEUES", _split_queues),
-            "shutdown_timeout": ("CONVEYOR_SHUTDOWN_TIMEOUT", float),
-            "scheduler": ("CONVEYOR_SCHEDULER", _parse_bool),
-        }
-        for key, (var, parse) in env_readers.items():
-            raw = _env(var)
-            if key not in values and raw is not None:
-                try:
-                    values[key] = parse(raw)
-                except ValueError as exc:
-                    raise InvalidOptionError(f"bad {var}={raw!r}: {exc}") from exc
-        if "queues" in values and values["queues"] is not None:
-            values["queues"] = tuple(values["queues"])
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidOptionError(f"unknown worker settings: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-def _split_queues(raw: str) -> tuple[str, ...]:
-    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
-    if not queues:
-        raise ValueError("no queue names")
-    return queues
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true/false")
 
 
 @dataclass(slots=True)
@@ -163,25 +87,6 @@ class _Running:
     timer: asyncio.TimerHandle | None = None
 
 
-def _token(job: Job) -> ClaimToken:
-    """The fencing token of a job this worker claimed."""
-    # Every record a claim returns carries its token (backends/base.py).
-    assert job.token is not None, f"job {job.id} came from a claim without a token"
-    return job.token
-
-
-def _timed_out(job: Job) -> TimeoutError:
-    return TimeoutError(f"timed out after {job.timeout:g} s")
-
-
-@dataclass(slots=True)
-class _Acks:
-    """Outcomes waiting to be sent, with the job each belongs to (for events)."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    jobs: list[Job] = field(default_factory=list)
-
-
 class Worker:
     def __init__(self, app: Conveyor, settings: WorkerSettings) -> None:
         self.app = app
@@ -190,16 +95,18 @@ class Worker:
         self.queues: tuple[str, ...] = settings.queues or _queues_of(app)
         self._running: dict[str, _Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
-        self._acks = _Acks()
-        self._ack_task: asyncio.Task[None] | None = None
+        self._acks = Acknowledgements(app.backend, app.retention, app.events)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: HandlerThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
-        self._force = False  # a second signal: hand back running jobs at once
+        self._abort = asyncio.Event()  # a second signal: stop() returns at once
+        self._deadlines: Deadlines | None = None  # the waits of stop()
+        self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
+        self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
         backend = app.backend
         self._combined: FinishAndClaim | None = (
@@ -209,14 +116,10 @@ class Worker:
             backend if isinstance(backend, BlockingClaim) else None
         )
         self._blocked_in: BlockingClaim | None = None  # set while in claim_blocking
-        self._deadlines: list[tuple[float, int, _Running]] = []  # heap of job deadlines
-        self._deadline_seq = 0
-        self._deadline_added = asyncio.Event()
         self._claims_made = 0
         # Claims that raised (lost reply, timeout, dropped connection): they may
         # have leased jobs on the backend, which `unclaim` hands back.
         self._lost_claims: deque[str] = deque(maxlen=_MAX_LOST_CLAIMS)
-        self.processed = 0
         self._presence: WorkerRegistry | None = (
             backend if isinstance(backend, WorkerRegistry) else None
         )
@@ -243,8 +146,11 @@ class Worker:
         self._started = True
         await self.app.open()
         self._loop = asyncio.get_running_loop()
-        self._pool = ThreadPoolExecutor(
-            max_workers=self.settings.concurrency, thread_name_prefix="conveyor-job"
+        self._deadlines = Deadlines(self._loop, self._abort)
+        self._threads = HandlerThreads(
+            self.settings.concurrency,
+            self.settings.abandoned_threads_tolerated,
+            on_returned=self._thread_returned,
         )
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
@@ -290,8 +196,8 @@ class Worker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping.is_set():
-            logger.warning("second %s: handing back running jobs now", sig.name)
-            self._force = True
+            logger.warning("second %s: handing back running jobs and leaving now", sig.name)
+            self._abort.set()
             for running in list(self._running.values()):
                 self._tell_stop(running, RELEASED)
             return
@@ -304,49 +210,89 @@ class Worker:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, wait up to `timeout` (default: the shutdown timeout) for
-        running jobs, hand back the rest so another worker takes them at once."""
-        if self._stopped.is_set() or not self._started:
+        running jobs, hand back the rest so another worker takes them at once.
+
+        Returns within `timeout` + STOP_GRACE whatever the backend does: what
+        it has not acknowledged by then is logged and left to lease expiry. A
+        second SIGTERM/SIGINT (under `run()`) makes it return at once."""
+        if not self._loops:
+            return  # never started, or start() failed before anything ran
+        if self._stop_begun:
+            await self._stopped.wait()  # a stop() under way is bounded
             return
+        self._stop_begun = True
+        assert self._loop is not None and self._deadlines is not None
+        deadlines = self._deadlines
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        jobs_deadline = self._loop.time() + limit
+        deadline = jobs_deadline + STOP_GRACE
         self._stopping.set()
         self._slot_freed.set()
+        try:
+            await self._wind_down(jobs_deadline, deadline)
+            if self._abort.is_set():
+                await self._flush_until(self._loop.time() + _ABORT_FLUSH, abortable=False)
+            for task in self._loops:
+                task.cancel()
+            await asyncio.wait(self._loops, timeout=CANCEL_WAIT)
+            if self._presence is not None and not self._abort.is_set():
+                # Its record expires by itself when this does not get through.
+                gone = self._presence.worker_gone(self.id)
+                await deadlines.call(gone, max(deadline, self._clock() + CANCEL_WAIT))
+            if not self._abort.is_set():
+                # Callbacks of the last outcomes get a moment even at the deadline.
+                drain = asyncio.ensure_future(self.app.events.drain())
+                if not await deadlines.wait([drain], max(deadline, self._clock() + CANCEL_WAIT)):
+                    logger.warning("event callbacks still running at shutdown were cancelled")
+                    await deadlines.cancel(drain)
+        finally:
+            assert self._threads is not None
+            self._threads.shutdown()
+            self._acks.log_unacknowledged()
+            self._stopped.set()
+        dropped = self._claims.dropped
+        extra = f", {dropped} stale claim(s) dropped" if dropped else ""
+        logger.info(
+            "worker %s stopped: %d job(s) finished, %d handed back%s",
+            self.id,
+            self._acks.finished,
+            self._acks.handed_back,
+            extra,
+        )
+
+    async def _wind_down(self, jobs_deadline: float, deadline: float) -> None:
+        """The graceful part of stop(). Every wait ends by `deadline` (running
+        jobs get until `jobs_deadline`), and at once after a second signal."""
+        assert self._loop is not None and self._deadlines is not None
+        deadlines = self._deadlines
         if self._blocked_in is not None:
-            with contextlib.suppress(Exception):
-                await self._blocked_in.wake_waiter(self.id)
-        limit = self.settings.shutdown_timeout if timeout is None else timeout
+            # End the blocking wait rather than abandon it, so whatever its
+            # claim took is handed back now, not after its lease expires.
+            await deadlines.call(
+                self._blocked_in.wake_waiter(self.id), min(deadline, self._loop.time() + 1.0)
+            )
         # The claim loop ends by itself once it sees `_stopping` (cancelling it
-        # could lose the acknowledgements of an exchange in flight).
-        with contextlib.suppress(Exception):
-            await self._loops[0]
+        # could lose the acknowledgements of an exchange in flight), unless
+        # the backend does not answer.
+        claim_loop = self._loops[0]
+        if not await deadlines.wait([claim_loop], deadline):
+            await deadlines.cancel(claim_loop)
         self._hand_back_backlog()
         tasks = [r.task for r in self._running.values() if r.task is not None]
-        if tasks and not self._force:
-            await asyncio.wait(tasks, timeout=limit)
+        await deadlines.wait(tasks, jobs_deadline)
         leftovers = list(self._running.values())
         if leftovers:
             logger.warning("handing back %d unfinished job(s)", len(leftovers))
             for running in leftovers:
                 self._tell_stop(running, RELEASED)
-            await asyncio.wait([r.task for r in leftovers if r.task is not None], timeout=1.0)
+            await deadlines.wait(
+                [r.task for r in leftovers if r.task is not None],
+                min(deadline, self._loop.time() + 1.0),
+            )
             for running in list(self._running.values()):
                 # A sync handler's thread cannot be interrupted: hand its job back anyway.
                 self._release(running)
-        if self._ack_task is not None:
-            await self._ack_task  # a batch may be in flight already
-        await self._flush_acks()
-        for task in self._loops[1:]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._presence is not None:
-            try:
-                await self._presence.worker_gone(self.id)
-            except Exception as exc:  # its record expires by itself
-                logger.warning("could not remove this worker's presence record (%s)", exc)
-        await self.app.events.drain()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._stopped.set()
-        logger.info("worker %s stopped after %d job(s)", self.id, self.processed)
+        await self._flush_until(deadline)
 
     def request_stop(self) -> None:
         """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""
@@ -363,33 +309,44 @@ class Worker:
         for a worker that knows them instead of failing here."""
         return tuple(self.app.registry)
 
+    @property
+    def processed(self) -> int:
+        """Outcomes the backend has answered, of any kind."""
+        return self._acks.sent
+
+    def stats(self) -> dict[str, int]:
+        """This worker's figures: jobs running and prefetched now, threads of
+        sync handlers still busy after their job ended (timed out, cancelled,
+        lost), outcomes not yet acknowledged; and since start, jobs finished
+        (completed, failed, retrying or cancelled), handed back, and claims
+        dropped unstarted because their lease had run out."""
+        return {
+            "running": len(self._running),
+            "prefetched": len(self._backlog),
+            "abandoned_threads": self._threads.abandoned if self._threads is not None else 0,
+            "unacknowledged": len(self._acks),
+            "finished": self._acks.finished,
+            "handed_back": self._acks.handed_back,
+            "dropped_stale": self._claims.dropped,
+        }
+
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> None:
         """Claim as many jobs as there are free slots, taking along the
         acknowledgements waiting to be sent (one round trip for both where the
         backend can). When there is no work it waits on the backend, and
-        acknowledgements go out through `_flush_acks` instead."""
-        settings = self.settings
+        acknowledgements go out through the flusher instead."""
         failures = 0
-        while True:
-            stopping = self._stopping.is_set()
-            free = (
-                0
-                if stopping
-                else settings.concurrency
-                + settings.prefetch
-                - len(self._running)
-                - len(self._backlog)
-            )
-            if stopping and not self._acks.outcomes:
-                await self._unclaim_lost_before_exit()
-                return
-            if free <= 0 and not self._acks.outcomes:
+        # Once stopping, what is left to acknowledge goes out through stop().
+        while not self._stopping.is_set():
+            free = self._free_slots()
+            if free <= 0 and not len(self._acks):
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            batch, self._acks = self._acks, _Acks()
+            batch = self._acks.take()
+            sent = bool(batch.outcomes)
             claim_id: str | None = None
             try:
                 await self._unclaim_lost()
@@ -398,33 +355,62 @@ class Worker:
                 if failures:
                     logger.warning("backend reachable again after %d failed call(s)", failures)
                 failures = 0
-            except Exception as exc:
-                self._requeue_acks(batch)
+            except asyncio.CancelledError:
+                self._acks.put_back(batch)  # stop() gave up on this exchange
                 if claim_id is not None and free > 0:
                     self._lost_claims.append(claim_id)
+                await self._unclaim_lost_before_exit()
+                raise
+            except Exception as exc:
+                self._acks.put_back(batch)
+                if claim_id is not None and free > 0:
+                    self._lost_claims.append(claim_id)  # undone before the next claim
                 failures += 1
-                pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
+                pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
                 logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
                 self._idle_now = True
                 await self._sleep_unless_stopping(pause)
                 self._idle_now = False
                 continue
+            if self._stopping.is_set():
+                # Told to stop while the claim was in flight: these jobs go
+                # back unstarted, as stop() does with prefetched ones.
+                for job in jobs:
+                    self._hand_back(job)
+                break
             for job in jobs:
                 self._start_job(job)
-            if free > 0 and not jobs and not batch.outcomes:
+            if free > 0 and not jobs and not sent:
                 await self._idle()
+        await self._unclaim_lost_before_exit()
 
-    async def _exchange(self, batch: _Acks, limit: int, claim_id: str) -> list[Job]:
-        """Send `batch` and claim up to `limit` jobs under `claim_id`."""
+    def _free_slots(self) -> int:
+        """How many jobs to claim: free slots plus prefetch, none while stopping
+        or while abandoned threads take every slot."""
+        capacity = self._capacity()
+        if self._stopping.is_set() or capacity <= 0:
+            return 0
+        return max(0, capacity + self.settings.prefetch - len(self._running) - len(self._backlog))
+
+    def _capacity(self) -> int:
+        """Jobs that may run at once: the concurrency, less the slots taken by
+        abandoned threads beyond those tolerated (see worker_threads)."""
+        assert self._threads is not None
+        return self.settings.concurrency - self._threads.lost_slots
+
+    async def _exchange(self, batch: Batch, limit: int, claim_id: str) -> list[Job]:
+        """Send `batch` and claim up to `limit` jobs under `claim_id`. Once
+        acknowledged, the batch is emptied: a failure after that must not send
+        it again."""
         backend = self.app.backend
         lease = self.settings.lease
-        now = time.time()
         names = self.names
+        sent_at, now = self._clock(), time.time()
         if not batch.outcomes:
-            return await backend.claim(
+            jobs = await backend.claim(
                 self.queues, limit, lease, now, claim_id=claim_id, names=names
             )
-        if self._combined is not None and limit > 0:
+        elif self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes,
                 self.app.retention,
@@ -435,14 +421,17 @@ class Worker:
                 claim_id=claim_id,
                 names=names,
             )
+            self._acks.acknowledged(batch, accepted)
         else:
             accepted = await backend.finish(batch.outcomes, self.app.retention)
+            self._acks.acknowledged(batch, accepted)
             jobs = []
             if limit > 0:
+                sent_at, now = self._clock(), time.time()
                 jobs = await backend.claim(
                     self.queues, limit, lease, now, claim_id=claim_id, names=names
                 )
-        self._acknowledged(batch, accepted)
+        self._claims.claimed(jobs, sent_at)
         return jobs
 
     def _new_claim_id(self) -> str:
@@ -470,19 +459,23 @@ class Worker:
         if not self._lost_claims:
             return
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(CANCEL_WAIT if self._abort.is_set() else 2.0):
                 await self._unclaim_lost()
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             logger.warning(
                 "could not undo %d lost claim(s) (%s); their jobs come back when the lease expires",
                 len(self._lost_claims),
-                exc,
+                exc or type(exc).__name__,
             )
+
+    def _clock(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
 
     async def _idle(self) -> None:
         self._idle_now = True
-        if self._acks.outcomes:
-            self._start_flush()
+        if len(self._acks):
+            self._acks.flush()
         try:
             if self._blocking is not None:
                 for job in await self._claim_blocking(self._blocking):
@@ -497,20 +490,23 @@ class Worker:
 
     async def _claim_blocking(self, backend: BlockingClaim) -> list[Job]:
         settings = self.settings
-        free = settings.concurrency + settings.prefetch - len(self._running) - len(self._backlog)
-        if self._stopping.is_set():
+        free = self._free_slots()
+        if free <= 0:
             return []
         self._blocked_in = backend
+        sent_at = self._clock()
         claim_id = self._new_claim_id()
         try:
             # stop() ends this wait through wake_waiter() rather than abandon
             # it, so whatever the claim took is handed back now, not after its
-            # lease expires.
+            # lease expires. The wait lasts at most half a lease: the claim at
+            # its end then still has half its lease by the worker's reckoning,
+            # which counts from when the wait began.
             jobs = await backend.claim_blocking(
                 self.queues,
                 free,
                 settings.lease,
-                settings.poll_interval,
+                min(settings.poll_interval, settings.lease / 2),
                 self.id,
                 claim_id=claim_id,
                 names=self.names,
@@ -520,9 +516,10 @@ class Worker:
             raise
         finally:
             self._blocked_in = None
+        self._claims.claimed(jobs, sent_at)
         if self._stopping.is_set():
             for job in jobs:
-                self._ack(Outcome(job.id, _token(job), OutcomeKind.QUEUED, time.time()), job)
+                self._hand_back(job)
             return []
         return jobs
 
@@ -550,22 +547,46 @@ class Worker:
     # ------------------------------------------------------------------ running
 
     def _start_job(self, job: Job) -> None:
+        if self._claims.stale(job, self._clock()):
+            # Fenced by the claim's token: back to the queue if no other
+            # worker has taken the job meanwhile, else refused, harmlessly.
+            self._ack(handed_back(job), job)
+            return
         if job.name not in self.app.registry and self._hand_back_unknown(job):
             return
-        if len(self._running) >= self.settings.concurrency:
+        if len(self._running) >= self._capacity():
             self._backlog.append(job)
             return
         assert self._loop is not None
+        self._claims.forget(job)
         ctx = JobContext(job, self._progress, self._loop)
         running = _Running(job, ctx)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
-        if job.timeout is not None:
-            # A bare timer, cancelled when the job ends: far cheaper per job
-            # than an asyncio.timeout() block around the handler.
-            running.timer = self._loop.call_at(
-                self._loop.time() + job.timeout, self._expire, running
-            )
+        job_type = self.app.registry.get(job.name)
+        if job_type is None or job_type.is_async:
+            self._arm_timer(running)  # a sync handler's clock starts in its thread
+
+    def _start_backlog(self) -> None:
+        while self._backlog and len(self._running) < self._capacity():
+            if self._stopping.is_set():
+                return  # stop() hands the backlog back
+            self._start_job(self._backlog.popleft())
+
+    def _thread_returned(self) -> None:
+        """An abandoned thread is back: a slot it took may be free again."""
+        self._start_backlog()
+        self._slot_freed.set()
+
+    def _arm_timer(self, running: _Running) -> None:
+        timeout = running.job.timeout
+        task = running.task
+        if timeout is None or task is None or task.done() or running.ctx.stop_reason is not None:
+            return
+        assert self._loop is not None
+        # A bare timer, cancelled when the job ends: far cheaper per job
+        # than an asyncio.timeout() block around the handler.
+        running.timer = self._loop.call_at(self._loop.time() + timeout, self._expire, running)
 
     def _expire(self, running: _Running) -> None:
         if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
@@ -582,81 +603,51 @@ class Worker:
         try:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
-            result = await self._call(job_type, job, ctx)
-            outcome = self._success(job, ctx, result)
+            result = await self._call(job_type, running)
+            outcome = success(job, ctx, result)
         except asyncio.CancelledError:
             if ctx.stop_reason == TIMED_OUT:
-                outcome = self._failure(job, _timed_out(job), final=False, job_type=job_type)
+                outcome = failure(job, timed_out(job), final=False, job_type=job_type)
             else:
-                outcome = self._stopped_outcome(job, ctx)
+                outcome = stopped(job, ctx)
                 if outcome is None and ctx.stop_reason is None:
                     raise  # cancelled by someone else than us: let it propagate
         except (Permanent, InvalidPayloadError) as exc:
             # A payload that no longer fits its model fails the same way on
             # every attempt: retrying would only repeat it.
-            outcome = self._failure(job, exc, final=True)
+            outcome = failure(job, exc, final=True)
         except Exception as exc:
             if ctx.stop_reason == TIMED_OUT:
-                outcome = self._failure(job, _timed_out(job), final=False, job_type=job_type)
+                outcome = failure(job, timed_out(job), final=False, job_type=job_type)
             elif ctx.stop_reason is not None:
-                outcome = self._stopped_outcome(job, ctx)
+                outcome = stopped(job, ctx)
             else:
-                outcome = self._failure(job, exc, final=False, job_type=job_type)
+                outcome = failure(job, exc, final=False, job_type=job_type)
         finally:
             if running.timer is not None:
                 running.timer.cancel()
-            self._running.pop(job.id, None)
-            if self._backlog and not self._stopping.is_set():
-                self._start_job(self._backlog.popleft())
+            # Not ours any more if stop() handed the job back (_release).
+            owned = self._running.get(job.id) is running
+            if owned:
+                del self._running[job.id]
+            self._start_backlog()
             self._slot_freed.set()
-        if outcome is not None:
+        if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
             self._ack(outcome, job)
 
-    async def _call(self, job_type: JobType[Any], job: Job, ctx: JobContext) -> Any:
-        payload = job_type.decode_payload(job.payload)
+    async def _call(self, job_type: JobType[Any], running: _Running) -> Any:
+        ctx = running.ctx
+        payload = job_type.decode_payload(running.job.payload)
         if job_type.is_async:
             return await job_type.call(payload, ctx)
-        assert self._loop is not None
+        assert self._threads is not None
         # On timeout or cancel this await is cancelled; the thread cannot be
-        # interrupted, so it is told through ctx and its late result dropped.
-        return await self._loop.run_in_executor(self._pool, job_type.call, payload, ctx)
-
-    def _success(self, job: Job, ctx: JobContext, result: Any) -> Outcome:
-        now = time.time()
-        try:
-            encoded = encode_json(result, f"the result of job {job.name!r}")
-        except InvalidPayloadError as exc:
-            # The same code would return the same value again: do not retry.
-            return Outcome(job.id, _token(job), OutcomeKind.FAILED, now, error=str(exc))
-        kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
-        return Outcome(job.id, _token(job), kind, now, result=encoded)
-
-    def _stopped_outcome(self, job: Job, ctx: JobContext) -> Outcome | None:
-        now = time.time()
-        reason = ctx.stop_reason
-        if reason == CANCELLED:
-            return Outcome(job.id, _token(job), OutcomeKind.CANCELLED, now, error="cancelled")
-        if reason == RELEASED:
-            return Outcome(job.id, _token(job), OutcomeKind.QUEUED, now)
-        return None  # LOST: another claim owns the job now; say nothing
-
-    def _failure(
-        self,
-        job: Job,
-        exc: BaseException,
-        *,
-        final: bool,
-        job_type: JobType[Any] | None = None,
-    ) -> Outcome:
-        now = time.time()
-        error = f"{type(exc).__name__}: {exc}"
-        if not final and job.attempts <= job.max_retries:
-            delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
-            return Outcome(
-                job.id, _token(job), OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
-            )
-        return Outcome(job.id, _token(job), OutcomeKind.FAILED, now, error=error)
+        # interrupted, so it is told through ctx, its late result dropped, and
+        # the thread counted as abandoned until it returns.
+        return await self._threads.run(
+            ctx, job_type.call, payload, ctx, on_start=functools.partial(self._arm_timer, running)
+        )
 
     def _tell_stop(self, running: _Running, reason: str) -> None:
         running.ctx.mark_stopped(reason)
@@ -664,6 +655,18 @@ class Worker:
             job_type = self.app.registry.get(running.job.name)
             if job_type is None or job_type.is_async or reason in (RELEASED, LOST):
                 running.task.cancel()
+
+    def _hand_back_backlog(self) -> None:
+        """Prefetched jobs that never started go back to the queue at once."""
+        while self._backlog:
+            self._hand_back(self._backlog.popleft())
+
+    def _hand_back(self, job: Job) -> None:
+        """A claimed job that never started goes back to the queue. Its token
+        fences the hand-back: were the claim stale and the job taken by
+        another worker since, the backend refuses it."""
+        self._claims.forget(job)
+        self._ack(handed_back(job), job)
 
     def _hand_back_unknown(self, job: Job) -> bool:
         """Hand back, untouched (no attempt counted), a job this worker has
@@ -679,26 +682,17 @@ class Worker:
         logger.warning(
             "job %s %s: no handler for it in this worker; handed back for another", job.name, job.id
         )
-        self._ack(Outcome(job.id, _token(job), OutcomeKind.QUEUED, time.time()), job)
+        self._hand_back(job)
         return True
-
-    def _hand_back_backlog(self) -> None:
-        """Prefetched jobs that never started go back to the queue at once."""
-        while self._backlog:
-            job = self._backlog.popleft()
-            self._ack(Outcome(job.id, _token(job), OutcomeKind.QUEUED, time.time()), job)
 
     def _release(self, running: _Running) -> None:
         self._running.pop(running.job.id, None)
         if running.task is not None:
             running.task.cancel()
-        self._ack(
-            Outcome(running.job.id, _token(running.job), OutcomeKind.QUEUED, time.time()),
-            running.job,
-        )
+        self._ack(handed_back(running.job), running.job)
 
     async def _progress(self, job: Job, percent: float | None, logs: list[dict[str, Any]]) -> bool:
-        held = await self.app.backend.progress(job.id, _token(job), percent, logs)
+        held = await self.app.backend.progress(job.id, token_of(job), percent, logs)
         if percent is not None:
             job.progress = percent
         if not held and job.id in self._running:
@@ -708,74 +702,21 @@ class Worker:
     # ------------------------------------------------------------------ acknowledging
 
     def _ack(self, outcome: Outcome, job: Job) -> None:
-        self._acks.outcomes.append(outcome)
-        self._acks.jobs.append(job)
+        self._acks.add(outcome, job)
         # A busy claim loop takes the acknowledgement along with its next
         # claim; an idle or stopped one leaves it to the flusher.
         if self._idle_now or self._stopping.is_set() or self._loops[0].done():
-            self._start_flush()
+            self._acks.flush()
 
-    def _start_flush(self) -> None:
-        if self._ack_task is None or self._ack_task.done():
-            assert self._loop is not None
-            self._ack_task = self._loop.create_task(self._flush_acks())
-
-    def _requeue_acks(self, batch: _Acks) -> None:
-        """Put a batch whose sending failed back in front: a lost acknowledgement
-        would make its job run again."""
-        self._acks.outcomes[:0] = batch.outcomes
-        self._acks.jobs[:0] = batch.jobs
-
-    def _acknowledged(self, batch: _Acks, accepted: Sequence[bool]) -> None:
-        self.processed += len(batch.outcomes)
-        self._emit_outcomes(batch, accepted)
-
-    async def _flush_acks(self) -> None:
-        backend = self.app.backend
-        failures = 0
-        while self._acks.outcomes:
-            batch, self._acks = self._acks, _Acks()
-            try:
-                accepted = await backend.finish(batch.outcomes, self.app.retention)
-            except Exception as exc:
-                self._requeue_acks(batch)
-                failures += 1
-                pause = min(0.1 * 2**failures, _MAX_RETRY_PAUSE)
-                logger.error(
-                    "acknowledging %d job(s) failed (%s); retrying in %.1f s",
-                    len(batch.outcomes),
-                    exc,
-                    pause,
-                )
-                await asyncio.sleep(pause)
-                continue
-            failures = 0
-            self._acknowledged(batch, accepted)
-
-    def _emit_outcomes(self, batch: _Acks, accepted: Sequence[bool]) -> None:
-        events = self.app.events
-        for outcome, job, ok in zip(batch.outcomes, batch.jobs, accepted, strict=True):
-            if not ok:
-                logger.warning(
-                    "result of job %s attempt %d was refused: its lease was lost",
-                    job.id,
-                    job.attempts,
-                )
-                continue
-            kind = outcome.kind
-            if kind is OutcomeKind.FAILED:
-                logger.error("job %s %s failed for good: %s", job.name, job.id, outcome.error)
-            elif kind is OutcomeKind.SCHEDULED:
-                logger.warning(
-                    "job %s %s attempt %d failed (%s); retrying",
-                    job.name,
-                    job.id,
-                    job.attempts,
-                    outcome.error,
-                )
-            name = _EVENT_OF[kind]
-            if name is not None and events.wants(name):
-                events.emit(name, _finished_view(job, outcome))
+    async def _flush_until(self, deadline: float, abortable: bool = True) -> None:
+        """Send what is left to acknowledge, retrying until `deadline`."""
+        flusher = self._acks.flusher
+        while len(self._acks) or (flusher is not None and not flusher.done()):
+            flusher = self._acks.flush()
+            assert self._deadlines is not None
+            if not await self._deadlines.wait([flusher], deadline, abortable):
+                await self._deadlines.cancel(flusher)
+                return
 
     # ------------------------------------------------------------------ leases
 
@@ -785,13 +726,12 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_every)
             running = list(self._running.values())
             waiting = list(self._backlog)
-            # Finished jobs whose outcome is not stored yet (the backend may be
-            # away) keep their lease too, or they would be run again.
-            unacked = [Heartbeat(o.job_id, o.token) for o in self._acks.outcomes]
+            unacked = self._acks.heartbeats()
             if not running and not waiting and not unacked:
                 continue
-            beats = [Heartbeat(r.job.id, _token(r.job), r.ctx.take_logs()) for r in running]
-            beats += [Heartbeat(job.id, _token(job)) for job in waiting]
+            beats = [Heartbeat(r.job.id, token_of(r.job), r.ctx.take_logs()) for r in running]
+            beats += [Heartbeat(job.id, token_of(job)) for job in waiting]
+            sent_at = self._clock()
             try:
                 statuses = await backend.heartbeat(
                     beats + unacked, self.settings.lease, time.time()
@@ -801,7 +741,7 @@ class Worker:
                 for r, beat in zip(running, beats, strict=False):
                     r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
                 continue
-            self._check_backlog(waiting, statuses[len(running) : len(beats)])
+            self._check_backlog(waiting, statuses[len(running) : len(beats)], sent_at)
             for r, status in zip(running, statuses, strict=False):
                 if status is LeaseStatus.CANCEL:
                     self._tell_stop(r, CANCELLED)
@@ -809,13 +749,19 @@ class Worker:
                     logger.warning("job %s lost its lease; abandoning this attempt", r.job.id)
                     self._tell_stop(r, LOST)
 
-    def _check_backlog(self, waiting: list[Job], statuses: Sequence[LeaseStatus]) -> None:
+    def _check_backlog(
+        self, waiting: list[Job], statuses: Sequence[LeaseStatus], sent_at: float
+    ) -> None:
         for job, status in zip(waiting, statuses, strict=True):
-            if status is LeaseStatus.HELD or job not in self._backlog:
+            if job not in self._backlog:
+                continue
+            if status is LeaseStatus.HELD:
+                self._claims.claimed([job], sent_at)  # the lease runs on from this heartbeat
                 continue
             self._backlog.remove(job)
+            self._claims.forget(job)
             if status is LeaseStatus.CANCEL:
-                outcome = Outcome(job.id, _token(job), OutcomeKind.CANCELLED, time.time())
+                outcome = Outcome(job.id, token_of(job), OutcomeKind.CANCELLED, time.time())
                 outcome.error = "cancelled"
                 self._ack(outcome, job)
 
@@ -861,38 +807,6 @@ class Worker:
                         "job %s %s: its worker's lease expired; queued again", job.name, job.id
                     )
             await asyncio.sleep(self.settings.recover_every)
-
-
-_EVENT_OF: dict[OutcomeKind, str | None] = {
-    OutcomeKind.COMPLETED: "job.completed",
-    OutcomeKind.FAILED: "job.failed",
-    OutcomeKind.SCHEDULED: "job.retrying",
-    OutcomeKind.CANCELLED: "job.cancelled",
-    OutcomeKind.QUEUED: None,
-}
-
-
-def _finished_view(job: Job, outcome: Outcome) -> Job:
-    """The job as it stands after `outcome`, for event callbacks (no refetch)."""
-    state = {
-        OutcomeKind.COMPLETED: JobState.COMPLETED,
-        OutcomeKind.FAILED: JobState.FAILED,
-        OutcomeKind.SCHEDULED: JobState.SCHEDULED,
-        OutcomeKind.CANCELLED: JobState.CANCELLED,
-        OutcomeKind.QUEUED: JobState.QUEUED,
-    }[outcome.kind]
-    result = None
-    if outcome.result is not None:
-        result = json.loads(outcome.result)
-    final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
-    return replace(
-        job,
-        state=state,
-        result=result,
-        error=outcome.error,
-        finished_at=utc(outcome.at) if final else None,
-        run_at=utc(outcome.run_at) if outcome.run_at is not None else job.run_at,
-    )
 
 
 def _queues_of(app: Conveyor) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import BackendUnavailableError, Conveyor, Job, JobState
+from conveyor.worker import STOP_GRACE
 
 from .helpers import WAIT, WorkerProcess, eventually
 
@@ -524,3 +525,76 @@ def test_producer_call_cut_off_by_the_outage_names_the_server(
     # The cut-off enqueue never ran (it was held), so it stored nothing.
     assert {job.id for job in app.list_jobs_sync(limit=10)} == {before.id, after.id}
     assert f"127.0.0.1:{own_redis.port}" in message, message
+
+
+# ------------------------------------------------------------------------ 4. shutdown, Redis gone
+
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def _lose_redis_under_a_worker(
+    own_redis: RedisServer,
+    jobs_dir: Path,
+    start_worker: Callable[..., WorkerProcess],
+    producer_for: Callable[[str], Conveyor],
+    *args: str,
+) -> tuple[WorkerProcess, Job]:
+    """A worker runs a job; Redis dies under it; the job ends, and its
+    completion can no longer be acknowledged."""
+    url = f"{own_redis.url}?prefix=gone"
+    producer = producer_for(url)
+    log = jobs_dir / "runs.log"
+    job = producer.enqueue_sync("crash.quick", {"seconds": 1.0})
+    worker = start_worker(url, *args)
+    eventually(lambda: _count(log, "start", job.id) == 1, "the job to start")
+    own_redis.close()  # SIGKILL: unreachable from now on
+    eventually(lambda: _count(log, "finish", job.id) == 1, "the job to finish")
+    return worker, job
+
+
+def test_worker_shuts_down_in_bounded_time_with_redis_gone(
+    own_redis: RedisServer,
+    jobs_dir: Path,
+    start_worker: Callable[..., WorkerProcess],
+    producer_for: Callable[[str], Conveyor],
+) -> None:
+    worker, job = _lose_redis_under_a_worker(
+        own_redis,
+        jobs_dir,
+        start_worker,
+        producer_for,
+        "--shutdown-timeout",
+        str(SHUTDOWN_TIMEOUT),
+    )
+    bound = SHUTDOWN_TIMEOUT + STOP_GRACE + 8  # process start-up and teardown on a slow box
+    sent = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=bound) == 0, worker.output()
+    assert time.monotonic() - sent < bound
+    out = worker.output()
+    # It says what it could not acknowledge: the job comes back after its lease.
+    assert re.search(rf"unacknowledged.*{job.id}", out), out
+    assert "Traceback" not in out, out
+
+
+def test_second_sigterm_ends_a_shutdown_stuck_on_redis_at_once(
+    own_redis: RedisServer,
+    jobs_dir: Path,
+    start_worker: Callable[..., WorkerProcess],
+    producer_for: Callable[[str], Conveyor],
+) -> None:
+    # A shutdown timeout far beyond the test's patience: only the second
+    # signal can end this shutdown in time.
+    worker, job = _lose_redis_under_a_worker(
+        own_redis, jobs_dir, start_worker, producer_for, "--shutdown-timeout", "120"
+    )
+    worker.signal(signal.SIGTERM)
+    eventually(lambda: "SIGTERM received" in worker.output(), "the worker to begin stopping")
+    sent = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0, worker.output()
+    assert time.monotonic() - sent < 15
+    out = worker.output()
+    assert "second SIGTERM" in out, out
+    assert re.search(rf"unacknowledged.*{job.id}", out), out
+    assert "Traceback" not in out, out

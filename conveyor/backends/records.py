@@ -1,0 +1,93 @@
+"""The one place that turns what a backend stored into `Job` records.
+
+Backends store payloads, results and log lines as JSON text and times as
+epoch seconds; each reads its own row shape (a tuple, a Redis hash, a
+dataclass) into these keyword arguments, in storage types, and gets the
+`Job` back. So JSON is decoded, times become aware UTC datetimes and empty
+values become None the same way on every backend, and only once per record.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from conveyor.backends.base import ClaimToken, NewJob
+from conveyor.codec import decode_json
+from conveyor.job import Job, JobState, utc
+
+STATES: Final = {s.value: s for s in JobState}
+
+
+def stored_job(
+    *,
+    id: str,
+    name: str,
+    queue: str,
+    payload: str,
+    state: str | JobState,
+    attempts: int,
+    max_retries: int,
+    priority: int,
+    key: str | None,
+    result: str | None,
+    error: str | None,
+    progress: float,
+    created_at: float | None,
+    run_at: float | None,
+    started_at: float | None,
+    finished_at: float | None,
+    timeout: float | None,
+    logs: str | list[dict[str, Any]] | None,
+    stalls: int,
+    cancel_requested: bool,
+    duplicate: bool = False,
+    token: ClaimToken | None = None,
+) -> Job:
+    """A `Job` from stored fields: JSON text (`payload`, `result`, `logs`,
+    empty or None meaning none), epoch seconds (None: not set)."""
+    if isinstance(logs, str):
+        logs = [] if logs in ("", "[]") else decode_json(logs)
+    return Job(
+        id=id,
+        name=name,
+        queue=queue,
+        payload=decode_json(payload),
+        state=state if isinstance(state, JobState) else STATES[state],
+        attempts=attempts,
+        max_retries=max_retries,
+        priority=priority,
+        key=key or None,
+        result=decode_json(result) if result else None,
+        error=error or None,
+        progress=progress,
+        created_at=utc(created_at),
+        run_at=utc(run_at),
+        started_at=utc(started_at),
+        finished_at=utc(finished_at),
+        timeout=timeout,
+        logs=list(logs) if logs else [],
+        stalls=stalls,
+        cancel_requested=cancel_requested,
+        duplicate=duplicate,
+        token=token,
+    )
+
+
+def new_job(new: NewJob, state: JobState, duplicate: bool = False) -> Job:
+    """The record of a job just stored, built from what was sent: no read back."""
+    created_at = utc(new.created_at)
+    return Job(
+        id=new.id,
+        name=new.name,
+        queue=new.queue,
+        payload=decode_json(new.payload),
+        state=state,
+        max_retries=new.max_retries,
+        priority=new.priority,
+        key=new.key,
+        created_at=created_at,
+        # Most jobs run as soon as they are created: one datetime serves both.
+        run_at=created_at if new.run_at == new.created_at else utc(new.run_at),
+        timeout=new.timeout,
+        duplicate=duplicate,
+    )

@@ -1,0 +1,249 @@
+"""Outcomes of a worker's runs, and their acknowledgement to the backend.
+
+Outcomes are sent in batches. A busy claim loop takes the waiting batch along
+with its next claim (one round trip for both where the backend can); an idle
+or stopping worker sends it from a flusher task. A batch whose sending fails
+goes back in front and is retried (a lost acknowledgement would make its job
+run again) until stop() gives up at its deadline; those jobs then come back
+through lease expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from conveyor.backends.base import (
+    Backend,
+    ClaimToken,
+    Heartbeat,
+    Outcome,
+    OutcomeKind,
+    Retention,
+)
+from conveyor.context import JobContext
+from conveyor.events import EventBus
+from conveyor.job import InvalidPayloadError, Job, JobState, utc
+from conveyor.registry import encode_json
+
+if TYPE_CHECKING:
+    from conveyor.registry import JobType
+
+logger = logging.getLogger("conveyor.worker")
+
+# Retries against an unreachable backend back off up to this, no further: once
+# it is back, acknowledgements must go out before their jobs' leases expire.
+MAX_RETRY_PAUSE = 1.0
+
+# Why a handler was told to stop; decides the outcome that gets recorded.
+CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def token_of(job: Job) -> ClaimToken:
+    """The fencing token of a job this worker claimed."""
+    # Every record a claim returns carries its token (backends/base.py).
+    assert job.token is not None, f"job {job.id} came from a claim without a token"
+    return job.token
+
+
+def success(job: Job, ctx: JobContext, result: Any) -> Outcome:
+    now = time.time()
+    try:
+        encoded = encode_json(result, f"the result of job {job.name!r}")
+    except InvalidPayloadError as exc:
+        # The same code would return the same value again: do not retry.
+        return Outcome(job.id, token_of(job), OutcomeKind.FAILED, now, error=str(exc))
+    kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
+    return Outcome(job.id, token_of(job), kind, now, result=encoded)
+
+
+def stopped(job: Job, ctx: JobContext) -> Outcome | None:
+    now = time.time()
+    reason = ctx.stop_reason
+    if reason == CANCELLED:
+        return Outcome(job.id, token_of(job), OutcomeKind.CANCELLED, now, error="cancelled")
+    if reason == RELEASED:
+        return Outcome(job.id, token_of(job), OutcomeKind.QUEUED, now)
+    return None  # LOST: another claim owns the job now; say nothing
+
+
+def failure(
+    job: Job, exc: BaseException, *, final: bool, job_type: JobType[Any] | None = None
+) -> Outcome:
+    now = time.time()
+    error = f"{type(exc).__name__}: {exc}"
+    if not final and job.attempts <= job.max_retries:
+        delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
+        return Outcome(
+            job.id, token_of(job), OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
+        )
+    return Outcome(job.id, token_of(job), OutcomeKind.FAILED, now, error=error)
+
+
+def timed_out(job: Job) -> TimeoutError:
+    return TimeoutError(f"timed out after {job.timeout:g} s")
+
+
+def handed_back(job: Job) -> Outcome:
+    """Back to the queue unfinished or unstarted: the attempt does not count."""
+    return Outcome(job.id, token_of(job), OutcomeKind.QUEUED, time.time())
+
+
+# --------------------------------------------------------------------------- acknowledging
+
+
+@dataclass(slots=True)
+class Batch:
+    """Outcomes waiting to be sent, with the job each belongs to (for events)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+
+
+class Acknowledgements:
+    def __init__(self, backend: Backend, retention: Retention, events: EventBus) -> None:
+        self._backend = backend
+        self._retention = retention
+        self._events = events
+        self.waiting = Batch()
+        self.flusher: asyncio.Task[None] | None = None
+        self.sent = 0  # outcomes answered by the backend, of any kind
+        self.finished = 0  # completed, failed, retrying or cancelled
+        self.handed_back = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting.outcomes)
+
+    def add(self, outcome: Outcome, job: Job) -> None:
+        self.waiting.outcomes.append(outcome)
+        self.waiting.jobs.append(job)
+
+    def take(self) -> Batch:
+        batch, self.waiting = self.waiting, Batch()
+        return batch
+
+    def put_back(self, batch: Batch) -> None:
+        """Put a batch whose sending failed back in front: a lost acknowledgement
+        would make its job run again."""
+        self.waiting.outcomes[:0] = batch.outcomes
+        self.waiting.jobs[:0] = batch.jobs
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Finished jobs whose outcome is not stored yet (the backend may be
+        away) keep their lease too, or they would be run again."""
+        return [Heartbeat(o.job_id, o.token) for o in self.waiting.outcomes]
+
+    def acknowledged(self, batch: Batch, accepted: Sequence[bool]) -> None:
+        self.sent += len(batch.outcomes)
+        for outcome, ok in zip(batch.outcomes, accepted, strict=True):
+            if ok and outcome.kind is OutcomeKind.QUEUED:
+                self.handed_back += 1
+            elif ok:
+                self.finished += 1
+        self._emit(batch, accepted)
+        batch.outcomes, batch.jobs = [], []  # sent: never to be put back
+
+    def flush(self) -> asyncio.Task[None]:
+        """Start sending what waits, unless a flusher runs already; the flusher."""
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.get_running_loop().create_task(self._flush())
+        return self.flusher
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self.waiting.outcomes:
+            batch = self.take()
+            try:
+                accepted = await self._backend.finish(batch.outcomes, self._retention)
+            except asyncio.CancelledError:
+                self.put_back(batch)  # stop() gave up: these count as unacknowledged
+                raise
+            except Exception as exc:
+                self.put_back(batch)
+                failures += 1
+                pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
+                logger.error(
+                    "acknowledging %d job(s) failed (%s); retrying in %.1f s",
+                    len(batch.outcomes),
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                continue
+            failures = 0
+            self.acknowledged(batch, accepted)
+
+    def log_unacknowledged(self) -> None:
+        outcomes = self.waiting.outcomes
+        if outcomes:
+            logger.warning(
+                "stopped with %d outcome(s) unacknowledged (the backend did not take them "
+                "in time); these jobs come back when their lease expires: %s",
+                len(outcomes),
+                ", ".join(o.job_id for o in outcomes),
+            )
+
+    def _emit(self, batch: Batch, accepted: Sequence[bool]) -> None:
+        events = self._events
+        for outcome, job, ok in zip(batch.outcomes, batch.jobs, accepted, strict=True):
+            if not ok:
+                logger.warning(
+                    "result of job %s attempt %d was refused: its lease was lost",
+                    job.id,
+                    job.attempts,
+                )
+                continue
+            kind = outcome.kind
+            if kind is OutcomeKind.FAILED:
+                logger.error("job %s %s failed for good: %s", job.name, job.id, outcome.error)
+            elif kind is OutcomeKind.SCHEDULED:
+                logger.warning(
+                    "job %s %s attempt %d failed (%s); retrying",
+                    job.name,
+                    job.id,
+                    job.attempts,
+                    outcome.error,
+                )
+            name = _EVENT_OF[kind]
+            if name is not None and events.wants(name):
+                events.emit(name, _finished_view(job, outcome))
+
+
+_EVENT_OF: dict[OutcomeKind, str | None] = {
+    OutcomeKind.COMPLETED: "job.completed",
+    OutcomeKind.FAILED: "job.failed",
+    OutcomeKind.SCHEDULED: "job.retrying",
+    OutcomeKind.CANCELLED: "job.cancelled",
+    OutcomeKind.QUEUED: None,
+}
+
+
+def _finished_view(job: Job, outcome: Outcome) -> Job:
+    """The job as it stands after `outcome`, for event callbacks (no refetch)."""
+    state = {
+        OutcomeKind.COMPLETED: JobState.COMPLETED,
+        OutcomeKind.FAILED: JobState.FAILED,
+        OutcomeKind.SCHEDULED: JobState.SCHEDULED,
+        OutcomeKind.CANCELLED: JobState.CANCELLED,
+        OutcomeKind.QUEUED: JobState.QUEUED,
+    }[outcome.kind]
+    result = None
+    if outcome.result is not None:
+        result = json.loads(outcome.result)
+    final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
+    return replace(
+        job,
+        state=state,
+        result=result,
+        error=outcome.error,
+        finished_at=utc(outcome.at) if final else None,
+        run_at=utc(outcome.run_at) if outcome.run_at is not None else job.run_at,
+    )

@@ -1,0 +1,80 @@
+"""Worker settings: every knob of a worker, and the environment variables
+that fill in what code and command-line flags leave out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.job import InvalidOptionError
+from conveyor.settings import worker_environment
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Every knob of a worker. `build()` applies the environment under code."""
+
+    concurrency: int = 10
+    # Jobs claimed ahead of free slots, started the moment a slot frees: the
+    # next claim's round trip overlaps with running jobs. Prefetched jobs hold
+    # a lease like running ones; keep it 0 for long jobs spread over many workers.
+    prefetch: int = 0
+    queues: tuple[str, ...] | None = None  # None: every queue the app's job types use
+    lease: float = 30.0
+    heartbeat_interval: float | None = None  # None: min(lease / 3, 1 s)
+    recover_interval: float | None = None  # None: min(lease / 2, 5 s)
+    max_stalled: int = 1
+    shutdown_timeout: float = 30.0
+    poll_interval: float = 1.0  # longest idle wait between claims
+    scheduler: bool = True
+    scheduler_interval: float = 1.0  # how often due schedules are looked for
+    # Sync handlers still running after their job ended (timed out, cancelled,
+    # lost) keep their thread; this many are tolerated before each one takes a
+    # slot. None: as many as `concurrency`.
+    max_abandoned_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise InvalidOptionError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.prefetch < 0:
+            raise InvalidOptionError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.lease <= 0:
+            raise InvalidOptionError(f"lease must be > 0 seconds, got {self.lease}")
+        if self.max_stalled < 0:
+            raise InvalidOptionError(f"max_stalled must be >= 0, got {self.max_stalled}")
+        if self.shutdown_timeout < 0:
+            raise InvalidOptionError("shutdown_timeout must be >= 0")
+        if self.max_abandoned_threads is not None and self.max_abandoned_threads < 0:
+            raise InvalidOptionError(
+                f"max_abandoned_threads must be >= 0, got {self.max_abandoned_threads}"
+            )
+        if self.queues is not None and not all(self.queues):
+            raise InvalidOptionError(f"queue names must be non-empty, got {self.queues!r}")
+
+    @property
+    def heartbeat_every(self) -> float:
+        return self.heartbeat_interval or min(self.lease / 3, 1.0)
+
+    @property
+    def recover_every(self) -> float:
+        return self.recover_interval or min(self.lease / 2, 5.0)
+
+    @property
+    def abandoned_threads_tolerated(self) -> int:
+        if self.max_abandoned_threads is None:
+            return self.concurrency
+        return self.max_abandoned_threads
+
+    @classmethod
+    def build(cls, **given: Any) -> WorkerSettings:
+        """Settings from code (`given`, None meaning "not given"), under which the
+        environment fills what code left out. The CLI passes its flags here too,
+        so flags win over the environment, which wins over defaults."""
+        values = {k: v for k, v in given.items() if v is not None}
+        values.update(worker_environment(given=values))
+        if "queues" in values and values["queues"] is not None:
+            values["queues"] = tuple(values["queues"])
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidOptionError(f"unknown worker settings: {', '.join(sorted(unknown))}")
+        return cls(**values)

@@ -1,0 +1,120 @@
+"""The threads sync handlers run in, and the ones the worker had to abandon.
+
+Python cannot stop a thread. When a sync job times out, is cancelled, loses
+its lease or is handed back at shutdown, the worker records its outcome and
+moves on, but a handler that does not poll `ctx.is_cancelled()` keeps its
+thread busy: the thread is abandoned. No other job may pay for it, so:
+
+* the pool holds `concurrency + tolerated` threads: up to `tolerated`
+  abandoned threads leave every slot a thread of its own;
+* each abandoned thread beyond that takes a slot (`lost_slots`), so the worker
+  never claims a job that would wait for a thread;
+* a sync job's timeout starts when its handler starts in its thread
+  (`on_start`), never while it waits for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from conveyor.context import JobContext
+
+logger = logging.getLogger("conveyor.worker")
+
+# Threads that run sync handlers are named after this prefix; the worker
+# command looks for them after shutdown.
+THREAD_PREFIX = "conveyor-job"
+
+
+class HandlerThreads:
+    def __init__(self, concurrency: int, tolerated: int, on_returned: Callable[[], None]) -> None:
+        self.concurrency = concurrency
+        self.tolerated = tolerated
+        self._on_returned = on_returned  # called on the loop when an abandoned thread is back
+        self._pool = ThreadPoolExecutor(
+            max_workers=concurrency + tolerated, thread_name_prefix=THREAD_PREFIX
+        )
+        self._abandoned: dict[Future[Any], JobContext] = {}
+
+    @property
+    def abandoned(self) -> int:
+        return len(self._abandoned)
+
+    @property
+    def lost_slots(self) -> int:
+        """Slots taken by abandoned threads beyond the tolerated number."""
+        return max(0, len(self._abandoned) - self.tolerated)
+
+    async def run(
+        self, ctx: JobContext, call: Callable[..., Any], *args: Any, on_start: Callable[[], None]
+    ) -> Any:
+        """`call(*args)` in a pool thread; `on_start` runs on the loop once it starts.
+        Cancelling this abandons the thread if the call is under way."""
+        loop = asyncio.get_running_loop()
+
+        def in_thread() -> Any:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
+                loop.call_soon_threadsafe(on_start)
+            return call(*args)
+
+        future = self._pool.submit(in_thread)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # A call that had not started was cancelled with us; one that
+            # runs keeps its thread until it returns by itself.
+            if not future.done():
+                self._abandon(future, ctx, loop)
+            raise
+
+    def _abandon(
+        self, future: Future[Any], ctx: JobContext, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._abandoned[future] = ctx
+        # Called at once if the thread returned meanwhile, else when it does.
+        future.add_done_callback(lambda done: self._returned_threadsafe(loop, done))
+        job = ctx.job
+        logger.warning(
+            "job %s %s: its sync handler still runs after the job %s; abandoning its "
+            "thread (%d abandoned, max_abandoned_threads=%d)",
+            job.name,
+            job.id,
+            ctx.stop_reason or "ended",
+            len(self._abandoned),
+            self.tolerated,
+        )
+        lost = self.lost_slots
+        if lost:
+            logger.warning(
+                "%d abandoned handler thread(s) exceed max_abandoned_threads=%d: this worker "
+                "runs at most %d job(s) at once until they return%s",
+                len(self._abandoned),
+                self.tolerated,
+                max(0, self.concurrency - lost),
+                "; it claims nothing meanwhile" if lost >= self.concurrency else "",
+            )
+
+    def _returned_threadsafe(self, loop: asyncio.AbstractEventLoop, future: Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is gone
+            loop.call_soon_threadsafe(self._returned, future)
+
+    def _returned(self, future: Future[Any]) -> None:
+        ctx = self._abandoned.pop(future, None)
+        if ctx is None:
+            return
+        logger.info(
+            "the abandoned thread of job %s %s returned (%d still abandoned)",
+            ctx.job.name,
+            ctx.job.id,
+            len(self._abandoned),
+        )
+        self._on_returned()
+
+    def shutdown(self) -> None:
+        """Start no more calls; threads still busy are left to finish by themselves."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
