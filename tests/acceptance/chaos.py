@@ -9,6 +9,11 @@ hits a random worker, in one of three modes:
 * SIGTERM: the worker shuts down gracefully with a short shutdown timeout,
   handing back what it could not finish; a new one is started.
 
+On SQLite, every other freeze goes to a worker seen holding the database's
+write lock (if one is seen within a moment): a random freeze almost never
+lands inside a write transaction, and one that does stalls every other
+worker's writes, heartbeats included, for as long as it lasts.
+
 The producer keeps a few hundred jobs queued in waves of a few seconds, with
 a short gap between two waves where the queue runs dry. The hit that falls
 due next is brought forward to the start of a wave, landing just before the
@@ -28,6 +33,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from conveyor import Conveyor, Job
@@ -91,6 +97,9 @@ def run_sync(payload: dict, ctx: JobContext) -> dict:
 """
 
 MODES = {"SIGKILL": KILL, "SIGSTOP": STOP, "SIGTERM": TERM}
+# SQLite's WAL write lock: a POSIX lock on this byte of the -shm file, which
+# /proc/locks lists with the holder's pid (Linux).
+_WAL_WRITE_LOCK_BYTE = "120"
 
 
 # --------------------------------------------------------------------------- settings
@@ -154,6 +163,33 @@ class ChaosSettings:
 
 
 # --------------------------------------------------------------------------- the run
+
+
+def sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///").partition("?")[0])
+
+
+def write_lock_holder(database: Path, pids: set[int]) -> int | None:
+    """Which of `pids` holds the SQLite write lock of `database` now, if any."""
+    locks = Path("/proc/locks")
+    shm = Path(f"{database}-shm")
+    try:
+        inode = shm.stat().st_ino
+        table = locks.read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        # "7: POSIX  ADVISORY  WRITE <pid> <major>:<minor>:<inode> <start> <end>";
+        # lines with "->" are processes waiting for a lock, not holding it.
+        fields = line.split()
+        if "->" in fields or len(fields) < 8 or fields[3] != "WRITE":
+            continue
+        pid, where, start = int(fields[4]), fields[5], fields[6]
+        if start == _WAL_WRITE_LOCK_BYTE and where.endswith(f":{inode}") and pid in pids:
+            return pid
+    return None
 
 
 class Producer(threading.Thread):
@@ -225,7 +261,10 @@ class ChaosRun:
         self.workers: list[WorkerProcess] = []  # the current ones
         self.leaving: dict[int, tuple[WorkerProcess, float]] = {}  # SIGTERMed: pid -> deadline
         self.frozen: dict[int, float] = {}  # pid -> monotonic time to resume
+        self.ready: set[int] = set()  # pids whose worker has logged that it started
         self.complaints: list[str] = []
+        self.database = sqlite_path(url) if self.hit == STOP else None
+        self.locked_stops = 0  # freezes that caught a worker holding the write lock
 
     # ---------------------------------------------------------------- workers
 
@@ -238,6 +277,28 @@ class ChaosRun:
         self.started.append(worker)
         self.note(SPAWN, worker.pid)
         return worker
+
+    def is_ready(self, worker: WorkerProcess) -> bool:
+        """Whether it has started (a SIGTERM before that just ends the
+        interpreter, which has nothing to hand back yet)."""
+        if worker.pid not in self.ready and " started: " in worker.output():
+            self.ready.add(worker.pid)
+        return worker.pid in self.ready
+
+    def choose(self, awake: list[int]) -> int:
+        """The index of the worker to hit: random, or on SQLite every other
+        time the first one seen holding the write lock within 0.3 s."""
+        pick = self.rng.choice(awake)
+        if self.database is None or self.rng.random() < 0.5:
+            return pick
+        by_pid = {self.workers[i].pid: i for i in awake}
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            holder = write_lock_holder(self.database, set(by_pid))
+            if holder is not None:
+                return by_pid[holder]
+            time.sleep(0.0005)  # transactions last about a millisecond
+        return pick
 
     def strike(self, index: int) -> None:
         worker = self.workers[index]
@@ -253,6 +314,10 @@ class ChaosRun:
         else:
             worker.signal(signal.SIGSTOP)
             self.frozen[worker.pid] = time.monotonic() + self.rng.uniform(*self.settings.frozen_for)
+            if self.database is not None:
+                # Whether it froze with the lock held (a stopped process holds it).
+                holder = write_lock_holder(self.database, {worker.pid})
+                self.locked_stops += holder is not None
 
     def resume(self, pid: int) -> None:
         del self.frozen[pid]
@@ -287,7 +352,7 @@ class ChaosRun:
     def run(self) -> None:
         self.workers = [self.spawn() for _ in range(self.settings.workers)]
         for worker in self.workers:
-            eventually(lambda w=worker: " started: " in w.output(), f"worker {worker.pid} to start")
+            eventually(partial(self.is_ready, worker), f"worker {worker.pid} to start")
         self.producer.start()
         deadline = time.monotonic() + self.settings.seconds
         next_hit = time.monotonic() + self.rng.uniform(*self.settings.pause)
@@ -302,12 +367,13 @@ class ChaosRun:
                 next_hit = now
             if now >= next_hit:
                 awake = [i for i, w in enumerate(self.workers) if w.pid not in self.frozen]
+                ready = [i for i in awake if self.is_ready(self.workers[i])]
                 # Keep one worker awake: the point is recovery by the others.
-                if len(awake) > 1 or (awake and self.hit != STOP):
-                    self.strike(self.rng.choice(awake))
+                if ready and (len(awake) > 1 or self.hit != STOP):
+                    self.strike(self.choose(ready))
                     next_hit = now + self.rng.uniform(*self.settings.pause)
                 else:
-                    next_hit = min(self.frozen.values())
+                    next_hit = now + 0.1
             if wave:
                 self.producer.wave_go.set()
             time.sleep(0.02)  # the pace of the kill loop, not a wait for a condition

@@ -1,9 +1,10 @@
 """Chaos: three real workers on SQLite and on Redis, one killed (SIGKILL),
 frozen past its lease (SIGSTOP, then SIGCONT) or stopped with a short
 shutdown timeout (SIGTERM) every 1-3 s while a producer keeps a few hundred
-jobs queued. Afterwards every job must be completed, by
-its newest claim, and run more than once only when a kill or stop landed
-while it was in flight. See tests/acceptance/chaos.py for the side channel.
+jobs queued (issue 7 point 11). Afterwards every job must be completed, by
+its newest claim, never started on a superseded or expired claim, and run
+more than once only when a hit on its worker landed while it was in flight.
+The harness: chaos.py; the side channel and the checks: chaos_checks.py.
 
 Knobs (environment): CONVEYOR_CHAOS_SEED (printed with each run, to replay
 its choices), CONVEYOR_CHAOS_SECONDS (of chaos per run, default 20: a
@@ -74,6 +75,17 @@ def _run_of(backend: str, mode: str) -> Any:
 
 RUNS = [
     _run_of("sqlite", "SIGKILL"),
+    # FAILS on main, real faults (issue 7 points 8 and 10), from freezes aimed
+    # at the worker holding the write lock: (a) the other workers' heartbeats
+    # and acknowledgements wait behind the frozen holder past their lease;
+    # when it resumes, lease recovery requeues the healthy workers' jobs and
+    # refuses their finished results, and the jobs run twice ("run again with
+    # no hit on its worker while in flight"). (b) A worker frozen inside its
+    # claim transaction resumes past the lease and starts the claimed jobs
+    # anyway (same message). (c) Claims that waited behind the frozen holder
+    # count their lease from before the wait: born expired, started all the
+    # same ("started on a claim whose lease had expired").
+    # Leave it failing (not xfail) until the fixes of points 8 and 10 are merged.
     _run_of("sqlite", "SIGSTOP"),
     _run_of("sqlite", "SIGTERM"),
     _run_of("redis", "SIGKILL"),
@@ -82,7 +94,8 @@ RUNS = [
     # claim (BLPOP + claim script) pending on Redis; the next wave's jobs are
     # claimed for it while it is frozen, and when it resumes, past the lease,
     # it starts them anyway although another worker has already recovered
-    # them: "started on a claim whose lease had expired", each run twice.
+    # them: "started on a claim whose lease had expired", and each runs twice
+    # (at times also "run again with no hit on its worker while in flight").
     # Leave it failing (not xfail) until the point 10 fix is merged.
     _run_of("redis", "SIGSTOP"),
     _run_of("redis", "SIGTERM"),
@@ -119,8 +132,11 @@ def test_chaos(
         channel = SideChannel.parse(run.log_path.read_text())
         findings = analyse(run.producer.enqueued, final, channel, SETTINGS.lease)
         findings.complaints += run.complaints
+        summary = findings.summary(backend, mode, SETTINGS.seed)
+        if run.database is not None:
+            summary += f" stops_holding_write_lock={run.locked_stops}"
         with capsys.disabled():
-            print(f"\n{findings.summary(backend, mode, SETTINGS.seed)}")
+            print(f"\n{summary}")
         problems = findings.problems()
         assert not problems, (
             f"seed {SETTINGS.seed} (replay with CONVEYOR_CHAOS_SEED={SETTINGS.seed}); "
@@ -246,9 +262,10 @@ def test_a_claim_started_after_its_lease_expired_is_an_expired_start() -> None:
     lines = [
         "stop 100 9.0",
         "cont 100 13.5",
-        *_run("j1", "e1", 100, 1, 10.0),
+        _line("start", "j1", "e1", 100, 1, 10.0, at=13.6),
+        _line("end", "j1", "e1", 100, 1, 10.0),
+        _line("acked", "j1", "e1", 100, 1, 10.0),
     ]
-    lines[2] = _line("start", "j1", "e1", 100, 1, 10.0, at=13.6)
     findings = _findings(lines, _job("j1", JobState.COMPLETED, 1, "e1"))
     assert findings.expired_starts == ["j1"]
 
@@ -264,3 +281,16 @@ def test_a_freeze_between_claim_and_start_excuses_a_late_start() -> None:
     ]
     findings = _findings(lines, _job("j1", JobState.COMPLETED, 1, "e1"))
     assert findings.problems() == []
+
+
+def test_a_run_started_after_sigterm_may_run_again() -> None:
+    # A claim in flight at the signal: started, handed back, run elsewhere
+    # with the same attempt (a hand-back does not count one).
+    lines = [
+        "term 100 10.0",
+        _line("start", "j1", "e1", 100, 1, 10.001),
+        *_run("j1", "e2", 200, 1, 11.0),
+    ]
+    findings = _findings(lines, _job("j1", JobState.COMPLETED, 1, "e2"))
+    assert findings.problems() == []
+    assert findings.started_after_term == 1
