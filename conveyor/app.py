@@ -59,6 +59,7 @@ from conveyor.scheduler import (
     CATCH_UP_POLICIES,
     InvalidScheduleError,
     Schedule,
+    Scheduler,
     first_run,
     parse_cron,
     parse_every,
@@ -611,7 +612,7 @@ class Conveyor:
 
     async def _schedules(self) -> ScheduleStore:
         await self.open()
-        return schedule_store(self)
+        return schedule_store(self.backend)
 
     async def get_recurring(self, name: str) -> Schedule | None:
         rec = await (await self._schedules()).schedule_get(name)
@@ -694,7 +695,19 @@ class Conveyor:
         from conveyor.worker import Worker, WorkerSettings
 
         settings_ = WorkerSettings.build(concurrency=concurrency, queues=queues, **settings)
-        return Worker(self, settings_)
+        return Worker(
+            self.backend,
+            self.registry,
+            self.events,
+            settings_,
+            retention=self.retention,
+            open=self.open,
+        )
+
+    def scheduler(self, interval: float = 1.0) -> Scheduler:
+        """A scheduler of this app's recurring schedules (workers run one
+        unless told not to); `await app.scheduler().tick()` fires what is due."""
+        return Scheduler(self.backend, self.registry, self.events, interval)
 
     # ------------------------------------------------------------------ blocking twins
 

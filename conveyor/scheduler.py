@@ -36,6 +36,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -43,14 +44,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from conveyor.backends.base import NewJob, ScheduleRecord, ScheduleStore
+from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
 from conveyor.durations import InvalidDurationError, describe_seconds, parse_duration
 from conveyor.job import InvalidOptionError, NotSupportedError, new_job_id, utc
 from conveyor.registry import check_priority, check_queue, check_retries, check_timeout
 
 if TYPE_CHECKING:
-    from conveyor.app import Conveyor
-    from conveyor.registry import JobDefaults
+    from conveyor.events import EventBus
+    from conveyor.registry import JobDefaults, JobType
 
 logger = logging.getLogger("conveyor.scheduler")
 
@@ -247,15 +248,25 @@ def _due_ticks(rec: ScheduleRecord, now: float, keep: int) -> tuple[list[float],
 class Scheduler:
     """Fires due schedules; any number may run against one backend."""
 
-    def __init__(self, app: Conveyor, interval: float = 1.0) -> None:
-        self.app = app
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Mapping[str, JobType[Any]],
+        events: EventBus,
+        interval: float = 1.0,
+    ) -> None:
+        # The registry only fills options missing from records stored by
+        # older releases; a schedule fires from its stored record.
+        self.backend = backend
+        self.registry = registry
+        self.events = events
         self.interval = interval
         # Schedules with incomplete stored options left due for a scheduler
         # that registers their job type: warned about once each.
         self._left_due: set[str] = set()
 
     def store(self) -> ScheduleStore:
-        return schedule_store(self.app)
+        return schedule_store(self.backend)
 
     async def tick(self, now: float | None = None) -> int:
         """Fire every due schedule once; return how many jobs were enqueued."""
@@ -292,7 +303,7 @@ class Scheduler:
         )
         if fired is None:
             return 0  # another scheduler fired this tick
-        events = self.app.events
+        events = self.events
         if events.wants("job.enqueued"):
             for job in fired:
                 if not job.duplicate:
@@ -318,7 +329,7 @@ class Scheduler:
             raise InvalidOptionError(f"stored options are not a JSON object: {rec.options!r}")
         missing = [name for name in STORED_OPTIONS if name not in stored]
         if missing:
-            job_type = self.app.registry.get(rec.job_name)
+            job_type = self.registry.get(rec.job_name)
             if job_type is None:
                 if rec.name not in self._left_due:
                     self._left_due.add(rec.name)
@@ -398,8 +409,7 @@ def job_for(rec: ScheduleRecord, options: dict[str, Any], tick: float, now: floa
     )
 
 
-def schedule_store(app: Conveyor) -> ScheduleStore:
-    backend = app.backend
+def schedule_store(backend: Backend) -> ScheduleStore:
     if not backend.capabilities.recurring:
-        raise NotSupportedError(f"the backend {app.url} does not store recurring schedules")
+        raise NotSupportedError(f"the backend {backend.url} does not store recurring schedules")
     return cast(ScheduleStore, backend)

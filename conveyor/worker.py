@@ -17,18 +17,20 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import (
+    Backend,
     BlockingClaim,
     FinishAndClaim,
     Heartbeat,
     LeaseStatus,
     Outcome,
     OutcomeKind,
+    Retention,
     WorkerInfo,
     WorkerRegistry,
 )
@@ -54,7 +56,7 @@ from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-expo
 from conveyor.worker_threads import HandlerThreads
 
 if TYPE_CHECKING:
-    from conveyor.app import Conveyor
+    from conveyor.events import EventBus
     from conveyor.registry import JobType
 
 logger = logging.getLogger("conveyor.worker")
@@ -88,14 +90,31 @@ class _Running:
 
 
 class Worker:
-    def __init__(self, app: Conveyor, settings: WorkerSettings) -> None:
-        self.app = app
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Mapping[str, JobType[Any]],
+        events: EventBus,
+        settings: WorkerSettings,
+        *,
+        retention: Retention | None = None,
+        open: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """A worker of the jobs in `registry`, on `backend`. `open` readies
+        the backend before the first claim (default: `backend.open`); the
+        facade passes its own, which also keeps the backend from being opened
+        twice. `app.worker(...)` builds one from an app."""
+        self.backend = backend
+        self.registry = registry
+        self.events = events
+        self.retention = retention if retention is not None else Retention()
+        self._open = open if open is not None else backend.open
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.queues: tuple[str, ...] = settings.queues or _queues_of(app)
+        self.queues: tuple[str, ...] = settings.queues or _queues_of(registry)
         self._running: dict[str, _Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
-        self._acks = Acknowledgements(app.backend, app.retention, app.events)
+        self._acks = Acknowledgements(backend, self.retention, events)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -108,7 +127,6 @@ class Worker:
         self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
-        backend = app.backend
         self._combined: FinishAndClaim | None = (
             backend if isinstance(backend, FinishAndClaim) else None
         )
@@ -144,7 +162,7 @@ class Worker:
         if self._started:
             raise InvalidOptionError("this worker was already started; make a new one")
         self._started = True
-        await self.app.open()
+        await self._open()
         self._loop = asyncio.get_running_loop()
         self._deadlines = Deadlines(self._loop, self._abort)
         self._threads = HandlerThreads(
@@ -157,10 +175,12 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
             asyncio.create_task(self._recover_loop(), name="conveyor-recover"),
         ]
-        if self.settings.scheduler and self.app.backend.capabilities.recurring:
+        if self.settings.scheduler and self.backend.capabilities.recurring:
             from conveyor.scheduler import Scheduler
 
-            scheduler = Scheduler(self.app, interval=self.settings.scheduler_interval)
+            scheduler = Scheduler(
+                self.backend, self.registry, self.events, self.settings.scheduler_interval
+            )
             self._loops.append(
                 asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
             )
@@ -175,7 +195,7 @@ class Worker:
             self.id,
             ",".join(self.queues),
             self.settings.concurrency,
-            self.app.url,
+            self.backend.url,
         )
 
     async def run(self) -> None:
@@ -241,7 +261,7 @@ class Worker:
                 await deadlines.call(gone, max(deadline, self._clock() + CANCEL_WAIT))
             if not self._abort.is_set():
                 # Callbacks of the last outcomes get a moment even at the deadline.
-                drain = asyncio.ensure_future(self.app.events.drain())
+                drain = asyncio.ensure_future(self.events.drain())
                 if not await deadlines.wait([drain], max(deadline, self._clock() + CANCEL_WAIT)):
                     logger.warning("event callbacks still running at shutdown were cancelled")
                     await deadlines.cancel(drain)
@@ -307,7 +327,7 @@ class Worker:
         """The job names this worker has handlers for: the only ones it claims,
         so jobs of other types (a newer release's, in a rolling deploy) wait
         for a worker that knows them instead of failing here."""
-        return tuple(self.app.registry)
+        return tuple(self.registry)
 
     @property
     def processed(self) -> int:
@@ -402,7 +422,7 @@ class Worker:
         """Send `batch` and claim up to `limit` jobs under `claim_id`. Once
         acknowledged, the batch is emptied: a failure after that must not send
         it again."""
-        backend = self.app.backend
+        backend = self.backend
         lease = self.settings.lease
         names = self.names
         sent_at, now = self._clock(), time.time()
@@ -413,7 +433,7 @@ class Worker:
         elif self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes,
-                self.app.retention,
+                self.retention,
                 self.queues,
                 limit,
                 lease,
@@ -423,7 +443,7 @@ class Worker:
             )
             self._acks.acknowledged(batch, accepted)
         else:
-            accepted = await backend.finish(batch.outcomes, self.app.retention)
+            accepted = await backend.finish(batch.outcomes, self.retention)
             self._acks.acknowledged(batch, accepted)
             jobs = []
             if limit > 0:
@@ -445,7 +465,7 @@ class Worker:
         jobs, which this worker never saw, go back to the queue now with their
         attempt uncounted, instead of waiting out the lease and being charged
         a stall (with max_stalled=1, two network blips would fail them)."""
-        backend = self.app.backend
+        backend = self.backend
         while self._lost_claims:
             claim_id = self._lost_claims[0]
             handed_back = await backend.unclaim(claim_id, time.time())
@@ -525,9 +545,7 @@ class Worker:
 
     async def _wait_for_work(self) -> None:
         waiter = asyncio.ensure_future(
-            self.app.backend.wait_for_work(
-                self.queues, self.settings.poll_interval, names=self.names
-            )
+            self.backend.wait_for_work(self.queues, self.settings.poll_interval, names=self.names)
         )
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -552,7 +570,7 @@ class Worker:
             # worker has taken the job meanwhile, else refused, harmlessly.
             self._ack(handed_back(job), job)
             return
-        if job.name not in self.app.registry and self._hand_back_unknown(job):
+        if job.name not in self.registry and self._hand_back_unknown(job):
             return
         if len(self._running) >= self._capacity():
             self._backlog.append(job)
@@ -563,7 +581,7 @@ class Worker:
         running = _Running(job, ctx)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
-        job_type = self.app.registry.get(job.name)
+        job_type = self.registry.get(job.name)
         if job_type is None or job_type.is_async:
             self._arm_timer(running)  # a sync handler's clock starts in its thread
 
@@ -595,8 +613,8 @@ class Worker:
 
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.ctx
-        events = self.app.events
-        job_type = self.app.registry.get(job.name)
+        events = self.events
+        job_type = self.registry.get(job.name)
         if events.wants("job.started"):
             events.emit("job.started", job)
         outcome: Outcome | None
@@ -652,7 +670,7 @@ class Worker:
     def _tell_stop(self, running: _Running, reason: str) -> None:
         running.ctx.mark_stopped(reason)
         if running.task is not None and running.task.get_loop() is self._loop:
-            job_type = self.app.registry.get(running.job.name)
+            job_type = self.registry.get(running.job.name)
             if job_type is None or job_type.is_async or reason in (RELEASED, LOST):
                 running.task.cancel()
 
@@ -692,7 +710,7 @@ class Worker:
         self._ack(handed_back(running.job), running.job)
 
     async def _progress(self, job: Job, percent: float | None, logs: list[dict[str, Any]]) -> bool:
-        held = await self.app.backend.progress(job.id, token_of(job), percent, logs)
+        held = await self.backend.progress(job.id, token_of(job), percent, logs)
         if percent is not None:
             job.progress = percent
         if not held and job.id in self._running:
@@ -721,7 +739,7 @@ class Worker:
     # ------------------------------------------------------------------ leases
 
     async def _heartbeat_loop(self) -> None:
-        backend = self.app.backend
+        backend = self.backend
         while True:
             await asyncio.sleep(self.settings.heartbeat_every)
             running = list(self._running.values())
@@ -789,11 +807,11 @@ class Worker:
             await self._beat(registry)
 
     async def _recover_loop(self) -> None:
-        backend = self.app.backend
+        backend = self.backend
         while True:
             try:
                 recovered = await backend.recover_expired(
-                    time.time(), self.settings.max_stalled, self.app.retention
+                    time.time(), self.settings.max_stalled, self.retention
                 )
             except Exception as exc:
                 logger.error("lease recovery failed (%s); will retry", exc)
@@ -801,7 +819,7 @@ class Worker:
             for job in recovered:
                 if job.state is JobState.FAILED:
                     logger.error("job %s %s failed: %s", job.name, job.id, job.error)
-                    self.app.events.emit("job.failed", job)
+                    self.events.emit("job.failed", job)
                 else:
                     logger.warning(
                         "job %s %s: its worker's lease expired; queued again", job.name, job.id
@@ -809,6 +827,6 @@ class Worker:
             await asyncio.sleep(self.settings.recover_every)
 
 
-def _queues_of(app: Conveyor) -> tuple[str, ...]:
-    queues = {"default"} | {t.defaults.queue for t in app.registry.values()}
+def _queues_of(registry: Mapping[str, JobType[Any]]) -> tuple[str, ...]:
+    queues = {"default"} | {t.defaults.queue for t in registry.values()}
     return tuple(sorted(queues))

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, JobState
-from conveyor.scheduler import Scheduler
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -154,8 +153,8 @@ async def _exercise(url: str) -> None:
         await app.recurring("tick", "work", 99, every=60)
         record = await app.backend.schedule_get("tick")  # type: ignore[attr-defined]
         assert record is not None
-        assert await Scheduler(app).tick(now=record.next_run + 1) == 1
-        assert await Scheduler(app).tick(now=record.next_run + 1) == 0
+        assert await app.scheduler().tick(now=record.next_run + 1) == 1
+        assert await app.scheduler().tick(now=record.next_run + 1) == 0
 
         token = await app.locks.acquire("l", ttl=5)
         assert token is not None

@@ -269,7 +269,7 @@ async def test_disable_keeps_it_listed_and_it_does_not_fire(app: Conveyor) -> No
     assert shown.enabled is False
     assert names(await app.list_recurring()) == ["s"]
 
-    assert await Scheduler(app).tick(now=T0 + 3600) == 0
+    assert await app.scheduler().tick(now=T0 + 3600) == 0
     assert await jobs_of(app, "j") == []
     assert await app.disable_recurring("s") is True  # already disabled: still known
     assert await app.disable_recurring("missing") is False
@@ -300,7 +300,7 @@ async def test_enable_recomputes_next_run_from_now_without_a_burst(app: Conveyor
     assert shown is not None and shown.enabled is True
     assert shown.next_run is not None
     assert shown.next_run.timestamp() == pytest.approx(before + 60, abs=1.0)
-    assert await Scheduler(app).tick(now=time.time()) == 0
+    assert await app.scheduler().tick(now=time.time()) == 0
     assert await jobs_of(app, "j") == []
     assert await app.enable_recurring("missing") is False
 
@@ -313,7 +313,7 @@ async def test_delete_stops_it_for_good(app: Conveyor) -> None:
     assert await app.delete_recurring("gone") is True
     assert await app.get_recurring("gone") is None
     assert names(await app.list_recurring()) == ["kept"]
-    assert await Scheduler(app).tick(now=T0 + 3600) == 0
+    assert await app.scheduler().tick(now=T0 + 3600) == 0
     assert await jobs_of(app, "j") == []
     assert await app.delete_recurring("gone") is False
     assert await app.enable_recurring("gone") is False
@@ -387,7 +387,7 @@ async def test_a_due_schedule_enqueues_one_job_with_its_payload_and_options(
         timeout=12.5,
     )
     await set_next_run(app, "nightly", T0)
-    scheduler = Scheduler(app)
+    scheduler = app.scheduler()
     assert await scheduler.tick(now=T0 - 0.001) == 0  # not due yet
     assert await scheduler.tick(now=T0 + 0.5) == 1
 
@@ -408,7 +408,7 @@ async def test_a_due_schedule_enqueues_one_job_with_its_payload_and_options(
 
     # The same moment again, by the same or another scheduler: nothing more.
     assert await scheduler.tick(now=T0 + 0.5) == 0
-    assert await Scheduler(app).tick(now=T0 + 0.5) == 0
+    assert await app.scheduler().tick(now=T0 + 0.5) == 0
     assert len(await jobs_of(app, "report.build")) == 1
 
 
@@ -416,7 +416,7 @@ async def test_a_fired_job_takes_the_job_types_defaults(app: Conveyor) -> None:
     register(app, "j", retries=2, priority=3, queue="low", timeout=9)
     await app.recurring("s", "j", None, every=60)
     await set_next_run(app, "s", T0)
-    assert await Scheduler(app).tick(now=T0) == 1
+    assert await app.scheduler().tick(now=T0) == 1
     (job,) = await jobs_of(app, "j")
     assert (job.queue, job.priority, job.max_retries, job.timeout) == ("low", 3, 2, 9.0)
     assert job.payload is None
@@ -426,7 +426,7 @@ async def test_successive_ticks_fire_once_each(app: Conveyor) -> None:
     register(app, "j")
     await app.recurring("s", "j", {}, every=60)
     await set_next_run(app, "s", T0)
-    scheduler = Scheduler(app)
+    scheduler = app.scheduler()
     for minute in range(5):
         now = T0 + minute * 60 + 1
         assert await scheduler.tick(now=now) == 1
@@ -443,7 +443,7 @@ async def test_two_schedulers_fire_a_tick_once_in_total(app: Conveyor) -> None:
     app.on("scheduler.tick", fired.append)
     await app.recurring("s", "j", {}, every=60)
     await set_next_run(app, "s", T0)
-    first, second = Scheduler(app), Scheduler(app)
+    first, second = app.scheduler(), app.scheduler()
     for minute in range(10):
         now = T0 + minute * 60 + 1
         counts = await asyncio.gather(first.tick(now=now), second.tick(now=now))
@@ -457,7 +457,7 @@ class StaleScheduler(Scheduler):
     (the losing side of a race, made deterministic)."""
 
     def __init__(self, app: Conveyor, seen: list[ScheduleRecord]) -> None:
-        super().__init__(app)
+        super().__init__(app.backend, app.registry, app.events)
         self.seen = seen
 
     def store(self) -> ScheduleStore:
@@ -483,7 +483,7 @@ async def test_a_scheduler_that_lost_the_race_enqueues_nothing(app: Conveyor, pe
     now = T0 + 1
     seen = await store(app).schedule_due(now, 100)
     assert [r.name for r in seen] == ["s"]
-    assert await Scheduler(app).tick(now=now) == 1
+    assert await app.scheduler().tick(now=now) == 1
     assert await StaleScheduler(app, seen).tick(now=now) == 0
     assert len(events) == 1
     other = await peer()
@@ -537,7 +537,7 @@ async def test_schedulers_of_two_apps_on_one_store_fire_each_tick_once(
     other.on("scheduler.tick", fired.append)
     await app.recurring("s", "j", {}, every=60)
     await set_next_run(app, "s", T0)
-    schedulers = [Scheduler(app), Scheduler(app), Scheduler(other), Scheduler(other)]
+    schedulers = [app.scheduler(), app.scheduler(), other.scheduler(), other.scheduler()]
     for minute in range(15):
         now = T0 + minute * 60 + 1
         counts = await asyncio.gather(*(s.tick(now=now) for s in schedulers))
@@ -554,7 +554,7 @@ async def test_schedules_sharing_a_key_each_fire_their_own_job(app: Conveyor) ->
     await app.recurring("b", "cleanup", {"x": 2}, every=60, key="seed")
     for name in ("a", "b"):
         await set_next_run(app, name, T0)
-    await Scheduler(app).tick(now=T0 + 1)
+    await app.scheduler().tick(now=T0 + 1)
     assert [j.payload for j in await jobs_of(app, "digest")] == [{"x": 1}]
     assert [j.payload for j in await jobs_of(app, "cleanup")] == [{"x": 2}]
 
@@ -567,13 +567,13 @@ async def test_catch_up_once_fires_one_job_for_many_missed_ticks(app: Conveyor) 
     await app.recurring("s", "j", {}, every=60)
     await set_next_run(app, "s", T0)
     now = T0 + 10 * 60 + 5  # eleven ticks were due, the service was down
-    assert await Scheduler(app).tick(now=now) == 1
+    assert await app.scheduler().tick(now=now) == 1
     (job,) = await jobs_of(app, "j")
     assert tick_of(job) == T0 + 600  # the latest missed tick
     shown = await app.get_recurring("s")
     assert shown is not None
     assert shown.next_run == datetime.fromtimestamp(T0 + 660, UTC)  # first tick after now
-    assert await Scheduler(app).tick(now=now + 1) == 0
+    assert await app.scheduler().tick(now=now + 1) == 0
 
 
 async def test_catch_up_skip_fires_nothing_for_ticks_older_than_the_grace(
@@ -583,14 +583,14 @@ async def test_catch_up_skip_fires_nothing_for_ticks_older_than_the_grace(
     await app.recurring("s", "j", {}, every=60, catch_up="skip", misfire_grace=10)
     await set_next_run(app, "s", T0)
     now = T0 + 5 * 60 + 30  # the latest tick is 30 s late, beyond the 10 s grace
-    assert await Scheduler(app).tick(now=now) == 0
+    assert await app.scheduler().tick(now=now) == 0
     assert await jobs_of(app, "j") == []
     shown = await app.get_recurring("s")
     assert shown is not None
     assert shown.next_run == datetime.fromtimestamp(T0 + 360, UTC)
     assert shown.last_run is None
     # The next tick, on time, fires.
-    assert await Scheduler(app).tick(now=T0 + 360 + 2) == 1
+    assert await app.scheduler().tick(now=T0 + 360 + 2) == 1
     (job,) = await jobs_of(app, "j")
     assert tick_of(job) == T0 + 360
 
@@ -599,7 +599,7 @@ async def test_catch_up_skip_still_fires_a_tick_within_the_grace(app: Conveyor) 
     register(app, "j")
     await app.recurring("s", "j", {}, every=60, catch_up="skip", misfire_grace=10)
     await set_next_run(app, "s", T0)
-    assert await Scheduler(app).tick(now=T0 + 3 * 60 + 4) == 1
+    assert await app.scheduler().tick(now=T0 + 3 * 60 + 4) == 1
     (job,) = await jobs_of(app, "j")
     assert tick_of(job) == T0 + 180
 
@@ -609,7 +609,7 @@ async def test_catch_up_all_fires_each_missed_tick_bounded(app: Conveyor) -> Non
     await app.recurring("s", "j", {}, every=60, catch_up="all", max_catch_up=4)
     await set_next_run(app, "s", T0)
     now = T0 + 10 * 60 + 5
-    assert await Scheduler(app).tick(now=now) == 4
+    assert await app.scheduler().tick(now=now) == 4
     ticks = sorted(tick_of(job) for job in await jobs_of(app, "j"))
     assert ticks == [T0 + 420, T0 + 480, T0 + 540, T0 + 600]  # the latest four
     shown = await app.get_recurring("s")
@@ -621,7 +621,7 @@ async def test_catch_up_all_within_the_bound_fires_every_tick(app: Conveyor) -> 
     register(app, "j")
     await app.recurring("s", "j", {}, cron="*/15 * * * *", catch_up="all")
     await set_next_run(app, "s", T0)
-    assert await Scheduler(app).tick(now=T0 + 3600 + 60) == 5
+    assert await app.scheduler().tick(now=T0 + 3600 + 60) == 5
     ticks = sorted(tick_of(job) for job in await jobs_of(app, "j"))
     assert ticks == [T0 + quarter * 900 for quarter in range(5)]
     shown = await app.get_recurring("s")
@@ -634,7 +634,7 @@ async def test_cron_catch_up_once_moves_next_run_past_now(app: Conveyor) -> None
     await app.recurring("s", "j", {}, cron="0 * * * *")
     await set_next_run(app, "s", T0)
     now = T0 + 5 * 3600 + 1800  # five and a half hours down
-    assert await Scheduler(app).tick(now=now) == 1
+    assert await app.scheduler().tick(now=now) == 1
     (job,) = await jobs_of(app, "j")
     assert tick_of(job) == T0 + 5 * 3600
     shown = await app.get_recurring("s")
@@ -651,7 +651,7 @@ async def test_scheduler_tick_event_carries_the_schedule_and_its_jobs(app: Conve
     app.on("scheduler.tick", events.append)
     await app.recurring("s", "j", {}, every=60)
     await set_next_run(app, "s", T0)
-    assert await Scheduler(app).tick(now=T0 + 125) == 1
+    assert await app.scheduler().tick(now=T0 + 125) == 1
     (job,) = await jobs_of(app, "j")
     (event,) = events
     assert event.name == "scheduler.tick"
@@ -662,7 +662,7 @@ async def test_scheduler_tick_event_carries_the_schedule_and_its_jobs(app: Conve
     assert event.data["missed"] == 3
     assert event.data["next_run"] == datetime.fromtimestamp(T0 + 180, UTC)
     assert event.data["error"] is None
-    await Scheduler(app).tick(now=T0 + 125)
+    await app.scheduler().tick(now=T0 + 125)
     assert len(events) == 1
 
 
@@ -682,7 +682,7 @@ async def test_a_record_that_cannot_make_a_job_records_last_error_and_others_sti
     events: list[Event] = []
     other.on("scheduler.tick", events.append)
 
-    assert await Scheduler(other).tick(now=T0 + 1) == 1
+    assert await other.scheduler().tick(now=T0 + 1) == 1
     assert len(await jobs_of(app, "known")) == 1
     assert await jobs_of(app, "elsewhere") == []
     broken = await app.get_recurring("broken")
@@ -697,7 +697,7 @@ async def test_a_record_that_cannot_make_a_job_records_last_error_and_others_sti
 
     # Storing the schedule again repairs it: the next tick fires and clears the error.
     await app.recurring("broken", "elsewhere", {}, every=60)
-    assert await Scheduler(other).tick(now=T0 + 61) == 2
+    assert await other.scheduler().tick(now=T0 + 61) == 2
     broken = await app.get_recurring("broken")
     assert broken is not None
     assert broken.last_error is None
@@ -768,7 +768,7 @@ async def test_cron_ticks_in_the_zone_in_winter_and_summer(
     await app.recurring("s", "j", {}, cron="0 9 * * *", tz="America/New_York")
     start = day.replace(tzinfo=UTC).timestamp()
     await set_next_run(app, "s", first_run("0 9 * * *", None, "America/New_York", start))
-    scheduler = Scheduler(app)
+    scheduler = app.scheduler()
     for step in range(0, 24 * 3600, 1800):
         await scheduler.tick(now=start + step)
     (job,) = await jobs_of(app, "j")
@@ -807,7 +807,7 @@ async def test_daily_0230_runs_once_a_day_across_a_dst_change(
     start = datetime(day.year, day.month, day.day, tzinfo=zone) - timedelta(days=1)
     end = start + timedelta(days=3)
     await set_next_run(app, "s", first_run("30 2 * * *", None, tz, start.timestamp()))
-    scheduler = Scheduler(app)
+    scheduler = app.scheduler()
     now = start.timestamp()
     while now < end.timestamp():
         await scheduler.tick(now=now)

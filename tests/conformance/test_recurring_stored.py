@@ -23,7 +23,6 @@ import pytest
 
 from conveyor import Conveyor, Event, Job, JobState
 from conveyor.backends.base import ScheduleStore
-from conveyor.scheduler import Scheduler
 
 from .conftest import MakeApp, fast_worker
 from .helpers import eventually, wait_state
@@ -102,7 +101,7 @@ async def test_a_scheduler_without_the_job_type_fires_each_tick_with_the_stored_
 
     # Only the scheduler of the app without the job type runs.
     stopping = asyncio.Event()
-    scheduler = asyncio.create_task(Scheduler(other, interval=0.05).run(stopping))
+    scheduler = asyncio.create_task(other.scheduler(interval=0.05).run(stopping))
     try:
         await eventually(
             lambda: sum(len(e.data["jobs"]) for e in ticks) >= 3, message="three fired ticks"
@@ -138,7 +137,7 @@ async def test_options_left_out_are_the_job_types_defaults_when_the_schedule_is_
         await move_next_run(app, name, T0)
 
     other = await peer()
-    assert await Scheduler(other).tick(now=T0 + 1) == 2
+    assert await other.scheduler().tick(now=T0 + 1) == 2
 
     (job,) = await jobs_of(app)
     assert options_of(job) == ("low", 3, 2, 9.0)
@@ -175,7 +174,7 @@ async def test_a_legacy_record_takes_the_missing_options_from_the_local_job_type
     app.job(JOB, retries=2, priority=3, queue="low", timeout=9)(lambda payload: None)
     await app.recurring("old", JOB, {"n": 1}, every=60)
     await put_legacy_record(app, "old", {"priority": -1})
-    assert await Scheduler(app).tick(now=T0 + 1) == 1
+    assert await app.scheduler().tick(now=T0 + 1) == 1
     (job,) = await jobs_of(app)
     assert options_of(job) == ("low", -1, 2, 9.0)
 
@@ -191,7 +190,7 @@ async def test_a_legacy_record_is_left_due_for_a_scheduler_that_knows_the_job_ty
     other.on("scheduler.tick", events.append)
 
     # Without the type it cannot know the missing defaults: the tick stays due.
-    assert await Scheduler(other).tick(now=T0 + 1) == 0
+    assert await other.scheduler().tick(now=T0 + 1) == 0
     assert await jobs_of(app) == []
     assert events == []
     rec = await store(app).schedule_get("old")
@@ -199,7 +198,7 @@ async def test_a_legacy_record_is_left_due_for_a_scheduler_that_knows_the_job_ty
     assert (rec.next_run, rec.last_run, rec.last_error) == (T0, None, None)
 
     # One that knows the type fires that very tick.
-    assert await Scheduler(app).tick(now=T0 + 2) == 1
+    assert await app.scheduler().tick(now=T0 + 2) == 1
     (job,) = await jobs_of(app)
     assert options_of(job) == ("reports", 3, 2, 9.0)
     assert job.key == f"recurring:old:{T0:.3f}"
