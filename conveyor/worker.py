@@ -25,17 +25,15 @@ from typing import TYPE_CHECKING, Any
 from conveyor.backends.base import (
     Backend,
     BlockingClaim,
-    FinishAndClaim,
     Heartbeat,
     LeaseStatus,
     Outcome,
     OutcomeKind,
     Retention,
-    WorkerInfo,
     WorkerRegistry,
 )
 from conveyor.context import JobContext
-from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, JobState, Permanent
+from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
 from conveyor.worker_acks import (
     CANCELLED,
     LOST,
@@ -43,7 +41,6 @@ from conveyor.worker_acks import (
     RELEASED,
     TIMED_OUT,
     Acknowledgements,
-    Batch,
     failure,
     handed_back,
     stopped,
@@ -51,7 +48,9 @@ from conveyor.worker_acks import (
     timed_out,
     token_of,
 )
+from conveyor.worker_claims import Claimer
 from conveyor.worker_clock import CANCEL_WAIT, ClaimLeases, Deadlines
+from conveyor.worker_duties import Presence, recover_expired_leases
 from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker_threads import HandlerThreads
 
@@ -68,14 +67,6 @@ STOP_GRACE = 2.0
 # After a second SIGTERM/SIGINT: one short last try to hand jobs back.
 _ABORT_FLUSH = 0.5
 
-# Claims whose reply never came are undone before the next claim. With retries
-# at most MAX_RETRY_PAUSE apart, this many cover a default lease (30 s) of
-# failed claims; older ones' leases have expired and recovery takes them back.
-_MAX_LOST_CLAIMS = 32
-# Presence: a worker records itself this often; a record not renewed for
-# _PRESENCE_TTL seconds (a killed worker) counts as gone.
-_PRESENCE_EVERY = 5.0
-_PRESENCE_TTL = 20.0
 # Jobs handed back for want of a handler, remembered so that a backend that
 # returns the same job again (it ignores `names`) cannot make a loop of it.
 _HANDED_BACK_MEMORY = 10_000
@@ -127,21 +118,18 @@ class Worker:
         self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
-        self._combined: FinishAndClaim | None = (
-            backend if isinstance(backend, FinishAndClaim) else None
+        self._claimer = Claimer(
+            backend,
+            self.id,
+            self.queues,
+            lambda: self.names,
+            settings,
+            self.retention,
+            self._acks,
+            self._claims,
+            self._clock,
         )
-        self._blocking: BlockingClaim | None = (
-            backend if isinstance(backend, BlockingClaim) else None
-        )
-        self._blocked_in: BlockingClaim | None = None  # set while in claim_blocking
-        self._claims_made = 0
-        # Claims that raised (lost reply, timeout, dropped connection): they may
-        # have leased jobs on the backend, which `unclaim` hands back.
-        self._lost_claims: deque[str] = deque(maxlen=_MAX_LOST_CLAIMS)
-        self._presence: WorkerRegistry | None = (
-            backend if isinstance(backend, WorkerRegistry) else None
-        )
-        self._started_at = 0.0
+        self._presence: Presence | None = None
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,7 +161,16 @@ class Worker:
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
-            asyncio.create_task(self._recover_loop(), name="conveyor-recover"),
+            asyncio.create_task(
+                recover_expired_leases(
+                    self.backend,
+                    self.settings.max_stalled,
+                    self.retention,
+                    self.events,
+                    self.settings.recover_every,
+                ),
+                name="conveyor-recover",
+            ),
         ]
         if self.settings.scheduler and self.backend.capabilities.recurring:
             from conveyor.scheduler import Scheduler
@@ -184,12 +181,10 @@ class Worker:
             self._loops.append(
                 asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
             )
-        if self._presence is not None:
-            self._started_at = time.time()
-            await self._beat(self._presence)  # listed by app.workers() from now on
-            self._loops.append(
-                asyncio.create_task(self._presence_loop(self._presence), name="conveyor-presence")
-            )
+        if isinstance(self.backend, WorkerRegistry):
+            self._presence = Presence(self.backend, self.id, self.queues, lambda: self.names)
+            await self._presence.beat()  # listed by app.workers() from now on
+            self._loops.append(asyncio.create_task(self._presence.keep(), name="conveyor-presence"))
         logger.info(
             "worker %s started: queues=%s concurrency=%d backend=%s",
             self.id,
@@ -257,7 +252,7 @@ class Worker:
             await asyncio.wait(self._loops, timeout=CANCEL_WAIT)
             if self._presence is not None and not self._abort.is_set():
                 # Its record expires by itself when this does not get through.
-                gone = self._presence.worker_gone(self.id)
+                gone = self._presence.gone()
                 await deadlines.call(gone, max(deadline, self._clock() + CANCEL_WAIT))
             if not self._abort.is_set():
                 # Callbacks of the last outcomes get a moment even at the deadline.
@@ -285,11 +280,12 @@ class Worker:
         jobs get until `jobs_deadline`), and at once after a second signal."""
         assert self._loop is not None and self._deadlines is not None
         deadlines = self._deadlines
-        if self._blocked_in is not None:
+        blocked_in = self._claimer.blocked_in
+        if blocked_in is not None:
             # End the blocking wait rather than abandon it, so whatever its
             # claim took is handed back now, not after its lease expires.
             await deadlines.call(
-                self._blocked_in.wake_waiter(self.id), min(deadline, self._loop.time() + 1.0)
+                blocked_in.wake_waiter(self.id), min(deadline, self._loop.time() + 1.0)
             )
         # The claim loop ends by itself once it sees `_stopping` (cancelling it
         # could lose the acknowledgements of an exchange in flight), unless
@@ -367,24 +363,17 @@ class Worker:
                 continue
             batch = self._acks.take()
             sent = bool(batch.outcomes)
-            claim_id: str | None = None
             try:
-                await self._unclaim_lost()
-                claim_id = self._new_claim_id()
-                jobs = await self._exchange(batch, free, claim_id)
+                jobs = await self._claimer.exchange(batch, free)
                 if failures:
                     logger.warning("backend reachable again after %d failed call(s)", failures)
                 failures = 0
             except asyncio.CancelledError:
                 self._acks.put_back(batch)  # stop() gave up on this exchange
-                if claim_id is not None and free > 0:
-                    self._lost_claims.append(claim_id)
                 await self._unclaim_lost_before_exit()
                 raise
             except Exception as exc:
                 self._acks.put_back(batch)
-                if claim_id is not None and free > 0:
-                    self._lost_claims.append(claim_id)  # undone before the next claim
                 failures += 1
                 pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
                 logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
@@ -418,75 +407,8 @@ class Worker:
         assert self._threads is not None
         return self.settings.concurrency - self._threads.lost_slots
 
-    async def _exchange(self, batch: Batch, limit: int, claim_id: str) -> list[Job]:
-        """Send `batch` and claim up to `limit` jobs under `claim_id`. Once
-        acknowledged, the batch is emptied: a failure after that must not send
-        it again."""
-        backend = self.backend
-        lease = self.settings.lease
-        names = self.names
-        sent_at, now = self._clock(), time.time()
-        if not batch.outcomes:
-            jobs = await backend.claim(
-                self.queues, limit, lease, now, claim_id=claim_id, names=names
-            )
-        elif self._combined is not None and limit > 0:
-            accepted, jobs = await self._combined.finish_and_claim(
-                batch.outcomes,
-                self.retention,
-                self.queues,
-                limit,
-                lease,
-                now,
-                claim_id=claim_id,
-                names=names,
-            )
-            self._acks.acknowledged(batch, accepted)
-        else:
-            accepted = await backend.finish(batch.outcomes, self.retention)
-            self._acks.acknowledged(batch, accepted)
-            jobs = []
-            if limit > 0:
-                sent_at, now = self._clock(), time.time()
-                jobs = await backend.claim(
-                    self.queues, limit, lease, now, claim_id=claim_id, names=names
-                )
-        self._claims.claimed(jobs, sent_at)
-        return jobs
-
-    def _new_claim_id(self) -> str:
-        """An id for the next claim call, unique to it: the backend makes it
-        (or derives from it) the fencing token of the jobs the call leases."""
-        self._claims_made += 1
-        return f"{self.id}/{self._claims_made}"
-
-    async def _unclaim_lost(self) -> None:
-        """Undo the claims whose reply never came, before claiming again: their
-        jobs, which this worker never saw, go back to the queue now with their
-        attempt uncounted, instead of waiting out the lease and being charged
-        a stall (with max_stalled=1, two network blips would fail them)."""
-        backend = self.backend
-        while self._lost_claims:
-            claim_id = self._lost_claims[0]
-            handed_back = await backend.unclaim(claim_id, time.time())
-            self._lost_claims.popleft()
-            if handed_back:
-                logger.warning(
-                    "claim %s: its reply was lost; %d job(s) handed back", claim_id, handed_back
-                )
-
     async def _unclaim_lost_before_exit(self) -> None:
-        if not self._lost_claims:
-            return
-        try:
-            async with asyncio.timeout(CANCEL_WAIT if self._abort.is_set() else 2.0):
-                await self._unclaim_lost()
-        except (Exception, asyncio.CancelledError) as exc:
-            logger.warning(
-                "could not undo %d lost claim(s) (%s); their jobs come back when the lease expires",
-                len(self._lost_claims),
-                exc or type(exc).__name__,
-            )
+        await self._claimer.unclaim_lost_before_exit(CANCEL_WAIT if self._abort.is_set() else 2.0)
 
     def _clock(self) -> float:
         assert self._loop is not None
@@ -497,11 +419,11 @@ class Worker:
         if len(self._acks):
             self._acks.flush()
         try:
-            if self._blocking is not None:
-                for job in await self._claim_blocking(self._blocking):
+            if self._claimer.blocking is not None:
+                for job in await self._claim_blocking(self._claimer.blocking):
                     self._start_job(job)
             else:
-                await self._wait_for_work()
+                await self._claimer.wait_for_work(self._stopping)
         except Exception as exc:
             logger.error("waiting for work failed (%s); retrying in 1 s", exc)
             await self._sleep_unless_stopping(1.0)
@@ -509,53 +431,15 @@ class Worker:
             self._idle_now = False
 
     async def _claim_blocking(self, backend: BlockingClaim) -> list[Job]:
-        settings = self.settings
         free = self._free_slots()
         if free <= 0:
             return []
-        self._blocked_in = backend
-        sent_at = self._clock()
-        claim_id = self._new_claim_id()
-        try:
-            # stop() ends this wait through wake_waiter() rather than abandon
-            # it, so whatever the claim took is handed back now, not after its
-            # lease expires. The wait lasts at most half a lease: the claim at
-            # its end then still has half its lease by the worker's reckoning,
-            # which counts from when the wait began.
-            jobs = await backend.claim_blocking(
-                self.queues,
-                free,
-                settings.lease,
-                min(settings.poll_interval, settings.lease / 2),
-                self.id,
-                claim_id=claim_id,
-                names=self.names,
-            )
-        except Exception:
-            self._lost_claims.append(claim_id)  # undone before the next claim
-            raise
-        finally:
-            self._blocked_in = None
-        self._claims.claimed(jobs, sent_at)
+        jobs = await self._claimer.claim_blocking(backend, free)
         if self._stopping.is_set():
             for job in jobs:
                 self._hand_back(job)
             return []
         return jobs
-
-    async def _wait_for_work(self) -> None:
-        waiter = asyncio.ensure_future(
-            self.backend.wait_for_work(self.queues, self.settings.poll_interval, names=self.names)
-        )
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (waiter, stopper):
-                if not fut.done():
-                    fut.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await waiter
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -782,49 +666,6 @@ class Worker:
                 outcome = Outcome(job.id, token_of(job), OutcomeKind.CANCELLED, time.time())
                 outcome.error = "cancelled"
                 self._ack(outcome, job)
-
-    # ------------------------------------------------------------------ presence
-
-    async def _beat(self, registry: WorkerRegistry) -> None:
-        now = time.time()
-        info = WorkerInfo(
-            id=self.id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            queues=self.queues,
-            names=tuple(sorted(self.names)),
-            started_at=self._started_at,
-            last_seen=now,
-        )
-        try:
-            await registry.worker_beat(info, _PRESENCE_TTL, now)
-        except Exception as exc:  # presence is for people looking on: never fatal
-            logger.warning("could not record this worker's presence (%s); will retry", exc)
-
-    async def _presence_loop(self, registry: WorkerRegistry) -> None:
-        while True:
-            await asyncio.sleep(_PRESENCE_EVERY)
-            await self._beat(registry)
-
-    async def _recover_loop(self) -> None:
-        backend = self.backend
-        while True:
-            try:
-                recovered = await backend.recover_expired(
-                    time.time(), self.settings.max_stalled, self.retention
-                )
-            except Exception as exc:
-                logger.error("lease recovery failed (%s); will retry", exc)
-                recovered = []
-            for job in recovered:
-                if job.state is JobState.FAILED:
-                    logger.error("job %s %s failed: %s", job.name, job.id, job.error)
-                    self.events.emit("job.failed", job)
-                else:
-                    logger.warning(
-                        "job %s %s: its worker's lease expired; queued again", job.name, job.id
-                    )
-            await asyncio.sleep(self.settings.recover_every)
 
 
 def _queues_of(registry: Mapping[str, JobType[Any]]) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ through lease expiry.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,10 +25,10 @@ from conveyor.backends.base import (
     OutcomeKind,
     Retention,
 )
+from conveyor.codec import decode_json, encode_json
 from conveyor.context import JobContext
 from conveyor.events import EventBus
 from conveyor.job import InvalidPayloadError, Job, JobState, utc
-from conveyor.registry import encode_json
 
 if TYPE_CHECKING:
     from conveyor.registry import JobType
@@ -237,7 +236,7 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
     }[outcome.kind]
     result = None
     if outcome.result is not None:
-        result = json.loads(outcome.result)
+        result = decode_json(outcome.result)
     final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
     return replace(
         job,
