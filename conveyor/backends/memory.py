@@ -8,11 +8,12 @@ A forked child (multiprocessing, a pre-fork server) gets a copy of the store
 as it was at the fork: from then on the parent and the child each change their
 own copy and see nothing of the other's jobs. Share a real backend between
 processes.
+
+Schedules, locks, the cache and worker presence: memory_stores.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import json
 import os
@@ -34,9 +35,8 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
-    ScheduleRecord,
-    WorkerInfo,
 )
+from conveyor.backends.memory_stores import MemoryStores
 from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState, utc
 
 
@@ -96,7 +96,7 @@ class _Record:
 _KEEP_ALL = Retention(keep_completed=None, keep_failed=None)
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryStores):
     """`memory://` — one store per backend object, shared by every loop using it
     (not across processes: a forked child works on a copy)."""
 
@@ -104,8 +104,7 @@ class MemoryBackend:
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._lock = threading.RLock()
-        self._notifier = Notifier()
+        super().__init__()
         self._seq = 0
         self._jobs: dict[str, _Record] = {}
         self._keys: dict[str, str] = {}
@@ -121,10 +120,6 @@ class MemoryBackend:
         # that were retried or purged since).
         self._finished: dict[tuple[str, JobState], deque[tuple[int, str]]] = {}
         self._final_count: dict[tuple[str, JobState], int] = {}
-        self._schedules: dict[str, ScheduleRecord] = {}
-        self._locks: dict[str, tuple[str, float]] = {}  # key -> (token, expires)
-        self._cache: dict[str, tuple[str, float | None]] = {}  # key -> (json, expires)
-        self._workers: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires)
 
     async def open(self) -> None:
         return None
@@ -533,117 +528,7 @@ class MemoryBackend:
                 removed += 1
         return removed
 
-    # ----------------------------------------------------------------- schedules
-
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        with self._lock:
-            self._schedules[record.name] = dataclasses.replace(record)
-
-    async def schedule_get(self, name: str) -> ScheduleRecord | None:
-        with self._lock:
-            rec = self._schedules.get(name)
-            return None if rec is None else dataclasses.replace(rec)
-
-    async def schedule_list(self) -> list[ScheduleRecord]:
-        with self._lock:
-            return [dataclasses.replace(self._schedules[n]) for n in sorted(self._schedules)]
-
-    async def schedule_delete(self, name: str) -> bool:
-        with self._lock:
-            return self._schedules.pop(name, None) is not None
-
-    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
-        with self._lock:
-            due = [r for r in self._schedules.values() if r.enabled and r.next_run <= now]
-            due.sort(key=lambda r: r.next_run)
-            return [dataclasses.replace(r) for r in due[:limit]]
-
-    async def schedule_fire(
-        self,
-        name: str,
-        expected_next_run: float,
-        next_run: float,
-        last_run: float | None,
-        last_error: str | None,
-        jobs: Sequence[NewJob],
-    ) -> list[Job] | None:
-        with self._lock:
-            rec = self._schedules.get(name)
-            if rec is None or not rec.enabled or rec.next_run != expected_next_run:
-                return None
-            rec.next_run = next_run
-            rec.last_run = last_run if last_run is not None else rec.last_run
-            rec.last_error = last_error
-            out = self._insert(jobs, time.time())
-        if jobs:
-            self._notifier.notify()
-        return out
-
-    # ----------------------------------------------------------------- locks
-
-    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
-        with self._lock:
-            held = self._locks.get(key)
-            if held is not None and held[1] > now:
-                return False
-            self._locks[key] = (token, now + ttl)
-            return True
-
-    async def lock_release(self, key: str, token: str) -> bool:
-        with self._lock:
-            held = self._locks.get(key)
-            if held is None or held[0] != token or held[1] <= time.time():
-                return False
-            del self._locks[key]
-            return True
-
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
-        with self._lock:
-            held = self._locks.get(key)
-            if held is None or held[0] != token or held[1] <= now:
-                return False
-            self._locks[key] = (token, now + ttl)
-            return True
-
-    # ----------------------------------------------------------------- cache
-
-    async def cache_get(self, key: str, now: float) -> str | None:
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is None:
-                return None
-            if entry[1] is not None and entry[1] <= now:
-                del self._cache[key]
-                return None
-            return entry[0]
-
-    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
-        with self._lock:
-            self._cache[key] = (value, None if ttl is None else now + ttl)
-
-    async def cache_delete(self, key: str) -> bool:
-        with self._lock:
-            return self._cache.pop(key, None) is not None
-
     # ----------------------------------------------------------------- workers
-
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
-        with self._lock:
-            # Records of workers that died without saying goodbye go here.
-            for worker_id in [w for w, (_, expires) in self._workers.items() if expires <= now]:
-                del self._workers[worker_id]
-            self._workers[info.id] = (dataclasses.replace(info), now + ttl)
-
-    async def worker_gone(self, worker_id: str) -> None:
-        with self._lock:
-            self._workers.pop(worker_id, None)
-
-    async def workers(self, now: float) -> list[WorkerInfo]:
-        with self._lock:
-            live = [
-                dataclasses.replace(i) for i, expires in self._workers.values() if expires > now
-            ]
-        return sorted(live, key=lambda info: (info.started_at, info.id))
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
