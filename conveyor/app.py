@@ -246,6 +246,9 @@ class Conveyor(RecurringSchedules):
             key=key,
             created_at=now,
             run_at=_due_time(now, delay, run_at),
+            # A delay (or none) counts from the backend's clock where it has
+            # one of its own; a run_at given is a time, kept as it is.
+            relative=run_at is None,
         )
 
     def _sized(self, name: str, payload: str) -> str:
@@ -406,7 +409,7 @@ class Conveyor(RecurringSchedules):
 
     async def workers(self) -> list[WorkerInfo]:
         """Live workers: id, host, pid, queues and the job names each serves."""
-        return await (await self._worker_registry()).workers(time.time())
+        return await (await self._worker_registry()).workers()
 
     async def unserved(self) -> dict[str, dict[str, int]]:
         """Queued jobs that no live worker can run, `{queue: {job name: count}}`:
@@ -414,7 +417,7 @@ class Conveyor(RecurringSchedules):
         while only old workers run). They wait; nothing fails them."""
         registry = await self._worker_registry()
         waiting = await registry.queued_by_name()
-        live = await registry.workers(time.time())
+        live = await registry.workers()
         served = {(queue, name) for w in live for queue in w.queues for name in w.names}
         return {
             queue: left
@@ -436,7 +439,7 @@ class Conveyor(RecurringSchedules):
         job does not exist or already finished."""
         backend = await self._backend()
         self._require(backend.capabilities.cancel, "cancel")
-        outcome = await backend.cancel(job_id, time.time())
+        outcome = await backend.cancel(job_id)
         if outcome is CancelResult.CANCELLED and self.events.wants("job.cancelled"):
             self.events.emit("job.cancelled", await backend.get(job_id))
         return outcome in (CancelResult.CANCELLED, CancelResult.REQUESTED)
@@ -446,7 +449,7 @@ class Conveyor(RecurringSchedules):
         there is no such job or it is not failed/cancelled."""
         backend = await self._backend()
         self._require(backend.capabilities.retry, "retry")
-        return await backend.retry(job_id, time.time())
+        return await backend.retry(job_id)
 
     async def purge(
         self,

@@ -101,15 +101,21 @@ class RecurringSchedules:
             raise InvalidScheduleError(
                 f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
             )
-        now = time.time()
         # Resolved and checked against the registered job type now, exactly as
         # an enqueue would: the record then holds everything a tick's job
         # needs, so a scheduler that does not register the type fires it too.
         resolved = self._new_job(
-            job_name, payload, now, queue=queue, priority=priority, retries=retries, timeout=timeout
+            job_name,
+            payload,
+            time.time(),
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
         )
         options = stored_options(resolved)
         store = await _store(self)
+        now = await self.backend.clock()  # next_run is due by the backend's clock
         old = await store.schedule_get(name)
         same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
         next_run = (
@@ -208,7 +214,7 @@ async def _set_enabled(app: _Facade, name: str, enabled: bool) -> bool:
         return False
     if rec.enabled != enabled:
         rec.enabled = enabled
-        rec.updated_at = time.time()
+        rec.updated_at = await app.backend.clock()
         if enabled:  # no burst of catch-up for the time it was off
             rec.next_run = first_run(rec.cron, rec.every, rec.tz, rec.updated_at)
         await store.schedule_put(rec)

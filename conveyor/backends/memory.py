@@ -9,6 +9,9 @@ as it was at the fork: from then on the parent and the child each change their
 own copy and see nothing of the other's jobs. Share a real backend between
 processes.
 
+Clock: the host's (`time.time()`) wherever a call's `now` is None; every
+caller is in this process, so there is no skew to tolerate.
+
 Schedules, locks, the cache and worker presence: memory_stores.py.
 """
 
@@ -127,6 +130,9 @@ class MemoryBackend(MemoryStores):
     async def close(self) -> None:
         return None
 
+    async def clock(self) -> float:
+        return time.time()
+
     # The facade's fork hooks: the store's lock is held across the fork, so the
     # child's copy is never taken in the middle of a change.
 
@@ -219,11 +225,12 @@ class MemoryBackend(MemoryStores):
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Job]:
+        now = time.time() if now is None else now
         token = claim_id if claim_id is not None else os.urandom(12).hex()
         claimed: list[Job] = []
         with self._lock:
@@ -254,7 +261,8 @@ class MemoryBackend(MemoryStores):
                 claimed.append(job)
         return claimed
 
-    async def unclaim(self, claim_id: str, now: float) -> int:
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
         with self._lock:
             lost = [r for r in self._running.values() if r.token == claim_id]
             for rec in lost:
@@ -283,8 +291,9 @@ class MemoryBackend(MemoryStores):
         return rec
 
     async def heartbeat(
-        self, beats: Sequence[Heartbeat], lease: float, now: float
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
     ) -> list[LeaseStatus]:
+        now = time.time() if now is None else now
         statuses: list[LeaseStatus] = []
         with self._lock:
             for beat in beats:
@@ -318,9 +327,14 @@ class MemoryBackend(MemoryStores):
                     requeued = True
                 elif kind is OutcomeKind.SCHEDULED:
                     rec.error = out.error
-                    rec.run_at = out.run_at if out.run_at is not None else out.at
+                    since = out.at  # the caller's clock, for its run_at
+                    if out.retry_in is not None:
+                        since = time.time()
+                        rec.run_at = since + out.retry_in
+                    else:
+                        rec.run_at = out.run_at if out.run_at is not None else out.at
                     self._make_pending(
-                        rec, JobState.SCHEDULED if rec.run_at > out.at else JobState.QUEUED
+                        rec, JobState.SCHEDULED if rec.run_at > since else JobState.QUEUED
                     )
                     requeued = True
                 else:
@@ -390,8 +404,9 @@ class MemoryBackend(MemoryStores):
             return True
 
     async def recover_expired(
-        self, now: float, max_stalled: int, retention: Retention | None = None
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
+        now = time.time() if now is None else now
         retention = retention or Retention()
         recovered: list[Job] = []
         with self._lock:
@@ -468,7 +483,8 @@ class MemoryBackend(MemoryStores):
             recs.sort(key=lambda r: r.seq, reverse=True)
             return [r.snapshot() for r in recs[offset : offset + limit]]
 
-    async def cancel(self, job_id: str, now: float) -> CancelResult:
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        now = time.time() if now is None else now
         with self._lock:
             rec = self._jobs.get(job_id)
             if rec is None:
@@ -482,7 +498,8 @@ class MemoryBackend(MemoryStores):
             self._finalize(rec, JobState.CANCELLED, now, _KEEP_ALL)
             return CancelResult.CANCELLED
 
-    async def retry(self, job_id: str, now: float) -> Job | None:
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
+        now = time.time() if now is None else now
         with self._lock:
             rec = self._jobs.get(job_id)
             if rec is None or rec.state not in (JobState.FAILED, JobState.CANCELLED):

@@ -50,7 +50,8 @@ class MemoryStores:
         with self._lock:
             return self._schedules.pop(name, None) is not None
 
-    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+    async def schedule_due(self, now: float | None, limit: int) -> list[ScheduleRecord]:
+        now = time.time() if now is None else now
         with self._lock:
             due = [r for r in self._schedules.values() if r.enabled and r.next_run <= now]
             due.sort(key=lambda r: r.next_run)
@@ -79,7 +80,10 @@ class MemoryStores:
 
     # ----------------------------------------------------------------- locks
 
-    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_acquire(
+        self, key: str, token: str, ttl: float, now: float | None = None
+    ) -> bool:
+        now = time.time() if now is None else now
         with self._lock:
             held = self._locks.get(key)
             if held is not None and held[1] > now:
@@ -95,7 +99,8 @@ class MemoryStores:
             del self._locks[key]
             return True
 
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
         with self._lock:
             held = self._locks.get(key)
             if held is None or held[0] != token or held[1] <= now:
@@ -105,7 +110,8 @@ class MemoryStores:
 
     # ----------------------------------------------------------------- cache
 
-    async def cache_get(self, key: str, now: float) -> str | None:
+    async def cache_get(self, key: str, now: float | None = None) -> str | None:
+        now = time.time() if now is None else now
         with self._lock:
             entry = self._cache.get(key)
             if entry is None:
@@ -115,7 +121,10 @@ class MemoryStores:
                 return None
             return entry[0]
 
-    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
+    async def cache_set(
+        self, key: str, value: str, ttl: float | None, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
         with self._lock:
             self._cache[key] = (value, None if ttl is None else now + ttl)
 
@@ -125,7 +134,8 @@ class MemoryStores:
 
     # ----------------------------------------------------------------- workers
 
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         with self._lock:
             # Records of workers that died without saying goodbye go here.
             for worker_id in [w for w, (_, expires) in self._workers.items() if expires <= now]:
@@ -136,7 +146,8 @@ class MemoryStores:
         with self._lock:
             self._workers.pop(worker_id, None)
 
-    async def workers(self, now: float) -> list[WorkerInfo]:
+    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        now = time.time() if now is None else now
         with self._lock:
             live = [
                 dataclasses.replace(i) for i, expires in self._workers.values() if expires > now

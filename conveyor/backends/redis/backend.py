@@ -2,12 +2,22 @@
 
 URL, key layout and scores: layout.py; connections and scripts:
 connection.py; schedules, locks, cache and presence: stores.py.
+
+Clock: the server's. A call whose `now` is None (every call the engine
+makes) has its script read Redis' TIME where it decides: lease expiry in
+claims, heartbeats and recovery, a retry's due time (`Outcome.retry_in`), a
+delay given to enqueue (`NewJob.relative`: it counts from the server's now),
+worker presence; locks and the cache are Redis TTLs. So the workers,
+schedulers and producers may be skewed against the server and each other by
+any amount. What their clocks still stamp is only shown or ordered: a job's
+`finished_at` and a handed-back job's place in line (`Outcome.at`), and the
+times (hence FIFO order) of unkeyed jobs due at once, which go in one MULTI
+without a script and keep their producer's times.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +32,7 @@ from conveyor.backends.base import (
     Retention,
 )
 from conveyor.backends.redis.connection import SCRIPTS
-from conveyor.backends.redis.layout import pair_of, ready_score
+from conveyor.backends.redis.layout import pair_of, ready_score, server_time
 from conveyor.backends.redis.resp import Arg, RedisConnectionLost, RedisReplyError
 from conveyor.backends.redis.rows import (
     FIELDS,
@@ -54,15 +64,17 @@ class RedisBackend(RedisStores):
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         if not jobs:
             return []
-        now = time.time()
-        if any(new.key is not None for new in jobs):
-            # The idempotency check and the insert must be one atomic step.
-            flat = await self._run("enqueue", repr(now), jobs_json(jobs))
-            return await self._inserted(jobs, flat, now)
-        # Without keys there is nothing to check: a MULTI of plain commands
-        # costs Redis a fraction of a script call.
-        await self._pipe(self._insert_commands(jobs, now))
-        return [new_job_record(new, now) for new in jobs]
+        if all(new.key is None and new.relative and new.run_at <= new.created_at for new in jobs):
+            # Unkeyed jobs due at once: no key to check, and no clock to ask
+            # (they are queued whatever the time), so a MULTI of plain
+            # commands, which costs Redis a fraction of a script call. Their
+            # times are their producer's (base.py: what skew still touches).
+            due = max(new.created_at for new in jobs)  # every one is due by then
+            await self._pipe(self._insert_commands(jobs, due))
+            return [new_job_record(new, due) for new in jobs]
+        # The idempotency check and the insert are one atomic step, and the
+        # server's clock decides what is due: a delay counts from it.
+        return await self._inserted(jobs, await self._run("enqueue", "", jobs_json(jobs)))
 
     def _insert_commands(self, jobs: Sequence[NewJob], now: float) -> list[tuple[Arg, ...]]:
         """MULTI ... EXEC storing unkeyed jobs, as library.lua's insert() does."""
@@ -130,25 +142,25 @@ class RedisBackend(RedisStores):
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Job]:
         token = new_token(claim_id)
         rows = await self._run(
-            "claim", repr(now), repr(lease), limit, token, names_arg(names), *queues
+            "claim", num_arg(now), repr(lease), limit, token, names_arg(names), *queues
         )
         return claimed(rows, token)
 
-    async def unclaim(self, claim_id: str, now: float) -> int:
-        return int(await self._run("unclaim", claim_id, repr(now)))
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        return int(await self._run("unclaim", claim_id, num_arg(now)))
 
     async def heartbeat(
-        self, beats: Sequence[Heartbeat], lease: float, now: float
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
     ) -> list[LeaseStatus]:
         beats_json = json.dumps([(b.job_id, b.token, logs_arg(b.logs)) for b in beats])
-        codes = await self._run("heartbeat", repr(now), repr(lease), beats_json)
+        codes = await self._run("heartbeat", num_arg(now), repr(lease), beats_json)
         return [LEASE_STATUS[int(code)] for code in codes]
 
     async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
@@ -162,7 +174,7 @@ class RedisBackend(RedisStores):
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
@@ -172,7 +184,7 @@ class RedisBackend(RedisStores):
             "finish_claim",
             *keep_args(retention),
             outcomes_json(outcomes),
-            repr(now),
+            num_arg(now),
             repr(lease),
             limit,
             token,
@@ -192,10 +204,10 @@ class RedisBackend(RedisStores):
         return bool(int(held))
 
     async def recover_expired(
-        self, now: float, max_stalled: int, retention: Retention | None = None
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
         keep = retention.keep_failed if retention is not None else None
-        rows = await self._run("recover", repr(now), max_stalled, "" if keep is None else keep)
+        rows = await self._run("recover", num_arg(now), max_stalled, "" if keep is None else keep)
         return [row_to_job(row) for row in rows]
 
     async def _wake_keys(self, queues: Sequence[str], names: Sequence[str] | None) -> list[str]:
@@ -211,12 +223,17 @@ class RedisBackend(RedisStores):
     async def wait_for_work(
         self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None
     ) -> None:
-        heads = await self._pipe(
-            [("ZRANGE", f"{self.prefix}:scheduled:{q}", 0, 0, "WITHSCORES") for q in queues]
+        # Due times are on the server's clock: read it with the heads.
+        (seconds, micros), *heads = await self._pipe(
+            [
+                ("TIME",),
+                *(("ZRANGE", f"{self.prefix}:scheduled:{q}", 0, 0, "WITHSCORES") for q in queues),
+            ]
         )
+        now = server_time(seconds, micros)
         for head in heads:
             if head:
-                timeout = min(timeout, max(0.0, float(head[1]) - time.time()))
+                timeout = min(timeout, max(0.0, float(head[1]) - now))
         if timeout < 0.001:
             return
         keys = await self._wake_keys(queues, names)
@@ -270,7 +287,7 @@ class RedisBackend(RedisStores):
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await self.claim(queues, limit, lease, time.time(), claim_id=token, names=names)
+            return await self.claim(queues, limit, lease, claim_id=token, names=names)
         self._reached()
         return claimed(rows, token)
 
@@ -342,11 +359,11 @@ class RedisBackend(RedisStores):
                 break
         return out
 
-    async def cancel(self, job_id: str, now: float) -> CancelResult:
-        return CancelResult(await self._run("cancel", job_id, repr(now)))
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        return CancelResult(await self._run("cancel", job_id, num_arg(now)))
 
-    async def retry(self, job_id: str, now: float) -> Job | None:
-        row = await self._run("retry", job_id, repr(now))
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
+        row = await self._run("retry", job_id, num_arg(now))
         return None if row is None else row_to_job(row)
 
     async def stats(self) -> dict[str, dict[str, int]]:

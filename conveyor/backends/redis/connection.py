@@ -15,7 +15,7 @@ from typing import Any
 
 from conveyor._sync import leave_alone
 from conveyor.backends.base import NewJob
-from conveyor.backends.redis.layout import pair_of, parse_url
+from conveyor.backends.redis.layout import pair_of, parse_url, server_time
 from conveyor.backends.redis.resp import (
     Arg,
     RedisConnectionLost,
@@ -169,9 +169,17 @@ class RedisConnection:
 
     # ------------------------------------------------------ shared by operations and stores
 
-    async def _inserted(self, jobs: Sequence[NewJob], flat: Sequence[Any], now: float) -> list[Job]:
-        """The records of an insert script's reply (enqueue, schedule_fire):
-        built locally for new jobs, read back for duplicates."""
+    async def clock(self) -> float:
+        """The server's TIME: the clock this backend decides by."""
+        seconds, micros = await self._cmd("TIME")
+        return server_time(seconds, micros)
+
+    async def _inserted(self, jobs: Sequence[NewJob], reply: Sequence[Any]) -> list[Job]:
+        """The records of an insert script's reply ({now, {id, duplicate}...}
+        from enqueue, schedule_fire): built locally for new jobs, read back
+        for duplicates."""
+        now_text, flat = reply
+        now = float(now_text)
         out: list[Job | None] = []
         duplicates: dict[int, str] = {}
         for index, new in enumerate(jobs):
@@ -180,7 +188,7 @@ class RedisConnection:
                 duplicates[index] = job_id
                 out.append(None)
             else:
-                out.append(new_job_record(new, now))
+                out.append(new_job_record(new, now, by_server=True))
         if duplicates:
             rows = await self._pipe(
                 [

@@ -61,6 +61,12 @@ def pair_of(queue: str, name: str) -> str:
     return f"{len(queue.encode())}:{queue}:{name}"
 
 
+def server_time(seconds: str | int, micros: str | int) -> float:
+    """A TIME reply as epoch seconds, the same float as library.lua's
+    server_time() text gives."""
+    return float(f"{int(seconds)}.{int(micros):06d}")
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """The URL for redis-py (without our options) and the key prefix tag."""
     parts = urlsplit(url)

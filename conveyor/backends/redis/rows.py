@@ -48,6 +48,7 @@ def float_or_none(value: str | None) -> float | None:
 
 
 def num_arg(value: float | None) -> str:
+    """A number as a script argument; None as "" (for a `now`: the server's clock)."""
     return "" if value is None else repr(value)
 
 
@@ -99,19 +100,27 @@ def row_to_job(values: Sequence[Any], duplicate: bool = False) -> Job:
     )
 
 
-def new_job_record(new: NewJob, now: float) -> Job:
-    """The record of a job just stored, built locally: no read back needed."""
+def new_job_record(new: NewJob, now: float, *, by_server: bool = False) -> Job:
+    """The record of a job just stored at `now`, built locally: no read back
+    needed. `by_server`: stored by library.lua's insert(), which counts a
+    `relative` job's delay from `now` (the server's clock); this computes the
+    same times, digit for digit."""
+    created_at, run_at = new.created_at, new.run_at
+    if by_server and new.relative:
+        delay = run_at - created_at
+        created_at = now
+        run_at = now + delay if delay > 0 else now
     return Job(
         id=new.id,
         name=new.name,
         queue=new.queue,
         payload=json.loads(new.payload),
-        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED,
+        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
         max_retries=new.max_retries,
         priority=new.priority,
         key=new.key,
-        created_at=utc(new.created_at),
-        run_at=utc(new.run_at),
+        created_at=utc(created_at),
+        run_at=utc(run_at),
         timeout=new.timeout,
     )
 
@@ -131,6 +140,7 @@ def jobs_json(jobs: Sequence[NewJob]) -> str:
                 new.key or "",
                 repr(new.created_at),
                 repr(new.run_at),
+                "1" if new.relative else "",
             )
             for new in jobs
         ],
@@ -151,6 +161,7 @@ def outcomes_json(outcomes: Sequence[Outcome]) -> str:
                 num_arg(out.run_at),
                 logs_arg(out.logs),
                 num_arg(out.progress),
+                num_arg(out.retry_in),
             )
             for out in outcomes
         ],

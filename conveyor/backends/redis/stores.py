@@ -5,11 +5,11 @@ run on the server's clock."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 
 from conveyor.backends.base import NewJob, ScheduleRecord, WorkerInfo
 from conveyor.backends.redis.connection import RedisConnection
+from conveyor.backends.redis.layout import server_time
 from conveyor.backends.redis.resp import Arg
 from conveyor.backends.redis.rows import jobs_json, num_arg, schedule_record
 from conveyor.job import Job
@@ -84,7 +84,9 @@ class RedisStores(RedisConnection):
         )
         return bool(replies[-1][0])
 
-    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+    async def schedule_due(self, now: float | None, limit: int) -> list[ScheduleRecord]:
+        if now is None:
+            now = await self.clock()
         names = await self._cmd(
             "ZRANGEBYSCORE", f"{self.prefix}:schedules:due", "-inf", repr(now), "LIMIT", 0, limit
         )
@@ -99,10 +101,9 @@ class RedisStores(RedisConnection):
         last_error: str | None,
         jobs: Sequence[NewJob],
     ) -> list[Job] | None:
-        now = time.time()
-        flat = await self._run(
+        reply = await self._run(
             "schedule_fire",
-            repr(now),
+            "",  # the tick's jobs are stored by the server's clock
             name,
             repr(expected_next_run),
             repr(next_run),
@@ -110,13 +111,15 @@ class RedisStores(RedisConnection):
             last_error or "",
             jobs_json(jobs),
         )
-        if flat is None:
+        if reply is None:
             return None
-        return await self._inserted(jobs, flat, now)
+        return await self._inserted(jobs, reply)
 
     # ------------------------------------------------------------------ locks
 
-    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_acquire(
+        self, key: str, token: str, ttl: float, now: float | None = None
+    ) -> bool:
         # The TTL runs on the Redis clock, so expiry is the same for every client.
         ms = max(1, int(ttl * 1000))
         reply = await self._cmd("SET", f"{self.prefix}:lock:{key}", token, "NX", "PX", ms)
@@ -125,17 +128,19 @@ class RedisStores(RedisConnection):
     async def lock_release(self, key: str, token: str) -> bool:
         return bool(int(await self._run("lock_release", key, token)))
 
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float | None = None) -> bool:
         ms = max(1, int(ttl * 1000))
         return bool(int(await self._run("lock_extend", key, token, ms)))
 
     # ------------------------------------------------------------------ cache
 
-    async def cache_get(self, key: str, now: float) -> str | None:
+    async def cache_get(self, key: str, now: float | None = None) -> str | None:
         value: str | None = await self._cmd("GET", f"{self.prefix}:cache:{key}")
         return value
 
-    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
+    async def cache_set(
+        self, key: str, value: str, ttl: float | None, now: float | None = None
+    ) -> None:
         if ttl is None:
             await self._cmd("SET", f"{self.prefix}:cache:{key}", value)
         else:
@@ -148,7 +153,7 @@ class RedisStores(RedisConnection):
 
     # ------------------------------------------------------------------ workers
 
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
         record = json.dumps(
             {
                 "host": info.host,
@@ -159,7 +164,7 @@ class RedisStores(RedisConnection):
                 "last_seen": info.last_seen,
             }
         )
-        await self._run("worker_beat", info.id, record, repr(now + ttl), repr(now))
+        await self._run("worker_beat", info.id, record, repr(ttl), num_arg(now))
 
     async def worker_gone(self, worker_id: str) -> None:
         p = self.prefix
@@ -172,14 +177,22 @@ class RedisStores(RedisConnection):
             ]
         )
 
-    async def workers(self, now: float) -> list[WorkerInfo]:
+    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
         p = self.prefix
-        live, records = await self._pipe(
+        (seconds, micros), expiries, records = await self._pipe(
             [
-                ("ZRANGEBYSCORE", f"{p}:workers:expires", f"({now!r}", "+inf"),
+                ("TIME",),
+                ("ZRANGE", f"{p}:workers:expires", 0, -1, "WITHSCORES"),
                 ("HGETALL", f"{p}:workers"),
             ]
         )
+        if now is None:
+            now = server_time(seconds, micros)
+        live = [
+            w
+            for w, expires in zip(expiries[::2], expiries[1::2], strict=True)
+            if float(expires) > now
+        ]
         found = dict(zip(records[::2], records[1::2], strict=True))
         out = []
         for worker_id in live:

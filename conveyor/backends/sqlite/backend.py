@@ -66,9 +66,10 @@ within the few milliseconds in which waiters poll), it records a fresh write
 time and the stall goes unnoticed, as before this rule.
 
 Clocks: the file must be on a local disk (WAL needs shared memory), so all
-processes using it share one clock; leases compare the callers' `now`
-(`time.time()`) with each other, and there is no skew between workers to
-tolerate. A step of the host's clock forward by more than a lease minus a
+processes using it share the host's clock, and there is no skew between
+workers to tolerate. A call whose `now` is None reads `time.time()` when it
+is made (as the engine's calls do); leases compare such times with each
+other. A step of the host's clock forward by more than a lease minus a
 heartbeat interval expires live leases, as it would on any backend.
 """
 
@@ -166,11 +167,12 @@ class SQLiteBackend(SQLiteStores):
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Job]:
+        now = time.time() if now is None else now
         if limit <= 0 or not queues or (names is not None and not names):
             return []
         token = claim_id if claim_id is not None else os.urandom(12).hex()
@@ -202,7 +204,8 @@ class SQLiteBackend(SQLiteStores):
             job.token = token
         return jobs
 
-    async def unclaim(self, claim_id: str, now: float) -> int:
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
         handed_back = await self._call(self._unclaim, claim_id, now)
         if handed_back:
             self._wake()
@@ -216,10 +219,11 @@ class SQLiteBackend(SQLiteStores):
         return handed_back
 
     async def heartbeat(
-        self, beats: Sequence[Heartbeat], lease: float, now: float
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
     ) -> list[LeaseStatus]:
         if not beats:
             return []
+        now = time.time() if now is None else now
         return await self._lease_call(self._heartbeat, list(beats), lease, now)
 
     def _heartbeat(
@@ -288,8 +292,13 @@ class SQLiteBackend(SQLiteStores):
                     if kind is OutcomeKind.FAILED and keep_failed is not None:
                         trim[("failed", queue)] = keep_failed
                 elif kind is OutcomeKind.SCHEDULED:
-                    run_at = out.run_at if out.run_at is not None else out.at
-                    state = "scheduled" if run_at > out.at else "queued"
+                    since = out.at  # the caller's clock, for its run_at
+                    if out.retry_in is not None:
+                        since = time.time()
+                        run_at = since + out.retry_in
+                    else:
+                        run_at = out.run_at if out.run_at is not None else out.at
+                    state = "scheduled" if run_at > since else "queued"
                     retry.append((state, run_at, out.error, out.progress, logs, seq))
                 else:  # QUEUED
                     requeue.append((out.at, out.progress, logs, seq))
@@ -330,8 +339,9 @@ class SQLiteBackend(SQLiteStores):
         return changed == 1
 
     async def recover_expired(
-        self, now: float, max_stalled: int, retention: Retention | None = None
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
+        now = time.time() if now is None else now
         retention = retention or Retention()
         jobs = await self._call(self._recover_expired, now, max_stalled, retention)
         if jobs:
@@ -413,11 +423,11 @@ class SQLiteBackend(SQLiteStores):
     ) -> list[Job]:
         return await self._call(queries.list_jobs, state, name, queue, limit, offset)
 
-    async def cancel(self, job_id: str, now: float) -> CancelResult:
-        return await self._call(queries.cancel, job_id, now)
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        return await self._call(queries.cancel, job_id, time.time() if now is None else now)
 
-    async def retry(self, job_id: str, now: float) -> Job | None:
-        job = await self._call(self._retry, job_id, now)
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
+        job = await self._call(self._retry, job_id, time.time() if now is None else now)
         if job is not None:
             self._wake()
         return job

@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Concatenate, Final, ParamSpec, TypeVar
@@ -301,6 +302,9 @@ class SQLiteConnection:
         if thread is None:  # closed by another task meanwhile
             raise BackendUnavailableError(f"SQLite database {self.path} is closed")
         return thread
+
+    async def clock(self) -> float:
+        return time.time()  # the host's: every process using the file runs here
 
     def _wake(self) -> None:
         self._notifier.notify()

@@ -42,12 +42,12 @@ class SQLiteStores(SQLiteConnection):
             queries.write_one, "DELETE FROM conveyor_schedules WHERE name = ?1", name
         )
 
-    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
+    async def schedule_due(self, now: float | None, limit: int) -> list[ScheduleRecord]:
         return await self._call(
             queries.schedules,
             f"SELECT {SCHEDULE_COLS} FROM conveyor_schedules WHERE enabled AND next_run <= ?1"
             " ORDER BY next_run LIMIT ?2",
-            now,
+            time.time() if now is None else now,
             limit,
         )
 
@@ -96,7 +96,10 @@ class SQLiteStores(SQLiteConnection):
 
     # ------------------------------------------------------------ locks
 
-    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_acquire(
+        self, key: str, token: str, ttl: float, now: float | None = None
+    ) -> bool:
+        now = time.time() if now is None else now
         return await self._call(queries.write_one, LOCK_ACQUIRE, key, token, now, ttl)
 
     async def lock_release(self, key: str, token: str) -> bool:
@@ -108,7 +111,8 @@ class SQLiteStores(SQLiteConnection):
             time.time(),
         )
 
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
         return await self._lease_call(
             queries.write_one,
             "UPDATE conveyor_locks SET expires = ?1 + ?2"
@@ -121,10 +125,13 @@ class SQLiteStores(SQLiteConnection):
 
     # ------------------------------------------------------------ cache
 
-    async def cache_get(self, key: str, now: float) -> str | None:
-        return await self._call(queries.cache_get, key, now)
+    async def cache_get(self, key: str, now: float | None = None) -> str | None:
+        return await self._call(queries.cache_get, key, time.time() if now is None else now)
 
-    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
+    async def cache_set(
+        self, key: str, value: str, ttl: float | None, now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
         await self._call(
             queries.write_one, CACHE_SET, key, value, None if ttl is None else now + ttl
         )
@@ -134,14 +141,15 @@ class SQLiteStores(SQLiteConnection):
 
     # ------------------------------------------------------------ workers
 
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         await self._call(queries.worker_beat, info, now + ttl, now)
 
     async def worker_gone(self, worker_id: str) -> None:
         await self._call(queries.write_one, "DELETE FROM conveyor_workers WHERE id = ?1", worker_id)
 
-    async def workers(self, now: float) -> list[WorkerInfo]:
-        return await self._call(queries.workers, now)
+    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        return await self._call(queries.workers, time.time() if now is None else now)
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         return await self._call(queries.queued_by_name)
