@@ -418,12 +418,9 @@ class Worker:
         """Send `batch` and claim up to `limit` jobs under `claim_id`."""
         backend = self.app.backend
         lease = self.settings.lease
-        now = time.time()
         names = self.names
         if not batch.outcomes:
-            return await backend.claim(
-                self.queues, limit, lease, now, claim_id=claim_id, names=names
-            )
+            return await backend.claim(self.queues, limit, lease, claim_id=claim_id, names=names)
         if self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes,
@@ -431,7 +428,6 @@ class Worker:
                 self.queues,
                 limit,
                 lease,
-                now,
                 claim_id=claim_id,
                 names=names,
             )
@@ -440,7 +436,7 @@ class Worker:
             jobs = []
             if limit > 0:
                 jobs = await backend.claim(
-                    self.queues, limit, lease, now, claim_id=claim_id, names=names
+                    self.queues, limit, lease, claim_id=claim_id, names=names
                 )
         self._acknowledged(batch, accepted)
         return jobs
@@ -459,7 +455,7 @@ class Worker:
         backend = self.app.backend
         while self._lost_claims:
             claim_id = self._lost_claims[0]
-            handed_back = await backend.unclaim(claim_id, time.time())
+            handed_back = await backend.unclaim(claim_id)
             self._lost_claims.popleft()
             if handed_back:
                 logger.warning(
@@ -654,7 +650,7 @@ class Worker:
         if not final and job.attempts <= job.max_retries:
             delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
             return Outcome(
-                job.id, _token(job), OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
+                job.id, _token(job), OutcomeKind.SCHEDULED, now, error=error, retry_in=delay
             )
         return Outcome(job.id, _token(job), OutcomeKind.FAILED, now, error=error)
 
@@ -793,9 +789,7 @@ class Worker:
             beats = [Heartbeat(r.job.id, _token(r.job), r.ctx.take_logs()) for r in running]
             beats += [Heartbeat(job.id, _token(job)) for job in waiting]
             try:
-                statuses = await backend.heartbeat(
-                    beats + unacked, self.settings.lease, time.time()
-                )
+                statuses = await backend.heartbeat(beats + unacked, self.settings.lease)
             except Exception as exc:
                 logger.error("heartbeat failed (%s); will retry", exc)
                 for r, beat in zip(running, beats, strict=False):
@@ -833,7 +827,7 @@ class Worker:
             last_seen=now,
         )
         try:
-            await registry.worker_beat(info, _PRESENCE_TTL, now)
+            await registry.worker_beat(info, _PRESENCE_TTL)
         except Exception as exc:  # presence is for people looking on: never fatal
             logger.warning("could not record this worker's presence (%s); will retry", exc)
 
@@ -847,7 +841,7 @@ class Worker:
         while True:
             try:
                 recovered = await backend.recover_expired(
-                    time.time(), self.settings.max_stalled, self.app.retention
+                    None, self.settings.max_stalled, self.app.retention
                 )
             except Exception as exc:
                 logger.error("lease recovery failed (%s); will retry", exc)
@@ -885,13 +879,16 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
     if outcome.result is not None:
         result = json.loads(outcome.result)
     final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
+    run_at = outcome.run_at
+    if outcome.retry_in is not None:  # as the backend reckons it, give or take the skew
+        run_at = outcome.at + outcome.retry_in
     return replace(
         job,
         state=state,
         result=result,
         error=outcome.error,
         finished_at=utc(outcome.at) if final else None,
-        run_at=utc(outcome.run_at) if outcome.run_at is not None else job.run_at,
+        run_at=utc(run_at) if run_at is not None else job.run_at,
     )
 
 
