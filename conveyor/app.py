@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from conveyor import forking
 from conveyor._sync import Portal, blocking
 from conveyor.backends import from_url, scheme_of
 from conveyor.backends.base import (
@@ -24,8 +23,6 @@ from conveyor.backends.base import (
     CancelResult,
     NewJob,
     Retention,
-    ScheduleRecord,
-    ScheduleStore,
     TransactionalEnqueue,
     WorkerInfo,
     WorkerRegistry,
@@ -46,6 +43,7 @@ from conveyor.job import (
     new_job_id,
 )
 from conveyor.locks import Locks, hold
+from conveyor.recurring import RecurringSchedules
 from conveyor.registry import (
     Handler,
     JobDefaults,
@@ -55,18 +53,7 @@ from conveyor.registry import (
     check_retries,
     check_timeout,
 )
-from conveyor.scheduler import (
-    CATCH_UP_POLICIES,
-    InvalidScheduleError,
-    Schedule,
-    Scheduler,
-    first_run,
-    parse_cron,
-    parse_every,
-    parse_tz,
-    schedule_store,
-    stored_options,
-)
+from conveyor.scheduler import Scheduler
 from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
@@ -85,7 +72,7 @@ EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
 
 
-class Conveyor:
+class Conveyor(RecurringSchedules):
     """The application object: `app = Conveyor("sqlite:///jobs.db")`.
 
     The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
@@ -124,7 +111,7 @@ class Conveyor:
         self.cache = Cache(self._backend, self.portal, self.url)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
-        _LIVE_APPS.add(self)  # for the fork hooks (a weak reference)
+        forking.track(self)  # for the fork hooks
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url!r} jobs={sorted(self.registry)}>"
@@ -260,6 +247,9 @@ class Conveyor:
             key=key,
             created_at=now,
             run_at=_due_time(now, delay, run_at),
+            # A delay (or none) counts from the backend's clock where it has
+            # one of its own; a run_at given is a time, kept as it is.
+            relative=run_at is None,
         )
 
     def _sized(self, name: str, payload: str) -> str:
@@ -420,7 +410,7 @@ class Conveyor:
 
     async def workers(self) -> list[WorkerInfo]:
         """Live workers: id, host, pid, queues and the job names each serves."""
-        return await (await self._worker_registry()).workers(time.time())
+        return await (await self._worker_registry()).workers()
 
     async def unserved(self) -> dict[str, dict[str, int]]:
         """Queued jobs that no live worker can run, `{queue: {job name: count}}`:
@@ -428,7 +418,7 @@ class Conveyor:
         while only old workers run). They wait; nothing fails them."""
         registry = await self._worker_registry()
         waiting = await registry.queued_by_name()
-        live = await registry.workers(time.time())
+        live = await registry.workers()
         served = {(queue, name) for w in live for queue in w.queues for name in w.names}
         return {
             queue: left
@@ -450,7 +440,7 @@ class Conveyor:
         job does not exist or already finished."""
         backend = await self._backend()
         self._require(backend.capabilities.cancel, "cancel")
-        outcome = await backend.cancel(job_id, time.time())
+        outcome = await backend.cancel(job_id)
         if outcome is CancelResult.CANCELLED and self.events.wants("job.cancelled"):
             self.events.emit("job.cancelled", await backend.get(job_id))
         return outcome in (CancelResult.CANCELLED, CancelResult.REQUESTED)
@@ -460,7 +450,7 @@ class Conveyor:
         there is no such job or it is not failed/cancelled."""
         backend = await self._backend()
         self._require(backend.capabilities.retry, "retry")
-        return await backend.retry(job_id, time.time())
+        return await backend.retry(job_id)
 
     async def purge(
         self,
@@ -518,161 +508,6 @@ class Conveyor:
         self._check_fits(backend, jobs)
         return await backend.enqueue_in(connection, jobs)
 
-    # ------------------------------------------------------------------ recurring
-
-    async def recurring(
-        self,
-        name: str,
-        job_name: str,
-        payload: Any = None,
-        *,
-        cron: str | None = None,
-        every: float | timedelta | str | None = None,
-        tz: str = "UTC",
-        key: str | None = None,
-        enabled: bool | None = None,
-        catch_up: str = "once",
-        max_catch_up: int = 100,
-        misfire_grace: float = 60.0,
-        queue: str | None = None,
-        priority: int | None = None,
-        retries: int | None = None,
-        timeout: float | EllipsisType | None = ...,
-    ) -> Schedule:
-        """Create or update the schedule `name`: enqueue `job_name` with
-        `payload` on a cron (in time zone `tz`) or every interval.
-
-        Updating keeps the next run unless the cron, interval or zone changed,
-        and keeps it enabled or disabled unless `enabled` is given.
-        Any worker running with the scheduler enabled fires it, once per tick,
-        whether or not it registers `job_name`: the payload is validated and
-        the job options (queue, priority, retries, timeout; those left out are
-        the job type's defaults as registered now) are stored with the
-        schedule. After changing a job type's defaults, call `recurring()`
-        again (as a seed script run at deploy does) to store the new ones.
-        """
-        if not isinstance(name, str) or not name:
-            raise InvalidScheduleError(f"a schedule name must be a non-empty string, got {name!r}")
-        if (cron is None) == (every is None):
-            raise InvalidScheduleError("give exactly one of cron= or every=")
-        cron_text = parse_cron(cron) if cron is not None else None
-        seconds = parse_every(every) if every is not None else None
-        parse_tz(tz)
-        if catch_up not in CATCH_UP_POLICIES:
-            raise InvalidScheduleError(
-                f"catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, got {catch_up!r}"
-            )
-        if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
-            raise InvalidScheduleError(
-                f"max_catch_up must be an integer >= 1, got {max_catch_up!r}"
-            )
-        if not 0 <= misfire_grace < 1e11:  # also refuses NaN and infinity
-            raise InvalidScheduleError(
-                f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
-            )
-        now = time.time()
-        # Resolved and checked against the registered job type now, exactly as
-        # an enqueue would: the record then holds everything a tick's job
-        # needs, so a scheduler that does not register the type fires it too.
-        resolved = self._new_job(
-            job_name, payload, now, queue=queue, priority=priority, retries=retries, timeout=timeout
-        )
-        options = stored_options(resolved)
-        store = await self._schedules()
-        old = await store.schedule_get(name)
-        same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
-        next_run = (
-            old.next_run
-            if old is not None and same_timing and old.enabled
-            else first_run(cron_text, seconds, tz, now)
-        )
-        record = ScheduleRecord(
-            name=name,
-            job_name=job_name,
-            payload=resolved.payload,
-            cron=cron_text,
-            every=seconds,
-            tz=tz,
-            key=key,
-            # None keeps what an operator chose (a seed script re-run at deploy
-            # time must not re-enable a schedule someone disabled).
-            enabled=(old.enabled if old is not None else True) if enabled is None else enabled,
-            next_run=next_run,
-            created_at=old.created_at if old is not None else now,
-            updated_at=now,
-            last_run=old.last_run if old is not None else None,
-            last_error=old.last_error if old is not None else None,
-            catch_up=catch_up,
-            max_catch_up=max_catch_up,
-            misfire_grace=float(misfire_grace),
-            options=options,
-        )
-        await store.schedule_put(record)
-        return Schedule.from_record(record)
-
-    async def _schedules(self) -> ScheduleStore:
-        await self.open()
-        return schedule_store(self.backend)
-
-    async def get_recurring(self, name: str) -> Schedule | None:
-        rec = await (await self._schedules()).schedule_get(name)
-        return None if rec is None else Schedule.from_record(rec)
-
-    async def list_recurring(self) -> list[Schedule]:
-        return [Schedule.from_record(r) for r in await (await self._schedules()).schedule_list()]
-
-    async def _set_enabled(self, name: str, enabled: bool) -> bool:
-        store = await self._schedules()
-        rec = await store.schedule_get(name)
-        if rec is None:
-            return False
-        if rec.enabled != enabled:
-            rec.enabled = enabled
-            rec.updated_at = time.time()
-            if enabled:  # no burst of catch-up for the time it was off
-                rec.next_run = first_run(rec.cron, rec.every, rec.tz, rec.updated_at)
-            await store.schedule_put(rec)
-        return True
-
-    async def enable_recurring(self, name: str) -> bool:
-        """Enable a schedule; its next run is computed from now. False if unknown."""
-        return await self._set_enabled(name, True)
-
-    async def disable_recurring(self, name: str) -> bool:
-        """Stop firing a schedule but keep it listed. False if unknown."""
-        return await self._set_enabled(name, False)
-
-    async def delete_recurring(self, name: str) -> bool:
-        """Remove a schedule for good. False if unknown."""
-        return await (await self._schedules()).schedule_delete(name)
-
-    async def cancel_recurring(
-        self,
-        name: str | None = None,
-        *,
-        key: str | None = None,
-        cron: str | None = None,
-        every: float | timedelta | str | None = None,
-    ) -> int:
-        """Remove exactly the schedules matching every criterion given (name,
-        key, cron, interval); return how many. Seed scripts use it to undo
-        precisely what they created."""
-        if name is None and key is None:
-            raise InvalidScheduleError("cancel_recurring needs name= or key=")
-        cron_text = parse_cron(cron) if cron is not None else None
-        seconds = parse_every(every) if every is not None else None
-        store = await self._schedules()
-        removed = 0
-        for rec in await store.schedule_list():
-            if (
-                (name is None or rec.name == name)
-                and (key is None or rec.key == key)
-                and (cron_text is None or rec.cron == cron_text)
-                and (seconds is None or rec.every == seconds)
-            ) and await store.schedule_delete(rec.name):
-                removed += 1
-        return removed
-
     # ------------------------------------------------------------------ locks
 
     @contextlib.asynccontextmanager
@@ -723,78 +558,10 @@ class Conveyor:
     cancel_sync = blocking(cancel)
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)
-    recurring_sync = blocking(recurring)
-    get_recurring_sync = blocking(get_recurring)
-    list_recurring_sync = blocking(list_recurring)
-    enable_recurring_sync = blocking(enable_recurring)
-    disable_recurring_sync = blocking(disable_recurring)
-    delete_recurring_sync = blocking(delete_recurring)
-    cancel_recurring_sync = blocking(cancel_recurring)
 
 
 # What an enqueue_many item's options may hold: `enqueue`'s keyword options.
 _ENQUEUE_OPTIONS = frozenset({"key", "delay", "run_at", "priority", "retries", "timeout", "queue"})
-# --------------------------------------------------------------------------- fork
-
-# Every live app, weakly: the process-wide fork hooks below reach them without
-# keeping them alive (one registration per process, not one per app).
-_LIVE_APPS: weakref.WeakSet[Conveyor] = weakref.WeakSet()
-# The backends readied for the fork under way (each once: apps may share one).
-_READIED: list[Backend] = []
-
-
-def _backends() -> list[Backend]:
-    return list({id(app.backend): app.backend for app in list(_LIVE_APPS)}.values())
-
-
-def _fork_hook(backend: Backend, name: str) -> bool:
-    """Call the backend's optional fork method `name`; a failure is logged,
-    not raised (os.fork would ignore it, and the other backends need theirs)."""
-    method = getattr(backend, name, None)
-    if method is None:  # a backend with no thread or connection to look after
-        return True
-    try:
-        method()
-    except Exception:
-        logger.exception("%s of %r failed", name, backend)
-        return False
-    return True
-
-
-def _before_fork() -> None:
-    """Let each backend quiesce its threads, so the child copies no call half done."""
-    _READIED[:] = [b for b in _backends() if _fork_hook(b, "_before_fork")]
-
-
-def _after_fork_in_parent() -> None:
-    for backend in _READIED:
-        _fork_hook(backend, "_after_fork_in_parent")
-    _READIED.clear()
-
-
-def _after_fork_in_child() -> None:
-    """The child has only the forking thread: every app's helper loop and each
-    backend's threads and connections are the parent's. Drop them (without
-    closing what the parent still uses) so that the next call starts afresh."""
-    _READIED.clear()
-    for app in list(_LIVE_APPS):
-        app._after_fork_in_child()
-    for backend in _backends():
-        _fork_hook(backend, "_after_fork_in_child")
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    # Before-fork hooks run in the reverse order of registration, and the
-    # thread pool's own hook takes a lock that ThreadPoolExecutor.submit needs
-    # (the SQLite backend submits from its hook): register after it, so that
-    # ours run first.
-    import concurrent.futures.thread  # noqa: F401
-
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
 
 
 def _state(value: JobState | str | None) -> JobState | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -65,13 +64,13 @@ class Cache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         _check(key, None)
-        raw = await (await self._store()).cache_get(key, time.time())
+        raw = await (await self._store()).cache_get(key)
         return default if raw is None else decode_json(raw)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         _check(key, ttl)
         text = encode_json(value, f"the cache value for {key!r}")
-        await (await self._store()).cache_set(key, text, ttl, time.time())
+        await (await self._store()).cache_set(key, text, ttl)
 
     async def delete(self, key: str) -> bool:
         _check(key, None)
@@ -82,7 +81,7 @@ class Cache:
         Concurrent callers in this process share one computation."""
         _check(key, ttl)
         store = await self._store()
-        raw = await store.cache_get(key, time.time())
+        raw = await store.cache_get(key)
         if raw is not None:
             return cast(T, decode_json(raw))
         flight = (id(asyncio.get_running_loop()), key)
@@ -98,7 +97,7 @@ class Cache:
             if inspect.isawaitable(value):
                 value = await value
             text = encode_json(value, f"the cache value for {key!r}")
-            await store.cache_set(key, text, ttl, time.time())
+            await store.cache_set(key, text, ttl)
             result = decode_json(text)  # what later readers get back, exactly
             future.set_result(result)
             return cast(T, result)

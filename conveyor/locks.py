@@ -57,7 +57,7 @@ class Locks:
         deadline = time.monotonic() + wait
         pause = 0.01
         while True:
-            if await store.lock_acquire(key, token, float(ttl), time.time()):
+            if await store.lock_acquire(key, token, float(ttl)):
                 return token
             if time.monotonic() >= deadline:
                 return None
@@ -71,7 +71,7 @@ class Locks:
     async def extend(self, key: str, token: str, ttl: float) -> bool:
         """Hold the lock for `ttl` more seconds from now; False if not held."""
         _check(key, ttl)
-        return await (await self._store()).lock_extend(key, token, float(ttl), time.time())
+        return await (await self._store()).lock_extend(key, token, float(ttl))
 
     acquire_sync = blocking(acquire)
     release_sync = blocking(release)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -271,7 +270,9 @@ class Scheduler:
     async def tick(self, now: float | None = None) -> int:
         """Fire every due schedule once; return how many jobs were enqueued."""
         store = self.store()
-        now = time.time() if now is None else now
+        # The backend's clock decides what is due (once per pass): a scheduler
+        # whose own clock is off fires nothing early, nor late.
+        now = await self.backend.clock() if now is None else now
         enqueued = 0
         for rec in await store.schedule_due(now, limit=100):
             enqueued += await self._fire(store, rec, now)

@@ -635,9 +635,7 @@ class Worker:
             beats += [Heartbeat(job.id, token_of(job)) for job in waiting]
             sent_at = self._clock()
             try:
-                statuses = await backend.heartbeat(
-                    beats + unacked, self.settings.lease, time.time()
-                )
+                statuses = await backend.heartbeat(beats + unacked, self.settings.lease)
             except Exception as exc:
                 logger.error("heartbeat failed (%s); will retry", exc)
                 for r, beat in zip(running, beats, strict=False):

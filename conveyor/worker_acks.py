@@ -82,7 +82,7 @@ def failure(
     if not final and job.attempts <= job.max_retries:
         delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
         return Outcome(
-            job.id, token_of(job), OutcomeKind.SCHEDULED, now, error=error, run_at=now + delay
+            job.id, token_of(job), OutcomeKind.SCHEDULED, now, error=error, retry_in=delay
         )
     return Outcome(job.id, token_of(job), OutcomeKind.FAILED, now, error=error)
 
@@ -238,11 +238,14 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
     if outcome.result is not None:
         result = decode_json(outcome.result)
     final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
+    run_at = outcome.run_at
+    if outcome.retry_in is not None:  # as the backend reckons it, give or take the skew
+        run_at = outcome.at + outcome.retry_in
     return replace(
         job,
         state=state,
         result=result,
         error=outcome.error,
         finished_at=utc(outcome.at) if final else None,
-        run_at=utc(outcome.run_at) if outcome.run_at is not None else job.run_at,
+        run_at=utc(run_at) if run_at is not None else job.run_at,
     )

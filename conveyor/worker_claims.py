@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -81,9 +80,11 @@ class Claimer:
     async def _exchange(self, batch: Batch, limit: int, claim_id: str) -> list[Job]:
         backend, queues, lease = self._backend, self._queues, self._settings.lease
         names = self._names()
-        sent_at, now = self._clock(), time.time()
+        # Leases are reckoned by the backend's clock (the server's, where
+        # there is one): no time of this worker's is sent.
+        sent_at = self._clock()
         if not batch.outcomes:
-            jobs = await backend.claim(queues, limit, lease, now, claim_id=claim_id, names=names)
+            jobs = await backend.claim(queues, limit, lease, claim_id=claim_id, names=names)
         elif self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes,
@@ -91,7 +92,6 @@ class Claimer:
                 queues,
                 limit,
                 lease,
-                now,
                 claim_id=claim_id,
                 names=names,
             )
@@ -101,10 +101,8 @@ class Claimer:
             self._acks.acknowledged(batch, accepted)
             jobs = []
             if limit > 0:
-                sent_at, now = self._clock(), time.time()
-                jobs = await backend.claim(
-                    queues, limit, lease, now, claim_id=claim_id, names=names
-                )
+                sent_at = self._clock()
+                jobs = await backend.claim(queues, limit, lease, claim_id=claim_id, names=names)
         self._leases.claimed(jobs, sent_at)
         return jobs
 
@@ -163,7 +161,7 @@ class Claimer:
         worker never saw, go back to the queue with their attempt uncounted."""
         while self._lost:
             claim_id = self._lost[0]
-            handed_back = await self._backend.unclaim(claim_id, time.time())
+            handed_back = await self._backend.unclaim(claim_id)
             self._lost.popleft()
             if handed_back:
                 logger.warning(

@@ -29,7 +29,8 @@ async def recover_expired_leases(
     """Requeue (or fail, past `max_stalled`) jobs whose lease expired, forever."""
     while True:
         try:
-            recovered = await backend.recover_expired(time.time(), max_stalled, retention)
+            # None: expired by the backend's clock, not this worker's.
+            recovered = await backend.recover_expired(None, max_stalled, retention)
         except Exception as exc:
             logger.error("lease recovery failed (%s); will retry", exc)
             recovered = []
@@ -73,7 +74,7 @@ class Presence:
             last_seen=now,
         )
         try:
-            await self._registry.worker_beat(info, PRESENCE_TTL, now)
+            await self._registry.worker_beat(info, PRESENCE_TTL)
         except Exception as exc:  # presence is for people looking on: never fatal
             logger.warning("could not record this worker's presence (%s); will retry", exc)
 

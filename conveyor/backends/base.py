@@ -40,7 +40,8 @@ Contract every backend keeps (the conformance suite checks it):
   so a worker that lost its lease learns it at once.
 * `finish` applies outcomes: COMPLETED (result, trims completed jobs of that
   queue beyond `keep_completed`), FAILED (final, error; trims failed beyond
-  `keep_failed` when set), SCHEDULED (a retry at `run_at`, error kept),
+  `keep_failed` when set), SCHEDULED (a retry `retry_in` seconds after the
+  backend's now, else at `run_at`; error kept; queued at once when due),
   CANCELLED, and QUEUED (handed back at shutdown: lease dropped, the attempt
   not counted; the next claim still gets a new token).
 * `unclaim(claim_id, now)` undoes a claim whose reply the worker never got
@@ -64,6 +65,31 @@ Contract every backend keeps (the conformance suite checks it):
 * A backend may be called from more than one event loop (the blocking twins
   run on a helper thread's loop), so it keeps no loop-bound state it cannot
   rebuild per loop.
+
+Clocks: one per backend. Every `now` parameter of a call that decides a lease,
+a due time or an expiry (claims, heartbeats, recovery, hand-backs, cancel,
+retry, schedules due, locks, cache, worker presence) may be None, and None
+means the backend's own clock: the server's where there is a server, read
+where the decision is made (inside the Lua script on Redis), else the host's
+`time.time()`. An explicit `now` is used as given (tests drive time that
+way). `clock()` reads that clock. The engine passes None everywhere, and
+sends delays rather than times of its own where it can: a retry carries
+`Outcome.retry_in`, an enqueue with a delay marks it `NewJob.relative`. So
+the skew a backend tolerates between the clocks of its callers is:
+
+* Redis (and any backend with a server): any. Leases, due times, retry
+  times, worker presence, locks and the cache are decided by the server's
+  clock alone. A caller's clock still stamps what is only shown: a job's
+  `finished_at` and the place in line of a job handed back (`Outcome.at`),
+  log lines, and the order of jobs due at once enqueued without a key by
+  producers with different clocks (FIFO across producers holds to within
+  their skew).
+* SQLite and memory: none needed. Every caller runs on one host (memory: in
+  one process; SQLite: the file must be on a local disk), so they share the
+  host's clock.
+
+On every backend a step of the deciding clock itself (the server's, or the
+host's) by more than a lease minus a heartbeat interval expires live leases.
 """
 
 from __future__ import annotations
@@ -134,6 +160,12 @@ class NewJob:
     key: str | None
     created_at: float
     run_at: float
+    # True when run_at is created_at plus a delay (none: due at once), both
+    # read from the producer's clock, rather than a time the caller gave. A
+    # backend whose clock is not the producer's (a server's) counts the delay
+    # from its own now: it shifts created_at and run_at by (its now -
+    # created_at). Backends on the producer's host may ignore it.
+    relative: bool = False
 
 
 class OutcomeKind(enum.StrEnum):
@@ -154,7 +186,11 @@ class Outcome:
     at: float
     result: str | None = None  # JSON text
     error: str | None = None
-    run_at: float | None = None  # for SCHEDULED
+    run_at: float | None = None  # for SCHEDULED: when, on the caller's clock
+    # For SCHEDULED: run again this many seconds after the backend's now (its
+    # own clock, see the module docstring); wins over run_at. A worker sends
+    # its backoff this way, so its clock does not move the retry.
+    retry_in: float | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
     progress: float | None = None
 
@@ -198,6 +234,10 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release connections. Idempotent."""
 
+    async def clock(self) -> float:
+        """The backend's current time, epoch seconds: the clock that decides
+        when `now` is None (the server's TIME on Redis, one round trip)."""
+
     # -- producing
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store jobs (one round trip); return one record per input, in order."""
@@ -208,7 +248,7 @@ class Backend(Protocol):
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
@@ -217,12 +257,12 @@ class Backend(Protocol):
         named in `names` (None: any name; admin and test callers) under a new
         token (`claim_id` when given)."""
 
-    async def unclaim(self, claim_id: str, now: float) -> int:
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
         """Hand back the jobs still running under `claim_id` (a claim whose
         reply was lost), attempt not counted; return how many."""
 
     async def heartbeat(
-        self, beats: Sequence[Heartbeat], lease: float, now: float
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
     ) -> list[LeaseStatus]:
         """Extend leases (and append logs); one status per beat, in order."""
 
@@ -239,9 +279,10 @@ class Backend(Protocol):
         """Record progress and log lines on a running job (fenced)."""
 
     async def recover_expired(
-        self, now: float, max_stalled: int, retention: Retention | None = None
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
-        """Requeue or fail running jobs whose lease expired; return them.
+        """Requeue or fail running jobs whose lease expired at `now` (None:
+        the backend's clock); return them.
         A job whose cancel was requested becomes `cancelled` instead."""
 
     async def wait_for_work(
@@ -267,9 +308,9 @@ class Backend(Protocol):
     ) -> list[Job]:
         """Newest first."""
 
-    async def cancel(self, job_id: str, now: float) -> CancelResult: ...
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult: ...
 
-    async def retry(self, job_id: str, now: float) -> Job | None:
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         """Put a failed or cancelled job back as queued for one more attempt;
         None when there is no such job or it is not failed/cancelled."""
 
@@ -295,7 +336,7 @@ class FinishAndClaim(Protocol):
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
@@ -379,8 +420,9 @@ class ScheduleStore(Protocol):
 
     async def schedule_delete(self, name: str) -> bool: ...
 
-    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
-        """Enabled schedules whose next_run <= now, earliest first."""
+    async def schedule_due(self, now: float | None, limit: int) -> list[ScheduleRecord]:
+        """Enabled schedules whose next_run <= now (None: the backend's
+        clock), earliest first."""
 
     async def schedule_fire(
         self,
@@ -393,28 +435,33 @@ class ScheduleStore(Protocol):
     ) -> list[Job] | None:
         """Atomically: if the schedule is enabled and its next_run still equals
         `expected_next_run`, set next_run / last_run / last_error and enqueue
-        `jobs` (same rules as `Backend.enqueue`); return the jobs. Else change
+        `jobs` (same rules as `Backend.enqueue`, by the backend's clock);
+        return the jobs. Else change
         nothing and return None (another scheduler fired this tick)."""
 
 
 @runtime_checkable
 class LockStore(Protocol):
-    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_acquire(
+        self, key: str, token: str, ttl: float, now: float | None = None
+    ) -> bool:
         """Take the lock if it is free or expired."""
 
     async def lock_release(self, key: str, token: str) -> bool:
         """Release only if `token` holds it (and it has not expired)."""
 
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float | None = None) -> bool:
         """Extend to now + ttl only if `token` still holds it unexpired."""
 
 
 @runtime_checkable
 class CacheStore(Protocol):
-    async def cache_get(self, key: str, now: float) -> str | None:
+    async def cache_get(self, key: str, now: float | None = None) -> str | None:
         """JSON text, or None when missing or expired."""
 
-    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None: ...
+    async def cache_set(
+        self, key: str, value: str, ttl: float | None, now: float | None = None
+    ) -> None: ...
 
     async def cache_delete(self, key: str) -> bool: ...
 
@@ -444,13 +491,13 @@ class WorkerRegistry(Protocol):
     A worker beats on start and every few seconds and says goodbye at stop; a
     record not renewed within its TTL counts as gone (a killed worker)."""
 
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
         """Create or replace the record of `info.id`, live until `now + ttl`."""
 
     async def worker_gone(self, worker_id: str) -> None:
         """Remove the record (no error when there is none)."""
 
-    async def workers(self, now: float) -> list[WorkerInfo]:
+    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
         """The records still live at `now`, ordered by (started_at, id)."""
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:

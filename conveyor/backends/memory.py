@@ -8,11 +8,15 @@ A forked child (multiprocessing, a pre-fork server) gets a copy of the store
 as it was at the fork: from then on the parent and the child each change their
 own copy and see nothing of the other's jobs. Share a real backend between
 processes.
+
+Clock: the host's (`time.time()`) wherever a call's `now` is None; every
+caller is in this process, so there is no skew to tolerate.
+
+Schedules, locks, the cache and worker presence: memory_stores.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import json
 import os
@@ -34,9 +38,8 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
-    ScheduleRecord,
-    WorkerInfo,
 )
+from conveyor.backends.memory_stores import MemoryStores
 from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState, utc
 
 
@@ -96,7 +99,7 @@ class _Record:
 _KEEP_ALL = Retention(keep_completed=None, keep_failed=None)
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryStores):
     """`memory://` — one store per backend object, shared by every loop using it
     (not across processes: a forked child works on a copy)."""
 
@@ -104,8 +107,7 @@ class MemoryBackend:
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._lock = threading.RLock()
-        self._notifier = Notifier()
+        super().__init__()
         self._seq = 0
         self._jobs: dict[str, _Record] = {}
         self._keys: dict[str, str] = {}
@@ -121,16 +123,15 @@ class MemoryBackend:
         # that were retried or purged since).
         self._finished: dict[tuple[str, JobState], deque[tuple[int, str]]] = {}
         self._final_count: dict[tuple[str, JobState], int] = {}
-        self._schedules: dict[str, ScheduleRecord] = {}
-        self._locks: dict[str, tuple[str, float]] = {}  # key -> (token, expires)
-        self._cache: dict[str, tuple[str, float | None]] = {}  # key -> (json, expires)
-        self._workers: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires)
 
     async def open(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+    async def clock(self) -> float:
+        return time.time()
 
     # The facade's fork hooks: the store's lock is held across the fork, so the
     # child's copy is never taken in the middle of a change.
@@ -224,11 +225,12 @@ class MemoryBackend:
         queues: Sequence[str],
         limit: int,
         lease: float,
-        now: float,
+        now: float | None = None,
         *,
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Job]:
+        now = time.time() if now is None else now
         token = claim_id if claim_id is not None else os.urandom(12).hex()
         claimed: list[Job] = []
         with self._lock:
@@ -259,7 +261,8 @@ class MemoryBackend:
                 claimed.append(job)
         return claimed
 
-    async def unclaim(self, claim_id: str, now: float) -> int:
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
         with self._lock:
             lost = [r for r in self._running.values() if r.token == claim_id]
             for rec in lost:
@@ -288,8 +291,9 @@ class MemoryBackend:
         return rec
 
     async def heartbeat(
-        self, beats: Sequence[Heartbeat], lease: float, now: float
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
     ) -> list[LeaseStatus]:
+        now = time.time() if now is None else now
         statuses: list[LeaseStatus] = []
         with self._lock:
             for beat in beats:
@@ -323,9 +327,14 @@ class MemoryBackend:
                     requeued = True
                 elif kind is OutcomeKind.SCHEDULED:
                     rec.error = out.error
-                    rec.run_at = out.run_at if out.run_at is not None else out.at
+                    since = out.at  # the caller's clock, for its run_at
+                    if out.retry_in is not None:
+                        since = time.time()
+                        rec.run_at = since + out.retry_in
+                    else:
+                        rec.run_at = out.run_at if out.run_at is not None else out.at
                     self._make_pending(
-                        rec, JobState.SCHEDULED if rec.run_at > out.at else JobState.QUEUED
+                        rec, JobState.SCHEDULED if rec.run_at > since else JobState.QUEUED
                     )
                     requeued = True
                 else:
@@ -395,8 +404,9 @@ class MemoryBackend:
             return True
 
     async def recover_expired(
-        self, now: float, max_stalled: int, retention: Retention | None = None
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
+        now = time.time() if now is None else now
         retention = retention or Retention()
         recovered: list[Job] = []
         with self._lock:
@@ -473,7 +483,8 @@ class MemoryBackend:
             recs.sort(key=lambda r: r.seq, reverse=True)
             return [r.snapshot() for r in recs[offset : offset + limit]]
 
-    async def cancel(self, job_id: str, now: float) -> CancelResult:
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        now = time.time() if now is None else now
         with self._lock:
             rec = self._jobs.get(job_id)
             if rec is None:
@@ -487,7 +498,8 @@ class MemoryBackend:
             self._finalize(rec, JobState.CANCELLED, now, _KEEP_ALL)
             return CancelResult.CANCELLED
 
-    async def retry(self, job_id: str, now: float) -> Job | None:
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
+        now = time.time() if now is None else now
         with self._lock:
             rec = self._jobs.get(job_id)
             if rec is None or rec.state not in (JobState.FAILED, JobState.CANCELLED):
@@ -533,117 +545,7 @@ class MemoryBackend:
                 removed += 1
         return removed
 
-    # ----------------------------------------------------------------- schedules
-
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        with self._lock:
-            self._schedules[record.name] = dataclasses.replace(record)
-
-    async def schedule_get(self, name: str) -> ScheduleRecord | None:
-        with self._lock:
-            rec = self._schedules.get(name)
-            return None if rec is None else dataclasses.replace(rec)
-
-    async def schedule_list(self) -> list[ScheduleRecord]:
-        with self._lock:
-            return [dataclasses.replace(self._schedules[n]) for n in sorted(self._schedules)]
-
-    async def schedule_delete(self, name: str) -> bool:
-        with self._lock:
-            return self._schedules.pop(name, None) is not None
-
-    async def schedule_due(self, now: float, limit: int) -> list[ScheduleRecord]:
-        with self._lock:
-            due = [r for r in self._schedules.values() if r.enabled and r.next_run <= now]
-            due.sort(key=lambda r: r.next_run)
-            return [dataclasses.replace(r) for r in due[:limit]]
-
-    async def schedule_fire(
-        self,
-        name: str,
-        expected_next_run: float,
-        next_run: float,
-        last_run: float | None,
-        last_error: str | None,
-        jobs: Sequence[NewJob],
-    ) -> list[Job] | None:
-        with self._lock:
-            rec = self._schedules.get(name)
-            if rec is None or not rec.enabled or rec.next_run != expected_next_run:
-                return None
-            rec.next_run = next_run
-            rec.last_run = last_run if last_run is not None else rec.last_run
-            rec.last_error = last_error
-            out = self._insert(jobs, time.time())
-        if jobs:
-            self._notifier.notify()
-        return out
-
-    # ----------------------------------------------------------------- locks
-
-    async def lock_acquire(self, key: str, token: str, ttl: float, now: float) -> bool:
-        with self._lock:
-            held = self._locks.get(key)
-            if held is not None and held[1] > now:
-                return False
-            self._locks[key] = (token, now + ttl)
-            return True
-
-    async def lock_release(self, key: str, token: str) -> bool:
-        with self._lock:
-            held = self._locks.get(key)
-            if held is None or held[0] != token or held[1] <= time.time():
-                return False
-            del self._locks[key]
-            return True
-
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float) -> bool:
-        with self._lock:
-            held = self._locks.get(key)
-            if held is None or held[0] != token or held[1] <= now:
-                return False
-            self._locks[key] = (token, now + ttl)
-            return True
-
-    # ----------------------------------------------------------------- cache
-
-    async def cache_get(self, key: str, now: float) -> str | None:
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is None:
-                return None
-            if entry[1] is not None and entry[1] <= now:
-                del self._cache[key]
-                return None
-            return entry[0]
-
-    async def cache_set(self, key: str, value: str, ttl: float | None, now: float) -> None:
-        with self._lock:
-            self._cache[key] = (value, None if ttl is None else now + ttl)
-
-    async def cache_delete(self, key: str) -> bool:
-        with self._lock:
-            return self._cache.pop(key, None) is not None
-
     # ----------------------------------------------------------------- workers
-
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float) -> None:
-        with self._lock:
-            # Records of workers that died without saying goodbye go here.
-            for worker_id in [w for w, (_, expires) in self._workers.items() if expires <= now]:
-                del self._workers[worker_id]
-            self._workers[info.id] = (dataclasses.replace(info), now + ttl)
-
-    async def worker_gone(self, worker_id: str) -> None:
-        with self._lock:
-            self._workers.pop(worker_id, None)
-
-    async def workers(self, now: float) -> list[WorkerInfo]:
-        with self._lock:
-            live = [
-                dataclasses.replace(i) for i, expires in self._workers.values() if expires > now
-            ]
-        return sorted(live, key=lambda info: (info.started_at, info.id))
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

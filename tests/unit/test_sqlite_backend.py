@@ -537,9 +537,9 @@ async def test_usable_from_two_event_loops(backend: SQLiteBackend) -> None:
 
 
 def test_schedule_columns_follow_the_record() -> None:
-    from conveyor.backends.sqlite.backend import _SCHEDULE_COLS
+    from conveyor.backends.sqlite.sql import SCHEDULE_COLS
 
-    columns = [c.strip() for c in _SCHEDULE_COLS.split(",")]
+    columns = [c.strip() for c in SCHEDULE_COLS.split(",")]
     assert columns == [f.name for f in dataclasses.fields(ScheduleRecord)]
 
 

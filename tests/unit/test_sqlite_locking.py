@@ -178,10 +178,11 @@ async def test_a_lease_that_ran_out_before_the_lock_was_taken_is_still_recovered
 FROZEN_HOLDER = textwrap.dedent(
     """
     import asyncio, sys, time
-    from conveyor.backends.sqlite.backend import SQLiteBackend, _write
+    from conveyor.backends.sqlite import SQLiteBackend
+    from conveyor.backends.sqlite.writer import write_transaction
 
     def hold(conn):
-        with _write(conn):
+        with write_transaction(conn):
             conn.execute("UPDATE conveyor_jobs SET progress = 1")
             print("holding", flush=True)
             # SIGSTOP lands during this sleep; after SIGCONT it has run out.

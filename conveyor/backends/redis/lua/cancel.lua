@@ -1,4 +1,4 @@
--- ARGV: prefix, id, now. Returns cancelled | requested | final | not_found.
+-- ARGV: prefix, id, now ("" = the server's). Returns cancelled | requested | final | not_found.
 local id = ARGV[2]
 local key = jkey(id)
 local h = redis.call("HMGET", key, "state", "queue", "name")
@@ -11,6 +11,6 @@ if state == "running" then
 end
 redis.call("ZREM", index_key(h[2], state, h[3]), id)
 local batch = batch_new()
-finalize(batch, id, h[2], "cancelled", ARGV[3], "", {"error", "cancelled"})
+finalize(batch, id, h[2], "cancelled", now_or_server(ARGV[3]), "", {"error", "cancelled"})
 batch_apply(batch)
 return "cancelled"

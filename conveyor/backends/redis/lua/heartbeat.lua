@@ -1,6 +1,6 @@
--- ARGV: prefix, now, lease, beats (JSON [[id, token, logs JSON or ""], ...])
+-- ARGV: prefix, now ("" = the server's), lease, beats (JSON [[id, token, logs JSON or ""], ...])
 -- Returns per beat: 0 lost, 1 held, 2 held and cancel requested.
-local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, lease = tonumber(now_or_server(ARGV[2])), tonumber(ARGV[3])
 local out = {}
 for _, beat in ipairs(cjson.decode(ARGV[4])) do
   local key = jkey(beat[1])

@@ -14,6 +14,19 @@ local FIELDS = {"name", "queue", "payload", "state", "attempts", "max_retries", 
 local PRIORITY_SPAN = 4398046511104 -- 2^42
 local EPOCH_MS = 1735689600000
 
+-- The server's clock, as text keeping every digit: the one clock this
+-- backend decides leases, due times and expiries by. A caller's `now` of ""
+-- asks for it; any other `now` is used as given (tests drive time that way).
+local function server_time()
+  local t = redis.call("TIME")
+  return t[1] .. "." .. string.format("%06d", tonumber(t[2]))
+end
+
+local function now_or_server(now_text)
+  if now_text == "" then return server_time() end
+  return now_text
+end
+
 local function jkey(id) return P .. ":job:" .. id end
 -- Queued jobs wait in one set per (queue, job name), so a claim reads only
 -- the names its worker serves. The byte length of the queue name up front
@@ -174,12 +187,22 @@ local function finalize(batch, id, queue, state, at, keep, fields)
 end
 
 -- Store jobs [[id, name, queue, payload, priority, max_retries, timeout, key,
--- created_at, run_at], ...]. Returns {id, duplicate (0/1)} per job.
-local function insert(jobs, now)
+-- created_at, run_at, relative ("1" or "")], ...] at `now_text`. Returns
+-- {id, duplicate (0/1)} per job.
+local function insert(jobs, now_text)
+  local now = tonumber(now_text)
   local out = {}
   local woken = {}
   for _, j in ipairs(jobs) do
-    local id, queue, priority, ukey, run_at = j[1], j[3], j[5], j[8], j[10]
+    local id, queue, priority, ukey = j[1], j[3], j[5], j[8]
+    local created_at, run_at = j[9], j[10]
+    if j[11] == "1" then
+      -- A delay the producer asked for counts from this clock, not from the
+      -- producer's (rows.py's new_job_record computes the same, digit for digit).
+      local delay = tonumber(run_at) - tonumber(created_at)
+      created_at = now_text
+      if delay > 0 then run_at = string.format("%.17g", now + delay) else run_at = now_text end
+    end
     local existing = false
     if ukey ~= "" then existing = redis.call("HGET", P .. ":keys", ukey) end
     if existing then
@@ -190,7 +213,7 @@ local function insert(jobs, now)
       if tonumber(run_at) > now then state = "scheduled" end
       redis.call("HSET", jkey(id), "name", j[2], "queue", queue, "payload", j[4],
         "state", state, "priority", priority, "max_retries", j[6], "timeout", j[7],
-        "key", ukey, "created_at", j[9], "run_at", run_at, "attempts", 0, "progress", 0,
+        "key", ukey, "created_at", created_at, "run_at", run_at, "attempts", 0, "progress", 0,
         "stalls", 0, "cancel_requested", 0)
       if ukey ~= "" then
         redis.call("HSET", P .. ":keys", ukey, id)
@@ -229,12 +252,14 @@ local function hand_back(batch, id, queue, priority, cancel_requested, at)
   wake(queue, make_ready(id, queue, priority, at), 1)
 end
 
--- Apply outcomes [[id, token, kind, at, result, error, run_at, logs, progress]]
--- of claims; returns 1/0 per outcome: 0 when the token no longer holds the job.
+-- Apply outcomes [[id, token, kind, at, result, error, run_at, logs, progress,
+-- retry_in]] of claims; returns 1/0 per outcome: 0 when the token no longer
+-- holds the job.
 local function finish_jobs(keep_completed, keep_failed, outcomes)
   local keep = {completed = keep_completed, failed = keep_failed, cancelled = ""}
   local batch = batch_new()
   local out = {}
+  local now_text = nil -- the server's clock, read once if a retry needs it
   for _, o in ipairs(cjson.decode(outcomes)) do
     local id, kind, at, result, err, run_at = o[1], o[3], o[4], o[5], o[6], o[7]
     local key = jkey(id)
@@ -254,8 +279,16 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
       if kind == "queued" then
         hand_back(batch, id, queue, h[4], "0", at)
       elseif kind == "scheduled" then
-        if run_at == "" then run_at = at end
-        if tonumber(run_at) > tonumber(at) then
+        local since = at -- the caller's clock, for a run_at of its own
+        if o[10] ~= "" then
+          -- A delay: from the server's clock, whatever the worker's says.
+          now_text = now_text or server_time()
+          since = now_text
+          run_at = string.format("%.17g", tonumber(now_text) + tonumber(o[10]))
+        elseif run_at == "" then
+          run_at = at
+        end
+        if tonumber(run_at) > tonumber(since) then
           redis.call("HSET", key, "error", err, "run_at", run_at, "state", "scheduled", "token", "")
           batch_add(batch, scheduled_key(queue), run_at, id)
         else
@@ -291,12 +324,9 @@ end
 -- unique per call by the caller). Jobs of other names are never read. Returns
 -- their records.
 local function claim_jobs(now_text, lease, limit, queue_list, names, token)
-  if now_text == "" then
-    -- Sent ahead, behind a blocking wait: the claim runs whenever the wait
-    -- ends, so it reads the server's clock then.
-    local t = redis.call("TIME")
-    now_text = t[1] .. "." .. string.format("%06d", tonumber(t[2]))
-  end
+  -- "" (the worker's claims, and one sent ahead behind a blocking wait, which
+  -- runs whenever the wait ends): the server's clock at that moment.
+  now_text = now_or_server(now_text)
   local now = tonumber(now_text)
   local nq = #queue_list
   local served = nil

@@ -1,9 +1,10 @@
--- ARGV: prefix, claim id, now. Hands back every job still running under this
--- claim (its reply was lost): attempt not counted, no stall. Returns how many.
+-- ARGV: prefix, claim id, now ("" = the server's). Hands back every job still
+-- running under this claim (its reply was lost): attempt not counted, no
+-- stall. Returns how many.
 -- Claims are not indexed (that would cost every claim a write for a rare
 -- call): the running indexes hold only leased jobs, bounded by the workers'
 -- concurrency, and this runs once per lost reply.
-local claim_id, now = ARGV[2], ARGV[3]
+local claim_id, now = ARGV[2], now_or_server(ARGV[3])
 local batch = batch_new()
 local count = 0
 for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do

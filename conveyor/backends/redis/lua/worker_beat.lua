@@ -1,11 +1,13 @@
--- ARGV: prefix, worker id, info (JSON), expires, now. Records a live worker
--- and forgets those whose records expired (a killed worker says no goodbye).
+-- ARGV: prefix, worker id, info (JSON), ttl, now ("" = the server's). Records
+-- a live worker until now + ttl and forgets those whose records expired (a
+-- killed worker says no goodbye).
 local infos, expiry = P .. ":workers", P .. ":workers:expires"
-local gone = redis.call("ZRANGEBYSCORE", expiry, "-inf", ARGV[5])
+local now = tonumber(now_or_server(ARGV[5]))
+local gone = redis.call("ZRANGEBYSCORE", expiry, "-inf", string.format("%.17g", now))
 if #gone > 0 then
   redis.call("HDEL", infos, unpack(gone))
   redis.call("ZREM", expiry, unpack(gone))
 end
 redis.call("HSET", infos, ARGV[2], ARGV[3])
-redis.call("ZADD", expiry, ARGV[4], ARGV[2])
+redis.call("ZADD", expiry, string.format("%.17g", now + tonumber(ARGV[4])), ARGV[2])
 return 1

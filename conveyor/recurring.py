@@ -1,0 +1,221 @@
+"""Recurring schedules on the facade: `app.recurring(...)` and its siblings,
+a mixin of `Conveyor`. Firing them is the scheduler's (scheduler.py)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from types import EllipsisType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from conveyor._sync import Portal, blocking
+from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
+from conveyor.scheduler import (
+    CATCH_UP_POLICIES,
+    InvalidScheduleError,
+    Schedule,
+    first_run,
+    parse_cron,
+    parse_every,
+    parse_tz,
+    schedule_store,
+    stored_options,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+class _Facade(Protocol):
+    """What these methods use of `Conveyor`."""
+
+    backend: Backend
+    url: str
+    portal: Portal
+
+    async def open(self) -> None: ...
+
+    def _new_job(
+        self,
+        name: str,
+        payload: Any,
+        now: float,
+        *,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | EllipsisType | None = ...,
+        queue: str | None = None,
+    ) -> NewJob: ...
+
+
+class RecurringSchedules:
+    """`Conveyor`'s recurring-schedule methods."""
+
+    async def recurring(
+        self: _Facade,
+        name: str,
+        job_name: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | str | None = None,
+        tz: str = "UTC",
+        key: str | None = None,
+        enabled: bool | None = None,
+        catch_up: str = "once",
+        max_catch_up: int = 100,
+        misfire_grace: float = 60.0,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | EllipsisType | None = ...,
+    ) -> Schedule:
+        """Create or update the schedule `name`: enqueue `job_name` with
+        `payload` on a cron (in time zone `tz`) or every interval.
+
+        Updating keeps the next run unless the cron, interval or zone changed,
+        and keeps it enabled or disabled unless `enabled` is given.
+        Any worker running with the scheduler enabled fires it, once per tick,
+        whether or not it registers `job_name`: the payload is validated and
+        the job options (queue, priority, retries, timeout; those left out are
+        the job type's defaults as registered now) are stored with the
+        schedule. After changing a job type's defaults, call `recurring()`
+        again (as a seed script run at deploy does) to store the new ones.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidScheduleError(f"a schedule name must be a non-empty string, got {name!r}")
+        if (cron is None) == (every is None):
+            raise InvalidScheduleError("give exactly one of cron= or every=")
+        cron_text = parse_cron(cron) if cron is not None else None
+        seconds = parse_every(every) if every is not None else None
+        parse_tz(tz)
+        if catch_up not in CATCH_UP_POLICIES:
+            raise InvalidScheduleError(
+                f"catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, got {catch_up!r}"
+            )
+        if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+            raise InvalidScheduleError(
+                f"max_catch_up must be an integer >= 1, got {max_catch_up!r}"
+            )
+        if not 0 <= misfire_grace < 1e11:  # also refuses NaN and infinity
+            raise InvalidScheduleError(
+                f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
+            )
+        # Resolved and checked against the registered job type now, exactly as
+        # an enqueue would: the record then holds everything a tick's job
+        # needs, so a scheduler that does not register the type fires it too.
+        resolved = self._new_job(
+            job_name,
+            payload,
+            time.time(),
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            timeout=timeout,
+        )
+        options = stored_options(resolved)
+        store = await _store(self)
+        now = await self.backend.clock()  # next_run is due by the backend's clock
+        old = await store.schedule_get(name)
+        same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
+        next_run = (
+            old.next_run
+            if old is not None and same_timing and old.enabled
+            else first_run(cron_text, seconds, tz, now)
+        )
+        record = ScheduleRecord(
+            name=name,
+            job_name=job_name,
+            payload=resolved.payload,
+            cron=cron_text,
+            every=seconds,
+            tz=tz,
+            key=key,
+            # None keeps what an operator chose (a seed script re-run at deploy
+            # time must not re-enable a schedule someone disabled).
+            enabled=(old.enabled if old is not None else True) if enabled is None else enabled,
+            next_run=next_run,
+            created_at=old.created_at if old is not None else now,
+            updated_at=now,
+            last_run=old.last_run if old is not None else None,
+            last_error=old.last_error if old is not None else None,
+            catch_up=catch_up,
+            max_catch_up=max_catch_up,
+            misfire_grace=float(misfire_grace),
+            options=options,
+        )
+        await store.schedule_put(record)
+        return Schedule.from_record(record)
+
+    async def get_recurring(self: _Facade, name: str) -> Schedule | None:
+        rec = await (await _store(self)).schedule_get(name)
+        return None if rec is None else Schedule.from_record(rec)
+
+    async def list_recurring(self: _Facade) -> list[Schedule]:
+        return [Schedule.from_record(r) for r in await (await _store(self)).schedule_list()]
+
+    async def enable_recurring(self: _Facade, name: str) -> bool:
+        """Enable a schedule; its next run is computed from now. False if unknown."""
+        return await _set_enabled(self, name, True)
+
+    async def disable_recurring(self: _Facade, name: str) -> bool:
+        """Stop firing a schedule but keep it listed. False if unknown."""
+        return await _set_enabled(self, name, False)
+
+    async def delete_recurring(self: _Facade, name: str) -> bool:
+        """Remove a schedule for good. False if unknown."""
+        return await (await _store(self)).schedule_delete(name)
+
+    async def cancel_recurring(
+        self: _Facade,
+        name: str | None = None,
+        *,
+        key: str | None = None,
+        cron: str | None = None,
+        every: float | timedelta | str | None = None,
+    ) -> int:
+        """Remove exactly the schedules matching every criterion given (name,
+        key, cron, interval); return how many. Seed scripts use it to undo
+        precisely what they created."""
+        if name is None and key is None:
+            raise InvalidScheduleError("cancel_recurring needs name= or key=")
+        cron_text = parse_cron(cron) if cron is not None else None
+        seconds = parse_every(every) if every is not None else None
+        store = await _store(self)
+        removed = 0
+        for rec in await store.schedule_list():
+            if (
+                (name is None or rec.name == name)
+                and (key is None or rec.key == key)
+                and (cron_text is None or rec.cron == cron_text)
+                and (seconds is None or rec.every == seconds)
+            ) and await store.schedule_delete(rec.name):
+                removed += 1
+        return removed
+
+    recurring_sync = blocking(recurring)
+    get_recurring_sync = blocking(get_recurring)
+    list_recurring_sync = blocking(list_recurring)
+    enable_recurring_sync = blocking(enable_recurring)
+    disable_recurring_sync = blocking(disable_recurring)
+    delete_recurring_sync = blocking(delete_recurring)
+    cancel_recurring_sync = blocking(cancel_recurring)
+
+
+async def _store(app: _Facade) -> ScheduleStore:
+    await app.open()
+    return schedule_store(app.backend)
+
+
+async def _set_enabled(app: _Facade, name: str, enabled: bool) -> bool:
+    store = await _store(app)
+    rec = await store.schedule_get(name)
+    if rec is None:
+        return False
+    if rec.enabled != enabled:
+        rec.enabled = enabled
+        rec.updated_at = await app.backend.clock()
+        if enabled:  # no burst of catch-up for the time it was off
+            rec.next_run = first_run(rec.cron, rec.every, rec.tz, rec.updated_at)
+        await store.schedule_put(rec)
+    return True
