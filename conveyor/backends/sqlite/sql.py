@@ -41,7 +41,9 @@ CREATE TABLE conveyor_jobs (
     stalls           INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     logs             TEXT NOT NULL DEFAULT '[]',  -- JSON array
-    token            TEXT   -- the fencing token of the current (or last) claim
+    token            TEXT   -- the fencing token of the current claim, NULL once the job
+                            -- stops running, so that a claim made by a release that
+                            -- knows no tokens never inherits a stale one
 );
 -- Partial indexes hold only the rows each hot query looks at, so they stay
 -- small and an insert touches few of them. The rowid (seq) ends every index,
@@ -150,22 +152,24 @@ HEARTBEAT: Final = (
 )
 FINISH_COMPLETED: Final = (
     "UPDATE conveyor_jobs SET state = 'completed', finished_at = ?1, result = ?2, error = NULL,"
+    " token = NULL,"
     f" progress = 100.0, {_APPEND_LOGS.format(p='?3')} WHERE seq = ?4"
 )
 # FAILED and CANCELLED: final, error and result as reported.
 FINISH_FINAL: Final = (
-    "UPDATE conveyor_jobs SET state = ?1, finished_at = ?2, result = ?3, error = ?4,"
+    "UPDATE conveyor_jobs SET state = ?1, finished_at = ?2, result = ?3, error = ?4, token = NULL,"
     f" progress = coalesce(?5, progress), {_APPEND_LOGS.format(p='?6')} WHERE seq = ?7"
 )
 # SCHEDULED: a retry; the state (scheduled or, if already due, queued) is
 # decided in Python.
 FINISH_RETRY: Final = (
-    "UPDATE conveyor_jobs SET state = ?1, run_at = ?2, error = ?3,"
+    "UPDATE conveyor_jobs SET state = ?1, run_at = ?2, error = ?3, token = NULL,"
     f" progress = coalesce(?4, progress), {_APPEND_LOGS.format(p='?5')} WHERE seq = ?6"
 )
 # QUEUED: handed back at shutdown, so this attempt does not count.
 FINISH_REQUEUE: Final = (
     "UPDATE conveyor_jobs SET state = 'queued', attempts = attempts - 1, started_at = NULL,"
+    " token = NULL,"
     f" run_at = ?1, progress = coalesce(?2, progress), {_APPEND_LOGS.format(p='?3')}"
     " WHERE seq = ?4"
 )
@@ -185,6 +189,7 @@ PROGRESS: Final = (
 # running jobs are few (bounded by worker concurrency), found by the state index.
 UNCLAIM: Final = """
 UPDATE conveyor_jobs SET
+    token = NULL,
     state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
     started_at = CASE WHEN cancel_requested THEN started_at ELSE NULL END,
@@ -198,6 +203,7 @@ WHERE state = 'running' AND token = ?2
 # not run again: it ends cancelled.
 RECOVER: Final = f"""
 UPDATE conveyor_jobs SET
+    token = NULL,
     stalls = stalls + 1,
     state = CASE WHEN cancel_requested THEN 'cancelled'
                  WHEN stalls + 1 > ?2 THEN 'failed' ELSE 'queued' END,
@@ -216,7 +222,7 @@ RETURNING {COLS}
 RETRY: Final = (
     "UPDATE conveyor_jobs SET state = 'queued', max_retries = CASE state"
     " WHEN 'failed' THEN attempts ELSE max(max_retries, attempts) END,"
-    " run_at = ?1, finished_at = NULL, stalls = 0"
+    " run_at = ?1, finished_at = NULL, stalls = 0, token = NULL"
     f" WHERE id = ?2 AND state IN ('failed', 'cancelled') RETURNING {COLS}"
 )
 PURGE: Final = """
