@@ -194,6 +194,12 @@ class RespClient:
         try:
             async with asyncio.timeout(wait + self.reply_timeout):
                 replies = await protocol.send(packed, len(commands))
+        except asyncio.CancelledError:
+            # The caller gave up: its replies would be read as the next
+            # caller's, and a blocking command with a claim queued behind it
+            # would still claim jobs for nobody. Closing drops both on the server.
+            self.close()
+            raise
         except TimeoutError:
             self.close()  # later replies would be misattributed: start afresh
             raise RedisConnectionLost(
