@@ -309,6 +309,8 @@ class Worker:
                 # A sync handler's thread cannot be interrupted: hand its job back anyway.
                 self._release(running)
         await self._flush_until(deadline)
+        # Outcomes resent after a lost reply are checked against the stored job.
+        await deadlines.wait(list(self._acks.checks), deadline)
 
     def request_stop(self) -> None:
         """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""

@@ -117,6 +117,10 @@ class Acknowledgements:
         self.sent = 0  # outcomes answered by the backend, of any kind
         self.finished = 0  # completed, failed, retrying or cancelled
         self.handed_back = 0
+        # Outcomes whose sending raised: the backend may have applied them
+        # and only the reply was lost, so a refusal of their resend is checked.
+        self._uncertain: set[int] = set()
+        self.checks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self.waiting.outcomes)
@@ -132,6 +136,7 @@ class Acknowledgements:
     def put_back(self, batch: Batch) -> None:
         """Put a batch whose sending failed back in front: a lost acknowledgement
         would make its job run again."""
+        self._uncertain.update(id(outcome) for outcome in batch.outcomes)
         self.waiting.outcomes[:0] = batch.outcomes
         self.waiting.jobs[:0] = batch.jobs
 
@@ -142,13 +147,49 @@ class Acknowledgements:
 
     def acknowledged(self, batch: Batch, accepted: Sequence[bool]) -> None:
         self.sent += len(batch.outcomes)
+        answered = Batch()
+        answers: list[bool] = []
+        for outcome, job, ok in zip(batch.outcomes, batch.jobs, accepted, strict=True):
+            if not ok and id(outcome) in self._uncertain:
+                self._check_applied(outcome, job)
+            else:
+                answered.outcomes.append(outcome)
+                answered.jobs.append(job)
+                answers.append(ok)
+            self._uncertain.discard(id(outcome))
+        self._count_and_emit(answered, answers)
+        batch.outcomes, batch.jobs = [], []  # sent: never to be put back
+
+    def _count_and_emit(self, batch: Batch, accepted: Sequence[bool]) -> None:
         for outcome, ok in zip(batch.outcomes, accepted, strict=True):
             if ok and outcome.kind is OutcomeKind.QUEUED:
                 self.handed_back += 1
             elif ok:
                 self.finished += 1
         self._emit(batch, accepted)
-        batch.outcomes, batch.jobs = [], []  # sent: never to be put back
+
+    def _check_applied(self, outcome: Outcome, job: Job) -> None:
+        """A resent outcome was refused: either an earlier send of it was
+        applied and only its reply was lost, or the lease really was lost.
+        The stored record tells: still this claim's (same start) and in the
+        state the outcome gives means it was ours."""
+        task = asyncio.get_running_loop().create_task(self._confirm(outcome, job))
+        self.checks.add(task)
+        task.add_done_callback(self.checks.discard)
+
+    async def _confirm(self, outcome: Outcome, job: Job) -> None:
+        try:
+            stored = await self._backend.get(job.id)
+        except Exception as exc:
+            logger.warning("could not check job %s after a lost reply (%s)", job.id, exc)
+            return
+        applied = (
+            stored is not None
+            and stored.started_at is not None
+            and stored.started_at == job.started_at
+            and stored.state in _STATES_AFTER[outcome.kind]
+        )
+        self._count_and_emit(Batch([outcome], [job]), [applied])
 
     def flush(self) -> asyncio.Task[None]:
         """Start sending what waits, unless a flusher runs already; the flusher."""
@@ -215,6 +256,17 @@ class Acknowledgements:
             if name is not None and events.wants(name):
                 events.emit(name, _finished_view(job, outcome))
 
+
+# Where an applied outcome leaves its job (a due retry is queued at once). A
+# hand-back clears the start time, so it can never be confirmed this way: it
+# sends no event anyway.
+_STATES_AFTER: dict[OutcomeKind, frozenset[JobState]] = {
+    OutcomeKind.COMPLETED: frozenset({JobState.COMPLETED}),
+    OutcomeKind.FAILED: frozenset({JobState.FAILED}),
+    OutcomeKind.SCHEDULED: frozenset({JobState.SCHEDULED, JobState.QUEUED}),
+    OutcomeKind.CANCELLED: frozenset({JobState.CANCELLED}),
+    OutcomeKind.QUEUED: frozenset(),
+}
 
 _EVENT_OF: dict[OutcomeKind, str | None] = {
     OutcomeKind.COMPLETED: "job.completed",

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conveyor import Job, JobState
+from conveyor import JobState
 from conveyor.backends import from_url
+from conveyor.events import Event
 
 from .conftest import MakeApp
 from .helpers import WAIT, eventually
@@ -59,8 +60,8 @@ async def test_a_completion_whose_acknowledgement_reply_was_lost_still_fires_job
         return "ran"
 
     @app.on("job.completed")
-    def on_completed(job: Job) -> None:
-        completed.append(job.id)
+    def on_completed(event: Event) -> None:
+        completed.append(event.job.id)
 
     job = await app.enqueue("work", {})
     async with worker(app):
