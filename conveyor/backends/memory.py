@@ -18,7 +18,6 @@ Schedules, locks, the cache and worker presence: memory_stores.py.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import threading
 import time
@@ -40,7 +39,8 @@ from conveyor.backends.base import (
     Retention,
 )
 from conveyor.backends.memory_stores import MemoryStores
-from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState, utc
+from conveyor.backends.records import stored_job
+from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState
 
 
 @dataclass(slots=True)
@@ -71,25 +71,25 @@ class _Record:
     logs: list[dict[str, Any]] = field(default_factory=list)
 
     def snapshot(self, duplicate: bool = False) -> Job:
-        return Job(
+        return stored_job(
             id=self.id,
             name=self.name,
             queue=self.queue,
-            payload=json.loads(self.payload),
+            payload=self.payload,
             state=self.state,
             attempts=self.attempts,
             max_retries=self.max_retries,
             priority=self.priority,
             key=self.key,
-            result=None if self.result is None else json.loads(self.result),
+            result=self.result,
             error=self.error,
             progress=self.progress,
-            created_at=utc(self.created_at),
-            run_at=utc(self.run_at),
-            started_at=utc(self.started_at),
-            finished_at=utc(self.finished_at),
+            created_at=self.created_at,
+            run_at=self.run_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
             timeout=self.timeout,
-            logs=list(self.logs),
+            logs=self.logs,
             stalls=self.stalls,
             cancel_requested=self.cancel_requested,
             duplicate=duplicate,

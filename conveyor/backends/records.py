@@ -73,9 +73,20 @@ def stored_job(
     )
 
 
-def new_job(new: NewJob, state: JobState, duplicate: bool = False) -> Job:
-    """The record of a job just stored, built from what was sent: no read back."""
-    created_at = utc(new.created_at)
+def new_job(
+    new: NewJob,
+    state: JobState,
+    duplicate: bool = False,
+    *,
+    created_at: float | None = None,
+    run_at: float | None = None,
+) -> Job:
+    """The record of a job just stored, built from what was sent: no read
+    back. `created_at`/`run_at`: the times the backend stored, where its own
+    clock set them instead of the producer's."""
+    created = new.created_at if created_at is None else created_at
+    due = new.run_at if run_at is None else run_at
+    created_utc = utc(created)
     return Job(
         id=new.id,
         name=new.name,
@@ -85,9 +96,9 @@ def new_job(new: NewJob, state: JobState, duplicate: bool = False) -> Job:
         max_retries=new.max_retries,
         priority=new.priority,
         key=new.key,
-        created_at=created_at,
+        created_at=created_utc,
         # Most jobs run as soon as they are created: one datetime serves both.
-        run_at=created_at if new.run_at == new.created_at else utc(new.run_at),
+        run_at=created_utc if due == created else utc(due),
         timeout=new.timeout,
         duplicate=duplicate,
     )

@@ -16,7 +16,8 @@ from conveyor.backends.base import (
     Retention,
     ScheduleRecord,
 )
-from conveyor.job import Job, JobState, utc
+from conveyor.backends.records import new_job, stored_job
+from conveyor.job import Job, JobState
 
 FIELDS = (
     "name",
@@ -39,7 +40,6 @@ FIELDS = (
     "stalls",
     "cancel_requested",
 )
-_STATES = {state.value: state for state in JobState}
 LEASE_STATUS = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
 
 
@@ -75,25 +75,25 @@ def row_to_job(values: Sequence[Any], duplicate: bool = False) -> Job:
         stalls,
         cancel_requested,
     ) = values
-    return Job(
+    return stored_job(
         id=job_id,
         name=name,
         queue=queue,
-        payload=json.loads(payload),
-        state=_STATES[state],
+        payload=payload,
+        state=state,
         attempts=int(attempts),
         max_retries=int(max_retries),
         priority=int(priority),
-        key=key or None,
-        result=json.loads(result) if result else None,
-        error=error or None,
+        key=key,
+        result=result,
+        error=error,
         progress=float(progress or 0),
-        created_at=utc(float_or_none(created_at)),
-        run_at=utc(float_or_none(run_at)),
-        started_at=utc(float_or_none(started_at)),
-        finished_at=utc(float_or_none(finished_at)),
+        created_at=float_or_none(created_at),
+        run_at=float_or_none(run_at),
+        started_at=float_or_none(started_at),
+        finished_at=float_or_none(finished_at),
         timeout=float_or_none(timeout),
-        logs=json.loads(logs) if logs and logs != "[]" else [],
+        logs=logs,
         stalls=int(stalls or 0),
         cancel_requested=cancel_requested == "1",
         duplicate=duplicate,
@@ -110,19 +110,8 @@ def new_job_record(new: NewJob, now: float, *, by_server: bool = False) -> Job:
         delay = run_at - created_at
         created_at = now
         run_at = now + delay if delay > 0 else now
-    return Job(
-        id=new.id,
-        name=new.name,
-        queue=new.queue,
-        payload=json.loads(new.payload),
-        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
-        max_retries=new.max_retries,
-        priority=new.priority,
-        key=new.key,
-        created_at=utc(created_at),
-        run_at=utc(run_at),
-        timeout=new.timeout,
-    )
+    state = JobState.SCHEDULED if run_at > now else JobState.QUEUED
+    return new_job(new, state, created_at=created_at, run_at=run_at)
 
 
 def jobs_json(jobs: Sequence[NewJob]) -> str:

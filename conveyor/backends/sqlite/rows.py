@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 from conveyor.backends.base import NewJob
-from conveyor.job import Job, JobState, utc
-
-_STATES: Final = {s.value: s for s in JobState}
+from conveyor.backends.records import new_job, stored_job
+from conveyor.job import Job, JobState
 
 
 def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
@@ -38,25 +37,25 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
         cancel_requested,
         logs,
     ) = row
-    return Job(
+    return stored_job(
         id=job_id,
         name=name,
         queue=queue,
-        payload=json.loads(payload),
-        state=_STATES[state],
+        payload=payload,
+        state=state,
         attempts=attempts,
         max_retries=max_retries,
         priority=priority,
         key=key,
-        result=None if result is None else json.loads(result),
+        result=result,
         error=error,
         progress=progress,
-        created_at=utc(created_at),
-        run_at=utc(run_at),
-        started_at=utc(started_at),
-        finished_at=utc(finished_at),
+        created_at=created_at,
+        run_at=run_at,
+        started_at=started_at,
+        finished_at=finished_at,
         timeout=timeout,
-        logs=[] if logs == "[]" else json.loads(logs),
+        logs=logs,
         stalls=stalls,
         cancel_requested=bool(cancel_requested),
         duplicate=duplicate,
@@ -65,22 +64,7 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
 
 def new_job_record(new: NewJob, state: JobState, duplicate: bool = False) -> Job:
     """The record of a job just inserted, built without reading it back."""
-    created_at = utc(new.created_at)
-    return Job(
-        id=new.id,
-        name=new.name,
-        queue=new.queue,
-        payload=json.loads(new.payload),
-        state=state,
-        max_retries=new.max_retries,
-        priority=new.priority,
-        key=new.key,
-        created_at=created_at,
-        # Most jobs run as soon as they are created: one datetime serves both.
-        run_at=created_at if new.run_at == new.created_at else utc(new.run_at),
-        timeout=new.timeout,
-        duplicate=duplicate,
-    )
+    return new_job(new, state, duplicate)
 
 
 def claim_order(row: Sequence[Any]) -> tuple[int, float, int]:

@@ -1,0 +1,59 @@
+"""The one place that turns stored fields into `Job` records."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from conveyor.backends.base import NewJob
+from conveyor.backends.records import new_job, stored_job
+from conveyor.job import JobState
+
+FIELDS = dict(
+    id="j1",
+    name="send",
+    queue="default",
+    payload='{"to":"a"}',
+    state="completed",
+    attempts=2,
+    max_retries=3,
+    priority=0,
+    key="",
+    result='{"ok":true}',
+    error="",
+    progress=100.0,
+    created_at=1_700_000_000.0,
+    run_at=1_700_000_000.0,
+    started_at=None,
+    finished_at=1_700_000_100.5,
+    timeout=30.0,
+    logs='[{"msg":"hi"}]',
+    stalls=0,
+    cancel_requested=False,
+)
+
+
+def test_stored_fields_become_a_job_the_same_way_for_every_backend() -> None:
+    job = stored_job(**FIELDS)  # type: ignore[arg-type]
+    assert job.payload == {"to": "a"} and job.result == {"ok": True}
+    assert job.state is JobState.COMPLETED
+    assert job.key is None and job.error is None  # empty text is no value
+    assert job.finished_at == datetime.fromtimestamp(1_700_000_100.5, UTC)
+    assert job.started_at is None
+    assert job.logs == [{"msg": "hi"}]
+
+
+def test_empty_logs_and_results_are_none_or_empty() -> None:
+    fields = {**FIELDS, "result": None, "logs": "[]"}
+    job = stored_job(**fields)  # type: ignore[arg-type]
+    assert job.result is None and job.logs == []
+    assert stored_job(**{**FIELDS, "logs": ""}).logs == []  # type: ignore[arg-type]
+
+
+def test_a_new_job_record_takes_the_times_the_backend_stored() -> None:
+    new = NewJob("j2", "send", "default", json.dumps([1]), 0, 3, 30.0, None, 100.0, 160.0)
+    job = new_job(new, JobState.SCHEDULED)
+    assert job.run_at == datetime.fromtimestamp(160.0, UTC) and job.payload == [1]
+    shifted = new_job(new, JobState.SCHEDULED, created_at=200.0, run_at=260.0)
+    assert shifted.created_at == datetime.fromtimestamp(200.0, UTC)
+    assert shifted.run_at == datetime.fromtimestamp(260.0, UTC)
