@@ -13,12 +13,10 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +32,14 @@ from conveyor.backends.base import (
 )
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
-from conveyor.worker_acks import (
+from conveyor.worker.acks import (
     CANCELLED,
     LOST,
     MAX_RETRY_PAUSE,
     RELEASED,
     TIMED_OUT,
     Acknowledgements,
+    Running,
     failure,
     handed_back,
     stopped,
@@ -48,11 +47,13 @@ from conveyor.worker_acks import (
     timed_out,
     token_of,
 )
-from conveyor.worker_claims import Claimer
-from conveyor.worker_clock import CANCEL_WAIT, ClaimLeases, Deadlines
-from conveyor.worker_duties import Presence, recover_expired_leases
-from conveyor.worker_settings import WorkerSettings as WorkerSettings  # re-exported
-from conveyor.worker_threads import HandlerThreads
+from conveyor.worker.claims import Claimer
+from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
+from conveyor.worker.duties import Presence, recover_expired_leases
+from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
+from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
+from conveyor.worker.shutdown import GracefulStop
+from conveyor.worker.threads import HandlerThreads
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
@@ -60,27 +61,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
-# How long stop() may run past the shutdown timeout: for handing back, the
-# last acknowledgements and event callbacks. Past it, what the backend has not
-# taken is given up (logged; those jobs come back when their lease expires).
-STOP_GRACE = 2.0
-# After a second SIGTERM/SIGINT: one short last try to hand jobs back.
-_ABORT_FLUSH = 0.5
 
 # Jobs handed back for want of a handler, remembered so that a backend that
 # returns the same job again (it ignores `names`) cannot make a loop of it.
 _HANDED_BACK_MEMORY = 10_000
 
 
-@dataclass(slots=True)
-class _Running:
-    job: Job
-    ctx: JobContext
-    task: asyncio.Task[None] | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
-class Worker:
+class Worker(GracefulStop):
     def __init__(
         self,
         backend: Backend,
@@ -103,7 +90,7 @@ class Worker:
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.queues: tuple[str, ...] = settings.queues or _queues_of(registry)
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
         self._acks = Acknowledgements(backend, self.retention, events)
         self._loops: list[asyncio.Task[None]] = []
@@ -192,129 +179,6 @@ class Worker:
             self.settings.concurrency,
             self.backend.url,
         )
-
-    async def run(self) -> None:
-        """Run until SIGTERM/SIGINT (or `stop()`), then shut down gracefully."""
-        await self.start()
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
-        try:
-            await self._stopping.wait()
-            await self.stop()
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        if self._stopping.is_set():
-            logger.warning("second %s: handing back running jobs and leaving now", sig.name)
-            self._abort.set()
-            for running in list(self._running.values()):
-                self._tell_stop(running, RELEASED)
-            return
-        logger.info(
-            "%s received: finishing running jobs (up to %.0f s)",
-            sig.name,
-            self.settings.shutdown_timeout,
-        )
-        self._stopping.set()
-
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop claiming, wait up to `timeout` (default: the shutdown timeout) for
-        running jobs, hand back the rest so another worker takes them at once.
-
-        Returns within `timeout` + STOP_GRACE whatever the backend does: what
-        it has not acknowledged by then is logged and left to lease expiry. A
-        second SIGTERM/SIGINT (under `run()`) makes it return at once."""
-        if not self._loops:
-            return  # never started, or start() failed before anything ran
-        if self._stop_begun:
-            await self._stopped.wait()  # a stop() under way is bounded
-            return
-        self._stop_begun = True
-        assert self._loop is not None and self._deadlines is not None
-        deadlines = self._deadlines
-        limit = self.settings.shutdown_timeout if timeout is None else timeout
-        jobs_deadline = self._loop.time() + limit
-        deadline = jobs_deadline + STOP_GRACE
-        self._stopping.set()
-        self._slot_freed.set()
-        try:
-            await self._wind_down(jobs_deadline, deadline)
-            if self._abort.is_set():
-                await self._flush_until(self._loop.time() + _ABORT_FLUSH, abortable=False)
-            for task in self._loops:
-                task.cancel()
-            await asyncio.wait(self._loops, timeout=CANCEL_WAIT)
-            if self._presence is not None and not self._abort.is_set():
-                # Its record expires by itself when this does not get through.
-                gone = self._presence.gone()
-                await deadlines.call(gone, max(deadline, self._clock() + CANCEL_WAIT))
-            if not self._abort.is_set():
-                # Callbacks of the last outcomes get a moment even at the deadline.
-                drain = asyncio.ensure_future(self.events.drain())
-                if not await deadlines.wait([drain], max(deadline, self._clock() + CANCEL_WAIT)):
-                    logger.warning("event callbacks still running at shutdown were cancelled")
-                    await deadlines.cancel(drain)
-        finally:
-            assert self._threads is not None
-            self._threads.shutdown()
-            self._acks.log_unacknowledged()
-            self._stopped.set()
-        dropped = self._claims.dropped
-        extra = f", {dropped} stale claim(s) dropped" if dropped else ""
-        logger.info(
-            "worker %s stopped: %d job(s) finished, %d handed back%s",
-            self.id,
-            self._acks.finished,
-            self._acks.handed_back,
-            extra,
-        )
-
-    async def _wind_down(self, jobs_deadline: float, deadline: float) -> None:
-        """The graceful part of stop(). Every wait ends by `deadline` (running
-        jobs get until `jobs_deadline`), and at once after a second signal."""
-        assert self._loop is not None and self._deadlines is not None
-        deadlines = self._deadlines
-        blocked_in = self._claimer.blocked_in
-        if blocked_in is not None:
-            # End the blocking wait rather than abandon it, so whatever its
-            # claim took is handed back now, not after its lease expires.
-            await deadlines.call(
-                blocked_in.wake_waiter(self.id), min(deadline, self._loop.time() + 1.0)
-            )
-        # The claim loop ends by itself once it sees `_stopping` (cancelling it
-        # could lose the acknowledgements of an exchange in flight), unless
-        # the backend does not answer.
-        claim_loop = self._loops[0]
-        if not await deadlines.wait([claim_loop], deadline):
-            await deadlines.cancel(claim_loop)
-        self._hand_back_backlog()
-        tasks = [r.task for r in self._running.values() if r.task is not None]
-        await deadlines.wait(tasks, jobs_deadline)
-        leftovers = list(self._running.values())
-        if leftovers:
-            logger.warning("handing back %d unfinished job(s)", len(leftovers))
-            for running in leftovers:
-                self._tell_stop(running, RELEASED)
-            await deadlines.wait(
-                [r.task for r in leftovers if r.task is not None],
-                min(deadline, self._loop.time() + 1.0),
-            )
-            for running in list(self._running.values()):
-                # A sync handler's thread cannot be interrupted: hand its job back anyway.
-                self._release(running)
-        await self._flush_until(deadline)
-        # Outcomes resent after a lost reply are checked against the stored job.
-        await deadlines.wait(list(self._acks.checks), deadline)
-
-    def request_stop(self) -> None:
-        """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""
-        self._stopping.set()
 
     @property
     def running_jobs(self) -> list[Job]:
@@ -405,7 +269,7 @@ class Worker:
 
     def _capacity(self) -> int:
         """Jobs that may run at once: the concurrency, less the slots taken by
-        abandoned threads beyond those tolerated (see worker_threads)."""
+        abandoned threads beyond those tolerated (see threads.py)."""
         assert self._threads is not None
         return self.settings.concurrency - self._threads.lost_slots
 
@@ -464,7 +328,7 @@ class Worker:
         assert self._loop is not None
         self._claims.forget(job)
         ctx = JobContext(job, self._progress, self._loop)
-        running = _Running(job, ctx)
+        running = Running(job, ctx)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
         job_type = self.registry.get(job.name)
@@ -482,7 +346,7 @@ class Worker:
         self._start_backlog()
         self._slot_freed.set()
 
-    def _arm_timer(self, running: _Running) -> None:
+    def _arm_timer(self, running: Running) -> None:
         timeout = running.job.timeout
         task = running.task
         if timeout is None or task is None or task.done() or running.ctx.stop_reason is not None:
@@ -492,12 +356,12 @@ class Worker:
         # than an asyncio.timeout() block around the handler.
         running.timer = self._loop.call_at(self._loop.time() + timeout, self._expire, running)
 
-    def _expire(self, running: _Running) -> None:
+    def _expire(self, running: Running) -> None:
         if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
             running.ctx.mark_stopped(TIMED_OUT)
             running.task.cancel()
 
-    async def _execute(self, running: _Running) -> None:
+    async def _execute(self, running: Running) -> None:
         job, ctx = running.job, running.ctx
         events = self.events
         job_type = self.registry.get(job.name)
@@ -540,7 +404,7 @@ class Worker:
             outcome.logs = ctx.take_logs()
             self._ack(outcome, job)
 
-    async def _call(self, job_type: JobType[Any], running: _Running) -> Any:
+    async def _call(self, job_type: JobType[Any], running: Running) -> Any:
         ctx = running.ctx
         payload = job_type.decode_payload(running.job.payload)
         if job_type.is_async:
@@ -553,7 +417,7 @@ class Worker:
             ctx, job_type.call, payload, ctx, on_start=functools.partial(self._arm_timer, running)
         )
 
-    def _tell_stop(self, running: _Running, reason: str) -> None:
+    def _tell_stop(self, running: Running, reason: str) -> None:
         running.ctx.mark_stopped(reason)
         if running.task is not None and running.task.get_loop() is self._loop:
             job_type = self.registry.get(running.job.name)
@@ -589,7 +453,7 @@ class Worker:
         self._hand_back(job)
         return True
 
-    def _release(self, running: _Running) -> None:
+    def _release(self, running: Running) -> None:
         self._running.pop(running.job.id, None)
         if running.task is not None:
             running.task.cancel()
@@ -611,16 +475,6 @@ class Worker:
         # claim; an idle or stopped one leaves it to the flusher.
         if self._idle_now or self._stopping.is_set() or self._loops[0].done():
             self._acks.flush()
-
-    async def _flush_until(self, deadline: float, abortable: bool = True) -> None:
-        """Send what is left to acknowledge, retrying until `deadline`."""
-        flusher = self._acks.flusher
-        while len(self._acks) or (flusher is not None and not flusher.done()):
-            flusher = self._acks.flush()
-            assert self._deadlines is not None
-            if not await self._deadlines.wait([flusher], deadline, abortable):
-                await self._deadlines.cancel(flusher)
-                return
 
     # ------------------------------------------------------------------ leases
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from conveyor.backends.base import Backend, BlockingClaim, FinishAndClaim, Retention
 from conveyor.job import Job
-from conveyor.worker_acks import Acknowledgements, Batch
-from conveyor.worker_clock import ClaimLeases
-from conveyor.worker_settings import WorkerSettings
+from conveyor.worker.acks import Acknowledgements, Batch
+from conveyor.worker.clock import ClaimLeases
+from conveyor.worker.settings import WorkerSettings
 
 logger = logging.getLogger("conveyor.worker")
 

@@ -46,6 +46,16 @@ CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "
 # --------------------------------------------------------------------------- outcomes
 
 
+@dataclass(slots=True)
+class Running:
+    """A job this worker runs: its context, task and timeout timer."""
+
+    job: Job
+    ctx: JobContext
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
 def token_of(job: Job) -> ClaimToken:
     """The fencing token of a job this worker claimed."""
     # Every record a claim returns carries its token (backends/base.py).
