@@ -46,6 +46,7 @@ from cronsim import CronSim, CronSimError
 from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
 from conveyor.durations import InvalidDurationError, describe_seconds, parse_duration
 from conveyor.job import InvalidOptionError, NotSupportedError, new_job_id, utc
+from conveyor.outage import Outage
 from conveyor.registry import check_priority, check_queue, check_retries, check_timeout
 
 if TYPE_CHECKING:
@@ -253,6 +254,8 @@ class Scheduler:
         registry: Mapping[str, JobType[Any]],
         events: EventBus,
         interval: float = 1.0,
+        *,
+        outage: Outage | None = None,
     ) -> None:
         # The registry only fills options missing from records stored by
         # older releases; a schedule fires from its stored record.
@@ -260,6 +263,8 @@ class Scheduler:
         self.registry = registry
         self.events = events
         self.interval = interval
+        # A worker's shared outage log; a scheduler on its own makes its own.
+        self._outage = outage if outage is not None else Outage(backend.url)
         # Schedules with incomplete stored options left due for a scheduler
         # that registers their job type: warned about once each.
         self._left_due: set[str] = set()
@@ -354,12 +359,14 @@ class Scheduler:
     async def run(self, stopping: asyncio.Event) -> None:
         failures = 0
         while not stopping.is_set():
+            sent_at = self._outage.clock()
             try:
                 await self.tick()
                 failures = 0
+                self._outage.answered(sent_at)
             except Exception as exc:
                 failures += 1
-                logger.error("scheduler pass failed (%s); retrying", exc)
+                self._outage.failed("a scheduler pass", exc)
             pause = self.interval if not failures else min(self.interval * 2**failures, 30.0)
             try:
                 async with asyncio.timeout(pause):

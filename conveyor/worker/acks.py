@@ -29,6 +29,7 @@ from conveyor.codec import decode_json, encode_json
 from conveyor.context import JobContext
 from conveyor.events import EventBus
 from conveyor.job import InvalidPayloadError, Job, JobState, utc
+from conveyor.outage import Outage
 
 if TYPE_CHECKING:
     from conveyor.registry import JobType
@@ -118,8 +119,11 @@ class Batch:
 
 
 class Acknowledgements:
-    def __init__(self, backend: Backend, retention: Retention, events: EventBus) -> None:
+    def __init__(
+        self, backend: Backend, retention: Retention, events: EventBus, outage: Outage
+    ) -> None:
         self._backend = backend
+        self._outage = outage
         self._retention = retention
         self._events = events
         self.waiting = Batch()
@@ -211,6 +215,7 @@ class Acknowledgements:
         failures = 0
         while self.waiting.outcomes:
             batch = self.take()
+            sent_at = self._outage.clock()
             try:
                 accepted = await self._backend.finish(batch.outcomes, self._retention)
             except asyncio.CancelledError:
@@ -219,16 +224,11 @@ class Acknowledgements:
             except Exception as exc:
                 self.put_back(batch)
                 failures += 1
-                pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
-                logger.error(
-                    "acknowledging %d job(s) failed (%s); retrying in %.1f s",
-                    len(batch.outcomes),
-                    exc,
-                    pause,
-                )
-                await asyncio.sleep(pause)
+                self._outage.failed(f"acknowledging {len(batch.outcomes)} job(s)", exc)
+                await asyncio.sleep(min(0.1 * 2**failures, MAX_RETRY_PAUSE))
                 continue
             failures = 0
+            self._outage.answered(sent_at)
             self.acknowledged(batch, accepted)
 
     def log_unacknowledged(self) -> None:

@@ -32,6 +32,7 @@ from conveyor.backends.base import (
 )
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
+from conveyor.outage import Outage
 from conveyor.worker.acks import (
     CANCELLED,
     LOST,
@@ -92,7 +93,9 @@ class Worker(GracefulStop):
         self.queues: tuple[str, ...] = settings.queues or _queues_of(registry)
         self._running: dict[str, Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
-        self._acks = Acknowledgements(backend, self.retention, events)
+        # Shared by every loop that calls the backend: one line per outage.
+        self._outage = Outage(backend.url)
+        self._acks = Acknowledgements(backend, self.retention, events, self._outage)
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -150,6 +153,7 @@ class Worker(GracefulStop):
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
             asyncio.create_task(
                 recover_expired_leases(
+                    self._outage,
                     self.backend,
                     self.settings.max_stalled,
                     self.retention,
@@ -163,13 +167,19 @@ class Worker(GracefulStop):
             from conveyor.scheduler import Scheduler
 
             scheduler = Scheduler(
-                self.backend, self.registry, self.events, self.settings.scheduler_interval
+                self.backend,
+                self.registry,
+                self.events,
+                self.settings.scheduler_interval,
+                outage=self._outage,
             )
             self._loops.append(
                 asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
             )
         if isinstance(self.backend, WorkerRegistry):
-            self._presence = Presence(self.backend, self.id, self.queues, lambda: self.names)
+            self._presence = Presence(
+                self.backend, self.id, self.queues, lambda: self.names, self._outage
+            )
             await self._presence.beat()  # listed by app.workers() from now on
             self._loops.append(asyncio.create_task(self._presence.keep(), name="conveyor-presence"))
         logger.info(
@@ -229,10 +239,10 @@ class Worker(GracefulStop):
                 continue
             batch = self._acks.take()
             sent = bool(batch.outcomes)
+            sent_at = self._outage.clock()
             try:
                 jobs = await self._claimer.exchange(batch, free)
-                if failures:
-                    logger.warning("backend reachable again after %d failed call(s)", failures)
+                self._outage.answered(sent_at)
                 failures = 0
             except asyncio.CancelledError:
                 self._acks.put_back(batch)  # stop() gave up on this exchange
@@ -242,7 +252,7 @@ class Worker(GracefulStop):
                 self._acks.put_back(batch)
                 failures += 1
                 pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
-                logger.error("claim failed (%s); retrying in %.1f s", exc, pause)
+                self._outage.failed("claim", exc)
                 self._idle_now = True
                 await self._sleep_unless_stopping(pause)
                 self._idle_now = False
@@ -291,7 +301,7 @@ class Worker(GracefulStop):
             else:
                 await self._claimer.wait_for_work(self._stopping)
         except Exception as exc:
-            logger.error("waiting for work failed (%s); retrying in 1 s", exc)
+            self._outage.failed("waiting for work", exc)
             await self._sleep_unless_stopping(1.0)
         finally:
             self._idle_now = False
@@ -489,14 +499,15 @@ class Worker(GracefulStop):
                 continue
             beats = [Heartbeat(r.job.id, token_of(r.job), r.ctx.take_logs()) for r in running]
             beats += [Heartbeat(job.id, token_of(job)) for job in waiting]
-            sent_at = self._clock()
+            sent_at, beat_sent = self._clock(), self._outage.clock()
             try:
                 statuses = await backend.heartbeat(beats + unacked, self.settings.lease)
             except Exception as exc:
-                logger.error("heartbeat failed (%s); will retry", exc)
+                self._outage.failed("heartbeat", exc)
                 for r, beat in zip(running, beats, strict=False):
                     r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
                 continue
+            self._outage.answered(beat_sent)
             self._check_backlog(waiting, statuses[len(running) : len(beats)], sent_at)
             for r, status in zip(running, statuses, strict=False):
                 if status is LeaseStatus.CANCEL:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from conveyor.backends.base import Backend, Retention, WorkerInfo, WorkerRegistry
 from conveyor.events import EventBus
 from conveyor.job import JobState
+from conveyor.outage import Outage
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -24,16 +25,24 @@ PRESENCE_TTL = 20.0
 
 
 async def recover_expired_leases(
-    backend: Backend, max_stalled: int, retention: Retention, events: EventBus, every: float
+    outage: Outage,
+    backend: Backend,
+    max_stalled: int,
+    retention: Retention,
+    events: EventBus,
+    every: float,
 ) -> None:
     """Requeue (or fail, past `max_stalled`) jobs whose lease expired, forever."""
     while True:
+        sent_at = outage.clock()
         try:
             # None: expired by the backend's clock, not this worker's.
             recovered = await backend.recover_expired(None, max_stalled, retention)
         except Exception as exc:
-            logger.error("lease recovery failed (%s); will retry", exc)
+            outage.failed("lease recovery", exc)
             recovered = []
+        else:
+            outage.answered(sent_at)
         for job in recovered:
             if job.state is JobState.FAILED:
                 logger.error("job %s %s failed: %s", job.name, job.id, job.error)
@@ -55,8 +64,10 @@ class Presence:
         worker_id: str,
         queues: tuple[str, ...],
         names: Callable[[], tuple[str, ...]],
+        outage: Outage,
     ) -> None:
         self._registry = registry
+        self._outage = outage
         self._id = worker_id
         self._queues = queues
         self._names = names
@@ -73,10 +84,13 @@ class Presence:
             started_at=self._started_at,
             last_seen=now,
         )
+        sent_at = self._outage.clock()
         try:
             await self._registry.worker_beat(info, PRESENCE_TTL)
         except Exception as exc:  # presence is for people looking on: never fatal
-            logger.warning("could not record this worker's presence (%s); will retry", exc)
+            self._outage.failed("recording this worker's presence", exc)
+        else:
+            self._outage.answered(sent_at)
 
     async def keep(self) -> None:
         while True:
