@@ -30,7 +30,7 @@ import pytest
 
 from conveyor.backends.base import Heartbeat, LeaseStatus, NewJob
 from conveyor.backends.sqlite import SQLiteBackend
-from conveyor.job import Job, new_job_id
+from conveyor.job import BackendUnavailableError, Job, new_job_id
 
 pytestmark = pytest.mark.sqlite
 
@@ -243,3 +243,23 @@ async def test_a_process_frozen_while_holding_the_lock_costs_no_lease(db_path: P
             holder.kill()
             await holder.wait()
         await a.close()
+
+
+async def test_opening_a_database_another_process_holds_locked_says_it_is_busy(
+    tmp_path: Path,
+) -> None:
+    """The file exists and is a database: the error must say it is busy, not
+    only "database is locked"."""
+    path = tmp_path / "busy.db"
+    first = SQLiteBackend(f"sqlite:///{path}")
+    await first.open()
+    await first.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        busy = SQLiteBackend(f"sqlite:///{path}?busy_timeout=100")
+        with pytest.raises(BackendUnavailableError, match=r"busy.*busy_timeout"):
+            await busy.open()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -67,12 +67,22 @@ def server_time(seconds: str | int, micros: str | int) -> float:
     return float(f"{int(seconds)}.{int(micros):06d}")
 
 
+# The query options a redis:// URL may carry (a typo must not pass unseen).
+_URL_OPTIONS = frozenset({"prefix"})
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """The URL for redis-py (without our options) and the key prefix tag."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise InvalidOptionError(f"not a Redis URL: {url!r}")
-    options = dict(parse_qsl(parts.query))
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - _URL_OPTIONS)
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} in {url!r}; "
+            f"known: {', '.join(sorted(_URL_OPTIONS))}"
+        )
     prefix = options.pop("prefix", "conveyor")
     if not prefix or any(c in prefix for c in "{}: "):
         raise InvalidOptionError(f"bad Redis key prefix {prefix!r} in {url!r}")

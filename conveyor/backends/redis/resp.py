@@ -111,7 +111,10 @@ class RedisURL:
             raise ValueError(f"not a Redis URL: {url!r}")
         self.tls = parts.scheme == "rediss"
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
+        try:
+            self.port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"the port in {url!r} must be a number from 0 to 65535") from None
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         path = parts.path.strip("/")

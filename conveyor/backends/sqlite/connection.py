@@ -75,6 +75,12 @@ def _explain(exc: sqlite3.DatabaseError) -> str:
         return "the database is read-only (check file and directory permissions)"
     if "unable to open" in message:
         return "unable to open the file (check the path and permissions)"
+    if "locked" in message or "busy" in message:
+        return (
+            "the database is busy: another connection held its lock for longer than "
+            "busy_timeout (raise it with ?busy_timeout=MILLISECONDS, or find the "
+            "process holding a long transaction)"
+        )
     return message
 
 
