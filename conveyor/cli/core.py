@@ -75,8 +75,52 @@ def _usage_line(exc: click.UsageError) -> _UsageLine:
     return _UsageLine(_one_line(message))
 
 
+# Options of the root group that may also come after the subcommand
+# (`conveyor worker app --url redis://...`), with whether each takes a value.
+_GLOBAL_OPTIONS: dict[str, bool] = {"--url": True, "--debug": False}
+
+
 class ConveyorGroup(click.Group):
     """A click group that turns every failure below it into one error line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:  # the root: global options may come anywhere
+            args = self._globals_first(ctx, args)
+        return super().parse_args(ctx, args)
+
+    def _globals_first(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Move global options found after the subcommand in front of it,
+        unless the subcommand has an option of the same name (demo's --url)."""
+        position, command = self._subcommand(ctx, args)
+        if command is None:
+            return args
+        own = _option_names(command, args[position + 1 :])
+        before, after, moved = args[: position + 1], [], []
+        rest = iter(args[position + 1 :])
+        for token in rest:
+            if token == "--":
+                after += [token, *rest]
+                break
+            name = token.split("=", 1)[0]
+            if name in _GLOBAL_OPTIONS and name not in own:
+                moved.append(token)
+                if _GLOBAL_OPTIONS[name] and "=" not in token:
+                    moved.append(next(rest, ""))
+                continue
+            after.append(token)
+        return moved + before + after
+
+    def _subcommand(self, ctx: click.Context, args: list[str]) -> tuple[int, click.Command | None]:
+        skip = False
+        for position, token in enumerate(args):
+            if skip:
+                skip = False
+                continue
+            if token.startswith("-"):
+                skip = _GLOBAL_OPTIONS.get(token, False)
+                continue
+            return position, self.get_command(ctx, token)
+        return len(args), None
 
     def make_context(
         self,
@@ -107,6 +151,20 @@ class ConveyorGroup(click.Group):
             if _debug_enabled(ctx):
                 raise
             raise _ErrorLine(describe(exc)) from exc
+
+
+def _option_names(command: click.Command, args: list[str]) -> set[str]:
+    """The option names `command` (or the subcommand of a group named next in
+    `args`) declares."""
+    names = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    if isinstance(command, click.Group):
+        for token in args:
+            if not token.startswith("-"):
+                sub = command.commands.get(token)
+                if sub is not None:
+                    names |= _option_names(sub, [])
+                break
+    return names
 
 
 def _debug_enabled(ctx: click.Context) -> bool:
