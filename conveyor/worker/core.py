@@ -377,6 +377,10 @@ class Worker(GracefulStop):
         job_type = self.registry.get(job.name)
         if events.wants("job.started"):
             events.emit("job.started", job)
+        verbose = logger.isEnabledFor(logging.INFO)  # a line per job, when asked for
+        began = time.monotonic()
+        if verbose:
+            logger.info("processing job %s %s (attempt %d)", job.name, job.id, job.attempts)
         outcome: Outcome | None
         try:
             if job_type is None:
@@ -412,6 +416,9 @@ class Worker(GracefulStop):
             self._slot_freed.set()
         if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
+            if verbose and outcome.kind is OutcomeKind.COMPLETED:
+                elapsed = (time.monotonic() - began) * 1000
+                logger.info("job %s %s completed in %.0f ms", job.name, job.id, elapsed)
             self._ack(outcome, job)
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:
