@@ -114,6 +114,8 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("sqlite:///", "no database file path"),
         ("sqlite://jobs.db", "three slashes"),
         ("sqlite://:memory:", "memory://"),
+        ("sqlite:///:memory:", "in-memory SQLite database is not supported"),
+        ("sqlite:///file::memory:?cache=shared", "memory://"),
         ("sqlite:///jobs.db?busy_timeout=soon", "busy_timeout"),
         ("sqlite:///jobs.db?synchronous=maybe", "synchronous"),
         ("sqlite:///jobs.db?journal=off", "unknown option 'journal'"),

@@ -46,13 +46,17 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
     hint = "use sqlite:///relative/path.db (three slashes) or sqlite:////absolute/path.db (four)"
     if parts.scheme.lower() != "sqlite":
         raise InvalidOptionError(f"not a sqlite:// URL: {url!r}")
+    in_memory = (
+        f"{url!r}: an in-memory SQLite database is not supported (each connection "
+        "would have a database of its own); use memory:// instead"
+    )
     if parts.netloc:
         if parts.netloc == ":memory:":
-            raise InvalidOptionError(
-                f"{url!r}: an in-memory SQLite database is not supported; use memory:// instead"
-            )
+            raise InvalidOptionError(in_memory)
         raise InvalidOptionError(f"{url!r} names a host, but SQLite is a local file; {hint}")
     path = unquote(parts.path[1:])  # the slash after the empty host is not part of the path
+    if path == ":memory:" or path.startswith("file::memory:"):
+        raise InvalidOptionError(in_memory)
     if not path:
         raise InvalidOptionError(f"{url!r} has no database file path; {hint}")
     options: dict[str, str] = {}
