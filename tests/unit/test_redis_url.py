@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 
-from conveyor import Conveyor, InvalidOptionError
+from conveyor import BackendUnavailableError, Conveyor, InvalidOptionError
 
 
 @pytest.mark.parametrize(
@@ -30,3 +33,17 @@ def test_a_bad_url_is_refused_with_the_url_named(url: str, message: str) -> None
 
 def test_the_prefix_option_is_accepted() -> None:
     assert Conveyor("redis://127.0.0.1:6379/0?prefix=myapp").backend.prefix == "{myapp}"  # type: ignore[attr-defined]
+
+
+def test_rediss_against_a_plain_port_fails_soon_and_says_why(
+    redis_urls: Callable[[], str],
+) -> None:
+    url = redis_urls().replace("redis://", "rediss://", 1)
+    app = Conveyor(url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"TLS handshake.*use redis://"):
+            app.stats_sync()
+    finally:
+        app.close_sync()
+    assert time.monotonic() - started < 4.5  # the connect timeout is 5 s

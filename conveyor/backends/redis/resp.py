@@ -102,6 +102,10 @@ class _Protocol(asyncio.Protocol):
         return future
 
 
+# Seconds a TLS handshake may take before the server counts as not speaking TLS.
+_TLS_HANDSHAKE = 2.0
+
+
 class RedisURL:
     """Connection settings parsed from redis:// or rediss:// URLs."""
 
@@ -159,11 +163,28 @@ class RespClient:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    _Protocol, self.host, self.port, ssl=context
+                    _Protocol,
+                    self.host,
+                    self.port,
+                    ssl=context,
+                    # A plain (non-TLS) server never answers a TLS hello: say
+                    # so soon rather than after the whole connect timeout.
+                    ssl_handshake_timeout=min(_TLS_HANDSHAKE, self._connect_timeout)
+                    if context is not None
+                    else None,
                 )
         except (OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if context is not None and (
+                isinstance(exc, (ssl.SSLError, TimeoutError, ConnectionResetError))
+                or "handshake" in reason.lower()
+            ):
+                reason = (
+                    f"the TLS handshake failed ({reason}); rediss:// needs a TLS port: "
+                    "is this a plain Redis port (then use redis://)?"
+                )
             raise RedisConnectionLost(
-                f"cannot connect to Redis at {self.host}:{self.port}: {exc or 'timed out'}"
+                f"cannot connect to Redis at {self.host}:{self.port}: {reason}"
             ) from exc
         hello: list[tuple[Arg, ...]] = []
         if self.settings.password is not None:
