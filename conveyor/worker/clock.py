@@ -31,7 +31,7 @@ class ClaimLeases:
         # renews its lease to come in time.
         self._margin = min(heartbeat_every, lease / 4)
         self._until: dict[str, float] = {}
-        self.dropped = 0  # stale claims dropped since start
+        self.stale_claims = 0  # claims not started because their lease ran out
 
     def claimed(self, jobs: Iterable[Job], sent_at: float) -> None:
         """The backend leased `jobs` (or renewed their lease) no earlier than
@@ -53,7 +53,7 @@ class ClaimLeases:
         if until is None or now < until:
             return False
         del self._until[job.id]
-        self.dropped += 1
+        self.stale_claims += 1
         logger.warning(
             "job %s %s handed back unstarted: its claim's lease ran out before it could start "
             "(was this process frozen, or the backend away?); another worker may hold it now",

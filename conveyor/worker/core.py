@@ -211,7 +211,7 @@ class Worker(GracefulStop):
         sync handlers still busy after their job ended (timed out, cancelled,
         lost), outcomes not yet acknowledged; and since start, jobs finished
         (completed, failed, retrying or cancelled), handed back, and claims
-        dropped unstarted because their lease had run out."""
+        handed back unstarted because their lease had run out."""
         return {
             "running": len(self._running),
             "prefetched": len(self._backlog),
@@ -219,7 +219,7 @@ class Worker(GracefulStop):
             "unacknowledged": len(self._acks),
             "finished": self._acks.finished,
             "handed_back": self._acks.handed_back,
-            "dropped_stale": self._claims.dropped,
+            "stale_claims": self._claims.stale_claims,
         }
 
     # ------------------------------------------------------------------ claiming

@@ -142,8 +142,8 @@ class GracefulStop:
             self._threads.shutdown()
             self._acks.log_unacknowledged()
             self._stopped.set()
-        dropped = self._claims.dropped
-        extra = f", {dropped} stale claim(s) dropped" if dropped else ""
+        stale = self._claims.stale_claims
+        extra = f", {stale} stale claim(s) handed back unstarted" if stale else ""
         logger.info(
             "worker %s stopped: %d job(s) finished, %d handed back%s",
             self.id,
