@@ -32,6 +32,7 @@ from conveyor.backends.base import (
 )
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
+from conveyor.registry import handled
 from conveyor.worker.acks import (
     CANCELLED,
     LOST,
@@ -83,13 +84,13 @@ class Worker(GracefulStop):
         facade passes its own, which also keeps the backend from being opened
         twice. `app.worker(...)` builds one from an app."""
         self.backend = backend
-        self.registry = registry
+        self.registry = handled(registry)  # declared-only types are not run here
         self.events = events
         self.retention = retention if retention is not None else Retention()
         self._open = open if open is not None else backend.open
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.queues: tuple[str, ...] = settings.queues or _queues_of(registry)
+        self.queues: tuple[str, ...] = settings.queues or _queues_of(self.registry)
         self._running: dict[str, Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
         self._acks = Acknowledgements(backend, self.retention, events)
@@ -162,8 +163,8 @@ class Worker(GracefulStop):
         if self.settings.scheduler and self.backend.capabilities.recurring:
             from conveyor.scheduler import Scheduler
 
-            scheduler = Scheduler(
-                self.backend, self.registry, self.events, self.settings.scheduler_interval
+            scheduler = Scheduler(  # declared types' defaults count for schedules too
+                self.backend, self.registry.types, self.events, self.settings.scheduler_interval
             )
             self._loops.append(
                 asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
