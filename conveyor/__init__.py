@@ -24,7 +24,7 @@ from conveyor.job import (
     UnknownJobError,
     UnsupportedURLError,
 )
-from conveyor.registry import JobType
+from conveyor.registry import JobFailedError, JobType
 from conveyor.worker import Worker, WorkerSettings
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "InvalidPayloadError",
     "Job",
     "JobContext",
+    "JobFailedError",
     "JobState",
     "JobTimeoutError",
     "JobType",

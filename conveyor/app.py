@@ -27,7 +27,6 @@ from conveyor.backends.base import (
     WorkerInfo,
     WorkerRegistry,
 )
-from conveyor.backoff import BackoffLike
 from conveyor.cache import Cache
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
@@ -45,9 +44,8 @@ from conveyor.job import (
 from conveyor.locks import Locks, hold
 from conveyor.recurring import RecurringSchedules
 from conveyor.registry import (
-    Handler,
-    JobDefaults,
     JobType,
+    JobTypes,
     check_priority,
     check_queue,
     check_retries,
@@ -72,7 +70,7 @@ EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
 
 
-class Conveyor(RecurringSchedules):
+class Conveyor(JobTypes, RecurringSchedules):
     """The application object: `app = Conveyor("sqlite:///jobs.db")`.
 
     The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
@@ -104,7 +102,7 @@ class Conveyor(RecurringSchedules):
         self.url = url or env_str(CONVEYOR_URL) or DEFAULT_URL
         self.backend: Backend = backend if backend is not None else from_url(self.url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
-        self.registry: dict[str, JobType[Any]] = {}
+        self.registry: dict[str, JobType[Any, Any]] = {}  # registered or declared
         self.events = EventBus()
         self.portal = Portal()
         self.locks = Locks(self._backend, self.portal, self.url)
@@ -116,36 +114,7 @@ class Conveyor(RecurringSchedules):
     def __repr__(self) -> str:
         return f"<Conveyor {self.url!r} jobs={sorted(self.registry)}>"
 
-    # ------------------------------------------------------------------ registry
-
-    def job(
-        self,
-        name: str,
-        *,
-        retries: int = 3,
-        timeout: float | None = 30.0,
-        priority: int = 0,
-        queue: str = "default",
-        backoff: BackoffLike | None = None,
-    ) -> Callable[[Handler], JobType[Any]]:
-        """Register a handler under `name` with its per-type defaults."""
-        defaults = JobDefaults(retries=retries, timeout=timeout, priority=priority, queue=queue)
-
-        def register(handler: Handler) -> JobType[Any]:
-            if name in self.registry:
-                raise InvalidOptionError(f"job name {name!r} is already registered")
-            job_type: JobType[Any] = JobType(self, name, handler, defaults, backoff)
-            self.registry[name] = job_type
-            return job_type
-
-        return register
-
-    def job_type(self, name: str) -> JobType[Any]:
-        try:
-            return self.registry[name]
-        except KeyError:
-            known = ", ".join(sorted(self.registry)) or "none registered"
-            raise UnknownJobError(f"unknown job name {name!r} (known: {known})") from None
+    # ------------------------------------------------------------------ events
 
     @overload
     def on(self, event: str, callback: None = None) -> Callable[[CallbackT], CallbackT]: ...

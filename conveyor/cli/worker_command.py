@@ -109,10 +109,11 @@ def worker(
     the_worker = app.worker(**settings)
     _configure_logging(log_level)
     logger.info(
-        "conveyor %s: worker for %s, job types: %s",
+        "conveyor %s: worker for %s, job types: %s; queues: %s",
         __version__,
         app_path,
-        ", ".join(sorted(app.registry)) or "none registered",
+        ", ".join(sorted(the_worker.names)) or "none with a handler",
+        ", ".join(the_worker.queues),
     )
     asyncio.run(_serve(app, the_worker))
     _exit_if_job_threads_stuck()

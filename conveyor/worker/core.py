@@ -33,6 +33,7 @@ from conveyor.backends.base import (
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
 from conveyor.outage import Outage
+from conveyor.registry import handled
 from conveyor.worker.acks import (
     CANCELLED,
     LOST,
@@ -84,13 +85,13 @@ class Worker(GracefulStop):
         facade passes its own, which also keeps the backend from being opened
         twice. `app.worker(...)` builds one from an app."""
         self.backend = backend
-        self.registry = registry
+        self.registry = handled(registry)  # declared-only types are not run here
         self.events = events
         self.retention = retention if retention is not None else Retention()
         self._open = open if open is not None else backend.open
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.queues: tuple[str, ...] = settings.queues or _queues_of(registry)
+        self.queues: tuple[str, ...] = settings.queues or _queues_of(self.registry)
         self._running: dict[str, Running] = {}
         self._backlog: deque[Job] = deque()  # prefetched, waiting for a slot
         # Shared by every loop that calls the backend: one line per outage.
@@ -166,9 +167,9 @@ class Worker(GracefulStop):
         if self.settings.scheduler and self.backend.capabilities.recurring:
             from conveyor.scheduler import Scheduler
 
-            scheduler = Scheduler(
+            scheduler = Scheduler(  # declared types' defaults count for schedules too
                 self.backend,
-                self.registry,
+                self.registry.types,
                 self.events,
                 self.settings.scheduler_interval,
                 outage=self._outage,
