@@ -508,6 +508,16 @@ class Conveyor(JobTypes, RecurringSchedules):
             open=self.open,
         )
 
+    async def drain(
+        self, queues: Sequence[str] | None = None, *, concurrency: int = 1
+    ) -> list[Job]:
+        """Run every due job of `queues` (None: all the app's) here, through an
+        in-process burst worker, until none is due; return the final record
+        of each job that ran (see conveyor/worker/drain.py, conveyor.testing)."""
+        from conveyor.worker.drain import drain
+
+        return await drain(self, queues, concurrency)
+
     def scheduler(self, interval: float = 1.0) -> Scheduler:
         """A scheduler of this app's recurring schedules (workers run one
         unless told not to); `await app.scheduler().tick()` fires what is due."""
@@ -527,6 +537,7 @@ class Conveyor(JobTypes, RecurringSchedules):
     cancel_sync = blocking(cancel)
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)
+    drain_sync = blocking(drain)
 
 
 # What an enqueue_many item's options may hold: `enqueue`'s keyword options.

@@ -30,6 +30,8 @@ CONVEYOR_QUEUES = "CONVEYOR_QUEUES"
 CONVEYOR_SHUTDOWN_TIMEOUT = "CONVEYOR_SHUTDOWN_TIMEOUT"
 # Whether a worker fires recurring schedules: true/false, yes/no, on/off, 1/0 (default on).
 CONVEYOR_SCHEDULER = "CONVEYOR_SCHEDULER"
+# A worker exits once its queues have nothing due and it runs nothing: true/false (default off).
+CONVEYOR_BURST = "CONVEYOR_BURST"
 # The CLI shows the full traceback of an error instead of one line.
 CONVEYOR_DEBUG = "CONVEYOR_DEBUG"
 # The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
@@ -47,6 +49,7 @@ BEHAVIOUR = (
     CONVEYOR_QUEUES,
     CONVEYOR_SHUTDOWN_TIMEOUT,
     CONVEYOR_SCHEDULER,
+    CONVEYOR_BURST,
     CONVEYOR_DEBUG,
 )
 
@@ -118,6 +121,7 @@ _WORKER_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "queues": (CONVEYOR_QUEUES, env_queues),
     "shutdown_timeout": (CONVEYOR_SHUTDOWN_TIMEOUT, env_float),
     "scheduler": (CONVEYOR_SCHEDULER, env_bool),
+    "burst": (CONVEYOR_BURST, env_bool),
 }
 
 

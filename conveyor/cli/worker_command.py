@@ -1,4 +1,5 @@
-"""`conveyor worker MODULE:APP`: run a worker until SIGTERM/SIGINT."""
+"""`conveyor worker MODULE:APP`: run a worker until SIGTERM/SIGINT, or with
+`--burst` until the queues it serves have nothing due."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from conveyor.app import Conveyor
 from conveyor.cli.core import CliError, options
 from conveyor.cli.loading import load_app_with_url
 from conveyor.settings import (
+    CONVEYOR_BURST,
     CONVEYOR_CONCURRENCY,
     CONVEYOR_QUEUES,
     CONVEYOR_SCHEDULER,
@@ -72,6 +74,13 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     help="Lease expiries a job survives before it fails [default 1].",
 )
 @click.option(
+    "--burst",
+    is_flag=True,
+    default=None,
+    help="Exit (status 0) once the queues served have nothing due and nothing runs here; "
+    f"schedules due at start fire once [env {CONVEYOR_BURST}; default off].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -88,9 +97,11 @@ def worker(
     shutdown_timeout: float | None,
     lease: float | None,
     max_stalled: int | None,
+    burst: bool | None,
     log_level: str,
 ) -> None:
-    """Run a worker for the Conveyor app at MODULE:APP until SIGTERM/SIGINT.
+    """Run a worker for the Conveyor app at MODULE:APP until SIGTERM/SIGINT
+    (with --burst: until nothing is due).
 
     MODULE is imported with the current directory on sys.path (like uvicorn);
     with MODULE alone, its `app` attribute (or its only Conveyor) is used.
@@ -105,6 +116,7 @@ def worker(
         "shutdown_timeout": shutdown_timeout,
         "lease": lease,
         "max_stalled": max_stalled,
+        "burst": burst,
     }
     the_worker = app.worker(**settings)
     _configure_logging(log_level)

@@ -122,6 +122,7 @@ class Worker(GracefulStop):
         )
         self._presence: Presence | None = None
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
+        self._ran: dict[str, None] = {}  # burst mode: ids of the jobs started, in order
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,6 +150,8 @@ class Worker(GracefulStop):
             self.settings.abandoned_threads_tolerated,
             on_returned=self._thread_returned,
         )
+        if self.settings.burst:
+            await self._fire_due_schedules()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
@@ -174,9 +177,10 @@ class Worker(GracefulStop):
                 self.settings.scheduler_interval,
                 outage=self._outage,
             )
-            self._loops.append(
-                asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
-            )
+            if not self.settings.burst:
+                self._loops.append(
+                    asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
+                )
         if isinstance(self.backend, WorkerRegistry):
             self._presence = Presence(
                 self.backend, self.id, self.queues, lambda: self.names, self._outage
@@ -190,6 +194,18 @@ class Worker(GracefulStop):
             self.settings.concurrency,
             self.backend.url,
         )
+
+    async def _fire_due_schedules(self) -> None:
+        """Burst mode: one scheduler pass before the first claim, so that the
+        schedules due now run in this burst (later ticks are the next one's)."""
+        if not (self.settings.scheduler and self.backend.capabilities.recurring):
+            return
+        from conveyor.scheduler import Scheduler
+
+        try:
+            await Scheduler(self.backend, self.registry, self.events).tick()
+        except Exception as exc:
+            logger.error("scheduler pass failed (%s); schedules left due", exc)
 
     @property
     def running_jobs(self) -> list[Job]:
@@ -267,8 +283,48 @@ class Worker(GracefulStop):
             for job in jobs:
                 self._start_job(job)
             if free > 0 and not jobs and not sent:
-                await self._idle()
+                if not self.settings.burst:
+                    await self._idle()
+                elif await self._burst_over():
+                    logger.info("worker %s: nothing due and nothing running; burst over", self.id)
+                    self._stopping.set()  # run() / run_burst() go on to stop()
+                    break
         await self._unclaim_lost_before_exit()
+
+    async def _burst_over(self) -> bool:
+        """Burst mode, after a claim found nothing due: True when nothing runs
+        here either and every outcome is acknowledged (a retry already due,
+        or a job enqueued by a job, is then claimable, and the claim above
+        would have taken it). Else wait for a running job to end (or stop())."""
+        if len(self._acks):
+            return False  # the next claim takes them along
+        if self._running:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()  # also set by stop()
+            return False
+        if self._backlog:
+            return False  # prefetched jobs start as slots free
+        flusher = self._acks.flusher
+        if flusher is not None and not flusher.done():
+            await asyncio.wait([flusher])
+            return False
+        return True
+
+    async def run_burst(self) -> None:
+        """Burst mode without signal handlers (`app.drain()`): start, run what
+        is due until nothing is, stop."""
+        if not self.settings.burst:
+            raise InvalidOptionError("run_burst() needs a worker with burst=True")
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    @property
+    def ran(self) -> tuple[str, ...]:
+        """Burst mode: the ids of the jobs this worker started, in order of first start."""
+        return tuple(self._ran)
 
     def _free_slots(self) -> int:
         """How many jobs to claim: free slots plus prefetch, none while stopping
@@ -342,6 +398,8 @@ class Worker(GracefulStop):
         running = Running(job, ctx)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
+        if self.settings.burst:
+            self._ran[job.id] = None
         job_type = self.registry.get(job.name)
         if job_type is None or job_type.is_async:
             self._arm_timer(running)  # a sync handler's clock starts in its thread

@@ -32,6 +32,10 @@ class WorkerSettings:
     # lost) keep their thread; this many are tolerated before each one takes a
     # slot. None: as many as `concurrency`.
     max_abandoned_threads: int | None = None
+    # Burst mode: fire the schedules due once, run what is due, and stop once
+    # the served queues have nothing due and nothing runs here (for scripts,
+    # CI and `app.drain()`). Jobs due later are left for the next run.
+    burst: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
