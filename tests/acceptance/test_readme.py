@@ -83,7 +83,8 @@ def readme_blocks(text: str) -> list[Block]:
         line = text.count("\n", 0, fence.start()) + 1
         before = text[: fence.start()].rstrip()
         # Only a comment right before the fence counts.
-        marker = _MARKER.fullmatch(before[before.rfind("<!--") :]) if before.endswith("-->") else None
+        last_comment = before[before.rfind("<!--") :] if before.endswith("-->") else ""
+        marker = _MARKER.fullmatch(last_comment)
         skip = stop_after = None
         if marker is not None:
             directive = marker.group(1)
@@ -276,3 +277,53 @@ def test_readme_block_runs(block: Block, outcomes: dict[int, Any]) -> None:
             f"{failure}\n{log}",
             pytrace=False,
         )
+
+
+# --------------------------------------------------------------------------- the demo's hints
+
+
+def test_demo_suggests_commands_that_run_without_conveyor_on_path(tmp_path: Path) -> None:
+    # As after ./scripts/demo: conveyor is installed in a virtualenv that is
+    # not activated, so the bare `conveyor` the demo used to suggest was not found.
+    bin_dir = Path(sys.executable).parent
+    path = os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if entry and not (Path(entry) / "conveyor").exists()
+    )
+    env = dict(os.environ, PATH=path, COLUMNS="200")  # no wrapped commands
+    env.pop("CONVEYOR_URL", None)
+    demo = subprocess.run(
+        [sys.executable, "-m", "conveyor", "demo", "--jobs", "6"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    lines = [line.strip("│ \t") for line in demo.stdout.splitlines()]
+    commands = [line for line in lines if " --url " in line]
+    assert len(commands) == 4, demo.stdout
+
+    app = Conveyor(f"sqlite:///{tmp_path / 'conveyor-demo.db'}")
+    try:
+        some_job = app.list_jobs_sync(limit=1)[0]
+    finally:
+        app.close_sync()
+    for command in commands:
+        command = command.replace(" ID", f" {some_job.id}")
+        ran = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ran.returncode == 0, f"{command}\n{ran.stdout}{ran.stderr}"
+    # and how to put conveyor on PATH for good
+    if (bin_dir / "activate").exists():
+        assert any("source " in line and "activate" in line for line in lines), demo.stdout
