@@ -15,8 +15,9 @@ SQLite database (CONVEYOR_URL) in a fresh directory:
 
 An HTML comment right before a block says when it cannot run as is:
 `<!-- readme-test: skip (why) -->`, or `<!-- readme-test: stop after N s (why) -->`
-for a command that runs until Ctrl-C: it gets SIGINT after N seconds and must
-then exit cleanly. Each block is its own test, named by its line; skipped
+for a command that runs until Ctrl-C (a worker): it gets SIGINT N seconds
+after it starts, once it has logged its start-up line, and must then exit
+cleanly (status 0, no traceback). Each block is its own test, named by its line; skipped
 blocks show their reason in pytest's summary.
 """
 
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK_TIMEOUT = 30.0
+STARTED_LINE = " started: "  # the worker's start-up log line
 
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _MARKER = re.compile(r"<!--\s*readme-test:\s*(.*?)\s*-->", re.DOTALL)
@@ -197,34 +200,47 @@ class Tutorial:
 
     def _run_shell(self, block: Block) -> str | None:
         env = dict(self.env, JOB_ID=self.failed_job_id())
-        proc = subprocess.Popen(
-            ["bash", "-euo", "pipefail", "-c", block.code],
-            cwd=self.workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own process group, for the stop signal
-        )
-        timeout = BLOCK_TIMEOUT if block.stop_after is None else block.stop_after
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            if block.stop_after is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                output, _ = proc.communicate()
-                return f"did not finish within {timeout:.0f} s:\n{output}"
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
-            try:
-                output, _ = proc.communicate(timeout=BLOCK_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                output, _ = proc.communicate()
-                return f"did not stop within {BLOCK_TIMEOUT:.0f} s of SIGINT:\n{output}"
+        output_path = self.workdir / f"shell-{block.line}.out"
+        with output_path.open("w") as output_file:
+            proc = subprocess.Popen(
+                ["bash", "-euo", "pipefail", "-c", block.code],
+                cwd=self.workdir,
+                env=env,
+                stdout=output_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, for the stop signal
+            )
+            failure = self._wait_or_stop(proc, block, output_path)
+        output = output_path.read_text()
+        if failure is not None:
+            return f"{failure}:\n{output}"
         if proc.returncode != 0:
             return f"exit status {proc.returncode}:\n{output}"
         if "Traceback" in output:
             return f"printed a traceback:\n{output}"
+        return None
+
+    def _wait_or_stop(self, proc: subprocess.Popen[bytes], block: Block, log: Path) -> str | None:
+        if block.stop_after is not None:
+            # SIGINT (Ctrl-C) after the block's seconds, and not before the
+            # command says it started: a slow start must not turn the signal
+            # into a KeyboardInterrupt during imports.
+            started = time.monotonic()
+            deadline = started + BLOCK_TIMEOUT
+            while proc.poll() is None and time.monotonic() < deadline:
+                running_for = time.monotonic() - started
+                if running_for >= block.stop_after and STARTED_LINE in log.read_text():
+                    os.killpg(proc.pid, signal.SIGINT)
+                    break
+                time.sleep(0.1)
+            if proc.poll() is not None:
+                return f"exited before it was stopped (status {proc.returncode})"
+        try:
+            proc.wait(timeout=BLOCK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return f"did not finish within {BLOCK_TIMEOUT:.0f} s"
         return None
 
     def failed_job_id(self) -> str:
