@@ -17,6 +17,9 @@ import contextlib
 import logging
 import os
 import random
+import shlex
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -391,16 +394,47 @@ def _dead_letters(tallies: dict[str, Tally], shown: int = 3) -> RenderableType:
 
 
 def _next_steps(url: str) -> Panel:
+    conveyor, activate = cli_command()
     lines = Text()
     for command, why in (
-        (f"conveyor --url {url} stats", "counts per queue and state"),
-        (f"conveyor --url {url} jobs ls --state failed", "the dead-letter set"),
-        (f"conveyor --url {url} jobs show ID", "one job: payload, result, log lines"),
-        (f"conveyor --url {url} retry --all-failed", "give the failed ones another go"),
+        (f"{conveyor} --url {url} stats", "counts per queue and state"),
+        (f"{conveyor} --url {url} jobs ls --state failed", "the dead-letter set"),
+        (f"{conveyor} --url {url} jobs show ID", "one job: payload, result, log lines"),
+        (f"{conveyor} --url {url} retry --all-failed", "give the failed ones another go"),
     ):
         lines.append(f"{command}\n", style="bold cyan")
         lines.append(f"    {why}\n", style="dim")
+    if activate is not None:
+        lines.append(f"\nconveyor is not on your PATH; `source {activate}` puts it there\n")
     lines.rstrip()
     return Panel(
         lines, title="explore the jobs", title_align="left", border_style="dim", expand=False
     )
+
+
+def cli_command() -> tuple[str, str | None]:
+    """How to call this installation's command line from the current directory,
+    and the virtualenv's activate script when that would put it on PATH.
+
+    After ./scripts/demo, `conveyor` lives in .venv/bin, which is not on PATH
+    until the venv is activated: the suggested commands must run as printed."""
+    bin_dir = Path(sys.executable).parent  # not resolved: a venv's python is a link
+    script = bin_dir / "conveyor"
+    if not script.exists():
+        return f"{_shown(Path(sys.executable))} -m conveyor", None
+    on_path = shutil.which("conveyor")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "conveyor", None
+    activate = bin_dir / "activate"
+    return _shown(script), _shown(activate) if activate.exists() else None
+
+
+def _shown(path: Path) -> str:
+    """Relative to the current directory when under it (.venv/bin/conveyor)."""
+    try:
+        shown = str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path.absolute())
+    if "/" not in shown:  # a bare name would be looked up on PATH
+        shown = f"./{shown}"
+    return shlex.quote(shown)
