@@ -105,7 +105,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from conveyor.job import Job, JobState
+from conveyor.job import AttemptOutcome, Job, JobState
 
 ClaimToken = str
 """A claim's fencing token: opaque, compared for equality only, never reused
@@ -180,6 +180,23 @@ class OutcomeKind(enum.StrEnum):
     SCHEDULED = "scheduled"  # retry later
     CANCELLED = "cancelled"
     QUEUED = "queued"  # handed back unfinished at shutdown
+
+
+def attempt_outcome(kind: OutcomeKind, *, timed_out: bool = False) -> AttemptOutcome:
+    """How the history names an attempt that ended with an outcome of `kind`
+    (after a requested cancel has turned a hand-back or retry into CANCELLED)."""
+    if timed_out and kind in (OutcomeKind.FAILED, OutcomeKind.SCHEDULED):
+        return AttemptOutcome.TIMED_OUT
+    return _ATTEMPT_OUTCOMES[kind]
+
+
+_ATTEMPT_OUTCOMES: dict[OutcomeKind, AttemptOutcome] = {
+    OutcomeKind.COMPLETED: AttemptOutcome.COMPLETED,
+    OutcomeKind.FAILED: AttemptOutcome.FAILED,
+    OutcomeKind.SCHEDULED: AttemptOutcome.RETRYING,
+    OutcomeKind.CANCELLED: AttemptOutcome.CANCELLED,
+    OutcomeKind.QUEUED: AttemptOutcome.HANDED_BACK,
+}
 
 
 @dataclass(slots=True)

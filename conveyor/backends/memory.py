@@ -37,9 +37,10 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    attempt_outcome,
 )
 from conveyor.backends.memory_stores import MemoryStores
-from conveyor.backends.records import attempt_outcome, stored_entry, stored_job, with_entry
+from conveyor.backends.records import stored_entry, stored_job, with_entry
 from conveyor.job import FINAL_STATES, PENDING_STATES, AttemptOutcome, Job, JobState
 
 

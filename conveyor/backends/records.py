@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from conveyor.backends.base import ClaimToken, NewJob, OutcomeKind
+from conveyor.backends.base import ClaimToken, NewJob
 from conveyor.codec import decode_json
 from conveyor.job import HISTORY_LIMIT, AttemptOutcome, Job, JobState, attempt_entry, utc
 
@@ -116,23 +116,6 @@ def stored_entry(
 def with_entry(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
     """`history` with `entry` appended, cut to the newest HISTORY_LIMIT."""
     return [*history[-(HISTORY_LIMIT - 1) :], entry]
-
-
-def attempt_outcome(kind: OutcomeKind, *, timed_out: bool = False) -> AttemptOutcome:
-    """How the history names an attempt that ended with an outcome of `kind`
-    (after a requested cancel has turned a hand-back or retry into CANCELLED)."""
-    if timed_out and kind in (OutcomeKind.FAILED, OutcomeKind.SCHEDULED):
-        return AttemptOutcome.TIMED_OUT
-    return _ATTEMPT_OUTCOMES[kind]
-
-
-_ATTEMPT_OUTCOMES: Final = {
-    OutcomeKind.COMPLETED: AttemptOutcome.COMPLETED,
-    OutcomeKind.FAILED: AttemptOutcome.FAILED,
-    OutcomeKind.SCHEDULED: AttemptOutcome.RETRYING,
-    OutcomeKind.CANCELLED: AttemptOutcome.CANCELLED,
-    OutcomeKind.QUEUED: AttemptOutcome.HANDED_BACK,
-}
 
 
 def new_job(

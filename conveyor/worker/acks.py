@@ -27,11 +27,12 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    attempt_outcome,
 )
 from conveyor.codec import decode_json, encode_json
 from conveyor.context import JobContext
 from conveyor.events import EventBus
-from conveyor.job import InvalidPayloadError, Job, JobState, utc
+from conveyor.job import HISTORY_LIMIT, InvalidPayloadError, Job, JobState, attempt_entry, utc
 
 if TYPE_CHECKING:
     from conveyor.registry import JobType
@@ -388,6 +389,15 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
     final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
     failed = outcome.kind in (OutcomeKind.FAILED, OutcomeKind.SCHEDULED)
     completed = outcome.kind is OutcomeKind.COMPLETED
+    # The attempt's history entry, as the backend adds it (minus a stall's).
+    error = None if completed or outcome.kind is OutcomeKind.QUEUED else outcome.error
+    entry = attempt_entry(
+        job.attempts,
+        job.started_at,
+        utc(outcome.at),
+        attempt_outcome(outcome.kind, timed_out=outcome.timed_out).value,
+        error,
+    )
     run_at = outcome.run_at
     if outcome.retry_in is not None:  # as the backend reckons it, give or take the skew
         run_at = outcome.at + outcome.retry_in
@@ -399,5 +409,6 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
         # Like the error: a failure's own, none after a success, else as it was.
         traceback=outcome.traceback if failed else None if completed else job.traceback,
         finished_at=utc(outcome.at) if final else None,
+        history=[*job.history[-(HISTORY_LIMIT - 1) :], entry],
         run_at=utc(run_at) if run_at is not None else job.run_at,
     )

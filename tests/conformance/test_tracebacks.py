@@ -70,6 +70,10 @@ async def test_a_retried_and_a_final_failure_keep_their_tracebacks(app: Conveyor
     assert "ZeroDivisionError: division by zero" in retry_view.traceback
     (failed_view,) = failed
     assert failed_view.traceback == done.traceback
+    # ... and the history up to that attempt.
+    assert outcomes_of(retry_view) == ["retrying"]
+    assert outcomes_of(failed_view) == ["retrying", "failed"]
+    assert failed_view.history[-1]["error"] == "ValueError: still wrong after 2 tries"
     # One entry per attempt, oldest first.
     assert outcomes_of(done) == ["retrying", "failed"]
     first, second = done.history

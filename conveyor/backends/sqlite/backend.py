@@ -94,8 +94,8 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    attempt_outcome,
 )
-from conveyor.backends.records import attempt_outcome
 from conveyor.backends.sqlite import queries
 from conveyor.backends.sqlite.rows import claim_order, logs_json, row_to_job
 from conveyor.backends.sqlite.sql import (
