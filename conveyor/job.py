@@ -95,6 +95,8 @@ class Job:
     cancel_requested: bool = False
     duplicate: bool = False
     token: str | None = None
+    traceback: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -122,11 +124,55 @@ class Job:
             "timeout": self.timeout,
             "stalls": self.stalls,
             "logs": self.logs,
+            "traceback": self.traceback,
+            "history": [
+                {
+                    **entry,
+                    "started_at": _iso(entry["started_at"]),
+                    "finished_at": _iso(entry["finished_at"]),
+                }
+                for entry in self.history
+            ],
         }
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+# --------------------------------------------------------------------------- attempts
+
+HISTORY_LIMIT = 20
+"""How many attempts `Job.history` keeps (the newest)."""
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended, as `Job.history` records it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # for good
+    RETRYING = "retrying"  # failed, another attempt follows
+    TIMED_OUT = "timed out"  # ran out of its timeout (retried or not: see the state)
+    CANCELLED = "cancelled"
+    STALLED = "stalled"  # its lease expired: the worker was lost
+    HANDED_BACK = "handed back"  # returned unfinished; the attempt did not count
+
+
+def attempt_entry(
+    attempt: int,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    outcome: str,
+    error: str | None,
+) -> dict[str, Any]:
+    """One entry of `Job.history`."""
+    return {
+        "attempt": attempt,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "outcome": outcome,
+        "error": error,
+    }
 
 
 # --------------------------------------------------------------------------- errors

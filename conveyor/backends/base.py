@@ -44,6 +44,12 @@ Contract every backend keeps (the conformance suite checks it):
   backend's now, else at `run_at`; error kept; queued at once when due),
   CANCELLED, and QUEUED (handed back at shutdown: lease dropped, the attempt
   not counted; the next claim still gets a new token).
+* Every attempt that ends (by `finish`, `unclaim` or `recover_expired`)
+  appends an entry to the job's history (records.py's `stored_entry`:
+  attempt, started_at, finished_at, outcome as `attempt_outcome` names it or
+  "stalled" for an expired lease, error), keeping the newest HISTORY_LIMIT.
+  FAILED and SCHEDULED store `Outcome.traceback` as the job's traceback;
+  COMPLETED clears it, as it clears the error.
 * `unclaim(claim_id, now)` undoes a claim whose reply the worker never got
   (a lost reply, a timeout, a dropped connection: the claim may or may not
   have run). Every job still `running` under that claim id is handed back as
@@ -99,7 +105,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from conveyor.job import Job, JobState
+from conveyor.job import AttemptOutcome, Job, JobState
 
 ClaimToken = str
 """A claim's fencing token: opaque, compared for equality only, never reused
@@ -176,6 +182,23 @@ class OutcomeKind(enum.StrEnum):
     QUEUED = "queued"  # handed back unfinished at shutdown
 
 
+def attempt_outcome(kind: OutcomeKind, *, timed_out: bool = False) -> AttemptOutcome:
+    """How the history names an attempt that ended with an outcome of `kind`
+    (after a requested cancel has turned a hand-back or retry into CANCELLED)."""
+    if timed_out and kind in (OutcomeKind.FAILED, OutcomeKind.SCHEDULED):
+        return AttemptOutcome.TIMED_OUT
+    return _ATTEMPT_OUTCOMES[kind]
+
+
+_ATTEMPT_OUTCOMES: dict[OutcomeKind, AttemptOutcome] = {
+    OutcomeKind.COMPLETED: AttemptOutcome.COMPLETED,
+    OutcomeKind.FAILED: AttemptOutcome.FAILED,
+    OutcomeKind.SCHEDULED: AttemptOutcome.RETRYING,
+    OutcomeKind.CANCELLED: AttemptOutcome.CANCELLED,
+    OutcomeKind.QUEUED: AttemptOutcome.HANDED_BACK,
+}
+
+
 @dataclass(slots=True)
 class Outcome:
     """How one claimed job ended, reported with the claim's fencing token."""
@@ -193,6 +216,12 @@ class Outcome:
     retry_in: float | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
     progress: float | None = None
+    # For FAILED and SCHEDULED: the formatted traceback, already bounded in
+    # size; kept as `Job.traceback` (a COMPLETED outcome clears it).
+    traceback: str | None = None
+    # For FAILED and SCHEDULED: the attempt ran out of its timeout, which the
+    # job's history records as "timed out" rather than failed / retrying.
+    timed_out: bool = False
 
 
 class LeaseStatus(enum.StrEnum):

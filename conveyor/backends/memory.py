@@ -37,10 +37,11 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    attempt_outcome,
 )
 from conveyor.backends.memory_stores import MemoryStores
-from conveyor.backends.records import stored_job
-from conveyor.job import FINAL_STATES, PENDING_STATES, Job, JobState
+from conveyor.backends.records import stored_entry, stored_job, with_entry
+from conveyor.job import FINAL_STATES, PENDING_STATES, AttemptOutcome, Job, JobState
 
 
 @dataclass(slots=True)
@@ -69,6 +70,13 @@ class _Record:
     cancel_requested: bool = False
     final_seq: int = 0  # which entry of the retention ring is current
     logs: list[dict[str, Any]] = field(default_factory=list)
+    traceback: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def ended(self, outcome: AttemptOutcome, at: float, error: str | None) -> None:
+        """Record the end of the current attempt in the history."""
+        entry = stored_entry(self.attempts, self.started_at, at, outcome, error)
+        self.history = with_entry(self.history, entry)
 
     def snapshot(self, duplicate: bool = False) -> Job:
         return stored_job(
@@ -93,6 +101,8 @@ class _Record:
             stalls=self.stalls,
             cancel_requested=self.cancel_requested,
             duplicate=duplicate,
+            traceback=self.traceback,
+            history=self.history,
         )
 
 
@@ -276,9 +286,11 @@ class MemoryBackend(MemoryStores):
         """A running job (already out of `_running`) back to the queue with its
         attempt uncounted; a requested cancel ends it instead."""
         if rec.cancel_requested:
+            rec.ended(AttemptOutcome.CANCELLED, at, None)
             rec.error = "cancelled"
             self._finalize(rec, JobState.CANCELLED, at, _KEEP_ALL)
             return
+        rec.ended(AttemptOutcome.HANDED_BACK, at, None)
         rec.attempts -= 1
         rec.started_at = None
         rec.run_at = at
@@ -325,7 +337,17 @@ class MemoryBackend(MemoryStores):
                 if kind is OutcomeKind.QUEUED:
                     self._hand_back(rec, out.at)
                     requeued = True
-                elif kind is OutcomeKind.SCHEDULED:
+                    accepted.append(True)
+                    continue
+                error = out.error
+                if kind is OutcomeKind.COMPLETED:
+                    error = None
+                elif kind is OutcomeKind.CANCELLED:
+                    error = error or ("cancelled" if rec.cancel_requested else None)
+                else:
+                    rec.traceback = out.traceback
+                rec.ended(attempt_outcome(kind, timed_out=out.timed_out), out.at, error)
+                if kind is OutcomeKind.SCHEDULED:
                     rec.error = out.error
                     since = out.at  # the caller's clock, for its run_at
                     if out.retry_in is not None:
@@ -341,9 +363,10 @@ class MemoryBackend(MemoryStores):
                     if kind is OutcomeKind.COMPLETED:
                         rec.result = out.result
                         rec.error = None
+                        rec.traceback = None
                         rec.progress = 100.0
                     else:
-                        rec.error = out.error or ("cancelled" if rec.cancel_requested else None)
+                        rec.error = error
                         rec.result = out.result
                     self._finalize(rec, JobState(kind.value), out.at, retention)
                 accepted.append(True)
@@ -413,6 +436,8 @@ class MemoryBackend(MemoryStores):
             for rec in [r for r in self._running.values() if r.lease_until < now]:
                 del self._running[rec.id]
                 rec.stalls += 1
+                stalled = f"lease expired at attempt {rec.attempts} (worker lost)"
+                rec.ended(AttemptOutcome.STALLED, now, stalled)
                 if rec.cancel_requested:
                     rec.error = "cancelled"
                     self._finalize(rec, JobState.CANCELLED, now, retention)

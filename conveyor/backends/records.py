@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from conveyor.backends.base import ClaimToken, NewJob
 from conveyor.codec import decode_json
-from conveyor.job import Job, JobState, utc
+from conveyor.job import HISTORY_LIMIT, AttemptOutcome, Job, JobState, attempt_entry, utc
 
 STATES: Final = {s.value: s for s in JobState}
 
@@ -42,11 +42,16 @@ def stored_job(
     cancel_requested: bool,
     duplicate: bool = False,
     token: ClaimToken | None = None,
+    traceback: str | None = None,
+    history: str | list[dict[str, Any]] | None = None,
 ) -> Job:
     """A `Job` from stored fields: JSON text (`payload`, `result`, `logs`,
-    empty or None meaning none), epoch seconds (None: not set)."""
+    `history`, empty or None meaning none), epoch seconds (None: not set).
+    `history` holds stored entries (see `stored_entry`)."""
     if isinstance(logs, str):
         logs = [] if logs in ("", "[]") else decode_json(logs)
+    if isinstance(history, str):
+        history = [] if history in ("", "[]") else decode_json(history)
     return Job(
         id=id,
         name=name,
@@ -70,7 +75,47 @@ def stored_job(
         cancel_requested=cancel_requested,
         duplicate=duplicate,
         token=token,
+        traceback=traceback or None,
+        history=[_entry(stored) for stored in history] if history else [],
     )
+
+
+def _entry(stored: dict[str, Any]) -> dict[str, Any]:
+    return attempt_entry(
+        stored["attempt"],
+        utc(stored["started_at"]),
+        utc(stored["finished_at"]),
+        stored["outcome"],
+        stored["error"] or None,
+    )
+
+
+# --------------------------------------------------------------------------- history
+# Stored, a history is a JSON array of entries in this key order (Redis's
+# scripts find entry boundaries by the leading "attempt" key), times as epoch
+# seconds; at most HISTORY_LIMIT, oldest first.
+
+
+def stored_entry(
+    attempt: int,
+    started_at: float | None,
+    finished_at: float | None,
+    outcome: AttemptOutcome,
+    error: str | None,
+) -> dict[str, Any]:
+    """One history entry as a backend stores it."""
+    return {
+        "attempt": attempt,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "outcome": outcome.value,
+        "error": error,
+    }
+
+
+def with_entry(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """`history` with `entry` appended, cut to the newest HISTORY_LIMIT."""
+    return [*history[-(HISTORY_LIMIT - 1) :], entry]
 
 
 def new_job(

@@ -30,6 +30,16 @@ STATE_STYLES: dict[str, str] = {
     "failed": "red",
     "cancelled": "magenta",
 }
+# How each attempt of a job's history ended (job.py's AttemptOutcome).
+ATTEMPT_STYLES: dict[str, str] = {
+    "completed": "green",
+    "failed": "red",
+    "retrying": "yellow",
+    "timed out": "red",
+    "cancelled": "magenta",
+    "stalled": "yellow",
+    "handed back": "blue",
+}
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -254,13 +264,46 @@ def job_view(job: Job) -> RenderableType:
         parts.append(Panel(JSON.from_data(job.result), title="result", title_align="left"))
     if job.logs:
         parts.append(Panel(_logs_table(job.logs), title="log", title_align="left"))
+    if job.history:
+        parts.append(Panel(_history_table(job.history), title="attempts", title_align="left"))
     if job.error:
         parts.append(
             Panel(
                 Text(job.error, style="red"), title="error", title_align="left", border_style="red"
             )
         )
+    if job.traceback:
+        parts.append(
+            Panel(
+                Text(job.traceback.rstrip("\n")),
+                title="traceback of the last failure",
+                title_align="left",
+                border_style="red",
+            )
+        )
     return Group(*parts)
+
+
+def _history_table(history: Sequence[dict[str, Any]]) -> Table:
+    """One row per attempt (the newest the job keeps), oldest first."""
+    table = Table(box=None, padding=(0, 2), show_edge=False)
+    for column in ("attempt", "outcome", "started", "took", "error"):
+        table.add_column(column, style="dim" if column in ("started", "took") else "")
+    for entry in history:
+        started, finished = entry["started_at"], entry["finished_at"]
+        took = "-"
+        if started is not None and finished is not None:
+            took = f"{(finished - started).total_seconds():.3f} s"
+        stamp = "-" if started is None else started.astimezone().strftime("%H:%M:%S.%f")[:-3]
+        outcome = str(entry["outcome"])
+        table.add_row(
+            str(entry["attempt"]),
+            Text(outcome, style=ATTEMPT_STYLES.get(outcome, "")),
+            stamp,
+            took,
+            snippet(entry["error"]),
+        )
+    return table
 
 
 def _logs_table(logs: Sequence[dict[str, Any]]) -> Table:

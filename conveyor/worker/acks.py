@@ -11,8 +11,11 @@ through lease expiry.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -24,11 +27,12 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    attempt_outcome,
 )
 from conveyor.codec import decode_json, encode_json
 from conveyor.context import JobContext
 from conveyor.events import EventBus
-from conveyor.job import InvalidPayloadError, Job, JobState, utc
+from conveyor.job import HISTORY_LIMIT, InvalidPayloadError, Job, JobState, attempt_entry, utc
 from conveyor.outage import Outage
 
 if TYPE_CHECKING:
@@ -39,6 +43,24 @@ logger = logging.getLogger("conveyor.worker")
 # Retries against an unreachable backend back off up to this, no further: once
 # it is back, acknowledgements must go out before their jobs' leases expire.
 MAX_RETRY_PAUSE = 1.0
+
+# The most of one traceback kept on a job (UTF-8 bytes, the cut note included):
+# the innermost frames, where the error is, are the ones kept.
+TRACEBACK_LIMIT = 8192
+
+# Where the code that calls a handler lives: the worker, the registry's
+# call, and the pool a blocking handler runs on.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RUNNER_DIRS = frozenset(
+    {_HERE}
+    | {os.path.dirname(os.path.abspath(m.__file__ or "")) for m in (concurrent.futures, asyncio)}
+)
+_RUNNER_FILES = frozenset({os.path.join(os.path.dirname(_HERE), "registry.py")})
+
+
+def _is_runner_frame(filename: str) -> bool:
+    return filename in _RUNNER_FILES or os.path.dirname(filename) in _RUNNER_DIRS
+
 
 # Why a handler was told to stop; decides the outcome that gets recorded.
 CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "released"
@@ -86,16 +108,68 @@ def stopped(job: Job, ctx: JobContext) -> Outcome | None:
 
 
 def failure(
-    job: Job, exc: BaseException, *, final: bool, job_type: JobType[Any] | None = None
+    job: Job,
+    exc: BaseException,
+    *,
+    final: bool,
+    job_type: JobType[Any] | None = None,
+    timed_out: bool = False,
 ) -> Outcome:
     now = time.time()
     error = f"{type(exc).__name__}: {exc}"
+    tb = bounded_traceback(exc)
     if not final and job.attempts <= job.max_retries:
         delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
-        return Outcome(
-            job.id, token_of(job), OutcomeKind.SCHEDULED, now, error=error, retry_in=delay
-        )
-    return Outcome(job.id, token_of(job), OutcomeKind.FAILED, now, error=error)
+        kind = OutcomeKind.SCHEDULED
+    else:
+        kind, delay = OutcomeKind.FAILED, None
+    return Outcome(
+        job.id,
+        token_of(job),
+        kind,
+        now,
+        error=error,
+        retry_in=delay,
+        traceback=tb,
+        timed_out=timed_out,
+    )
+
+
+def bounded_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
+    """The formatted traceback of `exc` (with its chained causes), at most
+    `limit` UTF-8 bytes. A longer one keeps its innermost frames and the
+    exception, cut between two frames, under a note saying how many earlier
+    frames were left out. Kept on the job and written to the log, so a deep
+    recursion must not store or log megabytes."""
+    formatted = traceback.TracebackException.from_exception(exc)
+    # The frames above the handler's (the worker's, the thread pool's) say
+    # nothing about the error.
+    stack = formatted.stack
+    while len(stack) > 1 and _is_runner_frame(stack[0].filename):
+        stack = traceback.StackSummary.from_list(stack[1:])
+    formatted.stack = stack
+    parts = list(formatted.format())
+    sizes = [len(part.encode()) for part in parts]
+    if sum(sizes) <= limit:
+        return "".join(parts)
+    header = "Traceback (most recent call last):\n"
+    room = limit - len(header.encode()) - 120  # the note
+    kept: list[str] = []
+    # format_exception yields one element per frame (file line and source
+    # line together), so stopping between elements cuts at a frame boundary.
+    for part, size in zip(reversed(parts), reversed(sizes), strict=True):
+        if size > room:
+            if not kept:  # the exception line alone is too long: keep its start
+                kept.append(part.encode()[:room].decode(errors="ignore") + "... (cut)\n")
+            break
+        kept.append(part)
+        room -= size
+    left_out = sum(1 for part in parts[: len(parts) - len(kept)] if part.startswith("  File "))
+    note = f"  ... {left_out} earlier frame(s) left out to keep it under {limit} bytes ...\n"
+    body = "".join(reversed(kept))
+    if body.startswith(header):
+        body = body[len(header) :]
+    return header + note + body
 
 
 def timed_out(job: Job) -> TimeoutError:
@@ -252,15 +326,23 @@ class Acknowledgements:
                 )
                 continue
             kind = outcome.kind
+            # One traceback per failed attempt, with the line that says it.
             if kind is OutcomeKind.FAILED:
-                logger.error("job %s %s failed for good: %s", job.name, job.id, outcome.error)
+                logger.error(
+                    "job %s %s failed for good: %s%s",
+                    job.name,
+                    job.id,
+                    outcome.error,
+                    _indented(outcome.traceback),
+                )
             elif kind is OutcomeKind.SCHEDULED:
                 logger.warning(
-                    "job %s %s attempt %d failed (%s); retrying",
+                    "job %s %s attempt %d failed (%s); retrying%s",
                     job.name,
                     job.id,
                     job.attempts,
                     outcome.error,
+                    _indented(outcome.traceback),
                 )
             name = _EVENT_OF[kind]
             if name is not None and events.wants(name):
@@ -287,6 +369,11 @@ _EVENT_OF: dict[OutcomeKind, str | None] = {
 }
 
 
+def _indented(tb: str | None) -> str:
+    """A traceback to end a log line with (nothing when there is none)."""
+    return "" if not tb else "\n" + tb.rstrip("\n")
+
+
 def _finished_view(job: Job, outcome: Outcome) -> Job:
     """The job as it stands after `outcome`, for event callbacks (no refetch)."""
     state = {
@@ -300,6 +387,17 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
     if outcome.result is not None:
         result = decode_json(outcome.result)
     final = outcome.kind in (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
+    failed = outcome.kind in (OutcomeKind.FAILED, OutcomeKind.SCHEDULED)
+    completed = outcome.kind is OutcomeKind.COMPLETED
+    # The attempt's history entry, as the backend adds it (minus a stall's).
+    error = None if completed or outcome.kind is OutcomeKind.QUEUED else outcome.error
+    entry = attempt_entry(
+        job.attempts,
+        job.started_at,
+        utc(outcome.at),
+        attempt_outcome(outcome.kind, timed_out=outcome.timed_out).value,
+        error,
+    )
     run_at = outcome.run_at
     if outcome.retry_in is not None:  # as the backend reckons it, give or take the skew
         run_at = outcome.at + outcome.retry_in
@@ -308,6 +406,9 @@ def _finished_view(job: Job, outcome: Outcome) -> Job:
         state=state,
         result=result,
         error=outcome.error,
+        # Like the error: a failure's own, none after a success, else as it was.
+        traceback=outcome.traceback if failed else None if completed else job.traceback,
         finished_at=utc(outcome.at) if final else None,
+        history=[*job.history[-(HISTORY_LIMIT - 1) :], entry],
         run_at=utc(run_at) if run_at is not None else job.run_at,
     )

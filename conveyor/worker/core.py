@@ -448,7 +448,9 @@ class Worker(GracefulStop):
             outcome = success(job, ctx, result)
         except asyncio.CancelledError:
             if ctx.stop_reason == TIMED_OUT:
-                outcome = failure(job, timed_out(job), final=False, job_type=job_type)
+                outcome = failure(
+                    job, timed_out(job), final=False, job_type=job_type, timed_out=True
+                )
             else:
                 outcome = stopped(job, ctx)
                 if outcome is None and ctx.stop_reason is None:
@@ -459,7 +461,9 @@ class Worker(GracefulStop):
             outcome = failure(job, exc, final=True)
         except Exception as exc:
             if ctx.stop_reason == TIMED_OUT:
-                outcome = failure(job, timed_out(job), final=False, job_type=job_type)
+                outcome = failure(
+                    job, timed_out(job), final=False, job_type=job_type, timed_out=True
+                )
             elif ctx.stop_reason is not None:
                 outcome = stopped(job, ctx)
             else:

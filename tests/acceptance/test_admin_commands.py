@@ -162,6 +162,30 @@ def test_jobs_show(jobs: Jobs) -> None:
     assert "Permanent: boom 0" in failed.stdout
 
 
+def test_jobs_show_prints_the_traceback_and_the_attempts(jobs: Jobs) -> None:
+    job_id = jobs.failed[0]
+    data = _json("--url", jobs.url, "jobs", "show", job_id, "--json")
+    assert isinstance(data, dict)
+    traceback = data["traceback"]
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert ", in bad\n" in traceback  # the handler's frame, down to the raising line
+    assert traceback.rstrip().endswith("Permanent: boom 0")
+    (attempt,) = data["history"]
+    assert attempt["attempt"] == 1 and attempt["outcome"] == "failed"
+    assert attempt["error"] == "Permanent: boom 0"
+    assert attempt["started_at"] <= attempt["finished_at"]
+
+    shown = invoke("--url", jobs.url, "jobs", "show", job_id)
+    assert shown.exit_code == 0
+    for text in ("attempts", "traceback of the last failure", "Traceback (most recent call"):
+        assert text in shown.stdout, text
+    assert shown.stdout.count("Permanent: boom 0") >= 3  # the attempt, the error, the traceback
+
+    # A job that never failed shows neither.
+    completed = invoke("--url", jobs.url, "jobs", "show", jobs.completed[0])
+    assert "Traceback" not in completed.stdout
+
+
 def test_cancel_by_id_and_by_key(jobs: Jobs) -> None:
     result = invoke("--url", jobs.url, "cancel", jobs.scheduled)
     assert result.exit_code == 0, result.output

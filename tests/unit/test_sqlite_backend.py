@@ -304,7 +304,8 @@ async def test_a_version_1_database_is_upgraded_to_claim_tokens(tmp_path: Path) 
     await b.claim(["default"], 1, 30, now)
     await b.close()
     raw = sqlite3.connect(path)
-    raw.execute("ALTER TABLE conveyor_jobs DROP COLUMN token")  # the version 1 table
+    for column in ("token", "traceback", "history"):  # the version 1 table
+        raw.execute(f"ALTER TABLE conveyor_jobs DROP COLUMN {column}")
     raw.execute("UPDATE conveyor_meta SET value = '1' WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
@@ -320,8 +321,8 @@ async def test_a_version_1_database_is_upgraded_to_claim_tokens(tmp_path: Path) 
             columns = [row[1] for row in raw.execute("PRAGMA table_info(conveyor_jobs)")]
         finally:
             raw.close()
-        assert int(version) == SCHEMA_VERSION == 2
-        assert "token" in columns
+        assert int(version) == SCHEMA_VERSION == 3
+        assert {"token", "traceback", "history"} <= set(columns)
         assert await upgraded.heartbeat([Heartbeat(held.id, "1")], 30, now) == [LeaseStatus.LOST]
         [recovered] = await upgraded.recover_expired(now + 60, 1)
         assert recovered.id == held.id and recovered.state is JobState.QUEUED
@@ -329,6 +330,53 @@ async def test_a_version_1_database_is_upgraded_to_claim_tokens(tmp_path: Path) 
         assert {j.id for j in claimed} == {held.id, waiting.id}
         outcomes = [Outcome(j.id, j.token, OutcomeKind.COMPLETED, now + 61) for j in claimed]
         assert await upgraded.finish(outcomes, Retention()) == [True, True]
+    finally:
+        await upgraded.close()
+
+
+async def test_a_version_2_database_is_upgraded_to_tracebacks_and_history(
+    tmp_path: Path,
+) -> None:
+    """Version 3 adds the traceback and history columns. Jobs stored before
+    have neither (None and an empty history); their next attempts add both."""
+    path = tmp_path / "jobs.db"
+    url = url_for(path)
+    b = SQLiteBackend(url)
+    await b.open()
+    (old,) = await b.enqueue([new_job()])
+    await b.close()
+    raw = sqlite3.connect(path)
+    for column in ("traceback", "history"):  # the version 2 table
+        raw.execute(f"ALTER TABLE conveyor_jobs DROP COLUMN {column}")
+    raw.execute("UPDATE conveyor_meta SET value = '2' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+
+    upgraded = SQLiteBackend(url)
+    await upgraded.open()
+    try:
+        raw = sqlite3.connect(path)
+        try:
+            version = raw.execute(
+                "SELECT value FROM conveyor_meta WHERE key = 'schema_version'"
+            ).fetchone()[0]
+            columns = [row[1] for row in raw.execute("PRAGMA table_info(conveyor_jobs)")]
+        finally:
+            raw.close()
+        assert int(version) == SCHEMA_VERSION == 3
+        assert {"traceback", "history"} <= set(columns)
+        stored = await upgraded.get(old.id)
+        assert stored is not None and stored.traceback is None and stored.history == []
+        now = time.time()
+        (claimed,) = await upgraded.claim(["default"], 1, 30, now)
+        assert claimed.token is not None
+        failed = Outcome(
+            claimed.id, claimed.token, OutcomeKind.FAILED, now + 1, error="E", traceback="tb"
+        )
+        assert await upgraded.finish([failed], Retention()) == [True]
+        after = await upgraded.get(old.id)
+        assert after is not None and after.traceback == "tb"
+        assert [entry["outcome"] for entry in after.history] == ["failed"]
     finally:
         await upgraded.close()
 

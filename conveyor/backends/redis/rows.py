@@ -39,6 +39,8 @@ FIELDS = (
     "logs",
     "stalls",
     "cancel_requested",
+    "traceback",
+    "history",
 )
 LEASE_STATUS = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
 
@@ -74,6 +76,8 @@ def row_to_job(values: Sequence[Any], duplicate: bool = False) -> Job:
         logs,
         stalls,
         cancel_requested,
+        traceback,
+        history,
     ) = values
     return stored_job(
         id=job_id,
@@ -97,6 +101,8 @@ def row_to_job(values: Sequence[Any], duplicate: bool = False) -> Job:
         stalls=int(stalls or 0),
         cancel_requested=cancel_requested == "1",
         duplicate=duplicate,
+        traceback=traceback,
+        history=history,
     )
 
 
@@ -151,6 +157,8 @@ def outcomes_json(outcomes: Sequence[Outcome]) -> str:
                 logs_arg(out.logs),
                 num_arg(out.progress),
                 num_arg(out.retry_in),
+                out.traceback or "",
+                "1" if out.timed_out else "",
             )
             for out in outcomes
         ],

@@ -94,6 +94,7 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
+    attempt_outcome,
 )
 from conveyor.backends.sqlite import queries
 from conveyor.backends.sqlite.rows import claim_order, logs_json, row_to_job
@@ -288,7 +289,21 @@ class SQLiteBackend(SQLiteStores):
                         trim[("completed", queue)] = keep_completed
                 elif kind is OutcomeKind.FAILED or kind is OutcomeKind.CANCELLED:
                     error = out.error or ("cancelled" if cancel_requested else None)
-                    final.append((kind.value, out.at, out.result, error, out.progress, logs, seq))
+                    ended = attempt_outcome(kind, timed_out=out.timed_out).value
+                    final.append(
+                        # ?1 to ?7, then ?8 the traceback and ?9 the attempt's outcome
+                        (
+                            kind.value,
+                            out.at,
+                            out.result,
+                            error,
+                            out.progress,
+                            logs,
+                            seq,
+                            out.traceback,
+                            ended,
+                        )
+                    )
                     if kind is OutcomeKind.FAILED and keep_failed is not None:
                         trim[("failed", queue)] = keep_failed
                 elif kind is OutcomeKind.SCHEDULED:
@@ -299,7 +314,21 @@ class SQLiteBackend(SQLiteStores):
                     else:
                         run_at = out.run_at if out.run_at is not None else out.at
                     state = "scheduled" if run_at > since else "queued"
-                    retry.append((state, run_at, out.error, out.progress, logs, seq))
+                    ended = attempt_outcome(kind, timed_out=out.timed_out).value
+                    retry.append(
+                        # ?1 to ?6, then ?7 the traceback, ?8 the end and ?9 the outcome
+                        (
+                            state,
+                            run_at,
+                            out.error,
+                            out.progress,
+                            logs,
+                            seq,
+                            out.traceback,
+                            out.at,
+                            ended,
+                        )
+                    )
                 else:  # QUEUED
                     requeue.append((out.at, out.progress, logs, seq))
             if completed:

@@ -36,6 +36,8 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
         stalls,
         cancel_requested,
         logs,
+        traceback,
+        history,
     ) = row
     return stored_job(
         id=job_id,
@@ -59,6 +61,8 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
         stalls=stalls,
         cancel_requested=bool(cancel_requested),
         duplicate=duplicate,
+        traceback=traceback,
+        history=history,
     )
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-# 2: the claim token column (see UPGRADES). A database at a newer version
-# than this code knows is refused, so old workers cannot open an upgraded file.
-SCHEMA_VERSION: Final = 2
+from conveyor.job import HISTORY_LIMIT
+
+# 2: the claim token column; 3: traceback and history (see UPGRADES). A
+# database at a newer version than this code knows is refused, so old workers
+# cannot open an upgraded file.
+SCHEMA_VERSION: Final = 3
 
 # Above this many queues the per-queue UNION ALL claim (each branch an index
 # range scan) would be too long a statement; fall back to one IN-list scan.
@@ -41,9 +44,13 @@ CREATE TABLE conveyor_jobs (
     stalls           INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     logs             TEXT NOT NULL DEFAULT '[]',  -- JSON array
-    token            TEXT   -- the fencing token of the current claim, NULL once the job
-                            -- stops running, so that a claim made by a release that
+    token            TEXT,  -- the fencing token of the current claim (NULL once the job
+                            -- stops running) so that a claim made by a release that
                             -- knows no tokens never inherits a stale one
+    traceback        TEXT,  -- of the failure the error column describes
+    history          TEXT NOT NULL DEFAULT '[]'  -- JSON array: the last attempts
+    -- No commas or semicolons in these comments: ALTER TABLE DROP COLUMN (tests make
+    -- older tables with it) takes one for the end of the column before.
 );
 -- Partial indexes hold only the rows each hot query looks at, so they stay
 -- small and an insert touches few of them. The rowid (seq) ends every index,
@@ -94,6 +101,11 @@ UPGRADES: Final = (
     # (lowered again by a hand-back) did. Running jobs get no token, so their
     # claims made by older code are fenced off and come back by lease expiry.
     ("ALTER TABLE conveyor_jobs ADD COLUMN token TEXT",),
+    # 3: the traceback of the last failure and the history of attempts.
+    (
+        "ALTER TABLE conveyor_jobs ADD COLUMN traceback TEXT",
+        "ALTER TABLE conveyor_jobs ADD COLUMN history TEXT NOT NULL DEFAULT '[]'",
+    ),
 )
 
 # Added since schema version 1 was first released, created on open when
@@ -115,7 +127,7 @@ SCHEMA_ADDITIONS: Final = (
 COLS: Final = (
     "seq, id, name, queue, payload, state, priority, max_retries, timeout, key, created_at,"
     " run_at, attempts, result, error, progress, started_at, finished_at, stalls,"
-    " cancel_requested, logs"
+    " cancel_requested, logs, traceback, history"
 )
 
 INSERT: Final = (
@@ -147,29 +159,55 @@ _APPEND_LOGS: Final = (
     " ELSE substr(logs, 1, length(logs) - 1) || ',' || substr({p}, 2) END"
 )
 
+
+def _append_history(finished_at: str, outcome: str, error: str) -> str:
+    """The SET term that ends the current attempt in the history: an entry
+    (records.py's stored_entry, from the row's attempts and started_at as they
+    were before this UPDATE) appended, the oldest dropped beyond the limit.
+    The arguments are SQL expressions."""
+    return (
+        "history = json_insert(CASE WHEN json_array_length(history) >= "
+        f"{HISTORY_LIMIT} THEN json_remove(history, '$[0]') ELSE history END, '$[#]',"
+        f" json_object('attempt', attempts, 'started_at', {_exact('started_at')},"
+        f" 'finished_at', {_exact(finished_at)}, 'outcome', {outcome}, 'error', {error}))"
+    )
+
+
+def _exact(time: str) -> str:
+    """A time as a JSON number with every digit of the double: a bare REAL
+    in json_object gets 15 significant digits, microseconds off the stored
+    times (and off the other backends' histories); 17 read back exactly."""
+    return f"CASE WHEN {time} IS NULL THEN NULL ELSE json(printf('%!.17g', {time})) END"
+
+
+_COMPLETED, _HANDED_BACK = "'completed'", "'handed back'"
 HEARTBEAT: Final = (
     f"UPDATE conveyor_jobs SET lease_until = ?1, {_APPEND_LOGS.format(p='?2')} WHERE seq = ?3"
 )
 FINISH_COMPLETED: Final = (
     "UPDATE conveyor_jobs SET state = 'completed', finished_at = ?1, result = ?2, error = NULL,"
-    " token = NULL,"
+    f" token = NULL, traceback = NULL, {_append_history('?1', _COMPLETED, 'NULL')},"
     f" progress = 100.0, {_APPEND_LOGS.format(p='?3')} WHERE seq = ?4"
 )
-# FAILED and CANCELLED: final, error and result as reported.
+# FAILED and CANCELLED: final, error and result as reported; a failure's
+# traceback (?8), the attempt's outcome in the history (?9).
 FINISH_FINAL: Final = (
     "UPDATE conveyor_jobs SET state = ?1, finished_at = ?2, result = ?3, error = ?4, token = NULL,"
+    " traceback = CASE WHEN ?1 = 'failed' THEN ?8 ELSE traceback END,"
+    f" {_append_history('?2', '?9', '?4')},"
     f" progress = coalesce(?5, progress), {_APPEND_LOGS.format(p='?6')} WHERE seq = ?7"
 )
 # SCHEDULED: a retry; the state (scheduled or, if already due, queued) is
-# decided in Python.
+# decided in Python. ?7 the traceback, ?8 when the attempt ended, ?9 its outcome.
 FINISH_RETRY: Final = (
-    "UPDATE conveyor_jobs SET state = ?1, run_at = ?2, error = ?3, token = NULL,"
+    "UPDATE conveyor_jobs SET state = ?1, run_at = ?2, error = ?3, token = NULL, traceback = ?7,"
+    f" {_append_history('?8', '?9', '?3')},"
     f" progress = coalesce(?4, progress), {_APPEND_LOGS.format(p='?5')} WHERE seq = ?6"
 )
 # QUEUED: handed back at shutdown, so this attempt does not count.
 FINISH_REQUEUE: Final = (
-    "UPDATE conveyor_jobs SET state = 'queued', attempts = attempts - 1, started_at = NULL,"
-    " token = NULL,"
+    f"UPDATE conveyor_jobs SET {_append_history('?1', _HANDED_BACK, 'NULL')},"
+    " state = 'queued', attempts = attempts - 1, started_at = NULL, token = NULL,"
     f" run_at = ?1, progress = coalesce(?2, progress), {_APPEND_LOGS.format(p='?3')}"
     " WHERE seq = ?4"
 )
@@ -187,8 +225,13 @@ PROGRESS: Final = (
 # A claim whose reply was lost: its jobs go back as if handed back (attempt
 # not counted), a cancel-requested one ends cancelled, as in _finish. The
 # running jobs are few (bounded by worker concurrency), found by the state index.
-UNCLAIM: Final = """
+UNCLAIM: Final = f"""
 UPDATE conveyor_jobs SET
+    {
+    _append_history(
+        "?1", "CASE WHEN cancel_requested THEN 'cancelled' ELSE 'handed back' END", "NULL"
+    )
+},
     token = NULL,
     state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END,
@@ -203,6 +246,11 @@ WHERE state = 'running' AND token = ?2
 # not run again: it ends cancelled.
 RECOVER: Final = f"""
 UPDATE conveyor_jobs SET
+    {
+    _append_history(
+        "?1", "'stalled'", "'lease expired at attempt ' || attempts || ' (worker lost)'"
+    )
+},
     token = NULL,
     stalls = stalls + 1,
     state = CASE WHEN cancel_requested THEN 'cancelled'

@@ -6,7 +6,9 @@
 local P = ARGV[1]
 local FIELDS = {"name", "queue", "payload", "state", "attempts", "max_retries", "priority",
   "key", "result", "error", "progress", "created_at", "run_at", "started_at", "finished_at",
-  "timeout", "logs", "stalls", "cancel_requested"}
+  "timeout", "logs", "stalls", "cancel_requested", "traceback", "history"}
+-- job.py's HISTORY_LIMIT: the attempts a job's history keeps.
+local HISTORY_LIMIT = 20
 -- A ready score orders by priority, then due time in milliseconds since
 -- 2025-01-01; equal scores fall back to the member, the job id, which sorts by
 -- creation time. priority * 2^42 + ms stays exact in a double (below 2^53)
@@ -104,6 +106,34 @@ local function append_logs(key, items)
   else
     redis.call("HSET", key, "logs", string.sub(current, 1, -2) .. "," .. string.sub(items, 2))
   end
+end
+
+-- End the job's current attempt in its history (a JSON array of entries in
+-- records.py's stored_entry form), read before the attempt count or start
+-- time change. Times are the stored text, so they keep every digit. Every
+-- entry begins with {"attempt": and inside an encoded error string the quote
+-- would be escaped, so '},{"attempt":' only ever marks an entry boundary:
+-- the oldest entry is cut there without decoding the array.
+local function end_attempt(key, outcome, at, err)
+  local h = redis.call("HMGET", key, "attempts", "started_at", "history")
+  local started = h[2]
+  if not started or started == "" then started = "null" end
+  local err_json = "null"
+  if err and err ~= "" then err_json = cjson.encode(err) end
+  local entry = '{"attempt":' .. (h[1] or "0") .. ',"started_at":' .. started
+    .. ',"finished_at":' .. at .. ',"outcome":"' .. outcome .. '","error":' .. err_json .. "}"
+  local current = h[3]
+  if not current or current == "" or current == "[]" then
+    current = "[" .. entry .. "]"
+  else
+    local _, n = string.gsub(current, '{"attempt":', "")
+    if n >= HISTORY_LIMIT then
+      local cut = string.find(current, '},{"attempt":', 1, true)
+      current = "[" .. string.sub(current, cut + 2)
+    end
+    current = string.sub(current, 1, -2) .. "," .. entry .. "]"
+  end
+  redis.call("HSET", key, "history", current)
 end
 
 local function delete_job(id)
@@ -243,18 +273,25 @@ end
 -- cancel-requested one ends cancelled instead.
 local function hand_back(batch, id, queue, priority, cancel_requested, at)
   if cancel_requested == "1" then
+    end_attempt(jkey(id), "cancelled", at, "")
     finalize(batch, id, queue, "cancelled", at, "", {"error", "cancelled"})
     return
   end
   local key = jkey(id)
+  end_attempt(key, "handed back", at, "")
   redis.call("HINCRBY", key, "attempts", -1)
   redis.call("HSET", key, "state", "queued", "started_at", "", "run_at", at, "token", "")
   wake(queue, make_ready(id, queue, priority, at), 1)
 end
 
+-- How the history names an attempt that ended with an outcome of `kind`
+-- (records.py's attempt_outcome).
+local ATTEMPT_OUTCOME = {completed = "completed", failed = "failed", scheduled = "retrying",
+  cancelled = "cancelled"}
+
 -- Apply outcomes [[id, token, kind, at, result, error, run_at, logs, progress,
--- retry_in]] of claims; returns 1/0 per outcome: 0 when the token no longer
--- holds the job.
+-- retry_in, traceback, timed_out ("1" or "")]] of claims; returns 1/0 per
+-- outcome: 0 when the token no longer holds the job.
 local function finish_jobs(keep_completed, keep_failed, outcomes)
   local keep = {completed = keep_completed, failed = keep_failed, cancelled = ""}
   local batch = batch_new()
@@ -276,6 +313,15 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
         kind = "cancelled" -- a cancel outlives the attempt
         if err == "" then err = "cancelled" end
       end
+      if kind ~= "queued" then
+        local ended = ATTEMPT_OUTCOME[kind]
+        if o[12] == "1" and (kind == "failed" or kind == "scheduled") then ended = "timed out" end
+        if kind == "completed" then
+          end_attempt(key, ended, at, "")
+        else
+          end_attempt(key, ended, at, err)
+        end
+      end
       if kind == "queued" then
         hand_back(batch, id, queue, h[4], "0", at)
       elseif kind == "scheduled" then
@@ -289,14 +335,20 @@ local function finish_jobs(keep_completed, keep_failed, outcomes)
           run_at = at
         end
         if tonumber(run_at) > tonumber(since) then
-          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "scheduled", "token", "")
+          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "scheduled", "token", "",
+            "traceback", o[11])
           batch_add(batch, scheduled_key(queue), run_at, id)
         else
-          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued", "token", "")
+          redis.call("HSET", key, "error", err, "run_at", run_at, "state", "queued", "token", "",
+            "traceback", o[11])
           wake(queue, make_ready(id, queue, h[4], run_at), 1)
         end
       elseif kind == "completed" then
-        finalize(batch, id, queue, kind, at, keep[kind], {"result", result, "error", "", "progress", 100})
+        finalize(batch, id, queue, kind, at, keep[kind],
+          {"result", result, "error", "", "progress", 100, "traceback", ""})
+      elseif kind == "failed" then
+        finalize(batch, id, queue, kind, at, keep[kind],
+          {"result", result, "error", err, "traceback", o[11]})
       else
         finalize(batch, id, queue, kind, at, keep[kind], {"result", result, "error", err})
       end

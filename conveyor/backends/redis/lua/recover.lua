@@ -8,9 +8,11 @@ for _, queue in ipairs(redis.call("SMEMBERS", P .. ":queues")) do
   local running = running_key(queue)
   for _, id in ipairs(redis.call("ZRANGEBYSCORE", running, "-inf", "(" .. now_text, "LIMIT", 0, 1000)) do
     local key = jkey(id)
-    local h = redis.call("HMGET", key, "state", "lease_until", "priority", "cancel_requested")
+    local h = redis.call("HMGET", key, "state", "lease_until", "priority", "cancel_requested",
+      "attempts")
     redis.call("ZREM", running, id)
     if h[1] == "running" and tonumber(h[2]) < now then
+      end_attempt(key, "stalled", now_text, "lease expired at attempt " .. h[5] .. " (worker lost)")
       local stalls = redis.call("HINCRBY", key, "stalls", 1)
       if h[4] == "1" then
         finalize(batch, id, queue, "cancelled", now_text, "", {"error", "cancelled"})
