@@ -35,9 +35,10 @@ async def send_welcome(payload: Welcome, ctx: JobContext) -> dict[str, bool]:
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    async with conveyor:  # open now (a bad URL fails the start-up), close on shutdown
-        async with conveyor.worker(concurrency=4):  # stopped gracefully on shutdown
-            yield
+    # Opened now (a bad URL fails the start-up), the worker runs in this event
+    # loop; on shutdown the worker stops gracefully, then conveyor is closed.
+    async with conveyor, conveyor.worker(concurrency=4):
+        yield
 
 
 api = FastAPI(lifespan=lifespan)

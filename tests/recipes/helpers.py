@@ -57,7 +57,9 @@ class Child:
                 if text in line:
                     return line
             if self.proc.poll() is not None and not self._reader.is_alive():
-                raise AssertionError(f"exited {self.proc.returncode} before {text!r}:\n{self.output}")
+                raise AssertionError(
+                    f"exited {self.proc.returncode} before {text!r}:\n{self.output}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {text!r} after {timeout} s:\n{self.output}")
             time.sleep(0.02)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -66,7 +65,6 @@ def _jobs(django_site: dict[str, Any]) -> ModuleType:
 
 def test_a_rolled_back_signup_enqueues_nothing(django_site: dict[str, Any]) -> None:
     from django.db import transaction
-
     from shop.models import Customer
 
     conveyor = _jobs(django_site).conveyor
@@ -83,7 +81,6 @@ def test_signup_enqueues_on_commit_and_the_management_command_runs_it(
     django_site: dict[str, Any],
 ) -> None:
     from django.test import Client
-
     from shop.models import Customer
 
     conveyor = _jobs(django_site).conveyor

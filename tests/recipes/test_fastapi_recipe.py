@@ -8,8 +8,8 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx

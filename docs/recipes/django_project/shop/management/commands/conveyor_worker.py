@@ -17,7 +17,9 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
         parser.add_argument("--queues", default=None, help="queues to serve, comma-separated")
 
-    def handle(self, *args: Any, concurrency: int | None, queues: str | None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, concurrency: int | None, queues: str | None, **options: Any
+    ) -> None:
         worker = conveyor.worker(
             concurrency=concurrency, queues=queues.split(",") if queues else None
         )
