@@ -1,10 +1,13 @@
-"""Helpers for the recipe tests: child processes whose output is read as it comes.
+"""Helpers for the recipe tests: the recipes imported from docs/recipes, and
+child processes whose output is read as it comes.
 
 Waiting is polling with a deadline, never a fixed sleep.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import os
 import signal
 import subprocess
@@ -13,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 PROJECT_ROOT = RECIPES.parents[1]
@@ -83,3 +87,19 @@ class Child:
 
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+_loaded = itertools.count()
+
+
+def load_recipe(file_name: str) -> ModuleType:
+    """Import docs/recipes/<file_name> afresh (a new module, so a new Conveyor
+    built from the environment of the test that loads it)."""
+    path = RECIPES / file_name
+    name = f"recipe_{path.stem}_{next(_loaded)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pydantic resolves the module's annotations through it
+    spec.loader.exec_module(module)
+    return module

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.recipes.helpers import RECIPES, WAIT, Child, python
+from .helpers import RECIPES, WAIT, Child, python
 
 PROJECT = RECIPES / "django_project"
 

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.recipes.conftest import load_recipe
-from tests.recipes.helpers import RECIPES, WAIT, Child, python
+from .helpers import RECIPES, WAIT, Child, load_recipe, python
 
 
 def _poll_until_completed(get: Any, job_id: str) -> dict[str, Any]:
@@ -41,12 +40,14 @@ async def asgi_lifespan(app: Any) -> AsyncIterator[None]:
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
     task = asyncio.create_task(app(scope, to_app.get, from_app.put))
     await to_app.put({"type": "lifespan.startup"})
-    assert (await from_app.get())["type"] == "lifespan.startup.complete"
+    started = await from_app.get()
+    assert started["type"] == "lifespan.startup.complete", started
     try:
         yield
     finally:
         await to_app.put({"type": "lifespan.shutdown"})
-        assert (await from_app.get())["type"] == "lifespan.shutdown.complete"
+        stopped = await from_app.get()
+        assert stopped["type"] == "lifespan.shutdown.complete", stopped
         await task
 
 

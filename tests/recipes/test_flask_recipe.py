@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.recipes.conftest import load_recipe
-from tests.recipes.helpers import RECIPES, WAIT, Child, python
+from .helpers import RECIPES, WAIT, Child, load_recipe, python
 
 
 def test_a_view_enqueues_and_the_flask_worker_command_runs_it(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.recipes.helpers import Child, python
+from .helpers import Child, python
 
 SCRIPT = """
 import asyncio, logging, sys

@@ -1,6 +1,7 @@
 """`python manage.py conveyor_worker`: a conveyor worker with Django set up, so
-handlers use the ORM and settings. Runs until SIGTERM/SIGINT, then finishes
-(or hands back) the jobs it is running."""
+handlers use the ORM and settings (`conveyor worker shop.jobs:conveyor` would
+import the handlers before `django.setup()`). Runs until SIGTERM/SIGINT, then
+finishes (or hands back) the jobs it is running."""
 
 import asyncio
 from typing import Any
