@@ -32,6 +32,7 @@ from conveyor.backends.base import (
 )
 from conveyor.context import JobContext
 from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
+from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
 from conveyor.worker.acks import (
@@ -142,6 +143,7 @@ class Worker(GracefulStop):
         if self._started:
             raise InvalidOptionError("this worker was already started; make a new one")
         self._started = True
+        show_worker_logs_if_unconfigured()
         await self._open()
         self._loop = asyncio.get_running_loop()
         self._deadlines = Deadlines(self._loop, self._abort)
