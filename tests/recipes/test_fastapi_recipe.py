@@ -95,7 +95,7 @@ def test_under_uvicorn_the_worker_and_ctx_log_lines_appear(tmp_path: Path) -> No
             assert response.status_code == 202, response.text
             job_id = response.json()["job"]
             _poll_until_completed(client.get, job_id)
-        line = server.wait_for("email.welcome")
+        line = server.wait_for("conveyor.job: email.welcome")
         assert "INFO conveyor.job:" in line and "sending" in line, server.output
     finally:
         code = server.stop(signal.SIGINT)

@@ -34,7 +34,7 @@ def test_a_view_enqueues_and_the_flask_worker_command_runs_it(tmp_path: Path) ->
             assert time.monotonic() < deadline, body
             time.sleep(0.02)
         assert body["result"] == {"sent": True}
-        assert "sending" in worker.wait_for("email.welcome")
+        assert "sending" in worker.wait_for("conveyor.job: email.welcome")
     finally:
         code = worker.stop()
     assert code == 0, worker.output

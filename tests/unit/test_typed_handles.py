@@ -111,6 +111,10 @@ def test_mypy_accepts_the_right_payloads_and_rejects_the_wrong_ones(tmp_path: Pa
             "--config-file",
             str(ROOT / "pyproject.toml"),
             "--no-error-summary",
+            # Its own cache: a shared one replays a same-named module's errors
+            # with the path of an earlier run's temporary file.
+            "--cache-dir",
+            str(tmp_path / "mypy-cache"),
             "--show-error-codes",
             str(source),
         ],
