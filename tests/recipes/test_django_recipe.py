@@ -103,7 +103,8 @@ def test_signup_enqueues_on_commit_and_the_management_command_runs_it(
         assert done.state.value == "completed", done
         assert done.result == {"email": "ada@example.com"}
         assert Customer.objects.get(pk=customer_id).welcomed_at is not None
-        assert "welcoming" in worker.wait_for("conveyor.job: shop.welcome")  # ctx.log, shown on stderr
+        # ctx.log, shown on stderr
+        assert "welcoming" in worker.wait_for("conveyor.job: shop.welcome")
     finally:
         code = worker.stop()
     assert code == 0, worker.output
