@@ -32,6 +32,16 @@ CONVEYOR_SHUTDOWN_TIMEOUT = "CONVEYOR_SHUTDOWN_TIMEOUT"
 CONVEYOR_SCHEDULER = "CONVEYOR_SCHEDULER"
 # A worker exits once its queues have nothing due and it runs nothing: true/false (default off).
 CONVEYOR_BURST = "CONVEYOR_BURST"
+# Seconds a claim holds a job without a heartbeat (default 30).
+CONVEYOR_LEASE = "CONVEYOR_LEASE"
+# Seconds between heartbeats (default min(lease / 3, 1)).
+CONVEYOR_HEARTBEAT_INTERVAL = "CONVEYOR_HEARTBEAT_INTERVAL"
+# Seconds between looks for expired leases (default min(lease / 2, 5)).
+CONVEYOR_RECOVER_INTERVAL = "CONVEYOR_RECOVER_INTERVAL"
+# Lease expiries a job survives before it fails (default 1).
+CONVEYOR_MAX_STALLED = "CONVEYOR_MAX_STALLED"
+# Threads of timed-out sync handlers tolerated before they take slots (default: concurrency).
+CONVEYOR_MAX_ABANDONED_THREADS = "CONVEYOR_MAX_ABANDONED_THREADS"
 # The CLI shows the full traceback of an error instead of one line.
 CONVEYOR_DEBUG = "CONVEYOR_DEBUG"
 # The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
@@ -50,6 +60,11 @@ BEHAVIOUR = (
     CONVEYOR_SHUTDOWN_TIMEOUT,
     CONVEYOR_SCHEDULER,
     CONVEYOR_BURST,
+    CONVEYOR_LEASE,
+    CONVEYOR_HEARTBEAT_INTERVAL,
+    CONVEYOR_RECOVER_INTERVAL,
+    CONVEYOR_MAX_STALLED,
+    CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_DEBUG,
 )
 
@@ -122,6 +137,11 @@ _WORKER_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shutdown_timeout": (CONVEYOR_SHUTDOWN_TIMEOUT, env_float),
     "scheduler": (CONVEYOR_SCHEDULER, env_bool),
     "burst": (CONVEYOR_BURST, env_bool),
+    "lease": (CONVEYOR_LEASE, env_float),
+    "heartbeat_interval": (CONVEYOR_HEARTBEAT_INTERVAL, env_float),
+    "recover_interval": (CONVEYOR_RECOVER_INTERVAL, env_float),
+    "max_stalled": (CONVEYOR_MAX_STALLED, env_int),
+    "max_abandoned_threads": (CONVEYOR_MAX_ABANDONED_THREADS, env_int),
 }
 
 

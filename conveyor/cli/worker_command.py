@@ -21,7 +21,13 @@ from conveyor.cli.loading import load_app_with_url
 from conveyor.settings import (
     CONVEYOR_BURST,
     CONVEYOR_CONCURRENCY,
+    CONVEYOR_HEARTBEAT_INTERVAL,
+    CONVEYOR_LEASE,
+    CONVEYOR_MAX_ABANDONED_THREADS,
+    CONVEYOR_MAX_STALLED,
+    CONVEYOR_PREFETCH,
     CONVEYOR_QUEUES,
+    CONVEYOR_RECOVER_INTERVAL,
     CONVEYOR_SCHEDULER,
     CONVEYOR_SHUTDOWN_TIMEOUT,
 )
@@ -61,17 +67,44 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     f"[env {CONVEYOR_SHUTDOWN_TIMEOUT}; default 30].",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help=f"Jobs claimed ahead of free slots [env {CONVEYOR_PREFETCH}; default 0].",
+)
+@click.option(
     "--lease",
     type=click.FloatRange(min=0, min_open=True),
     metavar="S",
     help="Seconds a claim lasts without a heartbeat before another worker may take "
-    "the job [default 30].",
+    f"the job [env {CONVEYOR_LEASE}; default 30].",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help=f"Seconds between heartbeats [env {CONVEYOR_HEARTBEAT_INTERVAL}; "
+    "default min(lease/3, 1)].",
+)
+@click.option(
+    "--recover-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help=f"Seconds between looks for expired leases [env {CONVEYOR_RECOVER_INTERVAL}; "
+    "default min(lease/2, 5)].",
 )
 @click.option(
     "--max-stalled",
     type=click.IntRange(min=0),
     metavar="N",
-    help="Lease expiries a job survives before it fails [default 1].",
+    help=f"Lease expiries a job survives before it fails [env {CONVEYOR_MAX_STALLED}; default 1].",
+)
+@click.option(
+    "--max-abandoned-threads",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Threads of sync handlers that ran past their timeout tolerated before they "
+    f"take slots [env {CONVEYOR_MAX_ABANDONED_THREADS}; default: the concurrency].",
 )
 @click.option(
     "--burst",
@@ -95,8 +128,12 @@ def worker(
     queues: str | None,
     scheduler: bool | None,
     shutdown_timeout: float | None,
+    prefetch: int | None,
     lease: float | None,
+    heartbeat_interval: float | None,
+    recover_interval: float | None,
     max_stalled: int | None,
+    max_abandoned_threads: int | None,
     burst: bool | None,
     log_level: str,
 ) -> None:
@@ -114,8 +151,12 @@ def worker(
         "queues": _split_queues(queues) if queues is not None else None,
         "scheduler": scheduler,
         "shutdown_timeout": shutdown_timeout,
+        "prefetch": prefetch,
         "lease": lease,
+        "heartbeat_interval": heartbeat_interval,
+        "recover_interval": recover_interval,
         "max_stalled": max_stalled,
+        "max_abandoned_threads": max_abandoned_threads,
         "burst": burst,
     }
     the_worker = app.worker(**settings)

@@ -63,6 +63,50 @@ def test_worker_flags_win_over_environment(
     assert settings.concurrency == 3
 
 
+# Every worker setting: its flag, a value for it, and its environment variable.
+EVERY_SETTING = [
+    ("prefetch", "--prefetch", "4", "CONVEYOR_PREFETCH", 4),
+    ("lease", "--lease", "12", "CONVEYOR_LEASE", 12.0),
+    ("heartbeat_interval", "--heartbeat-interval", "0.5", "CONVEYOR_HEARTBEAT_INTERVAL", 0.5),
+    ("recover_interval", "--recover-interval", "2", "CONVEYOR_RECOVER_INTERVAL", 2.0),
+    ("max_stalled", "--max-stalled", "3", "CONVEYOR_MAX_STALLED", 3),
+    ("max_abandoned_threads", "--max-abandoned-threads", "2", "CONVEYOR_MAX_ABANDONED_THREADS", 2),
+    ("shutdown_timeout", "--shutdown-timeout", "9", "CONVEYOR_SHUTDOWN_TIMEOUT", 9.0),
+    ("concurrency", "--concurrency", "6", "CONVEYOR_CONCURRENCY", 6),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "flag", "value", "variable", "expected"),
+    EVERY_SETTING,
+    ids=[s[0] for s in EVERY_SETTING],
+)
+def test_every_worker_setting_has_a_flag_and_an_environment_variable(
+    in_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    db_url: str,
+    served: list[tuple[Conveyor, Any]],
+    field: str,
+    flag: str,
+    value: str,
+    variable: str,
+    expected: object,
+) -> None:
+    (in_tmp / "every_mod.py").write_text(
+        "from conveyor import Conveyor\napp = Conveyor()\n@app.job('a')\ndef a(payload): ...\n"
+    )
+    result = invoke("--url", db_url, "worker", "every_mod", flag, value)
+    assert result.exit_code == 0, result.output
+    assert getattr(served[-1][1].settings, field) == expected
+    monkeypatch.setenv(variable, value)
+    result = invoke("--url", db_url, "worker", "every_mod")
+    assert result.exit_code == 0, result.output
+    assert getattr(served[-1][1].settings, field) == expected
+    monkeypatch.setenv(variable, "not-a-number")
+    result = invoke("--url", db_url, "worker", "every_mod")
+    assert result.exit_code != 0 and variable in error_line(result.stderr)
+
+
 def test_url_flag_wins_over_the_url_in_the_code(
     in_tmp: Path, db_url: str, served: list[tuple[Conveyor, Any]]
 ) -> None:
