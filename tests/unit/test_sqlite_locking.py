@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -263,3 +264,42 @@ async def test_opening_a_database_another_process_holds_locked_says_it_is_busy(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+async def test_a_freeze_right_after_taking_the_lock_counts_as_holding_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker frozen between its BEGIN IMMEDIATE and the first statement of
+    its transaction holds the write lock all along: when it resumes, the
+    leases of healthy workers (whose heartbeats could not be stored) must be
+    made up for before its own lease recovery runs, or it takes their jobs."""
+    from conveyor.backends.sqlite import writer
+
+    url = f"sqlite:///{db_path}"
+    healthy, frozen = SQLiteBackend(url), SQLiteBackend(url)
+    await healthy.open()
+    await frozen.open()
+    try:
+        job = await claim_one(healthy, lease=1.0)
+        real = writer._lock_taken
+        froze: list[float] = []
+
+        def freeze_once(conn: Any) -> None:
+            if not froze and threading.current_thread().name.startswith("conveyor-sqlite"):
+                froze.append(time.time())
+                time.sleep(2.5)  # the process is stopped with the lock held
+            real(conn)
+
+        monkeypatch.setattr(writer, "_lock_taken", freeze_once)
+        await frozen.enqueue([new_job()])  # the frozen transaction
+        monkeypatch.setattr(writer, "_lock_taken", real)
+        assert froze, "the freeze happened"
+        # The healthy worker's heartbeats were refused meanwhile; the resumed
+        # worker's recovery runs first and must leave the job alone.
+        assert await frozen.recover_expired(time.time(), 1) == []
+        assert await healthy.heartbeat([Heartbeat(job.id, job.token)], 1.0, time.time()) == [
+            LeaseStatus.HELD
+        ]
+    finally:
+        await healthy.close()
+        await frozen.close()

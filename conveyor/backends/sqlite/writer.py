@@ -106,11 +106,15 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     Taking the lock up front means two connections never both hold a read
     snapshot and then try to upgrade it, which SQLite can only resolve by
     failing one of them at once (SQLITE_BUSY_SNAPSHOT)."""
+    # Read before BEGIN: a process frozen between taking the lock and reading
+    # the clock held the lock all along, and the hold must count from here.
+    asked_at = time.time()
     conn.execute("BEGIN IMMEDIATE")
     aware = conn if isinstance(conn, LockAwareConnection) else None
     try:
         if aware is not None:
             _lock_taken(aware)
+            aware.taken_at = min(aware.taken_at, asked_at)
         yield
         if aware is not None:
             _before_commit(aware)
