@@ -41,7 +41,14 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.memory_stores import MemoryStores
 from conveyor.backends.records import stored_entry, stored_job, with_entry
-from conveyor.job import FINAL_STATES, PENDING_STATES, AttemptOutcome, Job, JobState
+from conveyor.job import (
+    FINAL_STATES,
+    PENDING_STATES,
+    AttemptOutcome,
+    InvalidOptionError,
+    Job,
+    JobState,
+)
 
 
 @dataclass(slots=True)
@@ -116,6 +123,11 @@ class MemoryBackend(MemoryStores):
     capabilities = Capabilities(recurring=True, locks=True, cache=True)
 
     def __init__(self, url: str = "memory://") -> None:
+        rest = url.partition("://")[2]
+        if rest.strip("/"):
+            # Nothing to configure: a host, a path or an option is a mistake
+            # (a typo'd scheme of another backend, say), not to be ignored.
+            raise InvalidOptionError(f"{url!r}: memory:// takes no host, path or options")
         self.url = url
         super().__init__()
         self._seq = 0

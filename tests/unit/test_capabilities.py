@@ -108,3 +108,12 @@ def test_the_blocking_twin_takes_the_connection_too() -> None:
             app.enqueue_sync("work", {"n": 1}, connection=object())
     finally:
         app.close_sync()
+
+
+@pytest.mark.parametrize("url", ["memory://?x=1", "memory://foo", "memory:///path"])
+def test_memory_urls_take_no_options(url: str) -> None:
+    from conveyor import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="memory:// takes no host, path or options"):
+        Conveyor(url)
+    assert Conveyor("memory://").url == "memory://"
