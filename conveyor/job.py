@@ -201,6 +201,11 @@ class UnsupportedURLError(ConveyorError, ValueError):
 class BackendUnavailableError(ConveyorError, ConnectionError):
     """The backend cannot be reached or opened."""
 
+    # True when the backend has already logged the outage this error is part
+    # of (the Redis backend says "unreachable" once per outage), so that a
+    # caller that logs outages too does not say it a second time at ERROR.
+    logged: bool = False
+
 
 class NotSupportedError(ConveyorError, NotImplementedError):
     """The backend declared that it cannot do this (see its capabilities)."""

@@ -21,6 +21,7 @@ class Outage:
         self._where = where
         self._since: float | None = None
         self._failures = 0
+        self._loud = True
 
     @property
     def ongoing(self) -> bool:
@@ -31,7 +32,11 @@ class Outage:
         self._failures += 1
         if self._since is None:
             self._since = time.monotonic()
-            logger.error(
+            # A backend that logged this outage itself (at ERROR) is not
+            # echoed at ERROR: one ERROR line per outage.
+            self._loud = not getattr(exc, "logged", False)
+            logger.log(
+                logging.ERROR if self._loud else logging.INFO,
                 "backend %s unavailable (%s: %s); retrying until it answers",
                 self._where,
                 call,
@@ -49,7 +54,8 @@ class Outage:
         """A call to the backend, sent at `sent_at` (`clock()`), succeeded. A
         call sent before the outage began says nothing of its end."""
         if self._since is not None and sent_at >= self._since:
-            logger.warning(
+            logger.log(
+                logging.WARNING if self._loud else logging.INFO,
                 "backend %s reachable again after %.1f s (%d failed call(s))",
                 self._where,
                 time.monotonic() - self._since,

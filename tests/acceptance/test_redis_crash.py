@@ -445,6 +445,10 @@ def test_workers_ride_out_a_redis_restart(
         last_up = max(m.start() for m in _reachable(own_redis).finditer(out))
         assert last_down < last_up, out
         assert "Traceback" not in out, out
+        # One ERROR line per outage (the Redis client's), not one per call
+        # of each of the worker's loops.
+        errors = [line for line in out.splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors
 
     assert _stats(producer) == {
         "scheduled": 0,

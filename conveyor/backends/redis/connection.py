@@ -132,7 +132,9 @@ class RedisConnection:
         if self._down_since is None:
             self._down_since = time.monotonic()
             logger.error("Redis at %s is unreachable (%s)", self._settings.display(), exc)
-        return BackendUnavailableError(f"Redis at {self._settings.display()} unreachable: {exc}")
+        error = BackendUnavailableError(f"Redis at {self._settings.display()} unreachable: {exc}")
+        error.logged = True
+        return error
 
     def _reached(self) -> None:
         if self._down_since is not None:
