@@ -14,6 +14,7 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("conveyor.backends.sqlite", "SQLiteBackend", None),
     "redis": ("conveyor.backends.redis", "RedisBackend", "redis"),
     "rediss": ("conveyor.backends.redis", "RedisBackend", "redis"),
+    "unix": ("conveyor.backends.redis", "RedisBackend", "redis"),  # Redis's unix socket
 }
 
 

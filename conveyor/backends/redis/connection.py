@@ -104,6 +104,9 @@ class RedisConnection:
         try:
             await self._pair()[0].call("PING")
         except (RedisConnectionLost, RedisReplyError) as exc:
+            # A connection that was made but refused (NOAUTH) would stay open:
+            # the app never counts as opened, so it never closes the backend.
+            await self._pair()[0].aclose()
             raise BackendUnavailableError(
                 f"cannot reach Redis at {self._settings.display()}: {exc}"
             ) from exc

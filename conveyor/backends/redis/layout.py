@@ -1,9 +1,10 @@
 """The Redis backend's key layout, URL and ready-set scores.
 
-URL: `redis://[:password@]host:port/db?prefix=conveyor` (or `rediss://` for
-TLS). All keys start with the hash tag `{prefix}`, so on a Redis Cluster a
-deployment lives in one slot and every script touches that slot only; run
-several prefixes to spread several apps over shards.
+URL: `redis://[[user]:password@]host:port/db?prefix=conveyor` (or `rediss://`
+for TLS, or `unix:///path/to/redis.sock?db=0&prefix=conveyor`). All keys
+start with the hash tag `{prefix}`, so on a Redis Cluster a deployment lives
+in one slot and every script touches that slot only; run several prefixes to
+spread several apps over shards.
 
 Key layout (P = "{prefix}"; <pair> = "<bytes of queue>:<queue>:<job name>"):
 
@@ -67,21 +68,24 @@ def server_time(seconds: str | int, micros: str | int) -> float:
     return float(f"{int(seconds)}.{int(micros):06d}")
 
 
-# The query options a redis:// URL may carry (a typo must not pass unseen).
+# The query options a redis:// URL may carry (a typo must not pass unseen);
+# a unix:// URL has no path left for the database, so it comes as ?db=N.
 _URL_OPTIONS = frozenset({"prefix"})
+_UNIX_URL_OPTIONS = frozenset({"prefix", "db"})
 
 
 def parse_url(url: str) -> tuple[str, str]:
     """The URL for redis-py (without our options) and the key prefix tag."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
+    if parts.scheme not in ("redis", "rediss", "unix"):
         raise InvalidOptionError(f"not a Redis URL: {url!r}")
+    known = _UNIX_URL_OPTIONS if parts.scheme == "unix" else _URL_OPTIONS
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(options) - _URL_OPTIONS)
+    unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidOptionError(
             f"unknown option(s) {', '.join(map(repr, unknown))} in {url!r}; "
-            f"known: {', '.join(sorted(_URL_OPTIONS))}"
+            f"known: {', '.join(sorted(known))}"
         )
     prefix = options.pop("prefix", "conveyor")
     if not prefix or any(c in prefix for c in "{}: "):

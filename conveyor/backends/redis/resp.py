@@ -8,7 +8,7 @@ resolved by `data_received`; replies come back in order, so concurrent callers
 pipeline on the same connection for free.
 
 It does what the backend needs and no more: URL options (password, username,
-db, TLS for rediss://), reconnecting with backoff after the server went away,
+db, TLS for rediss://, unix:// sockets), reconnecting with backoff after the server went away,
 and following a cluster's MOVED redirection (all of conveyor's keys share one
 hash tag, so one node serves them all).
 """
@@ -23,7 +23,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 
@@ -107,28 +107,43 @@ _TLS_HANDSHAKE = 2.0
 
 
 class RedisURL:
-    """Connection settings parsed from redis:// or rediss:// URLs."""
+    """Connection settings parsed from redis://, rediss:// or unix:// URLs
+    (`unix:///path/to/redis.sock?db=0`, as redis-py spells them)."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"not a Redis URL: {url!r}")
         self.tls = parts.scheme == "rediss"
+        self.unix_path: str | None = None
         self.host = parts.hostname or "127.0.0.1"
-        try:
-            self.port = parts.port or 6379
-        except ValueError:
-            raise ValueError(f"the port in {url!r} must be a number from 0 to 65535") from None
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"the Redis database in {url!r} must be a number, got {path!r}")
-        self.db = int(path) if path else 0
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"{url!r} needs the socket's path: unix:///path/to/redis.sock")
+            self.unix_path = unquote(parts.path)
+            self.port = 0
+            db = dict(parse_qsl(parts.query)).get("db", "")
+        else:
+            try:
+                self.port = parts.port or 6379
+            except ValueError:
+                raise ValueError(f"the port in {url!r} must be a number from 0 to 65535") from None
+            db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"the Redis database in {url!r} must be a number, got {db!r}")
+        self.db = int(db) if db else 0
 
     def display(self) -> str:
+        """The URL to show in messages: the password masked."""
+        user = ""
+        if self.username or self.password:
+            user = f"{self.username or ''}{':***' if self.password else ''}@"
+        if self.unix_path is not None:
+            return f"unix://{user}{self.unix_path}?db={self.db}"
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{self.host}:{self.port}/{self.db}"
+        return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
 
 
 class RespClient:
@@ -162,17 +177,22 @@ class RespClient:
         context = ssl.create_default_context() if self.settings.tls else None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, protocol = await loop.create_connection(
-                    _Protocol,
-                    self.host,
-                    self.port,
-                    ssl=context,
-                    # A plain (non-TLS) server never answers a TLS hello: say
-                    # so soon rather than after the whole connect timeout.
-                    ssl_handshake_timeout=min(_TLS_HANDSHAKE, self._connect_timeout)
-                    if context is not None
-                    else None,
-                )
+                if self.settings.unix_path is not None:
+                    _, protocol = await loop.create_unix_connection(
+                        _Protocol, self.settings.unix_path
+                    )
+                else:
+                    _, protocol = await loop.create_connection(
+                        _Protocol,
+                        self.host,
+                        self.port,
+                        ssl=context,
+                        # A plain (non-TLS) server never answers a TLS hello: say
+                        # so soon rather than after the whole connect timeout.
+                        ssl_handshake_timeout=min(_TLS_HANDSHAKE, self._connect_timeout)
+                        if context is not None
+                        else None,
+                    )
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             if context is not None and (
@@ -184,7 +204,7 @@ class RespClient:
                     "is this a plain Redis port (then use redis://)?"
                 )
             raise RedisConnectionLost(
-                f"cannot connect to Redis at {self.host}:{self.port}: {reason}"
+                f"cannot connect to Redis at {self._where()}: {reason}"
             ) from exc
         hello: list[tuple[Arg, ...]] = []
         if self.settings.password is not None:
@@ -201,6 +221,9 @@ class RespClient:
                     protocol.transport.close()  # type: ignore[union-attr]
                     raise RedisConnectionLost(f"Redis refused the connection setup: {reply}")
         return protocol
+
+    def _where(self) -> str:
+        return self.settings.unix_path or f"{self.host}:{self.port}"
 
     async def call(self, *args: Arg, wait: float = 0.0) -> Any:
         """Run one command; raise RedisReplyError on an error reply."""
@@ -227,8 +250,7 @@ class RespClient:
         except TimeoutError:
             self.close()  # later replies would be misattributed: start afresh
             raise RedisConnectionLost(
-                f"no reply from Redis at {self.host}:{self.port} "
-                f"within {wait + self.reply_timeout:g} s"
+                f"no reply from Redis at {self._where()} within {wait + self.reply_timeout:g} s"
             ) from None
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
