@@ -3,8 +3,8 @@
 `core.Worker` runs jobs; beside it, each concern in a module of its own:
 `claims` (leasing jobs), `acks` (outcomes and their acknowledgement),
 `threads` (sync handlers), `clock` (claim leases and stop deadlines),
-`duties` (lease recovery, presence), `shutdown` (signals and a bounded stop)
-and `settings`. It talks to storage only through the `Backend` protocol.
+`leases` (heartbeats), `duties` (lease recovery, presence), `shutdown`
+(signals and a bounded stop) and `settings`. It talks to storage only through the `Backend` protocol.
 """
 
 from conveyor.worker.core import Worker

@@ -16,15 +16,13 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import (
     Backend,
     BlockingClaim,
-    Heartbeat,
-    LeaseStatus,
     Outcome,
     OutcomeKind,
     Retention,
@@ -36,7 +34,6 @@ from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
 from conveyor.worker.acks import (
-    CANCELLED,
     LOST,
     MAX_RETRY_PAUSE,
     RELEASED,
@@ -53,6 +50,7 @@ from conveyor.worker.acks import (
 from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker.duties import Presence, recover_expired_leases
+from conveyor.worker.leases import LeaseKeeping
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
@@ -70,7 +68,7 @@ logger = logging.getLogger("conveyor.worker")
 _HANDED_BACK_MEMORY = 10_000
 
 
-class Worker(GracefulStop):
+class Worker(LeaseKeeping, GracefulStop):
     def __init__(
         self,
         backend: Backend,
@@ -557,52 +555,6 @@ class Worker(GracefulStop):
         # claim; an idle or stopped one leaves it to the flusher.
         if self._idle_now or self._stopping.is_set() or self._loops[0].done():
             self._acks.flush()
-
-    # ------------------------------------------------------------------ leases
-
-    async def _heartbeat_loop(self) -> None:
-        backend = self.backend
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_every)
-            running = list(self._running.values())
-            waiting = list(self._backlog)
-            unacked = self._acks.heartbeats()
-            if not running and not waiting and not unacked:
-                continue
-            beats = [Heartbeat(r.job.id, token_of(r.job), r.ctx.take_logs()) for r in running]
-            beats += [Heartbeat(job.id, token_of(job)) for job in waiting]
-            sent_at, beat_sent = self._clock(), self._outage.clock()
-            try:
-                statuses = await backend.heartbeat(beats + unacked, self.settings.lease)
-            except Exception as exc:
-                self._outage.failed("heartbeat", exc)
-                for r, beat in zip(running, beats, strict=False):
-                    r.ctx._logs[:0] = beat.logs  # keep the lines for the next try
-                continue
-            self._outage.answered(beat_sent)
-            self._check_backlog(waiting, statuses[len(running) : len(beats)], sent_at)
-            for r, status in zip(running, statuses, strict=False):
-                if status is LeaseStatus.CANCEL:
-                    self._tell_stop(r, CANCELLED)
-                elif status is LeaseStatus.LOST and r.job.id in self._running:
-                    logger.warning("job %s lost its lease; abandoning this attempt", r.job.id)
-                    self._tell_stop(r, LOST)
-
-    def _check_backlog(
-        self, waiting: list[Job], statuses: Sequence[LeaseStatus], sent_at: float
-    ) -> None:
-        for job, status in zip(waiting, statuses, strict=True):
-            if job not in self._backlog:
-                continue
-            if status is LeaseStatus.HELD:
-                self._claims.claimed([job], sent_at)  # the lease runs on from this heartbeat
-                continue
-            self._backlog.remove(job)
-            self._claims.forget(job)
-            if status is LeaseStatus.CANCEL:
-                outcome = Outcome(job.id, token_of(job), OutcomeKind.CANCELLED, time.time())
-                outcome.error = "cancelled"
-                self._ack(outcome, job)
 
 
 def _queues_of(registry: Mapping[str, JobType[Any]]) -> tuple[str, ...]:
