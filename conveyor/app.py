@@ -456,6 +456,8 @@ class Conveyor(JobTypes, RecurringSchedules):
     def _check_fits(self, backend: Backend, jobs: Sequence[NewJob]) -> None:
         """Refuse, before anything is stored, what the backend cannot hold."""
         caps = backend.capabilities
+        if caps.priorities and caps.max_delay is None:
+            return  # nothing to check: the common case, kept off the enqueue path
         for new in jobs:
             if new.priority != 0:
                 self._require(caps.priorities, f"priorities (job {new.name!r} has {new.priority})")

@@ -91,7 +91,7 @@ def env_bool(name: str) -> bool | None:
 
 
 def env_queues(name: str = CONVEYOR_QUEUES) -> tuple[str, ...] | None:
-    return _read(name, _split_queues, "queue names separated by commas")
+    return _read(name, split_queues, "queue names separated by commas")
 
 
 def _read(name: str, parse: Callable[[str], T], expected: str) -> T | None:
@@ -120,7 +120,8 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def _split_queues(raw: str) -> tuple[str, ...]:
+def split_queues(raw: str) -> tuple[str, ...]:
+    """Queue names separated by commas; ValueError when there is none."""
     queues = tuple(q.strip() for q in raw.split(",") if q.strip())
     if not queues:
         raise ValueError(raw)

@@ -30,6 +30,7 @@ from conveyor.settings import (
     CONVEYOR_RECOVER_INTERVAL,
     CONVEYOR_SCHEDULER,
     CONVEYOR_SHUTDOWN_TIMEOUT,
+    split_queues,
 )
 from conveyor.worker import Worker
 
@@ -182,10 +183,10 @@ async def _serve(app: Conveyor, the_worker: Worker) -> None:
 
 
 def _split_queues(raw: str) -> tuple[str, ...]:
-    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
-    if not queues:
-        raise CliError(f"--queues needs at least one queue name, got {raw!r}")
-    return queues
+    try:
+        return split_queues(raw)
+    except ValueError:
+        raise CliError(f"--queues needs at least one queue name, got {raw!r}") from None
 
 
 def _configure_logging(level: str) -> None:

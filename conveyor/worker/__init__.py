@@ -4,7 +4,8 @@
 `claims` (leasing jobs), `acks` (outcomes and their acknowledgement),
 `threads` (sync handlers), `clock` (claim leases and stop deadlines),
 `leases` (heartbeats), `duties` (lease recovery, presence), `shutdown`
-(signals and a bounded stop) and `settings`. It talks to storage only through the `Backend` protocol.
+(signals and a bounded stop) and `settings`. It talks to storage only
+through the `Backend` protocol.
 """
 
 from conveyor.worker.core import Worker
