@@ -235,6 +235,10 @@ class Acknowledgements:
 
     def acknowledged(self, batch: Batch, accepted: Sequence[bool]) -> None:
         self.sent += len(batch.outcomes)
+        if not self._uncertain:  # no send has failed: every answer stands as given
+            self._count_and_emit(batch, accepted)
+            batch.outcomes, batch.jobs = [], []  # sent: never to be put back
+            return
         answered = Batch()
         answers: list[bool] = []
         for outcome, job, ok in zip(batch.outcomes, batch.jobs, accepted, strict=True):
