@@ -180,10 +180,10 @@ class PostgresBackend(PostgresStores):
                 "logs": [_logs_json(b.logs) for b in beats],
             },
         )
-        held = dict(rows)  # id -> cancel_requested
+        held = {(job_id, token): cancel for job_id, token, cancel in rows}
         statuses: list[LeaseStatus] = []
         for beat in beats:
-            cancel = held.pop(beat.job_id, None)  # a repeated beat finds it taken
+            cancel = held.pop((beat.job_id, beat.token), None)  # a repeated beat: LOST
             if cancel is None:
                 statuses.append(LeaseStatus.LOST)
             else:
@@ -201,13 +201,13 @@ class PostgresBackend(PostgresStores):
         self, outcomes: Sequence[Outcome]
     ) -> tuple[tuple[str, Params] | None, list[int]]:
         """The one UPDATE for a batch of outcomes, and the indexes it carries:
-        a job's second outcome in one batch is not sent (it finds the job no
-        longer running, as it would in a later batch)."""
+        a second outcome under the same claim in one batch is not sent (it
+        finds the job no longer running, as it would in a later batch)."""
         sent: list[int] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for index, out in enumerate(outcomes):
-            if out.job_id not in seen:
-                seen.add(out.job_id)
+            if (out.job_id, out.token) not in seen:
+                seen.add((out.job_id, out.token))
                 sent.append(index)
         if not sent:
             return None, sent
@@ -238,10 +238,10 @@ class PostgresBackend(PostgresStores):
     ) -> list[bool]:
         """Accepted flags from the finish UPDATE's rows (id, queue, new
         state); then retention and wake-ups for what it made claimable."""
-        changed = {job_id: (queue, state) for job_id, queue, state in rows}
+        changed = {(job_id, token): (queue, state) for job_id, token, queue, state in rows}
         accepted = [False] * len(outcomes)
         for index in sent:
-            accepted[index] = outcomes[index].job_id in changed
+            accepted[index] = (outcomes[index].job_id, outcomes[index].token) in changed
         await self._maintenance.after_finish(list(changed.values()), retention)
         await self._notify(
             sorted({queue for queue, state in changed.values() if state in _CLAIMABLE})

@@ -133,7 +133,7 @@ WITH now AS (SELECT {NOW} AS t)
 UPDATE {self.s}.jobs AS j SET lease_until = now.t + %(lease)s, {_append_logs("b.logs", "j.")}
 FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(logs)s::text[]) AS b(id, token, logs), now
 WHERE j.id = b.id AND j.state = 'running' AND j.token = b.token AND j.lease_until >= now.t
-RETURNING j.id, j.cancel_requested"""
+RETURNING j.id, b.token, j.cancel_requested"""
 
     @cached_property
     def finish(self) -> str:
@@ -189,7 +189,7 @@ FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(kinds)s::text[], %(ats)s::flo
      AS o(id, token, kind, at, result, error, run_at, retry_in, logs, progress, traceback,
           timed_out), now
 WHERE j.id = o.id AND j.state = 'running' AND j.token = o.token
-RETURNING j.id, j.queue, j.state"""
+RETURNING j.id, o.token, j.queue, j.state"""
 
     @cached_property
     def trim(self) -> str:
