@@ -54,6 +54,6 @@ def test_an_unanswering_server_fails_fast_with_the_address() -> None:
         await app.open()
 
     started = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match="127.0.0.1:1/test unreachable"):
+    with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:1/test unreachable"):
         asyncio.run(go())
     assert time.monotonic() - started < 10

@@ -286,7 +286,7 @@ class PostgresBackend(PostgresStores):
         # changes it and is not missed.
         mark = listener.mark(served)
         while True:
-            (queued, next_run, server_now), *_ = await self._fetch(self.q.probe, params)
+            (queued, next_run, server_now), *_ = await self._read(self.q.probe, params)
             if queued or (next_run is not None and next_run <= server_now):
                 return
             until = deadline
@@ -307,15 +307,13 @@ class PostgresBackend(PostgresStores):
     # ------------------------------------------------------------ inspecting
 
     async def get(self, job_id: str) -> Job | None:
-        rows = await self._fetch(
+        rows = await self._read(
             f"SELECT {COLS} FROM {self.q.s}.jobs WHERE id = %(v)s", {"v": job_id}
         )
         return row_to_job(rows[0]) if rows else None
 
     async def get_by_key(self, key: str) -> Job | None:
-        rows = await self._fetch(
-            f"SELECT {COLS} FROM {self.q.s}.jobs WHERE key = %(v)s", {"v": key}
-        )
+        rows = await self._read(f"SELECT {COLS} FROM {self.q.s}.jobs WHERE key = %(v)s", {"v": key})
         return row_to_job(rows[0]) if rows else None
 
     async def list_jobs(
@@ -333,7 +331,7 @@ class PostgresBackend(PostgresStores):
             if value is not None:
                 where.append(f"{column} = %({column})s")
                 params[column] = JobState(value).value if column == "state" else value
-        rows = await self._fetch(
+        rows = await self._read(
             f"SELECT {COLS} FROM {self.q.s}.jobs WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s",
             params,
@@ -361,7 +359,7 @@ class PostgresBackend(PostgresStores):
 
     async def stats(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for queue, state, count in await self._fetch(
+        for queue, state, count in await self._read(
             f"SELECT queue, state, count(*) FROM {self.q.s}.jobs GROUP BY queue, state"
         ):
             counts = out.get(queue)

@@ -82,7 +82,14 @@ class PostgresConnection:
         try:
             async with pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise self._unreachable(exc) from exc
+        except psycopg.OperationalError as exc:
+            # The server went away (or restarted): the other idle connections
+            # are most likely dead too. Drop them now, so that the calls after
+            # this one connect afresh rather than each failing once.
+            with contextlib.suppress(Exception):
+                await pool.check()
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: Exception) -> BackendUnavailableError:
@@ -97,6 +104,17 @@ class PostgresConnection:
         async with self._conn() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchall() if cur.description is not None else []
+
+    async def _read(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        """`_fetch` for a statement that changes nothing, tried once more on a
+        fresh connection when the first was cut (a server restart leaves the
+        pool's idle connections dead; reading again cannot do harm)."""
+        try:
+            return await self._fetch(query, params)
+        except BackendUnavailableError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+        return await self._fetch(query, params)
 
     async def _write(self, query: str, params: Params | None = None) -> int:
         """Run one statement; how many rows it changed."""
@@ -165,7 +183,7 @@ class PostgresConnection:
         self._pools, self._listeners = {}, {}
 
     async def clock(self) -> float:
-        rows = await self._fetch("SELECT extract(epoch FROM statement_timestamp())::float8")
+        rows = await self._read("SELECT extract(epoch FROM statement_timestamp())::float8")
         now: float = rows[0][0]
         return now
 
