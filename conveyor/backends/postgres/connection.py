@@ -122,19 +122,6 @@ class PostgresConnection:
             cur = await conn.execute(query, params)
             return cur.rowcount
 
-    async def _batch(
-        self, statements: Sequence[tuple[str, Params | None]]
-    ) -> list[list[tuple[Any, ...]]]:
-        """Several statements in one round trip (psycopg's pipeline mode),
-        each its own transaction; the rows of each, in order."""
-        async with self._conn() as conn:
-            results: list[list[tuple[Any, ...]]] = []
-            async with conn.pipeline():
-                cursors = [await conn.execute(query, params) for query, params in statements]
-            for cur in cursors:
-                results.append(await cur.fetchall() if cur.description is not None else [])
-            return results
-
     async def _notify(self, queues: Sequence[str]) -> None:
         if queues:
             await self._write(self.q.notify, {"channel": self.channel, "queues": list(queues)})
