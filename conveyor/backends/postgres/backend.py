@@ -176,7 +176,7 @@ class PostgresBackend(PostgresStores):
         rows = await self._fetch(
             self.q.unclaim, {"now": now, "token": claim_id, "commit": self._commit}
         )
-        await self._notify(sorted({queue for queue, state in rows if state == "queued"}))
+        await self._notify((queue, name) for queue, state, name in rows if state == "queued")
         return len(rows)
 
     async def heartbeat(
@@ -259,15 +259,19 @@ class PostgresBackend(PostgresStores):
         rows: list[tuple[Any, ...]],
         retention: Retention,
     ) -> list[bool]:
-        """Accepted flags from the finish UPDATE's rows (id, queue, new
-        state); then retention and wake-ups for what it made claimable."""
-        changed = {(job_id, token): (queue, state) for job_id, token, queue, state in rows}
+        """Accepted flags from the finish UPDATE's rows (id, token, queue,
+        new state, name); then retention and wake-ups for what it made
+        claimable."""
+        changed = {
+            (job_id, token): (queue, state, name) for job_id, token, queue, state, name in rows
+        }
         accepted = [False] * len(outcomes)
         for index in sent:
             accepted[index] = (outcomes[index].job_id, outcomes[index].token) in changed
-        await self._maintenance.after_finish(list(changed.values()), retention)
+        ended = [(queue, state) for queue, state, _ in changed.values()]
+        await self._maintenance.after_finish(ended, retention)
         await self._notify(
-            sorted({queue for queue, state in changed.values() if state in _CLAIMABLE})
+            (queue, name) for queue, state, name in changed.values() if state in _CLAIMABLE
         )
         return accepted
 
@@ -291,7 +295,7 @@ class PostgresBackend(PostgresStores):
         rows.sort(key=lambda row: row[0])
         jobs = [row_to_job(row) for row in rows]
         await self._maintenance.after_finish([(j.queue, j.state.value) for j in jobs], retention)
-        await self._notify(sorted({j.queue for j in jobs if j.state is JobState.QUEUED}))
+        await self._notify((j.queue, j.name) for j in jobs if j.state is JobState.QUEUED)
         await self._maintenance.tick()
         return jobs
 
@@ -303,13 +307,14 @@ class PostgresBackend(PostgresStores):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         served = list(dict.fromkeys(queues))
-        params = {"queues": served, "names": None if names is None else list(dict.fromkeys(names))}
+        wanted = None if names is None else list(dict.fromkeys(names))
+        params = {"queues": served, "names": wanted}
         await self._pool()
         listener = self._listener()
         listening = await listener.start(wait=min(timeout, 1.0))
         # Read before probing, so a notification that lands after the probe
         # changes it and is not missed.
-        mark = listener.mark(served)
+        mark = listener.mark(served, wanted)
         while True:
             (queued, next_run, server_now), *_ = await self._read(self.q.probe, params)
             if queued or (next_run is not None and next_run <= server_now):
@@ -322,11 +327,13 @@ class PostgresBackend(PostgresStores):
                 if remaining <= 0:
                     return
                 step = remaining if listening else min(remaining, _UNLISTENED_POLL)
-                await listener.notifier.wait(step, ready=listener.changed(served, mark))
-                current = listener.mark(served)
-                # A notification for other queues only: wait on.
-                if current != mark or not listening:
-                    break
+                await listener.notifier.wait(step, ready=listener.changed(served, wanted, mark))
+                current = listener.mark(served, wanted)
+                if current[1] != mark[1]:
+                    return  # new work of ours: the claim looks, no probe first
+                if current[0] != mark[0] or not listening:
+                    break  # a new LISTEN connection, or none: look for ourselves
+                # else: a notification for other work; wait on.
             mark, listening = current, listener.listening
 
     # ------------------------------------------------------------ inspecting
@@ -379,7 +386,7 @@ class PostgresBackend(PostgresStores):
         if not rows:
             return None
         job = row_to_job(rows[0])
-        await self._notify([job.queue])
+        await self._notify([(job.queue, job.name)])
         return job
 
     async def stats(self) -> dict[str, dict[str, int]]:

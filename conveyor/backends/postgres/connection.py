@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final
 
 import psycopg
@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from conveyor._sync import leave_alone
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrations import BOOKKEEPING, LATEST, Migration, pending
-from conveyor.backends.postgres.sql import Statements
+from conveyor.backends.postgres.sql import Statements, wake_payload
 from conveyor.backends.postgres.url import PostgresURL, parse_url
 from conveyor.job import BackendUnavailableError
 
@@ -122,9 +122,11 @@ class PostgresConnection:
             cur = await conn.execute(query, params)
             return cur.rowcount
 
-    async def _notify(self, queues: Sequence[str]) -> None:
-        if queues:
-            await self._write(self.q.notify, {"channel": self.channel, "queues": list(queues)})
+    async def _notify(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Wake the idle workers of these (queue, job name) pairs."""
+        wakes = sorted({wake_payload(queue, name) for queue, name in pairs})
+        if wakes:
+            await self._write(self.q.notify, {"channel": self.channel, "wakes": wakes})
 
     def _listener(self) -> Listener:
         loop = asyncio.get_running_loop()

@@ -1,11 +1,12 @@
 """One LISTEN connection per event loop, shared by every idle waiter of it.
 
-Enqueues NOTIFY the channel of their schema with the queue's name (the
-insert trigger, or the backend after an UPDATE made jobs claimable); the
-listener counts notifications per queue and wakes the waiters, each of which
-looks at the counts of its own queues. A lost connection is made again with
-a backoff; every waiter is woken when it is back (notifications sent while
-it was down are lost, so they look for work themselves).
+Enqueues NOTIFY the channel of their schema with the queue and the job name
+(the insert trigger, or the backend after an UPDATE made jobs claimable);
+the listener counts notifications per queue and per (queue, name) and wakes
+the waiters, each of which looks at the counts of the work it serves. A
+lost connection is made again with a backoff; every waiter is woken when it
+is back (notifications sent while it was down are lost, so they look for
+work themselves).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from conveyor.backends._notify import Notifier
+from conveyor.backends.postgres.sql import WAKE_SEPARATOR
 
 logger = logging.getLogger("conveyor.postgres")
 
@@ -32,7 +34,8 @@ class Listener:
         self._conninfo = conninfo
         self._channel = channel
         self.notifier = Notifier()
-        self.counts: Counter[str] = Counter()  # queue -> notifications received
+        self.by_queue: Counter[str] = Counter()  # notifications received per queue
+        self.by_pair: Counter[tuple[str, str]] = Counter()  # and per (queue, job name)
         self.epoch = 0  # connections made: a new one means notifications may be lost
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -41,14 +44,19 @@ class Listener:
     def listening(self) -> bool:
         return self._listening.is_set()
 
-    def mark(self, queues: Sequence[str]) -> tuple[int, int]:
-        """What a waiter compares before and after waiting."""
-        return self.epoch, sum(self.counts[q] for q in queues)
+    def mark(self, queues: Sequence[str], names: Sequence[str] | None) -> tuple[int, int]:
+        """What a waiter compares before and after waiting: the connections
+        made, and the notifications for its queues (and job names; None: any)."""
+        if names is None:
+            return self.epoch, sum(self.by_queue[q] for q in queues)
+        return self.epoch, sum(self.by_pair[(q, n)] for q in queues for n in names)
 
-    def changed(self, queues: Sequence[str], mark: tuple[int, int]) -> Callable[[], bool]:
-        """A check that a notification for `queues` (or a new connection)
+    def changed(
+        self, queues: Sequence[str], names: Sequence[str] | None, mark: tuple[int, int]
+    ) -> Callable[[], bool]:
+        """A check that a notification for this work (or a new connection)
         came since `mark` was read."""
-        return lambda: self.mark(queues) != mark
+        return lambda: self.mark(queues, names) != mark
 
     async def start(self, wait: float) -> bool:
         """Start listening (once); wait up to `wait` s for the LISTEN to be
@@ -86,7 +94,9 @@ class Listener:
                 self._listening.set()
                 self.notifier.notify()
                 async for note in conn.notifies():
-                    self.counts[note.payload] += 1
+                    queue, _, name = note.payload.partition(WAKE_SEPARATOR)
+                    self.by_queue[queue] += 1
+                    self.by_pair[(queue, name)] += 1
                     self.notifier.notify()
             except psycopg.Error as exc:
                 logger.debug("LISTEN connection lost: %s", exc)

@@ -22,7 +22,8 @@ Design notes, for whoever adds a migration:
   running ones. So an insert touches few indexes and a claim walks a small one.
 * The cache is an UNLOGGED table: it is lost on a crash of the server (which
   a cache may be) and its writes cost no WAL.
-* An AFTER INSERT trigger NOTIFYs the queues of new jobs, so an enqueue made
+* An AFTER INSERT trigger NOTIFYs the (queue, job name) pairs of new jobs
+  (`queue || chr(31) || name`, as sql.py's `wake_payload`), so an enqueue made
   on any connection (the caller's own, in `enqueue(..., connection=)`) wakes
   idle workers when its transaction commits, and never if it rolls back.
 """
@@ -99,7 +100,8 @@ CREATE TABLE {s}.jobs (
             """
 CREATE FUNCTION {s}.notify_new_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify({channel}, queue) FROM (SELECT DISTINCT queue FROM new_jobs) AS q;
+    PERFORM pg_notify({channel}, queue || chr(31) || name)
+        FROM (SELECT DISTINCT queue, name FROM new_jobs) AS q;
     RETURN NULL;
 END
 $$""",

@@ -83,6 +83,14 @@ def _append_logs(new: str, j: str = "") -> str:
 
 _A = AttemptOutcome
 
+# A NOTIFY's payload names the queue and the job name of the new work,
+# joined by this separator (neither holds a control character).
+WAKE_SEPARATOR: Final = "\x1f"
+
+
+def wake_payload(queue: str, name: str) -> str:
+    return f"{queue}{WAKE_SEPARATOR}{name}"
+
 
 class Statements:
     """Every statement of one schema (`s` is its quoted name), built on
@@ -156,7 +164,7 @@ RETURNING j.id, j.state, j.created_at, j.run_at"""
         nulls = ", ".join(f"NULL::{t}" for t in COL_TYPES)
         outcomes = (
             "\nUNION ALL SELECT 'f', (SELECT coalesce(jsonb_agg(jsonb_build_array("
-            f"id, token, queue, state)), '[]'::jsonb) FROM fin), {nulls} FROM cfg"
+            f"id, token, queue, state, name)), '[]'::jsonb) FROM fin), {nulls} FROM cfg"
             if finish
             else ""
         )
@@ -254,7 +262,7 @@ FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(kinds)s::text[], %(ats)s::flo
      AS o(id, token, kind, at, result, error, run_at, retry_in, logs, progress, traceback,
           timed_out), now, cfg
 WHERE j.id = o.id AND j.state = 'running' AND j.token = o.token
-RETURNING j.id, o.token, j.queue, j.state"""
+RETURNING j.id, o.token, j.queue, j.state, j.name"""
 
     @cached_property
     def trim(self) -> str:
@@ -294,7 +302,7 @@ UPDATE {self.s}.jobs AS j SET
     finished_at = CASE WHEN j.cancel_requested THEN now.t ELSE j.finished_at END,
     error = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE j.error END
 FROM now, cfg WHERE j.state = 'running' AND j.token = %(token)s
-RETURNING j.queue, j.state"""
+RETURNING j.queue, j.state, j.name"""
 
     @cached_property
     def recover(self) -> str:
@@ -325,9 +333,10 @@ RETURNING {_qualified(COLS)}"""
 
     @cached_property
     def notify(self) -> str:
-        """Wake the workers of these queues (jobs became claimable by an
-        UPDATE, which the insert trigger does not see)."""
-        return "SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q"
+        """Wake the workers of these (queue, job name) pairs, each as the
+        payload `wake_payload` makes (jobs became claimable by an UPDATE,
+        which the insert trigger does not see)."""
+        return "SELECT pg_notify(%(channel)s, w) FROM unnest(%(wakes)s::text[]) AS w"
 
     # ------------------------------------------------------------ waiting
 
