@@ -80,6 +80,10 @@ class PostgresBackend(PostgresStores):
         # unless the URL asks (None keeps the server's setting).
         self._commit = None if self.settings.sync_acks else "off"
 
+    async def close(self) -> None:
+        await self._maintenance.stop()  # a VACUUM in flight is cancelled, not left behind
+        await super().close()
+
     # ------------------------------------------------------------ producing
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:

@@ -125,8 +125,14 @@ class Maintenance:
                 await conn.close()  # the session's advisory lock goes with it
 
     async def stop(self) -> None:
-        if self._vacuum is not None and not self._vacuum.done():
-            self._vacuum.cancel()
+        task, self._vacuum = self._vacuum, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        if task.get_loop() is asyncio.get_running_loop():
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._vacuum
-        self._vacuum = None
+                await task
+
+    @property
+    def vacuuming(self) -> bool:
+        return self._vacuum is not None and not self._vacuum.done()
