@@ -22,13 +22,17 @@ FAST = {"concurrency": 10, "recover_interval": 0.05, "poll_interval": 0.05}
 
 async def run_jobs(app: Conveyor, count: int) -> None:
     done: list[str] = []
-    app.on("job.completed", lambda event: done.append(event.job.id))
+    all_done = asyncio.Event()
+
+    def completed(event: Any) -> None:
+        done.append(event.job.id)
+        if len(done) == count:
+            all_done.set()
+
+    app.on("job.completed", completed)
     await app.enqueue_many([("noop", i) for i in range(count)])
     async with app.worker(**FAST):
-        deadline = time.monotonic() + 60
-        while len(done) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-    assert len(done) == count
+        await asyncio.wait_for(all_done.wait(), timeout=60)
 
 
 async def table_stats(app: Conveyor) -> dict[str, Any]:
