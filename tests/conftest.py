@@ -39,6 +39,7 @@ BACKENDS = [
     pytest.param("memory", marks=pytest.mark.memory),
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
 ]
 
 
@@ -172,6 +173,103 @@ def redis_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
                 client.delete(*keys)
     finally:
         client.close()
+
+
+def _postgres_answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+def _start_postgres(workdir: Path) -> tuple[str, subprocess.Popen[bytes]] | None:
+    """A throwaway cluster from initdb/postgres on PATH (or Debian's
+    versioned bin directory), trust auth on a free loopback port."""
+    bins = [Path(p).parent for p in [shutil.which("initdb")] if p]
+    bins += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for folder in bins:
+        initdb, postgres = folder / "initdb", folder / "postgres"
+        if initdb.exists() and postgres.exists():
+            break
+    else:
+        return None
+    data = workdir / "data"
+    subprocess.run(
+        [str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(postgres), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1"]
+        + ["-c", f"unix_socket_directories={workdir}", "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", process
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """$CONVEYOR_TEST_POSTGRES_URL, else the local server's database `test`,
+    else a cluster started from the PostgreSQL binaries; None when none can
+    be had."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    candidates = [
+        settings.env_str(settings.CONVEYOR_TEST_POSTGRES_URL),
+        "postgresql://postgres@127.0.0.1:5432/test",
+    ]
+    for url in candidates:
+        if url and _postgres_answers(url):
+            yield url
+            return
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        yield None
+        return
+    started = _start_postgres(tmp_path_factory.mktemp("postgres"))
+    if started is None:
+        yield None
+        return
+    url, process = started
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not _postgres_answers(url):
+        time.sleep(0.1)
+    try:
+        yield url if _postgres_answers(url) else None
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def postgres_urls(postgres_server_url: str | None) -> Iterator[Callable[[], str]]:
+    require_backend("postgres", "conveyor.backends.postgres")
+    if postgres_server_url is None:
+        unavailable("postgres backend unavailable: no PostgreSQL server answers")
+    assert postgres_server_url is not None
+    schemas: list[str] = []
+
+    def fresh() -> str:
+        # A schema of its own per URL isolates tests sharing one database.
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        schemas.append(schema)
+        joiner = "&" if "?" in postgres_server_url else "?"
+        return f"{postgres_server_url}{joiner}schema={schema}"
+
+    yield fresh
+    import psycopg
+
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 # --------------------------------------------------------------------------- the matrix

@@ -9,6 +9,7 @@ values become None the same way on every backend, and only once per record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from conveyor.backends.base import ClaimToken, NewJob
@@ -77,6 +78,61 @@ def stored_job(
         token=token,
         traceback=traceback or None,
         history=[_entry(stored) for stored in history] if history else [],
+    )
+
+
+def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
+    """A `Job` record from a row of the SQL backends (SQLite, PostgreSQL)
+    selected as their `COLS`, which list the same columns in the same order."""
+    (
+        _seq,
+        job_id,
+        name,
+        queue,
+        payload,
+        state,
+        priority,
+        max_retries,
+        timeout,
+        key,
+        created_at,
+        run_at,
+        attempts,
+        result,
+        error,
+        progress,
+        started_at,
+        finished_at,
+        stalls,
+        cancel_requested,
+        logs,
+        traceback,
+        history,
+    ) = row
+    return stored_job(
+        id=job_id,
+        name=name,
+        queue=queue,
+        payload=payload,
+        state=state,
+        attempts=attempts,
+        max_retries=max_retries,
+        priority=priority,
+        key=key,
+        result=result,
+        error=error,
+        progress=progress,
+        created_at=created_at,
+        run_at=run_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        timeout=timeout,
+        logs=logs,
+        stalls=stalls,
+        cancel_requested=bool(cancel_requested),
+        duplicate=duplicate,
+        traceback=traceback,
+        history=history,
     )
 
 

@@ -8,62 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor.backends.base import NewJob
-from conveyor.backends.records import new_job, stored_job
+from conveyor.backends.records import new_job, row_to_job
+
+__all__ = ["claim_order", "logs_json", "new_job_record", "row_to_job"]
 from conveyor.job import Job, JobState
-
-
-def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
-    """A `Job` record from a row selected as `COLS`."""
-    (
-        _seq,
-        job_id,
-        name,
-        queue,
-        payload,
-        state,
-        priority,
-        max_retries,
-        timeout,
-        key,
-        created_at,
-        run_at,
-        attempts,
-        result,
-        error,
-        progress,
-        started_at,
-        finished_at,
-        stalls,
-        cancel_requested,
-        logs,
-        traceback,
-        history,
-    ) = row
-    return stored_job(
-        id=job_id,
-        name=name,
-        queue=queue,
-        payload=payload,
-        state=state,
-        attempts=attempts,
-        max_retries=max_retries,
-        priority=priority,
-        key=key,
-        result=result,
-        error=error,
-        progress=progress,
-        created_at=created_at,
-        run_at=run_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        timeout=timeout,
-        logs=logs,
-        stalls=stalls,
-        cancel_requested=bool(cancel_requested),
-        duplicate=duplicate,
-        traceback=traceback,
-        history=history,
-    )
 
 
 def new_job_record(new: NewJob, state: JobState, duplicate: bool = False) -> Job:

@@ -1,0 +1,384 @@
+"""`postgresql://` — jobs in PostgreSQL tables, claimed with SKIP LOCKED.
+
+How it is built (see migrations.py for the tables and sql.py for the SQL):
+
+* Every operation is one statement over arrays (`unnest`), so a batch of
+  enqueues, acknowledgements or heartbeats is one round trip and one plan.
+  A claim is two statements in one round trip (psycopg's pipeline mode): the
+  due scheduled jobs of the queues are promoted, then
+  `UPDATE ... WHERE seq IN (SELECT ... FOR UPDATE SKIP LOCKED)` leases up to
+  N jobs, one walk of the partial claim index per (queue, job name), so the
+  cost does not grow with the backlog. `finish_and_claim` sends the
+  acknowledgements and the next claim in the same round trip.
+* Idle workers wait on LISTEN/NOTIFY: one listening connection per event
+  loop (per worker process), shared by its waiters. New jobs NOTIFY from an
+  insert trigger, so jobs enqueued inside a caller's transaction wake
+  workers when it commits. The worker's poll interval is the safety net for
+  a lost notification.
+* The server's clock decides leases, due times and expiries wherever the
+  engine sends no time (it sends none), so workers' clocks may be skewed.
+* Completed jobs beyond `keep_completed` are deleted in batches, and the
+  backend VACUUMs its own tables when their dead rows pile up
+  (maintenance.py), so claims stay fast with autovacuum off or behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Final
+
+from conveyor.backends.base import (
+    CancelResult,
+    Capabilities,
+    ClaimToken,
+    Heartbeat,
+    LeaseStatus,
+    NewJob,
+    Outcome,
+    Retention,
+)
+from conveyor.backends.postgres.connection import Params
+from conveyor.backends.postgres.inserts import insert, unwrap_connection
+from conveyor.backends.postgres.maintenance import Maintenance
+from conveyor.backends.postgres.sql import COLS
+from conveyor.backends.postgres.stores import PostgresStores
+from conveyor.backends.records import row_to_job
+from conveyor.job import Job, JobState
+
+# How long an idle waiter waits between looks of its own while the LISTEN
+# connection is down (notifications are lost then).
+_UNLISTENED_POLL: Final = 1.0
+
+
+def _logs_json(logs: Sequence[dict[str, Any]]) -> str | None:
+    return json.dumps(logs, default=str) if logs else None
+
+
+def _claim_order(row: Sequence[Any]) -> tuple[int, float, int]:
+    return (row[6], row[11], row[0])  # (priority, run_at, seq)
+
+
+class PostgresBackend(PostgresStores):
+    """`postgresql://user@host:5432/db?schema=conveyor` (also `postgres://`).
+
+    URL options besides libpq's own parameters (sslmode, connect_timeout,
+    application_name, ...): `schema` (default `conveyor`), `migrate`
+    (default true: create and upgrade the schema on first use), `pool_size`
+    (connections per process and event loop, default 10), `vacuum` (default
+    true: the backend VACUUMs its tables when dead rows pile up).
+    """
+
+    capabilities = Capabilities(recurring=True, locks=True, cache=True, transactional_enqueue=True)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._maintenance = Maintenance(self)
+
+    # ------------------------------------------------------------ producing
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        if not jobs:
+            return []
+        async with self._conn() as conn:
+            return await insert(self.q, conn, jobs)
+
+    async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
+        if not jobs:
+            return []
+        await self._pool()  # the schema exists before the caller's insert needs it
+        return await insert(self.q, unwrap_connection(connection), jobs)
+
+    # ------------------------------------------------------------ consuming
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Job]:
+        statements = self._claim_statements(queues, limit, lease, now, claim_id, names)
+        if statements is None:
+            return []
+        results = await self._batch(statements)
+        return self._claimed(results[-1], statements[-1][1])
+
+    def _claim_statements(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None,
+        claim_id: str | None,
+        names: Sequence[str] | None,
+    ) -> list[tuple[str, Params | None]] | None:
+        if limit <= 0 or not queues or (names is not None and not names):
+            return None
+        params = {
+            "now": now,
+            "queues": list(dict.fromkeys(queues)),
+            "names": None if names is None else list(dict.fromkeys(names)),
+            "limit": limit,
+            "lease": lease,
+            "token": claim_id if claim_id is not None else os.urandom(12).hex(),
+        }
+        return [(self.q.promote, params), (self.q.claim(names is not None), params)]
+
+    @staticmethod
+    def _claimed(rows: list[tuple[Any, ...]], params: Params | None) -> list[Job]:
+        assert params is not None
+        rows.sort(key=_claim_order)
+        jobs = [row_to_job(row) for row in rows]
+        for job in jobs:
+            job.token = params["token"]
+        return jobs
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        retention: Retention,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> tuple[list[bool], list[Job]]:
+        claim = self._claim_statements(queues, limit, lease, now, claim_id, names)
+        finish, sent = self._finish_statement(outcomes)
+        statements = ([finish] if finish else []) + (claim or [])
+        if not statements:
+            return [False] * len(outcomes), []
+        results = await self._batch(statements)
+        accepted = await self._finished(outcomes, sent, results[0] if finish else [], retention)
+        return accepted, self._claimed(results[-1], claim[-1][1]) if claim else []
+
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        rows = await self._fetch(self.q.unclaim, {"now": now, "token": claim_id})
+        await self._notify(sorted({queue for queue, state in rows if state == "queued"}))
+        return len(rows)
+
+    async def heartbeat(
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
+    ) -> list[LeaseStatus]:
+        if not beats:
+            return []
+        rows = await self._fetch(
+            self.q.heartbeat,
+            {
+                "now": now,
+                "lease": lease,
+                "ids": [b.job_id for b in beats],
+                "tokens": [b.token for b in beats],
+                "logs": [_logs_json(b.logs) for b in beats],
+            },
+        )
+        held = dict(rows)  # id -> cancel_requested
+        statuses: list[LeaseStatus] = []
+        for beat in beats:
+            cancel = held.pop(beat.job_id, None)  # a repeated beat finds it taken
+            if cancel is None:
+                statuses.append(LeaseStatus.LOST)
+            else:
+                statuses.append(LeaseStatus.CANCEL if cancel else LeaseStatus.HELD)
+        return statuses
+
+    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
+        statement, sent = self._finish_statement(outcomes)
+        if statement is None:
+            return [False] * len(outcomes)
+        rows = await self._fetch(*statement)
+        return await self._finished(outcomes, sent, rows, retention)
+
+    def _finish_statement(
+        self, outcomes: Sequence[Outcome]
+    ) -> tuple[tuple[str, Params] | None, list[int]]:
+        """The one UPDATE for a batch of outcomes, and the indexes it carries:
+        a job's second outcome in one batch is not sent (it finds the job no
+        longer running, as it would in a later batch)."""
+        sent: list[int] = []
+        seen: set[str] = set()
+        for index, out in enumerate(outcomes):
+            if out.job_id not in seen:
+                seen.add(out.job_id)
+                sent.append(index)
+        if not sent:
+            return None, sent
+        chosen = [outcomes[i] for i in sent]
+        params = {
+            "now": None,
+            "ids": [o.job_id for o in chosen],
+            "tokens": [o.token for o in chosen],
+            "kinds": [o.kind.value for o in chosen],
+            "ats": [o.at for o in chosen],
+            "results": [o.result for o in chosen],
+            "errors": [o.error for o in chosen],
+            "run_ats": [o.run_at for o in chosen],
+            "retry_ins": [o.retry_in for o in chosen],
+            "logs": [_logs_json(o.logs) for o in chosen],
+            "progresses": [o.progress for o in chosen],
+            "tracebacks": [o.traceback for o in chosen],
+            "timed_outs": [o.timed_out for o in chosen],
+        }
+        return (self.q.finish, params), sent
+
+    async def _finished(
+        self,
+        outcomes: Sequence[Outcome],
+        sent: list[int],
+        rows: list[tuple[Any, ...]],
+        retention: Retention,
+    ) -> list[bool]:
+        """Accepted flags from the finish UPDATE's rows (id, queue, new
+        state); then retention and wake-ups for what it made claimable."""
+        changed = {job_id: (queue, state) for job_id, queue, state in rows}
+        accepted = [False] * len(outcomes)
+        for index in sent:
+            accepted[index] = outcomes[index].job_id in changed
+        await self._maintenance.after_finish(list(changed.values()), retention)
+        await self._notify(
+            sorted({queue for queue, state in changed.values() if state in _CLAIMABLE})
+        )
+        return accepted
+
+    async def progress(
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
+    ) -> bool:
+        params = {"id": job_id, "token": token, "progress": progress, "logs": _logs_json(logs)}
+        return await self._write(self.q.progress, params) == 1
+
+    async def recover_expired(
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
+    ) -> list[Job]:
+        rows = await self._fetch(self.q.recover, {"now": now, "max_stalled": max_stalled})
+        retention = retention or Retention()
+        rows.sort(key=lambda row: row[0])
+        jobs = [row_to_job(row) for row in rows]
+        await self._maintenance.after_finish([(j.queue, j.state.value) for j in jobs], retention)
+        await self._notify(sorted({j.queue for j in jobs if j.state is JobState.QUEUED}))
+        await self._maintenance.tick()
+        return jobs
+
+    async def wait_for_work(
+        self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None
+    ) -> None:
+        if timeout <= 0 or not queues:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        served = list(dict.fromkeys(queues))
+        params = {"queues": served, "names": None if names is None else list(dict.fromkeys(names))}
+        await self._pool()
+        listener = self._listener()
+        listening = await listener.start(wait=min(timeout, 1.0))
+        # Read before probing, so a notification that lands after the probe
+        # changes it and is not missed.
+        mark = listener.mark(served)
+        while True:
+            (queued, next_run, server_now), *_ = await self._fetch(self.q.probe, params)
+            if queued or (next_run is not None and next_run <= server_now):
+                return
+            until = deadline
+            if next_run is not None:  # then the claim's promotion makes it work
+                until = min(deadline, loop.time() + next_run - server_now)
+            while True:
+                remaining = until - loop.time()
+                if remaining <= 0:
+                    return
+                step = remaining if listening else min(remaining, _UNLISTENED_POLL)
+                await listener.notifier.wait(step, ready=listener.changed(served, mark))
+                current = listener.mark(served)
+                # A notification for other queues only: wait on.
+                if current != mark or not listening:
+                    break
+            mark, listening = current, listener.listening
+
+    # ------------------------------------------------------------ inspecting
+
+    async def get(self, job_id: str) -> Job | None:
+        rows = await self._fetch(
+            f"SELECT {COLS} FROM {self.q.s}.jobs WHERE id = %(v)s", {"v": job_id}
+        )
+        return row_to_job(rows[0]) if rows else None
+
+    async def get_by_key(self, key: str) -> Job | None:
+        rows = await self._fetch(
+            f"SELECT {COLS} FROM {self.q.s}.jobs WHERE key = %(v)s", {"v": key}
+        )
+        return row_to_job(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None,
+        name: str | None,
+        queue: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Job]:
+        where = ["true"]
+        params: dict[str, Any] = {"limit": max(limit, 0), "offset": max(offset, 0)}
+        for column, value in (("state", state), ("name", name), ("queue", queue)):
+            if value is not None:
+                where.append(f"{column} = %({column})s")
+                params[column] = JobState(value).value if column == "state" else value
+        rows = await self._fetch(
+            f"SELECT {COLS} FROM {self.q.s}.jobs WHERE {' AND '.join(where)}"
+            " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s",
+            params,
+        )
+        return [row_to_job(row) for row in rows]
+
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        rows = await self._fetch(self.q.cancel, {"id": job_id, "now": now})
+        if not rows:
+            return CancelResult.NOT_FOUND
+        state, _ = rows[0]
+        if state == "running":
+            return CancelResult.REQUESTED
+        if state in ("scheduled", "queued"):
+            return CancelResult.CANCELLED
+        return CancelResult.FINAL
+
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
+        rows = await self._fetch(self.q.retry, {"id": job_id, "now": now})
+        if not rows:
+            return None
+        job = row_to_job(rows[0])
+        await self._notify([job.queue])
+        return job
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for queue, state, count in await self._fetch(
+            f"SELECT queue, state, count(*) FROM {self.q.s}.jobs GROUP BY queue, state"
+        ):
+            counts = out.get(queue)
+            if counts is None:
+                counts = out[queue] = {s.value: 0 for s in JobState}
+            counts[state] = count
+        return out
+
+    async def purge(
+        self, states: Sequence[JobState], older_than: float | None, queue: str | None
+    ) -> int:
+        wanted = [JobState(s).value for s in states if JobState(s) is not JobState.RUNNING]
+        if not wanted:
+            return 0
+        return await self._write(
+            self.q.purge, {"states": wanted, "queue": queue, "older_than": older_than}
+        )
+
+
+_CLAIMABLE: Final = frozenset({"queued", "scheduled"})

@@ -1,0 +1,267 @@
+"""The PostgreSQL backend's connections: a psycopg pool per event loop (the
+blocking twins run on a loop of their own), the LISTEN connection idle
+waiters share, the schema's migrations on first use, and how driver errors
+become conveyor's. `PostgresConnection` is the base class of the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from conveyor._sync import leave_alone
+from conveyor.backends.postgres.listener import Listener
+from conveyor.backends.postgres.migrations import BOOKKEEPING, LATEST, Migration, pending
+from conveyor.backends.postgres.sql import Statements
+from conveyor.backends.postgres.url import PostgresURL, parse_url
+from conveyor.job import BackendUnavailableError
+
+logger = logging.getLogger("conveyor.postgres")
+
+# How long a call waits for a pooled connection before it counts the server
+# as unreachable (the pool keeps trying to connect in the background).
+POOL_WAIT: Final = 5.0
+
+Params = Mapping[str, Any]
+
+
+class PostgresConnection:
+    """The connection side of `PostgresBackend` (its base class)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.settings: PostgresURL = parse_url(url)
+        self.schema = self.settings.schema
+        self.channel = f"conveyor:{self.schema}"
+        self.q = Statements(sql.Identifier(self.schema).as_string(None))
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
+        self._migrated = False
+
+    def __repr__(self) -> str:
+        return f"<PostgresBackend {self.settings.display} schema={self.schema}>"
+
+    # ------------------------------------------------------------------ pools
+
+    async def _pool(self) -> AsyncConnectionPool:
+        """This loop's pool, the schema created or checked on first use."""
+        pool = await self._loop_pool()
+        if not self._migrated:
+            await self._ensure_schema(pool)
+        return pool
+
+    async def _loop_pool(self) -> AsyncConnectionPool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = AsyncConnectionPool(
+                self.settings.conninfo,
+                min_size=1,
+                max_size=self.settings.pool_size,
+                kwargs={"autocommit": True},
+                timeout=POOL_WAIT,
+                open=False,
+                name=f"conveyor-{self.schema}",
+            )
+            self._pools[loop] = pool
+            await pool.open(wait=False)
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = await self._pool()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: Exception) -> BackendUnavailableError:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, PoolTimeout):
+            reason = f"no connection within {POOL_WAIT:g} s"
+        return BackendUnavailableError(
+            f"PostgreSQL at {self.settings.display} unreachable: {reason}"
+        )
+
+    async def _fetch(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description is not None else []
+
+    async def _write(self, query: str, params: Params | None = None) -> int:
+        """Run one statement; how many rows it changed."""
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount
+
+    async def _batch(
+        self, statements: Sequence[tuple[str, Params | None]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Several statements in one round trip (psycopg's pipeline mode),
+        each its own transaction; the rows of each, in order."""
+        async with self._conn() as conn:
+            results: list[list[tuple[Any, ...]]] = []
+            async with conn.pipeline():
+                cursors = [await conn.execute(query, params) for query, params in statements]
+            for cur in cursors:
+                results.append(await cur.fetchall() if cur.description is not None else [])
+            return results
+
+    async def _notify(self, queues: Sequence[str]) -> None:
+        if queues:
+            await self._write(self.q.notify, {"channel": self.channel, "queues": list(queues)})
+
+    def _listener(self) -> Listener:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None:
+            listener = self._listeners[loop] = Listener(self.settings.conninfo, self.channel)
+        return listener
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute("SELECT 1")
+
+    async def close(self) -> None:
+        """Close the pools and listeners of every loop that used this backend:
+        those of another loop (the blocking twins' helper loop) on it."""
+        current = asyncio.get_running_loop()
+        loops = set(self._pools) | set(self._listeners)
+        for loop in loops:
+            pool, listener = self._pools.pop(loop, None), self._listeners.pop(loop, None)
+            closing = _close(pool, listener)
+            if loop is current:
+                await closing
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(closing, loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
+            else:
+                closing.close()
+
+    def _after_fork_in_child(self) -> None:
+        """The facade's fork hook, in the child: forget the parent's pools and
+        listeners. Their sockets are the parent's: nothing may be sent on them
+        (a pool's close would say goodbye on the parent's connections)."""
+        leave_alone(*self._pools.values(), *self._listeners.values())
+        self._pools, self._listeners = {}, {}
+
+    async def clock(self) -> float:
+        rows = await self._fetch("SELECT extract(epoch FROM statement_timestamp())::float8")
+        now: float = rows[0][0]
+        return now
+
+    # ------------------------------------------------------------------ migrations
+
+    async def schema_version(self) -> int:
+        """The version the schema is at (0: no schema yet)."""
+        pool = await self._loop_pool()
+        try:
+            async with pool.connection() as conn:
+                return await _applied(conn, self.schema)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise self._unreachable(exc) from exc
+
+    async def pending_sql(self) -> list[tuple[Migration, list[str]]]:
+        """The migrations this schema still needs, with their SQL (for
+        `conveyor migrate --dry-run`)."""
+        applied = await self.schema_version()
+        s = sql.Identifier(self.schema).as_string(None)
+        channel = sql.Literal(self.channel).as_string(None)
+        return [(m, m.render(s, channel)) for m in pending(applied)]
+
+    async def migrate(self) -> list[Migration]:
+        """Apply the pending migrations; return those applied."""
+        pool = await self._loop_pool()
+        try:
+            async with pool.connection() as conn:
+                done = await self._apply(conn)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise self._unreachable(exc) from exc
+        self._migrated = True
+        return done
+
+    async def _ensure_schema(self, pool: AsyncConnectionPool) -> None:
+        try:
+            async with pool.connection() as conn:
+                applied = await _applied(conn, self.schema)
+                if applied == LATEST:
+                    self._migrated = True
+                    return
+                if applied > LATEST:
+                    raise BackendUnavailableError(
+                        f"the conveyor schema {self.schema!r} at {self.settings.display} is at"
+                        f" version {applied}, newer than this conveyor knows ({LATEST}):"
+                        " upgrade conveyor"
+                    )
+                if not self.settings.migrate:
+                    raise BackendUnavailableError(
+                        f"the conveyor schema {self.schema!r} at {self.settings.display} is at"
+                        f" version {applied} and this conveyor needs {LATEST}; run"
+                        " `conveyor migrate --url ...` (the URL says migrate=false)"
+                    )
+                await self._apply(conn)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise self._unreachable(exc) from exc
+        self._migrated = True
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
+        s = sql.Identifier(self.schema).as_string(None)
+        channel = sql.Literal(self.channel).as_string(None)
+        async with conn.transaction():
+            # Processes starting together take turns; the second finds the
+            # work done. The lock goes with the transaction.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"conveyor.migrate.{self.schema}",)
+            )
+            for statement in BOOKKEEPING:
+                await conn.execute(statement.format(s=s))
+            applied = await _applied(conn, self.schema)
+            if applied > LATEST:
+                raise BackendUnavailableError(
+                    f"the conveyor schema {self.schema!r} is at version {applied},"
+                    f" newer than this conveyor knows ({LATEST}): upgrade conveyor"
+                )
+            done = pending(applied)
+            for migration in done:
+                for statement in migration.render(s, channel):
+                    await conn.execute(statement)
+                await conn.execute(
+                    f"INSERT INTO {s}.migrations (version, description) VALUES (%s, %s)",
+                    (migration.version, migration.description),
+                )
+        if done:
+            logger.info(
+                "PostgreSQL schema %r migrated to version %d", self.schema, done[-1].version
+            )
+        return done
+
+
+async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
+    cur = await conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        (sql.Identifier(schema, "migrations").as_string(None),),
+    )
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return 0
+    table = sql.Identifier(schema, "migrations")
+    cur = await conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(table))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _close(pool: AsyncConnectionPool | None, listener: Listener | None) -> None:
+    if listener is not None:
+        await listener.stop()
+    if pool is not None:
+        await pool.close()

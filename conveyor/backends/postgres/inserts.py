@@ -1,0 +1,101 @@
+"""Storing jobs on a connection: the backend's own, or the caller's inside
+its transaction (`enqueue(..., connection=)`), async or blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from conveyor.backends.base import NewJob
+from conveyor.backends.postgres.sql import Statements
+from conveyor.backends.records import new_job, row_to_job
+from conveyor.job import InvalidOptionError, Job, JobState
+
+
+async def insert(q: Statements, conn: Any, jobs: Sequence[NewJob]) -> list[Job]:
+    """Store jobs on `conn` (ours, or the caller's inside its transaction)."""
+    first: dict[str, int] = {}  # key -> index of its first occurrence
+    store: list[NewJob] = []
+    for index, new in enumerate(jobs):
+        if new.key is not None:
+            if new.key in first:
+                continue
+            first[new.key] = index
+        store.append(new)
+    params = {
+        "now": None,
+        "ids": [n.id for n in store],
+        "names": [n.name for n in store],
+        "queues": [n.queue for n in store],
+        "payloads": [n.payload for n in store],
+        "priorities": [n.priority for n in store],
+        "max_retries": [n.max_retries for n in store],
+        "timeouts": [n.timeout for n in store],
+        "keys": [n.key for n in store],
+        "created": [n.created_at for n in store],
+        "due": [n.run_at for n in store],
+        "relative": [n.relative for n in store],
+    }
+    try:
+        rows = await execute(conn, q.insert, params)
+    except psycopg.errors.UniqueViolation as exc:
+        # Keys never clash (ON CONFLICT), so this is a job id.
+        raise InvalidOptionError(f"cannot enqueue: {exc} (job ids must be unique)") from exc
+    except (psycopg.DataError, psycopg.errors.CheckViolation) as exc:
+        raise InvalidOptionError(f"cannot enqueue: a field has a bad value: {exc}") from exc
+    stored = {row[0]: row for row in rows}  # id -> (id, state, created_at, run_at)
+    existing: dict[str, Job] = {}
+    taken = [n.key for n in store if n.key is not None and n.id not in stored]
+    if taken:
+        for row in await execute(conn, q.by_keys, {"keys": taken}):
+            existing[row[9]] = row_to_job(row, duplicate=True)
+    out: list[Job] = []
+    for index, new in enumerate(jobs):
+        if new.key is not None and first[new.key] != index:
+            out.append(dataclasses.replace(out[first[new.key]], duplicate=True))
+        elif new.id in stored:
+            _, state, created_at, run_at = stored[new.id]
+            out.append(new_job(new, JobState(state), created_at=created_at, run_at=run_at))
+        elif new.key in existing:
+            out.append(existing[new.key])
+        else:  # its key's job was deleted between our insert and our read
+            raise InvalidOptionError(
+                f"cannot enqueue job {new.id}: its key {new.key!r} was taken and then"
+                " released while it was being stored; enqueue it again"
+            )
+    return out
+
+
+async def execute(conn: Any, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """One statement on an async or a blocking psycopg connection (a blocking
+    one runs on a thread, so the event loop never waits on its socket)."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description is not None else []
+
+    def run() -> list[tuple[Any, ...]]:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description is not None else []
+
+    return await asyncio.to_thread(run)
+
+
+def unwrap_connection(connection: Any) -> Any:
+    """The psycopg connection inside what the caller passed: a psycopg
+    connection itself, SQLAlchemy's driver connection wrapper
+    (`.driver_connection`), or Django's database wrapper (`.connection`)."""
+    for candidate in (
+        connection,
+        getattr(connection, "driver_connection", None),
+        getattr(connection, "connection", None),
+    ):
+        if isinstance(candidate, psycopg.AsyncConnection | psycopg.Connection):
+            return candidate
+    raise InvalidOptionError(
+        f"connection= must be a psycopg 3 connection (or a wrapper of one: SQLAlchemy's"
+        f" driver connection, Django's connection), got {type(connection).__name__}"
+    )

@@ -1,0 +1,98 @@
+"""The PostgreSQL backend's URL: libpq's own parameters pass through to
+psycopg (checked by libpq, so a typo is refused), conveyor's are taken out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from conveyor.job import InvalidOptionError
+
+# conveyor's own options; every other query parameter goes to libpq.
+OPTIONS: Final = frozenset({"schema", "migrate", "pool_size", "vacuum"})
+_SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_TRUE: Final = {"1", "true", "yes", "on"}
+_FALSE: Final = {"0", "false", "no", "off"}
+# A server that does not answer must not hang a worker's start (libpq's
+# default is to wait forever).
+DEFAULT_CONNECT_TIMEOUT: Final = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresURL:
+    conninfo: str  # for psycopg: the URL without conveyor's options
+    schema: str
+    migrate: bool  # create / upgrade the schema on first use
+    pool_size: int  # connections per event loop, at most
+    vacuum: bool  # the backend's own VACUUM of its tables (see maintenance.py)
+    display: str  # host:port/dbname, for messages (no password)
+
+
+def _flag(url: str, name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise InvalidOptionError(f"{name}={value!r} in {url!r}: expected true or false")
+
+
+def parse_url(url: str) -> PostgresURL:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise InvalidOptionError(f"not a PostgreSQL URL: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidOptionError(f"bad port in {url!r}") from None
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in OPTIONS:
+            ours[name] = value
+        else:
+            theirs.append((name, value))
+    schema = ours.get("schema", "conveyor")
+    if not _SCHEMA_NAME.match(schema):
+        raise InvalidOptionError(
+            f"schema={schema!r} in {url!r}: a schema name is lower-case letters, digits "
+            "and underscores, starting with a letter or underscore (at most 63)"
+        )
+    try:
+        pool_size = int(ours.get("pool_size", "10"))
+    except ValueError:
+        pool_size = 0
+    if pool_size < 2:
+        raise InvalidOptionError(
+            f"pool_size={ours.get('pool_size')!r} in {url!r}: expected a whole number >= 2"
+        )
+    if not any(name == "connect_timeout" for name, _ in theirs):
+        theirs.append(("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    _check_libpq_options(url, conninfo)
+    host = parts.hostname or "localhost"
+    dbname = parts.path.lstrip("/") or parts.username or "postgres"
+    return PostgresURL(
+        conninfo=conninfo,
+        schema=schema,
+        migrate=_flag(url, "migrate", ours.get("migrate", "true")),
+        pool_size=pool_size,
+        vacuum=_flag(url, "vacuum", ours.get("vacuum", "true")),
+        display=f"{host}:{port or 5432}/{dbname}",
+    )
+
+
+def _check_libpq_options(url: str, conninfo: str) -> None:
+    """libpq parses the URL as it will when connecting: an unknown parameter
+    (a typo such as `sslmod=`) is refused now, naming conveyor's own too."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(conninfo)
+    except ProgrammingError as exc:
+        raise InvalidOptionError(
+            f"bad PostgreSQL URL {url!r}: {exc} (conveyor's own options: "
+            f"{', '.join(sorted(OPTIONS))}; the rest are libpq's connection parameters)"
+        ) from None
