@@ -14,7 +14,7 @@ dropped at the end):
    to the end; the worker stamps the time every `--window` (10,000) jobs, so
    the report has the rate of the first window (the drain rate with `--rows`
    queued), of the last window (after `--rows` - `--window` jobs went through
-   the table), over the whole drain, and per tenth of it;
+   the table), over the whole drain, and in ten consecutive slices of it;
 3. after the deep drain: `--small` jobs queued again in the same table (dead
    rows of the million and all) and drained; compare with 1.
 
@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import datetime as dt
 import itertools
+import math
 import os
 import secrets
 import shlex
@@ -185,7 +186,7 @@ def drain(args: argparse.Namespace, url: str, expected: int, name: str) -> dict[
 
 
 def rates(result: dict[str, Any]) -> dict[str, Any]:
-    """Rates of the first window, the last window, the whole drain, and per tenth."""
+    """Rates of the first window, the last window, the whole drain, and per slice."""
     marks: list[tuple[int, float]] = [(int(n), float(t)) for n, t in result["marks"]]
     t0 = result["started"]
     points = [(0, t0), *marks]
@@ -202,14 +203,12 @@ def rates(result: dict[str, Any]) -> dict[str, Any]:
         (n1, t1), (n2, t2) = points[-2], points[-1]
         out["last"] = (n2 - n1) / (t2 - t1)
         out["last_jobs"] = n2 - n1
-    tenths = []
-    for k in range(1, 11):
-        target = total_n * k // 10
-        n, t = next((n, t) for n, t in points if n >= target)
-        tenths.append((n, t))
-    out["tenths"] = [
+    # Up to ten slices of (nearly) equal numbers of windows: the curve of the drain.
+    slices = min(10, len(marks))
+    ends = [marks[math.ceil(k * len(marks) / slices) - 1] for k in range(1, slices + 1)]
+    out["slices"] = [
         (n2 - n1) / (t2 - t1) if t2 > t1 else None
-        for (n1, t1), (n2, t2) in zip([(0, t0), *tenths[:-1]], tenths, strict=True)
+        for (n1, t1), (n2, t2) in zip([(0, t0), *ends[:-1]], ends, strict=True)
     ]
     return out
 
@@ -263,8 +262,8 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]], facts: str
         f"| {fmt(after['fill'])} | {fmt(after['overall'])} | {after['stats']['dead']:,} "
         f"| {after['stats']['bytes'] / 1e6:,.1f} MB |",
         "",
-        f"Deep drain, jobs/s per tenth of the {args.rows:,} jobs: "
-        + " · ".join(fmt(r) for r in deep["tenths"]),
+        f"Deep drain, jobs/s in {len(deep['slices'])} consecutive slices of the "
+        f"{args.rows:,} jobs: " + " · ".join(fmt(r) for r in deep["slices"]),
         "",
         f"Worker start → first job: {small['startup_s']:.3f} s / {deep['startup_s']:.3f} s / "
         f"{after['startup_s']:.3f} s. Reproduce:",
@@ -304,6 +303,8 @@ def run_driver(args: argparse.Namespace) -> int:
     schema = f"bench_backlog_{secrets.token_hex(4)}"
     store = with_schema(args.postgres, schema)
     url = args.conveyor_url or store
+    if args.url_options and not args.conveyor_url:
+        url = f"{store}&{args.url_options}"
     check_backend(url)
     with psycopg.connect(args.postgres, autocommit=True) as conn:
         row = conn.execute(
@@ -326,9 +327,9 @@ def run_driver(args: argparse.Namespace) -> int:
         ):
             if fresh:
                 recreate_schema(store)
-                if url != store:
+                if args.conveyor_url:
                     asyncio.run(purge(url))
-            say(f"{name}: queueing {count:,} jobs in {'schema ' + schema if url == store else url}")
+            say(f"{name}: queueing {count:,} jobs in {url}")
             fill_rate = asyncio.run(fill(url, count, args.batch_size))
             say(f"{name}: {fill_rate:,.0f} enqueued/s; draining ...")
             result = rates(drain(args, url, count, name))
@@ -341,8 +342,10 @@ def run_driver(args: argparse.Namespace) -> int:
             )
     finally:
         drop_schema(store)
-    if url != store:
+    if args.conveyor_url:
         facts += f" · conveyor on {url} (the table columns are those of an unused schema)"
+    elif args.url_options:
+        facts += f" · URL options: {args.url_options}"
     text = report(args, runs, facts)
     print(text)
     if args.output:
@@ -379,6 +382,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the drains on this conveyor URL instead (e.g. sqlite:////tmp/b.db), to try "
         "the script where the PostgreSQL backend is missing",
     )
+    p.add_argument(
+        "--url-options",
+        help="more options for conveyor's URL, e.g. 'vacuum=false' or 'pool_size=4' "
+        "(joined with &; the schema is the script's own)",
+    )
     args = p.parse_args(argv)
     if args.mode == "worker":
         return args
@@ -405,6 +413,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         if getattr(args, flag) != default:
             words += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.url_options:
+        if "schema=" in args.url_options:
+            p.error("--url-options: the schema is the script's own (bench_backlog_<random>)")
+        words += ["--url-options", args.url_options]
     if args.conveyor_url:
         words += ["--conveyor-url", args.conveyor_url]
     args.command = shlex.join(words)
