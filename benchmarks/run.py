@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "latency_jobs": 200,
     "interval": 0.02,
     "peers": None,  # the suite's peers
-    "peer_timeout": 150.0,
+    "peer_timeout": None,  # PEER_TIMEOUTS[suite]
     "redis": "redis://127.0.0.1:6379",
     "first_db": 1,
     "postgres": "postgresql://127.0.0.1:5432/test",
@@ -67,6 +67,11 @@ DEFAULTS: dict[str, Any] = {
     "flush_nonempty": False,
     "keep_workdir": False,
 }
+
+
+#: seconds per peer, all phases together: procrastinate, the PostgreSQL suite's
+#: reference, needs about 200 s for 20,000 jobs on 2 cores (drain at 200-450/s)
+PEER_TIMEOUTS = {"redis": 150.0, "postgres": 300.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         + "; ".join(f"{suite}: {','.join(names)}" for suite, names in SUITES.items()),
     )
     p.add_argument(
-        "--peer-timeout", type=float, help="seconds allowed per peer, all phases together"
+        "--peer-timeout",
+        type=float,
+        help="seconds allowed per peer, all phases together (redis: 150, postgres: 300)",
     )
     p.add_argument("--redis", help="redis suite: server URL without a DB (loopback only)")
     p.add_argument(
@@ -156,6 +163,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if shutil.which(path) is None:
             p.error(f"--python {peer}: no such executable: {path}")
         args.python_for[peer] = path
+    if args.peer_timeout is None:
+        args.peer_timeout = PEER_TIMEOUTS[args.suite]
     if args.output is None:
         name = "results.md" if args.suite == "redis" else f"results-{args.suite}.md"
         args.output = str(BENCH / name)
@@ -190,6 +199,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         if name in ("suite", "jobs", "output", "keep_workdir") or value == default:
             continue
         if name == "peers" and value == ",".join(SUITES[args.suite]):
+            continue
+        if name == "peer_timeout" and value == PEER_TIMEOUTS[args.suite]:
             continue
         if name in ("redis", "first_db", "flush_nonempty") and args.suite != "redis":
             continue
