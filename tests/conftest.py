@@ -205,8 +205,11 @@ def _start_postgres(workdir: Path) -> tuple[str, subprocess.Popen[bytes]] | None
     )
     port = _free_port()
     process = subprocess.Popen(
-        [str(postgres), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1"]
-        + ["-c", f"unix_socket_directories={workdir}", "-c", "fsync=off"],
+        [
+            *(str(postgres), "-D", str(data), "-p", str(port)),
+            *("-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={workdir}"),
+            *("-c", "fsync=off"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -408,6 +408,22 @@ class TransactionalEnqueue(Protocol):
         `connection` is not a connection this backend can use."""
 
 
+@runtime_checkable
+class Migrations(Protocol):
+    """Optional: a backend whose schema is upgraded by versioned migrations
+    (`conveyor migrate`). The other backends create their storage on open."""
+
+    async def schema_version(self) -> int:
+        """The version the stored schema is at (0: none yet)."""
+
+    async def pending_sql(self) -> list[tuple[int, str, list[str]]]:
+        """(version, description, SQL statements) of each migration still to
+        run, in order; runs nothing."""
+
+    async def migrate(self) -> list[int]:
+        """Run the pending migrations; the versions applied."""
+
+
 # --------------------------------------------------------------------------- stores
 # Capability protocols: a backend whose `capabilities` says recurring / locks /
 # cache implements the matching protocol below as well.

@@ -99,6 +99,9 @@ RUNS = [
     # Leave it failing (not xfail) until the point 10 fix is merged.
     _run_of("redis", "SIGSTOP"),
     _run_of("redis", "SIGTERM"),
+    _run_of("postgres", "SIGKILL"),
+    _run_of("postgres", "SIGSTOP"),
+    _run_of("postgres", "SIGTERM"),
 ]
 
 

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 BACKENDS = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
 ]
 
 # Several schedules (and a slow tick listener), so that each scheduler pass

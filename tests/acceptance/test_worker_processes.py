@@ -1,4 +1,5 @@
-"""Real worker processes on a SQLite file: SIGKILL mid-job, and SIGTERM."""
+"""Real worker processes on a SQLite file and on PostgreSQL: SIGKILL mid-job,
+and SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ from conveyor import Conveyor, JobState
 from .helpers import WorkerProcess, eventually, invoke, starts
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The backend the worker processes share (this module's own matrix)."""
+    maker: Callable[[], str] = request.getfixturevalue(f"{request.param}_urls")
+    return maker()
 
 
 def _started(log: Path, job_id: str, count: int = 1) -> bool:

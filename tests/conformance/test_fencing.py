@@ -315,3 +315,28 @@ async def test_a_claim_lost_as_the_worker_stops_is_undone(
     assert stored.state is JobState.QUEUED
     assert stored.attempts == 0
     assert stored.stalls == 0
+
+
+async def test_one_batch_with_a_stale_and_the_live_token_of_a_job(app: Conveyor) -> None:
+    """A worker's batch can carry an old claim's beat or outcome next to the
+    live one for the same job (a hand-back, then the job claimed again by
+    the same process). Each is judged by its own token, in either order:
+    the stale one is refused, the live one holds."""
+    job_id = await enqueue_one(app)
+    backend = app.backend
+    t0 = time.time()
+    (old,) = await backend.claim(Q, 1, 30.0, t0)
+    await backend.finish([Outcome(job_id, old.token, OutcomeKind.QUEUED, t0)], KEEP_ALL)
+    (live,) = await backend.claim(Q, 1, 30.0, t0 + 0.1)
+    assert old.token and live.token and old.token != live.token
+    beats = [Heartbeat(job_id, old.token), Heartbeat(job_id, live.token)]
+    assert await backend.heartbeat(beats, 30.0, t0 + 0.2) == [LeaseStatus.LOST, LeaseStatus.HELD]
+    beats.reverse()
+    assert await backend.heartbeat(beats, 30.0, t0 + 0.3) == [LeaseStatus.HELD, LeaseStatus.LOST]
+    outcomes = [
+        Outcome(job_id, old.token, OutcomeKind.COMPLETED, t0 + 0.4, result='"stale"'),
+        Outcome(job_id, live.token, OutcomeKind.COMPLETED, t0 + 0.4, result='"live"'),
+    ]
+    assert await backend.finish(outcomes, KEEP_ALL) == [False, True]
+    job = await app.get_job(job_id)
+    assert job.state is JobState.COMPLETED and job.result == "live"

@@ -76,6 +76,9 @@ class PostgresBackend(PostgresStores):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._maintenance = Maintenance(self)
+        # The worker's statements commit without waiting for the WAL flush
+        # unless the URL asks (None keeps the server's setting).
+        self._commit = None if self.settings.sync_acks else "off"
 
     # ------------------------------------------------------------ producing
 
@@ -103,13 +106,13 @@ class PostgresBackend(PostgresStores):
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
     ) -> list[Job]:
-        statements = self._claim_statements(queues, limit, lease, now, claim_id, names)
-        if statements is None:
+        params = self._claim_params(queues, limit, lease, now, claim_id, names)
+        if params is None:
             return []
-        results = await self._batch(statements)
-        return self._claimed(results[-1], statements[-1][1])
+        rows = await self._fetch(self.q.exchange(names is not None, finish=False), params)
+        return self._claimed(rows, params)
 
-    def _claim_statements(
+    def _claim_params(
         self,
         queues: Sequence[str],
         limit: int,
@@ -117,24 +120,25 @@ class PostgresBackend(PostgresStores):
         now: float | None,
         claim_id: str | None,
         names: Sequence[str] | None,
-    ) -> list[tuple[str, Params | None]] | None:
+    ) -> dict[str, Any] | None:
         if limit <= 0 or not queues or (names is not None and not names):
             return None
-        params = {
+        return {
             "now": now,
+            "commit": self._commit,
             "queues": list(dict.fromkeys(queues)),
             "names": None if names is None else list(dict.fromkeys(names)),
             "limit": limit,
             "lease": lease,
             "token": claim_id if claim_id is not None else os.urandom(12).hex(),
         }
-        return [(self.q.promote, params), (self.q.claim(names is not None), params)]
 
     @staticmethod
-    def _claimed(rows: list[tuple[Any, ...]], params: Params | None) -> list[Job]:
-        assert params is not None
-        rows.sort(key=_claim_order)
-        jobs = [row_to_job(row) for row in rows]
+    def _claimed(rows: list[tuple[Any, ...]], params: Params) -> list[Job]:
+        """The claimed jobs of an exchange's rows, in claim order."""
+        claimed = [row[2:] for row in rows if row[0] == "c"]
+        claimed.sort(key=_claim_order)
+        jobs = [row_to_job(row) for row in claimed]
         for job in jobs:
             job.token = params["token"]
         return jobs
@@ -151,17 +155,27 @@ class PostgresBackend(PostgresStores):
         claim_id: str | None = None,
         names: Sequence[str] | None = None,
     ) -> tuple[list[bool], list[Job]]:
-        claim = self._claim_statements(queues, limit, lease, now, claim_id, names)
+        params = self._claim_params(queues, limit, lease, now, claim_id, names)
         finish, sent = self._finish_statement(outcomes)
-        statements = ([finish] if finish else []) + (claim or [])
-        if not statements:
-            return [False] * len(outcomes), []
-        results = await self._batch(statements)
-        accepted = await self._finished(outcomes, sent, results[0] if finish else [], retention)
-        return accepted, self._claimed(results[-1], claim[-1][1]) if claim else []
+        if params is None:
+            if finish is None:
+                return [False] * len(outcomes), []
+            return await self._finish_rows(outcomes, sent, finish, retention), []
+        if finish is None:
+            return [False] * len(outcomes), await self.claim(
+                queues, limit, lease, now, claim_id=params["token"], names=names
+            )
+        rows = await self._fetch(
+            self.q.exchange(names is not None, finish=True), {**finish[1], **params}
+        )
+        (finished,) = [row[1] for row in rows if row[0] == "f"]
+        accepted = await self._finished(outcomes, sent, [tuple(f) for f in finished], retention)
+        return accepted, self._claimed(rows, params)
 
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:
-        rows = await self._fetch(self.q.unclaim, {"now": now, "token": claim_id})
+        rows = await self._fetch(
+            self.q.unclaim, {"now": now, "token": claim_id, "commit": self._commit}
+        )
         await self._notify(sorted({queue for queue, state in rows if state == "queued"}))
         return len(rows)
 
@@ -170,20 +184,19 @@ class PostgresBackend(PostgresStores):
     ) -> list[LeaseStatus]:
         if not beats:
             return []
-        rows = await self._fetch(
-            self.q.heartbeat,
-            {
-                "now": now,
-                "lease": lease,
-                "ids": [b.job_id for b in beats],
-                "tokens": [b.token for b in beats],
-                "logs": [_logs_json(b.logs) for b in beats],
-            },
-        )
-        held = dict(rows)  # id -> cancel_requested
+        params = {
+            "now": now,
+            "commit": self._commit,
+            "lease": lease,
+            "ids": [b.job_id for b in beats],
+            "tokens": [b.token for b in beats],
+            "logs": [_logs_json(b.logs) for b in beats],
+        }
+        rows = await self._fetch(self.q.heartbeat, params)
+        held = {(job_id, token): cancel for job_id, token, cancel in rows}
         statuses: list[LeaseStatus] = []
         for beat in beats:
-            cancel = held.pop(beat.job_id, None)  # a repeated beat finds it taken
+            cancel = held.pop((beat.job_id, beat.token), None)  # a repeated beat: LOST
             if cancel is None:
                 statuses.append(LeaseStatus.LOST)
             else:
@@ -194,6 +207,15 @@ class PostgresBackend(PostgresStores):
         statement, sent = self._finish_statement(outcomes)
         if statement is None:
             return [False] * len(outcomes)
+        return await self._finish_rows(outcomes, sent, statement, retention)
+
+    async def _finish_rows(
+        self,
+        outcomes: Sequence[Outcome],
+        sent: list[int],
+        statement: tuple[str, Params],
+        retention: Retention,
+    ) -> list[bool]:
         rows = await self._fetch(*statement)
         return await self._finished(outcomes, sent, rows, retention)
 
@@ -201,19 +223,20 @@ class PostgresBackend(PostgresStores):
         self, outcomes: Sequence[Outcome]
     ) -> tuple[tuple[str, Params] | None, list[int]]:
         """The one UPDATE for a batch of outcomes, and the indexes it carries:
-        a job's second outcome in one batch is not sent (it finds the job no
-        longer running, as it would in a later batch)."""
+        a second outcome under the same claim in one batch is not sent (it
+        finds the job no longer running, as it would in a later batch)."""
         sent: list[int] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for index, out in enumerate(outcomes):
-            if out.job_id not in seen:
-                seen.add(out.job_id)
+            if (out.job_id, out.token) not in seen:
+                seen.add((out.job_id, out.token))
                 sent.append(index)
         if not sent:
             return None, sent
         chosen = [outcomes[i] for i in sent]
         params = {
             "now": None,
+            "commit": self._commit,
             "ids": [o.job_id for o in chosen],
             "tokens": [o.token for o in chosen],
             "kinds": [o.kind.value for o in chosen],
@@ -238,10 +261,10 @@ class PostgresBackend(PostgresStores):
     ) -> list[bool]:
         """Accepted flags from the finish UPDATE's rows (id, queue, new
         state); then retention and wake-ups for what it made claimable."""
-        changed = {job_id: (queue, state) for job_id, queue, state in rows}
+        changed = {(job_id, token): (queue, state) for job_id, token, queue, state in rows}
         accepted = [False] * len(outcomes)
         for index in sent:
-            accepted[index] = outcomes[index].job_id in changed
+            accepted[index] = (outcomes[index].job_id, outcomes[index].token) in changed
         await self._maintenance.after_finish(list(changed.values()), retention)
         await self._notify(
             sorted({queue for queue, state in changed.values() if state in _CLAIMABLE})
@@ -261,7 +284,9 @@ class PostgresBackend(PostgresStores):
     async def recover_expired(
         self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
-        rows = await self._fetch(self.q.recover, {"now": now, "max_stalled": max_stalled})
+        rows = await self._fetch(
+            self.q.recover, {"now": now, "max_stalled": max_stalled, "commit": self._commit}
+        )
         retention = retention or Retention()
         rows.sort(key=lambda row: row[0])
         jobs = [row_to_job(row) for row in rows]
@@ -286,7 +311,7 @@ class PostgresBackend(PostgresStores):
         # changes it and is not missed.
         mark = listener.mark(served)
         while True:
-            (queued, next_run, server_now), *_ = await self._fetch(self.q.probe, params)
+            (queued, next_run, server_now), *_ = await self._read(self.q.probe, params)
             if queued or (next_run is not None and next_run <= server_now):
                 return
             until = deadline
@@ -307,15 +332,13 @@ class PostgresBackend(PostgresStores):
     # ------------------------------------------------------------ inspecting
 
     async def get(self, job_id: str) -> Job | None:
-        rows = await self._fetch(
+        rows = await self._read(
             f"SELECT {COLS} FROM {self.q.s}.jobs WHERE id = %(v)s", {"v": job_id}
         )
         return row_to_job(rows[0]) if rows else None
 
     async def get_by_key(self, key: str) -> Job | None:
-        rows = await self._fetch(
-            f"SELECT {COLS} FROM {self.q.s}.jobs WHERE key = %(v)s", {"v": key}
-        )
+        rows = await self._read(f"SELECT {COLS} FROM {self.q.s}.jobs WHERE key = %(v)s", {"v": key})
         return row_to_job(rows[0]) if rows else None
 
     async def list_jobs(
@@ -333,7 +356,7 @@ class PostgresBackend(PostgresStores):
             if value is not None:
                 where.append(f"{column} = %({column})s")
                 params[column] = JobState(value).value if column == "state" else value
-        rows = await self._fetch(
+        rows = await self._read(
             f"SELECT {COLS} FROM {self.q.s}.jobs WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s",
             params,
@@ -361,7 +384,7 @@ class PostgresBackend(PostgresStores):
 
     async def stats(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for queue, state, count in await self._fetch(
+        for queue, state, count in await self._read(
             f"SELECT queue, state, count(*) FROM {self.q.s}.jobs GROUP BY queue, state"
         ):
             counts = out.get(queue)

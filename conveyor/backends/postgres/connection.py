@@ -47,6 +47,9 @@ class PostgresConnection:
     def __repr__(self) -> str:
         return f"<PostgresBackend {self.settings.display} schema={self.schema}>"
 
+    def __str__(self) -> str:
+        return f"PostgreSQL at {self.settings.display}, schema {self.schema!r}"
+
     # ------------------------------------------------------------------ pools
 
     async def _pool(self) -> AsyncConnectionPool:
@@ -79,7 +82,14 @@ class PostgresConnection:
         try:
             async with pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise self._unreachable(exc) from exc
+        except psycopg.OperationalError as exc:
+            # The server went away (or restarted): the other idle connections
+            # are most likely dead too. Drop them now, so that the calls after
+            # this one connect afresh rather than each failing once.
+            with contextlib.suppress(Exception):
+                await pool.check()
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: Exception) -> BackendUnavailableError:
@@ -95,24 +105,22 @@ class PostgresConnection:
             cur = await conn.execute(query, params)
             return await cur.fetchall() if cur.description is not None else []
 
+    async def _read(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        """`_fetch` for a statement that changes nothing, tried once more on a
+        fresh connection when the first was cut (a server restart leaves the
+        pool's idle connections dead; reading again cannot do harm)."""
+        try:
+            return await self._fetch(query, params)
+        except BackendUnavailableError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+        return await self._fetch(query, params)
+
     async def _write(self, query: str, params: Params | None = None) -> int:
         """Run one statement; how many rows it changed."""
         async with self._conn() as conn:
             cur = await conn.execute(query, params)
             return cur.rowcount
-
-    async def _batch(
-        self, statements: Sequence[tuple[str, Params | None]]
-    ) -> list[list[tuple[Any, ...]]]:
-        """Several statements in one round trip (psycopg's pipeline mode),
-        each its own transaction; the rows of each, in order."""
-        async with self._conn() as conn:
-            results: list[list[tuple[Any, ...]]] = []
-            async with conn.pipeline():
-                cursors = [await conn.execute(query, params) for query, params in statements]
-            for cur in cursors:
-                results.append(await cur.fetchall() if cur.description is not None else [])
-            return results
 
     async def _notify(self, queues: Sequence[str]) -> None:
         if queues:
@@ -128,8 +136,14 @@ class PostgresConnection:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        async with self._conn() as conn:
-            await conn.execute("SELECT 1")
+        try:
+            async with self._conn() as conn:
+                await conn.execute("SELECT 1")
+        except BaseException:
+            # The app does not count as opened, so it will not close us: the
+            # pool's background workers must not outlive this loop.
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close the pools and listeners of every loop that used this backend:
@@ -156,7 +170,7 @@ class PostgresConnection:
         self._pools, self._listeners = {}, {}
 
     async def clock(self) -> float:
-        rows = await self._fetch("SELECT extract(epoch FROM statement_timestamp())::float8")
+        rows = await self._read("SELECT extract(epoch FROM statement_timestamp())::float8")
         now: float = rows[0][0]
         return now
 
@@ -171,16 +185,31 @@ class PostgresConnection:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise self._unreachable(exc) from exc
 
-    async def pending_sql(self) -> list[tuple[Migration, list[str]]]:
-        """The migrations this schema still needs, with their SQL (for
-        `conveyor migrate --dry-run`)."""
+    async def pending_sql(self) -> list[tuple[int, str, list[str]]]:
+        """The migrations this schema still needs, with their SQL as it would
+        run (for `conveyor migrate --dry-run`, or a DBA to run by hand): the
+        bookkeeping table first on a new schema, each migration's record
+        after it."""
         applied = await self.schema_version()
-        s = sql.Identifier(self.schema).as_string(None)
-        channel = sql.Literal(self.channel).as_string(None)
-        return [(m, m.render(s, channel)) for m in pending(applied)]
+        s, channel = self._names()
+        out: list[tuple[int, str, list[str]]] = []
+        for m in pending(applied):
+            statements = [b.format(s=s) for b in BOOKKEEPING] if not out else []
+            statements += m.render(s, channel)
+            statements.append(
+                f"INSERT INTO {s}.migrations (version, description)"
+                f" VALUES ({m.version}, {sql.Literal(m.description).as_string(None)})"
+            )
+            out.append((m.version, m.description, statements))
+        return out
 
-    async def migrate(self) -> list[Migration]:
-        """Apply the pending migrations; return those applied."""
+    def _names(self) -> tuple[str, str]:
+        """The schema as a quoted identifier and the channel as a literal."""
+        schema = sql.Identifier(self.schema).as_string(None)
+        return schema, sql.Literal(self.channel).as_string(None)
+
+    async def migrate(self) -> list[int]:
+        """Apply the pending migrations; return the versions applied."""
         pool = await self._loop_pool()
         try:
             async with pool.connection() as conn:
@@ -188,7 +217,7 @@ class PostgresConnection:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise self._unreachable(exc) from exc
         self._migrated = True
-        return done
+        return [m.version for m in done]
 
     async def _ensure_schema(self, pool: AsyncConnectionPool) -> None:
         try:
@@ -215,8 +244,7 @@ class PostgresConnection:
         self._migrated = True
 
     async def _apply(self, conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
-        s = sql.Identifier(self.schema).as_string(None)
-        channel = sql.Literal(self.channel).as_string(None)
+        s, channel = self._names()
         async with conn.transaction():
             # Processes starting together take turns; the second finds the
             # work done. The lock goes with the transaction.

@@ -21,6 +21,40 @@ COLS: Final = (
     " run_at, attempts, result, error, progress, started_at, finished_at, stalls,"
     " cancel_requested, logs, traceback, history"
 )
+# The type of each of COLS, in order (to pad rows that carry other data).
+COL_TYPES: Final = (
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "integer",
+    "integer",
+    "float8",
+    "text",
+    "float8",
+    "float8",
+    "integer",
+    "text",
+    "text",
+    "float8",
+    "float8",
+    "float8",
+    "integer",
+    "boolean",
+    "jsonb",
+    "text",
+    "jsonb",
+)
+# A statement of the worker's (claims, heartbeats, acknowledgements) commits
+# without waiting for the WAL flush when %(commit)s is 'off': a setting local
+# to the statement's own transaction, so it costs no extra round trip. NULL
+# keeps the server's setting (the URL's sync_acks=true).
+LAZY_COMMIT: Final = (
+    "SELECT set_config('synchronous_commit',"
+    " coalesce(%(commit)s::text, current_setting('synchronous_commit')), true)"
+)
 SCHEDULE_COLS: Final = (
     "name, job_name, payload, cron, every, tz, key, enabled, next_run, created_at, updated_at,"
     " last_run, last_error, catch_up, max_catch_up, misfire_grace, options"
@@ -90,54 +124,86 @@ RETURNING j.id, j.state, j.created_at, j.run_at"""
 
     # ------------------------------------------------------------ consuming
 
-    @cached_property
-    def promote(self) -> str:
-        # SKIP LOCKED: two workers promoting at once split the due jobs
-        # rather than one waiting on the other's row locks.
-        return f"""
-UPDATE {self.s}.jobs SET state = 'queued' WHERE seq IN (
-    SELECT seq FROM {self.s}.jobs
-    WHERE state = 'scheduled' AND run_at <= {NOW} AND queue = ANY(%(queues)s::text[])
-    ORDER BY run_at LIMIT {PROMOTE_BATCH} FOR UPDATE SKIP LOCKED)"""
+    def exchange(self, by_name: bool, finish: bool) -> str:
+        """A claim, after the outcomes of a batch when `finish`: one statement.
 
-    def claim(self, by_name: bool) -> str:
-        """Lease up to %(limit)s queued jobs in claim order. By name: one
-        walk of the claim index per (queue, name) pair, each stopping after
-        `limit` unlocked rows, then a merge of at most pairs * limit rows:
-        never a sort of the backlog, so the cost stays flat as it grows.
-        Without names (admin and test callers) a queue's rows are sorted."""
+        Lease up to %(limit)s jobs in claim order: queued ones and due
+        scheduled ones, the rest of which (other names, beyond the limit) are
+        promoted to queued in the same statement. By name: one walk of the
+        claim index per (queue, name) pair, each stopping after `limit`
+        unlocked rows, then a merge of at most pairs * limit rows: never a
+        sort of the backlog, so the cost stays flat as it grows. Without
+        names (admin and test callers) a queue's rows are sorted.
+
+        Rows: ('c', NULL, the columns of a claimed job) per job, then with
+        `finish` one ('f', [[id, token, queue, new state] per accepted
+        outcome], NULL...)."""
+        names = "(%(names)s::text[] IS NULL OR name = ANY(%(names)s::text[]))"
         if by_name:
-            pick = f"""
-    SELECT p.seq FROM unnest(%(queues)s::text[]) AS q(queue)
-    CROSS JOIN unnest(%(names)s::text[]) AS n(name)
-    CROSS JOIN LATERAL (
-        SELECT seq, priority, run_at FROM {self.s}.jobs
-        WHERE state = 'queued' AND queue = q.queue AND name = n.name
-        ORDER BY priority, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS p
-    ORDER BY p.priority, p.run_at, p.seq LIMIT %(limit)s"""
+            queued = f"""
+        SELECT p.row, p.seq, p.priority, p.run_at FROM unnest(%(queues)s::text[]) AS q(queue)
+        CROSS JOIN unnest(%(names)s::text[]) AS n(name)
+        CROSS JOIN LATERAL (
+            SELECT ctid AS row, seq, priority, run_at FROM {self.s}.jobs
+            WHERE state = 'queued' AND queue = q.queue AND name = n.name
+            ORDER BY priority, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS p"""
         else:
-            pick = f"""
-    SELECT seq FROM {self.s}.jobs WHERE state = 'queued' AND queue = ANY(%(queues)s::text[])
-    ORDER BY priority, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
+            queued = f"""
+        SELECT * FROM (SELECT ctid AS row, seq, priority, run_at FROM {self.s}.jobs
+            WHERE state = 'queued' AND queue = ANY(%(queues)s::text[])
+            ORDER BY priority, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS p"""
+        fin = f"fin AS ({self._finish_update}),\n" if finish else ""
+        nulls = ", ".join(f"NULL::{t}" for t in COL_TYPES)
+        outcomes = (
+            "\nUNION ALL SELECT 'f', (SELECT coalesce(jsonb_agg(jsonb_build_array("
+            f"id, token, queue, state)), '[]'::jsonb) FROM fin), {nulls} FROM cfg"
+            if finish
+            else ""
+        )
+        # SKIP LOCKED: workers promoting at once split the due jobs rather
+        # than one waiting on another's row locks.
         return f"""
-WITH now AS (SELECT {NOW} AS t), picked AS ({pick})
-UPDATE {self.s}.jobs AS j SET state = 'running', attempts = attempts + 1, started_at = now.t,
-    lease_until = now.t + %(lease)s, token = %(token)s, cancel_requested = false
-FROM picked, now WHERE j.seq = picked.seq
-RETURNING {_qualified(COLS)}"""
+WITH now AS (SELECT {NOW} AS t), cfg AS ({LAZY_COMMIT}),
+{fin}due AS (
+    SELECT ctid AS row, seq, priority, run_at, name FROM {self.s}.jobs
+    WHERE state = 'scheduled' AND run_at <= (SELECT t FROM now)
+      AND queue = ANY(%(queues)s::text[])
+    ORDER BY run_at LIMIT {PROMOTE_BATCH} FOR UPDATE SKIP LOCKED),
+picked AS (
+    SELECT row FROM ({queued}
+        UNION ALL SELECT row, seq, priority, run_at FROM due WHERE {names}) AS c
+    ORDER BY priority, run_at, seq LIMIT %(limit)s),
+promoted AS (
+    UPDATE {self.s}.jobs SET state = 'queued'
+    WHERE ctid = ANY(ARRAY(SELECT row FROM due EXCEPT SELECT row FROM picked))),
+claimed AS (
+    UPDATE {self.s}.jobs AS j SET state = 'running', attempts = attempts + 1,
+        started_at = now.t, lease_until = now.t + %(lease)s, token = %(token)s,
+        cancel_requested = false
+    FROM picked, now WHERE j.ctid = picked.row
+    RETURNING {_qualified(COLS)})
+SELECT 'c', NULL::jsonb, claimed.* FROM claimed, cfg{outcomes}"""
 
     @cached_property
     def heartbeat(self) -> str:
         return f"""
-WITH now AS (SELECT {NOW} AS t)
+WITH now AS (SELECT {NOW} AS t), cfg AS ({LAZY_COMMIT})
 UPDATE {self.s}.jobs AS j SET lease_until = now.t + %(lease)s, {_append_logs("b.logs", "j.")}
-FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(logs)s::text[]) AS b(id, token, logs), now
+FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(logs)s::text[]) AS b(id, token, logs), now,
+     cfg
 WHERE j.id = b.id AND j.state = 'running' AND j.token = b.token AND j.lease_until >= now.t
-RETURNING j.id, j.cancel_requested"""
+RETURNING j.id, b.token, j.cancel_requested"""
 
     @cached_property
     def finish(self) -> str:
-        """Every outcome of a batch in one UPDATE. `k` is the outcome's kind,
+        """The outcomes of a batch; rows (id, token, queue, new state) of
+        the accepted ones."""
+        return f"WITH now AS (SELECT {NOW} AS t), cfg AS ({LAZY_COMMIT}) {self._finish_update}"
+
+    @cached_property
+    def _finish_update(self) -> str:
+        """Every outcome of a batch in one UPDATE (`now` and `cfg` are the
+        enclosing statement's). `k` is the outcome's kind,
         turned into `cancelled` when a cancel was requested and the attempt
         would have run again (a cancel outlives the attempt); `rt` is a
         retry's run_at, `since` the time it is compared with for its state."""
@@ -163,7 +229,6 @@ RETURNING j.id, j.cancel_requested"""
             f" ELSE '{_A.RETRYING.value}' END END"
         )
         return f"""
-WITH now AS (SELECT {NOW} AS t)
 UPDATE {self.s}.jobs AS j SET
     {_history("o.at", outcome, error, "j.")},
     state = CASE {k} WHEN 'scheduled' THEN CASE WHEN {rt} > {since} THEN 'scheduled'
@@ -187,18 +252,18 @@ FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(kinds)s::text[], %(ats)s::flo
             %(retry_ins)s::float8[], %(logs)s::text[], %(progresses)s::float8[],
             %(tracebacks)s::text[], %(timed_outs)s::bool[])
      AS o(id, token, kind, at, result, error, run_at, retry_in, logs, progress, traceback,
-          timed_out), now
+          timed_out), now, cfg
 WHERE j.id = o.id AND j.state = 'running' AND j.token = o.token
-RETURNING j.id, j.queue, j.state"""
+RETURNING j.id, o.token, j.queue, j.state"""
 
     @cached_property
     def trim(self) -> str:
         # The newest %(keep)s jobs of one (queue, state) stay; the rest go,
         # at most a batch per statement so one trim never holds many locks.
         return f"""
-DELETE FROM {self.s}.jobs WHERE seq IN (
-    SELECT seq FROM {self.s}.jobs WHERE queue = %(queue)s AND state = %(state)s
-    ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s LIMIT %(batch)s)"""
+DELETE FROM {self.s}.jobs WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM {self.s}.jobs WHERE queue = %(queue)s AND state = %(state)s
+    ORDER BY finished_at DESC, seq DESC OFFSET %(keep)s LIMIT %(batch)s))"""
 
     @cached_property
     def progress(self) -> str:
@@ -210,7 +275,7 @@ WHERE id = %(id)s AND state = 'running' AND token = %(token)s"""
     @cached_property
     def unclaim(self) -> str:
         return f"""
-WITH now AS (SELECT {NOW} AS t)
+WITH now AS (SELECT {NOW} AS t), cfg AS ({LAZY_COMMIT})
 UPDATE {self.s}.jobs AS j SET
     {
             _history(
@@ -228,7 +293,7 @@ UPDATE {self.s}.jobs AS j SET
     run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE now.t END,
     finished_at = CASE WHEN j.cancel_requested THEN now.t ELSE j.finished_at END,
     error = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE j.error END
-FROM now WHERE j.state = 'running' AND j.token = %(token)s
+FROM now, cfg WHERE j.state = 'running' AND j.token = %(token)s
 RETURNING j.queue, j.state"""
 
     @cached_property
@@ -239,8 +304,8 @@ RETURNING j.queue, j.state"""
         ends = f"(j.cancel_requested OR {over})"
         lost = "'lease expired at attempt ' || j.attempts || ' (worker lost)'"
         return f"""
-WITH now AS (SELECT {NOW} AS t), expired AS (
-    SELECT seq FROM {self.s}.jobs, now WHERE state = 'running' AND lease_until < now.t
+WITH now AS (SELECT {NOW} AS t), cfg AS ({LAZY_COMMIT}), expired AS (
+    SELECT ctid AS row FROM {self.s}.jobs, now WHERE state = 'running' AND lease_until < now.t
     FOR UPDATE SKIP LOCKED)
 UPDATE {self.s}.jobs AS j SET
     {_history("now.t", "'stalled'", lost, "j.")},
@@ -255,7 +320,7 @@ UPDATE {self.s}.jobs AS j SET
                  ELSE j.error END,
     run_at = CASE WHEN {ends} THEN j.run_at ELSE now.t END,
     started_at = CASE WHEN {ends} THEN j.started_at END
-FROM expired, now WHERE j.seq = expired.seq
+FROM expired, now, cfg WHERE j.ctid = expired.row
 RETURNING {_qualified(COLS)}"""
 
     @cached_property
@@ -295,14 +360,14 @@ WHERE id = %(id)s AND state IN ('failed', 'cancelled') RETURNING {COLS}"""
         # The row is locked by the first CTE, so a claim cannot slip between
         # reading the state and acting on it.
         return f"""
-WITH cur AS (SELECT seq, state FROM {self.s}.jobs WHERE id = %(id)s FOR UPDATE),
+WITH cur AS (SELECT ctid AS row, state FROM {self.s}.jobs WHERE id = %(id)s FOR UPDATE),
 changed AS (
     UPDATE {self.s}.jobs AS j SET
         cancel_requested = j.cancel_requested OR cur.state = 'running',
         state = CASE WHEN cur.state = 'running' THEN j.state ELSE 'cancelled' END,
         finished_at = CASE WHEN cur.state = 'running' THEN j.finished_at ELSE {NOW} END,
         error = CASE WHEN cur.state = 'running' THEN j.error ELSE 'cancelled' END
-    FROM cur WHERE j.seq = cur.seq AND cur.state IN ('scheduled', 'queued', 'running')
+    FROM cur WHERE j.ctid = cur.row AND cur.state IN ('scheduled', 'queued', 'running')
     RETURNING 1)
 SELECT cur.state, (SELECT count(*) FROM changed) FROM cur"""
 

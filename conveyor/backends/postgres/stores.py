@@ -100,7 +100,7 @@ class PostgresStores(PostgresConnection):
     # ------------------------------------------------------------ cache
 
     async def cache_get(self, key: str, now: float | None = None) -> str | None:
-        rows = await self._fetch(self.q.cache_get, {"key": key, "now": now})
+        rows = await self._read(self.q.cache_get, {"key": key, "now": now})
         return rows[0][0] if rows else None
 
     async def cache_set(
@@ -136,7 +136,7 @@ class PostgresStores(PostgresConnection):
         await self._write(f"DELETE FROM {self.q.s}.workers WHERE id = %(id)s", {"id": worker_id})
 
     async def workers(self, now: float | None = None) -> list[WorkerInfo]:
-        rows = await self._fetch(
+        rows = await self._read(
             f"SELECT id, host, pid, queues, names, started_at, last_seen FROM {self.q.s}.workers"
             f" WHERE expires > {NOW} ORDER BY started_at, id",
             {"now": now},
@@ -148,7 +148,7 @@ class PostgresStores(PostgresConnection):
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for queue, name, count in await self._fetch(
+        for queue, name, count in await self._read(
             f"SELECT queue, name, count(*) FROM {self.q.s}.jobs WHERE state = 'queued'"
             " GROUP BY queue, name"
         ):

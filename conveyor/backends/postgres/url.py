@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from conveyor.job import InvalidOptionError
 
 # conveyor's own options; every other query parameter goes to libpq.
-OPTIONS: Final = frozenset({"schema", "migrate", "pool_size", "vacuum"})
+OPTIONS: Final = frozenset({"schema", "migrate", "pool_size", "vacuum", "sync_acks"})
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
@@ -27,6 +27,7 @@ class PostgresURL:
     migrate: bool  # create / upgrade the schema on first use
     pool_size: int  # connections per event loop, at most
     vacuum: bool  # the backend's own VACUUM of its tables (see maintenance.py)
+    sync_acks: bool  # claims and acknowledgements wait for the WAL flush
     display: str  # host:port/dbname, for messages (no password)
 
 
@@ -79,6 +80,7 @@ def parse_url(url: str) -> PostgresURL:
         migrate=_flag(url, "migrate", ours.get("migrate", "true")),
         pool_size=pool_size,
         vacuum=_flag(url, "vacuum", ours.get("vacuum", "true")),
+        sync_acks=_flag(url, "sync_acks", ours.get("sync_acks", "false")),
         display=f"{host}:{port or 5432}/{dbname}",
     )
 

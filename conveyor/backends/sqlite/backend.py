@@ -270,12 +270,14 @@ class SQLiteBackend(SQLiteStores):
         with write_transaction(conn):
             held = queries.running_rows(conn, [out.job_id for out in outcomes])
             for out in outcomes:
-                # pop: a second outcome for the same job in one batch finds it
-                # no longer running, as it would in a later batch.
-                row = held.pop(out.job_id, None)
+                # A second outcome under the same claim in one batch finds the
+                # job no longer running, as it would in a later batch; one of
+                # an older claim is refused without taking the live one's row.
+                row = held.get(out.job_id)
                 if row is None or row[2] != out.token:
                     accepted.append(False)
                     continue
+                del held[out.job_id]
                 accepted.append(True)
                 seq, queue, kind, cancel_requested = row[1], row[3], out.kind, row[5]
                 if cancel_requested and (

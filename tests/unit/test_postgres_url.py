@@ -1,0 +1,59 @@
+"""postgresql:// URLs: libpq's parameters pass through, conveyor's own are
+taken out, and a typo in either is refused with the URL and the known names."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.backends.postgres.url import parse_url
+from conveyor.job import BackendUnavailableError, InvalidOptionError
+
+
+def test_conveyor_options_are_taken_out_and_libpq_ones_kept() -> None:
+    url = parse_url(
+        "postgres://app:secret@db.example:6543/jobs?schema=myapp&sslmode=require"
+        "&application_name=worker&pool_size=4&migrate=false&vacuum=off"
+    )
+    assert (url.schema, url.migrate, url.pool_size, url.vacuum) == ("myapp", False, 4, False)
+    assert url.conninfo.startswith("postgresql://app:secret@db.example:6543/jobs?")
+    assert "sslmode=require" in url.conninfo and "application_name=worker" in url.conninfo
+    assert "schema" not in url.conninfo and "pool_size" not in url.conninfo
+    assert url.display == "db.example:6543/jobs"  # no password in messages
+
+
+def test_defaults() -> None:
+    url = parse_url("postgresql://127.0.0.1/test")
+    assert (url.schema, url.migrate, url.pool_size, url.vacuum) == ("conveyor", True, 10, True)
+    assert "connect_timeout=5" in url.conninfo  # an unanswering server fails fast
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://h/db?sslmod=require", "sslmod"),  # a libpq typo
+        ("postgresql://h/db?schem=x", "conveyor's own options: migrate, pool_size, schema"),
+        ("postgresql://h/db?schema=My-Schema", "schema name"),
+        ("postgresql://h/db?pool_size=1", "pool_size"),
+        ("postgresql://h/db?migrate=maybe", "expected true or false"),
+        ("postgresql://h:notaport/db", "bad port"),
+    ],
+)
+def test_bad_urls_are_refused_naming_the_problem(url: str, message: str) -> None:
+    with pytest.raises(InvalidOptionError, match=message) as caught:
+        Conveyor(url)
+    assert url in str(caught.value)
+
+
+def test_an_unanswering_server_fails_fast_with_the_address() -> None:
+    async def go() -> None:
+        app = Conveyor("postgresql://postgres@127.0.0.1:1/test")
+        await app.open()
+
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:1/test unreachable"):
+        asyncio.run(go())
+    assert time.monotonic() - started < 10
