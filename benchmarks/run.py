@@ -1,11 +1,14 @@
-"""Benchmark conveyor against other Redis job queues, side by side.
+"""Benchmark conveyor against other job queues on the same server, side by side.
 
     pip install -e '.[bench]'
-    python benchmarks/run.py --jobs 20000
+    python benchmarks/run.py --jobs 20000                    # Redis peers
+    python benchmarks/run.py --suite postgres --jobs 20000   # PostgreSQL peers
 
 Each peer runs in its own driver subprocess (which starts its own worker
-subprocess), one peer after the other, each on its own Redis logical DB that is
-flushed before and after. See benchmarks/README.md for what is measured.
+subprocess), one peer after the other, each on a store of its own: a Redis
+logical DB that is flushed before and after, or a PostgreSQL schema that is
+created for the run and dropped after it. See benchmarks/README.md for what is
+measured.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import platform
+import secrets
 import shlex
 import shutil
 import signal
@@ -35,73 +38,136 @@ REPO = BENCH.parent
 NODE_DIR = BENCH / "node"
 sys.path.insert(0, str(BENCH))
 
-from peers import ALL_PEERS, NODE_PEERS, PYTHON_PEERS  # noqa: E402
-
-MARKER = "conveyor-bench:owner"  # the same as peers.harness.MARKER (kept import-free)
+from peers import ALL_PEERS, NODE_PEERS, SUITES  # noqa: E402
+from peers.stores import (  # noqa: E402
+    MARKER,
+    create_schema,
+    drop_schema,
+    is_postgres,
+    postgres_facts,
+    with_schema,
+)
+from report import render, summary  # noqa: E402
 
 DEFAULTS: dict[str, Any] = {
+    "suite": "redis",
     "jobs": 20_000,
     "batch_size": 1_000,
     "concurrency": 10,
     "latency_jobs": 200,
     "interval": 0.02,
-    "peers": ",".join(ALL_PEERS),
-    "peer_timeout": 150.0,
+    "peers": None,  # the suite's peers
+    "peer_timeout": None,  # PEER_TIMEOUTS[suite]
     "redis": "redis://127.0.0.1:6379",
     "first_db": 1,
+    "postgres": "postgresql://127.0.0.1:5432/test",
     "conveyor_url": None,
-    "output": str(BENCH / "results.md"),
+    "python": [],
+    "output": None,  # benchmarks/results.md, or results-<suite>.md
     "flush_nonempty": False,
     "keep_workdir": False,
 }
 
 
+#: seconds per peer, all phases together: procrastinate, the PostgreSQL suite's
+#: reference, needs about 200 s for 20,000 jobs on 2 cores (drain at 200-450/s)
+PEER_TIMEOUTS = {"redis": 150.0, "postgres": 300.0}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
-        description="conveyor vs arq, SAQ, RQ, Celery, Dramatiq, taskiq and BullMQ on Redis.",
+        description="conveyor vs arq, SAQ, RQ, Celery, Dramatiq, taskiq and BullMQ on Redis "
+        "(--suite redis), or vs procrastinate, PgQueuer and Oban on PostgreSQL "
+        "(--suite postgres).",
     )
+    p.add_argument("--suite", choices=sorted(SUITES), help="which server and peers (redis)")
     p.add_argument("--jobs", type=int, help="no-op jobs per enqueue phase and for the drain")
     p.add_argument("--batch-size", type=int, help="jobs per batch call")
     p.add_argument("--concurrency", type=int, help="concurrency of the one worker process")
     p.add_argument("--latency-jobs", type=int, help="jobs in the latency phase")
     p.add_argument("--interval", type=float, help="seconds between latency jobs")
-    p.add_argument("--peers", help=f"comma-separated subset of {','.join(ALL_PEERS)}")
     p.add_argument(
-        "--peer-timeout", type=float, help="seconds allowed per peer, all phases together"
+        "--peers",
+        help="comma-separated subset of the suite's peers: "
+        + "; ".join(f"{suite}: {','.join(names)}" for suite, names in SUITES.items()),
     )
-    p.add_argument("--redis", help="Redis server URL without a DB (loopback only)")
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        help="seconds allowed per peer, all phases together (redis: 150, postgres: 300)",
+    )
+    p.add_argument("--redis", help="redis suite: server URL without a DB (loopback only)")
     p.add_argument(
         "--first-db",
         type=int,
-        help="logical DB of the first peer; peer i uses first-db + i, in the order of --peers "
-        "defaults (conveyor, arq, saq, rq, celery, dramatiq, taskiq, bullmq)",
+        help="redis suite: logical DB of the first peer; peer i uses first-db + i, in the "
+        "order of --peers defaults (conveyor, conveyor_prefetch, arq, saq, rq, celery, "
+        "dramatiq, taskiq, bullmq)",
+    )
+    p.add_argument(
+        "--postgres",
+        help="postgres suite: database URL without options (loopback only); each peer gets "
+        "a schema bench_<peer>_<random> there, created and dropped by the run",
     )
     p.add_argument(
         "--conveyor-url",
-        help="URL for the conveyor peer instead of its Redis DB, e.g. sqlite:///tmp/b.db "
-        "(to try the harness on another backend); '{db}' is replaced by its DB number",
+        help="URL for the conveyor peer instead of the suite's store, e.g. "
+        "sqlite:////tmp/b{db}.db (to try the harness on another backend); '{db}' is "
+        "replaced by the peer's DB number (redis) or schema name (postgres)",
+    )
+    p.add_argument(
+        "--python",
+        action="append",
+        metavar="PEER=PATH",
+        help="run this peer's driver and worker under another interpreter (which needs the "
+        "peer's library and its server's client: redis-py or psycopg), e.g. "
+        "oban=/opt/py312/bin/python; repeatable",
     )
     p.add_argument("--output", help="markdown file to write the results to")
     p.add_argument(
         "--flush-nonempty",
         action="store_true",
-        help="FLUSHDB peer DBs even if they hold keys this harness did not write",
+        help="redis suite: FLUSHDB peer DBs even if they hold keys this harness did not write",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and raw JSON")
     p.set_defaults(**DEFAULTS)
     args = p.parse_args(argv)
+    known = SUITES[args.suite]
+    args.peers = args.peers or ",".join(known)
     args.peer_list = [name.strip() for name in args.peers.split(",") if name.strip()]
-    unknown = [name for name in args.peer_list if name not in ALL_PEERS]
+    unknown = [name for name in args.peer_list if name not in known]
     if unknown:
-        p.error(f"unknown peer(s): {', '.join(unknown)}; known: {', '.join(ALL_PEERS)}")
+        p.error(
+            f"unknown peer(s) in the {args.suite} suite: {', '.join(unknown)}; "
+            f"known: {', '.join(known)}"
+        )
     if args.jobs < 1 or args.batch_size < 1 or args.concurrency < 1 or args.latency_jobs < 1:
         p.error("--jobs, --batch-size, --concurrency and --latency-jobs must be >= 1")
-    host = urlsplit(args.redis).hostname or ""
-    if not _is_loopback(host):
-        p.error(f"--redis must point at this machine (loopback), got {host!r}")
+    for option in ("redis", "postgres"):
+        host = urlsplit(getattr(args, option)).hostname or ""
+        if not _is_loopback(host):
+            p.error(f"--{option} must point at this machine (loopback), got {host!r}")
     if urlsplit(args.redis).path.strip("/"):
         p.error("--redis takes no DB number: each peer gets its own (see --first-db)")
+    parts = urlsplit(args.postgres)
+    if parts.scheme not in ("postgresql", "postgres") or parts.query or parts.fragment:
+        p.error("--postgres takes postgresql://host:port/db, without ?options")
+    args.python_for = {}
+    for item in args.python:
+        peer, sep, path = item.partition("=")
+        if not sep or peer not in known or not path:
+            p.error(f"--python takes PEER=PATH with a peer of the {args.suite} suite: {item!r}")
+        if peer in NODE_PEERS:
+            p.error(f"--python: {peer} is not a Python peer")
+        if shutil.which(path) is None:
+            p.error(f"--python {peer}: no such executable: {path}")
+        args.python_for[peer] = path
+    if args.peer_timeout is None:
+        args.peer_timeout = PEER_TIMEOUTS[args.suite]
+    if args.output is None:
+        name = "results.md" if args.suite == "redis" else f"results-{args.suite}.md"
+        args.output = str(BENCH / name)
     return args
 
 
@@ -124,17 +190,80 @@ def reproduce_command(args: argparse.Namespace) -> str:
     script_shown = (
         str(script.relative_to(Path.cwd())) if script.is_relative_to(Path.cwd()) else str(script)
     )
-    words = [shown or "python", script_shown, "--jobs", str(args.jobs)]
+    words = [shown or "python", script_shown]
+    if args.suite != DEFAULTS["suite"]:
+        words += ["--suite", args.suite]
+    words += ["--jobs", str(args.jobs)]
     for name, default in DEFAULTS.items():
         value = getattr(args, name)
-        if name in ("jobs", "output", "keep_workdir") or value == default:
+        if name in ("suite", "jobs", "output", "keep_workdir") or value == default:
+            continue
+        if name == "peers" and value == ",".join(SUITES[args.suite]):
+            continue
+        if name == "peer_timeout" and value == PEER_TIMEOUTS[args.suite]:
+            continue
+        if name in ("redis", "first_db", "flush_nonempty") and args.suite != "redis":
+            continue
+        if name == "postgres" and args.suite != "postgres":
             continue
         flag = "--" + name.replace("_", "-")
-        words += [flag] if isinstance(value, bool) else [flag, str(value)]
+        if isinstance(value, bool):
+            words += [flag]
+        elif isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
     return shlex.join(words)
 
 
-# ------------------------------------------------------------------------------ Redis
+# ------------------------------------------------------------------------------ stores
+
+
+@dataclass
+class Store:
+    """Where one peer keeps its data for the run."""
+
+    url: str  # what the driver empties between phases: a Redis DB or a PostgreSQL schema
+    tag: str  # its DB number or schema name ('{db}' in --conveyor-url)
+    where: str  # for the progress log
+
+
+def stores_for(args: argparse.Namespace) -> dict[str, Store]:
+    if args.suite == "redis":
+        order = {name: args.first_db + i for i, name in enumerate(ALL_PEERS)}
+        return {
+            name: Store(f"{args.redis}/{order[name]}", str(order[name]), f"DB {order[name]}")
+            for name in args.peer_list
+        }
+    stores = {}
+    for name in args.peer_list:
+        # random, so that no run ever meets a schema it did not create itself
+        schema = f"bench_{name}_{secrets.token_hex(4)}"
+        stores[name] = Store(with_schema(args.postgres, schema), schema, f"schema {schema}")
+    return stores
+
+
+def describe_server(args: argparse.Namespace, stores: dict[str, Store]) -> str:
+    """Check the server is there (and, on Redis, that the DBs are free); describe it."""
+    if args.suite == "redis":
+        try:
+            version = redis_version(args.redis)
+        except Exception as exc:
+            sys.exit(f"cannot reach Redis at {args.redis}: {exc}")
+        check_dbs({name: store.url for name, store in stores.items()}, args.flush_nonempty)
+        host = urlsplit(args.redis).hostname
+        return f"Node {node_version()} · Redis {version} on {host}"
+    try:
+        facts = postgres_facts(args.postgres)
+    except Exception as exc:
+        sys.exit(f"cannot reach PostgreSQL at {args.postgres}: {exc}")
+    host = urlsplit(args.postgres).hostname
+    return (
+        f"PostgreSQL {facts['version']} on {host} (autovacuum {facts['autovacuum']}, "
+        f"synchronous_commit {facts['synchronous_commit']}, fsync {facts['fsync']}, "
+        f"shared_buffers {facts['shared_buffers']})"
+    )
 
 
 def redis_client(url: str) -> Any:
@@ -149,12 +278,12 @@ def redis_version(base: str) -> str:
     return str(info.get("redis_version", "?"))
 
 
-def check_dbs(base: str, dbs: dict[str, int], force: bool) -> None:
+def check_dbs(urls: dict[str, str], force: bool) -> None:
     busy = []
-    for peer, db in dbs.items():
-        with redis_client(f"{base}/{db}") as r:
+    for peer, url in urls.items():
+        with redis_client(url) as r:
             if r.dbsize() and not r.exists(MARKER) and not force:
-                busy.append(f"{peer} (DB {db}: {r.dbsize()} keys)")
+                busy.append(f"{peer} ({url}: {r.dbsize()} keys)")
     if busy:
         sys.exit(
             "refusing to FLUSHDB Redis DBs that hold keys this harness did not write: "
@@ -163,9 +292,17 @@ def check_dbs(base: str, dbs: dict[str, int], force: bool) -> None:
         )
 
 
-def flush(url: str) -> None:
-    with redis_client(url) as r:
-        r.flushdb()
+def claim_store(url: str) -> None:
+    if is_postgres(url):
+        create_schema(url)  # the driver flushes a Redis DB itself
+
+
+def release_store(url: str) -> None:
+    if is_postgres(url):
+        drop_schema(url)
+    else:
+        with redis_client(url) as r:
+            r.flushdb()
 
 
 # ------------------------------------------------------------------------------ running
@@ -193,12 +330,11 @@ def ensure_node() -> str | None:
 
 
 def run_peer(
-    name: str, db: int, args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
+    name: str, store: Store, args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    redis_url = f"{args.redis}/{db}"
-    url = redis_url
+    url = store.url
     if name == "conveyor" and args.conveyor_url:
-        url = args.conveyor_url.replace("{db}", str(db))
+        url = args.conveyor_url.replace("{db}", store.tag)
     peer_dir = workdir / name
     peer_dir.mkdir()
     common = {
@@ -221,24 +357,27 @@ def run_peer(
         command = [shutil.which("node") or "node", str(NODE_DIR / "bench.mjs"), "driver", *flags]
     else:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "peers.harness", "driver", f"--peer={name}"]
-        command += [*flags, f"--redis-url={redis_url}"]
+        python = args.python_for.get(name, sys.executable)
+        command = [python, "-m", "peers.harness", "driver", f"--peer={name}"]
+        command += [*flags, f"--store-url={store.url}"]
     started = time.monotonic()
-    with open(peer_dir / "driver.log", "wb") as out:
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            proc.wait(args.peer_timeout + 30.0)
-        except subprocess.TimeoutExpired:
-            log(f"{name}: over its time cap, killing it")
-        except KeyboardInterrupt:
-            _kill_group(proc)
-            flush(redis_url)
-            raise
-        finally:
-            _kill_group(proc)  # the driver and the worker it started
-    flush(redis_url)
+    try:
+        claim_store(store.url)
+    except Exception as exc:
+        return {"peer": name, "status": f"error: cannot create its store: {exc}", "phases": {}}
+    try:
+        with open(peer_dir / "driver.log", "wb") as out:
+            proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            try:
+                proc.wait(args.peer_timeout + 30.0)
+            except subprocess.TimeoutExpired:
+                log(f"{name}: over its time cap, killing it")
+            finally:
+                _kill_group(proc)  # the driver and the worker it started
+    finally:
+        release_store(store.url)
     elapsed = time.monotonic() - started
     result: dict[str, Any] = {"peer": name, "status": "error: no result", "phases": {}}
     path = peer_dir / "result.json"
@@ -252,7 +391,7 @@ def run_peer(
             else:
                 result["status"] = "error: " + (tail[-1] if tail else f"exit {proc.returncode}")
     result["elapsed_s"] = elapsed
-    if url != redis_url:  # conveyor on another backend: shown, but not a ratio base
+    if url != store.url:  # conveyor on another backend: shown, but not a ratio base
         result["label"] = f"{name} ({url.partition('://')[0]}://)"
     return result
 
@@ -261,78 +400,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-# ------------------------------------------------------------------------------ report
-
-
-@dataclass
-class Column:
-    title: str
-    phase: str
-    key: str
-    higher_is_better: bool
-    unit: str
-
-
-COLUMNS = [
-    Column("enqueue/s, one at a time", "enqueue_single", "rate", True, "/s"),
-    Column("enqueue/s, batched", "enqueue_batched", "rate", True, "/s"),
-    Column("drain/s (1 worker process)", "drain", "rate", True, "/s"),
-    Column("p50 enqueue→start", "latency", "p50_ms", False, " ms"),
-    Column("p99 enqueue→start", "latency", "p99_ms", False, " ms"),
-]
-
-
-def value_of(result: dict[str, Any], column: Column) -> float | None:
-    data = result.get("phases", {}).get(column.phase)
-    if not data or data.get("timeout") or column.key not in data:
-        return None
-    return float(data[column.key])
-
-
-def fmt_number(value: float, unit: str) -> str:
-    if unit == " ms":
-        return f"{value:,.1f} ms" if value >= 10 else f"{value:,.2f} ms"
-    return f"{value:,.0f}"
-
-
-def cell(result: dict[str, Any], column: Column, best: float | None) -> str:
-    status = result.get("status", "")
-    data = result.get("phases", {}).get(column.phase)
-    if not data:
-        if status != "ok":
-            return status if column is COLUMNS[0] else "n/a"
-        if column.phase == "enqueue_batched":
-            return "—"
-        return "n/a"
-    if "error" in data:
-        return "error (see details)"
-    if "skipped" in data:
-        return f"skipped ({data['skipped']})"
-    if column.phase == "drain" and data.get("timeout"):
-        return f"timeout after {data['seconds']:.0f} s ({data['done']:,} jobs done)"
-    if column.phase == "latency" and data.get("timeout"):
-        return f"timeout ({data['done']} of {data['count']} started)"
-    value = float(data[column.key])
-    text = fmt_number(value, column.unit)
-    if column.phase.startswith("enqueue") and data.get("timeout"):
-        text += f" (timeout after {data['seconds']:.0f} s, {data['count']:,} enqueued)"
-    if column.phase == "latency" and data.get("min_ms", 0.0) < 0:
-        text += " (clock error: negative samples)"
-    if best:
-        ratio = value / best
-        text += f" ({ratio:.2f}x)" if ratio < 10 else f" ({ratio:.0f}x)"
-    return text
-
-
-def name_of(result: dict[str, Any]) -> str:
-    return str(result.get("label") or result["peer"])
-
-
-def versions_text(result: dict[str, Any]) -> str:
-    versions: dict[str, str] = result.get("versions") or {}
-    return ", ".join(f"{k} {v}" for k, v in versions.items()) or "?"
 
 
 def git_revision() -> str:
@@ -362,110 +429,13 @@ def node_version() -> str:
     return done.stdout.strip().lstrip("v") or "?"
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, str]) -> str:
-    best: dict[str, float | None] = {}
-    for column in COLUMNS:
-        values = [
-            v
-            for r in results
-            if r["peer"] in PYTHON_PEERS
-            and "label" not in r
-            and (v := value_of(r, column)) is not None
-        ]
-        best[column.title] = (
-            (max(values) if column.higher_is_better else min(values)) if values else None
-        )
-    lines = [
-        "# Redis job queues, side by side",
-        "",
-        f"- run: {meta['date']} · conveyor {meta['git']}",
-        f"- Python {platform.python_version()} · Node {meta['node']} · {os.cpu_count()} CPUs · "
-        f"Redis {meta['redis']} on {urlsplit(args.redis).hostname} · "
-        f"{platform.system()} {platform.machine()} · load average at start {meta['load']}",
-        f"- workload: {args.jobs:,} no-op jobs per phase; batches of {args.batch_size:,}; "
-        f"ONE worker process at concurrency {args.concurrency}; latency: "
-        f"{args.latency_jobs} jobs, one every {args.interval * 1000:.0f} ms, on an idle worker",
-        "- ratio in brackets = value ÷ the best **Python** peer's value in that column "
-        "(throughput: 1.00x is the fastest, lower is slower; latency: 1.00x is the lowest, "
-        "higher is slower)",
-        "",
-        "| peer | versions | " + " | ".join(c.title for c in COLUMNS) + " |",
-        "|---|---|" + "--:|" * len(COLUMNS),
-    ]
-    for r in results:
-        cells = [cell(r, c, best[c.title]) for c in COLUMNS]
-        lines.append(f"| {name_of(r)} | {versions_text(r)} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Settings per peer",
-        "",
-        "| peer | worker | batch call | notes |",
-        "|---|---|---|---|",
-    ]
-    for r in results:
-        batch = r.get("batch_call") or f"— ({r.get('no_batch_reason') or 'none'})"
-        lines.append(
-            f"| {name_of(r)} | {r.get('settings', '?')} | {batch} | {r.get('notes') or ''} |"
-        )
-    lines += [
-        "",
-        "## Details",
-        "",
-        "| peer | drain s | worker start → 1st job s | spawn → worker start s "
-        "| latency mean ms | latency max ms | peer wall time s | status |",
-        "|---|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for r in results:
-        drain = r.get("phases", {}).get("drain") or {}
-        lat = r.get("phases", {}).get("latency") or {}
-        errors = [f"{k}: {v['error']}" for k, v in r.get("phases", {}).items() if "error" in v]
-
-        def num(data: dict[str, Any], key: str, fmt: str = "{:.2f}") -> str:
-            return fmt.format(data[key]) if key in data and not data.get("timeout") else "—"
-
-        lines.append(
-            f"| {name_of(r)} | {num(drain, 'seconds')} | {num(drain, 'startup_s', '{:.3f}')} "
-            f"| {num(drain, 'spawn_to_start_s')} | {num(lat, 'mean_ms')} | {num(lat, 'max_ms')} "
-            f"| {r.get('elapsed_s', 0):.0f} | {'; '.join([r.get('status', '?'), *errors])} |"
-        )
-    lines += [
-        "",
-        "Reproduce (from the repository root, in the environment where "
-        "`pip install -e '.[bench]'` was run):",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
-        "How each figure is measured, and the caveats: benchmarks/README.md.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def summary(result: dict[str, Any]) -> str:
-    parts = []
-    for column in COLUMNS:
-        value = value_of(result, column)
-        if value is not None:
-            parts.append(f"{column.phase}.{column.key}={fmt_number(value, column.unit)}")
-    return f"{result['peer']}: {result.get('status')} " + " ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    order = {name: args.first_db + i for i, name in enumerate(ALL_PEERS)}
-    dbs = {name: order[name] for name in args.peer_list}
-    try:
-        version = redis_version(args.redis)
-    except Exception as exc:
-        sys.exit(f"cannot reach Redis at {args.redis}: {exc}")
-    check_dbs(args.redis, dbs, args.flush_nonempty)
+    stores = stores_for(args)
     meta = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git": git_revision(),
-        "node": node_version(),
-        "redis": version,
+        "server": describe_server(args, stores),
         "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
         "command": reproduce_command(args),
     }
@@ -477,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for name in args.peer_list:
-            log(f"{name}: running on DB {dbs[name]} (cap {args.peer_timeout:.0f} s) ...")
-            result = run_peer(name, dbs[name], args, workdir, log)
+            store = stores[name]
+            log(f"{name}: running on {store.where} (cap {args.peer_timeout:.0f} s) ...")
+            result = run_peer(name, store, args, workdir, log)
             results.append(result)
             log(f"  {summary(result)}  [{result['elapsed_s']:.0f} s]")
     finally:

@@ -34,6 +34,9 @@ class Peer(abc.ABC):
     def __init__(self, url: str, concurrency: int) -> None:
         self.url = url
         self.concurrency = concurrency
+        #: the Redis DB or PostgreSQL schema the harness empties between phases
+        #: (set by the driver; the same as `url` unless run.py was told otherwise)
+        self.store_url: str | None = None
 
     @classmethod
     def missing(cls, url: str) -> str | None:
@@ -45,17 +48,23 @@ class Peer(abc.ABC):
     def versions(cls) -> dict[str, str]:
         """Library versions, e.g. {"arq": "0.28.0"}."""
 
+    @classmethod
+    def versions_for(cls, url: str) -> dict[str, str]:
+        """The versions that matter when the peer runs against `url`."""
+        return cls.versions()
+
     # -- producer side (driver process) --------------------------------------------------
 
     async def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect the producer; called again after the harness flushes the DB."""
+        """Connect the producer, creating the peer's tables if it has any; called
+        again after the harness has emptied the store."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Disconnect the producer."""
 
     async def reset(self) -> None:  # noqa: B027 - optional hook
-        """Delete what the peer stored outside the Redis DB the harness flushes
-        (only conveyor on a non-Redis URL needs this)."""
+        """Delete what the peer stored outside the store the harness empties
+        (only conveyor on a URL of its own, `--conveyor-url`, needs this)."""
 
     @abc.abstractmethod
     async def enqueue_one(self, t: float) -> None:

@@ -1,18 +1,21 @@
-"""conveyor itself, on the backend its URL selects (redis:// by default)."""
+"""conveyor itself, on the backend its URL selects: the suite's server
+(redis://, or postgresql://...?schema=NAME), or --conveyor-url."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from conveyor import Conveyor
 from conveyor import __version__ as conveyor_version
-from conveyor.backends import SCHEMES, scheme_of
+from conveyor.backends import from_url
 from peers import probe
 from peers.base import Peer, dist_version
+from peers.stores import is_postgres
 
 NOOP = "bench.noop"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 async def noop(payload: float) -> None:
@@ -41,18 +44,26 @@ class ConveyorPeer(Peer):
 
     @classmethod
     def missing(cls, url: str) -> str | None:
-        scheme = scheme_of(url)
-        module = f"conveyor.backends.{scheme}"
-        if scheme not in SCHEMES or importlib.util.find_spec(module) is None:
-            return "n/a (backend missing)"
+        # Building the backend (not opening it) is what fails on a checkout that
+        # lacks the scheme or its driver: report that error, and the run goes on.
+        try:
+            from_url(url)
+        except Exception as exc:
+            return f"failed: {type(exc).__name__}: {exc}"
         return None
 
     @classmethod
     def versions(cls) -> dict[str, str]:
-        # conveyor speaks RESP itself; hiredis parses the replies.
-        found = {"conveyor": conveyor_version}
-        if dist_version("hiredis") != "not installed":
-            found["hiredis"] = dist_version("hiredis")
+        return {"conveyor": conveyor_version}
+
+    @classmethod
+    def versions_for(cls, url: str) -> dict[str, str]:
+        # conveyor speaks RESP itself (hiredis parses the replies); psycopg for PostgreSQL.
+        scheme = urlsplit(url).scheme
+        driver = "psycopg" if is_postgres(url) else "hiredis" if scheme in REDIS_SCHEMES else None
+        found = cls.versions()
+        if driver is not None and dist_version(driver) != "not installed":
+            found[driver] = dist_version(driver)
         return found
 
     async def open(self) -> None:
@@ -65,7 +76,7 @@ class ConveyorPeer(Peer):
             self.app = None
 
     async def reset(self) -> None:
-        if scheme_of(self.url) != "redis":  # a Redis DB is flushed by the harness
+        if self.url != self.store_url:  # else the harness empties it
             assert self.app is not None
             states = ["queued", "scheduled", "completed", "failed", "cancelled"]
             await self.app.purge(states)

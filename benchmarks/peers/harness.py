@@ -3,13 +3,15 @@
     python -m peers.harness driver --peer arq ...   # producer side, one per peer
     python -m peers.harness worker --peer arq ...   # started by the driver
 
-The driver runs the whole workload for one peer against its own Redis DB and
-writes what it measured to WORKDIR/result.json after every phase, so that a
-run killed for taking too long still reports what it finished:
+The driver runs the whole workload for one peer against its own store (a
+Redis DB, or a PostgreSQL schema: see peers/stores.py) and writes what it
+measured to WORKDIR/result.json after every phase, so that a run killed for
+taking too long still reports what it finished:
 
-1. FLUSHDB, then `--jobs` enqueues one at a time (a client loop);
-2. if the peer has a batch call: FLUSHDB, then `--jobs` enqueues in batches
-   of `--batch-size`;
+1. empty the store (FLUSHDB, or drop and recreate the schema), then `--jobs`
+   enqueues one at a time (a client loop);
+2. if the peer has a batch call: empty the store, then `--jobs` enqueues in
+   batches of `--batch-size`;
 3. drain: with those jobs queued, start ONE worker process at
    `--concurrency`; drain/s = jobs / (time of the last job's body - the time
    the worker process handed control to the library's worker loop), both
@@ -17,7 +19,7 @@ run killed for taking too long still reports what it finished:
 4. latency: the now idle worker gets `--latency-jobs` jobs, one every
    `--interval` s, each carrying the producer's `time.time()` taken just
    before its enqueue call; the task records its start time minus that;
-5. SIGTERM the worker, FLUSHDB.
+5. SIGTERM the worker, empty the store.
 """
 
 from __future__ import annotations
@@ -33,13 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis import Redis
-
 from peers import probe as probe_module
 from peers.base import Peer
+from peers.stores import flush
 
-#: set after every FLUSHDB; a DB holding other keys but not this one is left alone
-MARKER = "conveyor-bench:owner"
 RESULT = "result.json"
 
 
@@ -47,12 +46,6 @@ def load_peer(name: str) -> type[Peer]:
     module = importlib.import_module(f"peers.{name}_peer")
     peer: type[Peer] = module.PEER
     return peer
-
-
-def flush(redis_url: str) -> None:
-    with Redis.from_url(redis_url) as redis:
-        redis.flushdb()
-        redis.set(MARKER, "benchmarks/run.py")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -93,7 +86,7 @@ class Driver:
             self.save()
             return
         self.result.update(
-            versions=cls.versions(),
+            versions=cls.versions_for(args.url),
             settings=cls.settings,
             batch_call=cls.batch_call,
             no_batch_reason=cls.no_batch_reason,
@@ -106,6 +99,7 @@ class Driver:
             return
         self.save()
         peer = cls(args.url, args.concurrency)
+        peer.store_url = args.store_url
         await self.fresh(peer, first=True)
         try:
             queued = await self.enqueue_phase(
@@ -127,7 +121,7 @@ class Driver:
             self.stop_worker()
             await peer.reset()
             await peer.close()
-            flush(args.redis_url)
+            flush(args.store_url)
             self.save()
 
     def at_fraction(self, fraction: float) -> float:
@@ -137,7 +131,7 @@ class Driver:
         if not first:
             await peer.reset()
             await peer.close()
-        flush(self.args.redis_url)
+        flush(self.args.store_url)
         await peer.open()
         if first:
             await peer.reset()
@@ -307,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     driver = sub.add_parser("driver")
     driver.add_argument("--peer", required=True)
     driver.add_argument("--url", required=True, help="the peer's URL")
-    driver.add_argument("--redis-url", required=True, help="the Redis DB to flush")
+    driver.add_argument(
+        "--store-url", required=True, help="the Redis DB or PostgreSQL schema to empty"
+    )
     driver.add_argument("--workdir", required=True)
     driver.add_argument("--jobs", type=int, required=True)
     driver.add_argument("--batch-size", type=int, required=True)

@@ -1,0 +1,198 @@
+"""The markdown report of benchmarks/run.py: one table per run, ratios in brackets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from peers import PYTHON_PEERS, SUITES
+
+
+@dataclass
+class Column:
+    title: str
+    phase: str
+    key: str
+    higher_is_better: bool
+    unit: str
+
+
+COLUMNS = [
+    Column("enqueue/s, one at a time", "enqueue_single", "rate", True, "/s"),
+    Column("enqueue/s, batched", "enqueue_batched", "rate", True, "/s"),
+    Column("drain/s (1 worker process)", "drain", "rate", True, "/s"),
+    Column("p50 enqueue→start", "latency", "p50_ms", False, " ms"),
+    Column("p99 enqueue→start", "latency", "p99_ms", False, " ms"),
+]
+
+#: the peer every ratio is taken against, per suite; None: the best Python peer
+#: of each column. procrastinate is the reference the PostgreSQL targets name.
+RATIO_PEER: dict[str, str | None] = {"redis": None, "postgres": "procrastinate"}
+TITLES = {"redis": "Redis job queues", "postgres": "PostgreSQL job queues"}
+
+
+def value_of(result: dict[str, Any], column: Column) -> float | None:
+    data = result.get("phases", {}).get(column.phase)
+    if not data or data.get("timeout") or column.key not in data:
+        return None
+    return float(data[column.key])
+
+
+def fmt_number(value: float, unit: str) -> str:
+    if unit == " ms":
+        return f"{value:,.1f} ms" if value >= 10 else f"{value:,.2f} ms"
+    return f"{value:,.0f}"
+
+
+def cell(result: dict[str, Any], column: Column, base: float | None) -> str:
+    status = result.get("status", "")
+    data = result.get("phases", {}).get(column.phase)
+    if not data:
+        if status != "ok":
+            return status if column is COLUMNS[0] else "n/a"
+        if column.phase == "enqueue_batched":
+            return "—"
+        return "n/a"
+    if "error" in data:
+        return "error (see details)"
+    if "skipped" in data:
+        return f"skipped ({data['skipped']})"
+    if column.phase == "drain" and data.get("timeout"):
+        return f"timeout after {data['seconds']:.0f} s ({data['done']:,} jobs done)"
+    if column.phase == "latency" and data.get("timeout"):
+        return f"timeout ({data['done']} of {data['count']} started)"
+    value = float(data[column.key])
+    text = fmt_number(value, column.unit)
+    if column.phase.startswith("enqueue") and data.get("timeout"):
+        text += f" (timeout after {data['seconds']:.0f} s, {data['count']:,} enqueued)"
+    if column.phase == "latency" and data.get("min_ms", 0.0) < 0:
+        text += " (clock error: negative samples)"
+    if base:
+        ratio = value / base
+        text += f" ({ratio:.2f}x)" if ratio < 10 else f" ({ratio:.0f}x)"
+    return text
+
+
+def name_of(result: dict[str, Any]) -> str:
+    return str(result.get("label") or result["peer"])
+
+
+def versions_text(result: dict[str, Any]) -> str:
+    versions: dict[str, str] = result.get("versions") or {}
+    return ", ".join(f"{k} {v}" for k, v in versions.items()) or "?"
+
+
+def ratio_bases(results: list[dict[str, Any]], suite: str) -> tuple[dict[str, float | None], str]:
+    """The value each column's ratios divide by, and a sentence saying what it is."""
+    python_peers = PYTHON_PEERS if suite == "redis" else SUITES[suite]
+    reference = RATIO_PEER[suite]
+    bases: dict[str, float | None] = {}
+    fallback = False
+    for column in COLUMNS:
+        ref = next((r for r in results if r["peer"] == reference and "label" not in r), None)
+        value = value_of(ref, column) if ref is not None else None
+        if value is None:
+            fallback |= reference is not None
+            values = [
+                v
+                for r in results
+                if r["peer"] in python_peers
+                and "label" not in r
+                and (v := value_of(r, column)) is not None
+            ]
+            value = (max(values) if column.higher_is_better else min(values)) if values else None
+        bases[column.title] = value
+    if reference is None:
+        text = (
+            "ratio in brackets = value ÷ the best **Python** peer's value in that column "
+            "(throughput: 1.00x is the fastest, lower is slower; latency: 1.00x is the lowest, "
+            "higher is slower)"
+        )
+    else:
+        text = (
+            f"ratio in brackets = value ÷ **{reference}**'s value in that column "
+            f"(throughput: above 1 is faster than {reference}; latency: below 1 is lower)"
+        )
+        if fallback:
+            text += f"; where {reference} has no figure, ÷ the best peer's value in that column"
+    return bases, text
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, str]) -> str:
+    suite = args.suite
+    bases, ratio_text = ratio_bases(results, suite)
+    lines = [
+        f"# {TITLES[suite]}, side by side",
+        "",
+        f"- run: {meta['date']} · conveyor {meta['git']}",
+        f"- Python {platform.python_version()} · {meta['server']} · {os.cpu_count()} CPUs · "
+        f"{platform.system()} {platform.machine()} · load average at start {meta['load']}",
+        f"- workload: {args.jobs:,} no-op jobs per phase; batches of {args.batch_size:,}; "
+        f"ONE worker process at concurrency {args.concurrency}; latency: "
+        f"{args.latency_jobs} jobs, one every {args.interval * 1000:.0f} ms, on an idle worker",
+        f"- {ratio_text}",
+        "",
+        "| peer | versions | " + " | ".join(c.title for c in COLUMNS) + " |",
+        "|---|---|" + "--:|" * len(COLUMNS),
+    ]
+    for r in results:
+        cells = [cell(r, c, bases[c.title]) for c in COLUMNS]
+        lines.append(f"| {name_of(r)} | {versions_text(r)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Settings per peer",
+        "",
+        "| peer | worker | batch call | notes |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        batch = r.get("batch_call") or f"— ({r.get('no_batch_reason') or 'none'})"
+        lines.append(
+            f"| {name_of(r)} | {r.get('settings', '?')} | {batch} | {r.get('notes') or ''} |"
+        )
+    lines += [
+        "",
+        "## Details",
+        "",
+        "| peer | drain s | worker start → 1st job s | spawn → worker start s "
+        "| latency mean ms | latency max ms | peer wall time s | status |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in results:
+        drain = r.get("phases", {}).get("drain") or {}
+        lat = r.get("phases", {}).get("latency") or {}
+        errors = [f"{k}: {v['error']}" for k, v in r.get("phases", {}).items() if "error" in v]
+
+        def num(data: dict[str, Any], key: str, fmt: str = "{:.2f}") -> str:
+            return fmt.format(data[key]) if key in data and not data.get("timeout") else "—"
+
+        lines.append(
+            f"| {name_of(r)} | {num(drain, 'seconds')} | {num(drain, 'startup_s', '{:.3f}')} "
+            f"| {num(drain, 'spawn_to_start_s')} | {num(lat, 'mean_ms')} | {num(lat, 'max_ms')} "
+            f"| {r.get('elapsed_s', 0):.0f} | {'; '.join([r.get('status', '?'), *errors])} |"
+        )
+    lines += [
+        "",
+        "Reproduce (from the repository root, in the environment where "
+        "`pip install -e '.[bench]'` was run):",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        "How each figure is measured, and the caveats: benchmarks/README.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(result: dict[str, Any]) -> str:
+    parts = []
+    for column in COLUMNS:
+        value = value_of(result, column)
+        if value is not None:
+            parts.append(f"{column.phase}.{column.key}={fmt_number(value, column.unit)}")
+    return f"{result['peer']}: {result.get('status')} " + " ".join(parts)
