@@ -192,9 +192,7 @@ class PostgresBackend(PostgresStores):
             "now": now,
             "commit": self._commit,
             "lease": lease,
-            "ids": [b.job_id for b in beats],
-            "tokens": [b.token for b in beats],
-            "logs": [_logs_json(b.logs) for b in beats],
+            "rows": json.dumps([[b.job_id, b.token, _logs_json(b.logs)] for b in beats]),
         }
         rows = await self._fetch(self.q.heartbeat, params)
         held = {(job_id, token): cancel for job_id, token, cancel in rows}
@@ -238,22 +236,24 @@ class PostgresBackend(PostgresStores):
         if not sent:
             return None, sent
         chosen = [outcomes[i] for i in sent]
-        params = {
-            "now": None,
-            "commit": self._commit,
-            "ids": [o.job_id for o in chosen],
-            "tokens": [o.token for o in chosen],
-            "kinds": [o.kind.value for o in chosen],
-            "ats": [o.at for o in chosen],
-            "results": [o.result for o in chosen],
-            "errors": [o.error for o in chosen],
-            "run_ats": [o.run_at for o in chosen],
-            "retry_ins": [o.retry_in for o in chosen],
-            "logs": [_logs_json(o.logs) for o in chosen],
-            "progresses": [o.progress for o in chosen],
-            "tracebacks": [o.traceback for o in chosen],
-            "timed_outs": [o.timed_out for o in chosen],
-        }
+        rows = [
+            [
+                o.job_id,
+                o.token,
+                o.kind.value,
+                o.at,
+                o.result,
+                o.error,
+                o.run_at,
+                o.retry_in,
+                _logs_json(o.logs),
+                o.progress,
+                o.traceback,
+                o.timed_out,
+            ]
+            for o in chosen
+        ]
+        params = {"now": None, "commit": self._commit, "rows": json.dumps(rows)}
         return (self.q.finish, params), sent
 
     async def _finished(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,20 +27,23 @@ async def insert(q: Statements, conn: Any, jobs: Sequence[NewJob]) -> list[Job]:
                 continue
             first[new.key] = index
         store.append(new)
-    params = {
-        "now": None,
-        "ids": [n.id for n in store],
-        "names": [n.name for n in store],
-        "queues": [n.queue for n in store],
-        "payloads": [n.payload for n in store],
-        "priorities": [n.priority for n in store],
-        "max_retries": [n.max_retries for n in store],
-        "timeouts": [n.timeout for n in store],
-        "keys": [n.key for n in store],
-        "created": [n.created_at for n in store],
-        "due": [n.run_at for n in store],
-        "relative": [n.relative for n in store],
-    }
+    batch = [
+        [
+            n.id,
+            n.name,
+            n.queue,
+            n.payload,
+            n.priority,
+            n.max_retries,
+            n.timeout,
+            n.key,
+            n.created_at,
+            n.run_at,
+            n.relative,
+        ]
+        for n in store
+    ]
+    params = {"now": None, "rows": json.dumps(batch)}
     try:
         rows = await execute(conn, q.insert, params)
     except psycopg.errors.UniqueViolation as exc:
