@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from conveyor.job import InvalidOptionError
 
 # conveyor's own options; every other query parameter goes to libpq.
-OPTIONS: Final = frozenset({"schema", "migrate", "pool_size", "vacuum"})
+OPTIONS: Final = frozenset({"schema", "migrate", "pool_size", "vacuum", "prepared_statements"})
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
@@ -27,6 +27,11 @@ class PostgresURL:
     migrate: bool  # create / upgrade the schema on first use
     pool_size: int  # connections per event loop, at most
     vacuum: bool  # the backend's own VACUUM of its tables (see maintenance.py)
+    # psycopg's server-side prepared statements (a statement run 5 times on a
+    # connection is prepared there): faster claims, but a pooler in
+    # transaction mode moves the connection's statements between server
+    # connections, where they do not exist.
+    prepared_statements: bool
     display: str  # host:port/dbname, for messages (no password)
 
 
@@ -79,6 +84,9 @@ def parse_url(url: str) -> PostgresURL:
         migrate=_flag(url, "migrate", ours.get("migrate", "true")),
         pool_size=pool_size,
         vacuum=_flag(url, "vacuum", ours.get("vacuum", "true")),
+        prepared_statements=_flag(
+            url, "prepared_statements", ours.get("prepared_statements", "true")
+        ),
         display=f"{host}:{port or 5432}/{dbname}",
     )
 
