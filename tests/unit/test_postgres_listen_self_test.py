@@ -19,7 +19,6 @@ from conveyor import BackendMisconfiguredError, BackendUnavailableError, Conveyo
 from conveyor.backends.postgres import listener as listener_module
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.listener import Listener
-from conveyor.backends.postgres.url import parse_url
 
 pytestmark = pytest.mark.postgres
 
@@ -143,18 +142,6 @@ async def test_a_worker_stops_with_the_reason(
         assert "unavailable" not in caplog.text  # not reported as an outage
     finally:
         await app.close()
-
-
-def test_the_prepared_statements_option() -> None:
-    base = "postgresql://postgres@127.0.0.1:5432/test"
-    assert parse_url(base).prepared_statements is True
-    off = parse_url(f"{base}?prepared_statements=false&schema=s")
-    assert off.prepared_statements is False
-    assert "prepared_statements" not in off.conninfo  # conveyor's, not libpq's
-    from conveyor import InvalidOptionError
-
-    with pytest.raises(InvalidOptionError, match="prepared_statements='nope'"):
-        parse_url(f"{base}?prepared_statements=nope")
 
 
 async def _until_started(listener: Listener) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from conveyor.job import InvalidOptionError
 
@@ -74,7 +74,9 @@ def parse_url(url: str) -> PostgresURL:
         )
     if not any(name == "connect_timeout" for name, _ in theirs):
         theirs.append(("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    # Not urlunsplit: it drops the `//` of a URL without a host
+    # (`postgresql:///db`: libpq's default host, or $PGHOST).
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(theirs)}"
     _check_libpq_options(url, conninfo)
     host = parts.hostname or "localhost"
     dbname = parts.path.lstrip("/") or parts.username or "postgres"
