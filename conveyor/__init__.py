@@ -11,6 +11,7 @@ from conveyor.backoff import Backoff
 from conveyor.context import JobContext
 from conveyor.events import Event
 from conveyor.job import (
+    BackendMisconfiguredError,
     BackendUnavailableError,
     ConveyorError,
     InvalidOptionError,
@@ -30,6 +31,7 @@ from conveyor.worker import Worker, WorkerSettings
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendMisconfiguredError",
     "BackendUnavailableError",
     "Backoff",
     "Conveyor",

@@ -106,12 +106,21 @@ S = TypeVar("S", bound=HasPortal)
 
 def blocking(
     method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+    *,
+    in_caller_thread: Callable[[S, dict[str, Any]], None] | None = None,
 ) -> Callable[Concatenate[S, P], R]:
-    """Make the blocking twin of an async method."""
+    """Make the blocking twin of an async method. `in_caller_thread(self,
+    keyword_arguments)` may rewrite the keyword arguments in the calling
+    thread first, for what belongs to that thread (a database connection
+    inside its transaction)."""
     what = method.__name__
 
     @functools.wraps(method)
     def twin(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if in_caller_thread is not None:
+            arguments: dict[str, Any] = dict(kwargs)
+            in_caller_thread(self, arguments)
+            return self.portal.call(lambda: method(self, *args, **arguments), what)
         return self.portal.call(lambda: method(self, *args, **kwargs), what)
 
     twin.__name__ = twin.__qualname__ = f"{what}_sync"

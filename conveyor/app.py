@@ -468,6 +468,21 @@ class Conveyor(JobTypes, RecurringSchedules):
                     f"delays over {caps.max_delay:g} s (job {new.name!r} is due in {delay:.0f} s)",
                 )
 
+    def _caller_connection(self, arguments: dict[str, Any]) -> None:
+        """The blocking twins' `connection=`, unwrapped in the caller's thread
+        before the call moves to the helper thread: a framework's connection
+        belongs to the thread that opened its transaction (Django keeps one
+        per thread; read from the helper thread, `django.db.connection`
+        would be another connection, outside the transaction)."""
+        connection = arguments.get("connection")
+        backend = self.backend
+        if (
+            connection is not None
+            and backend.capabilities.transactional_enqueue
+            and isinstance(backend, TransactionalEnqueue)
+        ):
+            arguments["connection"] = backend.unwrap_connection(connection)
+
     async def _enqueue_in(self, backend: Backend, connection: Any, jobs: list[NewJob]) -> list[Job]:
         self._require(
             backend.capabilities.transactional_enqueue
@@ -527,8 +542,8 @@ class Conveyor(JobTypes, RecurringSchedules):
 
     # ------------------------------------------------------------------ blocking twins
 
-    enqueue_sync = blocking(enqueue)
-    enqueue_many_sync = blocking(enqueue_many)
+    enqueue_sync = blocking(enqueue, in_caller_thread=_caller_connection)
+    enqueue_many_sync = blocking(enqueue_many, in_caller_thread=_caller_connection)
     get_job_sync = blocking(get_job)
     get_job_by_key_sync = blocking(get_job_by_key)
     wait_sync = blocking(wait)

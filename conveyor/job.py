@@ -207,6 +207,13 @@ class BackendUnavailableError(ConveyorError, ConnectionError):
     logged: bool = False
 
 
+class BackendMisconfiguredError(ConveyorError):
+    """The backend answers, but is set up in a way conveyor cannot work
+    through (PostgreSQL behind a pooler in transaction mode, where LISTEN
+    never hears a NOTIFY). Not an outage: waiting does not mend it, so a
+    worker stops on it, saying why, instead of retrying."""
+
+
 class NotSupportedError(ConveyorError, NotImplementedError):
     """The backend declared that it cannot do this (see its capabilities)."""
 

@@ -113,6 +113,13 @@ class Producer(Protocol):
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job: ...
 
+    # The blocking twins: they find a `connection=` in the caller's thread.
+    def enqueue_sync(self, name: str, payload: Any = None, **options: Any) -> Job: ...
+
+    def enqueue_many_sync(
+        self, items: Iterable[tuple[Any, ...]], *, connection: Any = None
+    ) -> list[Job]: ...
+
 
 class JobFailedError(ConveyorError):
     """The job a typed `result()` waited for ended failed or cancelled: it has
@@ -285,10 +292,14 @@ class JobType(Generic[PayloadT, ResultT]):
             ) from exc
 
     def enqueue_sync(self, payload: PayloadT, **options: Any) -> Job:
-        return self.app.portal.call(lambda: self.enqueue(payload, **options), "enqueue")
+        return self.app.enqueue_sync(self.name, payload, **options)
 
-    def enqueue_many_sync(self, payloads: Sequence[PayloadT], **options: Any) -> list[Job]:
-        return self.app.portal.call(lambda: self.enqueue_many(payloads, **options), "enqueue_many")
+    def enqueue_many_sync(
+        self, payloads: Sequence[PayloadT], *, connection: Any = None, **options: Any
+    ) -> list[Job]:
+        return self.app.enqueue_many_sync(
+            [(self.name, p, options) for p in payloads], connection=connection
+        )
 
     def result_sync(self, job: Job | str, timeout: float | None = None) -> ResultT:
         return self.app.portal.call(lambda: self.result(job, timeout), "result")

@@ -407,6 +407,13 @@ class TransactionalEnqueue(Protocol):
         """As `enqueue`, on `connection`; raise InvalidOptionError when
         `connection` is not a connection this backend can use."""
 
+    def unwrap_connection(self, connection: Any) -> Any:
+        """The driver connection inside `connection`, found in the calling
+        thread: the blocking twins call this before handing the call to
+        their helper thread, since a framework's connection may belong to
+        the thread that opened its transaction. InvalidOptionError as for
+        `enqueue_in`."""
+
 
 @runtime_checkable
 class Migrations(Protocol):

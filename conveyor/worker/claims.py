@@ -151,6 +151,11 @@ class Claimer:
                     fut.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await waiter
+        # The wait's own failure is the caller's to judge (an outage, or a
+        # backend that cannot serve this worker at all).
+        failure = None if waiter.cancelled() else waiter.exception()
+        if failure is not None:
+            raise failure
 
     def _new_id(self) -> str:
         self._made += 1

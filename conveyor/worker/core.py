@@ -29,7 +29,13 @@ from conveyor.backends.base import (
     WorkerRegistry,
 )
 from conveyor.context import JobContext
-from conveyor.job import InvalidOptionError, InvalidPayloadError, Job, Permanent
+from conveyor.job import (
+    BackendMisconfiguredError,
+    InvalidOptionError,
+    InvalidPayloadError,
+    Job,
+    Permanent,
+)
 from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
@@ -122,6 +128,8 @@ class Worker(LeaseKeeping, GracefulStop):
         self._presence: Presence | None = None
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
         self._ran: dict[str, None] = {}  # burst mode: ids of the jobs started, in order
+        # Why the worker stopped by itself, if it did: raised by run().
+        self.failure: BackendMisconfiguredError | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,6 +273,10 @@ class Worker(LeaseKeeping, GracefulStop):
                 self._acks.put_back(batch)  # stop() gave up on this exchange
                 await self._unclaim_lost_before_exit()
                 raise
+            except BackendMisconfiguredError as exc:
+                self._acks.put_back(batch)
+                self._give_up(exc)
+                break
             except Exception as exc:
                 self._acks.put_back(batch)
                 failures += 1
@@ -320,6 +332,8 @@ class Worker(LeaseKeeping, GracefulStop):
             await self._stopping.wait()
         finally:
             await self.stop()
+        if self.failure is not None:
+            raise self.failure
 
     @property
     def ran(self) -> tuple[str, ...]:
@@ -357,11 +371,22 @@ class Worker(LeaseKeeping, GracefulStop):
                     self._start_job(job)
             else:
                 await self._claimer.wait_for_work(self._stopping)
+        except BackendMisconfiguredError as exc:
+            self._give_up(exc)
         except Exception as exc:
             self._outage.failed("waiting for work", exc)
             await self._sleep_unless_stopping(1.0)
         finally:
             self._idle_now = False
+
+    def _give_up(self, exc: BackendMisconfiguredError) -> None:
+        """The backend cannot serve this worker as it is set up: retrying
+        would only hide that, so stop (as on SIGTERM) and let `run()` raise it."""
+        if self.failure is None:
+            logger.error("worker %s stopping: %s", self.id, exc)
+            self.failure = exc
+        self._stopping.set()
+        self._slot_freed.set()
 
     async def _claim_blocking(self, backend: BlockingClaim) -> list[Job]:
         free = self._free_slots()

@@ -18,6 +18,7 @@ from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
+    from conveyor.job import BackendMisconfiguredError
     from conveyor.worker.claims import Claimer
     from conveyor.worker.duties import Presence
     from conveyor.worker.settings import WorkerSettings
@@ -53,6 +54,7 @@ class GracefulStop:
     _slot_freed: asyncio.Event
     _abort: asyncio.Event
     _stop_begun: bool
+    failure: BackendMisconfiguredError | None
 
     # Provided by Worker.
     async def start(self) -> None:
@@ -85,6 +87,8 @@ class GracefulStop:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+        if self.failure is not None:
+            raise self.failure
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping.is_set():

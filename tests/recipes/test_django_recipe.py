@@ -27,6 +27,7 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {database!r}}}}}
 CONVEYOR_URL = {conveyor_url!r}
+CONVEYOR_SHARES_DATABASE = False
 """
 
 

@@ -35,7 +35,7 @@ def test_defaults() -> None:
     ("url", "message"),
     [
         ("postgresql://h/db?sslmod=require", "sslmod"),  # a libpq typo
-        ("postgresql://h/db?schem=x", "conveyor's own options: migrate, pool_size, schema"),
+        ("postgresql://h/db?schem=x", "conveyor's own options: migrate, pool_size, prepared"),
         ("postgresql://h/db?schema=My-Schema", "schema name"),
         ("postgresql://h/db?pool_size=1", "pool_size"),
         ("postgresql://h/db?migrate=maybe", "expected true or false"),
@@ -57,3 +57,37 @@ def test_an_unanswering_server_fails_fast_with_the_address() -> None:
     with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:1/test unreachable"):
         asyncio.run(go())
     assert time.monotonic() - started < 10
+
+
+BASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def test_prepared_statements_are_on_unless_the_url_says_false() -> None:
+    assert parse_url(BASE).prepared_statements is True
+    off = parse_url(f"{BASE}?prepared_statements=false&schema=s")
+    assert off.prepared_statements is False and off.schema == "s"
+    assert "prepared_statements" not in off.conninfo  # conveyor's, not libpq's
+    with pytest.raises(InvalidOptionError, match="prepared_statements='nope'"):
+        parse_url(f"{BASE}?prepared_statements=nope")
+
+
+@pytest.mark.parametrize(
+    ("url", "conninfo"),
+    [
+        # No host: libpq's default (or $PGHOST); the `//` must stay.
+        ("postgresql:///shop?schema=jobs", "postgresql:///shop?connect_timeout=5"),
+        ("postgres:///shop", "postgresql:///shop?connect_timeout=5"),
+        (
+            "postgres://u:p@db:6432/shop?sslmode=disable",
+            "postgresql://u:p@db:6432/shop?sslmode=disable&connect_timeout=5",
+        ),
+        ("postgresql://%2Fvar%2Frun/shop", "postgresql://%2Fvar%2Frun/shop?connect_timeout=5"),
+    ],
+)
+def test_the_conninfo_keeps_the_url_as_libpq_reads_it(url: str, conninfo: str) -> None:
+    assert parse_url(url).conninfo == conninfo
+
+
+def test_acknowledgements_skip_the_flush_unless_the_url_says_sync_acks() -> None:
+    assert parse_url(BASE).sync_acks is False
+    assert parse_url(f"{BASE}?sync_acks=true").sync_acks is True

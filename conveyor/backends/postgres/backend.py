@@ -30,6 +30,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, Final
 
+import psycopg
+
 from conveyor.backends.base import (
     CancelResult,
     Capabilities,
@@ -40,13 +42,14 @@ from conveyor.backends.base import (
     Outcome,
     Retention,
 )
+from conveyor.backends.postgres import caller
 from conveyor.backends.postgres.connection import Params
-from conveyor.backends.postgres.inserts import insert, unwrap_connection
+from conveyor.backends.postgres.inserts import insert
 from conveyor.backends.postgres.maintenance import Maintenance
 from conveyor.backends.postgres.sql import COLS
 from conveyor.backends.postgres.stores import PostgresStores
 from conveyor.backends.records import row_to_job
-from conveyor.job import Job, JobState
+from conveyor.job import InvalidOptionError, Job, JobState
 
 # How long an idle waiter waits between looks of its own while the LISTEN
 # connection is down (notifications are lost then).
@@ -68,7 +71,10 @@ class PostgresBackend(PostgresStores):
     application_name, ...): `schema` (default `conveyor`), `migrate`
     (default true: create and upgrade the schema on first use), `pool_size`
     (connections per process and event loop, default 10), `vacuum` (default
-    true: the backend VACUUMs its tables when dead rows pile up).
+    true: the backend VACUUMs its tables when dead rows pile up),
+    `prepared_statements` (default true; false behind a pooler in
+    transaction mode, which producers may use; workers need LISTEN, so
+    session mode or a direct connection).
     """
 
     capabilities = Capabilities(recurring=True, locks=True, cache=True, transactional_enqueue=True)
@@ -95,8 +101,19 @@ class PostgresBackend(PostgresStores):
     async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
         if not jobs:
             return []
+        conn = await caller.in_this_loop(connection)
         await self._pool()  # the schema exists before the caller's insert needs it
-        return await insert(self.q, unwrap_connection(connection), jobs)
+        try:
+            return await insert(self.q, conn, jobs)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise InvalidOptionError(
+                f"cannot enqueue on connection=: it has no table {self.schema}.jobs, so it is"
+                f" not connected to conveyor's database ({self.settings.display}); the"
+                " failed statement aborted its transaction"
+            ) from exc
+
+    def unwrap_connection(self, connection: Any) -> Any:
+        return caller.in_this_thread(connection)
 
     # ------------------------------------------------------------ consuming
 
@@ -332,6 +349,7 @@ class PostgresBackend(PostgresStores):
                     return
                 step = remaining if listening else min(remaining, _UNLISTENED_POLL)
                 await listener.notifier.wait(step, ready=listener.changed(served, wanted, mark))
+                listener.check()  # LISTEN proved useless: BackendMisconfiguredError
                 current = listener.mark(served, wanted)
                 if current[1] != mark[1]:
                     return  # new work of ours: the claim looks, no probe first

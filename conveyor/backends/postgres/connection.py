@@ -20,7 +20,7 @@ from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrations import BOOKKEEPING, LATEST, Migration, pending
 from conveyor.backends.postgres.sql import Statements, wake_payload
 from conveyor.backends.postgres.url import PostgresURL, parse_url
-from conveyor.job import BackendUnavailableError
+from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 
 logger = logging.getLogger("conveyor.postgres")
 
@@ -67,7 +67,7 @@ class PostgresConnection:
                 self.settings.conninfo,
                 min_size=1,
                 max_size=self.settings.pool_size,
-                kwargs={"autocommit": True},
+                kwargs=self._connection_options(),
                 timeout=POOL_WAIT,
                 open=False,
                 name=f"conveyor-{self.schema}",
@@ -75,6 +75,11 @@ class PostgresConnection:
             self._pools[loop] = pool
             await pool.open(wait=False)
         return pool
+
+    def _connection_options(self) -> dict[str, Any]:
+        if self.settings.prepared_statements:
+            return {"autocommit": True}
+        return {"autocommit": True, "prepare_threshold": None}
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -91,6 +96,19 @@ class PostgresConnection:
             with contextlib.suppress(Exception):
                 await pool.check()
             raise self._unreachable(exc) from exc
+        except (
+            psycopg.errors.DuplicatePreparedStatement,
+            psycopg.errors.InvalidSqlStatementName,
+        ) as exc:
+            raise self._pooled(exc) from exc
+
+    def _pooled(self, exc: Exception) -> BackendMisconfiguredError:
+        return BackendMisconfiguredError(
+            f"PostgreSQL at {self.settings.display}: {str(exc).strip()}; psycopg's prepared"
+            " statements do not survive a connection pooler in transaction mode (PgBouncer"
+            " with pool_mode=transaction): add prepared_statements=false to the URL, or use"
+            " session mode (workers need session mode or a direct connection: LISTEN)"
+        )
 
     def _unreachable(self, exc: Exception) -> BackendUnavailableError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -132,8 +150,14 @@ class PostgresConnection:
         loop = asyncio.get_running_loop()
         listener = self._listeners.get(loop)
         if listener is None:
-            listener = self._listeners[loop] = Listener(self.settings.conninfo, self.channel)
+            listener = self._listeners[loop] = Listener(
+                self.settings.conninfo, self.channel, self._send_probe, self.settings.display
+            )
         return listener
+
+    async def _send_probe(self, channel: str, payload: str) -> None:
+        """The listener's self-test: a NOTIFY from the pool, as jobs' come."""
+        await self._write("SELECT pg_notify(%(c)s, %(p)s)", {"c": channel, "p": payload})
 
     # ------------------------------------------------------------------ lifecycle
 

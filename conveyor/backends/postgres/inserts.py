@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from conveyor.backends.base import NewJob
 from conveyor.backends.postgres.sql import Statements
@@ -76,30 +77,19 @@ async def insert(q: Statements, conn: Any, jobs: Sequence[NewJob]) -> list[Job]:
 
 async def execute(conn: Any, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """One statement on an async or a blocking psycopg connection (a blocking
-    one runs on a thread, so the event loop never waits on its socket)."""
+    one runs on a thread, so the event loop never waits on its socket). Rows
+    come as tuples whatever row factory the connection has (a caller's may
+    make dicts); its cursor class (client- or server-side binding) and its
+    prepared-statement setting are kept, since the caller chose them for its
+    server (a pooler in transaction mode needs them off)."""
     if isinstance(conn, psycopg.AsyncConnection):
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description is not None else []
+        async with conn.cursor(row_factory=tuple_row) as acur:
+            await acur.execute(query, params)
+            return await acur.fetchall() if acur.description is not None else []
 
     def run() -> list[tuple[Any, ...]]:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description is not None else []
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description is not None else []
 
     return await asyncio.to_thread(run)
-
-
-def unwrap_connection(connection: Any) -> Any:
-    """The psycopg connection inside what the caller passed: a psycopg
-    connection itself, SQLAlchemy's driver connection wrapper
-    (`.driver_connection`), or Django's database wrapper (`.connection`)."""
-    for candidate in (
-        connection,
-        getattr(connection, "driver_connection", None),
-        getattr(connection, "connection", None),
-    ):
-        if isinstance(candidate, psycopg.AsyncConnection | psycopg.Connection):
-            return candidate
-    raise InvalidOptionError(
-        f"connection= must be a psycopg 3 connection (or a wrapper of one: SQLAlchemy's"
-        f" driver connection, Django's connection), got {type(connection).__name__}"
-    )

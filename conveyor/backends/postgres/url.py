@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from conveyor.job import InvalidOptionError
 
 # conveyor's own options; every other query parameter goes to libpq.
-OPTIONS: Final = frozenset({"schema", "migrate", "pool_size", "vacuum", "sync_acks"})
+OPTIONS: Final = frozenset(
+    {"schema", "migrate", "pool_size", "vacuum", "sync_acks", "prepared_statements"}
+)
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
@@ -28,6 +30,11 @@ class PostgresURL:
     pool_size: int  # connections per event loop, at most
     vacuum: bool  # the backend's own VACUUM of its tables (see maintenance.py)
     sync_acks: bool  # claims and acknowledgements wait for the WAL flush
+    # psycopg's server-side prepared statements (a statement run 5 times on a
+    # connection is prepared there): faster claims, but a pooler in
+    # transaction mode moves the connection's statements between server
+    # connections, where they do not exist.
+    prepared_statements: bool
     display: str  # host:port/dbname, for messages (no password)
 
 
@@ -70,7 +77,9 @@ def parse_url(url: str) -> PostgresURL:
         )
     if not any(name == "connect_timeout" for name, _ in theirs):
         theirs.append(("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    # Not urlunsplit: it drops the `//` of a URL without a host
+    # (`postgresql:///db`: libpq's default host, or $PGHOST).
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(theirs)}"
     _check_libpq_options(url, conninfo)
     host = parts.hostname or "localhost"
     dbname = parts.path.lstrip("/") or parts.username or "postgres"
@@ -81,6 +90,9 @@ def parse_url(url: str) -> PostgresURL:
         pool_size=pool_size,
         vacuum=_flag(url, "vacuum", ours.get("vacuum", "true")),
         sync_acks=_flag(url, "sync_acks", ours.get("sync_acks", "false")),
+        prepared_statements=_flag(
+            url, "prepared_statements", ours.get("prepared_statements", "true")
+        ),
         display=f"{host}:{port or 5432}/{dbname}",
     )
 

@@ -1,6 +1,7 @@
 import json
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -10,18 +11,22 @@ from .models import Customer
 
 
 def sign_up(email: str) -> Customer:
-    """Create the customer; the welcome job is enqueued only once the row is
-    committed. Enqueued inside the transaction, a fast worker could look the
-    customer up before the commit (and find nothing), or a rollback would
-    leave a job for a customer who never existed."""
+    """Create the customer and enqueue its welcome job, so that the job
+    exists exactly when the customer does: a job enqueued before the commit
+    could run before the row is visible, and a rollback would leave a job
+    for a customer who never existed. The key makes a retried request
+    enqueue nothing twice."""
     with transaction.atomic():
         customer = Customer.objects.create(email=email)
-        transaction.on_commit(
-            # The key makes a retried request enqueue nothing twice.
-            lambda: send_welcome.enqueue_sync(
-                Welcome(customer_id=customer.pk), key=f"welcome:{customer.pk}"
-            )
-        )
+        welcome, key = Welcome(customer_id=customer.pk), f"welcome:{customer.pk}"
+        if settings.CONVEYOR_SHARES_DATABASE:
+            # conveyor's tables are in this PostgreSQL database: the job is
+            # stored by this very transaction, on Django's connection. No
+            # window where the customer is committed and its job not yet.
+            send_welcome.enqueue_sync(welcome, key=key, connection=connection)
+        else:
+            # Another store: enqueue once the customer is committed.
+            transaction.on_commit(lambda: send_welcome.enqueue_sync(welcome, key=key))
     return customer
 
 
