@@ -47,13 +47,14 @@ async def test_the_self_test_passes_on_a_direct_connection(
         assert await listener.start(wait=5.0) is True
         assert listener.failure is None and listener.epoch == 1
         # Queue notifications are counted; the probe's own payload is not.
-        await backend._notify(["mail"])
+        await backend._notify([("mail", "send")])
         for _ in range(500):
-            if listener.counts["mail"]:
+            if listener.by_queue["mail"]:
                 break
             await asyncio.sleep(0.01)
-        assert listener.counts["mail"] == 1
-        assert set(listener.counts) == {"mail"}
+        assert listener.by_queue["mail"] == 1
+        assert set(listener.by_queue) == {"mail"}
+        assert dict(listener.by_pair) == {("mail", "send"): 1}
     finally:
         await backend.close()
 
