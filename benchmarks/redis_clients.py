@@ -14,8 +14,8 @@ Measured, in round trips per second (higher is better):
              no more than they should, not a speed race)
 
 redis-py runs with its hiredis parser (checked below). This is the command
-level only; what the client choice means end to end is measured with
-benchmarks/run.py.
+level only; what the client choice means end to end (the backend's own code
+on either client) is measured by benchmarks/redis_clients_e2e.py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "redis": ("conveyor.backends.redis", "RedisBackend", "redis"),
     "rediss": ("conveyor.backends.redis", "RedisBackend", "redis"),
     "unix": ("conveyor.backends.redis", "RedisBackend", "redis"),  # Redis's unix socket
+    "redis+sentinel": ("conveyor.backends.redis", "RedisBackend", "redis"),
+    "rediss+sentinel": ("conveyor.backends.redis", "RedisBackend", "redis"),
     "postgresql": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
     "postgres": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
 }

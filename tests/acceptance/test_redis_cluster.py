@@ -173,3 +173,87 @@ def test_the_backend_works_on_every_node_of_a_cluster(cluster: list[int]) -> Non
         asyncio.run(_exercise(f"redis://127.0.0.1:{entry}/0?prefix={prefix}"))
         keys = int(_cli(port, "dbsize"))
         assert keys > 0, f"nothing was stored on node {port}"
+
+
+def _keys_in(port: int, slot: int) -> set[str]:
+    return set(_cli(port, "cluster", "getkeysinslot", str(slot), "1000").split())
+
+
+def _setslot(port: int, slot: int, *how: str) -> None:
+    assert _cli(port, "cluster", "setslot", str(slot), *how) == "OK"
+
+
+async def test_a_slot_migration_is_followed_with_ask(cluster: list[int]) -> None:
+    """While the app's slot migrates (CLUSTER SETSLOT ... MIGRATING/IMPORTING,
+    MIGRATE), commands on single keys follow ASK to wherever their key is
+    now; a script waits while the keys are on both nodes and runs on the
+    target (ASKING) once they have all moved; once the slot is handed over,
+    MOVED takes everything there."""
+    source, target = cluster[0], cluster[1]
+    prefix = _prefix_on(source, cluster)
+    tag = "{" + prefix + "}"
+    slot = int(_cli(source, "cluster", "keyslot", tag))
+    source_id, target_id = _cli(source, "cluster", "myid"), _cli(target, "cluster", "myid")
+    app = Conveyor(f"redis://127.0.0.1:{source}/0?prefix={prefix}")
+
+    @app.job("work")
+    async def work(payload: Any) -> None:
+        return None
+
+    await app.open()
+    handed_over = False
+    try:
+        jobs = [await app.enqueue("work", n) for n in range(6)]
+        await app.cache.set("before", {"v": 1}, ttl=60)
+        _setslot(target, slot, "importing", source_id)
+        _setslot(source, slot, "migrating", target_id)
+
+        moved = [f"{tag}:job:{job.id}" for job in jobs[:3]] + [f"{tag}:cache:before"]
+        assert (
+            _cli(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *moved)
+            == "OK"
+        )
+        # Keys on the target (ASK) and keys still on the source, side by side.
+        for job in jobs:
+            found = await app.get_job(job.id)
+            assert found is not None and found.state is JobState.QUEUED
+        assert await app.cache.get("before") == {"v": 1}
+        await app.cache.set("during", {"v": 2}, ttl=60)  # a new key: created on the target
+        assert f"{tag}:cache:during" in _keys_in(target, slot)
+        assert await app.locks.acquire("l", ttl=30) is not None
+
+        # A script (stats) sees every key or waits: here it waits for the rest.
+        stats = asyncio.create_task(app.stats())
+        await asyncio.sleep(0.3)
+        assert not stats.done(), "a script ran while the app's keys were on two nodes"
+        rest = sorted(_keys_in(source, slot))
+        assert (
+            _cli(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *rest)
+            == "OK"
+        )
+        counts = await asyncio.wait_for(stats, timeout=10)
+        assert counts["default"]["queued"] == 6
+        keyed = await app.enqueue("work", "k", key="k")  # a script, on the target by ASK
+        assert f"{tag}:job:{keyed.id}" in _keys_in(target, slot)
+
+        # An enqueue without a key is a MULTI of plain commands: Redis runs
+        # one on several keys only once they are all on one node, and its new
+        # job's key is on neither (TRYAGAIN), so it waits for the handover.
+        unkeyed = asyncio.create_task(app.enqueue("work", "multi"))
+        await asyncio.sleep(0.3)
+        assert not unkeyed.done()
+
+        # The handover: MOVED from now on.
+        for port in (target, source):
+            _setslot(port, slot, "node", target_id)
+        handed_over = True
+        later = await asyncio.wait_for(unkeyed, timeout=10)
+        async with app.worker(concurrency=4, poll_interval=0.1):
+            for job in [*jobs, keyed, later]:
+                assert (await app.wait(job.id, timeout=20)).state is JobState.COMPLETED
+        assert int(_cli(source, "cluster", "countkeysinslot", str(slot))) == 0
+    finally:
+        await app.close()
+        if not handed_over:  # leave the cluster as it was for the other tests
+            for port in (source, target):
+                _cli(port, "cluster", "setslot", str(slot), "stable")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, InvalidOptionError, JobState
-from conveyor.backends.redis.resp import RedisURL
+from conveyor.backends.redis.url import RedisURL
 
 pytestmark = pytest.mark.redis
 

@@ -1,9 +1,12 @@
-"""`redis://` and `rediss://`: the Redis backend (see backend.py; its Lua is in lua/).
+"""`redis://`, `rediss://`, `unix://`, `redis+sentinel://` and
+`rediss+sentinel://`: the Redis backend (see backend.py; its Lua is in lua/).
 
 Modules: `backend` (the job operations), `stores` (schedules, locks, cache,
 worker presence), `connection` (connections, scripts, shared key helpers:
-the base class), `layout` (URL, key layout, scores), `rows` (script replies
-to records, arguments to scripts), `resp` (the RESP client).
+the base class), `layout` (key layout, scores, conveyor's URL option),
+`rows` (script replies to records, arguments to scripts), and the RESP
+client: `resp` (the client), `url` (its settings), `wire` (the protocol),
+`tls`, `sentinel`, `cluster` (redirections).
 """
 
 from conveyor.backends.redis.backend import RedisBackend

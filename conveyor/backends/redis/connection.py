@@ -161,16 +161,18 @@ class RedisConnection:
         return reply
 
     async def _run(self, name: str, *args: Arg) -> Any:
-        """EVALSHA the script (loading it once per server: after a restart the
-        script cache is empty, and NOSCRIPT makes us load it again)."""
+        """EVALSHA the script; where the server does not have it yet (NOSCRIPT:
+        restarted, or another cluster node), EVAL its source, which also caches
+        it there. EVAL rather than SCRIPT LOAD: a SCRIPT command names no key,
+        so during a cluster slot migration it would not reach the node the
+        script then runs on."""
         script = SCRIPTS[name]
         try:
             return await self._cmd("EVALSHA", script.sha, 1, self.prefix, self.prefix, *args)
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await self._cmd("SCRIPT", "LOAD", script.source)
-        return await self._cmd("EVALSHA", script.sha, 1, self.prefix, self.prefix, *args)
+        return await self._cmd("EVAL", script.source, 1, self.prefix, self.prefix, *args)
 
     # ------------------------------------------------------ shared by operations and stores
 

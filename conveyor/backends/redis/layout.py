@@ -1,7 +1,8 @@
 """The Redis backend's key layout, URL and ready-set scores.
 
 URL: `redis://[[user]:password@]host:port/db?prefix=conveyor` (or `rediss://`
-for TLS, or `unix:///path/to/redis.sock?db=0&prefix=conveyor`). All keys
+for TLS, `unix:///path/to/redis.sock?db=0&prefix=conveyor`, or
+`redis+sentinel://host:26379,.../service/db?prefix=conveyor`: url.py). All keys
 start with the hash tag `{prefix}`, so on a Redis Cluster a deployment lives
 in one slot and every script touches that slot only; run several prefixes to
 spread several apps over shards.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import math
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from conveyor.backends.redis.url import SCHEMES, known_options
 from conveyor.job import InvalidOptionError
 
 PRIORITY_SPAN = 1 << 42  # as in library.lua
@@ -68,18 +70,12 @@ def server_time(seconds: str | int, micros: str | int) -> float:
     return float(f"{int(seconds)}.{int(micros):06d}")
 
 
-# The query options a redis:// URL may carry (a typo must not pass unseen);
-# a unix:// URL has no path left for the database, so it comes as ?db=N.
-_URL_OPTIONS = frozenset({"prefix"})
-_UNIX_URL_OPTIONS = frozenset({"prefix", "db"})
-
-
 def parse_url(url: str) -> tuple[str, str]:
-    """The URL for redis-py (without our options) and the key prefix tag."""
+    """The URL for the client (without our options) and the key prefix tag."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme not in SCHEMES:
         raise InvalidOptionError(f"not a Redis URL: {url!r}")
-    known = _UNIX_URL_OPTIONS if parts.scheme == "unix" else _URL_OPTIONS
+    known = known_options(parts.scheme)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - known)
     if unknown:

@@ -2,166 +2,69 @@
 
 Why not redis-py's asyncio client: its per-command overhead (connection pool
 checkout, locks, health checks) costs about 30 microseconds per call on top of
-a 15-microsecond round trip, and the queue's hot path is one call per batch.
-Here a command is one `transport.write` of a packed command and one future
-resolved by `data_received`; replies come back in order, so concurrent callers
-pipeline on the same connection for free.
+a 15-microsecond round trip, and the queue's hot path is one call per batch
+(benchmarks/redis_clients.py measures the commands, redis_clients_e2e.py the
+backend end to end). Here a command is one `transport.write` of a packed
+command and one future resolved by `data_received`; replies come back in
+order, so concurrent callers pipeline on the same connection for free.
 
-It does what the backend needs and no more: URL options (password, username,
-db, TLS for rediss://, unix:// sockets), reconnecting with backoff after the server went away,
-and following a cluster's MOVED redirection (all of conveyor's keys share one
-hash tag, so one node serves them all).
+It does what the backend needs and no more: the URL's settings (url.py: ACL
+user and password, db, TLS options, unix sockets, Sentinel), reconnecting
+after the server went away (asking the sentinels anew), and a cluster's
+redirections (cluster.py). The wire protocol is in wire.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
-import socket
-import ssl
 from collections.abc import Sequence
-from typing import Any, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
 
 import hiredis
 
+from conveyor.backends.redis.cluster import Redirects
+from conveyor.backends.redis.sentinel import find_master, role_problem
+from conveyor.backends.redis.tls import closed_after_handshake
+from conveyor.backends.redis.url import RedisURL
+from conveyor.backends.redis.wire import (
+    Arg,
+    Protocol,
+    RedisConnectionLost,
+    RedisReplyError,
+    open_connection,
+    pack,
+)
+
+__all__ = ["Arg", "RedisConnectionLost", "RedisReplyError", "RedisURL", "RespClient"]
+
 logger = logging.getLogger("conveyor.redis")
 
-Arg = str | bytes | int | float
 
-
-def _pack(command: Sequence[Arg]) -> bytes:
-    # hiredis's stub types the argument as a one-element tuple; any length works.
-    packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]
-    return packed
-
-
-class RedisReplyError(Exception):
-    """Redis answered a command with an error."""
-
-
-class RedisConnectionLost(ConnectionError):
-    """The connection closed or could not be made."""
-
-
-class _Pending:
-    """The replies one `send` waits for: a single future for the whole batch."""
-
-    __slots__ = ("future", "remaining", "replies")
-
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
-        self.future = future
-        self.remaining = count
-        self.replies: list[Any] = []
-
-
-class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self._reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-        pending = self._pending
-        while (reply := self._reader.gets()) is not False:
-            batch = pending[0]
-            batch.replies.append(reply)
-            batch.remaining -= 1
-            if not batch.remaining:
-                pending.popleft()
-                if not batch.future.done():  # a cancelled caller's replies are dropped
-                    batch.future.set_result(batch.replies)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        error = RedisConnectionLost(f"connection to Redis lost: {exc or 'closed by the server'}")
-        while self._pending:
-            batch = self._pending.popleft()
-            if not batch.future.done():
-                batch.future.set_exception(error)
-
-    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
-        if self.closed or self.transport is None:
-            raise RedisConnectionLost("connection to Redis is closed")
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(future, count))
-        self.transport.write(packed)
-        return future
-
-
-# Seconds a TLS handshake may take before the server counts as not speaking TLS.
-_TLS_HANDSHAKE = 2.0
-
-
-class RedisURL:
-    """Connection settings parsed from redis://, rediss:// or unix:// URLs
-    (`unix:///path/to/redis.sock?db=0`, as redis-py spells them)."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"not a Redis URL: {url!r}")
-        self.tls = parts.scheme == "rediss"
-        self.unix_path: str | None = None
-        self.host = parts.hostname or "127.0.0.1"
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError(f"{url!r} needs the socket's path: unix:///path/to/redis.sock")
-            self.unix_path = unquote(parts.path)
-            self.port = 0
-            db = dict(parse_qsl(parts.query)).get("db", "")
-        else:
-            try:
-                self.port = parts.port or 6379
-            except ValueError:
-                raise ValueError(f"the port in {url!r} must be a number from 0 to 65535") from None
-            db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise ValueError(f"the Redis database in {url!r} must be a number, got {db!r}")
-        self.db = int(db) if db else 0
-
-    def display(self) -> str:
-        """The URL to show in messages: the password masked."""
-        user = ""
-        if self.username or self.password:
-            user = f"{self.username or ''}{':***' if self.password else ''}@"
-        if self.unix_path is not None:
-            return f"unix://{user}{self.unix_path}?db={self.db}"
-        scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
-
-
-class RespClient:
-    """One connection (made on first use, remade after a loss) for one event loop."""
+class RespClient(Redirects):
+    """One connection (made on first use, remade after a loss) for one event
+    loop, plus one per node a cluster migration sends commands to (ASK)."""
 
     def __init__(
-        self, settings: RedisURL, connect_timeout: float = 5.0, reply_timeout: float = 30.0
+        self,
+        settings: RedisURL,
+        connect_timeout: float = 5.0,
+        reply_timeout: float = 30.0,
+        migration_wait: float = 10.0,
     ) -> None:
         self.settings = settings
+        # The node talked to: the URL's, then the one MOVED or the sentinels name.
         self.host, self.port = settings.host, settings.port
         self._connect_timeout = connect_timeout
         # A server that hangs (frozen, partitioned) rather than closing would
         # otherwise keep callers waiting forever.
         self.reply_timeout = reply_timeout
-        self._protocol: _Protocol | None = None
+        self.migration_wait = migration_wait
+        self._protocol: Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self._ask_nodes: dict[tuple[str, int], Protocol] = {}
 
-    async def _connection(self) -> _Protocol:
+    async def _connection(self) -> Protocol:
         protocol = self._protocol
         if protocol is not None and not protocol.closed:
             return protocol
@@ -169,43 +72,25 @@ class RespClient:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._protocol is None or self._protocol.closed:
-                self._protocol = await self._connect()
+                if self.settings.sentinels:
+                    master = await find_master(self.settings, self._connect_timeout)
+                    self.host, self.port = master
+                    self._protocol = await self._open((self.host, self.port), check_role=True)
+                else:
+                    where = self.settings.unix_path or (self.host, self.port)
+                    self._protocol = await self._open(where)
             return self._protocol
 
-    async def _connect(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if self.settings.tls else None
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                if self.settings.unix_path is not None:
-                    _, protocol = await loop.create_unix_connection(
-                        _Protocol, self.settings.unix_path
-                    )
-                else:
-                    _, protocol = await loop.create_connection(
-                        _Protocol,
-                        self.host,
-                        self.port,
-                        ssl=context,
-                        # A plain (non-TLS) server never answers a TLS hello: say
-                        # so soon rather than after the whole connect timeout.
-                        ssl_handshake_timeout=min(_TLS_HANDSHAKE, self._connect_timeout)
-                        if context is not None
-                        else None,
-                    )
-        except (OSError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            if context is not None and (
-                isinstance(exc, (ssl.SSLError, TimeoutError, ConnectionResetError))
-                or "handshake" in reason.lower()
-            ):
-                reason = (
-                    f"the TLS handshake failed ({reason}); rediss:// needs a TLS port: "
-                    "is this a plain Redis port (then use redis://)?"
-                )
-            raise RedisConnectionLost(
-                f"cannot connect to Redis at {self._where()}: {reason}"
-            ) from exc
+    async def _node(self, address: tuple[str, int]) -> Protocol:
+        protocol = self._ask_nodes.get(address)
+        if protocol is None or protocol.closed:
+            protocol = self._ask_nodes[address] = await self._open(address)
+        return protocol
+
+    async def _open(self, where: str | tuple[str, int], check_role: bool = False) -> Protocol:
+        """A connection to `where`, authenticated, on the URL's database
+        (and, for Sentinel, checked to be a master)."""
+        protocol = await open_connection(where, self.settings.ssl_context, self._connect_timeout)
         hello: list[tuple[Arg, ...]] = []
         if self.settings.password is not None:
             if self.settings.username:
@@ -214,12 +99,38 @@ class RespClient:
                 hello.append(("AUTH", self.settings.password))
         if self.settings.db:
             hello.append(("SELECT", self.settings.db))
-        if hello:
-            packed = b"".join(_pack(cmd) for cmd in hello)
-            for reply in await protocol.send(packed, len(hello)):
-                if isinstance(reply, hiredis.ReplyError):
-                    protocol.transport.close()  # type: ignore[union-attr]
-                    raise RedisConnectionLost(f"Redis refused the connection setup: {reply}")
+        if check_role:
+            hello.append(("ROLE",))
+        if not hello:
+            if self.settings.ssl_context is None:
+                return protocol
+            # A TLS 1.3 server that wants a client certificate refuses only
+            # after the handshake: find out here, where it can be explained.
+            hello.append(("PING",))
+        shown = where if isinstance(where, str) else f"{where[0]}:{where[1]}"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                replies = await protocol.send(b"".join(pack(cmd) for cmd in hello), len(hello))
+        except TimeoutError:
+            protocol.shut()
+            raise RedisConnectionLost(
+                f"no reply from Redis at {shown} to {hello[0][0]!s}"
+            ) from None
+        except RedisConnectionLost as exc:
+            protocol.shut()
+            if self.settings.ssl_context is None:
+                raise
+            raise RedisConnectionLost(
+                closed_after_handshake(str(exc), self.settings.client_certificate)
+            ) from exc
+        problem = next((str(r) for r in replies if isinstance(r, hiredis.ReplyError)), None)
+        if problem is not None:
+            problem = f"Redis refused the connection setup: {problem}"
+        elif check_role:
+            problem = role_problem(replies[-1], (self.host, self.port), self.settings.service or "")
+        if problem is not None:
+            protocol.shut()
+            raise RedisConnectionLost(problem)
         return protocol
 
     def _where(self) -> str:
@@ -232,47 +143,46 @@ class RespClient:
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]], wait: float = 0.0) -> list[Any]:
         """Send commands in one write; their replies in order. An error reply
-        raises (after following a MOVED redirection once). `wait` is how long
-        a blocking command in the batch may legitimately keep Redis silent."""
+        raises (once redirections are followed: cluster.py). `wait` is how
+        long a blocking command in the batch may legitimately keep Redis silent."""
         if not commands:
             return []  # nothing to send, and no reply would ever resolve a wait
-        packed = b"".join(_pack(cmd) for cmd in commands)
-        protocol = await self._connection()
+        replies = await self._send(await self._connection(), commands, wait)
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                return await self._redirected(commands, replies, wait)
+        return replies
+
+    async def _send(
+        self, protocol: Protocol, commands: Sequence[Sequence[Arg]], wait: float
+    ) -> list[Any]:
+        packed = b"".join(pack(cmd) for cmd in commands)
         try:
             async with asyncio.timeout(wait + self.reply_timeout):
-                replies = await protocol.send(packed, len(commands))
+                return await protocol.send(packed, len(commands))
         except asyncio.CancelledError:
             # The caller gave up: its replies would be read as the next
             # caller's, and a blocking command with a claim queued behind it
             # would still claim jobs for nobody. Closing drops both on the server.
-            self.close()
+            protocol.shut()
             raise
         except TimeoutError:
-            self.close()  # later replies would be misattributed: start afresh
+            protocol.shut()  # later replies would be misattributed: start afresh
             raise RedisConnectionLost(
                 f"no reply from Redis at {self._where()} within {wait + self.reply_timeout:g} s"
             ) from None
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                message = str(reply)
-                if message.startswith("MOVED "):
-                    self._follow(message)
-                    return await self.pipeline(commands, wait=wait)
-                raise RedisReplyError(message)
-        return replies
 
-    def _follow(self, message: str) -> None:
-        """`MOVED <slot> <host>:<port>`: the slot lives on another cluster node."""
-        host, _, port = message.split()[2].rpartition(":")
-        logger.info("Redis cluster: following MOVED to %s:%s", host, port)
-        self.host, self.port = host or self.settings.host, int(port)
+    def _move_to(self, address: tuple[str, int] | None) -> None:
+        if address is not None:
+            self.host, self.port = address
         self.close()
 
     def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            with contextlib.suppress(Exception):
-                self._protocol.transport.close()
+        for protocol in [self._protocol, *self._ask_nodes.values()]:
+            if protocol is not None:
+                protocol.shut()
         self._protocol = None
+        self._ask_nodes = {}
 
     async def aclose(self) -> None:
         """Close and let the loop run the transport's closing callbacks, so the
