@@ -14,8 +14,8 @@ from psycopg.rows import tuple_row
 
 from conveyor.backends.base import NewJob
 from conveyor.backends.postgres.sql import Statements
-from conveyor.backends.records import new_job, row_to_job
-from conveyor.job import InvalidOptionError, Job, JobState
+from conveyor.backends.records import STATES, new_job, row_to_job
+from conveyor.job import InvalidOptionError, Job
 
 
 async def insert(q: Statements, conn: Any, jobs: Sequence[NewJob]) -> list[Job]:
@@ -64,7 +64,7 @@ async def insert(q: Statements, conn: Any, jobs: Sequence[NewJob]) -> list[Job]:
             out.append(dataclasses.replace(out[first[new.key]], duplicate=True))
         elif new.id in stored:
             _, state, created_at, run_at = stored[new.id]
-            out.append(new_job(new, JobState(state), created_at=created_at, run_at=run_at))
+            out.append(new_job(new, STATES[state], created_at=created_at, run_at=run_at))
         elif new.key in existing:
             out.append(existing[new.key])
         else:  # its key's job was deleted between our insert and our read
