@@ -367,7 +367,14 @@ class Scheduler:
             except Exception as exc:
                 failures += 1
                 self._outage.failed("a scheduler pass", exc)
-            pause = self.interval if not failures else min(self.interval * 2**failures, 30.0)
+            # Passes start every interval: a pass that took a while (many
+            # schedules, a slow backend) does not push the next one back by
+            # its own length, which made every-second schedules fire late and
+            # fold ticks into catch-ups.
+            spent = self._outage.clock() - sent_at
+            pause = max(self.interval - spent, 0.0)
+            if failures:
+                pause = min(self.interval * 2**failures, 30.0)
             try:
                 async with asyncio.timeout(pause):
                     await stopping.wait()
