@@ -93,7 +93,11 @@ def run_worker(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     probe = WindowProbe(workdir, args.expect, args.window)
 
+    pause = args.job_ms / 1000
+
     async def noop(payload: float) -> None:
+        if pause:
+            await asyncio.sleep(pause)  # a job that waits on I/O this long
         probe.hit()
 
     async def main() -> None:
@@ -149,6 +153,7 @@ def drain(args: argparse.Namespace, url: str, expected: int, name: str) -> dict[
         f"--window={args.window}",
         f"--concurrency={args.concurrency}",
         f"--prefetch={args.prefetch}",
+        f"--job-ms={args.job_ms}",
     ]
     log_path = workdir / "worker.log"
     with open(log_path, "wb") as log:
@@ -243,7 +248,8 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]], facts: str
         "",
         f"- run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} · {facts}",
         f"- ONE worker process at concurrency {args.concurrency}, prefetch {args.prefetch}; "
-        f"no-op jobs, default job options, keep_completed=1000; enqueue_many batches of "
+        f"{f'jobs of {args.job_ms:g} ms' if args.job_ms else 'no-op jobs'}, default job options,"
+        " keep_completed=1000; enqueue_many batches of "
         f"{args.batch_size:,}",
         "",
         "| drain | queued at start | enqueue/s (batched) | drain/s | dead rows after "
@@ -364,6 +370,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--window", type=int, required=True)
     w.add_argument("--concurrency", type=int, required=True)
     w.add_argument("--prefetch", type=int, required=True)
+    w.add_argument("--job-ms", type=float, required=True)
     p.add_argument(
         "--postgres",
         default="postgresql://127.0.0.1:5432/test",
@@ -374,6 +381,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=10_000, help="jobs per timing window")
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--prefetch", type=int, default=0, help="the worker's prefetch setting")
+    p.add_argument(
+        "--job-ms",
+        type=float,
+        default=0.0,
+        help="each job awaits asyncio.sleep for this many ms (0: no-op jobs)",
+    )
     p.add_argument("--batch-size", type=int, default=1_000, help="jobs per enqueue_many")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per drain")
     p.add_argument("--output", help="also write the markdown report to this file")
