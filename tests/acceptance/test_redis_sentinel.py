@@ -112,9 +112,13 @@ def sentinel_setup(tmp_path: Path) -> Iterator[Sentinel]:
             )
         )
         sentinel = _client(ports.sentinel)
+        # Seen, and connected to with a fresh INFO of its own: until then
+        # Sentinel finds no replica good enough to promote (NOGOODSLAVE).
         _until(
             lambda: any(
                 r["port"] == ports.replica
+                and not r.get("is_disconnected")
+                and int(r.get("info-refresh", 10**9)) < 5000
                 for r in sentinel.sentinel_slaves(SERVICE)  # type: ignore[no-untyped-call]
             ),
             "the sentinel to see the replica",
