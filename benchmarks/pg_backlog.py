@@ -422,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("window", 10_000),
         ("concurrency", 10),
         ("prefetch", 0),
+        ("job_ms", 0.0),
         ("batch_size", 1_000),
     ):
         if getattr(args, flag) != default:

@@ -68,7 +68,6 @@ class PostgresConnection:
                 min_size=1,
                 max_size=self.settings.pool_size,
                 kwargs=self._connection_options(),
-                configure=_generic_plans if self.settings.prepared_statements else None,
                 timeout=POOL_WAIT,
                 open=False,
                 name=f"conveyor-{self.schema}",
@@ -313,15 +312,6 @@ async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
     cur = await conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(table))
     row = await cur.fetchone()
     return int(row[0]) if row else 0
-
-
-async def _generic_plans(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Prepared statements keep one plan: conveyor's statements put their
-    values in parameters and their states in literals, so the plan does not
-    depend on the values, and planning the claim statement anew for each
-    call (PostgreSQL's default for its first runs and whenever the custom
-    plans look cheaper) costs about a third of its time."""
-    await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
 async def _close(pool: AsyncConnectionPool | None, listener: Listener | None) -> None:
