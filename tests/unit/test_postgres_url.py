@@ -88,6 +88,6 @@ def test_the_conninfo_keeps_the_url_as_libpq_reads_it(url: str, conninfo: str) -
     assert parse_url(url).conninfo == conninfo
 
 
-def test_acknowledgements_skip_the_flush_unless_the_url_says_sync_acks() -> None:
-    assert parse_url(BASE).sync_acks is False
-    assert parse_url(f"{BASE}?sync_acks=true").sync_acks is True
+def test_acknowledgements_wait_for_the_flush_unless_the_url_says_sync_acks_false() -> None:
+    assert parse_url(BASE).sync_acks is True
+    assert parse_url(f"{BASE}?sync_acks=false").sync_acks is False

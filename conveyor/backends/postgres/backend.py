@@ -82,8 +82,8 @@ class PostgresBackend(PostgresStores):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._maintenance = Maintenance(self)
-        # The worker's statements commit without waiting for the WAL flush
-        # unless the URL asks (None keeps the server's setting).
+        # With sync_acks=false the worker's statements commit without waiting
+        # for the WAL flush (None keeps the server's setting).
         self._commit = None if self.settings.sync_acks else "off"
 
     async def close(self) -> None:

@@ -89,7 +89,7 @@ def parse_url(url: str) -> PostgresURL:
         migrate=_flag(url, "migrate", ours.get("migrate", "true")),
         pool_size=pool_size,
         vacuum=_flag(url, "vacuum", ours.get("vacuum", "true")),
-        sync_acks=_flag(url, "sync_acks", ours.get("sync_acks", "false")),
+        sync_acks=_flag(url, "sync_acks", ours.get("sync_acks", "true")),
         prepared_statements=_flag(
             url, "prepared_statements", ours.get("prepared_statements", "true")
         ),
