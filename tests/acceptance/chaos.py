@@ -352,7 +352,9 @@ class ChaosRun:
     def run(self) -> None:
         self.workers = [self.spawn() for _ in range(self.settings.workers)]
         for worker in self.workers:
-            eventually(partial(self.is_ready, worker), f"worker {worker.pid} to start")
+            # Generous: three interpreters importing and opening at once on a
+            # busy CI machine (once seen past 20 s, not reproduced since).
+            eventually(partial(self.is_ready, worker), f"worker {worker.pid} to start", 60)
         self.producer.start()
         deadline = time.monotonic() + self.settings.seconds
         next_hit = time.monotonic() + self.rng.uniform(*self.settings.pause)
