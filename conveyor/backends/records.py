@@ -9,6 +9,7 @@ values become None the same way on every backend, and only once per record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -134,6 +135,18 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
         traceback=traceback,
         history=history,
     )
+
+
+def claim_order(row: Sequence[Any]) -> tuple[int, float, int]:
+    """Claim order of a `row_to_job` row: (priority, run_at, seq); an
+    UPDATE's RETURNING yields rows in no promised order."""
+    return (row[6], row[11], row[0])
+
+
+def logs_json(logs: Sequence[dict[str, Any]]) -> str | None:
+    # default=str: a stray datetime in a log field must not fail the whole
+    # finish/heartbeat batch it rides in.
+    return json.dumps(logs, default=str) if logs else None
 
 
 def _entry(stored: dict[str, Any]) -> dict[str, Any]:

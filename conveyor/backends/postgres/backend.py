@@ -48,20 +48,12 @@ from conveyor.backends.postgres.inserts import insert
 from conveyor.backends.postgres.maintenance import Maintenance
 from conveyor.backends.postgres.sql import COLS
 from conveyor.backends.postgres.stores import PostgresStores
-from conveyor.backends.records import row_to_job
+from conveyor.backends.records import claim_order, logs_json, row_to_job
 from conveyor.job import InvalidOptionError, Job, JobState
 
 # How long an idle waiter waits between looks of its own while the LISTEN
 # connection is down (notifications are lost then).
 _UNLISTENED_POLL: Final = 1.0
-
-
-def _logs_json(logs: Sequence[dict[str, Any]]) -> str | None:
-    return json.dumps(logs, default=str) if logs else None
-
-
-def _claim_order(row: Sequence[Any]) -> tuple[int, float, int]:
-    return (row[6], row[11], row[0])  # (priority, run_at, seq)
 
 
 class PostgresBackend(PostgresStores):
@@ -158,7 +150,7 @@ class PostgresBackend(PostgresStores):
     def _claimed(rows: list[tuple[Any, ...]], params: Params) -> list[Job]:
         """The claimed jobs of an exchange's rows, in claim order."""
         claimed = [row[2:] for row in rows if row[0] == "c"]
-        claimed.sort(key=_claim_order)
+        claimed.sort(key=claim_order)
         jobs = [row_to_job(row) for row in claimed]
         for job in jobs:
             job.token = params["token"]
@@ -209,7 +201,7 @@ class PostgresBackend(PostgresStores):
             "now": now,
             "commit": self._commit,
             "lease": lease,
-            "rows": json.dumps([[b.job_id, b.token, _logs_json(b.logs)] for b in beats]),
+            "rows": json.dumps([[b.job_id, b.token, logs_json(b.logs)] for b in beats]),
         }
         rows = await self._fetch(self.q.heartbeat, params)
         held = {(job_id, token): cancel for job_id, token, cancel in rows}
@@ -263,7 +255,7 @@ class PostgresBackend(PostgresStores):
                 o.error,
                 o.run_at,
                 o.retry_in,
-                _logs_json(o.logs),
+                logs_json(o.logs),
                 o.progress,
                 o.traceback,
                 o.timed_out,
@@ -303,7 +295,7 @@ class PostgresBackend(PostgresStores):
         progress: float | None,
         logs: Sequence[dict[str, Any]],
     ) -> bool:
-        params = {"id": job_id, "token": token, "progress": progress, "logs": _logs_json(logs)}
+        params = {"id": job_id, "token": token, "progress": progress, "logs": logs_json(logs)}
         return await self._write(self.q.progress, params) == 1
 
     async def recover_expired(
