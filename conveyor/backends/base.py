@@ -416,6 +416,40 @@ class TransactionalEnqueue(Protocol):
 
 
 @runtime_checkable
+class DeliveryStore(Protocol):
+    """Optional: what a broker backend (SQS, Pub/Sub) needs of the backend it
+    keeps its job records in (`sqs://queue?store=<URL>`).
+
+    The broker delivers job ids; the store decides. In a delivery store a
+    `queued` job is one a message is on its way for, and a `scheduled` one is
+    held by the store alone until `release_due` hands it to the broker. The
+    broker never calls `claim` on its store."""
+
+    async def claim_ids(
+        self,
+        ids: Sequence[str],
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str,
+    ) -> list[Job | None]:
+        """Lease each listed job that is `queued`, exactly as `claim` leases
+        a job (running, attempts + 1, started_at, a lease until now + lease,
+        token `claim_id`), whatever its name, priority or run_at; one entry
+        per id, in order: the leased record (token set), or None for an id
+        that is missing or in any other state (an id listed twice is leased
+        once). One round trip."""
+
+    async def release_due(
+        self, queues: Sequence[str], limit: int, now: float | None = None
+    ) -> list[Job]:
+        """Move up to `limit` `scheduled` jobs of `queues` whose run_at <= now
+        (None: the backend's clock) to `queued`, earliest first, and return
+        their records: the broker sends one message for each. Atomic: two
+        callers never both get the same job."""
+
+
+@runtime_checkable
 class Migrations(Protocol):
     """Optional: a backend whose schema is upgraded by versioned migrations
     (`conveyor migrate`). The other backends create their storage on open."""
