@@ -200,11 +200,21 @@ class Conveyor(JobTypes, RecurringSchedules):
         retries: int | None = None,
         timeout: float | EllipsisType | None = ...,
         queue: str | None = None,
+        group: str | None = None,
     ) -> NewJob:
         job_type = self.job_type(name)
         defaults = job_type.defaults
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidOptionError(f"key must be a non-empty string or None, got {key!r}")
+        caps = self.backend.capabilities
+        if key is not None and not caps.keys:
+            self._require(False, f"idempotency keys (job {name!r} has key={key!r})")
+        if group is not None:
+            if not isinstance(group, str) or not 0 < len(group) <= 128:
+                raise InvalidOptionError(
+                    f"group must be a string of 1 to 128 characters or None, got {group!r}"
+                )
+            self._require(caps.groups, f"ordering groups (job {name!r} has group={group!r})")
         return NewJob(
             id=new_job_id(),
             name=name,
@@ -214,6 +224,7 @@ class Conveyor(JobTypes, RecurringSchedules):
             max_retries=defaults.retries if retries is None else check_retries(retries),
             timeout=defaults.timeout if timeout is ... else check_timeout(timeout),
             key=key,
+            group=group,
             created_at=now,
             run_at=_due_time(now, delay, run_at),
             # A delay (or none) counts from the backend's clock where it has
@@ -247,6 +258,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         retries: int | None = None,
         timeout: float | EllipsisType | None = ...,
         queue: str | None = None,
+        group: str | None = None,
         connection: Any = None,
     ) -> Job:
         """Store one job. Options left out take the job type's defaults.
@@ -270,6 +282,7 @@ class Conveyor(JobTypes, RecurringSchedules):
             retries=retries,
             timeout=timeout,
             queue=queue,
+            group=group,
         )
         backend = await self._backend()
         if connection is not None:
@@ -330,10 +343,14 @@ class Conveyor(JobTypes, RecurringSchedules):
     # ------------------------------------------------------------------ inspecting
 
     async def get_job(self, job_id: str) -> Job | None:
-        return await (await self._backend()).get(job_id)
+        backend = await self._backend()
+        self._require(backend.capabilities.lookup, "looking jobs up")
+        return await backend.get(job_id)
 
     async def get_job_by_key(self, key: str) -> Job | None:
-        return await (await self._backend()).get_by_key(key)
+        backend = await self._backend()
+        self._require(backend.capabilities.lookup, "looking jobs up")
+        return await backend.get_by_key(key)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Wait until the job is completed, failed or cancelled; return it.
@@ -341,6 +358,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         Raises JobTimeoutError after `timeout` seconds, UnknownJobError if the
         job does not exist (or was trimmed by retention before we saw it)."""
         backend = await self._backend()
+        self._require(backend.capabilities.lookup, "waiting for a job (it looks the job up)")
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:
@@ -558,7 +576,9 @@ class Conveyor(JobTypes, RecurringSchedules):
 
 
 # What an enqueue_many item's options may hold: `enqueue`'s keyword options.
-_ENQUEUE_OPTIONS = frozenset({"key", "delay", "run_at", "priority", "retries", "timeout", "queue"})
+_ENQUEUE_OPTIONS = frozenset(
+    {"key", "delay", "run_at", "priority", "retries", "timeout", "queue", "group"}
+)
 
 
 def _state(value: JobState | str | None) -> JobState | None:

@@ -228,6 +228,15 @@ class BackendUnavailableError(ConveyorError, ConnectionError):
     logged: bool = False
 
 
+class EnqueueFailedError(BackendUnavailableError):
+    """Some jobs of an enqueue did not reach the broker; `failed` lists their
+    ids. None of those was enqueued; the others were."""
+
+    def __init__(self, message: str, failed: list[str]) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
 class BackendMisconfiguredError(ConveyorError):
     """The backend answers, but is set up in a way conveyor cannot work
     through (PostgreSQL behind a pooler in transaction mode, where LISTEN

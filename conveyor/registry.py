@@ -104,6 +104,7 @@ class Producer(Protocol):
         retries: int | None = None,
         timeout: float | EllipsisType | None = ...,
         queue: str | None = None,
+        group: str | None = None,
         connection: Any = None,
     ) -> Job: ...
 
@@ -237,6 +238,7 @@ class JobType(Generic[PayloadT, ResultT]):
         retries: int | None = None,
         timeout: float | EllipsisType | None = ...,
         queue: str | None = None,
+        group: str | None = None,
         connection: Any = None,
     ) -> Job:
         return await self.app.enqueue(
@@ -249,6 +251,7 @@ class JobType(Generic[PayloadT, ResultT]):
             retries=retries,
             timeout=timeout,
             queue=queue,
+            group=group,
             connection=connection,
         )
 

@@ -19,6 +19,9 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "rediss+sentinel": ("conveyor.backends.redis", "RedisBackend", "redis"),
     "postgresql": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
     "postgres": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
+    "sqs": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
+    "sqs+https": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
+    "sqs+http": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
 }
 
 

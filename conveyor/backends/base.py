@@ -124,6 +124,9 @@ class Capabilities:
     """
 
     list_jobs: bool = True
+    # Jobs can be looked up by id or key (get_job, wait, results): a broker
+    # without a store only carries messages.
+    lookup: bool = True
     cancel: bool = True
     retry: bool = True
     purge: bool = True
@@ -145,6 +148,16 @@ class Capabilities:
     max_batch: int | None = None
     # The largest payload (bytes of JSON) the backend can store or carry.
     max_payload_bytes: int | None = None
+    # Idempotency keys are honoured: a second enqueue with a key the backend
+    # still holds returns the first job (`duplicate=True`). `key_window` is
+    # how long a key is remembered when that is a broker's fixed window (an
+    # SQS FIFO queue's 5 minutes, within which a repeat is dropped silently
+    # and not reported as a duplicate); None: while the job is retained.
+    keys: bool = True
+    key_window: float | None = None
+    # `enqueue(..., group=...)`: jobs of one group run one at a time, in
+    # order (an SQS FIFO queue's message groups).
+    groups: bool = False
     # `enqueue(..., connection=conn)` stores jobs inside the caller's own
     # database transaction (the backend implements TransactionalEnqueue).
     transactional_enqueue: bool = False
@@ -166,6 +179,8 @@ class NewJob:
     key: str | None
     created_at: float
     run_at: float
+    # The job's ordering group, on a backend with `capabilities.groups`.
+    group: str | None = None
     # True when run_at is created_at plus a delay (none: due at once), both
     # read from the producer's clock, rather than a time the caller gave. A
     # backend whose clock is not the producer's (a server's) counts the delay
