@@ -12,7 +12,8 @@ processes.
 Clock: the host's (`time.time()`) wherever a call's `now` is None; every
 caller is in this process, so there is no skew to tolerate.
 
-Schedules, locks, the cache and worker presence: memory_stores.py.
+Schedules, locks, the cache and worker presence: memory_stores.py; claims
+by id and releases of due jobs (a broker's store): memory_delivery.py.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from conveyor.backends.base import (
     Retention,
     attempt_outcome,
 )
-from conveyor.backends.memory_stores import MemoryStores
+from conveyor.backends.memory_delivery import MemoryDelivery
 from conveyor.backends.records import stored_entry, stored_job, with_entry
 from conveyor.job import (
     FINAL_STATES,
@@ -116,7 +117,7 @@ class _Record:
 _KEEP_ALL = Retention(keep_completed=None, keep_failed=None)
 
 
-class MemoryBackend(MemoryStores):
+class MemoryBackend(MemoryDelivery):
     """`memory://` — one store per backend object, shared by every loop using it
     (not across processes: a forked child works on a copy)."""
 
@@ -271,16 +272,7 @@ class MemoryBackend(MemoryStores):
                     or rec.run_at != run_at
                 ):
                     continue
-                rec.state = JobState.RUNNING
-                rec.attempts += 1
-                rec.started_at = now
-                rec.lease_until = now + lease
-                rec.token = token
-                rec.cancel_requested = False
-                self._running[rec.id] = rec
-                job = rec.snapshot()
-                job.token = token
-                claimed.append(job)
+                claimed.append(self._lease(rec, now, lease, token))
         return claimed
 
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:

@@ -10,7 +10,7 @@ values become None the same way on every backend, and only once per record.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from conveyor.backends.base import ClaimToken, NewJob
@@ -141,6 +141,13 @@ def claim_order(row: Sequence[Any]) -> tuple[int, float, int]:
     """Claim order of a `row_to_job` row: (priority, run_at, seq); an
     UPDATE's RETURNING yields rows in no promised order."""
     return (row[6], row[11], row[0])
+
+
+def by_ids(ids: Sequence[str], jobs: Iterable[Job]) -> list[Job | None]:
+    """One entry per id, in order: its job among `jobs`, else None (a claim
+    by ids: the id is missing, was not queued, or came earlier in `ids`)."""
+    found = {job.id: job for job in jobs}
+    return [found.pop(job_id, None) for job_id in ids]
 
 
 def logs_json(logs: Sequence[dict[str, Any]]) -> str | None:

@@ -48,7 +48,7 @@ from conveyor.backends.postgres.inserts import insert
 from conveyor.backends.postgres.maintenance import Maintenance
 from conveyor.backends.postgres.sql import COLS
 from conveyor.backends.postgres.stores import PostgresStores
-from conveyor.backends.records import claim_order, logs_json, row_to_job
+from conveyor.backends.records import by_ids, claim_order, logs_json, row_to_job
 from conveyor.job import InvalidOptionError, Job, JobState
 
 # How long an idle waiter waits between looks of its own while the LISTEN
@@ -184,6 +184,42 @@ class PostgresBackend(PostgresStores):
         (finished,) = [row[1] for row in rows if row[0] == "f"]
         accepted = await self._finished(outcomes, sent, [tuple(f) for f in finished], retention)
         return accepted, self._claimed(rows, params)
+
+    # A broker's store (base.DeliveryStore): the broker delivers job ids.
+
+    async def claim_ids(
+        self,
+        ids: Sequence[str],
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str,
+    ) -> list[Job | None]:
+        if not ids:
+            return []
+        params = {
+            "now": now,
+            "commit": self._commit,
+            "ids": list(dict.fromkeys(ids)),
+            "lease": lease,
+            "token": claim_id,
+        }
+        jobs = [row_to_job(row) for row in await self._fetch(self.q.claim_ids, params)]
+        for job in jobs:
+            job.token = claim_id
+        return by_ids(ids, jobs)
+
+    async def release_due(
+        self, queues: Sequence[str], limit: int, now: float | None = None
+    ) -> list[Job]:
+        if limit <= 0 or not queues:
+            return []
+        params = {"now": now, "queues": list(dict.fromkeys(queues)), "limit": limit}
+        rows = await self._fetch(self.q.release_due, params)
+        rows.sort(key=lambda row: (row[11], row[0]))  # (run_at, seq)
+        # No NOTIFY: an idle worker of these queues already waits only until
+        # the earliest run_at among them, and finds the work then.
+        return [row_to_job(row) for row in rows]
 
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:
         rows = await self._fetch(

@@ -60,6 +60,12 @@ SCHEDULE_COLS: Final = (
     " last_run, last_error, catch_up, max_catch_up, misfire_grace, options"
 )
 
+# What a claim sets on each job it leases (`now` is the statement's CTE).
+_LEASE: Final = (
+    "state = 'running', attempts = j.attempts + 1, started_at = now.t,"
+    " lease_until = now.t + %(lease)s, token = %(token)s, cancel_requested = false"
+)
+
 # Most scheduled jobs one claim moves to the queue (the rest go with the next).
 PROMOTE_BATCH: Final = 1000
 
@@ -227,12 +233,42 @@ promoted AS (
     UPDATE {self.s}.jobs SET state = 'queued'
     WHERE ctid = ANY(ARRAY(SELECT row FROM due EXCEPT SELECT row FROM picked))),
 claimed AS (
-    UPDATE {self.s}.jobs AS j SET state = 'running', attempts = attempts + 1,
-        started_at = now.t, lease_until = now.t + %(lease)s, token = %(token)s,
-        cancel_requested = false
+    UPDATE {self.s}.jobs AS j SET {_LEASE}
     FROM picked, now WHERE j.ctid = picked.row
     RETURNING {_qualified(COLS)})
 SELECT 'c', NULL::jsonb, claimed.* FROM claimed, cfg{outcomes}"""
+
+    @cached_property
+    def claim_ids(self) -> str:
+        """A broker's store (base.DeliveryStore) leases the jobs whose ids
+        the broker delivered, each only if queued, whatever its name,
+        priority or run_at; rows: their columns. The rows are locked in seq
+        order (and waited for, not skipped: a job some other statement holds
+        may still be queued when it lets go), so two calls sharing ids cannot
+        deadlock; an id listed twice matches its row once."""
+        return f"""
+WITH now AS (SELECT {NOW} AS t), cfg AS ({LAZY_COMMIT}),
+picked AS (
+    SELECT seq FROM {self.s}.jobs WHERE id = ANY(%(ids)s::text[]) AND state = 'queued'
+    ORDER BY seq FOR UPDATE)
+UPDATE {self.s}.jobs AS j SET {_LEASE}
+FROM picked, now, cfg WHERE j.seq = picked.seq AND j.state = 'queued'
+RETURNING {_qualified(COLS)}"""
+
+    @cached_property
+    def release_due(self) -> str:
+        """A broker's store moves up to %(limit)s due scheduled jobs of
+        %(queues)s to queued, earliest first; rows: their columns. SKIP
+        LOCKED: two callers at once split the due jobs, and a row another
+        caller released meanwhile fails the state check and is skipped."""
+        return f"""
+WITH now AS (SELECT {NOW} AS t), due AS (
+    SELECT ctid AS row FROM {self.s}.jobs
+    WHERE state = 'scheduled' AND run_at <= (SELECT t FROM now)
+      AND queue = ANY(%(queues)s::text[])
+    ORDER BY run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+UPDATE {self.s}.jobs AS j SET state = 'queued' FROM due WHERE j.ctid = due.row
+RETURNING {_qualified(COLS)}"""
 
     @cached_property
     def heartbeat(self) -> str:

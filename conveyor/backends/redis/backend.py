@@ -153,6 +153,31 @@ class RedisBackend(RedisStores):
         )
         return claimed(rows, token)
 
+    # A broker's store (base.DeliveryStore): the broker delivers job ids.
+
+    async def claim_ids(
+        self,
+        ids: Sequence[str],
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str,
+    ) -> list[Job | None]:
+        if not ids:
+            return []
+        rows = await self._run(
+            "claim_ids", num_arg(now), repr(lease), claim_id, json.dumps(list(ids))
+        )
+        return [None if row is None else claimed([row], claim_id)[0] for row in rows]
+
+    async def release_due(
+        self, queues: Sequence[str], limit: int, now: float | None = None
+    ) -> list[Job]:
+        if limit <= 0 or not queues:
+            return []
+        rows = await self._run("release_due", num_arg(now), limit, *queues)
+        return [row_to_job(row) for row in rows]
+
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:
         return int(await self._run("unclaim", claim_id, num_arg(now)))
 

@@ -31,6 +31,8 @@ logger = logging.getLogger("conveyor.redis")
 _SCRIPT_NAMES = (
     "enqueue",
     "claim",
+    "claim_ids",
+    "release_due",
     "heartbeat",
     "finish",
     "finish_claim",

@@ -96,9 +96,11 @@ from conveyor.backends.base import (
     Retention,
     attempt_outcome,
 )
+from conveyor.backends.records import by_ids
 from conveyor.backends.sqlite import queries
 from conveyor.backends.sqlite.rows import claim_order, logs_json, row_to_job
 from conveyor.backends.sqlite.sql import (
+    CLAIM_IDS,
     COLS,
     FINISH_COMPLETED,
     FINISH_FINAL,
@@ -108,6 +110,7 @@ from conveyor.backends.sqlite.sql import (
     PROGRESS,
     PROMOTE,
     RECOVER,
+    RELEASE_DUE,
     RETRY,
     SCHEMA_VERSION,
     TRIM,
@@ -204,6 +207,56 @@ class SQLiteBackend(SQLiteStores):
         for job in jobs:
             job.token = token
         return jobs
+
+    # A broker's store (base.DeliveryStore): the broker delivers job ids.
+
+    async def claim_ids(
+        self,
+        ids: Sequence[str],
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str,
+    ) -> list[Job | None]:
+        now = time.time() if now is None else now
+        if not ids:
+            return []
+        jobs = await self._call(self._claim_ids, json.dumps(list(ids)), lease, now, claim_id)
+        return by_ids(ids, jobs)
+
+    def _claim_ids(
+        self, conn: sqlite3.Connection, ids: str, lease: float, now: float, token: ClaimToken
+    ) -> list[Job]:
+        with write_transaction(conn):
+            lease += waited_for_lock_after(conn, now)  # as in _claim
+            rows = conn.execute(CLAIM_IDS, (now, now + lease, ids, token)).fetchall()
+        jobs = [row_to_job(row) for row in rows]
+        for job in jobs:
+            job.token = token
+        return jobs
+
+    async def release_due(
+        self, queues: Sequence[str], limit: int, now: float | None = None
+    ) -> list[Job]:
+        now = time.time() if now is None else now
+        if limit <= 0 or not queues:
+            return []
+        queues_json = json.dumps(list(dict.fromkeys(queues)))
+        jobs = await self._call(self._release_due, queues_json, limit, now)
+        if jobs:
+            self._wake()
+        return jobs
+
+    def _release_due(
+        self, conn: sqlite3.Connection, queues: str, limit: int, now: float
+    ) -> list[Job]:
+        # One write transaction: a second caller finds these jobs queued.
+        with write_transaction(conn):
+            rows = conn.execute(RELEASE_DUE, (now, queues, limit)).fetchall()
+        if rows:
+            self._wakeups += 1
+        rows.sort(key=lambda row: (row[11], row[0]))  # (run_at, seq)
+        return [row_to_job(row) for row in rows]
 
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:
         now = time.time() if now is None else now

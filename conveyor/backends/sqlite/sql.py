@@ -145,6 +145,16 @@ PROMOTE: Final = (
     " WHERE state = 'scheduled' AND run_at <= ?1"
     " AND queue IN (SELECT value FROM json_each(?2))"
 )
+# A broker's store (base.DeliveryStore): up to ?3 due scheduled jobs of the
+# queues in ?2 become queued, earliest first; the due index yields them in
+# (run_at, seq) order, so the walk stops after ?3 of these queues' rows.
+RELEASE_DUE: Final = (
+    "UPDATE conveyor_jobs SET state = 'queued' WHERE seq IN ("
+    "SELECT seq FROM conveyor_jobs INDEXED BY conveyor_jobs_due"
+    " WHERE state = 'scheduled' AND run_at <= ?1"
+    " AND queue IN (SELECT value FROM json_each(?2)) ORDER BY run_at, seq LIMIT ?3)"
+    f" RETURNING {COLS}"
+)
 # One parameter holding a JSON array keeps a single cached statement for every
 # batch size, where "IN (?, ?, ...)" would compile a new one per size.
 SELECT_RUNNING: Final = (
@@ -221,6 +231,20 @@ PROGRESS: Final = (
     "UPDATE conveyor_jobs SET progress = coalesce(?1, progress),"
     f" {_APPEND_LOGS.format(p='?2')}"
     " WHERE id = ?3 AND state = 'running' AND token = ?4"
+)
+# What a claim sets on each job it leases: ?1 started_at, ?2 lease_until, ?4
+# the claim token.
+_LEASE: Final = (
+    "state = 'running', attempts = attempts + 1, started_at = ?1, lease_until = ?2,"
+    " token = ?4, cancel_requested = 0"
+)
+# A broker's store claims the jobs whose ids the broker delivered (?3, a JSON
+# array), each only if queued, whatever its name, priority or run_at. An id
+# listed twice matches its row once. Unary +: the unique id index finds them.
+CLAIM_IDS: Final = (
+    f"UPDATE conveyor_jobs SET {_LEASE}"
+    " WHERE id IN (SELECT value FROM json_each(?3)) AND +state = 'queued'"
+    f" RETURNING {COLS}"
 )
 # A claim whose reply was lost: its jobs go back as if handed back (attempt
 # not counted), a cancel-requested one ends cancelled, as in _finish. The
@@ -339,11 +363,7 @@ def claim_sql(n_queues: int, n_names: int | None = None) -> str:
             f"SELECT seq FROM conveyor_jobs WHERE state = 'queued' AND queue IN ({marks})"
             f" {order} LIMIT ?3"
         )
-    return (
-        "UPDATE conveyor_jobs SET state = 'running', attempts = attempts + 1, started_at = ?1,"
-        f" lease_until = ?2, token = ?4, cancel_requested = 0 WHERE seq IN ({pick})"
-        f" RETURNING {COLS}"
-    )
+    return f"UPDATE conveyor_jobs SET {_LEASE} WHERE seq IN ({pick}) RETURNING {COLS}"
 
 
 def _pick_by_name(n_queues: int, n_names: int, order: str) -> str:

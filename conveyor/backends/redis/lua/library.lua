@@ -371,6 +371,35 @@ local function adopt_legacy(queue)
   redis.call("ZREM", legacy, unpack(ids))
 end
 
+-- A due scheduled job of `queue` joins its ready set; returns its name.
+local function promote(id, queue)
+  redis.call("ZREM", scheduled_key(queue), id)
+  redis.call("HSET", jkey(id), "state", "queued")
+  local job = redis.call("HMGET", jkey(id), "priority", "run_at")
+  return make_ready(id, queue, job[1], job[2])
+end
+
+-- Lease jobs (queued, already out of their ready sets; queues[i] is the queue
+-- of ids[i]) at `now_text` for `lease` seconds under the claim's fencing
+-- token. Returns their records, in order.
+local function lease_jobs(ids, queues, now_text, lease, token)
+  local out = {}
+  local batch = batch_new()
+  local until_ = string.format("%.6f", tonumber(now_text) + lease)
+  for i, id in ipairs(ids) do
+    local values = record(id)
+    -- record(): {id, name, queue, payload, state, attempts, ...}; patch what changes.
+    local attempts = tonumber(values[6]) + 1
+    values[5], values[6], values[15], values[20] = "running", tostring(attempts), now_text, "0"
+    redis.call("HSET", jkey(id), "state", "running", "attempts", attempts, "started_at", now_text,
+      "lease_until", until_, "token", token, "cancel_requested", 0)
+    batch_add(batch, running_key(queues[i]), until_, id)
+    out[#out + 1] = values
+  end
+  batch_apply(batch)
+  return out
+end
+
 -- Promote due scheduled jobs of these queues, then lease up to `limit` ready
 -- ones named in `names` (nil: any name) under the claim's fencing token (made
 -- unique per call by the caller). Jobs of other names are never read. Returns
@@ -392,10 +421,7 @@ local function claim_jobs(now_text, lease, limit, queue_list, names, token)
     local due = redis.call("ZRANGEBYSCORE", scheduled_key(queue), "-inf", now, "LIMIT", 0, 1000)
     local others = {} -- name -> promoted jobs this claim cannot take
     for _, id in ipairs(due) do
-      redis.call("ZREM", scheduled_key(queue), id)
-      redis.call("HSET", jkey(id), "state", "queued")
-      local job = redis.call("HMGET", jkey(id), "priority", "run_at")
-      local name = make_ready(id, queue, job[1], job[2])
+      local name = promote(id, queue)
       if served and not served[name] then others[name] = (others[name] or 0) + 1 end
     end
     -- Wake the workers that serve them instead.
@@ -457,19 +483,5 @@ local function claim_jobs(now_text, lease, limit, queue_list, names, token)
     end
   end
 
-  local out = {}
-  local batch = batch_new()
-  local until_ = string.format("%.6f", now + lease)
-  for i, id in ipairs(ids) do
-    local values = record(id)
-    -- record(): {id, name, queue, payload, state, attempts, ...}; patch what changes.
-    local attempts = tonumber(values[6]) + 1
-    values[5], values[6], values[15], values[20] = "running", tostring(attempts), now_text, "0"
-    redis.call("HSET", jkey(id), "state", "running", "attempts", attempts, "started_at", now_text,
-      "lease_until", until_, "token", token, "cancel_requested", 0)
-    batch_add(batch, running_key(queues[i]), until_, id)
-    out[#out + 1] = values
-  end
-  batch_apply(batch)
-  return out
+  return lease_jobs(ids, queues, now_text, lease, token)
 end
