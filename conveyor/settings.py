@@ -38,6 +38,9 @@ CONVEYOR_LEASE = "CONVEYOR_LEASE"
 CONVEYOR_HEARTBEAT_INTERVAL = "CONVEYOR_HEARTBEAT_INTERVAL"
 # Seconds between looks for expired leases (default min(lease / 2, 5)).
 CONVEYOR_RECOVER_INTERVAL = "CONVEYOR_RECOVER_INTERVAL"
+# Longest idle wait between claims, seconds (default 1): on SQS and Pub/Sub the
+# long poll (SQS waits in whole seconds, up to 20; at most half the lease).
+CONVEYOR_POLL_INTERVAL = "CONVEYOR_POLL_INTERVAL"
 # Lease expiries a job survives before it fails (default 1).
 CONVEYOR_MAX_STALLED = "CONVEYOR_MAX_STALLED"
 # Threads of timed-out sync handlers tolerated before they take slots (default: concurrency).
@@ -49,6 +52,8 @@ CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
 # The servers the test suite uses (else a default local port, else one it starts).
 CONVEYOR_TEST_REDIS_URL = "CONVEYOR_TEST_REDIS_URL"
 CONVEYOR_TEST_POSTGRES_URL = "CONVEYOR_TEST_POSTGRES_URL"
+# An SQS endpoint for the tests (else they start moto's server).
+CONVEYOR_TEST_SQS_ENDPOINT = "CONVEYOR_TEST_SQS_ENDPOINT"
 
 # What changes how an app, a worker or the CLI behaves (the test suite clears
 # these so a developer's shell cannot change what the tests see).
@@ -63,6 +68,7 @@ BEHAVIOUR = (
     CONVEYOR_LEASE,
     CONVEYOR_HEARTBEAT_INTERVAL,
     CONVEYOR_RECOVER_INTERVAL,
+    CONVEYOR_POLL_INTERVAL,
     CONVEYOR_MAX_STALLED,
     CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_DEBUG,
@@ -141,6 +147,7 @@ _WORKER_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "lease": (CONVEYOR_LEASE, env_float),
     "heartbeat_interval": (CONVEYOR_HEARTBEAT_INTERVAL, env_float),
     "recover_interval": (CONVEYOR_RECOVER_INTERVAL, env_float),
+    "poll_interval": (CONVEYOR_POLL_INTERVAL, env_float),
     "max_stalled": (CONVEYOR_MAX_STALLED, env_int),
     "max_abandoned_threads": (CONVEYOR_MAX_ABANDONED_THREADS, env_int),
 }

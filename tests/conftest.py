@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,12 @@ BACKENDS = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("redis", marks=pytest.mark.redis),
     pytest.param("postgres", marks=pytest.mark.postgres),
+    # SQS on moto's server: standard and FIFO queues, with a store (SQLite
+    # for standard, Redis for FIFO: two kinds of store) and without one.
+    pytest.param("sqs", marks=pytest.mark.sqs),
+    pytest.param("sqs_fifo", marks=pytest.mark.sqs),
+    pytest.param("sqs_bare", marks=pytest.mark.sqs),
+    pytest.param("sqs_fifo_bare", marks=pytest.mark.sqs),
 ]
 
 
@@ -273,6 +280,88 @@ def postgres_urls(postgres_server_url: str | None) -> Iterator[Callable[[], str]
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         for schema in schemas:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _http_answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except Exception as exc:  # an HTTP error status still means a server answered
+        return hasattr(exc, "code")
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """$CONVEYOR_TEST_SQS_ENDPOINT, else a moto server started here (its
+    server mode: real HTTP on loopback); None when moto is not installed."""
+    # moto accepts any credentials; the AWS chain needs some to sign with.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    given = settings.env_str(settings.CONVEYOR_TEST_SQS_ENDPOINT)
+    if given:
+        yield given
+        return
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _http_answers(url):
+        time.sleep(0.1)
+    try:
+        yield url if _http_answers(url) else None
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _sqs_maker(
+    endpoint: str | None, fifo: bool, store: Callable[[], str] | None
+) -> Callable[[], str]:
+    require_backend("sqs", "conveyor.backends.sqs")
+    require_backend("sqs", "aiobotocore")
+    if endpoint is None:
+        unavailable("sqs backend unavailable: moto is not installed (pip install 'moto[server]')")
+    assert endpoint is not None
+
+    def fresh() -> str:
+        queue = f"t{uuid.uuid4().hex[:16]}" + (".fifo" if fifo else "")
+        url = f"sqs://{queue}?region=us-east-1&endpoint_url={endpoint}&create=true"
+        return url + (f"&store={store()}" if store is not None else "")
+
+    return fresh
+
+
+@pytest.fixture
+def sqs_urls(sqs_endpoint: str | None, sqlite_urls: Callable[[], str]) -> Callable[[], str]:
+    return _sqs_maker(sqs_endpoint, False, sqlite_urls)
+
+
+@pytest.fixture
+def sqs_fifo_urls(sqs_endpoint: str | None, redis_urls: Callable[[], str]) -> Callable[[], str]:
+    return _sqs_maker(sqs_endpoint, True, redis_urls)
+
+
+@pytest.fixture
+def sqs_bare_urls(sqs_endpoint: str | None) -> Callable[[], str]:
+    return _sqs_maker(sqs_endpoint, False, None)
+
+
+@pytest.fixture
+def sqs_fifo_bare_urls(sqs_endpoint: str | None) -> Callable[[], str]:
+    return _sqs_maker(sqs_endpoint, True, None)
 
 
 # --------------------------------------------------------------------------- the matrix

@@ -137,6 +137,12 @@ class Capabilities:
     cache: bool = False
     # Lower numbers run first. A broker without priorities refuses priority != 0.
     priorities: bool = True
+    # Jobs due at once are claimed in the order they were enqueued (within a
+    # priority). An SQS standard queue delivers in roughly that order only.
+    ordered: bool = True
+    # A claim passes over queued jobs of names the worker has no handler for,
+    # however many sit ahead. A FIFO queue's group waits for its head instead.
+    claims_by_name: bool = True
     # A result, heartbeat or progress report from a claim whose lease was lost
     # is always refused. A broker that can only delete a message by the handle
     # its last delivery carried may accept a late one: False says so.
@@ -462,6 +468,27 @@ class DeliveryStore(Protocol):
         (None: the backend's clock) to `queued`, earliest first, and return
         their records: the broker sends one message for each. Atomic: two
         callers never both get the same job."""
+
+
+@runtime_checkable
+class BrokerStats(Protocol):
+    """Optional: a broker's own counts (SQS's approximate message counts),
+    shown by `conveyor stats` beside the job counts."""
+
+    async def broker_stats(self) -> list[dict[str, Any]]:
+        """One row per queue: `queue` (the broker's name for it), its counts
+        by the broker's own names, and `dead_letter_queue` (a row of the same
+        shape, or None)."""
+
+
+@runtime_checkable
+class DeadLetterRedrive(Protocol):
+    """Optional: a broker whose failed set is its dead-letter queue (SQS
+    without a store); `conveyor retry --all-failed` moves it back."""
+
+    async def redrive(self, queue: str | None = None, limit: int | None = None) -> int:
+        """Move dead-lettered messages of `queue` (None: every queue this
+        process knows) back for another round of attempts; how many moved."""
 
 
 @runtime_checkable

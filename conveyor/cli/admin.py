@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from conveyor.app import Conveyor
+from conveyor.backends.base import BrokerStats, DeadLetterRedrive
 from conveyor.cli.core import (
     CliError,
     ConveyorGroup,
@@ -27,6 +28,7 @@ from conveyor.cli.core import (
     run_on,
 )
 from conveyor.cli.views import (
+    broker_table,
     job_view,
     jobs_table,
     recurring_table,
@@ -74,7 +76,10 @@ async def _watch_stats(app: Conveyor) -> None:
 
 async def _stats_view(app: Conveyor) -> RenderableType:
     """The counts table, then who serves which queues and what no live worker can run."""
-    table = stats_table(await app.stats(), app.url)
+    table: RenderableType = stats_table(await app.stats(), app.url)
+    backend = app.backend
+    if isinstance(backend, BrokerStats):
+        table = Group(table, broker_table(await backend.broker_stats()))
     try:
         workers, unserved = await app.workers(), await app.unserved()
     except NotSupportedError:
@@ -221,6 +226,13 @@ async def _retry_one(app: Conveyor, job_id: str) -> Job:
 
 
 async def _retry_all_failed(app: Conveyor, queue: str | None, name: str | None) -> int:
+    backend = app.backend
+    if not backend.capabilities.list_jobs and isinstance(backend, DeadLetterRedrive):
+        # A broker without a store: its failed set is the dead-letter queue.
+        if name is not None:
+            raise CliError("--name needs a store: dead-letter messages are moved back unread")
+        await app.open()
+        return await backend.redrive(queue)
     # Collect the ids first: retrying moves jobs out of `failed`, which would
     # shift the pages under an offset that advances while we retry.
     ids: list[str] = []

@@ -131,6 +131,25 @@ def stats_table(counts: dict[str, dict[str, int]], url: str) -> Table:
     return table
 
 
+def broker_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """A broker's own counts per queue and dead-letter queue, by its names."""
+    table = compact_table()
+    table.title = "broker counts (approximate, as the broker reports them)"
+    table.title_justify = "left"
+    table.add_column("queue", style="bold", overflow="fold")
+    names = sorted({k for row in rows for k, v in row.items() if isinstance(v, int)})
+    for name in names:
+        table.add_column(name.removeprefix("Approximate"), justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(str(row["queue"]), *(str(row.get(n, "")) for n in names))
+        dead = row.get("dead_letter_queue")
+        if dead:
+            table.add_row(
+                f"  dead letters: {dead['queue']}", *(str(dead.get(n, "")) for n in names)
+            )
+    return table
+
+
 def _count_cells(row: dict[str, int], states: Sequence[str]) -> list[Text]:
     cells = [
         Text(str(row.get(s, 0)), style=STATE_STYLES[s] if row.get(s, 0) else "dim") for s in states

@@ -25,6 +25,7 @@ from conveyor.settings import (
     CONVEYOR_LEASE,
     CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_MAX_STALLED,
+    CONVEYOR_POLL_INTERVAL,
     CONVEYOR_PREFETCH,
     CONVEYOR_QUEUES,
     CONVEYOR_RECOVER_INTERVAL,
@@ -95,6 +96,13 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     "default min(lease/2, 5)].",
 )
 @click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Longest idle wait between claims; on SQS the long poll, in whole seconds up to "
+    f"20 and at most half the lease [env {CONVEYOR_POLL_INTERVAL}; default 1].",
+)
+@click.option(
     "--max-stalled",
     type=click.IntRange(min=0),
     metavar="N",
@@ -133,6 +141,7 @@ def worker(
     lease: float | None,
     heartbeat_interval: float | None,
     recover_interval: float | None,
+    poll_interval: float | None,
     max_stalled: int | None,
     max_abandoned_threads: int | None,
     burst: bool | None,
@@ -156,6 +165,7 @@ def worker(
         "lease": lease,
         "heartbeat_interval": heartbeat_interval,
         "recover_interval": recover_interval,
+        "poll_interval": poll_interval,
         "max_stalled": max_stalled,
         "max_abandoned_threads": max_abandoned_threads,
         "burst": burst,

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, Worker
+from conveyor.backends import from_url
+from conveyor.backends.base import Capabilities
 
 FAST_WORKER: dict[str, Any] = {
     "concurrency": 4,
@@ -37,6 +39,46 @@ def fast_worker(app: Conveyor, **overrides: Any) -> Worker:
 
 
 MakeApp = Callable[..., Awaitable[Conveyor]]
+
+
+# What a `needs(...)` mark may name beyond the Capabilities flags themselves.
+DERIVED: dict[str, tuple[Callable[[Capabilities], bool], str]] = {
+    "long_delays": (lambda c: c.max_delay is None, "delays of any length"),
+    "any_delays": (lambda c: c.max_delay is None or c.max_delay > 0, "delayed jobs"),
+    "lasting_keys": (
+        lambda c: c.keys and c.key_window is None,
+        "idempotency keys kept while the job is (reported as duplicates)",
+    ),
+}
+
+
+def needs(*capabilities: str) -> pytest.MarkDecorator:
+    """Mark a test (or a module, as `pytestmark`) as needing what these
+    capabilities declare: on a backend that declares it cannot, the test is
+    skipped, saying which capability, so skips are counted and never silent.
+    Names are `Capabilities` fields (lookup, cancel, priorities, ...) or the
+    derived ones in DERIVED."""
+    for name in capabilities:
+        if name not in DERIVED and name not in Capabilities.__dataclass_fields__:
+            raise ValueError(f"needs({name!r}): not a capability")
+    return pytest.mark.needs(*capabilities)
+
+
+@pytest.fixture(autouse=True)
+def _skip_by_declared_capability(request: pytest.FixtureRequest) -> None:
+    wanted = [name for mark in request.node.iter_markers("needs") for name in mark.args]
+    if not wanted or "backend_url" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("backend_url")
+    caps = from_url(url).capabilities
+    backend = request.getfixturevalue("backend_name")
+    for name in wanted:
+        if name in DERIVED:
+            check, what = DERIVED[name]
+            if not check(caps):
+                pytest.skip(f"capability: {backend} declares no {what} ({name})")
+        elif not getattr(caps, name):
+            pytest.skip(f"capability: {backend} declares {name}=False")
 
 
 @pytest.fixture

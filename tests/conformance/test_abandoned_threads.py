@@ -15,7 +15,10 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
+from .conftest import needs
 from .helpers import WAIT, eventually, wait_state
+
+pytestmark = needs("lookup")
 
 
 def _warnings_naming(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:

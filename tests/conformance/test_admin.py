@@ -11,7 +11,10 @@ import pytest
 
 from conveyor import Conveyor, InvalidOptionError, JobState, JobTimeoutError, UnknownJobError
 
+from .conftest import needs
 from .helpers import WAIT, wait_event
+
+pytestmark = needs("lookup")
 
 STATES = {s.value for s in JobState}
 

@@ -12,6 +12,10 @@ from pydantic import BaseModel
 
 from conveyor import Conveyor, InvalidOptionError, InvalidPayloadError
 
+from .conftest import needs
+
+pytestmark = needs("cache")
+
 MISSING = object()
 
 Peer = Callable[[], Awaitable[Conveyor]]

@@ -11,7 +11,10 @@ from typing import Any
 
 from conveyor import Conveyor, JobContext, JobState
 
+from .conftest import needs
 from .helpers import WAIT, wait_event, wait_thread_event
+
+pytestmark = needs("lookup")
 
 
 async def test_cancel_queued_job_never_runs(app: Conveyor, worker) -> None:

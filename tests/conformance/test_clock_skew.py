@@ -25,8 +25,10 @@ import conveyor.worker as worker_module
 from conveyor import Conveyor, JobContext, JobState
 from conveyor.backends.base import Outcome, OutcomeKind, Retention
 
-from .conftest import MakeApp
+from .conftest import MakeApp, needs
 from .helpers import WAIT
+
+pytestmark = needs("lookup")
 
 Q = ["default"]
 KEEP_ALL = Retention(keep_completed=None, keep_failed=None)

@@ -16,9 +16,11 @@ from pydantic import BaseModel
 
 from conveyor import Conveyor, JobContext, JobState, Worker
 
-from .conftest import MakeApp
+from .conftest import MakeApp, needs
 from .helpers import WAIT
 from .test_rolling_deploy import ignore_names
+
+pytestmark = needs("lookup")
 
 
 class Welcome(BaseModel):
@@ -90,6 +92,7 @@ async def test_a_declared_types_queue_is_not_served_without_its_handler(
     assert (done.state, done.result) == (JobState.COMPLETED, {"sent": "a@b.c"})
 
 
+@needs("claims_by_name")
 async def test_a_worker_hands_back_a_declared_job_a_backend_gave_it_anyway(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:

@@ -9,7 +9,10 @@ from typing import Any
 
 from conveyor import Conveyor, JobState
 
+from .conftest import needs
 from .helpers import WAIT
+
+pytestmark = needs("lookup")
 
 
 def timing_app(app: Conveyor) -> dict[str, float]:

@@ -20,7 +20,10 @@ from conveyor import (
     testing,
 )
 
+from .conftest import needs
 from .helpers import WAIT
+
+pytestmark = needs("lookup")
 
 
 class Boom(Exception):

@@ -9,7 +9,10 @@ from typing import Any
 
 from conveyor import Conveyor, Event, JobContext, JobState
 
+from .conftest import needs
 from .helpers import WAIT, eventually, wait_event
+
+pytestmark = needs("lookup")
 
 ALL = [
     "job.enqueued",

@@ -27,8 +27,10 @@ from conveyor.backends.base import (
     Retention,
 )
 
-from .conftest import MakeApp
+from .conftest import MakeApp, needs
 from .helpers import WAIT, eventually
+
+pytestmark = needs("lookup")
 
 Q = ["default"]
 KEEP_ALL = Retention(keep_completed=None, keep_failed=None)

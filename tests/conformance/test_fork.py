@@ -30,11 +30,13 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
-from .helpers import WAIT
-
 # Python 3.12+ warns when a process with threads forks (the tests fork on
 # purpose, after the blocking twins started their threads).
+from .conftest import needs
+from .helpers import WAIT
+
 pytestmark = [
+    needs("lookup"),
     pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning"),
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
 ]

@@ -11,7 +11,10 @@ import pytest
 
 from conveyor import Conveyor, JobState, Permanent
 
+from .conftest import needs
 from .helpers import WAIT
+
+pytestmark = needs("lookup")
 
 
 async def test_each_job_is_logged_with_name_id_attempt_and_duration(

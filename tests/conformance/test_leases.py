@@ -14,7 +14,10 @@ from typing import Any
 from conveyor import Conveyor, JobContext, JobState
 from conveyor.backends.base import Heartbeat, LeaseStatus, Outcome, OutcomeKind, Retention
 
+from .conftest import needs
 from .helpers import WAIT, wait_event
+
+pytestmark = needs("lookup")
 
 Q = ["default"]
 KEEP_ALL = Retention(keep_completed=None, keep_failed=None)

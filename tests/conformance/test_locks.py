@@ -12,6 +12,10 @@ import pytest
 
 from conveyor import Conveyor, InvalidOptionError
 
+from .conftest import needs
+
+pytestmark = needs("locks")
+
 Peer = Callable[[], Awaitable[Conveyor]]
 
 

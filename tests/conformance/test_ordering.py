@@ -7,7 +7,10 @@ from typing import Any
 
 from conveyor import Conveyor, JobState
 
+from .conftest import needs
 from .helpers import WAIT, wait_state
+
+pytestmark = needs("lookup")
 
 
 def recording_app(app: Conveyor, **options: Any) -> list[Any]:

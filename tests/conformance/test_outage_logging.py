@@ -12,8 +12,11 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
+from .conftest import needs
 from .faults import BackendFaults
 from .helpers import WAIT, eventually, wait_event
+
+pytestmark = needs("lookup")
 
 
 async def test_an_outage_is_logged_once_and_its_end_once(

@@ -9,7 +9,10 @@ from typing import Any
 
 from conveyor import Conveyor, JobState
 
+from .conftest import needs
 from .helpers import WAIT, eventually, wait_event
+
+pytestmark = needs("lookup")
 
 
 async def test_prefetched_jobs_all_run_exactly_once(app: Conveyor, worker) -> None:

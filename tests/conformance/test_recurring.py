@@ -35,7 +35,10 @@ from conveyor.backends.base import NewJob, ScheduleRecord, ScheduleStore
 from conveyor.job import new_job_id
 from conveyor.scheduler import InvalidScheduleError, Schedule, Scheduler, first_run
 
+from .conftest import needs
 from .helpers import WAIT, eventually
+
+pytestmark = needs("lookup")
 
 # A fixed past instant to tick at: 2026-01-05 12:00:00 UTC, a Monday.
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC).timestamp()

@@ -24,8 +24,10 @@ import pytest
 from conveyor import Conveyor, Event, Job, JobState
 from conveyor.backends.base import ScheduleStore
 
-from .conftest import MakeApp, fast_worker
+from .conftest import MakeApp, fast_worker, needs
 from .helpers import eventually, wait_state
+
+pytestmark = needs("lookup")
 
 T0 = 1_767_614_400.0  # 2026-01-05 12:00:00 UTC: ticks at a fixed past instant
 JOB = "report.build"

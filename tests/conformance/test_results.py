@@ -15,7 +15,10 @@ from conveyor import Conveyor, JobContext, JobState
 from conveyor.backends.base import NewJob
 from conveyor.job import new_job_id
 
+from .conftest import needs
 from .helpers import WAIT, eventually, wait_event, wait_thread_event
+
+pytestmark = needs("lookup")
 
 
 class Welcome(BaseModel):

@@ -11,7 +11,10 @@ import pytest
 from conveyor import Conveyor, JobState
 from conveyor.backends.base import Outcome, OutcomeKind, Retention
 
+from .conftest import needs
 from .helpers import eventually
+
+pytestmark = needs("lookup")
 
 
 def register(app: Conveyor) -> list[Any]:

@@ -11,7 +11,10 @@ import pytest
 
 from conveyor import Backoff, Conveyor, JobState, Permanent, PermanentError
 
+from .conftest import needs
 from .helpers import WAIT, wait_state
+
+pytestmark = needs("lookup")
 
 
 class Flaky(Exception):

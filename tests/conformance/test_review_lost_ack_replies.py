@@ -15,8 +15,10 @@ from conveyor import JobState
 from conveyor.backends import from_url
 from conveyor.events import Event
 
-from .conftest import MakeApp
+from .conftest import MakeApp, needs
 from .helpers import WAIT, eventually
+
+pytestmark = needs("lookup")
 
 
 class LosesAckReplies:

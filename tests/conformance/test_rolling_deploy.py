@@ -20,8 +20,10 @@ import pytest
 
 from conveyor import Conveyor, JobState, Worker
 
-from .conftest import MakeApp
+from .conftest import MakeApp, needs
 from .helpers import WAIT
+
+pytestmark = needs("lookup")
 
 Q = ["default"]
 

@@ -11,7 +11,10 @@ from typing import Any
 
 from conveyor import Conveyor, JobContext, JobState
 
+from .conftest import needs
 from .helpers import WAIT, wait_event, wait_thread_event
+
+pytestmark = needs("lookup")
 
 
 async def test_job_finishing_within_the_shutdown_timeout_completes(app: Conveyor, worker) -> None:

@@ -16,8 +16,11 @@ import pytest
 from conveyor import Conveyor, JobState
 from conveyor.worker import STOP_GRACE
 
+from .conftest import needs
 from .faults import CLAIM_CALLS, BackendFaults
 from .helpers import eventually, wait_event
+
+pytestmark = needs("lookup")
 
 SHUTDOWN = 0.5
 # Slack over the promised bound for a slow CI box; the point is that stop()

@@ -15,8 +15,11 @@ import pytest
 
 from conveyor import Conveyor, Job, JobContext, JobState
 
+from .conftest import needs
 from .faults import BackendFaults
 from .helpers import WAIT, eventually, wait_event, wait_state
+
+pytestmark = needs("lookup")
 
 LEASE = 0.5
 

@@ -12,7 +12,10 @@ import pytest
 
 from conveyor import Conveyor, ConveyorError, JobContext, JobState
 
+from .conftest import needs
 from .helpers import WAIT, wait_thread_event
+
+pytestmark = needs("lookup")
 
 
 async def test_sync_handlers_run_in_threads_concurrently(app: Conveyor, worker) -> None:

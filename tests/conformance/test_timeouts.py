@@ -11,7 +11,10 @@ from typing import Any
 
 from conveyor import Conveyor, JobContext, JobState
 
+from .conftest import needs
 from .helpers import WAIT, wait_thread_event
+
+pytestmark = needs("lookup")
 
 
 async def test_async_handler_is_cancelled_on_timeout(app: Conveyor, worker) -> None:

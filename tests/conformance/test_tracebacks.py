@@ -19,7 +19,10 @@ import pytest
 from conveyor import Backoff, Conveyor, JobState
 from conveyor.backends.base import Outcome, OutcomeKind, Retention
 
+from .conftest import needs
 from .helpers import WAIT, wait_state
+
+pytestmark = needs("lookup")
 
 Q = ["default"]
 KEEP_ALL = Retention(keep_completed=None, keep_failed=None)

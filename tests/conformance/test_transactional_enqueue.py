@@ -20,7 +20,10 @@ import pytest
 
 from conveyor import Conveyor, InvalidOptionError, JobState, NotSupportedError
 
+from .conftest import needs
 from .helpers import WAIT, eventually, wait_state
+
+pytestmark = needs("lookup")
 
 
 def total(stats: dict[str, dict[str, int]]) -> int:

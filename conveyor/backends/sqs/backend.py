@@ -39,7 +39,14 @@ from conveyor.backends.base import (
     Retention,
 )
 from conveyor.backends.sqs import messages
-from conveyor.backends.sqs.client import MAX_DELAY, MAX_VISIBILITY, Outgoing, Received, SQSClient
+from conveyor.backends.sqs.client import (
+    MAX_DELAY,
+    MAX_VISIBILITY,
+    Outgoing,
+    QueueMissingError,
+    Received,
+    SQSClient,
+)
 from conveyor.backends.sqs.url import SQSURL, parse_url
 from conveyor.job import (
     EnqueueFailedError,
@@ -102,6 +109,8 @@ class SQSBackend:
             progress=False,
             lookup=False,
             priorities=False,
+            ordered=fifo,
+            claims_by_name=not fifo,
             strong_fencing=False,
             # FIFO queues take no per-message delay.
             max_delay=0.0 if fifo else float(MAX_DELAY),
@@ -519,38 +528,39 @@ class SQSBackend:
         in-flight ones running, delayed ones scheduled, and the dead-letter
         queue's messages failed."""
         out = {}
-        for queue, counts in (await self.broker_stats()).items():
-            out[queue] = {
-                JobState.SCHEDULED.value: counts.get("ApproximateNumberOfMessagesDelayed", 0),
-                JobState.QUEUED.value: counts.get("ApproximateNumberOfMessages", 0),
-                JobState.RUNNING.value: counts.get("ApproximateNumberOfMessagesNotVisible", 0),
+        for row in await self.broker_stats():
+            dead = row.get("dead_letter_queue")
+            out[str(row["conveyor_queue"])] = {
+                JobState.SCHEDULED.value: int(row["ApproximateNumberOfMessagesDelayed"]),
+                JobState.QUEUED.value: int(row["ApproximateNumberOfMessages"]),
+                JobState.RUNNING.value: int(row["ApproximateNumberOfMessagesNotVisible"]),
                 JobState.COMPLETED.value: 0,
-                JobState.FAILED.value: counts.get("dead_letter_messages", 0),
+                JobState.FAILED.value: int(dead["ApproximateNumberOfMessages"]) if dead else 0,
                 JobState.CANCELLED.value: 0,
             }
         return out
 
-    async def broker_stats(self) -> dict[str, dict[str, int]]:
-        """{conveyor queue: SQS's counts for its queue, and dead_letter_* for
-        its dead-letter queue}, for the queues this process has used."""
-        out: dict[str, dict[str, int]] = {}
+    async def broker_stats(self) -> list[dict[str, Any]]:
+        """Per conveyor queue this process has used: its SQS queue's name and
+        approximate counts, and those of its dead-letter queue (None when it
+        has none)."""
+        rows: list[dict[str, Any]] = []
         for queue in sorted(self._queues_seen):
             name = self.config.queue_name(queue)
             try:
-                counts = await self.sqs.counts(name)
-            except Exception as exc:
-                if queue != "default" and "QueueMissing" in type(exc).__name__:
-                    continue
-                raise
-            counts["sqs_queue"] = 0
+                counts: dict[str, Any] = await self.sqs.counts(name)
+            except QueueMissingError:
+                if queue == "default":
+                    raise
+                continue
             dlq = await self.sqs.dead_letter_queue(name)
+            dead: dict[str, Any] | None = None
             if dlq is not None:
-                dead = await self.sqs.counts(dlq)
-                counts["dead_letter_messages"] = dead["ApproximateNumberOfMessages"]
-                counts["dead_letter_not_visible"] = dead["ApproximateNumberOfMessagesNotVisible"]
-            del counts["sqs_queue"]
-            out[queue] = counts
-        return out
+                dead = {"queue": dlq, **await self.sqs.counts(dlq)}
+            rows.append(
+                {"conveyor_queue": queue, "queue": name, **counts, "dead_letter_queue": dead}
+            )
+        return rows
 
     async def redrive(self, queue: str | None = None, limit: int | None = None) -> int:
         """Move messages from the dead-letter queue back to their queue for

@@ -82,6 +82,8 @@ class SQSStoredBackend(SQSBackend):
             store.capabilities,
             # SQS delivers in its own order: no priorities.
             priorities=False,
+            ordered=self.config.fifo,
+            claims_by_name=not self.config.fifo,
             max_delay=None,
             max_batch=None,
             groups=self.config.fifo,
