@@ -102,6 +102,10 @@ RUNS = [
     _run_of("postgres", "SIGKILL"),
     _run_of("postgres", "SIGSTOP"),
     _run_of("postgres", "SIGTERM"),
+    # SQS (moto's server) with a SQLite store: the store decides claims, SQS
+    # delivers, a killed worker's message comes back after its visibility.
+    _run_of("sqs", "SIGKILL"),
+    _run_of("sqs", "SIGTERM"),
 ]
 
 

@@ -23,6 +23,7 @@ def recording_app(app: Conveyor, **options: Any) -> list[Any]:
     return ran
 
 
+@needs("priorities", "ordered")
 async def test_lower_priority_number_runs_first_then_fifo(app: Conveyor, worker) -> None:
     ran = recording_app(app)
     plan = [(5, "a"), (0, "b"), (5, "c"), (-1, "d"), (0, "e"), (5, "f"), (-1, "g"), (0, "h")]
@@ -37,6 +38,7 @@ async def test_lower_priority_number_runs_first_then_fifo(app: Conveyor, worker)
     assert ran == expected == ["d", "g", "b", "e", "h", "a", "c", "f"]
 
 
+@needs("ordered")
 async def test_fifo_within_one_priority_for_a_batch(app: Conveyor, worker) -> None:
     ran = recording_app(app)
     jobs = await app.enqueue_many([("record", i) for i in range(20)])
@@ -46,6 +48,7 @@ async def test_fifo_within_one_priority_for_a_batch(app: Conveyor, worker) -> No
     assert ran == list(range(20))
 
 
+@needs("priorities", "ordered")
 async def test_priority_in_a_batch_and_type_default(app: Conveyor, worker) -> None:
     ran: list[str] = []
 
@@ -107,6 +110,7 @@ async def test_worker_restricted_to_a_queue_leaves_other_queues_alone(
     assert ran == ["a", "b"]
 
 
+@needs("priorities")
 async def test_worker_on_several_queues_takes_by_priority_across_them(
     app: Conveyor, worker
 ) -> None:
