@@ -29,9 +29,23 @@ COLUMNS = [
 ]
 
 #: the peer every ratio is taken against, per suite; None: the best Python peer
-#: of each column. procrastinate is the reference the PostgreSQL targets name.
-RATIO_PEER: dict[str, str | None] = {"redis": None, "postgres": "procrastinate"}
-TITLES = {"redis": "Redis job queues", "postgres": "PostgreSQL job queues"}
+#: of each column. procrastinate is the reference the PostgreSQL targets name;
+#: Celery is the one other job queue of the SQS suite.
+RATIO_PEER: dict[str, str | None] = {"redis": None, "postgres": "procrastinate", "sqs": "celery"}
+TITLES = {
+    "redis": "Redis job queues",
+    "postgres": "PostgreSQL job queues",
+    "sqs": "SQS job queues (on moto, a local SQS emulator)",
+}
+#: printed with every SQS report, and in benchmarks/README.md
+SQS_NOTE = (
+    "**moto is not AWS.** moto is a local Python emulator of SQS: these figures compare the "
+    "peers on the same emulator; they do not predict AWS's throughput or latency. On AWS "
+    "every call is a network round trip of several ms, and SendMessageBatch and "
+    "ReceiveMessage of 10 messages dominate. On moto every message sent or received costs "
+    "time in proportion to the depth of its queue (moto recounts the queue's messages for "
+    "each one), so the figures fall as --jobs grows: compare runs of the same --jobs only."
+)
 
 
 def value_of(result: dict[str, Any], column: Column) -> float | None:
@@ -134,6 +148,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         f"ONE worker process at concurrency {args.concurrency}; latency: "
         f"{args.latency_jobs} jobs, one every {args.interval * 1000:.0f} ms, on an idle worker",
         f"- {ratio_text}",
+        *([f"- {SQS_NOTE}"] if suite == "sqs" else []),
         "",
         "| peer | versions | " + " | ".join(c.title for c in COLUMNS) + " |",
         "|---|---|" + "--:|" * len(COLUMNS),

@@ -3,12 +3,14 @@
     pip install -e '.[bench]'
     python benchmarks/run.py --jobs 20000                    # Redis peers
     python benchmarks/run.py --suite postgres --jobs 20000   # PostgreSQL peers
+    python benchmarks/run.py --suite sqs --jobs 500          # SQS peers, on moto
 
 Each peer runs in its own driver subprocess (which starts its own worker
 subprocess), one peer after the other, each on a store of its own: a Redis
-logical DB that is flushed before and after, or a PostgreSQL schema that is
-created for the run and dropped after it. See benchmarks/README.md for what is
-measured.
+logical DB that is flushed before and after, a PostgreSQL schema that is
+created for the run and dropped after it, or a moto server (a local SQS
+emulator) started for the peer and stopped after it. See
+benchmarks/README.md for what is measured.
 """
 
 from __future__ import annotations
@@ -41,17 +43,24 @@ sys.path.insert(0, str(BENCH))
 from peers import ALL_PEERS, NODE_PEERS, SUITES  # noqa: E402
 from peers.stores import (  # noqa: E402
     MARKER,
+    MotoStartError,
     create_schema,
     drop_schema,
     is_postgres,
+    is_sqs,
+    moto_server,
+    moto_version,
     postgres_facts,
+    sqs_env,
+    sqs_options,
+    sqs_url,
     with_schema,
 )
 from report import render, summary  # noqa: E402
 
 DEFAULTS: dict[str, Any] = {
     "suite": "redis",
-    "jobs": 20_000,
+    "jobs": None,  # JOBS[suite]
     "batch_size": 1_000,
     "concurrency": 10,
     "latency_jobs": 200,
@@ -70,19 +79,27 @@ DEFAULTS: dict[str, Any] = {
 
 
 #: seconds per peer, all phases together: procrastinate, the PostgreSQL suite's
-#: reference, needs about 200 s for 20,000 jobs on 2 cores (drain at 200-450/s)
-PEER_TIMEOUTS = {"redis": 150.0, "postgres": 300.0}
+#: reference, needs about 200 s for 20,000 jobs on 2 cores (drain at 200-450/s);
+#: on moto every peer is slow, and slower the deeper its queue (see README)
+PEER_TIMEOUTS = {"redis": 150.0, "postgres": 300.0, "sqs": 300.0}
+#: jobs per phase: moto's cost per message grows with the queue's depth, so a
+#: run of the SQS suite takes time in the square of this
+JOBS = {"redis": 20_000, "postgres": 20_000, "sqs": 500}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python benchmarks/run.py",
         description="conveyor vs arq, SAQ, RQ, Celery, Dramatiq, taskiq and BullMQ on Redis "
-        "(--suite redis), or vs procrastinate, PgQueuer and Oban on PostgreSQL "
-        "(--suite postgres).",
+        "(--suite redis), vs procrastinate, PgQueuer and Oban on PostgreSQL "
+        "(--suite postgres), or vs Celery on SQS, emulated by moto (--suite sqs).",
     )
     p.add_argument("--suite", choices=sorted(SUITES), help="which server and peers (redis)")
-    p.add_argument("--jobs", type=int, help="no-op jobs per enqueue phase and for the drain")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="no-op jobs per enqueue phase and for the drain (redis, postgres: 20000; sqs: 500)",
+    )
     p.add_argument("--batch-size", type=int, help="jobs per batch call")
     p.add_argument("--concurrency", type=int, help="concurrency of the one worker process")
     p.add_argument("--latency-jobs", type=int, help="jobs in the latency phase")
@@ -95,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--peer-timeout",
         type=float,
-        help="seconds allowed per peer, all phases together (redis: 150, postgres: 300)",
+        help="seconds allowed per peer, all phases together (redis: 150, postgres: 300, sqs: 300)",
     )
     p.add_argument("--redis", help="redis suite: server URL without a DB (loopback only)")
     p.add_argument(
@@ -114,7 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--conveyor-url",
         help="URL for the conveyor peer instead of the suite's store, e.g. "
         "sqlite:////tmp/b{db}.db (to try the harness on another backend); '{db}' is "
-        "replaced by the peer's DB number (redis) or schema name (postgres)",
+        "replaced by the peer's DB number (redis), schema name (postgres) or moto endpoint "
+        "(sqs: sqs://b?region=us-east-1&endpoint_url={db}&create=true&store=...)",
     )
     p.add_argument(
         "--python",
@@ -133,6 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and raw JSON")
     p.set_defaults(**DEFAULTS)
     args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = JOBS[args.suite]
     known = SUITES[args.suite]
     args.peers = args.peers or ",".join(known)
     args.peer_list = [name.strip() for name in args.peers.split(",") if name.strip()]
@@ -236,6 +256,9 @@ def stores_for(args: argparse.Namespace) -> dict[str, Store]:
             name: Store(f"{args.redis}/{order[name]}", str(order[name]), f"DB {order[name]}")
             for name in args.peer_list
         }
+    if args.suite == "sqs":
+        # made when the peer's moto server is up (sqs_store): its port is free then
+        return {name: Store("", "", "a moto server of its own") for name in args.peer_list}
     stores = {}
     for name in args.peer_list:
         # random, so that no run ever meets a schema it did not create itself
@@ -254,6 +277,8 @@ def describe_server(args: argparse.Namespace, stores: dict[str, Store]) -> str:
         check_dbs({name: store.url for name, store in stores.items()}, args.flush_nonempty)
         host = urlsplit(args.redis).hostname
         return f"Node {node_version()} · Redis {version} on {host}"
+    if args.suite == "sqs":
+        return describe_moto()
     try:
         facts = postgres_facts(args.postgres)
     except Exception as exc:
@@ -264,6 +289,39 @@ def describe_server(args: argparse.Namespace, stores: dict[str, Store]) -> str:
         f"synchronous_commit {facts['synchronous_commit']}, fsync {facts['fsync']}, "
         f"shared_buffers {facts['shared_buffers']})"
     )
+
+
+def describe_moto() -> str:
+    """Check this interpreter can run moto's server (which the SQS suite
+    starts once per peer); describe it."""
+    version = moto_version()
+    try:
+        import flask  # noqa: F401 - `moto.server` needs moto[server]
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        sys.exit(
+            f"the sqs suite runs `{sys.executable} -m moto.server`, which cannot be imported "
+            f"({exc}); pip install 'moto[server]' (moto {version} found)"
+        )
+    return (
+        f"moto {version} server (`python -m moto.server`, a fresh one per peer on 127.0.0.1, "
+        f"region us-east-1)"
+    )
+
+
+def sqs_store(name: str, endpoint: str, peer_dir: Path) -> Store:
+    """The SQS suite's URL for a peer: conveyor's SQS form, which the other
+    peers translate (see peers/celery_peer.py); conveyor_sqlite's adds its
+    SQLite store, a file in the peer's temporary directory."""
+    store = f"sqlite:///{peer_dir / 'store.db'}" if name == "conveyor_sqlite" else None
+    return Store(sqs_url("bench", endpoint, store), endpoint, f"moto at {endpoint}")
+
+
+def backend_label(url: str) -> str:
+    """`sqlite://`, or `sqs:// + redis://` for SQS with a store."""
+    scheme = url.partition("://")[0]
+    store = sqs_options(url).get("store") if is_sqs(url) else None
+    return f"{scheme}://" + (f" + {store.partition('://')[0]}://" if store else "")
 
 
 def redis_client(url: str) -> Any:
@@ -294,12 +352,14 @@ def check_dbs(urls: dict[str, str], force: bool) -> None:
 
 def claim_store(url: str) -> None:
     if is_postgres(url):
-        create_schema(url)  # the driver flushes a Redis DB itself
+        create_schema(url)  # the driver flushes a Redis DB (or SQS queues) itself
 
 
 def release_store(url: str) -> None:
     if is_postgres(url):
         drop_schema(url)
+    elif is_sqs(url):
+        pass  # its moto server is stopped after the peer
     else:
         with redis_client(url) as r:
             r.flushdb()
@@ -332,11 +392,32 @@ def ensure_node() -> str | None:
 def run_peer(
     name: str, store: Store, args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
+    peer_dir = workdir / name
+    peer_dir.mkdir()
+    if args.suite != "sqs":
+        return run_driver(name, store, args, peer_dir, dict(os.environ), log)
+    # A moto server per peer: each starts on an empty emulator, and nothing a
+    # killed peer left running (a long poll, a worker) reaches the next one.
+    try:
+        with moto_server(peer_dir / "moto.log") as endpoint:
+            store = sqs_store(name, endpoint, peer_dir)
+            log(f"  {name}: moto at {endpoint}")
+            return run_driver(name, store, args, peer_dir, sqs_env(dict(os.environ)), log)
+    except MotoStartError as exc:
+        return {"peer": name, "status": f"error: {exc}", "phases": {}}
+
+
+def run_driver(
+    name: str,
+    store: Store,
+    args: argparse.Namespace,
+    peer_dir: Path,
+    env: dict[str, str],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     url = store.url
     if name == "conveyor" and args.conveyor_url:
         url = args.conveyor_url.replace("{db}", store.tag)
-    peer_dir = workdir / name
-    peer_dir.mkdir()
     common = {
         "url": url,
         "workdir": str(peer_dir),
@@ -349,7 +430,6 @@ def run_peer(
         "latency-reserve": 5.0 + 2.0 + args.latency_jobs * args.interval + 10.0,
     }
     flags = [f"--{key}={value}" for key, value in common.items()]
-    env = dict(os.environ)
     if name in NODE_PEERS:
         reason = ensure_node()
         if reason is not None:
@@ -392,7 +472,7 @@ def run_peer(
                 result["status"] = "error: " + (tail[-1] if tail else f"exit {proc.returncode}")
     result["elapsed_s"] = elapsed
     if url != store.url:  # conveyor on another backend: shown, but not a ratio base
-        result["label"] = f"{name} ({url.partition('://')[0]}://)"
+        result["label"] = f"{name} ({backend_label(url)})"
     return result
 
 

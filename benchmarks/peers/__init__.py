@@ -15,4 +15,10 @@ NODE_PEERS = ("bullmq",)
 ALL_PEERS = PYTHON_PEERS + NODE_PEERS
 #: peers on PostgreSQL, in table order; conveyor first
 POSTGRES_PEERS = ("conveyor", "conveyor_prefetch", "procrastinate", "pgqueuer", "oban")
-SUITES: dict[str, tuple[str, ...]] = {"redis": ALL_PEERS, "postgres": POSTGRES_PEERS}
+#: peers on SQS (a moto server of their own each), in table order
+SQS_PEERS = ("conveyor", "conveyor_sqlite", "celery")
+SUITES: dict[str, tuple[str, ...]] = {
+    "redis": ALL_PEERS,
+    "postgres": POSTGRES_PEERS,
+    "sqs": SQS_PEERS,
+}

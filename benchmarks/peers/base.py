@@ -39,6 +39,12 @@ class Peer(abc.ABC):
         self.store_url: str | None = None
 
     @classmethod
+    def for_url(cls, url: str) -> type[Peer]:
+        """The class that runs against `url`: a peer whose library talks to
+        another kind of server there (Celery on SQS) returns a subclass."""
+        return cls
+
+    @classmethod
     def missing(cls, url: str) -> str | None:
         """Why this peer cannot run against `url` here (shown in its row), or None."""
         return None

@@ -1,5 +1,6 @@
 """conveyor itself, on the backend its URL selects: the suite's server
-(redis://, or postgresql://...?schema=NAME), or --conveyor-url."""
+(redis://, postgresql://...?schema=NAME, or sqs://...?endpoint_url=<moto>),
+or --conveyor-url."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conveyor import __version__ as conveyor_version
 from conveyor.backends import from_url
 from peers import probe
 from peers.base import Peer, dist_version
-from peers.stores import is_postgres
+from peers.stores import is_postgres, is_sqs, sqs_options
 
 NOOP = "bench.noop"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -43,6 +44,12 @@ class ConveyorPeer(Peer):
         self.app: Conveyor | None = None
 
     @classmethod
+    def for_url(cls, url: str) -> type[Peer]:
+        if cls is ConveyorPeer and is_sqs(url) and "store" not in sqs_options(url):
+            return ConveyorBareSQSPeer
+        return cls
+
+    @classmethod
     def missing(cls, url: str) -> str | None:
         # Building the backend (not opening it) is what fails on a checkout that
         # lacks the scheme or its driver: report that error, and the run goes on.
@@ -58,12 +65,8 @@ class ConveyorPeer(Peer):
 
     @classmethod
     def versions_for(cls, url: str) -> dict[str, str]:
-        # conveyor speaks RESP itself (hiredis parses the replies); psycopg for PostgreSQL.
-        scheme = urlsplit(url).scheme
-        driver = "psycopg" if is_postgres(url) else "hiredis" if scheme in REDIS_SCHEMES else None
         found = cls.versions()
-        if driver is not None and dist_version(driver) != "not installed":
-            found[driver] = dist_version(driver)
+        found.update(driver_versions(url))
         return found
 
     async def open(self) -> None:
@@ -76,10 +79,13 @@ class ConveyorPeer(Peer):
             self.app = None
 
     async def reset(self) -> None:
-        if self.url != self.store_url:  # else the harness empties it
-            assert self.app is not None
+        # The harness empties the suite's store; --conveyor-url's is purged here,
+        # where the backend can (SQS without a store cannot: the harness
+        # purges the SQS queues on the suite's moto server anyway).
+        app = self.app
+        if app is not None and self.url != self.store_url and app.backend.capabilities.purge:
             states = ["queued", "scheduled", "completed", "failed", "cancelled"]
-            await self.app.purge(states)
+            await app.purge(states)
 
     async def enqueue_one(self, t: float) -> None:
         assert self.app is not None
@@ -105,6 +111,35 @@ class ConveyorPeer(Peer):
                 await app.close()
 
         asyncio.run(main())
+
+
+class ConveyorBareSQSPeer(ConveyorPeer):
+    """The SQS suite's `conveyor` row: no store, the message is the job."""
+
+    notes = (
+        "No store: the message carries the whole job, and nothing is kept once it completes. "
+        "Each enqueue call is SendMessageBatch calls of up to 10, in parallel."
+    )
+
+
+def driver_versions(url: str) -> dict[str, str]:
+    """The client libraries conveyor uses for `url`: it speaks RESP itself
+    (hiredis parses the replies), psycopg for PostgreSQL, aiobotocore for SQS
+    (and then its store's)."""
+    scheme = urlsplit(url).scheme
+    if is_postgres(url):
+        names = ["psycopg"]
+    elif scheme in REDIS_SCHEMES:
+        names = ["hiredis"]
+    elif is_sqs(url):
+        names = ["aiobotocore"]
+    else:
+        names = []
+    found = {n: dist_version(n) for n in names if dist_version(n) != "not installed"}
+    store = sqs_options(url).get("store") if is_sqs(url) else None
+    if store:
+        found.update(driver_versions(store))
+    return found
 
 
 PEER = ConveyorPeer

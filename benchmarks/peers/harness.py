@@ -80,7 +80,7 @@ class Driver:
     async def run(self) -> None:
         args = self.args
         try:
-            cls = load_peer(args.peer)
+            cls = load_peer(args.peer).for_url(args.url)
         except ImportError as exc:
             self.result["status"] = f"n/a (not installed: {exc.name or exc})"
             self.save()
@@ -291,7 +291,7 @@ class Driver:
 
 def run_worker(args: argparse.Namespace) -> None:
     probe = probe_module.install(probe_module.Probe(Path(args.workdir), args.drain, args.latency))
-    peer = load_peer(args.peer)(args.url, args.concurrency)
+    peer = load_peer(args.peer).for_url(args.url)(args.url, args.concurrency)
     peer.run_worker(probe.worker_started)
 
 

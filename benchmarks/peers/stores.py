@@ -8,6 +8,12 @@
   schema is never taken over) and marks it with a COMMENT; emptying it drops
   and creates it again, and only a schema carrying that comment is ever
   dropped. Nothing outside the schema is touched.
+* SQS suite: a moto server of its own (`MotoServer`, started by run.py for
+  one peer and stopped after it), so everything on it is the peer's; the
+  peer's URL is conveyor's SQS form, `sqs://<queue>?region=..&endpoint_url=..`,
+  which the other peers translate into their own settings. Emptying it purges
+  every queue on that server and deletes the SQLite file named by `store=`.
+  Only a loopback endpoint is ever purged.
 
 The client libraries are imported lazily: a driver process of the PostgreSQL
 suite may run under an interpreter that has no redis-py, and the other way round.
@@ -15,9 +21,19 @@ suite may run under an interpreter that has no redis-py, and the other way round
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 #: set after every FLUSHDB, and as the COMMENT of every schema the harness creates
 MARKER = "conveyor-bench:owner"
@@ -45,9 +61,13 @@ def with_schema(base: str, schema: str) -> str:
 
 
 def flush(url: str) -> None:
-    """Empty the peer's store: FLUSHDB, or drop and recreate its schema."""
+    """Empty the peer's store: FLUSHDB, drop and recreate its schema, or purge
+    its moto server's queues (and delete its SQLite store)."""
     if is_postgres(url):
         recreate_schema(url)
+        return
+    if is_sqs(url):
+        purge_sqs(url)
         return
     from redis import Redis
 
@@ -144,3 +164,143 @@ def postgres_facts(base: str) -> dict[str, str]:
     assert row is not None
     keys = ("version", "autovacuum", "synchronous_commit", "fsync", "shared_buffers")
     return dict(zip(keys, (str(v) for v in row), strict=True))
+
+
+# ------------------------------------------------------------------------------- SQS
+
+#: moto's credentials and region: set for the SQS suite's drivers, workers and
+#: server, so that a user's own AWS settings never come into play
+SQS_REGION = "us-east-1"
+SQS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": SQS_REGION,
+    "AWS_REGION": SQS_REGION,
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    # moto refuses a second PurgeQueue within 60 s, as SQS does; the harness
+    # purges between phases a few seconds apart, on a server of its own.
+    "MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR": "false",
+}
+_SQS_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+
+
+def sqs_env(base: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if k not in _SQS_UNSET}
+    env.update(SQS_ENV)
+    return env
+
+
+def is_sqs(url: str) -> bool:
+    return urlsplit(url).scheme == "sqs"
+
+
+def sqs_options(url: str) -> dict[str, str]:
+    """The options of conveyor's `sqs://queue?...&store=URL` form; `store=`
+    comes last and takes the rest of the URL, as in conveyor's parser."""
+    query = url.partition("?")[2]
+    found = re.search(r"(?:^|&)store=", query)
+    options = dict(parse_qsl(query[: found.start()] if found else query))
+    if found:
+        options["store"] = query[found.end() :]
+    return options
+
+
+def sqs_url(queue: str, endpoint: str, store: str | None = None) -> str:
+    url = f"sqs://{queue}?region={SQS_REGION}&endpoint_url={endpoint}&create=true"
+    return url + (f"&store={store}" if store else "")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def sqs_client(url: str) -> Any:
+    """A blocking botocore client for the endpoint in `url` (loopback only)."""
+    import botocore.session
+
+    options = sqs_options(url)
+    endpoint = options.get("endpoint_url", "")
+    if not _loopback(urlsplit(endpoint).hostname or ""):
+        raise ValueError(f"refusing to touch an SQS endpoint off this machine: {endpoint!r}")
+    return botocore.session.get_session().create_client(
+        "sqs", region_name=options.get("region", SQS_REGION), endpoint_url=endpoint
+    )
+
+
+def purge_sqs(url: str) -> None:
+    """Purge every queue on the peer's moto server (all of it is the peer's),
+    and delete its SQLite store file if the URL names one."""
+    client = sqs_client(url)
+    try:
+        for queue_url in client.list_queues().get("QueueUrls", []):
+            client.purge_queue(QueueUrl=queue_url)
+    finally:
+        client.close()
+    store = sqs_options(url).get("store", "")
+    if store.startswith("sqlite:///"):
+        path = store.removeprefix("sqlite://").partition("?")[0]
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + suffix)
+
+
+class MotoStartError(RuntimeError):
+    """moto's server did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server(log: Path, python: str = sys.executable) -> Iterator[str]:
+    """Run `python -m moto.server` on a free loopback port; yield its endpoint.
+    The port is picked, then bound by moto: if another process takes it in
+    between, moto exits and another port is tried."""
+    for _attempt in range(3):
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=sqs_env(dict(os.environ)),
+                start_new_session=True,
+            )
+        try:
+            if _wait_ready(proc, port):
+                yield endpoint
+                return
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    raise MotoStartError("moto server did not start: " + " | ".join(tail))
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> bool:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if proc.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def moto_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("moto")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
