@@ -140,9 +140,17 @@ class Capabilities:
     # Jobs due at once are claimed in the order they were enqueued (within a
     # priority). An SQS standard queue delivers in roughly that order only.
     ordered: bool = True
+    # More of a queue's jobs can be claimed while some of it is running. A
+    # FIFO queue hands out a group's next messages only once those in flight
+    # are done (jobs without a group= share one group per queue).
+    concurrent_claims: bool = True
     # A claim passes over queued jobs of names the worker has no handler for,
     # however many sit ahead. A FIFO queue's group waits for its head instead.
     claims_by_name: bool = True
+    # Every decision honours an explicit `now` (tests drive time that way). A
+    # broker whose service times its own visibility timeouts (SQS) cannot:
+    # a message hidden for a lease stays hidden in real time.
+    driven_clock: bool = True
     # A result, heartbeat or progress report from a claim whose lease was lost
     # is always refused. A broker that can only delete a message by the handle
     # its last delivery carried may accept a late one: False says so.

@@ -102,6 +102,7 @@ async def test_heartbeat_and_progress_of_a_handed_back_claim_are_refused(app: Co
     assert await backend.progress(job_id, b.token, 50.0, []) is True
 
 
+@needs("driven_clock")
 async def test_tokens_never_repeat_for_a_job(app: Conveyor) -> None:
     """Hand-backs, retries, recoveries: every claim of the job gets a token it
     never had before, whether or not the caller names the claim."""
@@ -140,6 +141,7 @@ async def test_only_claims_carry_a_token(app: Conveyor) -> None:
 # --------------------------------------------------------------------------- unclaim
 
 
+@needs("concurrent_claims")
 async def test_unclaim_puts_the_claims_jobs_back_uncounted(app: Conveyor) -> None:
     register_noop(app)
     jobs = await app.enqueue_many([("work", i) for i in range(3)])
@@ -183,6 +185,7 @@ async def test_unclaim_ends_a_cancel_requested_job(app: Conveyor) -> None:
     assert await app.backend.claim(Q, 1, 30.0, t0 + 1) == []
 
 
+@needs("driven_clock")
 async def test_unclaim_leaves_a_job_that_moved_on(app: Conveyor) -> None:
     """The lost claim's lease expired and another claim took the job: the
     late unclaim must not take it from that claim."""
@@ -202,6 +205,7 @@ async def test_unclaim_leaves_a_job_that_moved_on(app: Conveyor) -> None:
     ]
 
 
+@needs("concurrent_claims")
 async def test_unclaim_undoes_combined_and_blocking_claims(app: Conveyor) -> None:
     register_noop(app)
     backend = app.backend

@@ -49,6 +49,7 @@ async def test_claim_takes_a_lease_and_counts_the_attempt(app: Conveyor) -> None
     assert stored.state is JobState.RUNNING
 
 
+@needs("driven_clock")
 async def test_expired_lease_is_recovered_and_the_attempt_counted(app: Conveyor) -> None:
     job_id = await enqueue_one(app)
     backend = app.backend
@@ -72,6 +73,7 @@ async def test_expired_lease_is_recovered_and_the_attempt_counted(app: Conveyor)
     assert second.attempts == 2  # the lost attempt was counted
 
 
+@needs("driven_clock")
 async def test_job_fails_after_max_stalled_expiries(app: Conveyor) -> None:
     job_id = await enqueue_one(app)
     backend = app.backend
@@ -130,6 +132,7 @@ async def test_heartbeat_after_the_lease_expired_is_refused(app: Conveyor) -> No
     assert statuses == [LeaseStatus.LOST]
 
 
+@needs("driven_clock")
 async def test_zombie_worker_is_fenced_off(app: Conveyor) -> None:
     """claim (attempt 1), expire, recover, claim (attempt 2): everything the
     first worker says afterwards is refused and never overwrites attempt 2."""
@@ -231,6 +234,7 @@ async def test_heartbeats_keep_a_job_longer_than_its_lease(app: Conveyor, worker
     assert attempts == [1]
 
 
+@needs("driven_clock")
 async def test_worker_that_lost_its_lease_abandons_the_attempt(app: Conveyor, worker) -> None:
     """The worker's heartbeat is refused (another recovery took the job): the
     handler is told to stop and its late result is not recorded."""
@@ -295,6 +299,7 @@ async def test_two_workers_never_run_a_job_twice(app: Conveyor, worker) -> None:
         assert (await app.get_job(job.id)).attempts == 1
 
 
+@needs("concurrent_claims")
 async def test_concurrent_claims_hand_each_job_out_once(app: Conveyor) -> None:
     register_noop(app)
     jobs = await app.enqueue_many([("work", i) for i in range(30)])

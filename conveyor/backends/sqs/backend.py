@@ -110,7 +110,9 @@ class SQSBackend:
             lookup=False,
             priorities=False,
             ordered=fifo,
+            driven_clock=False,
             claims_by_name=not fifo,
+            concurrent_claims=not fifo,
             strong_fencing=False,
             # FIFO queues take no per-message delay.
             max_delay=0.0 if fifo else float(MAX_DELAY),
@@ -138,6 +140,24 @@ class SQSBackend:
 
     async def clock(self) -> float:
         return time.time()
+
+    # Fork safety (conveyor/forking.py calls these): the child drops the
+    # parent's HTTP clients and held receipts (the parent still uses them).
+    def _before_fork(self) -> None:
+        self._fork_hook("_before_fork")
+
+    def _after_fork_in_parent(self) -> None:
+        self._fork_hook("_after_fork_in_parent")
+
+    def _after_fork_in_child(self) -> None:
+        self.sqs.forget_clients()
+        self._held = {}
+        self._held_lock = threading.Lock()
+        self._wakes = {}
+        self._fork_hook("_after_fork_in_child")
+
+    def _fork_hook(self, name: str) -> None:
+        """The store's own fork hook, where there is a store."""
 
     def sqs_queue(self, queue: str) -> str:
         self._queues_seen.add(queue)
@@ -222,7 +242,7 @@ class SQSBackend:
         if limit <= 0:
             return []
         received = await self._receive(queues, limit, 0, lease)
-        return await self._take(received, lease, claim_id or uuid.uuid4().hex, names)
+        return await self._take(received, lease, claim_id or uuid.uuid4().hex, names, now)
 
     async def claim_blocking(
         self,
@@ -282,12 +302,13 @@ class SQSBackend:
         lease: float,
         claim_id: str,
         names: Sequence[str] | None,
+        now: float | None = None,
     ) -> list[Job]:
         wanted, _ = await self._sort(received, names)
         jobs = []
         for message, pointer in wanted:
             assert pointer.job is not None
-            job = messages.bare_job(pointer.job, message.receives, claim_id)
+            job = messages.bare_job(pointer.job, message.receives, claim_id, now)
             self._hold(job.id, claim_id, message)
             jobs.append(job)
         return jobs
@@ -409,7 +430,7 @@ class SQSBackend:
             if outcome.kind is OutcomeKind.QUEUED:
                 changes.append((held, 0))
             elif outcome.kind is OutcomeKind.SCHEDULED:
-                self._retry_message(held, outcome, deletes, changes)
+                await self._retry_message(held, outcome, deletes, changes)
             else:
                 if outcome.kind is OutcomeKind.FAILED and self._bare_messages():
                     failed.append((held, outcome))
@@ -423,7 +444,7 @@ class SQSBackend:
     async def _store_finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         return [self._held_of(o.job_id, o.token) is not None for o in outcomes]
 
-    def _retry_message(
+    async def _retry_message(
         self,
         held: Held,
         outcome: Outcome,

@@ -26,6 +26,7 @@ logger = logging.getLogger("conveyor.sqs")
 BATCH: Final = 10  # SQS's most entries per batch call and messages per receive
 MAX_VISIBILITY: Final = 43_200  # 12 hours
 MAX_DELAY: Final = 900  # 15 minutes
+SEND_PARALLEL: Final = 16  # SendMessageBatch calls in flight for one enqueue
 # Errors worth a second try: throttling and SQS's own hiccups.
 _TRANSIENT: Final = frozenset(
     {"ThrottlingException", "RequestThrottled", "ServiceUnavailable", "InternalError"}
@@ -102,6 +103,12 @@ class SQSClient:
         client = await context.__aenter__()
         self._clients[loop] = (context, client)
         return client
+
+    def forget_clients(self) -> None:
+        """In a forked child: the clients (and their sockets and loops) are
+        the parent's; drop them unclosed, and make new ones on first use."""
+        self._clients = {}
+        self._lock = threading.Lock()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -270,8 +277,15 @@ class SQSClient:
         for what still did not go out: nothing is dropped silently."""
         queue_url = await self.queue_url(name)
         chunks = [messages[i : i + BATCH] for i in range(0, len(messages), BATCH)]
+        # In parallel, but not a thousand requests at once for 10,000 jobs.
+        gate = asyncio.Semaphore(SEND_PARALLEL)
+
+        async def send(chunk: Sequence[Outgoing]) -> dict[str, str]:
+            async with gate:
+                return await self._send_chunk(queue_url, chunk)
+
         failures: dict[str, str] = {}
-        for result in await asyncio.gather(*(self._send_chunk(queue_url, c) for c in chunks)):
+        for result in await asyncio.gather(*(send(c) for c in chunks)):
             failures.update(result)
         return failures
 

@@ -83,9 +83,9 @@ def parse(body: str) -> Pointer | None:
     return pointer
 
 
-def bare_job(data: dict[str, Any], receives: int, token: str) -> Job:
+def bare_job(data: dict[str, Any], receives: int, token: str, now: float | None = None) -> Job:
     """The running job a bare message describes, on its `receives`-th delivery."""
-    now = time.time()
+    now = time.time() if now is None else now
     return Job(
         id=str(data["id"]),
         name=str(data["name"]),

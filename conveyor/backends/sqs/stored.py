@@ -83,7 +83,9 @@ class SQSStoredBackend(SQSBackend):
             # SQS delivers in its own order: no priorities.
             priorities=False,
             ordered=self.config.fifo,
+            driven_clock=False,
             claims_by_name=not self.config.fifo,
+            concurrent_claims=not self.config.fifo,
             max_delay=None,
             max_batch=None,
             groups=self.config.fifo,
@@ -110,6 +112,11 @@ class SQSStoredBackend(SQSBackend):
 
     def _bare_messages(self) -> bool:
         return False
+
+    def _fork_hook(self, name: str) -> None:
+        method = getattr(self.store, name, None)
+        if method is not None:
+            method()
 
     # ------------------------------------------------------------------ sending
 
@@ -215,12 +222,13 @@ class SQSStoredBackend(SQSBackend):
         lease: float,
         claim_id: str,
         names: Sequence[str] | None,
+        now: float | None = None,
     ) -> list[Job]:
         wanted, _ = await self._sort(received, names)
         if not wanted:
             return []
         records = await self._delivery.claim_ids(
-            [pointer.id for _, pointer in wanted], lease, claim_id=claim_id
+            [pointer.id for _, pointer in wanted], lease, now, claim_id=claim_id
         )
         jobs = []
         unsettled = []
@@ -270,14 +278,20 @@ class SQSStoredBackend(SQSBackend):
     async def _store_finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         return await self.store.finish(outcomes, retention)
 
-    def _retry_message(
+    async def _retry_message(
         self,
         held: Held,
         outcome: Outcome,
         deletes: list[Held],
         changes: list[tuple[Held, int]],
     ) -> None:
-        due_now = outcome.retry_in is not None and outcome.retry_in <= 0
+        if outcome.retry_in is not None:
+            due_now = outcome.retry_in <= 0
+        else:
+            # A retry at a time (not after a delay): the store judged it due
+            # or not by its own clock; ask it which.
+            job = await self.store.get(outcome.job_id)
+            due_now = job is not None and job.state is JobState.QUEUED
         if due_now:
             changes.append((held, 0))  # the store queued it again: reuse the message
         else:
