@@ -44,9 +44,9 @@ BACKENDS = [
     # SQS on moto's server: standard and FIFO queues, with a store (SQLite
     # for standard, Redis for FIFO: two kinds of store) and without one.
     pytest.param("sqs", marks=pytest.mark.sqs),
-    pytest.param("sqs_fifo", marks=pytest.mark.sqs),
+    pytest.param("sqs_fifo", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
     pytest.param("sqs_bare", marks=pytest.mark.sqs),
-    pytest.param("sqs_fifo_bare", marks=pytest.mark.sqs),
+    pytest.param("sqs_fifo_bare", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
 ]
 
 

@@ -105,6 +105,7 @@ RUNS = [
     # SQS (moto's server) with a SQLite store: the store decides claims, SQS
     # delivers, a killed worker's message comes back after its visibility.
     _run_of("sqs", "SIGKILL"),
+    _run_of("sqs", "SIGSTOP"),
     _run_of("sqs", "SIGTERM"),
 ]
 
