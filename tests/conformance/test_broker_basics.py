@@ -25,8 +25,9 @@ from conveyor import (
     Worker,
 )
 
-from .conftest import needs
+from .conftest import MakeApp, needs
 from .helpers import eventually
+from .test_rolling_deploy import old_and_new
 
 FAST_RETRY = Backoff(base=0.05, factor=1.0, jitter=0.0)
 
@@ -194,3 +195,18 @@ async def test_what_a_backend_cannot_do_is_refused_naming_the_operation(
         message = str(refused.value)
         assert "does not support" in message, capability
         assert caps.hint and caps.hint in message, capability
+
+
+async def test_a_new_job_type_reaches_a_worker_that_knows_it_in_a_rolling_deploy(
+    make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
+) -> None:
+    """Old workers (type A only) and new ones (A and B) side by side: every
+    job runs once, and B only on a new worker, even where a backend hands an
+    old worker B's messages (SQS: it hides them for the others)."""
+    old, new, ran = await old_and_new(make_app, backend_name)
+    await new.enqueue_many([("B", "b1"), ("A", "a1"), ("B", "b2"), ("A", "a2")])
+    async with worker(old, poll_interval=1.0), worker(new, poll_interval=1.0):
+        await eventually(lambda: len(ran) == 4, timeout=30, message="four jobs")
+        await asyncio.sleep(0.3)
+    assert sorted(payload for _, payload in ran) == ["a1", "a2", "b1", "b2"]
+    assert all(label == "new" for label, payload in ran if payload.startswith("b")), ran

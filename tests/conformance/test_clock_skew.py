@@ -76,6 +76,7 @@ def _worker_modules() -> list[types.ModuleType]:
 
 
 @pytest.mark.parametrize("skew", [10.0, -10.0], ids=["ahead", "behind"])
+@needs("concurrent_claims")
 async def test_a_worker_with_a_skewed_clock_steals_no_live_job(
     make_app: MakeApp,
     backend_name: str,

@@ -832,6 +832,7 @@ async def test_daily_0230_runs_once_a_day_across_a_dst_change(
     "when",
     ["delay-timedelta", "delay-seconds", "run_at", "delay-30-days"],
 )
+@needs("driven_clock")
 async def test_a_job_days_ahead_is_scheduled_and_claimed_only_when_due(
     app: Conveyor, when: str
 ) -> None:

@@ -168,6 +168,7 @@ async def test_a_retried_job_no_longer_counts_toward_keep_failed(app: Conveyor) 
     assert (await app.get_job(jobs["b"].id)).state is JobState.QUEUED
 
 
+@needs("driven_clock")
 async def test_keep_failed_also_trims_jobs_failed_by_stalls(app: Conveyor) -> None:
     """A job failed by lease expiry is a failed job like any other: with
     keep_failed=1, the next failure trims it."""

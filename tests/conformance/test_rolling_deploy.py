@@ -81,6 +81,7 @@ def ignore_names(app: Conveyor, calls: int | None = None) -> None:
 # --------------------------------------------------------------------------- (1)
 
 
+@needs("claims_by_name")
 async def test_old_worker_leaves_a_new_job_type_queued_for_a_new_worker(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:
@@ -107,6 +108,7 @@ async def test_old_worker_leaves_a_new_job_type_queued_for_a_new_worker(
 # --------------------------------------------------------------------------- (2)
 
 
+@needs("claims_by_name")
 async def test_a_known_job_behind_many_unknown_ones_is_claimed_at_once(app: Conveyor) -> None:
     ran: list[tuple[str, Any]] = []
     register(app, "AB", ran, "producer")
@@ -118,6 +120,7 @@ async def test_a_known_job_behind_many_unknown_ones_is_claimed_at_once(app: Conv
     assert (await app.stats())["default"]["queued"] == 1000
 
 
+@needs("claims_by_name")
 async def test_a_worker_skips_unknown_jobs_ahead_of_the_ones_it_knows(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:
@@ -152,6 +155,7 @@ SERVED_ORDER = ["a3", "b3", "b1", "a2", "a4", "a1", "b2"]  # C is not served
 @pytest.mark.parametrize("queues", [["default"], ["q1", "q2"]], ids=["one-queue", "two-queues"])
 @pytest.mark.parametrize("limit", [1, 3, 20])
 @pytest.mark.parametrize("idle_names", [0, 300], ids=["two-names", "many-names"])
+@needs("priorities", "ordered")
 async def test_priority_then_fifo_among_the_served_names(
     app: Conveyor, queues: list[str], limit: int, idle_names: int
 ) -> None:
@@ -171,6 +175,7 @@ async def test_priority_then_fifo_among_the_served_names(
     assert [labels[job.id] for job in rest] == ["c3", "c1", "c2"]
 
 
+@needs("priorities", "ordered")
 async def test_a_worker_runs_two_names_in_priority_then_fifo_order(
     app: Conveyor, worker: Callable[..., Worker]
 ) -> None:
@@ -190,6 +195,7 @@ async def test_a_worker_runs_two_names_in_priority_then_fifo_order(
 # --------------------------------------------------------------------------- the worker's defence
 
 
+@needs("claims_by_name")
 async def test_a_job_reaching_a_worker_without_its_handler_is_handed_back_untouched(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:

@@ -231,6 +231,7 @@ async def register_and_enqueue(app: Conveyor, key: str | None = None) -> str:
     return (await app.enqueue("work", {}, key=key)).id
 
 
+@needs("driven_clock")
 async def test_history_lists_every_attempt_with_its_outcome(app: Conveyor) -> None:
     """Driven through the backend with explicit times: a stall (lease
     expired, found by recover_expired), a hand-back, a timeout, a retry, a
@@ -309,6 +310,7 @@ async def test_a_cancel_ending_an_attempt_is_recorded(app: Conveyor) -> None:
     assert outcomes_of(job) == ["cancelled"]
 
 
+@needs("driven_clock")
 async def test_the_history_keeps_the_last_20_attempts(app: Conveyor) -> None:
     job_id = await register_and_enqueue(app)
     backend = app.backend

@@ -111,7 +111,9 @@ class SQSBackend:
             priorities=False,
             ordered=fifo,
             driven_clock=False,
-            claims_by_name=not fifo,
+            # A worker receives other names' messages too, and hides them for
+            # others: they cost it a receive (and the message a receive count).
+            claims_by_name=False,
             concurrent_claims=not fifo,
             strong_fencing=False,
             # FIFO queues take no per-message delay.

@@ -277,8 +277,10 @@ class SQSClient:
         for what still did not go out: nothing is dropped silently."""
         queue_url = await self.queue_url(name)
         chunks = [messages[i : i + BATCH] for i in range(0, len(messages), BATCH)]
-        # In parallel, but not a thousand requests at once for 10,000 jobs.
-        gate = asyncio.Semaphore(SEND_PARALLEL)
+        # In parallel, but not a thousand requests at once for 10,000 jobs;
+        # a FIFO queue's batches one after the other, or they would land out
+        # of order.
+        gate = asyncio.Semaphore(1 if name.endswith(".fifo") else SEND_PARALLEL)
 
         async def send(chunk: Sequence[Outgoing]) -> dict[str, str]:
             async with gate:

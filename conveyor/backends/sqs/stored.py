@@ -84,7 +84,7 @@ class SQSStoredBackend(SQSBackend):
             priorities=False,
             ordered=self.config.fifo,
             driven_clock=False,
-            claims_by_name=not self.config.fifo,
+            claims_by_name=False,
             concurrent_claims=not self.config.fifo,
             max_delay=None,
             max_batch=None,
