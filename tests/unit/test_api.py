@@ -58,7 +58,8 @@ async def app(backend_url: str) -> AsyncIterator[Conveyor]:
 async def assert_nothing_stored(app: Conveyor) -> None:
     stats = await app.stats()
     assert all(count == 0 for counts in stats.values() for count in counts.values()), stats
-    assert await app.list_jobs(limit=1000) == []
+    if app.backend.capabilities.list_jobs:  # else the counts are all there is to see
+        assert await app.list_jobs(limit=1000) == []
 
 
 GOOD = {"to": "a@b.c", "name": "A"}
@@ -297,6 +298,8 @@ async def test_out_of_range_priority_is_refused_on_every_backend(
 async def test_the_documented_priority_range_round_trips(app: Conveyor) -> None:
     from conveyor.registry import PRIORITY_RANGE
 
+    if not app.backend.capabilities.priorities:
+        pytest.skip("capability: the backend declares priorities=False")
     low, high = PRIORITY_RANGE[0], PRIORITY_RANGE[-1]
     jobs = [await app.enqueue("email.welcome", GOOD, priority=p) for p in (high, low, 0)]
     assert [(await app.get_job(j.id)).priority for j in jobs] == [high, low, 0]
@@ -455,6 +458,8 @@ def test_invalid_backoff() -> None:
 
 
 async def test_purge_running_is_refused(app: Conveyor) -> None:
+    if not app.backend.capabilities.purge:
+        pytest.skip("capability: the backend declares purge=False")
     with pytest.raises(InvalidOptionError, match="running"):
         await app.purge(JobState.RUNNING)
     with pytest.raises(InvalidOptionError, match="state"):

@@ -61,7 +61,7 @@ async def test_every_bad_batch_item_is_named_by_its_index(
 
 
 async def test_an_unknown_option_lists_the_known_ones(app: Conveyor) -> None:
-    with pytest.raises(InvalidOptionError, match=r"'bogus'.*known: delay, key, priority"):
+    with pytest.raises(InvalidOptionError, match=r"'bogus'.*known: delay, group, key, priority"):
         await app.enqueue_many([("free", {}, {"bogus": 1})])
 
 

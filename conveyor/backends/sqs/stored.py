@@ -59,7 +59,7 @@ logger = logging.getLogger("conveyor.sqs")
 
 RELEASE_EVERY: Final = 0.25  # seconds between two releases of due held jobs
 RELEASE_BATCH: Final = 100
-SWEEP_EVERY: Final = 30.0  # the dead-letter queue
+SWEEP_EVERY: Final = 10.0  # the dead-letter queue
 RECONCILE_EVERY: Final = 60.0  # queued jobs without a message
 RECONCILE_AGE: Final = 60.0  # a queued job this old on an idle queue lost its message
 GROUP_TTL: Final = 30 * 86_400.0
