@@ -54,6 +54,8 @@ CONVEYOR_TEST_REDIS_URL = "CONVEYOR_TEST_REDIS_URL"
 CONVEYOR_TEST_POSTGRES_URL = "CONVEYOR_TEST_POSTGRES_URL"
 # An SQS endpoint for the tests (else they start moto's server).
 CONVEYOR_TEST_SQS_ENDPOINT = "CONVEYOR_TEST_SQS_ENDPOINT"
+# A Pub/Sub emulator's host:port for the tests (else they start gcloud's).
+CONVEYOR_TEST_PUBSUB_EMULATOR_HOST = "CONVEYOR_TEST_PUBSUB_EMULATOR_HOST"
 
 # What changes how an app, a worker or the CLI behaves (the test suite clears
 # these so a developer's shell cannot change what the tests see).

@@ -24,6 +24,7 @@ import importlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -362,6 +363,90 @@ def sqs_bare_urls(sqs_endpoint: str | None) -> Callable[[], str]:
 @pytest.fixture
 def sqs_fifo_bare_urls(sqs_endpoint: str | None) -> Callable[[], str]:
     return _sqs_maker(sqs_endpoint, True, None)
+
+
+def _pubsub_answers(host: str) -> bool:
+    # The emulator answers plain HTTP on its gRPC port ("Ok" at /).
+    return _http_answers(f"http://{host}/")
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in a session of its own, with all it started
+    (gcloud runs the emulator as a Java child)."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()  # reaps gcloud; its Java child is init's to reap
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """$CONVEYOR_TEST_PUBSUB_EMULATOR_HOST, else gcloud's Pub/Sub emulator
+    started here on a free loopback port (Java: a few seconds), as host:port;
+    None when gcloud or java is missing or it does not come up."""
+    given = settings.env_str(settings.CONVEYOR_TEST_PUBSUB_EMULATOR_HOST)
+    if given:
+        yield given
+        return
+    gcloud = shutil.which("gcloud")
+    if gcloud is None or shutil.which("java") is None:
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("pubsub")
+    host = f"127.0.0.1:{_free_port()}"
+    env = {
+        **os.environ,
+        # A configuration of its own (the emulator keeps its data there), and
+        # no update checks or usage reports: only loopback traffic.
+        "CLOUDSDK_CONFIG": str(workdir / "gcloud"),
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+    }
+    with open(workdir / "emulator.log", "wb") as out:
+        process = subprocess.Popen(
+            [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port={host}", "--quiet"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group, so its Java child stops with it
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and not _pubsub_answers(host):
+        time.sleep(0.2)
+    try:
+        yield host if _pubsub_answers(host) else None
+    finally:
+        _stop_group(process)
+
+
+@pytest.fixture
+def pubsub_urls(pubsub_emulator: str | None) -> Callable[[], str]:
+    """Fresh `pubsub://` URLs on the emulator: a topic of their own each,
+    created on first use."""
+    require_backend("pubsub", "conveyor.backends.pubsub")
+    require_backend("pubsub", "google.pubsub_v1")
+    if pubsub_emulator is None:
+        unavailable(
+            "pubsub unavailable: no Pub/Sub emulator (set CONVEYOR_TEST_PUBSUB_EMULATOR_HOST, "
+            "or install gcloud's pubsub-emulator component and java)"
+        )
+
+    def fresh() -> str:
+        topic = f"t{uuid.uuid4().hex[:16]}"
+        return f"pubsub://conveyor-test/{topic}?create=true&emulator={pubsub_emulator}"
+
+    return fresh
 
 
 # --------------------------------------------------------------------------- the matrix
