@@ -261,13 +261,17 @@ class SQSBackend:
             return []
         wake = self._wakes.setdefault(waiter, asyncio.Event())
         wake.clear()
-        # SQS long-polls in whole seconds: a shorter wait is a short poll
-        # followed by a pause (cut short by wake_waiter).
+        deadline = time.monotonic() + timeout
+        # SQS long-polls in whole seconds, shared out across the queues: what
+        # the polls leave of the timeout is a pause (cut short by
+        # wake_waiter), then one more short poll, so an idle worker neither
+        # spins nor oversleeps.
         wait = min(self.config.wait, int(timeout))
         received = await self._receive(queues, limit, wait, lease)
-        if not received and wait == 0 and timeout > 0 and not wake.is_set():
+        left = deadline - time.monotonic()
+        if not received and left > 0.05 and not wake.is_set():
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(left):
                     await wake.wait()
             except TimeoutError:
                 pass
