@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from conveyor.backends.broker.types import Outgoing, Received
 from conveyor.backends.pubsub import client as client_module
 from conveyor.backends.pubsub import errors, wire
 from conveyor.backends.pubsub.client import PubSubClient, QueueMissingError
 from conveyor.backends.pubsub.url import parse_url
-from conveyor.backends.sqs.client import Outgoing, Received
 from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 
 pytestmark = pytest.mark.pubsub

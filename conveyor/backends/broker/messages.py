@@ -1,4 +1,4 @@
-"""What an SQS message carries.
+"""What a broker message carries (SQS, Pub/Sub).
 
 With a store, a message is a pointer: the job's id, name and queue (the name
 so a worker can leave a job type it has no handler for without asking the
