@@ -152,7 +152,11 @@ class BrokerBackend:
         records = []
         for new in jobs:
             delay = max(0.0, new.run_at - (new.created_at if new.relative else now))
-            body = messages.job_body(new)
+            # Where a delay is pulled early (and so delivered) before its
+            # time, the message's receives do not count its attempts.
+            body = messages.job_body(
+                new, count_receives=not (delay > 0 and self.facts.early_pulls_count)
+            )
             size = messages.body_size(body)
             most = self.facts.max_message_bytes
             if size > most:
@@ -446,16 +450,25 @@ class BrokerBackend:
         wait = outcome.retry_in
         if wait is None:
             wait = max(0.0, (outcome.run_at or time.time()) - time.time())
-        if self.facts.retry_by_republish:
+        left = self.facts.max_visibility - (time.monotonic() - held.received_at) - 1
+        if self.facts.retry_by_republish and (
+            wait > left or await self.broker.dead_letter_queue(held.queue) is None
+        ):
+            # Hidden, the message could not wait long enough, or its
+            # redelivery would not be counted (Pub/Sub counts deliveries
+            # only under a dead-letter policy).
             await self._republish(held, outcome, math.ceil(wait))
             deletes.append(held)
             return
-        left = self.facts.max_visibility - (time.monotonic() - held.received_at) - 1
         changes.append((held, max(0, min(math.ceil(wait), int(left)))))
 
     async def _republish(self, held: Held, outcome: Outcome, delay: int) -> None:
         data = json.loads(held.body)
-        data["attempts"] = int(data.get("attempts", 0)) + held.receives
+        data["attempts"] = messages.attempts_of(data, held.receives)
+        if delay > 0 and self.facts.early_pulls_count:
+            data[messages.COUNT_RECEIVES] = False
+        else:
+            data.pop(messages.COUNT_RECEIVES, None)
         out = Outgoing(
             str(outcome.job_id),
             json.dumps(data),
@@ -558,6 +571,8 @@ class BrokerBackend:
         approximate counts, and those of its dead-letter queue (None when it
         has none)."""
         rows: list[dict[str, Any]] = []
+        if not self.facts.counts:
+            return rows
         for queue in sorted(self.queues_seen):
             name = self.config.queue_name(queue)
             try:

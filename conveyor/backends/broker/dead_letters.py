@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from conveyor.backends.base import Outcome
+from conveyor.backends.broker import messages
 from conveyor.backends.broker.types import Outgoing
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ async def send_failed(backend: BrokerBackend, failed: Sequence[tuple[Held, Outco
             )
             continue
         data = json.loads(held.body)
-        data["attempts"] = int(data.get("attempts", 0)) + held.receives
+        data["attempts"] = messages.attempts_of(data, held.receives)
+        data.pop(messages.COUNT_RECEIVES, None)
         data["error"] = outcome.error
         data["failed_at"] = outcome.at
         group = data.get("group") or facts.default_group or data.get("queue")
