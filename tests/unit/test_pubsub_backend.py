@@ -37,7 +37,7 @@ def test_groups_and_order_only_where_the_url_asks_for_ordering() -> None:
 
 
 async def test_bare_stats_are_refused_naming_the_fix() -> None:
-    backend = from_url(BARE)
+    backend = PubSubBackend(BARE)
     with pytest.raises(NotSupportedError, match="store="):
         await backend.stats()
     assert await backend.broker_stats() == []  # nothing for `conveyor stats` to show

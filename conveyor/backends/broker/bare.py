@@ -463,31 +463,7 @@ class BrokerBackend:
         changes.append((held, max(0, min(math.ceil(wait), int(left)))))
 
     async def _republish(self, held: Held, outcome: Outcome, delay: int) -> None:
-        data = json.loads(held.body)
-        data["attempts"] = messages.attempts_of(data, held.receives)
-        if delay > 0 and self.facts.early_pulls_count:
-            data[messages.COUNT_RECEIVES] = False
-        else:
-            data.pop(messages.COUNT_RECEIVES, None)
-        out = Outgoing(
-            str(outcome.job_id),
-            json.dumps(data),
-            delay,
-            *self.fifo_fields(
-                str(outcome.job_id),
-                f"{outcome.job_id}-{data['attempts']}",
-                str(data.get("queue")),
-                data.get("group"),
-            ),
-        )
-        failures = await self.broker.send(held.queue, [out])
-        if failures:
-            # The old message is kept (not deleted): it comes back when its
-            # visibility ends, and the job runs again sooner than asked.
-            raise EnqueueFailedError(
-                f"{self.facts.name}: the retry of job {outcome.job_id} was not sent: {failures}",
-                failed=[str(outcome.job_id)],
-            )
+        await dead_letters.republish(self, held, outcome, delay)
 
     async def _dead_letter(self, failed: Sequence[tuple[Held, Outcome]]) -> None:
         await dead_letters.send_failed(self, failed)

@@ -1,5 +1,6 @@
-"""A bare broker backend's dead letters: a final failure is sent to the
-queue's dead-letter queue with its error, and `redrive` moves them back."""
+"""A bare broker backend's messages sent again: a final failure to the
+queue's dead-letter queue with its error, `redrive` moving them back, and a
+retry republished."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from conveyor.backends.base import Outcome
 from conveyor.backends.broker import messages
 from conveyor.backends.broker.types import Outgoing
+from conveyor.job import EnqueueFailedError
 
 if TYPE_CHECKING:
     from conveyor.backends.broker.bare import BrokerBackend, Held
@@ -94,3 +96,34 @@ async def redrive(backend: BrokerBackend, queue: str | None, limit: int | None) 
             )
             moved += len(batch) - len(failures)
     return moved
+
+
+async def republish(backend: BrokerBackend, held: Held, outcome: Outcome, delay: int) -> None:
+    """A retry as a new message: the job's attempts so far in its body, the
+    backoff as its delay (where the broker cannot hide the old message long
+    enough, or would not count its redelivery)."""
+    data = json.loads(held.body)
+    data["attempts"] = messages.attempts_of(data, held.receives)
+    if delay > 0 and backend.facts.early_pulls_count:
+        data[messages.COUNT_RECEIVES] = False
+    else:
+        data.pop(messages.COUNT_RECEIVES, None)
+    out = Outgoing(
+        str(outcome.job_id),
+        json.dumps(data),
+        delay,
+        *backend.fifo_fields(
+            str(outcome.job_id),
+            f"{outcome.job_id}-{data['attempts']}",
+            str(data.get("queue")),
+            data.get("group"),
+        ),
+    )
+    failures = await backend.broker.send(held.queue, [out])
+    if failures:
+        # The old message is kept (not deleted): it comes back when its
+        # visibility ends, and the job runs again sooner than asked.
+        raise EnqueueFailedError(
+            f"{backend.facts.name}: the retry of job {outcome.job_id} was not sent: {failures}",
+            failed=[str(outcome.job_id)],
+        )
