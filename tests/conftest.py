@@ -48,6 +48,9 @@ BACKENDS = [
     pytest.param("sqs_fifo", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
     pytest.param("sqs_bare", marks=pytest.mark.sqs),
     pytest.param("sqs_fifo_bare", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
+    # Pub/Sub on gcloud's emulator: with a SQLite store and without one.
+    pytest.param("pubsub", marks=pytest.mark.pubsub),
+    pytest.param("pubsub_bare", marks=pytest.mark.pubsub),
 ]
 
 
@@ -431,7 +434,7 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | 
 
 
 @pytest.fixture
-def pubsub_urls(pubsub_emulator: str | None) -> Callable[[], str]:
+def pubsub_bare_urls(pubsub_emulator: str | None) -> Callable[[], str]:
     """Fresh `pubsub://` URLs on the emulator: a topic of their own each,
     created on first use."""
     require_backend("pubsub", "conveyor.backends.pubsub")
@@ -447,6 +450,14 @@ def pubsub_urls(pubsub_emulator: str | None) -> Callable[[], str]:
         return f"pubsub://conveyor-test/{topic}?create=true&emulator={pubsub_emulator}"
 
     return fresh
+
+
+@pytest.fixture
+def pubsub_urls(
+    pubsub_bare_urls: Callable[[], str], sqlite_urls: Callable[[], str]
+) -> Callable[[], str]:
+    """The same with a SQLite store of their own."""
+    return lambda: f"{pubsub_bare_urls()}&store={sqlite_urls()}"
 
 
 # --------------------------------------------------------------------------- the matrix

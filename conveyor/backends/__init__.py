@@ -22,6 +22,7 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "sqs": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
     "sqs+https": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
     "sqs+http": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
+    "pubsub": ("conveyor.backends.pubsub", "pubsub_backend", "gcp"),
 }
 
 

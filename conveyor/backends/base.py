@@ -175,6 +175,10 @@ class Capabilities:
     # `enqueue(..., connection=conn)` stores jobs inside the caller's own
     # database transaction (the backend implements TransactionalEnqueue).
     transactional_enqueue: bool = False
+    # A process that forked after the backend made its first call can go on
+    # using it in the child (False: gRPC's channels do not survive a fork, so
+    # Pub/Sub's workers must be forked before the backend is used, or spawned).
+    fork_after_use: bool = True
     # Appended to NotSupportedError messages: how to get what is missing.
     hint: str = ""
 

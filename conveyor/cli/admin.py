@@ -78,8 +78,9 @@ async def _stats_view(app: Conveyor) -> RenderableType:
     """The counts table, then who serves which queues and what no live worker can run."""
     table: RenderableType = stats_table(await app.stats(), app.url)
     backend = app.backend
-    if isinstance(backend, BrokerStats):
-        table = Group(table, broker_table(await backend.broker_stats()))
+    if isinstance(backend, BrokerStats) and (rows := await backend.broker_stats()):
+        # A broker without counts (Pub/Sub) has no rows.
+        table = Group(table, broker_table(rows))
     try:
         workers, unserved = await app.workers(), await app.unserved()
     except NotSupportedError:

@@ -127,6 +127,7 @@ def fork_with_multiprocessing(app: Conveyor, report: Connection) -> int:
 FORKS = {"os.fork": fork_with_os, "multiprocessing": fork_with_multiprocessing}
 
 
+@needs("fork_after_use")
 @pytest.mark.parametrize("how", sorted(FORKS))
 def test_a_forked_child_makes_blocking_calls_and_the_parent_goes_on(
     parent: Conveyor, backend_name: str, how: str
@@ -157,6 +158,7 @@ def test_a_forked_child_makes_blocking_calls_and_the_parent_goes_on(
         assert parent.stats_sync()["default"]["queued"] == 3
 
 
+@needs("fork_after_use")
 def test_a_child_that_forks_again_and_its_child_both_work(
     parent: Conveyor, backend_name: str
 ) -> None:
@@ -209,6 +211,7 @@ def test_a_child_that_forks_again_and_its_child_both_work(
     assert parent.stats_sync()["default"]["queued"] == (1 if backend_name == "memory" else 4)
 
 
+@needs("fork_after_use")
 def test_forks_while_another_thread_makes_blocking_calls(parent: Conveyor) -> None:
     """The parent's threads may be mid-call when it forks (a web server
     thread enqueueing): the child still works, and so do those threads."""

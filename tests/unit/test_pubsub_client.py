@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from conveyor.backends.broker.types import Outgoing, Received
 from conveyor.backends.pubsub import client as client_module
 from conveyor.backends.pubsub import errors, wire
 from conveyor.backends.pubsub.client import PubSubClient, QueueMissingError
 from conveyor.backends.pubsub.url import parse_url
-from conveyor.backends.sqs.client import Outgoing, Received
 from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 
 pytestmark = pytest.mark.pubsub
@@ -25,14 +25,14 @@ Maker = Callable[..., PubSubClient]
 
 
 @pytest.fixture
-async def clients(pubsub_urls: Callable[[], str]) -> AsyncIterator[Maker]:
+async def clients(pubsub_bare_urls: Callable[[], str]) -> AsyncIterator[Maker]:
     """Makes clients: on a fresh topic created on first use, or on `topic`
     (not created unless create="true"), with more URL options; all closed
     after the test."""
     made: list[PubSubClient] = []
 
     def make(topic: str | None = None, **options: str) -> PubSubClient:
-        url = pubsub_urls()
+        url = pubsub_bare_urls()
         if topic is not None:
             url = url.replace("create=true", "create=false")
             url = f"pubsub://conveyor-test/{topic}?{url.partition('?')[2]}"
@@ -300,8 +300,8 @@ async def test_a_subscription_without_a_dead_letter_policy_counts_no_deliveries(
     assert (first.receives, again.receives) == (1, 1)
 
 
-def test_one_client_serves_many_event_loops(pubsub_urls: Callable[[], str]) -> None:
-    client = PubSubClient(parse_url(pubsub_urls()))
+def test_one_client_serves_many_event_loops(pubsub_bare_urls: Callable[[], str]) -> None:
+    client = PubSubClient(parse_url(pubsub_bare_urls()))
     topic = client.url.topic
     errors: list[BaseException] = []
 

@@ -18,7 +18,7 @@ import pytest
 
 from conveyor import Conveyor, EnqueueFailedError, JobState
 from conveyor.backends.base import NewJob, Retention
-from conveyor.backends.sqs import stored
+from conveyor.backends.broker import stored
 from conveyor.backends.sqs.stored import SQSStoredBackend
 
 pytestmark = pytest.mark.sqs

@@ -1,7 +1,8 @@
 """Google Cloud Pub/Sub: a topic and a subscription per conveyor queue.
 
 `pubsub://<project>/<topic>?subscription=...&create=true` (url.py) names
-them; `PubSubClient` (client.py) makes the broker calls in the shape of the
+them; backend.py is the backend (`pubsub_backend`, bare or with store=);
+`PubSubClient` (client.py) makes the broker calls in the shape of the
 SQS backend's `SQSClient` (the same `Outgoing` and `Received`), so the job
 semantics above it can run over either broker. Needs the `gcp` extra
 (google-cloud-pubsub).
@@ -44,7 +45,16 @@ Pub/Sub call works: fork workers before using the backend, or spawn them.
 
 from __future__ import annotations
 
+from conveyor.backends.pubsub.backend import PubSubBackend, PubSubStoredBackend, pubsub_backend
 from conveyor.backends.pubsub.client import PubSubClient, QueueMissingError
 from conveyor.backends.pubsub.url import PubSubURL, parse_url
 
-__all__ = ["PubSubClient", "PubSubURL", "QueueMissingError", "parse_url"]
+__all__ = [
+    "PubSubBackend",
+    "PubSubClient",
+    "PubSubStoredBackend",
+    "PubSubURL",
+    "QueueMissingError",
+    "parse_url",
+    "pubsub_backend",
+]

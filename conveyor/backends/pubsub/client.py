@@ -60,9 +60,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from conveyor.backends.broker.types import Outgoing, Received
+from conveyor.backends.broker.types import QueueMissingError as BrokerQueueMissingError
 from conveyor.backends.pubsub import errors, wire
 from conveyor.backends.pubsub.url import PubSubURL
-from conveyor.backends.sqs.client import Outgoing, Received
 from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ CALL_TIMEOUT: Final = 30.0  # seconds for one attempt of a call that does not wa
 T = TypeVar("T")
 
 
-class QueueMissingError(BackendMisconfiguredError):
+class QueueMissingError(BrokerQueueMissingError):
     """The topic or its subscription does not exist and create=true was not given."""
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from conveyor.backends.sqs.client import Outgoing
+from conveyor.backends.broker.types import Outgoing
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import types

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.backends.broker.bare import BrokerBackend
 from conveyor.backends.sqs.backend import SQSBackend
 from conveyor.backends.sqs.url import parse_url
 
 
-def sqs_backend(url: str, **options: Any) -> SQSBackend:
+def sqs_backend(url: str, **options: Any) -> BrokerBackend:
     """The SQS backend for `url`: with its store when the URL names one."""
     if parse_url(url).store is not None:
         from conveyor.backends.sqs.stored import SQSStoredBackend

@@ -15,9 +15,9 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+from conveyor.backends.broker.types import Outgoing, QueueMissingError, Received
 from conveyor.backends.sqs.url import SQSURL
 from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 
@@ -36,27 +36,7 @@ _MISSING: Final = frozenset(
 )
 T = TypeVar("T")
 
-
-@dataclass(slots=True)
-class Outgoing:
-    entry_id: str  # unique within its batch (the job id)
-    body: str
-    delay: int = 0
-    group: str | None = None  # FIFO
-    dedup: str | None = None  # FIFO
-
-
-@dataclass(slots=True)
-class Received:
-    queue: str  # the SQS queue's name
-    body: str
-    receipt: str
-    receives: int  # ApproximateReceiveCount
-    message_id: str
-
-
-class QueueMissingError(BackendMisconfiguredError):
-    """The named queue does not exist and create=true was not given."""
+__all__ = ["MAX_DELAY", "MAX_VISIBILITY", "Outgoing", "QueueMissingError", "Received", "SQSClient"]
 
 
 def _code(exc: BaseException) -> str:

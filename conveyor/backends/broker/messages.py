@@ -1,4 +1,4 @@
-"""What an SQS message carries.
+"""What a broker message carries (SQS, Pub/Sub).
 
 With a store, a message is a pointer: the job's id, name and queue (the name
 so a worker can leave a job type it has no handler for without asking the
@@ -18,6 +18,7 @@ from conveyor.backends.base import NewJob
 from conveyor.job import Job, JobState, utc
 
 VERSION: Final = 1
+COUNT_RECEIVES: Final = "count_receives"
 
 
 @dataclass(slots=True)
@@ -37,12 +38,16 @@ def pointer_body(job_id: str, name: str, queue: str, group: str | None = None) -
     return json.dumps(data)
 
 
-def job_body(new: NewJob, attempts: int = 0) -> str:
+def job_body(new: NewJob, attempts: int = 0, count_receives: bool = True) -> str:
     """A bare message: the job itself. `attempts` counts the attempts made
     before this message was sent (a retry sent again); the receives of this
-    message add to it."""
+    message add to it, unless `count_receives` is False (a delayed Pub/Sub
+    message, whose early pulls are deliveries too): then each receive is
+    taken for the first."""
+    extra = {} if count_receives else {COUNT_RECEIVES: False}
     head = json.dumps(
         {
+            **extra,
             "v": VERSION,
             "id": new.id,
             "name": new.name,
@@ -92,7 +97,7 @@ def bare_job(data: dict[str, Any], receives: int, token: str, now: float | None 
         queue=str(data["queue"]),
         payload=data.get("payload"),
         state=JobState.RUNNING,
-        attempts=int(data.get("attempts", 0)) + receives,
+        attempts=attempts_of(data, receives),
         max_retries=int(data.get("max_retries", 0)),
         key=data.get("key"),
         created_at=utc(data.get("created_at")),
@@ -101,3 +106,8 @@ def bare_job(data: dict[str, Any], receives: int, token: str, now: float | None 
         timeout=data.get("timeout"),
         token=token,
     )
+
+
+def attempts_of(data: dict[str, Any], receives: int) -> int:
+    """The attempts of a bare message's job on its `receives`-th delivery."""
+    return int(data.get("attempts", 0)) + (receives if data.get(COUNT_RECEIVES, True) else 1)

@@ -1,0 +1,532 @@
+"""A broker backend with a store (`sqs://jobs?store=<conveyor URL>`, the
+same on `pubsub://`).
+
+The store (SQLite, Redis or PostgreSQL, through its `DeliveryStore` side)
+keeps every job record and decides; the broker delivers. A message carries
+only the job's id, name and queue, so payloads are as large as the store
+allows.
+
+* Enqueue writes the records, then sends a message for each job due now.
+  Delayed jobs and retries are held by the store (`scheduled`) and sent when
+  due (`release_due`, run before each claim), so delays have no broker limit
+  (SQS's 15 minutes, Pub/Sub's none at all) and FIFO queues take them too.
+* A received message claims its job in the store (`claim_ids`): the store's
+  token fences every later word about it, as on any backend. A message whose
+  job is final, gone or held is deleted; one whose job still runs elsewhere
+  is hidden for a lease and looked at again.
+* Acknowledging deletes the message; a hand-back (or a retry due at once)
+  makes it visible again.
+* Recovery is the store's (leases expire there); the broker brings the
+  message back by itself. Two sweeps run with it: the dead-letter queue's
+  messages (moved there by the broker after its most deliveries) fail their
+  jobs in the store, and, where the broker counts messages, queued jobs it
+  holds no message for (a producer that stopped between the store and the
+  broker) are sent again when the queue is idle. A duplicate message is
+  harmless: the store lets one claim through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from conveyor.backends import from_url
+from conveyor.backends.base import (
+    Backend,
+    CacheStore,
+    CancelResult,
+    ClaimToken,
+    DeliveryStore,
+    Heartbeat,
+    LeaseStatus,
+    LockStore,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Retention,
+    ScheduleRecord,
+    ScheduleStore,
+    WorkerInfo,
+    WorkerRegistry,
+)
+from conveyor.backends.broker import messages
+from conveyor.backends.broker.bare import BrokerBackend, Held, visibility
+from conveyor.backends.broker.types import (
+    BrokerClient,
+    BrokerConfig,
+    BrokerFacts,
+    Outgoing,
+    Received,
+)
+from conveyor.job import InvalidOptionError, Job, JobState, NotSupportedError
+
+logger = logging.getLogger("conveyor.broker")
+
+RELEASE_EVERY: Final = 0.25  # seconds between two releases of due held jobs
+RELEASE_BATCH: Final = 100
+SWEEP_EVERY: Final = 10.0  # the dead-letter queue
+RECONCILE_EVERY: Final = 60.0  # queued jobs without a message
+RECONCILE_AGE: Final = 60.0  # a queued job this old on an idle queue lost its message
+GROUP_TTL: Final = 30 * 86_400.0
+
+
+class StoredBrokerBackend(BrokerBackend):
+    def __init__(
+        self,
+        url: str,
+        config: BrokerConfig,
+        client: BrokerClient,
+        facts: BrokerFacts,
+        **options: Any,
+    ) -> None:
+        super().__init__(url, config, client, facts, **options)
+        assert self.config.store is not None
+        store = from_url(self.config.store)
+        if not isinstance(store, DeliveryStore):
+            raise InvalidOptionError(
+                f"store={self.config.store!r} in {url!r}: that backend cannot be a "
+                f"{facts.name} store (use sqlite, redis or postgresql)"
+            )
+        self.store: Backend = store
+        self._delivery: DeliveryStore = store
+        # The store's, less what the broker's delivery takes away (`facts.stored`).
+        self.capabilities = dataclasses.replace(store.capabilities, **facts.stored)
+        # Where a held job's group is kept (SQS's key unchanged from before).
+        self._group_key = f"conveyor:{facts.scheme}-group:"
+        self._released_at = 0.0
+        self._swept_at = 0.0
+        self._reconciled_at = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.config.display} store={self.store.url}>"
+
+    async def open(self) -> None:
+        await self.store.open()
+        await super().open()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.store.close()
+
+    async def clock(self) -> float:
+        return await self.store.clock()
+
+    def _bare_messages(self) -> bool:
+        return False
+
+    def _fork_hook(self, name: str) -> None:
+        method = getattr(self.store, name, None)
+        if method is not None:
+            method()
+
+    # ------------------------------------------------------------------ sending
+
+    def _outgoing(self, job: Job, group: str | None) -> Outgoing:
+        body = messages.pointer_body(job.id, job.name, job.queue, group)
+        # A retry is a new message: its own deduplication id.
+        fifo = self.fifo_fields(job.id, f"{job.id}-{job.attempts}", job.queue, group)
+        return Outgoing(job.id, body, 0, *fifo)
+
+    async def _send_jobs(self, jobs: Sequence[Job], groups: Mapping[str, str | None]) -> None:
+        by_queue: dict[str, list[Outgoing]] = defaultdict(list)
+        for job in jobs:
+            by_queue[self.broker_queue(job.queue)].append(self._outgoing(job, groups.get(job.id)))
+        if by_queue:
+            await self._send_all(by_queue)
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        records = await self.store.enqueue(jobs)
+        groups = {new.id: new.group for new in jobs if new.group is not None}
+        held = [r for r in records if not r.duplicate and r.state is JobState.SCHEDULED]
+        await self._remember_groups([r.id for r in held], groups)
+        due = [r for r in records if not r.duplicate and r.state is JobState.QUEUED]
+        try:
+            await self._send_jobs(due, groups)
+        except Exception as exc:
+            # Jobs the broker did not take must not run later behind the caller's
+            # back (the caller was told they were not enqueued).
+            failed = set(getattr(exc, "failed", [r.id for r in due]))
+            for job_id in failed:
+                await self.store.cancel(job_id)
+            raise
+        return records
+
+    async def _remember_groups(
+        self, job_ids: Sequence[str], groups: Mapping[str, str | None]
+    ) -> None:
+        """The store has no place for a FIFO group: held jobs keep theirs in
+        the store's cache until they are sent."""
+        if not isinstance(self.store, CacheStore):
+            return
+        for job_id in job_ids:
+            group = groups.get(job_id)
+            if group is not None:
+                await self.store.cache_set(self._group_key + job_id, f'"{group}"', GROUP_TTL)
+
+    async def _groups_of(self, jobs: Sequence[Job]) -> dict[str, str | None]:
+        if not self.facts.fifo or not isinstance(self.store, CacheStore):
+            return {}
+        groups: dict[str, str | None] = {}
+        for job in jobs:
+            stored = await self.store.cache_get(self._group_key + job.id)
+            groups[job.id] = None if stored is None else stored.strip('"')
+        return groups
+
+    async def _release(self, queues: Sequence[str], force: bool = False) -> None:
+        """Send the held jobs that are due (delays, retries' backoff)."""
+        now = time.monotonic()
+        if not force and now - self._released_at < RELEASE_EVERY:
+            return
+        self._released_at = now
+        while True:
+            jobs = await self._delivery.release_due(queues, RELEASE_BATCH)
+            if not jobs:
+                return
+            await self._send_jobs(jobs, await self._groups_of(jobs))
+            if len(jobs) < RELEASE_BATCH:
+                return
+
+    # ------------------------------------------------------------------ claiming
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Job]:
+        await self._release(queues)
+        return await super().claim(queues, limit, lease, now, claim_id=claim_id, names=names)
+
+    async def claim_blocking(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        timeout: float,
+        waiter: str,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Job]:
+        await self._release(queues)
+        return await super().claim_blocking(
+            queues, limit, lease, timeout, waiter, claim_id=claim_id, names=names
+        )
+
+    async def _take(
+        self,
+        received: list[Received],
+        lease: float,
+        claim_id: str,
+        names: Sequence[str] | None,
+        now: float | None = None,
+    ) -> list[Job]:
+        wanted, _ = await self._sort(received, names)
+        if not wanted:
+            return []
+        records = await self._delivery.claim_ids(
+            [pointer.id for _, pointer in wanted], lease, now, claim_id=claim_id
+        )
+        jobs = []
+        unsettled = []
+        for (message, pointer), job in zip(wanted, records, strict=True):
+            if job is None:
+                unsettled.append((message, pointer))
+            else:
+                self._hold(job.id, claim_id, message)
+                jobs.append(job)
+        if unsettled:
+            await self._settle(unsettled, lease)
+        return jobs
+
+    async def _settle(
+        self, unsettled: Sequence[tuple[Received, messages.Pointer]], lease: float
+    ) -> None:
+        """Messages whose job the store would not lease: a duplicate, a
+        message of a job that moved on, or one that came back while its job
+        still runs (elsewhere, or on a worker that died: recovery requeues it
+        when its lease ends in the store)."""
+        deletes: dict[str, list[str]] = defaultdict(list)
+        hides: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for message, pointer in unsettled:
+            job = await self.store.get(pointer.id)
+            if job is None or job.is_final or job.state is JobState.SCHEDULED:
+                # Done with, or held by the store, which sends it again when due.
+                deletes[message.queue].append(message.receipt)
+            else:
+                hides[message.queue].append(
+                    (message.receipt, visibility(lease, self.facts.max_visibility))
+                )
+        for queue, receipts in deletes.items():
+            await self.broker.delete(queue, receipts)
+        for queue, changes in hides.items():
+            await self.broker.change_visibility(queue, changes)
+
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        count = await self.store.unclaim(claim_id, now)
+        await super().unclaim(claim_id, now)  # their messages visible again now
+        return count
+
+    # ------------------------------------------------------------------ running
+
+    async def _store_heartbeat(
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None
+    ) -> list[LeaseStatus]:
+        return await self.store.heartbeat(beats, lease, now)
+
+    async def _store_finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
+        return await self.store.finish(outcomes, retention)
+
+    async def _retry_message(
+        self,
+        held: Held,
+        outcome: Outcome,
+        deletes: list[Held],
+        changes: list[tuple[Held, int]],
+    ) -> None:
+        if outcome.retry_in is not None:
+            due_now = outcome.retry_in <= 0
+        else:
+            # A retry at a time (not after a delay): the store judged it due
+            # or not by its own clock; ask it which.
+            job = await self.store.get(outcome.job_id)
+            due_now = job is not None and job.state is JobState.QUEUED
+        if due_now:
+            changes.append((held, 0))  # the store queued it again: reuse the message
+        else:
+            deletes.append(held)  # held by the store until due, then sent anew
+
+    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
+        if self.facts.fifo:
+            await self._keep_groups_of_retries(outcomes)
+        return await super().finish(outcomes, retention)
+
+    async def _keep_groups_of_retries(self, outcomes: Sequence[Outcome]) -> None:
+        retried: dict[str, str | None] = {}
+        for outcome in outcomes:
+            if outcome.kind is OutcomeKind.SCHEDULED:
+                held = self._held_of(outcome.job_id, outcome.token)
+                pointer = messages.parse(held.body) if held else None
+                if pointer is not None and pointer.group is not None:
+                    retried[outcome.job_id] = pointer.group
+        if retried:
+            await self._remember_groups(list(retried), retried)
+
+    async def progress(
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
+    ) -> bool:
+        return await self.store.progress(job_id, token, progress, logs)
+
+    async def recover_expired(
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
+    ) -> list[Job]:
+        recovered = await self.store.recover_expired(now, max_stalled, retention)
+        clock = time.monotonic()
+        if clock - self._swept_at >= SWEEP_EVERY:
+            self._swept_at = clock
+            await self._sweep_dead_letters(max_stalled, retention)
+        if self.facts.counts and clock - self._reconciled_at >= RECONCILE_EVERY:
+            self._reconciled_at = clock
+            await self._reconcile()
+        return recovered
+
+    async def _sweep_dead_letters(self, max_stalled: int, retention: Retention | None) -> None:
+        """Fail in the store the jobs whose message the redrive policy moved
+        to the dead-letter queue (received maxReceiveCount times unfinished)."""
+        for queue in sorted(self.queues_seen):
+            name = self.config.queue_name(queue)
+            dlq = await self.broker.dead_letter_queue(name)
+            if dlq is None:
+                continue
+            for message in await self.broker.receive(dlq, 10, 0, 30):
+                pointer = messages.parse(message.body)
+                if pointer is None:
+                    continue
+                token = f"dlq-{message.message_id}"
+                (job,) = await self._delivery.claim_ids([pointer.id], 1.0, claim_id=token)
+                if job is not None:
+                    error = (
+                        f"{self.facts.name} moved its message to the dead-letter queue "
+                        f"{dlq} after {message.receives} receive(s) without an "
+                        f"acknowledgement ({self.facts.dead_letter_rule})"
+                    )
+                    failed = Outcome(job.id, token, OutcomeKind.FAILED, time.time(), error=error)
+                    await self.store.finish([failed], retention or Retention())
+                    logger.error("job %s (%s) failed: %s", job.id, job.name, error)
+                else:
+                    current = await self.store.get(pointer.id)
+                    if current is not None and not current.is_final:
+                        continue  # running: its worker decides; look again later
+                await self.broker.delete(dlq, [message.receipt])
+
+    async def _reconcile(self) -> None:
+        """Send again the queued jobs of an idle queue the broker holds no
+        message for: a producer stopped between writing the store and
+        sending, or a release was cut short. A duplicate costs nothing."""
+        cutoff = time.time() - RECONCILE_AGE
+        for queue in sorted(self.queues_seen):
+            counts = await self.broker.counts(self.config.queue_name(queue))
+            if any(counts.values()):
+                continue
+            queued = await self.store.list_jobs(
+                state=JobState.QUEUED, name=None, queue=queue, limit=100, offset=0
+            )
+            lost = [
+                job
+                for job in queued
+                if job.created_at is not None
+                and job.created_at.timestamp() < cutoff
+                and (job.run_at is None or job.run_at.timestamp() < cutoff)
+            ]
+            if lost:
+                logger.warning(
+                    "%s queue %s holds no message for %d queued job(s); sending them again",
+                    self.facts.name,
+                    self.config.queue_name(queue),
+                    len(lost),
+                )
+                await self._send_jobs(lost, await self._groups_of(lost))
+
+    # ------------------------------------------------------------------ administering
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.store.get(job_id)
+
+    async def get_by_key(self, key: str) -> Job | None:
+        return await self.store.get_by_key(key)
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None,
+        name: str | None,
+        queue: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Job]:
+        return await self.store.list_jobs(
+            state=state, name=name, queue=queue, limit=limit, offset=offset
+        )
+
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        # A queued job's message is deleted when it is next received.
+        return await self.store.cancel(job_id, now)
+
+    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
+        job = await self.store.retry(job_id, now)
+        if job is not None and job.state is JobState.QUEUED:
+            await self._send_jobs([job], await self._groups_of([job]))
+        return job
+
+    async def purge(
+        self, states: Sequence[JobState], older_than: float | None, queue: str | None
+    ) -> int:
+        return await self.store.purge(states, older_than, queue)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        return await self.store.stats()
+
+    async def redrive(self, queue: str | None = None, limit: int | None = None) -> int:
+        raise NotSupportedError(
+            "with a store, failed jobs are retried from the store (conveyor retry); "
+            "the dead-letter queue's messages are swept into it by the workers"
+        )
+
+    # ------------------------------------------------------------------ the store's other sides
+
+    def _side(self, protocol: type, what: str) -> Any:
+        if not isinstance(self.store, protocol):
+            raise NotSupportedError(f"the store {self.store.url} has no {what}")
+        return self.store
+
+    async def schedule_put(self, record: ScheduleRecord) -> None:
+        await self._side(ScheduleStore, "recurring schedules").schedule_put(record)
+
+    async def schedule_get(self, name: str) -> ScheduleRecord | None:
+        found: ScheduleRecord | None = await self._side(ScheduleStore, "schedules").schedule_get(
+            name
+        )
+        return found
+
+    async def schedule_list(self) -> list[ScheduleRecord]:
+        found: list[ScheduleRecord] = await self._side(ScheduleStore, "schedules").schedule_list()
+        return found
+
+    async def schedule_delete(self, name: str) -> bool:
+        return bool(await self._side(ScheduleStore, "schedules").schedule_delete(name))
+
+    async def schedule_due(self, now: float | None, limit: int) -> list[ScheduleRecord]:
+        found: list[ScheduleRecord] = await self._side(ScheduleStore, "schedules").schedule_due(
+            now, limit
+        )
+        return found
+
+    async def schedule_fire(
+        self,
+        name: str,
+        expected_next_run: float,
+        next_run: float,
+        last_run: float | None,
+        last_error: str | None,
+        jobs: Sequence[NewJob],
+    ) -> list[Job] | None:
+        fired: list[Job] | None = await self._side(ScheduleStore, "schedules").schedule_fire(
+            name, expected_next_run, next_run, last_run, last_error, jobs
+        )
+        if fired:
+            groups = {new.id: new.group for new in jobs}
+            await self._send_jobs(
+                [j for j in fired if not j.duplicate and j.state is JobState.QUEUED], groups
+            )
+        return fired
+
+    async def lock_acquire(
+        self, key: str, token: str, ttl: float, now: float | None = None
+    ) -> bool:
+        return bool(await self._side(LockStore, "locks").lock_acquire(key, token, ttl, now))
+
+    async def lock_release(self, key: str, token: str) -> bool:
+        return bool(await self._side(LockStore, "locks").lock_release(key, token))
+
+    async def lock_extend(self, key: str, token: str, ttl: float, now: float | None = None) -> bool:
+        return bool(await self._side(LockStore, "locks").lock_extend(key, token, ttl, now))
+
+    async def cache_get(self, key: str, now: float | None = None) -> str | None:
+        found: str | None = await self._side(CacheStore, "cache").cache_get(key, now)
+        return found
+
+    async def cache_set(
+        self, key: str, value: str, ttl: float | None, now: float | None = None
+    ) -> None:
+        await self._side(CacheStore, "cache").cache_set(key, value, ttl, now)
+
+    async def cache_delete(self, key: str) -> bool:
+        return bool(await self._side(CacheStore, "cache").cache_delete(key))
+
+    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        await self._side(WorkerRegistry, "worker presence").worker_beat(info, ttl, now)
+
+    async def worker_gone(self, worker_id: str) -> None:
+        await self._side(WorkerRegistry, "worker presence").worker_gone(worker_id)
+
+    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        found: list[WorkerInfo] = await self._side(WorkerRegistry, "worker presence").workers(now)
+        return found
+
+    async def queued_by_name(self) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = await self._side(
+            WorkerRegistry, "worker presence"
+        ).queued_by_name()
+        return found
