@@ -2,7 +2,7 @@
 backend marker, and report as one run.
 
 Most tests wait on servers, workers and timers rather than compute, so on a
-small machine four processes finish in about the time of the slowest part
+small machine five processes finish in about the time of the slowest part
 instead of the sum. The split is by marker expression and covers every test
 exactly once. Each part's output goes to a log, printed in full when it ends.
 Any extra arguments are passed to every part (`-x`, `-k ...`).
@@ -19,8 +19,9 @@ from pathlib import Path
 PARTS = [
     ("sqs standard", "sqs and not sqs_fifo"),
     ("sqs fifo", "sqs_fifo"),
-    ("redis+postgres", "not sqs and (redis or postgres)"),
-    ("the rest", "not sqs and not redis and not postgres"),
+    ("pubsub", "pubsub and not sqs"),
+    ("redis+postgres", "not sqs and not pubsub and (redis or postgres)"),
+    ("the rest", "not sqs and not pubsub and not redis and not postgres"),
 ]
 
 
