@@ -108,6 +108,10 @@ RUNS = [
     _run_of("sqs", "SIGKILL"),
     _run_of("sqs", "SIGSTOP"),
     _run_of("sqs", "SIGTERM"),
+    # Pub/Sub (gcloud's emulator) with a SQLite store.
+    _run_of("pubsub", "SIGKILL"),
+    _run_of("pubsub", "SIGSTOP"),
+    _run_of("pubsub", "SIGTERM"),
 ]
 
 
@@ -134,6 +138,8 @@ def test_chaos(
         # out of reach here, so the run checks delivery, not the policy.
         receives = os.environ.get("CONVEYOR_CHAOS_SQS_MAX_RECEIVES", "1000")
         url = url.replace("&create=true", f"&create=true&max_receives={receives}", 1)
+    if backend == "pubsub":  # the same for Pub/Sub's max delivery attempts (at most 100)
+        url = url.replace("create=true", "create=true&max_deliveries=100", 1)
     producer = Conveyor(url, keep_completed=None)
     producer_for.append(producer)
     for name in JOB_NAMES:
