@@ -94,3 +94,20 @@ async def test_jobs_sqs_refuses_are_reported_and_cancelled_in_the_store(
         for job_id in refused.value.failed:
             job = await app.get_job(job_id)
             assert job is not None and job.state is JobState.CANCELLED
+
+
+async def test_a_failing_sweep_does_not_hide_the_jobs_the_store_recovered(
+    sqs_urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _app(sqs_urls()) as app:
+        backend = app.backend
+        assert isinstance(backend, SQSStoredBackend)
+        job = await app.enqueue("work", {"n": 1})
+        await backend.claim(["default"], 1, 1.0)
+
+        async def broken(*args: object) -> None:
+            raise ConnectionError("SQS unreachable (injected)")
+
+        monkeypatch.setattr(backend, "_sweep_dead_letters", broken)
+        (recovered,) = await backend.recover_expired(time.time() + 5, 5, Retention())
+        assert recovered.id == job.id

@@ -103,6 +103,9 @@ class BrokerBackend:
         self.capabilities = facts.bare
         self._held: dict[tuple[str, ClaimToken], Held] = {}
         self._held_lock = threading.Lock()
+        # Outcomes the store applied whose broker calls are not done yet: a
+        # finish retried after one of those calls failed still accepts them.
+        self._applied: set[tuple[str, ClaimToken]] = set()
         self.queues_seen: set[str] = {"default"}
         self._wakes: dict[str, asyncio.Event] = {}
 
@@ -134,6 +137,7 @@ class BrokerBackend:
         self.broker.forget_clients()
         self._held = {}
         self._held_lock = threading.Lock()
+        self._applied = set()
         self._wakes = {}
         self._fork_hook("_after_fork_in_child")
 
@@ -210,8 +214,9 @@ class BrokerBackend:
             listed = "; ".join(f"{job_id}: {why}" for job_id, why in list(failed.items())[:5])
             more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
             raise EnqueueFailedError(
-                f"{self.facts.name} did not take {len(failed)} of {sent + len(failed)} job(s), "
-                f"which were not enqueued: {listed}{more}",
+                f"{self.facts.name} did not confirm {len(failed)} of {sent + len(failed)} "
+                f"job(s): {listed}{more} (a call that failed outright may still have "
+                "delivered some of its batch; with a store, those jobs are cancelled)",
                 failed=sorted(failed),
             )
 
@@ -347,10 +352,6 @@ class BrokerBackend:
         with self._held_lock:
             return self._held.get((job_id, token))
 
-    def _release_held(self, job_id: str, token: ClaimToken) -> Held | None:
-        with self._held_lock:
-            return self._held.pop((job_id, token), None)
-
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:
         with self._held_lock:
             mine = [key for key in self._held if key[1] == claim_id]
@@ -416,11 +417,16 @@ class BrokerBackend:
 
     async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         accepted = await self._store_finish(outcomes, retention)
+        keys = [(o.job_id, o.token) for o in outcomes]
+        with self._held_lock:
+            self._applied.update(key for key, ok in zip(keys, accepted, strict=True) if ok)
         deletes: list[Held] = []
         changes: list[tuple[Held, int]] = []
         failed: list[tuple[Held, Outcome]] = []
         for outcome, ok in zip(outcomes, accepted, strict=True):
-            held = self._release_held(outcome.job_id, outcome.token)
+            # Still held until the broker calls below are done: if one of
+            # them fails, the worker sends the batch again and it is redone.
+            held = self._held_of(outcome.job_id, outcome.token)
             if held is None or not ok:
                 continue
             if outcome.kind is OutcomeKind.QUEUED:
@@ -435,6 +441,10 @@ class BrokerBackend:
             await self._dead_letter(failed)
         await self._set_visibility(changes)
         await self._delete(deletes)
+        with self._held_lock:
+            for key in keys:
+                self._held.pop(key, None)
+                self._applied.discard(key)
         return accepted
 
     async def _store_finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:

@@ -283,7 +283,14 @@ class StoredBrokerBackend(BrokerBackend):
         return await self.store.heartbeat(beats, lease, now)
 
     async def _store_finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
-        return await self.store.finish(outcomes, retention)
+        applied = await self.store.finish(outcomes, retention)
+        # A finish sent again after its broker calls failed: the store has
+        # the outcome already (and refuses it now); it was accepted.
+        with self._held_lock:
+            return [
+                ok or (o.job_id, o.token) in self._applied
+                for o, ok in zip(outcomes, applied, strict=True)
+            ]
 
     async def _retry_message(
         self,
@@ -333,13 +340,18 @@ class StoredBrokerBackend(BrokerBackend):
         self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
         recovered = await self.store.recover_expired(now, max_stalled, retention)
+        # The sweeps are extra: a broker error in one is logged, and the
+        # jobs the store recovered still reach the worker (for their events).
         clock = time.monotonic()
-        if clock - self._swept_at >= SWEEP_EVERY:
-            self._swept_at = clock
-            await self._sweep_dead_letters(max_stalled, retention)
-        if self.facts.counts and clock - self._reconciled_at >= RECONCILE_EVERY:
-            self._reconciled_at = clock
-            await self._reconcile()
+        try:
+            if clock - self._swept_at >= SWEEP_EVERY:
+                self._swept_at = clock
+                await self._sweep_dead_letters(max_stalled, retention)
+            if self.facts.counts and clock - self._reconciled_at >= RECONCILE_EVERY:
+                self._reconciled_at = clock
+                await self._reconcile()
+        except Exception as exc:
+            logger.warning("%r: a sweep of the broker failed (tried again later): %s", self, exc)
         return recovered
 
     async def _sweep_dead_letters(self, max_stalled: int, retention: Retention | None) -> None:
