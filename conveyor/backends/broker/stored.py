@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -62,7 +63,13 @@ from conveyor.backends.broker.types import (
     Outgoing,
     Received,
 )
-from conveyor.job import InvalidOptionError, Job, JobState, NotSupportedError
+from conveyor.job import (
+    EnqueueFailedError,
+    InvalidOptionError,
+    Job,
+    JobState,
+    NotSupportedError,
+)
 
 logger = logging.getLogger("conveyor.broker")
 
@@ -125,34 +132,47 @@ class StoredBrokerBackend(BrokerBackend):
 
     # ------------------------------------------------------------------ sending
 
-    def _outgoing(self, job: Job, group: str | None) -> Outgoing:
+    def _outgoing(self, job: Job, group: str | None, fresh: bool) -> Outgoing:
         body = messages.pointer_body(job.id, job.name, job.queue, group)
-        # A retry is a new message: its own deduplication id.
-        fifo = self.fifo_fields(job.id, f"{job.id}-{job.attempts}", job.queue, group)
+        # A retry's release is a new message: its own deduplication id. A
+        # message sent again for the same attempt (`conveyor retry` of a
+        # cancelled job, the resend of a lost one) needs one never used, or
+        # a FIFO queue drops it within 5 minutes of the first.
+        dedup = f"{job.id}-{job.attempts}" + (f"-{uuid.uuid4().hex[:12]}" if fresh else "")
+        fifo = self.fifo_fields(job.id, dedup, job.queue, group)
         return Outgoing(job.id, body, 0, *fifo)
 
-    async def _send_jobs(self, jobs: Sequence[Job], groups: Mapping[str, str | None]) -> None:
+    async def _send_jobs(
+        self, jobs: Sequence[Job], groups: Mapping[str, str | None], fresh: bool = False
+    ) -> None:
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
         for job in jobs:
-            by_queue[self.broker_queue(job.queue)].append(self._outgoing(job, groups.get(job.id)))
+            by_queue[self.broker_queue(job.queue)].append(
+                self._outgoing(job, groups.get(job.id), fresh)
+            )
         if by_queue:
             await self._send_all(by_queue)
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         records = await self.store.enqueue(jobs)
         groups = {new.id: new.group for new in jobs if new.group is not None}
-        held = [r for r in records if not r.duplicate and r.state is JobState.SCHEDULED]
-        await self._remember_groups([r.id for r in held], groups)
+        # Every grouped job's group, not only held ones': a retry or a resend
+        # of a job sent at once needs it too.
+        await self._remember_groups([r.id for r in records if not r.duplicate], groups)
         due = [r for r in records if not r.duplicate and r.state is JobState.QUEUED]
         try:
             await self._send_jobs(due, groups)
         except Exception as exc:
             # Jobs the broker did not take must not run later behind the caller's
             # back (the caller was told they were not enqueued).
-            failed = set(getattr(exc, "failed", [r.id for r in due]))
+            failed = sorted(getattr(exc, "failed", [r.id for r in due]))
             for job_id in failed:
                 await self.store.cancel(job_id)
-            raise
+            raise EnqueueFailedError(
+                f"{exc}; cancelled in the store (its key stays taken): "
+                "app.retry(job_id) sends one again",
+                failed=failed,
+            ) from exc
         return records
 
     async def _remember_groups(
@@ -409,7 +429,7 @@ class StoredBrokerBackend(BrokerBackend):
                     self.config.queue_name(queue),
                     len(lost),
                 )
-                await self._send_jobs(lost, await self._groups_of(lost))
+                await self._send_jobs(lost, await self._groups_of(lost), fresh=True)
 
     # ------------------------------------------------------------------ administering
 
@@ -439,7 +459,7 @@ class StoredBrokerBackend(BrokerBackend):
     async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         job = await self.store.retry(job_id, now)
         if job is not None and job.state is JobState.QUEUED:
-            await self._send_jobs([job], await self._groups_of([job]))
+            await self._send_jobs([job], await self._groups_of([job]), fresh=True)
         return job
 
     async def purge(
