@@ -23,10 +23,10 @@ from conveyor.backends.base import (
     CancelResult,
     NewJob,
     Retention,
-    TransactionalEnqueue,
     WorkerInfo,
     WorkerRegistry,
 )
+from conveyor.backends.optional import TransactionalEnqueue
 from conveyor.cache import Cache
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
@@ -49,7 +49,9 @@ from conveyor.registry import (
     check_priority,
     check_queue,
     check_retries,
+    check_state,
     check_timeout,
+    due_time,
 )
 from conveyor.scheduler import Scheduler
 from conveyor.settings import CONVEYOR_URL, env_str
@@ -64,7 +66,6 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 # 1 MiB of JSON by default, enough for any message, small enough to notice a
 # file or a table sent by mistake. A backend may allow less (capabilities).
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
-MAX_DELAY = 100 * 365.25 * 86400.0
 
 EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
@@ -226,7 +227,7 @@ class Conveyor(JobTypes, RecurringSchedules):
             key=key,
             group=group,
             created_at=now,
-            run_at=_due_time(now, delay, run_at),
+            run_at=due_time(now, delay, run_at),
             # A delay (or none) counts from the backend's clock where it has
             # one of its own; a run_at given is a time, kept as it is.
             relative=run_at is None,
@@ -386,7 +387,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         if limit < 0 or offset < 0:
             raise InvalidOptionError("limit and offset must be >= 0")
         return await backend.list_jobs(
-            state=_state(state), name=name, queue=queue, limit=limit, offset=offset
+            state=check_state(state), name=name, queue=queue, limit=limit, offset=offset
         )
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -450,7 +451,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         backend = await self._backend()
         self._require(backend.capabilities.purge, "purge")
         raw = [state] if isinstance(state, JobState | str) else list(state)
-        states = [s for s in (_state(x) for x in raw) if s is not None]
+        states = [s for s in (check_state(x) for x in raw) if s is not None]
         if JobState.RUNNING in states:
             raise InvalidOptionError("running jobs cannot be purged; cancel them first")
         cutoff = None
@@ -579,34 +580,3 @@ class Conveyor(JobTypes, RecurringSchedules):
 _ENQUEUE_OPTIONS = frozenset(
     {"key", "delay", "run_at", "priority", "retries", "timeout", "queue", "group"}
 )
-
-
-def _state(value: JobState | str | None) -> JobState | None:
-    if value is None or isinstance(value, JobState):
-        return value
-    try:
-        return JobState(value)
-    except ValueError:
-        known = ", ".join(s.value for s in JobState)
-        raise InvalidOptionError(f"unknown job state {value!r}; known: {known}") from None
-
-
-def _due_time(now: float, delay: float | timedelta | None, run_at: datetime | None) -> float:
-    if delay is not None and run_at is not None:
-        raise InvalidOptionError("give either delay or run_at, not both")
-    if run_at is not None:
-        if not isinstance(run_at, datetime):
-            raise InvalidOptionError(f"run_at must be a datetime, got {run_at!r}")
-        if run_at.tzinfo is None:
-            raise InvalidOptionError(
-                "run_at must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...))"
-            )
-        return run_at.timestamp()
-    if delay is None:
-        return now
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise InvalidOptionError(f"delay must be seconds or a timedelta, got {delay!r}")
-    if not 0 <= seconds <= MAX_DELAY:  # also refuses NaN
-        raise InvalidOptionError(f"delay must be between 0 seconds and 100 years, got {delay!r}")
-    return now + seconds

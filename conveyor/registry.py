@@ -80,6 +80,43 @@ def check_priority(value: int) -> int:
     return value
 
 
+# The longest delay an enqueue takes.
+MAX_DELAY = 100 * 365.25 * 86400.0
+
+
+def check_state(value: JobState | str | None) -> JobState | None:
+    """A job state given by name or value (None: any)."""
+    if value is None or isinstance(value, JobState):
+        return value
+    try:
+        return JobState(value)
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise InvalidOptionError(f"unknown job state {value!r}; known: {known}") from None
+
+
+def due_time(now: float, delay: float | timedelta | None, run_at: datetime | None) -> float:
+    """When an enqueue with `delay` or `run_at` (one at most) falls due."""
+    if delay is not None and run_at is not None:
+        raise InvalidOptionError("give either delay or run_at, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidOptionError(f"run_at must be a datetime, got {run_at!r}")
+        if run_at.tzinfo is None:
+            raise InvalidOptionError(
+                "run_at must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...))"
+            )
+        return run_at.timestamp()
+    if delay is None:
+        return now
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidOptionError(f"delay must be seconds or a timedelta, got {delay!r}")
+    if not 0 <= seconds <= MAX_DELAY:  # also refuses NaN
+        raise InvalidOptionError(f"delay must be between 0 seconds and 100 years, got {delay!r}")
+    return now + seconds
+
+
 def check_queue(value: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 200:
         raise InvalidOptionError(f"queue must be a non-empty name, got {value!r}")

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from conveyor.app import Conveyor
-from conveyor.backends.base import BrokerStats, DeadLetterRedrive
+from conveyor.backends.optional import BrokerStats, DeadLetterRedrive
 from conveyor.cli.core import (
     CliError,
     ConveyorGroup,

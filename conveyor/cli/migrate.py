@@ -7,7 +7,7 @@ import asyncio
 import click
 
 from conveyor.app import Conveyor
-from conveyor.backends.base import Migrations
+from conveyor.backends.optional import Migrations
 from conveyor.cli.core import options, out
 
 

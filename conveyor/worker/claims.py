@@ -18,7 +18,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from conveyor.backends.base import Backend, BlockingClaim, FinishAndClaim, Retention
+from conveyor.backends.base import Backend, Retention
+from conveyor.backends.optional import BlockingClaim, FinishAndClaim
 from conveyor.job import Job
 from conveyor.worker.acks import Acknowledgements, Batch
 from conveyor.worker.clock import ClaimLeases

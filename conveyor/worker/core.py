@@ -20,14 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import (
-    Backend,
-    BlockingClaim,
-    Outcome,
-    OutcomeKind,
-    Retention,
-    WorkerRegistry,
-)
+from conveyor.backends.base import Backend, Outcome, OutcomeKind, Retention, WorkerRegistry
+from conveyor.backends.optional import BlockingClaim
 from conveyor.context import JobContext
 from conveyor.job import (
     BackendMisconfiguredError,

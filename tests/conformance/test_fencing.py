@@ -17,15 +17,8 @@ import pytest
 
 from conveyor import Conveyor, JobContext, JobState
 from conveyor.backends import from_url
-from conveyor.backends.base import (
-    BlockingClaim,
-    FinishAndClaim,
-    Heartbeat,
-    LeaseStatus,
-    Outcome,
-    OutcomeKind,
-    Retention,
-)
+from conveyor.backends.base import Heartbeat, LeaseStatus, Outcome, OutcomeKind, Retention
+from conveyor.backends.optional import BlockingClaim, FinishAndClaim
 
 from .conftest import MakeApp, needs
 from .helpers import WAIT, eventually

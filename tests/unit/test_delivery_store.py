@@ -21,7 +21,6 @@ from conveyor.backends import from_url
 from conveyor.backends.base import (
     Backend,
     CancelResult,
-    DeliveryStore,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -29,6 +28,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     Retention,
 )
+from conveyor.backends.optional import DeliveryStore
 from conveyor.job import Job, JobState
 
 LEASE = 30.0

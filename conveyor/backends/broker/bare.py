@@ -20,7 +20,6 @@ claimed a job is the one that heartbeats and finishes it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
@@ -56,7 +55,6 @@ from conveyor.job import (
     Job,
     JobState,
     NotSupportedError,
-    utc,
 )
 
 logger = logging.getLogger("conveyor.broker")
@@ -179,7 +177,7 @@ class BrokerBackend:
                 )
             )
             state = JobState.SCHEDULED if delay > 0 else JobState.QUEUED
-            records.append(_record(new, state, now + delay))
+            records.append(messages.enqueued_record(new, state, now + delay))
         await self._send_all(by_queue)
         return records
 
@@ -584,19 +582,3 @@ class BrokerBackend:
         """Move messages from the dead-letter queue back to their queue for
         another round of attempts; how many moved."""
         return await dead_letters.redrive(self, queue, limit)
-
-
-def _record(new: NewJob, state: JobState, run_at: float) -> Job:
-    return Job(
-        id=new.id,
-        name=new.name,
-        queue=new.queue,
-        payload=json.loads(new.payload),
-        state=state,
-        max_retries=new.max_retries,
-        priority=new.priority,
-        key=new.key,
-        created_at=utc(new.created_at),
-        run_at=utc(run_at),
-        timeout=new.timeout,
-    )

@@ -111,3 +111,20 @@ def bare_job(data: dict[str, Any], receives: int, token: str, now: float | None 
 def attempts_of(data: dict[str, Any], receives: int) -> int:
     """The attempts of a bare message's job on its `receives`-th delivery."""
     return int(data.get("attempts", 0)) + (receives if data.get(COUNT_RECEIVES, True) else 1)
+
+
+def enqueued_record(new: NewJob, state: JobState, run_at: float) -> Job:
+    """The record an enqueue returns for a job sent as a bare message."""
+    return Job(
+        id=new.id,
+        name=new.name,
+        queue=new.queue,
+        payload=json.loads(new.payload),
+        state=state,
+        max_retries=new.max_retries,
+        priority=new.priority,
+        key=new.key,
+        created_at=utc(new.created_at),
+        run_at=utc(run_at),
+        timeout=new.timeout,
+    )

@@ -41,7 +41,6 @@ from conveyor.backends.base import (
     CacheStore,
     CancelResult,
     ClaimToken,
-    DeliveryStore,
     Heartbeat,
     LeaseStatus,
     LockStore,
@@ -63,6 +62,7 @@ from conveyor.backends.broker.types import (
     Outgoing,
     Received,
 )
+from conveyor.backends.optional import DeliveryStore
 from conveyor.job import (
     EnqueueFailedError,
     InvalidOptionError,
