@@ -23,8 +23,6 @@ from conveyor.backends.base import (
     CancelResult,
     NewJob,
     Retention,
-    WorkerInfo,
-    WorkerRegistry,
 )
 from conveyor.backends.optional import TransactionalEnqueue
 from conveyor.cache import Cache
@@ -42,6 +40,7 @@ from conveyor.job import (
     new_job_id,
 )
 from conveyor.locks import Locks, hold
+from conveyor.queues import QueueAdmin
 from conveyor.recurring import RecurringSchedules
 from conveyor.registry import (
     JobType,
@@ -71,7 +70,7 @@ EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
 
 
-class Conveyor(JobTypes, RecurringSchedules):
+class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
     """The application object: `app = Conveyor("sqlite:///jobs.db")`.
 
     The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
@@ -396,30 +395,6 @@ class Conveyor(JobTypes, RecurringSchedules):
         self._require(backend.capabilities.stats, "stats")
         return await backend.stats()
 
-    async def workers(self) -> list[WorkerInfo]:
-        """Live workers: id, host, pid, queues and the job names each serves."""
-        return await (await self._worker_registry()).workers()
-
-    async def unserved(self) -> dict[str, dict[str, int]]:
-        """Queued jobs that no live worker can run, `{queue: {job name: count}}`:
-        no live worker serves that name in that queue (say, a new job type
-        while only old workers run). They wait; nothing fails them."""
-        registry = await self._worker_registry()
-        waiting = await registry.queued_by_name()
-        live = await registry.workers()
-        served = {(queue, name) for w in live for queue in w.queues for name in w.names}
-        return {
-            queue: left
-            for queue, counts in waiting.items()
-            if (left := {n: c for n, c in counts.items() if (queue, n) not in served})
-        }
-
-    async def _worker_registry(self) -> WorkerRegistry:
-        backend = await self._backend()
-        if not isinstance(backend, WorkerRegistry):
-            raise NotSupportedError("this backend does not support worker presence")
-        return backend
-
     # ------------------------------------------------------------------ administering
 
     async def cancel(self, job_id: str) -> bool:
@@ -568,8 +543,6 @@ class Conveyor(JobTypes, RecurringSchedules):
     wait_sync = blocking(wait)
     list_jobs_sync = blocking(list_jobs)
     stats_sync = blocking(stats)
-    workers_sync = blocking(workers)
-    unserved_sync = blocking(unserved)
     cancel_sync = blocking(cancel)
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)

@@ -20,7 +20,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import Backend, Outcome, OutcomeKind, Retention, WorkerRegistry
+from conveyor.backends.base import (
+    Backend,
+    Outcome,
+    OutcomeKind,
+    QueuePauses,
+    Retention,
+    WorkerRegistry,
+)
 from conveyor.backends.optional import BlockingClaim
 from conveyor.context import JobContext
 from conveyor.job import (
@@ -51,6 +58,7 @@ from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker.duties import Presence, recover_expired_leases
 from conveyor.worker.leases import LeaseKeeping
+from conveyor.worker.pauses import PauseWatch
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
@@ -108,10 +116,17 @@ class Worker(LeaseKeeping, GracefulStop):
         self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
+        self._pauses = PauseWatch(
+            backend if backend.capabilities.pause and isinstance(backend, QueuePauses) else None,
+            self.queues,
+            settings.pause_check_interval,
+            self._outage,
+            on_change=lambda: self._claimer.wake(),
+        )
         self._claimer = Claimer(
             backend,
             self.id,
-            self.queues,
+            lambda: self._pauses.active,
             lambda: self.names,
             settings,
             self.retention,
@@ -152,6 +167,7 @@ class Worker(LeaseKeeping, GracefulStop):
             self.settings.abandoned_threads_tolerated,
             on_returned=self._thread_returned,
         )
+        await self._pauses.refresh()  # no claim from a queue paused before the start
         if self.settings.burst:
             await self._fire_due_schedules()
         self._loops = [
@@ -183,9 +199,16 @@ class Worker(LeaseKeeping, GracefulStop):
                 self._loops.append(
                     asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
                 )
+        self._loops.append(asyncio.create_task(self._pauses.keep(), name="conveyor-pauses"))
         if isinstance(self.backend, WorkerRegistry):
             self._presence = Presence(
-                self.backend, self.id, self.queues, lambda: self.names, self._outage
+                self.backend,
+                self.id,
+                self.queues,
+                lambda: self.names,
+                self._outage,
+                self.settings,
+                lambda: self.running_jobs,
             )
             await self._presence.beat()  # listed by app.workers() from now on
             self._loops.append(asyncio.create_task(self._presence.keep(), name="conveyor-presence"))
@@ -360,7 +383,7 @@ class Worker(LeaseKeeping, GracefulStop):
         if len(self._acks):
             self._acks.flush()
         try:
-            if self._claimer.blocking is not None:
+            if self._claimer.blocking is not None and self._pauses.active:
                 for job in await self._claim_blocking(self._claimer.blocking):
                     self._start_job(job)
             else:
@@ -407,6 +430,11 @@ class Worker(LeaseKeeping, GracefulStop):
             self._ack(handed_back(job), job)
             return
         if job.name not in self.registry and self._hand_back_unknown(job):
+            return
+        if job.queue in self._pauses.paused:
+            # Claimed by a claim that was in flight when the pause was seen
+            # (or prefetched before it): back to the queue, attempt uncounted.
+            self._hand_back(job)
             return
         if len(self._running) >= self._capacity():
             self._backlog.append(job)

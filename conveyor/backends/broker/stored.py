@@ -47,6 +47,7 @@ from conveyor.backends.base import (
     NewJob,
     Outcome,
     OutcomeKind,
+    QueuePauses,
     Retention,
     ScheduleRecord,
     ScheduleStore,
@@ -571,12 +572,28 @@ class StoredBrokerBackend(BrokerBackend):
     async def worker_gone(self, worker_id: str) -> None:
         await self._side(WorkerRegistry, "worker presence").worker_gone(worker_id)
 
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
-        found: list[WorkerInfo] = await self._side(WorkerRegistry, "worker presence").workers(now)
+    async def workers(
+        self, now: float | None = None, *, include_stale: bool = False
+    ) -> list[WorkerInfo]:
+        found: list[WorkerInfo] = await self._side(WorkerRegistry, "worker presence").workers(
+            now, include_stale=include_stale
+        )
         return found
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = await self._side(
             WorkerRegistry, "worker presence"
         ).queued_by_name()
+        return found
+
+    # The paused set lives in the store; workers leave paused queues out of
+    # the queues they receive from, so the broker needs no part in it.
+    async def pause_queue(self, queue: str) -> bool:
+        return bool(await self._side(QueuePauses, "paused queues").pause_queue(queue))
+
+    async def resume_queue(self, queue: str) -> bool:
+        return bool(await self._side(QueuePauses, "paused queues").resume_queue(queue))
+
+    async def paused_queues(self) -> set[str]:
+        found: set[str] = await self._side(QueuePauses, "paused queues").paused_queues()
         return found

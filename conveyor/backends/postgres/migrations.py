@@ -140,6 +140,18 @@ CREATE TABLE {s}.schedules (
             " expires double precision NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "paused queues; worker presence with concurrency and running jobs",
+        (
+            # Workers read the set every second and leave these queues out of
+            # their claims; the claim statements themselves do not look at it.
+            "CREATE TABLE {s}.paused_queues ("
+            " queue text PRIMARY KEY, paused_at double precision NOT NULL)",
+            # WorkerInfo.details(): {"concurrency": n, "running": [[id, name, started_at]]}.
+            "ALTER TABLE {s}.workers ADD COLUMN details jsonb",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -19,7 +19,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from conveyor._sync import leave_alone
 from conveyor.backends._notify import Notifier
-from conveyor.backends.sqlite.sql import SCHEMA, SCHEMA_ADDITIONS, SCHEMA_VERSION, UPGRADES
+from conveyor.backends.sqlite.sql import (
+    COLUMN_ADDITIONS,
+    SCHEMA,
+    SCHEMA_ADDITIONS,
+    SCHEMA_VERSION,
+    UPGRADES,
+)
 from conveyor.backends.sqlite.writer import (
     ConnectionThread,
     Lane,
@@ -266,6 +272,10 @@ class SQLiteConnection:
                 )
             for statement in SCHEMA_ADDITIONS:
                 conn.execute(statement)
+            for table, column, definition in COLUMN_ADDITIONS:
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def _disconnect(self, conn: sqlite3.Connection) -> None:
         with self._watch_lock:

@@ -122,6 +122,18 @@ SCHEMA_ADDITIONS: Final = (
     " queues TEXT NOT NULL, names TEXT NOT NULL,"  # JSON arrays
     " started_at REAL NOT NULL, last_seen REAL NOT NULL, expires REAL NOT NULL"
     ") WITHOUT ROWID",
+    # Paused queues: workers leave them out of their claims.
+    "CREATE TABLE IF NOT EXISTS conveyor_paused ("
+    " queue TEXT PRIMARY KEY, paused_at REAL NOT NULL) WITHOUT ROWID",
+)
+
+# Columns added since, as (table, column, definition), created on open when
+# missing (SQLite has no ADD COLUMN IF NOT EXISTS); an older conveyor names
+# its columns and leaves these at their default.
+COLUMN_ADDITIONS: Final = (
+    # Worker presence: concurrency and the jobs running at the latest beat
+    # (JSON, as WorkerInfo.details() makes it).
+    ("conveyor_workers", "details", "TEXT"),
 )
 
 COLS: Final = (
