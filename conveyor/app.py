@@ -54,6 +54,7 @@ from conveyor.registry import (
     due_time,
 )
 from conveyor.scheduler import Scheduler
+from conveyor.services import service_backends
 from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class Conveyor(JobTypes, RecurringSchedules):
         self,
         url: str | None = None,
         *,
+        cache_url: str | None = None,
+        locks_url: str | None = None,
         keep_completed: int | None = 1000,
         keep_failed: int | None = None,
         backend: Backend | None = None,
@@ -102,12 +105,18 @@ class Conveyor(JobTypes, RecurringSchedules):
                 raise InvalidOptionError(f"{name} must be an integer >= 0 or None, got {value!r}")
         self.url = url or env_str(CONVEYOR_URL) or DEFAULT_URL
         self.backend: Backend = backend if backend is not None else from_url(self.url)
+        # Locks and the cache on backends of their own, where a URL says so.
+        self.services = service_backends(self.url, locks_url, cache_url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
         self.registry: dict[str, JobType[Any, Any]] = {}  # registered or declared
         self.events = EventBus()
         self.portal = Portal()
-        self.locks = Locks(self._backend, self.portal, self.url)
-        self.cache = Cache(self._backend, self.portal, self.url)
+        self.locks = Locks(
+            self._locks_backend, self.portal, self.services.locks_or(self.backend).url
+        )
+        self.cache = Cache(
+            self._cache_backend, self.portal, self.services.cache_or(self.backend).url
+        )
         self._open = False
         self._open_lock: asyncio.Lock | None = None
         forking.track(self)  # for the fork hooks
@@ -144,7 +153,14 @@ class Conveyor(JobTypes, RecurringSchedules):
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if not self._open:
-                await self.backend.open()
+                opened: list[Backend] = []
+                try:
+                    for backend in [self.backend, *self.services.own()]:
+                        await backend.open()
+                        opened.append(backend)
+                except BaseException:
+                    await _close_all(opened)
+                    raise
                 self._open = True
 
     async def close(self) -> None:
@@ -152,7 +168,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         loop of the `_sync` calls, unless this runs on that loop."""
         if self._open:
             self._open = False
-            await self.backend.close()
+            await _close_all([self.backend, *self.services.own()])
         if self.portal.running and not self.portal.owns_current_loop():
             await asyncio.to_thread(self.portal.stop)
 
@@ -185,6 +201,12 @@ class Conveyor(JobTypes, RecurringSchedules):
         if not self._open:
             await self.open()
         return self.backend
+
+    async def _locks_backend(self) -> Backend:
+        return self.services.locks_or(await self._backend())
+
+    async def _cache_backend(self) -> Backend:
+        return self.services.cache_or(await self._backend())
 
     # ------------------------------------------------------------------ producing
 
@@ -574,6 +596,19 @@ class Conveyor(JobTypes, RecurringSchedules):
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)
     drain_sync = blocking(drain)
+
+
+async def _close_all(backends: Sequence[Backend]) -> None:
+    """Close each backend even when closing another fails (the first failure
+    is raised once all were tried)."""
+    failure: Exception | None = None
+    for backend in backends:
+        try:
+            await backend.close()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 # What an enqueue_many item's options may hold: `enqueue`'s keyword options.
