@@ -28,6 +28,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.optional import TransactionalEnqueue
 from conveyor.cache import Cache
+from conveyor.discovery import HandlerDiscovery
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
     FINAL_STATES,
@@ -53,6 +54,7 @@ from conveyor.registry import (
     check_timeout,
     due_time,
 )
+from conveyor.scheduled import FunctionSchedule, ScheduledFunctions
 from conveyor.scheduler import Scheduler
 from conveyor.services import service_backends
 from conveyor.settings import CONVEYOR_URL, env_str
@@ -72,7 +74,7 @@ EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
 
 
-class Conveyor(JobTypes, RecurringSchedules):
+class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscovery):
     """The application object: `app = Conveyor("sqlite:///jobs.db")`.
 
     The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
@@ -109,6 +111,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         self.services = service_backends(self.url, locks_url, cache_url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
         self.registry: dict[str, JobType[Any, Any]] = {}  # registered or declared
+        self.function_schedules: dict[str, FunctionSchedule] = {}  # @app.cron, @app.every
         self.events = EventBus()
         self.portal = Portal()
         self.locks = Locks(
@@ -563,8 +566,14 @@ class Conveyor(JobTypes, RecurringSchedules):
             self.events,
             settings_,
             retention=self.retention,
-            open=self.open,
+            open=self.open_for_work,
         )
+
+    async def open_for_work(self) -> None:
+        """What a worker does before its first claim: open the app and store
+        the schedules of its `@app.cron` / `@app.every` functions."""
+        await self.open()
+        await self.store_schedules()
 
     async def drain(
         self, queues: Sequence[str] | None = None, *, concurrency: int = 1
