@@ -56,7 +56,7 @@ from conveyor.registry import (
 )
 from conveyor.scheduled import FunctionSchedule, ScheduledFunctions
 from conveyor.scheduler import Scheduler
-from conveyor.services import service_backends
+from conveyor.services import close_all, open_all, service_backends
 from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
@@ -156,14 +156,7 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if not self._open:
-                opened: list[Backend] = []
-                try:
-                    for backend in [self.backend, *self.services.own()]:
-                        await backend.open()
-                        opened.append(backend)
-                except BaseException:
-                    await _close_all(opened)
-                    raise
+                await open_all([self.backend, *self.services.own()])
                 self._open = True
 
     async def close(self) -> None:
@@ -171,7 +164,7 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
         loop of the `_sync` calls, unless this runs on that loop."""
         if self._open:
             self._open = False
-            await _close_all([self.backend, *self.services.own()])
+            await close_all([self.backend, *self.services.own()])
         if self.portal.running and not self.portal.owns_current_loop():
             await asyncio.to_thread(self.portal.stop)
 
@@ -605,19 +598,6 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)
     drain_sync = blocking(drain)
-
-
-async def _close_all(backends: Sequence[Backend]) -> None:
-    """Close each backend even when closing another fails (the first failure
-    is raised once all were tried)."""
-    failure: Exception | None = None
-    for backend in backends:
-        try:
-            await backend.close()
-        except Exception as exc:
-            failure = failure or exc
-    if failure is not None:
-        raise failure
 
 
 # What an enqueue_many item's options may hold: `enqueue`'s keyword options.

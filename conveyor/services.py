@@ -12,7 +12,7 @@ URL itself, shares one backend object: one connection, one open and close.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from conveyor.backends import from_url, scheme_of
@@ -80,6 +80,31 @@ def service_backends(
     return ServiceBackends(
         locks=backend_for("locks", locks_url), cache=backend_for("cache", cache_url)
     )
+
+
+async def open_all(backends: Sequence[Backend]) -> None:
+    """Open the backends in order; when one fails, close those it opened."""
+    opened: list[Backend] = []
+    try:
+        for backend in backends:
+            await backend.open()
+            opened.append(backend)
+    except BaseException:
+        await close_all(opened)
+        raise
+
+
+async def close_all(backends: Sequence[Backend]) -> None:
+    """Close each backend even when closing another fails (the first failure
+    is raised once all were tried)."""
+    failure: Exception | None = None
+    for backend in backends:
+        try:
+            await backend.close()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 _WHAT = {"locks": "locks", "cache": "a cache"}
