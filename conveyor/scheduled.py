@@ -30,7 +30,9 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
+
+from typing_extensions import Unpack
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend
@@ -62,6 +64,22 @@ class FunctionSchedule:
     misfire_grace: float
 
 
+class ScheduleOptions(TypedDict, total=False):
+    """The options `@app.cron` and `@app.every` take besides their timing."""
+
+    name: str | None  # the job type's and the schedule's (default: module.qualname)
+    catch_up: str  # once | skip | all, as for app.recurring (default once)
+    max_catch_up: int  # default 100
+    misfire_grace: float  # seconds (default 60)
+    queue: str  # the job type's options, as for @app.job
+    retries: int
+    timeout: float | None
+    priority: int
+
+
+_JOB_OPTIONS = ("queue", "retries", "timeout", "priority")
+
+
 class ScheduledFunctions:
     """`Conveyor`'s `@app.cron`, `@app.every` and `store_schedules()`."""
 
@@ -70,64 +88,46 @@ class ScheduledFunctions:
     portal: Portal
 
     def cron(
-        self,
-        expression: str,
-        *,
-        tz: str = "UTC",
-        name: str | None = None,
-        catch_up: str = "once",
-        max_catch_up: int = 100,
-        misfire_grace: float = 60.0,
-        queue: str = "default",
-        retries: int = 3,
-        timeout: float | None = 30.0,
-        priority: int = 0,
+        self, expression: str, *, tz: str = "UTC", **options: Unpack[ScheduleOptions]
     ) -> Callable[[F], F]:
         """Run the decorated function on a cron schedule in time zone `tz`
-        (`catch_up` and the rest as for `app.recurring`; `queue`, `retries`,
-        `timeout`, `priority` as for `@app.job`). Returns the function as it is."""
+        (`catch_up`, `max_catch_up`, `misfire_grace` as for `app.recurring`;
+        `queue`, `retries`, `timeout`, `priority` as for `@app.job`).
+        Returns the function as it is."""
         if callable(expression):
             raise InvalidScheduleError(
                 '@app.cron needs a cron expression: @app.cron("0 9 * * MON-FRI")'
             )
-        cron_text, _ = check_timing(expression, None, tz, catch_up, max_catch_up, misfire_grace)
-        return self._scheduled(
-            FunctionSchedule("", cron_text, None, tz, catch_up, max_catch_up, float(misfire_grace)),
-            name,
-            {"queue": queue, "retries": retries, "timeout": timeout, "priority": priority},
-        )
+        return self._scheduled(expression, None, tz, options)
 
     def every(
-        self,
-        interval: float | timedelta | str,
-        *,
-        name: str | None = None,
-        catch_up: str = "once",
-        max_catch_up: int = 100,
-        misfire_grace: float = 60.0,
-        queue: str = "default",
-        retries: int = 3,
-        timeout: float | None = 30.0,
-        priority: int = 0,
+        self, interval: float | timedelta | str, **options: Unpack[ScheduleOptions]
     ) -> Callable[[F], F]:
         """Run the decorated function every `interval` (seconds, a timedelta
         or text such as "5 minutes"); the options as for `@app.cron`."""
         if callable(interval):
             raise InvalidScheduleError('@app.every needs an interval: @app.every("5 minutes")')
-        _, seconds = check_timing(None, interval, "UTC", catch_up, max_catch_up, misfire_grace)
-        return self._scheduled(
-            FunctionSchedule(
-                "", None, seconds, "UTC", catch_up, max_catch_up, float(misfire_grace)
-            ),
-            name,
-            {"queue": queue, "retries": retries, "timeout": timeout, "priority": priority},
-        )
+        return self._scheduled(None, interval, "UTC", options)
 
     def _scheduled(
-        self, timing: FunctionSchedule, name: str | None, options: dict[str, Any]
+        self,
+        cron: str | None,
+        every: float | timedelta | str | None,
+        tz: str,
+        options: ScheduleOptions,
     ) -> Callable[[F], F]:
+        unknown = sorted(set(options) - set(ScheduleOptions.__annotations__))
+        if unknown:
+            known = ", ".join(["tz", *ScheduleOptions.__annotations__])
+            raise InvalidOptionError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
+        name = options.get("name")
         if name is not None and (not isinstance(name, str) or not name):
             raise InvalidOptionError(f"name must be a non-empty string or None, got {name!r}")
+        catch_up = options.get("catch_up", "once")
+        max_catch_up = options.get("max_catch_up", 100)
+        misfire_grace = options.get("misfire_grace", 60.0)
+        cron_text, seconds = check_timing(cron, every, tz, catch_up, max_catch_up, misfire_grace)
+        job_options = {k: v for k, v in options.items() if k in _JOB_OPTIONS}
 
         def register(function: F) -> F:
             takes_context = _check_signature(function)
@@ -135,15 +135,9 @@ class ScheduledFunctions:
             # `job` and `recurring` are Conveyor's other parts (JobTypes,
             # RecurringSchedules), not declared here to keep one signature each.
             app: Any = self
-            app.job(job_name, **options)(_handler(function, takes_context))
+            app.job(job_name, **job_options)(_handler(function, takes_context))
             self.function_schedules[job_name] = FunctionSchedule(
-                job_name,
-                timing.cron,
-                timing.every,
-                timing.tz,
-                timing.catch_up,
-                timing.max_catch_up,
-                timing.misfire_grace,
+                job_name, cron_text, seconds, tz, catch_up, max_catch_up, float(misfire_grace)
             )
             return function
 

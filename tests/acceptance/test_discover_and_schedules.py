@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 from textwrap import dedent
@@ -24,7 +23,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
-from .helpers import WAIT, WorkerProcess, eventually, run_conveyor
+from .helpers import WAIT, WorkerProcess, eventually, run_conveyor, run_until_stopped
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite]
 
@@ -167,18 +166,7 @@ def test_a_worker_with_discover_runs_a_job_and_an_every_function(shop: Path, url
 def test_two_workers_run_an_every_function_once_per_tick(shop: Path, url: str) -> None:
     args = ["shop:app", "--discover", "shop.jobs", "--poll-interval", "0.1"]
     workers = [WorkerProcess(shop, url, args, f"worker{n}") for n in range(2)]
-    try:
-        eventually(lambda: ticks_logged(shop), "the first tick")
-        time.sleep(4.5)
-        stopped = time.time()
-        for worker in workers:
-            worker.signal(signal.SIGTERM)
-        for worker in workers:
-            assert worker.wait() == 0, worker.output()
-    finally:
-        for worker in workers:
-            worker.close()
-    outputs = "\n".join(w.log_path.read_text() for w in workers)
+    stopped, outputs = run_until_stopped(workers, lambda: ticks_logged(shop), "the first tick", 4.5)
     assert "Traceback" not in outputs, outputs
     runs = ticks_logged(shop)
     per_tick = Counter(tick for tick, _ in runs)

@@ -191,3 +191,8 @@ def test_a_backend_without_schedules_refuses_at_start() -> None:
     with pytest.raises(NotSupportedError, match=r"@app.cron/@app.every functions \(tick\)"):
         app.store_schedules_sync()
     app.close_sync()
+
+
+def test_an_unknown_option_is_refused(app: Conveyor) -> None:
+    with pytest.raises(InvalidOptionError, match=r"unknown option\(s\) timezone; known: tz, name"):
+        app.every("1 minute", timezone="UTC")  # type: ignore[call-arg]
