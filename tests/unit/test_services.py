@@ -142,8 +142,10 @@ async def test_jobs_on_sqs_with_locks_and_cache_on_redis(
     so they live on Redis; the handlers use both while SQS carries the jobs."""
     jobs, services = sqs_bare_urls(), redis_urls()
     bare = Conveyor(jobs)
-    with pytest.raises(NotSupportedError, match="no locks"):
+    with pytest.raises(NotSupportedError, match=r"no locks; .*locks_url=.*\$CONVEYOR_LOCKS_URL"):
         await bare.locks.acquire("k", ttl=5)  # without locks_url: refused at use, as before
+    with pytest.raises(NotSupportedError, match=r"no cache; .*cache_url=.*\$CONVEYOR_CACHE_URL"):
+        await bare.cache.get("k")
     await bare.close()
 
     app = Conveyor(jobs, locks_url=services, cache_url=services)
