@@ -26,6 +26,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.optional import TransactionalEnqueue
 from conveyor.cache import Cache
+from conveyor.discovery import HandlerDiscovery
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
     FINAL_STATES,
@@ -52,7 +53,9 @@ from conveyor.registry import (
     check_timeout,
     due_time,
 )
+from conveyor.scheduled import FunctionSchedule, ScheduledFunctions
 from conveyor.scheduler import Scheduler
+from conveyor.services import close_all, open_all, service_backends
 from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
@@ -70,7 +73,7 @@ EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
 
 
-class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
+class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscovery, QueueAdmin):
     """The application object: `app = Conveyor("sqlite:///jobs.db")`.
 
     The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
@@ -82,6 +85,8 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
         self,
         url: str | None = None,
         *,
+        cache_url: str | None = None,
+        locks_url: str | None = None,
         keep_completed: int | None = 1000,
         keep_failed: int | None = None,
         backend: Backend | None = None,
@@ -101,12 +106,19 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
                 raise InvalidOptionError(f"{name} must be an integer >= 0 or None, got {value!r}")
         self.url = url or env_str(CONVEYOR_URL) or DEFAULT_URL
         self.backend: Backend = backend if backend is not None else from_url(self.url)
+        # Locks and the cache on backends of their own, where a URL says so.
+        self.services = service_backends(self.url, locks_url, cache_url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
         self.registry: dict[str, JobType[Any, Any]] = {}  # registered or declared
+        self.function_schedules: dict[str, FunctionSchedule] = {}  # @app.cron, @app.every
         self.events = EventBus()
         self.portal = Portal()
-        self.locks = Locks(self._backend, self.portal, self.url)
-        self.cache = Cache(self._backend, self.portal, self.url)
+        self.locks = Locks(
+            self._locks_backend, self.portal, self.services.locks_or(self.backend).url
+        )
+        self.cache = Cache(
+            self._cache_backend, self.portal, self.services.cache_or(self.backend).url
+        )
         self._open = False
         self._open_lock: asyncio.Lock | None = None
         forking.track(self)  # for the fork hooks
@@ -143,7 +155,7 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if not self._open:
-                await self.backend.open()
+                await open_all([self.backend, *self.services.own()])
                 self._open = True
 
     async def close(self) -> None:
@@ -151,7 +163,7 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
         loop of the `_sync` calls, unless this runs on that loop."""
         if self._open:
             self._open = False
-            await self.backend.close()
+            await close_all([self.backend, *self.services.own()])
         if self.portal.running and not self.portal.owns_current_loop():
             await asyncio.to_thread(self.portal.stop)
 
@@ -184,6 +196,12 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
         if not self._open:
             await self.open()
         return self.backend
+
+    async def _locks_backend(self) -> Backend:
+        return self.services.locks_or(await self._backend())
+
+    async def _cache_backend(self) -> Backend:
+        return self.services.cache_or(await self._backend())
 
     # ------------------------------------------------------------------ producing
 
@@ -516,8 +534,14 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
             self.events,
             settings_,
             retention=self.retention,
-            open=self.open,
+            open=self.open_for_work,
         )
+
+    async def open_for_work(self) -> None:
+        """What a worker does before its first claim: open the app and store
+        the schedules of its `@app.cron` / `@app.every` functions."""
+        await self.open()
+        await self.store_schedules()
 
     async def drain(
         self, queues: Sequence[str] | None = None, *, concurrency: int = 1

@@ -20,6 +20,10 @@ T = TypeVar("T")
 
 # The backend URL when code gives none (else sqlite:///conveyor.db); the CLI's --url.
 CONVEYOR_URL = "CONVEYOR_URL"
+# The backend of the locks when code gives no locks_url= (else the jobs backend).
+CONVEYOR_LOCKS_URL = "CONVEYOR_LOCKS_URL"
+# The backend of the cache when code gives no cache_url= (else the jobs backend).
+CONVEYOR_CACHE_URL = "CONVEYOR_CACHE_URL"
 # Jobs a worker runs at once (default 10).
 CONVEYOR_CONCURRENCY = "CONVEYOR_CONCURRENCY"
 # Jobs a worker claims ahead of free slots (default 0).
@@ -61,6 +65,8 @@ CONVEYOR_TEST_PUBSUB_EMULATOR_HOST = "CONVEYOR_TEST_PUBSUB_EMULATOR_HOST"
 # these so a developer's shell cannot change what the tests see).
 BEHAVIOUR = (
     CONVEYOR_URL,
+    CONVEYOR_LOCKS_URL,
+    CONVEYOR_CACHE_URL,
     CONVEYOR_CONCURRENCY,
     CONVEYOR_PREFETCH,
     CONVEYOR_QUEUES,

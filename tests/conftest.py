@@ -53,6 +53,16 @@ BACKENDS = [
     pytest.param("pubsub_bare", marks=pytest.mark.pubsub),
 ]
 
+# Locks and the cache on a backend of their own, "<jobs>/<locks and cache>":
+# Conveyor(jobs URL, locks_url=..., cache_url=...). Tests marked
+# `split_services` (the locks and cache suites) run on these as well.
+SPLIT_SERVICES = [
+    # (Jobs on SQS with locks and the cache elsewhere: tests/unit/test_services.py;
+    # here a new SQS queue per test would add a minute to the suite.)
+    pytest.param("sqlite/redis", marks=[pytest.mark.sqlite, pytest.mark.redis]),
+    pytest.param("sqlite/postgres", marks=[pytest.mark.sqlite, pytest.mark.postgres]),
+]
+
 
 @pytest.fixture(autouse=True)
 def _clean_conveyor_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -469,11 +479,34 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test marked `split_services` takes its backend_name from BACKENDS and
+    # SPLIT_SERVICES, by direct parametrization, which pytest lets win over
+    # the fixture's params (first, so that the parametrize plugins see it).
+    definition = metafunc.definition
+    if "backend_name" in metafunc.fixturenames and definition.get_closest_marker("split_services"):
+        definition.add_marker(pytest.mark.parametrize("backend_name", [*BACKENDS, *SPLIT_SERVICES]))
+
+
 @pytest.fixture
 def backend_urls(request: pytest.FixtureRequest, backend_name: str) -> Callable[[], str]:
-    """A maker of fresh URLs for the backend under test (resolved lazily)."""
-    maker: Callable[[], str] = request.getfixturevalue(f"{backend_name}_urls")
+    """A maker of fresh URLs for the backend under test (resolved lazily);
+    under a split configuration, of its jobs backend."""
+    jobs = backend_name.partition("/")[0]
+    maker: Callable[[], str] = request.getfixturevalue(f"{jobs}_urls")
     return maker
+
+
+@pytest.fixture
+def service_urls(request: pytest.FixtureRequest, backend_name: str) -> dict[str, str]:
+    """The `Conveyor(...)` arguments of the locks' and cache's own backend
+    under a split configuration (one fresh URL for both), else none."""
+    _, split, services = backend_name.partition("/")
+    if not split:
+        return {}
+    url: str = request.getfixturevalue(f"{services}_urls")()
+    return {"locks_url": url, "cache_url": url}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import click
 
 from conveyor import __version__
 from conveyor.app import DEFAULT_URL
-from conveyor.cli import admin, migrate, queues, tools, worker_command
+from conveyor.cli import admin, job_types, migrate, queues, tools, worker_command
 from conveyor.cli.core import CliError, ConveyorGroup, Options, describe
 from conveyor.cli.loading import load_app
 from conveyor.settings import CONVEYOR_DEBUG, CONVEYOR_URL
@@ -53,6 +53,7 @@ def cli(ctx: click.Context, url: str | None, debug: bool) -> None:
 cli.add_command(worker_command.worker)
 cli.add_command(admin.stats)
 cli.add_command(admin.jobs)
+admin.jobs.add_command(job_types.types)
 cli.add_command(admin.cancel)
 cli.add_command(admin.retry)
 cli.add_command(admin.purge)
