@@ -110,28 +110,34 @@ def django_migrate(server_url: str, schema: str, target: str | None = None) -> N
     _django_thread.submit(_django_migrate, server_url, schema, target).result()
 
 
+def django_database(server_url: str, schema: str | None = None) -> dict[str, Any]:
+    """Django's DATABASES entry for the server's database; with `schema`,
+    Django's own tables (its record of applied migrations) go there."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(parse_url(server_url).conninfo)
+    options = {} if schema is None else {"options": f"-c search_path={schema}"}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": params.get("dbname", "postgres"),
+        "HOST": params.get("host", "127.0.0.1"),
+        "PORT": params.get("port", "5432"),
+        "USER": params.get("user", "postgres"),
+        "PASSWORD": params.get("password", ""),
+        "OPTIONS": options,
+    }
+
+
 def _django_migrate(server_url: str, schema: str, target: str | None) -> None:
     import django
     from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
-    from psycopg.conninfo import conninfo_to_dict
 
     if not settings.configured:
-        params = conninfo_to_dict(parse_url(server_url).conninfo)
         settings.configure(
             INSTALLED_APPS=["conveyor.contrib.django"],
-            DATABASES={
-                "default": {
-                    "ENGINE": "django.db.backends.postgresql",
-                    "NAME": params.get("dbname", "postgres"),
-                    "HOST": params.get("host", "127.0.0.1"),
-                    "PORT": params.get("port", "5432"),
-                    "USER": params.get("user", "postgres"),
-                    "PASSWORD": params.get("password", ""),
-                    "OPTIONS": {},
-                }
-            },
+            DATABASES={"default": django_database(server_url)},
             USE_TZ=True,
         )
         django.setup()

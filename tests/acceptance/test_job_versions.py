@@ -14,9 +14,12 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
+from . import test_worker_processes
 from .helpers import WorkerProcess, eventually
 
 pytestmark = pytest.mark.slow
+
+db_url = test_worker_processes.db_url  # the same fixture: on SQLite and on PostgreSQL
 
 APP = """
 import json
@@ -64,17 +67,6 @@ def from_v1(payload: dict) -> dict:
 def greet(payload: Greet, ctx: JobContext) -> None:
     record("v2", ctx, payload)
 """
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", marks=pytest.mark.sqlite),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-    ]
-)
-def db_url(request: pytest.FixtureRequest) -> str:
-    maker: Callable[[], str] = request.getfixturevalue(f"{request.param}_urls")
-    return maker()
 
 
 @pytest.fixture
