@@ -229,13 +229,13 @@ def test_django_migrate_builds_the_schema_and_the_command_runs_a_worker(
 # --------------------------------------------------------------------------- the suite
 
 # A representative part of the conformance suite (about 90 tests on
-# PostgreSQL): jobs end to end (versions, retries, cancel, keys, admin and
+# PostgreSQL): jobs end to end (versions, retries, results, keys, admin and
 # worker presence), the transactional enqueue, stored schedules, locks and
 # the cache: every table of the schema.
 SUITE = [
     "test_versions.py",
     "test_retries.py",
-    "test_cancel.py",
+    "test_results.py",
     "test_idempotency.py",
     "test_admin.py",
     "test_transactional_enqueue.py",
