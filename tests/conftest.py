@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import schema_makers
 
 from conveyor import settings
 
@@ -281,12 +282,18 @@ def postgres_urls(postgres_server_url: str | None) -> Iterator[Callable[[], str]
     assert postgres_server_url is not None
     schemas: list[str] = []
 
+    made_by = os.environ.get(schema_makers.ENV_VAR)
+
     def fresh() -> str:
         # A schema of its own per URL isolates tests sharing one database.
         schema = f"test_{uuid.uuid4().hex[:12]}"
         schemas.append(schema)
         joiner = "&" if "?" in postgres_server_url else "?"
-        return f"{postgres_server_url}{joiner}schema={schema}"
+        url = f"{postgres_server_url}{joiner}schema={schema}"
+        if made_by:  # by the application's migrations: the backend must find it ready
+            schema_makers.make_schema(made_by, postgres_server_url, schema)
+            url += "&migrate=false"
+        return url
 
     yield fresh
     import psycopg

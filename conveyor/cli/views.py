@@ -322,6 +322,7 @@ def job_view(job: Job) -> RenderableType:
     rows: list[tuple[str, str | Text]] = [
         ("id", job.id),
         ("name", job.name),
+        ("version", str(job.version)),
         ("queue", job.queue),
         ("state", state_text(job.state)),
         ("attempts", f"{job.attempts} of {job.max_retries + 1} allowed"),

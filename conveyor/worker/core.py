@@ -58,6 +58,7 @@ from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker.duties import Presence, recover_expired_leases
 from conveyor.worker.leases import LeaseKeeping
+from conveyor.worker.newer import NewerJobs
 from conveyor.worker.pauses import PauseWatch
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
@@ -136,6 +137,8 @@ class Worker(LeaseKeeping, GracefulStop):
         )
         self._presence: Presence | None = None
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
+        # Jobs of a newer version of their type, held a moment (newer.py).
+        self._newer = NewerJobs(self._hand_back_now, settings.lease, self._clock)
         self._ran: dict[str, None] = {}  # burst mode: ids of the jobs started, in order
         # Why the worker stopped by itself, if it did: raised by run().
         self.failure: BackendMisconfiguredError | None = None
@@ -274,6 +277,8 @@ class Worker(LeaseKeeping, GracefulStop):
         failures = 0
         # Once stopping, what is left to acknowledge goes out through stop().
         while not self._stopping.is_set():
+            if await self._newer.pause(self._sleep_idle):
+                continue
             free = self._free_slots()
             if free <= 0 and not len(self._acks):
                 self._slot_freed.clear()
@@ -299,9 +304,7 @@ class Worker(LeaseKeeping, GracefulStop):
                 failures += 1
                 pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
                 self._outage.failed("claim", exc)
-                self._idle_now = True
-                await self._sleep_unless_stopping(pause)
-                self._idle_now = False
+                await self._sleep_idle(pause)
                 continue
             if self._stopping.is_set():
                 # Told to stop while the claim was in flight: these jobs go
@@ -383,6 +386,8 @@ class Worker(LeaseKeeping, GracefulStop):
         if len(self._acks):
             self._acks.flush()
         try:
+            if await self._newer.pause(self._sleep_unless_stopping):
+                return
             if self._claimer.blocking is not None and self._pauses.active:
                 for job in await self._claim_blocking(self._claimer.blocking):
                     self._start_job(job)
@@ -416,6 +421,14 @@ class Worker(LeaseKeeping, GracefulStop):
             return []
         return jobs
 
+    async def _sleep_idle(self, seconds: float) -> None:
+        """Not claiming for a while: acknowledgements go out through the flusher."""
+        self._idle_now = True
+        try:
+            await self._sleep_unless_stopping(seconds)
+        finally:
+            self._idle_now = False
+
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -435,6 +448,11 @@ class Worker(LeaseKeeping, GracefulStop):
             # Claimed by a claim that was in flight when the pause was seen
             # (or prefetched before it): back to the queue, attempt uncounted.
             self._hand_back(job)
+            return
+        known = self.registry.get(job.name)
+        if known is not None and job.version > known.version:
+            assert self._loop is not None
+            self._newer.leave(job, known.version, self._loop)
             return
         if len(self._running) >= self._capacity():
             self._backlog.append(job)
@@ -539,7 +557,7 @@ class Worker(LeaseKeeping, GracefulStop):
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:
         ctx = running.ctx
-        payload = job_type.decode_payload(running.job.payload)
+        payload = job_type.decode_payload(running.job.payload, running.job.version)
         if job_type.is_async:
             # Checked at dispatch, but the handler begins a loop step later,
             # after whatever the loop runs first (a process frozen in between).
@@ -567,7 +585,9 @@ class Worker(LeaseKeeping, GracefulStop):
                 running.task.cancel()
 
     def _hand_back_backlog(self) -> None:
-        """Prefetched jobs that never started go back to the queue at once."""
+        """Prefetched jobs that never started go back to the queue at once,
+        and so do the jobs of newer versions held a moment."""
+        self._newer.release_all()
         while self._backlog:
             self._hand_back(self._backlog.popleft())
 
@@ -577,6 +597,11 @@ class Worker(LeaseKeeping, GracefulStop):
         another worker since, the backend refuses it."""
         self._claims.forget(job)
         self._ack(handed_back(job), job)
+
+    def _hand_back_now(self, job: Job) -> None:
+        """Hand back and send it now, not with the next claim."""
+        self._hand_back(job)
+        self._acks.flush()
 
     def _hand_back_unknown(self, job: Job) -> bool:
         """Hand back, untouched (no attempt counted), a job this worker has
