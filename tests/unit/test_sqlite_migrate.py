@@ -94,3 +94,29 @@ def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--url", f"sqlite:///{path}", "migrate", "--dry-run"])
     assert result.exit_code != 0
     assert "schema version 99 was written by a newer conveyor" in result.output
+
+
+def test_a_presence_table_of_an_older_release_gets_its_new_column(tmp_path: Path) -> None:
+    """conveyor_workers made before `details` (worker concurrency and running
+    jobs) existed: the dry run prints the ALTER TABLE, opening runs it."""
+    path = tmp_path / "jobs.db"
+    url = f"sqlite:///{path}"
+    run(url)  # a current file
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE conveyor_workers;"
+        "CREATE TABLE conveyor_workers ( id TEXT PRIMARY KEY, host TEXT NOT NULL,"
+        " pid INTEGER NOT NULL, queues TEXT NOT NULL, names TEXT NOT NULL,"
+        " started_at REAL NOT NULL, last_seen REAL NOT NULL, expires REAL NOT NULL)"
+        " WITHOUT ROWID;"
+    )
+    db.close()
+    printed = run(url, "--dry-run")
+    assert "ALTER TABLE conveyor_workers ADD COLUMN details TEXT" in printed
+    run(url)
+    db = sqlite3.connect(path)
+    try:
+        assert "details" in [row[1] for row in db.execute("PRAGMA table_info(conveyor_workers)")]
+    finally:
+        db.close()
+    assert "ALTER TABLE" not in run(url, "--dry-run")

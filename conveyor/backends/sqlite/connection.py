@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from conveyor._sync import leave_alone
 from conveyor.backends._notify import Notifier
-from conveyor.backends.sqlite.migrations import META, schema_statements
-from conveyor.backends.sqlite.sql import COLUMN_ADDITIONS, SCHEMA_VERSION
+from conveyor.backends.sqlite.migrations import META, column_statements, schema_statements
+from conveyor.backends.sqlite.sql import SCHEMA_VERSION
 from conveyor.backends.sqlite.writer import (
     ConnectionThread,
     Lane,
@@ -249,10 +249,8 @@ class SQLiteConnection:
                 )
             for statement in schema_statements(version):
                 conn.execute(statement)
-            for table, column, definition in COLUMN_ADDITIONS:
-                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-                if column not in present:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            for statement in column_statements(conn):
+                conn.execute(statement)
 
     def _disconnect(self, conn: sqlite3.Connection) -> None:
         with self._watch_lock:

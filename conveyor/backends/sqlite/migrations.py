@@ -13,7 +13,13 @@ import os
 import sqlite3
 from typing import TYPE_CHECKING, Final
 
-from conveyor.backends.sqlite.sql import SCHEMA, SCHEMA_ADDITIONS, SCHEMA_VERSION, UPGRADES
+from conveyor.backends.sqlite.sql import (
+    COLUMN_ADDITIONS,
+    SCHEMA,
+    SCHEMA_ADDITIONS,
+    SCHEMA_VERSION,
+    UPGRADES,
+)
 from conveyor.job import BackendUnavailableError
 
 META: Final = "CREATE TABLE IF NOT EXISTS conveyor_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
@@ -37,6 +43,31 @@ def schema_statements(version: int) -> list[str]:
     else:
         statements = []
     return statements + list(SCHEMA_ADDITIONS)
+
+
+def column_statements(conn: sqlite3.Connection) -> list[str]:
+    """The ALTER TABLE statements that add COLUMN_ADDITIONS to the tables of
+    `conn`'s file that exist without them (one made now has them)."""
+    statements = []
+    for table, column, definition in COLUMN_ADDITIONS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if present and column not in present:
+            statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    return statements
+
+
+def stored_columns(path: str) -> list[str]:
+    """`column_statements` of the file at `path`, read-only (none: no file)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise BackendUnavailableError(f"cannot read SQLite database {path}: {exc}") from exc
+    try:
+        return column_statements(conn)
+    finally:
+        conn.close()
 
 
 def stored_version(path: str) -> int:
@@ -81,10 +112,16 @@ class SQLiteMigrations:
                 f"SQLite database {self.path}: schema version {version} was written by a "
                 f"newer conveyor; this one knows version {SCHEMA_VERSION}"
             )
-        if version == SCHEMA_VERSION:
+        columns = stored_columns(self.path)
+        if version == SCHEMA_VERSION and not columns:
             return []
-        what = "the whole schema" if version == 0 else f"upgrade from version {version}"
-        return [(SCHEMA_VERSION, what, [META, *schema_statements(version)])]
+        if version == 0:
+            what = "the whole schema"
+        elif version < SCHEMA_VERSION:
+            what = f"upgrade from version {version}"
+        else:
+            what = "columns added since"
+        return [(SCHEMA_VERSION, what, [META, *schema_statements(version), *columns])]
 
     async def migrate(self) -> list[int]:
         before = stored_version(self.path)
