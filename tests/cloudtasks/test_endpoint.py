@@ -1,0 +1,163 @@
+"""Cloud Tasks end to end: jobs enqueued through the emulator, pushed by it
+to the endpoint served by uvicorn, their outcomes recorded in the store.
+
+The emulator does not deduplicate task names and retries a failed task at
+once (conveyor/backends/cloudtasks/__init__.py), so the key's refusal is
+checked where conveyor makes it (the store, before any task is created)
+and a retry needs no wait."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from conveyor import Conveyor, JobContext, JobState, Permanent
+from conveyor.backends.cloudtasks.backend import task_id
+from tests.cloudtasks.conftest import SECRET, Served
+
+pytestmark = pytest.mark.cloudtasks
+
+Serve = Callable[[Callable[[Conveyor, dict[str, int]], None]], Awaitable[Served]]
+WAIT = 20.0
+
+
+def adder(app: Conveyor, calls: dict[str, int]) -> None:
+    @app.job("add", retries=3, timeout=10)
+    async def add(payload: dict[str, int], ctx: JobContext) -> int:
+        calls["add"] = calls.get("add", 0) + 1
+        return payload["a"] + payload["b"]
+
+    @app.job("flaky", retries=3, timeout=10)
+    async def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
+        calls["flaky"] = calls.get("flaky", 0) + 1
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return f"ok on attempt {ctx.attempt}"
+
+    @app.job("doomed", retries=5)
+    def doomed(payload: dict[str, Any], ctx: JobContext) -> None:
+        calls["doomed"] = calls.get("doomed", 0) + 1
+        raise Permanent("no point retrying")
+
+
+async def until_no_tasks(served: Served) -> None:
+    deadline = time.monotonic() + WAIT
+    while served.pending_tasks():
+        assert time.monotonic() < deadline, f"tasks still pending: {served.pending_tasks()}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_pushed_job_runs_and_its_result_is_stored(served: Serve) -> None:
+    s = await served(adder)
+    job = await s.app.enqueue("add", {"a": 2, "b": 3})
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED
+    assert done.result == 5
+    assert done.attempts == 1
+    assert s.calls == {"add": 1}
+
+
+async def test_a_delayed_job_is_dispatched_when_due(served: Serve) -> None:
+    s = await served(adder)
+    job = await s.app.enqueue("add", {"a": 1, "b": 1}, delay=2)
+    assert job.state is JobState.SCHEDULED
+    await asyncio.sleep(0.5)
+    assert s.calls == {}  # the emulator holds the task until its schedule time
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED
+    assert done.started_at is not None and done.created_at is not None
+    assert (done.started_at - done.created_at).total_seconds() >= 1.9
+
+
+async def test_a_failing_attempt_is_retried_by_cloud_tasks(served: Serve) -> None:
+    s = await served(adder)
+    job = await s.app.enqueue("flaky", {})
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED
+    assert done.result == "ok on attempt 2"
+    assert done.attempts == 2
+    assert [entry["outcome"] for entry in done.history] == ["retrying", "completed"]
+    assert "first attempt fails" in (done.history[0]["error"] or "")
+    assert s.calls == {"flaky": 2}
+
+
+async def test_a_permanent_failure_ends_the_task(served: Serve) -> None:
+    s = await served(adder)
+    job = await s.app.enqueue("doomed", {})
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.FAILED
+    assert "no point retrying" in (done.error or "")
+    await until_no_tasks(s)  # answered 2xx: Cloud Tasks dispatches it no more
+    assert s.calls == {"doomed": 1}
+
+
+async def test_a_key_makes_one_task_and_one_run(served: Serve) -> None:
+    s = await served(adder)
+    s.pause()  # nothing is dispatched while the tasks are counted
+    first = await s.app.enqueue("add", {"a": 1, "b": 2}, key="sum:1")
+    second = await s.app.enqueue("add", {"a": 1, "b": 2}, key="sum:1")
+    assert second.duplicate and second.id == first.id
+    pending = s.pending_tasks()
+    assert pending == [f"{s.queue_path}/tasks/{task_id(first)}"]
+    assert pending[0].endswith("-k")  # named after the key, so the service refuses a second
+    s.resume()
+    done = await s.app.wait(first.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED and done.result == 3
+    await until_no_tasks(s)
+    assert s.calls == {"add": 1}
+
+
+async def test_a_cancelled_job_is_not_run_when_its_task_arrives(served: Serve) -> None:
+    s = await served(adder)
+    s.pause()
+    job = await s.app.enqueue("add", {"a": 1, "b": 2})
+    assert await s.app.cancel(job.id)
+    s.resume()
+    await until_no_tasks(s)  # the task was dispatched and answered 2xx
+    stored = await s.app.get_job(job.id)
+    assert stored is not None and stored.state is JobState.CANCELLED
+    assert s.calls == {}
+
+
+async def test_unverified_requests_are_refused(served: Serve) -> None:
+    s = await served(adder)
+    s.pause()
+    job = await s.app.enqueue("add", {"a": 4, "b": 4})
+    (name,) = s.pending_tasks()
+    task = name.rsplit("/", 1)[1]
+    body = json.dumps({"id": job.id, "name": "add", "queue": "default", "task": task})
+    genuine = {
+        "X-CloudTasks-QueueName": s.queue_path,
+        "X-CloudTasks-TaskName": task,
+        "X-Conveyor-Secret": SECRET,
+    }
+    async with httpx.AsyncClient(base_url=s.target.removesuffix("/tasks/")) as http:
+
+        async def post(headers: dict[str, str], content: str = body) -> httpx.Response:
+            return await http.post("/tasks/", content=content, headers=headers)
+
+        assert (await post({})).status_code == 400  # no Cloud Tasks headers
+        assert (await post({**genuine, "X-Conveyor-Secret": "guess"})).status_code == 401
+        no_secret = {k: v for k, v in genuine.items() if k != "X-Conveyor-Secret"}
+        assert (await post(no_secret)).status_code == 401
+        other_queue = {**genuine, "X-CloudTasks-QueueName": "projects/p/locations/l/queues/x"}
+        assert (await post(other_queue)).status_code == 403
+        assert (await post({**genuine, "X-CloudTasks-TaskName": "another"})).status_code == 403
+        assert (await http.get("/tasks/")).status_code == 405
+        stored = await s.app.get_job(job.id)
+        assert stored is not None and stored.state is JobState.QUEUED and stored.attempts == 0
+        assert s.calls == {}
+        # With the secret and the task's own headers, it is a task of ours.
+        answer = await post(genuine)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"job": job.id, "outcome": "completed"}
+    assert s.calls == {"add": 1}
+    s.resume()
+    await until_no_tasks(s)  # the emulator's own dispatch finds it done: 2xx, no run
+    assert s.calls == {"add": 1}
