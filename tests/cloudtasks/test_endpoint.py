@@ -19,6 +19,7 @@ import pytest
 
 from conveyor import Conveyor, JobContext, JobState, Permanent
 from conveyor.backends.cloudtasks.backend import task_id
+from conveyor.job import NotSupportedError
 from tests.cloudtasks.conftest import SECRET, Served
 
 pytestmark = pytest.mark.cloudtasks
@@ -161,3 +162,12 @@ async def test_unverified_requests_are_refused(served: Serve) -> None:
     s.resume()
     await until_no_tasks(s)  # the emulator's own dispatch finds it done: 2xx, no run
     assert s.calls == {"add": 1}
+
+
+async def test_what_cloud_tasks_cannot_hold_is_refused(served: Serve) -> None:
+    s = await served(adder)
+    with pytest.raises(NotSupportedError, match="priorit"):
+        await s.app.enqueue("add", {"a": 1, "b": 1}, priority=1)
+    with pytest.raises(NotSupportedError, match="delays over"):
+        await s.app.enqueue("add", {"a": 1, "b": 1}, delay=31 * 86_400)
+    assert s.pending_tasks() == []

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from google.api_core import exceptions as google_errors
+from google.auth import exceptions as google_auth_errors
 from google.cloud import tasks_v2
 
 from conveyor.backends.cloudtasks.url import CloudTasksURL
@@ -48,7 +49,14 @@ class TasksClient:
     def _make_client(self) -> tasks_v2.CloudTasksClient:
         if self.config.emulator is None:
             # Application Default Credentials, Google's endpoint.
-            return tasks_v2.CloudTasksClient()
+            try:
+                return tasks_v2.CloudTasksClient()
+            except google_auth_errors.DefaultCredentialsError as exc:
+                raise BackendMisconfiguredError(
+                    f"{self.config.display}: no Google credentials ({exc}); set "
+                    "GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth application-default "
+                    "login`, run on Google Cloud, or use an emulator (emulator=host:port)"
+                ) from None
         import grpc  # the emulator speaks plain gRPC, with no credentials
         from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
