@@ -12,6 +12,8 @@ from typing import Any
 from conveyor.backends.base import (
     Backend,
     CacheStore,
+    CancelResult,
+    ClaimToken,
     LockStore,
     NewJob,
     ScheduleRecord,
@@ -31,6 +33,19 @@ class StoreSides:
         """Deliver the jobs a schedule fired that are due now (the store
         queued them; the delivery is the backend's)."""
         raise NotImplementedError
+
+    async def progress(
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
+    ) -> bool:
+        return await self.store.progress(job_id, token, progress, logs)
+
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        # A queued job's message or task, when it comes, finds it cancelled.
+        return await self.store.cancel(job_id, now)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)

@@ -39,8 +39,6 @@ from conveyor.backends import from_url
 from conveyor.backends.base import (
     Backend,
     CacheStore,
-    CancelResult,
-    ClaimToken,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -343,15 +341,6 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
         if retried:
             await self._remember_groups(list(retried), retried)
 
-    async def progress(
-        self,
-        job_id: str,
-        token: ClaimToken,
-        progress: float | None,
-        logs: Sequence[dict[str, Any]],
-    ) -> bool:
-        return await self.store.progress(job_id, token, progress, logs)
-
     async def recover_expired(
         self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
@@ -428,10 +417,6 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
                 await self._send_jobs(lost, await self._groups_of(lost), fresh=True)
 
     # ------------------------------------------------------------------ administering
-
-    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
-        # A queued job's message is deleted when it is next received.
-        return await self.store.cancel(job_id, now)
 
     async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         job = await self.store.retry(job_id, now)

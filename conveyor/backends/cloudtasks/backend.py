@@ -36,8 +36,6 @@ from conveyor import settings
 from conveyor.backends import from_url
 from conveyor.backends.base import (
     Backend,
-    CancelResult,
-    ClaimToken,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -253,15 +251,6 @@ class CloudTasksBackend(StoreSides):
     async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         return await self.store.finish(outcomes, retention)
 
-    async def progress(
-        self,
-        job_id: str,
-        token: ClaimToken,
-        progress: float | None,
-        logs: Sequence[dict[str, Any]],
-    ) -> bool:
-        return await self.store.progress(job_id, token, progress, logs)
-
     async def recover_expired(
         self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
@@ -273,10 +262,6 @@ class CloudTasksBackend(StoreSides):
         await asyncio.sleep(timeout)
 
     # ------------------------------------------------------------------ administering
-
-    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
-        # The task stays; the endpoint answers it 2xx without running the job.
-        return await self.store.cancel(job_id, now)
 
     async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         job = await self.store.retry(job_id, now)

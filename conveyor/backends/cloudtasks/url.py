@@ -27,9 +27,9 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-from conveyor.backends.pubsub.url import _PROJECT, _flag, _host_port, _split_store
+from conveyor.backends.pubsub.url import _PROJECT, _flag, _host_port, split_url
 from conveyor.job import InvalidOptionError
 
 OPTIONS: Final = frozenset({"target", "store", "create", "emulator", "service_account", "audience"})
@@ -99,18 +99,7 @@ def _target(url: str, value: str | None) -> str:
 
 
 def parse_url(url: str) -> CloudTasksURL:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "cloudtasks":
-        raise InvalidOptionError(f"not a Cloud Tasks URL: {url!r}")
-    where, _, query = rest.partition("?")
-    query, store = _split_store(query)
-    options: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name not in OPTIONS:
-            raise InvalidOptionError(
-                f"unknown option {name!r} in {url!r}; known: {', '.join(sorted(OPTIONS))}"
-            )
-        options[name] = value
+    where, options, store = split_url(url, "cloudtasks", OPTIONS, "Cloud Tasks")
     parts = where.split("/")
     if len(parts) != 3 or not all(parts):
         raise InvalidOptionError(

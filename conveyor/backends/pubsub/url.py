@@ -177,19 +177,28 @@ def _host_port(url: str, name: str, value: str) -> str:
     return value
 
 
-def parse_url(url: str) -> PubSubURL:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "pubsub":
-        raise InvalidOptionError(f"not a Pub/Sub URL: {url!r}")
+def split_url(
+    url: str, scheme: str, known: frozenset[str], what: str
+) -> tuple[str, dict[str, str], str | None]:
+    """(what comes between :// and ?, the options, the store= URL) of a
+    broker URL of `scheme`; an unknown option is refused naming the known."""
+    given, sep, rest = url.partition("://")
+    if not sep or given.lower() != scheme:
+        raise InvalidOptionError(f"not a {what} URL: {url!r}")
     where, _, query = rest.partition("?")
     query, store = _split_store(query)
     options: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name not in OPTIONS:
+        if name not in known:
             raise InvalidOptionError(
-                f"unknown option {name!r} in {url!r}; known: {', '.join(sorted(OPTIONS))}"
+                f"unknown option {name!r} in {url!r}; known: {', '.join(sorted(known))}"
             )
         options[name] = value
+    return where, options, store
+
+
+def parse_url(url: str) -> PubSubURL:
+    where, options, store = split_url(url, "pubsub", OPTIONS, "Pub/Sub")
     project, slash, topic = where.partition("/")
     if not slash or not topic or "/" in topic:
         raise InvalidOptionError(
