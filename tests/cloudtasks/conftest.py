@@ -53,8 +53,9 @@ async def served(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
-    """Make `served(setup)`: an app whose jobs `setup(app, calls)` registers,
-    mounted in FastAPI at /tasks and served on a free loopback port."""
+    """Make `served(setup, **endpoint options)`: an app whose jobs
+    `setup(app, calls)` registers, its endpoint mounted in FastAPI at /tasks
+    and served on a free loopback port."""
     import uvicorn
     from fastapi import FastAPI
 
@@ -63,7 +64,7 @@ async def served(
     monkeypatch.setenv("CONVEYOR_CLOUDTASKS_SECRET", SECRET)
     started: list[tuple[uvicorn.Server, asyncio.Task[None], Served]] = []
 
-    async def serve(setup: Callable[[Conveyor, dict[str, int]], None]) -> Served:
+    async def serve(setup: Callable[[Conveyor, dict[str, int]], None], **endpoint: Any) -> Served:
         port = free_ports()
         queue = f"q{uuid.uuid4().hex[:12]}"
         # The mount path with its slash: Starlette redirects /tasks to /tasks/,
@@ -77,7 +78,7 @@ async def served(
         calls: dict[str, int] = {}
         setup(app, calls)
         api = FastAPI()
-        api.mount("/tasks", tasks_endpoint(app))
+        api.mount("/tasks", tasks_endpoint(app, **endpoint))
         server = uvicorn.Server(
             uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
         )

@@ -24,7 +24,7 @@ from tests.cloudtasks.conftest import SECRET, Served
 
 pytestmark = pytest.mark.cloudtasks
 
-Serve = Callable[[Callable[[Conveyor, dict[str, int]], None]], Awaitable[Served]]
+Serve = Callable[..., Awaitable[Served]]
 WAIT = 20.0
 
 
@@ -171,3 +171,36 @@ async def test_what_cloud_tasks_cannot_hold_is_refused(served: Serve) -> None:
     with pytest.raises(NotSupportedError, match="delays over"):
         await s.app.enqueue("add", {"a": 1, "b": 1}, delay=31 * 86_400)
     assert s.pending_tasks() == []
+
+
+async def test_a_failed_job_retried_from_the_store_gets_a_task_of_its_own(served: Serve) -> None:
+    s = await served(adder)
+    job = await s.app.enqueue("doomed", {}, key="doom:1")
+    assert (await s.app.wait(job.id, timeout=WAIT)).state is JobState.FAILED
+    await until_no_tasks(s)
+    again = await s.app.retry(job.id)
+    assert again is not None and again.state is JobState.QUEUED
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.FAILED and done.attempts == 2
+    assert s.calls == {"doomed": 2}
+
+
+async def test_cancel_reaches_a_running_handler_through_the_store(served: Serve) -> None:
+    began = asyncio.Event()
+
+    def setup(app: Conveyor, calls: dict[str, int]) -> None:
+        @app.job("long", timeout=30)
+        async def long(payload: dict[str, Any], ctx: JobContext) -> str:
+            calls["long"] = calls.get("long", 0) + 1
+            began.set()
+            await asyncio.wait_for(ctx.cancelled.wait(), 20)
+            return "noticed"
+
+    s = await served(setup, lease=0.6)  # a heartbeat every 0.2 s
+    job = await s.app.enqueue("long", {})
+    await asyncio.wait_for(began.wait(), WAIT)
+    assert await s.app.cancel(job.id)  # running: requested, seen at the next heartbeat
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.CANCELLED
+    await until_no_tasks(s)  # answered 2xx
+    assert s.calls == {"long": 1}
