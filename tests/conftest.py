@@ -49,9 +49,12 @@ BACKENDS = [
     pytest.param("sqs_fifo", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
     pytest.param("sqs_bare", marks=pytest.mark.sqs),
     pytest.param("sqs_fifo_bare", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
-    # Pub/Sub on gcloud's emulator: with a SQLite store and without one.
+    # Pub/Sub on gcloud's emulator: with a SQLite store and without one, and
+    # ordered (ordering keys: a queue's jobs in order, jobs of a group=
+    # one at a time) with a Redis store.
     pytest.param("pubsub", marks=pytest.mark.pubsub),
     pytest.param("pubsub_bare", marks=pytest.mark.pubsub),
+    pytest.param("pubsub_ordered", marks=pytest.mark.pubsub),
 ]
 
 
@@ -459,6 +462,14 @@ def pubsub_urls(
 ) -> Callable[[], str]:
     """The same with a SQLite store of their own."""
     return lambda: f"{pubsub_bare_urls()}&store={sqlite_urls()}"
+
+
+@pytest.fixture
+def pubsub_ordered_urls(
+    pubsub_bare_urls: Callable[[], str], redis_urls: Callable[[], str]
+) -> Callable[[], str]:
+    """Ordered subscriptions (ordering keys), with a Redis store of their own."""
+    return lambda: f"{pubsub_bare_urls()}&ordered=true&store={redis_urls()}"
 
 
 # --------------------------------------------------------------------------- Cloud Tasks

@@ -36,7 +36,8 @@ def tasks_endpoint(
     secret: the shared secret every task must carry (X-Conveyor-Secret);
         default $CONVEYOR_CLOUDTASKS_SECRET, which producers send.
     audience: check the OIDC token Cloud Tasks signs (the URL's
-        service_account=) for this audience; service_account: and its email.
+        service_account=) for this audience; service_account: and its
+        email (given alone, the audience is the URL's audience= or target).
     lease: the job's lease in the store, renewed by heartbeat while it runs;
         a dispatch that finds a job running under a lease run out recovers
         it (after `max_stalled` such stalls it fails).

@@ -86,6 +86,9 @@ class TasksEndpoint:
         self.backend = backend
         self.lease = lease
         self.max_stalled = max_stalled
+        if service_account is not None and audience is None:
+            # The token's email means nothing unless the token is checked.
+            audience = backend.config.audience or backend.config.target
         self.verifier = Verifier(
             backend.config,
             secret if secret is not None else backend.secret,
@@ -132,7 +135,9 @@ class TasksEndpoint:
             job_id, task = pointer["id"], pointer["task"]
         except (ValueError, TypeError, KeyError):
             return 400, {"error": "the body is not a conveyor task"}
-        if not isinstance(job_id, str) or task != headers[TASK_HEADER]:
+        if not isinstance(job_id, str):
+            return 400, {"error": "the body is not a conveyor task"}
+        if task != headers[TASK_HEADER]:
             return 403, {"error": "the body's task is not X-CloudTasks-TaskName"}
         await self.app.open()
         claim_id = f"push-{uuid.uuid4().hex}"

@@ -1,9 +1,11 @@
-"""The cloudtasks:// URL: what it names, and clear errors for bad ones."""
+"""The cloudtasks:// URL (what it names, clear errors for bad ones) and
+the endpoint's checks that need no emulator."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conveyor import Conveyor
@@ -96,3 +98,22 @@ async def test_no_credentials_is_said_plainly(
 def test_the_endpoint_needs_a_cloudtasks_app() -> None:
     with pytest.raises(InvalidOptionError, match="cloudtasks://"):
         tasks_endpoint(Conveyor("memory://"))
+
+
+async def test_an_endpoint_with_an_audience_wants_a_token(tmp_path: Path) -> None:
+    app = Conveyor(
+        f"cloudtasks://my-project/us-central1/jobs?target={TARGET}"
+        f"&service_account=tasks@my-project.iam.gserviceaccount.com&store=sqlite:///{tmp_path}/j.db"
+    )
+    endpoint = tasks_endpoint(app, service_account="tasks@my-project.iam.gserviceaccount.com")
+    assert endpoint.verifier.audience == TARGET  # the token is checked, for the target
+    headers = {"X-CloudTasks-QueueName": "jobs", "X-CloudTasks-TaskName": "t1"}
+    transport = httpx.ASGITransport(app=endpoint)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        answer = await http.post("/", content=b"{}", headers=headers)
+        assert answer.status_code == 401
+        assert "OIDC" in answer.json()["error"]
+        wrong_queue = await http.post(
+            "/", content=b"{}", headers={**headers, "X-CloudTasks-QueueName": "x"}
+        )
+        assert wrong_queue.status_code == 403
