@@ -204,3 +204,20 @@ async def test_cancel_reaches_a_running_handler_through_the_store(served: Serve)
     assert done.state is JobState.CANCELLED
     await until_no_tasks(s)  # answered 2xx
     assert s.calls == {"long": 1}
+
+
+async def test_the_jobs_timeout_applies_on_the_endpoint(served: Serve) -> None:
+    def setup(app: Conveyor, calls: dict[str, int]) -> None:
+        @app.job("slow", retries=1, timeout=0.3)
+        def slow(payload: dict[str, Any], ctx: JobContext) -> str:  # a sync handler: a thread
+            calls["slow"] = calls.get("slow", 0) + 1
+            if ctx.attempt == 1:
+                time.sleep(1.5)  # past its timeout: the thread is abandoned
+            return "quick this time"
+
+    s = await served(setup)
+    job = await s.app.enqueue("slow", {})
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED and done.result == "quick this time"
+    assert [entry["outcome"] for entry in done.history] == ["timed out", "completed"]
+    assert "timed out after 0.3 s" in (done.history[0]["error"] or "")
