@@ -491,20 +491,23 @@ def _emulator_venv() -> Path | str:
     """The emulator's command, installing it on first use; else why not."""
     venv = _cache_dir() / EMULATOR.replace("==", "-")
     command = venv / "bin" / "gcloud-tasks-emulator"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    # Several test processes may start at once: one installs, the others wait.
-    with open(venv.parent / (venv.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if command.exists():
-            return command
-        steps = [
-            [sys.executable, "-m", "venv", "--clear", str(venv)],
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", EMULATOR],
-        ]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                return f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}"
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        # Several test processes may start at once: one installs, the others wait.
+        with open(venv.parent / (venv.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if command.exists():
+                return command
+            steps = [
+                [sys.executable, "-m", "venv", "--clear", str(venv)],
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", EMULATOR],
+            ]
+            for step in steps:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=600)
+                if done.returncode != 0:
+                    return f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot install {EMULATOR} under {venv}: {exc}"
     return command
 
 
