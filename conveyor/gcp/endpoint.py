@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -176,11 +177,21 @@ class TasksEndpoint:
 
         ctx = JobContext(job, sink, asyncio.get_running_loop())
         calls: list[asyncio.Task[Any]] = []
+        # The lease's end as this process sees it (renewed by the keeper): a
+        # sync handler whose thread begins after it is not run.
+        lease_until = [time.monotonic() + self.lease]
         keeper = asyncio.get_running_loop().create_task(
-            self._keep_lease(job, ctx, calls, job_type.is_async)
+            self._keep_lease(job, ctx, calls, job_type.is_async, lease_until)
         )
         try:
-            outcome = await run_attempt(job, job_type, ctx, self.threads, on_task=calls.append)
+            outcome = await run_attempt(
+                job,
+                job_type,
+                ctx,
+                self.threads,
+                may_begin=lambda: time.monotonic() < lease_until[0],
+                on_task=calls.append,
+            )
         finally:
             keeper.cancel()
         if outcome is not None:
@@ -192,11 +203,17 @@ class TasksEndpoint:
         return outcome
 
     async def _keep_lease(
-        self, job: Job, ctx: JobContext, calls: list[asyncio.Task[Any]], is_async: bool
+        self,
+        job: Job,
+        ctx: JobContext,
+        calls: list[asyncio.Task[Any]],
+        is_async: bool,
+        lease_until: list[float],
     ) -> None:
         """Renew the lease while the handler runs; pass on a cancel or a lost lease."""
         while True:
             await asyncio.sleep(self.lease / 3)
+            sent = time.monotonic()
             try:
                 (status,) = await self.backend.heartbeat(
                     [Heartbeat(job.id, token_of(job))], self.lease
@@ -205,6 +222,7 @@ class TasksEndpoint:
                 logger.warning("job %s: heartbeat failed (tried again): %s", job.id, exc)
                 continue
             if status is LeaseStatus.HELD:
+                lease_until[0] = sent + self.lease
                 continue
             reason = CANCELLED if status is LeaseStatus.CANCEL else LOST
             ctx.mark_stopped(reason)

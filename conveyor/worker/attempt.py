@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor.backends.base import Outcome
 from conveyor.context import JobContext
 from conveyor.job import InvalidPayloadError, Job, Permanent
-from conveyor.worker.acks import TIMED_OUT, failure, stopped, success, timed_out
-from conveyor.worker.threads import HandlerThreads
+from conveyor.worker.acks import TIMED_OUT, failure, handed_back, stopped, success, timed_out
+from conveyor.worker.threads import HandlerThreads, LeaseLapsed
 
 if TYPE_CHECKING:
     from conveyor.registry import JobType
@@ -49,13 +49,16 @@ async def run_attempt(
     job_type: JobType[Any],
     ctx: JobContext,
     threads: HandlerThreads,
+    may_begin: Callable[[], bool],
     on_task: Callable[[asyncio.Task[Any]], None] | None = None,
 ) -> Outcome | None:
     """Run one claimed job's handler within the job's timeout, here, and
     return its outcome (None as for `outcome_of_error`). A sync handler runs
-    on `threads`, its timeout counted from its start in its thread.
-    `on_task` gets the handler's task, for a caller that may stop it (after
-    `ctx.mark_stopped(reason)`) on a cancel or a lost lease."""
+    on `threads`, its timeout counted from its start in its thread. The
+    handler begins only if `may_begin()` (the lease still holds) when it is
+    about to, else the job is handed back. `on_task` gets the handler's
+    task, for a caller that may stop it (after `ctx.mark_stopped(reason)`)
+    on a cancel or a lost lease."""
     loop = asyncio.get_running_loop()
     timer: asyncio.TimerHandle | None = None
 
@@ -72,8 +75,12 @@ async def run_attempt(
     async def invoke() -> Any:
         payload = job_type.decode_payload(job.payload)
         if job_type.is_async:
+            if not may_begin():
+                raise LeaseLapsed
             return await job_type.call(payload, ctx)
-        return await threads.run(ctx, job_type.call, payload, ctx, on_start=arm)
+        return await threads.run(
+            ctx, job_type.call, payload, ctx, may_begin=may_begin, on_start=arm
+        )
 
     call = loop.create_task(invoke())
     if job_type.is_async:
@@ -90,6 +97,8 @@ async def run_attempt(
         if outcome is None and ctx.stop_reason is None:
             raise
         return outcome
+    except LeaseLapsed:
+        return handed_back(job)  # fenced by the claim's token
     except Exception as exc:
         return outcome_of_error(job, ctx, job_type, exc)
     finally:

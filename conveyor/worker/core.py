@@ -50,7 +50,7 @@ from conveyor.worker.leases import LeaseKeeping
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
-from conveyor.worker.threads import HandlerThreads
+from conveyor.worker.threads import HandlerThreads, LeaseLapsed
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
@@ -408,9 +408,10 @@ class Worker(LeaseKeeping, GracefulStop):
             self._backlog.append(job)
             return
         assert self._loop is not None
+        lease_until = self._claims.until(job)
         self._claims.forget(job)
         ctx = JobContext(job, self._progress, self._loop)
-        running = Running(job, ctx)
+        running = Running(job, ctx, lease_until=lease_until)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
         if self.settings.burst:
@@ -465,6 +466,11 @@ class Worker(LeaseKeeping, GracefulStop):
             outcome = outcome_of_error(job, ctx, job_type, exc)
             if outcome is None and ctx.stop_reason is None:
                 raise  # cancelled by someone else than us: let it propagate
+        except LeaseLapsed:
+            # Its thread began too late (the process was frozen?): fenced by
+            # the claim's token, back to the queue unless taken meanwhile.
+            self._claims.lapsed(job)
+            outcome = handed_back(job)
         except Exception as exc:
             outcome = outcome_of_error(job, ctx, job_type, exc)
         finally:
@@ -487,13 +493,22 @@ class Worker(LeaseKeeping, GracefulStop):
         ctx = running.ctx
         payload = job_type.decode_payload(running.job.payload)
         if job_type.is_async:
+            # Checked at dispatch, but the handler begins a loop step later,
+            # after whatever the loop runs first (a process frozen in between).
+            if self._clock() >= running.lease_until:
+                raise LeaseLapsed
             return await job_type.call(payload, ctx)
         assert self._threads is not None
         # On timeout or cancel this await is cancelled; the thread cannot be
         # interrupted, so it is told through ctx, its late result dropped, and
         # the thread counted as abandoned until it returns.
         return await self._threads.run(
-            ctx, job_type.call, payload, ctx, on_start=functools.partial(self._arm_timer, running)
+            ctx,
+            job_type.call,
+            payload,
+            ctx,
+            may_begin=lambda: self._clock() < running.lease_until,
+            on_start=functools.partial(self._arm_timer, running),
         )
 
     def _tell_stop(self, running: Running, reason: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from conveyor import Conveyor, JobContext, JobState, Permanent
 from conveyor.backends.cloudtasks.backend import task_id
-from conveyor.job import NotSupportedError
+from conveyor.job import EnqueueFailedError, NotSupportedError
 from tests.cloudtasks.conftest import SECRET, Served
 
 pytestmark = pytest.mark.cloudtasks
@@ -221,3 +221,21 @@ async def test_the_jobs_timeout_applies_on_the_endpoint(served: Serve) -> None:
     assert done.state is JobState.COMPLETED and done.result == "quick this time"
     assert [entry["outcome"] for entry in done.history] == ["timed out", "completed"]
     assert "timed out after 0.3 s" in (done.history[0]["error"] or "")
+
+
+async def test_a_task_cloud_tasks_refuses_withdraws_its_job(served: Serve) -> None:
+    s = await served(adder)
+    # The same queue and store, without create=true: queue "other" (Cloud
+    # Tasks queue <queue>-other) does not exist, so its task is refused.
+    producer = Conveyor(s.url.replace("&create=true", ""))
+    producer.declare("add")
+    try:
+        with pytest.raises(EnqueueFailedError, match="withdrawn from the store") as raised:
+            await producer.enqueue("add", {"a": 1, "b": 1}, queue="other", key="once")
+        assert len(raised.value.failed) == 1
+        assert await producer.get_job_by_key("once") is None  # the key is free again
+        again = await producer.enqueue("add", {"a": 1, "b": 1}, key="once")  # default queue
+        assert not again.duplicate
+        assert (await s.app.wait(again.id, timeout=WAIT)).result == 2
+    finally:
+        await producer.close()

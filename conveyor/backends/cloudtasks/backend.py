@@ -153,13 +153,13 @@ class CloudTasksBackend(StoreSides):
 
         await asyncio.gather(*(create(job) for job in fresh))
         if failed:
-            # The caller is told these were not enqueued: they must not run
-            # later behind its back.
-            for job_id in failed:
-                await self.store.cancel(job_id)
+            # The caller is told these were not enqueued: they are withdrawn
+            # from the store, keys and all, so nothing of them runs later and
+            # a retry with the same key enqueues afresh.
+            await self._delivery.withdraw(failed)
             raise EnqueueFailedError(
-                f"Cloud Tasks did not take {len(failed)} task(s) ({errors[0]}); cancelled in "
-                "the store (a key stays taken): app.retry(job_id) sends one again",
+                f"Cloud Tasks did not take {len(failed)} task(s) ({errors[0]}); not enqueued "
+                "(withdrawn from the store, their keys free): enqueue them again",
                 failed=sorted(failed),
             )
         return records

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from conveyor.backends.pubsub.url import _PROJECT, _flag, _host_port, split_url
+from conveyor.backends.pubsub.url import _PROJECT
+from conveyor.backends.url_options import flag, host_port, split_url
 from conveyor.job import InvalidOptionError
 
 OPTIONS: Final = frozenset({"target", "store", "create", "emulator", "service_account", "audience"})
@@ -128,7 +129,7 @@ def parse_url(url: str) -> CloudTasksURL:
         raise InvalidOptionError(f"store={store!r} in {url!r}: a store cannot be Cloud Tasks")
     emulator = options.get("emulator") or os.environ.get(EMULATOR_ENV) or None
     if emulator is not None:
-        emulator = _host_port(url, "emulator" if "emulator" in options else EMULATOR_ENV, emulator)
+        emulator = host_port(url, "emulator" if "emulator" in options else EMULATOR_ENV, emulator)
     where_shown = f" (emulator at {emulator})" if emulator else ""
     return CloudTasksURL(
         project=project,
@@ -136,7 +137,7 @@ def parse_url(url: str) -> CloudTasksURL:
         queue=queue,
         target=target,
         store=store,
-        create=_flag(url, "create", options.get("create", "false")),
+        create=flag(url, "create", options.get("create", "false")),
         emulator=emulator,
         service_account=options.get("service_account") or None,
         audience=options.get("audience") or None,
