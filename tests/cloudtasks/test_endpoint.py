@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from conveyor import Conveyor, JobContext, JobState, Permanent
-from conveyor.backends.cloudtasks.backend import task_id
+from conveyor.backends.cloudtasks.backend import CloudTasksBackend, task_id
 from conveyor.job import EnqueueFailedError, NotSupportedError
 from tests.cloudtasks.conftest import SECRET, Served
 
@@ -239,3 +239,22 @@ async def test_a_task_cloud_tasks_refuses_withdraws_its_job(served: Serve) -> No
         assert (await s.app.wait(again.id, timeout=WAIT)).result == 2
     finally:
         await producer.close()
+
+
+async def test_a_job_whose_endpoint_died_is_recovered_by_the_next_dispatch(
+    served: Serve,
+) -> None:
+    s = await served(adder)
+    s.pause()
+    job = await s.app.enqueue("add", {"a": 20, "b": 22})
+    # An endpoint that leased the job and died: its lease runs out in 0.3 s.
+    backend = s.app.backend
+    assert isinstance(backend, CloudTasksBackend)
+    (taken,) = await backend._delivery.claim_ids([job.id], 0.3, claim_id="dead-endpoint")
+    assert taken is not None and taken.state is JobState.RUNNING
+    s.resume()  # dispatches answered 503 while the lease lives, then it is recovered
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED and done.result == 42
+    assert done.attempts == 2
+    assert [entry["outcome"] for entry in done.history] == ["stalled", "completed"]
+    assert s.calls == {"add": 1}

@@ -188,7 +188,7 @@ class CloudTasksBackend(StoreSides):
     # ------------------------------------------------------------------ the endpoint's side
 
     async def claim_pushed(
-        self, job_id: str, lease: float, claim_id: str, max_stalled: int
+        self, job_id: str, lease: float, claim_id: str, max_stalled: int, *, recover: bool = True
     ) -> tuple[Pushed, Job | None]:
         """Lease the job a task was pushed for, as a worker's claim would."""
         job = await self._claim_one(job_id, lease, claim_id)
@@ -204,15 +204,10 @@ class CloudTasksBackend(StoreSides):
                 if job is not None:
                     return Pushed.CLAIMED, job
             return Pushed.EARLY, None
-        if current.state is JobState.RUNNING:
+        if current.state is JobState.RUNNING and recover:
             # Its endpoint may have died: a lease that ran out is recovered.
             await self.store.recover_expired(None, max_stalled)
-            job = await self._claim_one(job_id, lease, claim_id)
-            if job is not None:
-                return Pushed.CLAIMED, job
-            current = await self.store.get(job_id)
-            if current is None or current.is_final:
-                return Pushed.DONE, None
+            return await self.claim_pushed(job_id, lease, claim_id, max_stalled, recover=False)
         return Pushed.BUSY, None
 
     async def _claim_one(self, job_id: str, lease: float, claim_id: str) -> Job | None:
