@@ -16,9 +16,10 @@ run) does, as tried against it:
   created and dispatched too (Google refuses it with ALREADY_EXISTS).
 * A failed task (any 4xx or 5xx) is retried at once and for ever: a
   queue's retry configuration (backoff, max attempts) is ignored.
-* No OIDC tokens, no dispatch deadlines, no GetTask or DeleteTask; a
-  GetQueue or CreateTask on a missing queue fails with UNKNOWN (a KeyError
-  inside it) where Google answers NOT_FOUND.
+* No OIDC tokens, no dispatch deadlines, no GetTask or DeleteTask. A
+  GetQueue of a missing queue fails with UNKNOWN (a KeyError inside it) and
+  a CreateTask in one with FAILED_PRECONDITION, where Google answers
+  NOT_FOUND.
 """
 
 from __future__ import annotations
