@@ -258,3 +258,16 @@ async def test_a_job_whose_endpoint_died_is_recovered_by_the_next_dispatch(
     assert done.attempts == 2
     assert [entry["outcome"] for entry in done.history] == ["stalled", "completed"]
     assert s.calls == {"add": 1}
+
+
+async def test_a_worker_on_the_url_fires_schedules_whose_jobs_are_pushed(served: Serve) -> None:
+    s = await served(adder)
+    await s.app.recurring("sums", "add", {"a": 3, "b": 4}, every="1 second")
+    deadline = time.monotonic() + WAIT
+    async with s.app.worker(concurrency=1):  # claims nothing: the scheduler's tick
+        while not s.calls.get("add"):
+            assert time.monotonic() < deadline, "no scheduled job reached the endpoint"
+            await asyncio.sleep(0.05)
+    fired = await s.app.list_jobs(name="add")
+    done = await s.app.wait(fired[-1].id, timeout=WAIT)  # the first fired
+    assert done.state is JobState.COMPLETED and done.result == 7
