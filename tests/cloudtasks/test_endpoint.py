@@ -20,7 +20,8 @@ import pytest
 from conveyor import Conveyor, JobContext, JobState, Permanent
 from conveyor.backends.cloudtasks.backend import CloudTasksBackend, task_id
 from conveyor.job import EnqueueFailedError, NotSupportedError
-from tests.cloudtasks.conftest import SECRET, Served
+
+from .conftest import SECRET, Served
 
 pytestmark = pytest.mark.cloudtasks
 
