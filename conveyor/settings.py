@@ -51,6 +51,9 @@ CONVEYOR_MAX_STALLED = "CONVEYOR_MAX_STALLED"
 CONVEYOR_MAX_ABANDONED_THREADS = "CONVEYOR_MAX_ABANDONED_THREADS"
 # The CLI shows the full traceback of an error instead of one line.
 CONVEYOR_DEBUG = "CONVEYOR_DEBUG"
+# The shared secret Cloud Tasks' tasks carry (X-Conveyor-Secret) and the
+# endpoint (conveyor.gcp.tasks_endpoint) requires, when set.
+CONVEYOR_CLOUDTASKS_SECRET = "CONVEYOR_CLOUDTASKS_SECRET"
 # The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
 CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
 # The servers the test suite uses (else a default local port, else one it starts).
@@ -80,6 +83,7 @@ BEHAVIOUR = (
     CONVEYOR_MAX_STALLED,
     CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_DEBUG,
+    CONVEYOR_CLOUDTASKS_SECRET,
 )
 
 

@@ -33,9 +33,7 @@ from conveyor.context import JobContext
 from conveyor.job import (
     BackendMisconfiguredError,
     InvalidOptionError,
-    InvalidPayloadError,
     Job,
-    Permanent,
 )
 from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
@@ -47,13 +45,11 @@ from conveyor.worker.acks import (
     TIMED_OUT,
     Acknowledgements,
     Running,
-    failure,
     handed_back,
-    stopped,
     success,
-    timed_out,
     token_of,
 )
+from conveyor.worker.attempt import outcome_of_error
 from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker.duties import Presence, recover_expired_leases
@@ -512,33 +508,17 @@ class Worker(LeaseKeeping, GracefulStop):
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
             result = await self._call(job_type, running)
             outcome = success(job, ctx, result)
-        except asyncio.CancelledError:
-            if ctx.stop_reason == TIMED_OUT:
-                outcome = failure(
-                    job, timed_out(job), final=False, job_type=job_type, timed_out=True
-                )
-            else:
-                outcome = stopped(job, ctx)
-                if outcome is None and ctx.stop_reason is None:
-                    raise  # cancelled by someone else than us: let it propagate
+        except asyncio.CancelledError as exc:
+            outcome = outcome_of_error(job, ctx, job_type, exc)
+            if outcome is None and ctx.stop_reason is None:
+                raise  # cancelled by someone else than us: let it propagate
         except LeaseLapsed:
             # Its thread began too late (the process was frozen?): fenced by
             # the claim's token, back to the queue unless taken meanwhile.
             self._claims.lapsed(job)
             outcome = handed_back(job)
-        except (Permanent, InvalidPayloadError) as exc:
-            # A payload that no longer fits its model fails the same way on
-            # every attempt: retrying would only repeat it.
-            outcome = failure(job, exc, final=True)
         except Exception as exc:
-            if ctx.stop_reason == TIMED_OUT:
-                outcome = failure(
-                    job, timed_out(job), final=False, job_type=job_type, timed_out=True
-                )
-            elif ctx.stop_reason is not None:
-                outcome = stopped(job, ctx)
-            else:
-                outcome = failure(job, exc, final=False, job_type=job_type)
+            outcome = outcome_of_error(job, ctx, job_type, exc)
         finally:
             if running.timer is not None:
                 running.timer.cancel()
