@@ -259,6 +259,9 @@ class Outcome:
     # For FAILED and SCHEDULED: the attempt ran out of its timeout, which the
     # job's history records as "timed out" rather than failed / retrying.
     timed_out: bool = False
+    # Seconds the handler ran, by the worker's monotonic clock (None: it did
+    # not run here). For events, metrics and log lines; backends ignore it.
+    elapsed: float | None = None
 
 
 class LeaseStatus(enum.StrEnum):

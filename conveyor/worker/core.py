@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from conveyor.job import (
     Job,
     Permanent,
 )
-from conveyor.logs import show_worker_logs_if_unconfigured
+from conveyor.logs import job_fields, show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
 from conveyor.worker.acks import (
@@ -56,7 +56,12 @@ from conveyor.worker.acks import (
 )
 from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
-from conveyor.worker.duties import Presence, recover_expired_leases
+from conveyor.worker.duties import (
+    Presence,
+    fire_due_schedules,
+    recover_expired_leases,
+    scheduler_loop,
+)
 from conveyor.worker.leases import LeaseKeeping
 from conveyor.worker.pauses import PauseWatch
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
@@ -135,6 +140,7 @@ class Worker(LeaseKeeping, GracefulStop):
             self._clock,
         )
         self._presence: Presence | None = None
+        self._tally: Counter[str] = Counter()  # lease_recoveries
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
         self._ran: dict[str, None] = {}  # burst mode: ids of the jobs started, in order
         # Why the worker stopped by itself, if it did: raised by run().
@@ -169,7 +175,7 @@ class Worker(LeaseKeeping, GracefulStop):
         )
         await self._pauses.refresh()  # no claim from a queue paused before the start
         if self.settings.burst:
-            await self._fire_due_schedules()
+            await fire_due_schedules(self.backend, self.registry, self.events, self.settings)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
@@ -181,24 +187,21 @@ class Worker(LeaseKeeping, GracefulStop):
                     self.retention,
                     self.events,
                     self.settings.recover_every,
+                    self._tally,
                 ),
                 name="conveyor-recover",
             ),
         ]
-        if self.settings.scheduler and self.backend.capabilities.recurring:
-            from conveyor.scheduler import Scheduler
-
-            scheduler = Scheduler(  # declared types' defaults count for schedules too
-                self.backend,
-                self.registry.types,
-                self.events,
-                self.settings.scheduler_interval,
-                outage=self._outage,
-            )
-            if not self.settings.burst:
-                self._loops.append(
-                    asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
-                )
+        scheduler = scheduler_loop(
+            self.backend,
+            self.registry.types,
+            self.events,
+            self.settings,
+            self._outage,
+            self._stopping,
+        )
+        if scheduler is not None:
+            self._loops.append(scheduler)
         self._loops.append(asyncio.create_task(self._pauses.keep(), name="conveyor-pauses"))
         if isinstance(self.backend, WorkerRegistry):
             self._presence = Presence(
@@ -220,18 +223,6 @@ class Worker(LeaseKeeping, GracefulStop):
             self.backend.url,
         )
 
-    async def _fire_due_schedules(self) -> None:
-        """Burst mode: one scheduler pass before the first claim, so that the
-        schedules due now run in this burst (later ticks are the next one's)."""
-        if not (self.settings.scheduler and self.backend.capabilities.recurring):
-            return
-        from conveyor.scheduler import Scheduler
-
-        try:
-            await Scheduler(self.backend, self.registry, self.events).tick()
-        except Exception as exc:
-            logger.error("scheduler pass failed (%s); schedules left due", exc)
-
     @property
     def running_jobs(self) -> list[Job]:
         return [r.job for r in self._running.values()]
@@ -252,8 +243,9 @@ class Worker(LeaseKeeping, GracefulStop):
         """This worker's figures: jobs running and prefetched now, threads of
         sync handlers still busy after their job ended (timed out, cancelled,
         lost), outcomes not yet acknowledged; and since start, jobs finished
-        (completed, failed, retrying or cancelled), handed back, and claims
-        handed back unstarted because their lease had run out."""
+        (completed, failed, retrying or cancelled), handed back, claims
+        handed back unstarted because their lease had run out, and jobs whose
+        lease expired (any worker's) that this worker's recovery took back."""
         return {
             "running": len(self._running),
             "prefetched": len(self._backlog),
@@ -262,6 +254,7 @@ class Worker(LeaseKeeping, GracefulStop):
             "finished": self._acks.finished,
             "handed_back": self._acks.handed_back,
             "stale_claims": self._claims.stale_claims,
+            "lease_recoveries": self._tally["lease_recoveries"],
         }
 
     # ------------------------------------------------------------------ claiming
@@ -486,7 +479,13 @@ class Worker(LeaseKeeping, GracefulStop):
         verbose = logger.isEnabledFor(logging.INFO)  # a line per job, when asked for
         began = time.monotonic()
         if verbose:
-            logger.info("processing job %s %s (attempt %d)", job.name, job.id, job.attempts)
+            logger.info(
+                "processing job %s %s (attempt %d)",
+                job.name,
+                job.id,
+                job.attempts,
+                extra=job_fields(job, "started"),
+            )
         outcome: Outcome | None
         try:
             if job_type is None:
@@ -526,9 +525,15 @@ class Worker(LeaseKeeping, GracefulStop):
             self._slot_freed.set()
         if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
+            outcome.elapsed = time.monotonic() - began
             if verbose and outcome.kind is OutcomeKind.COMPLETED:
-                elapsed = (time.monotonic() - began) * 1000
-                logger.info("job %s %s completed in %.0f ms", job.name, job.id, elapsed)
+                logger.info(
+                    "job %s %s completed in %.0f ms",
+                    job.name,
+                    job.id,
+                    outcome.elapsed * 1000,
+                    extra=job_fields(job, "completed", outcome.elapsed),
+                )
             self._ack(outcome, job)
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:
