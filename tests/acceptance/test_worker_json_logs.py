@@ -6,10 +6,7 @@ id, name, queue, attempt and the handler's duration."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
-from .helpers import WAIT, eventually, invoke
+from .helpers import WAIT, WorkerProcess, eventually, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -49,21 +46,13 @@ async def bad(payload: int) -> None:
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_every_line_is_json_with_the_job_fields(tmp_path: Path, db_url: str, how: str) -> None:
     (tmp_path / "logapp.py").write_text(APP)
-    env = dict(os.environ, CONVEYOR_URL=db_url, PYTHONUNBUFFERED="1")
-    args = ["logapp:app"]
+    args, env = ["logapp:app"], {}
     if how == "flag":
         args += ["--log-format", "json"]
     else:
         env["CONVEYOR_LOG_FORMAT"] = "json"
-    log = tmp_path / "worker.out"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "worker", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = WorkerProcess(tmp_path, db_url, args, "worker", env)
+    log = worker.log_path
     producer = Conveyor(db_url)
     producer.declare("greet")
     producer.declare("flaky", retries=1)
@@ -78,8 +67,9 @@ def test_every_line_is_json_with_the_job_fields(tmp_path: Path, db_url: str, how
         assert producer.wait_sync(bad.id, timeout=WAIT).state is JobState.FAILED
     finally:
         producer.close_sync()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT) == 0
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0
+        worker.close()
 
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     assert all(isinstance(line, dict) for line in lines)

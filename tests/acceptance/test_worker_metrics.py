@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Conveyor, JobState
 
-from .helpers import WAIT, eventually
+from .helpers import WAIT, WorkerProcess, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -79,22 +80,14 @@ def value(figures: Figures, metric: str, /, **labels: str) -> float:
 def worker_with_metrics(tmp_path: Path, db_url: str) -> Iterator[tuple[int, Path]]:
     (tmp_path / "metricsapp.py").write_text(APP)
     port = free_port()
-    log = tmp_path / "worker.out"
-    env = dict(os.environ, CONVEYOR_URL=db_url, PYTHONUNBUFFERED="1")
     args = ["metricsapp:app", "--metrics-port", str(port), "--recover-interval", "0.2"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "worker", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = WorkerProcess(tmp_path, db_url, args, "worker")
     try:
-        yield port, log
+        yield port, worker.log_path
     finally:
-        proc.terminate()
-        proc.wait(timeout=WAIT)
+        worker.signal(signal.SIGTERM)
+        worker.wait()
+        worker.close()
 
 
 def test_a_worker_serves_metrics_that_move_with_its_jobs(
