@@ -40,6 +40,7 @@ from conveyor.job import (
     new_job_id,
 )
 from conveyor.locks import Locks, hold
+from conveyor.observers import JobTracer
 from conveyor.queues import QueueAdmin
 from conveyor.recurring import RecurringSchedules
 from conveyor.registry import (
@@ -109,6 +110,8 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
         self.cache = Cache(self._backend, self.portal, self.url)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
+        # Set by conveyor.tracing.instrument(app): spans for enqueues and runs.
+        self.tracing: JobTracer | None = None
         forking.track(self)  # for the fork hooks
 
     def __repr__(self) -> str:
@@ -289,7 +292,8 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
             (job,) = await self._enqueue_in(backend, connection, [new])
             return job
         self._check_fits(backend, [new])
-        (job,) = await backend.enqueue([new])
+        with self._traced([new]):
+            (job,) = await backend.enqueue([new])
         if not job.duplicate:
             self.events.emit("job.enqueued", job)
         return job
@@ -332,8 +336,9 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
         self._check_fits(backend, batch)
         size = backend.capabilities.max_batch or len(batch)
         jobs = []
-        for start in range(0, len(batch), size):
-            jobs += await backend.enqueue(batch[start : start + size])
+        with self._traced(batch):
+            for start in range(0, len(batch), size):
+                jobs += await backend.enqueue(batch[start : start + size])
         if self.events.wants("job.enqueued"):
             for job in jobs:
                 if not job.duplicate:
@@ -439,6 +444,13 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
             cutoff = time.time() - seconds
         return await backend.purge(states, cutoff, queue)
 
+    def _traced(self, jobs: Sequence[NewJob]) -> contextlib.AbstractContextManager[None]:
+        """Spans around storing `jobs` when tracing is on (their context goes
+        into each job's headers), else nothing."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        return self.tracing.enqueue(jobs)
+
     def _require(self, supported: bool, what: str) -> None:
         if not supported:
             hint = self.backend.capabilities.hint
@@ -517,6 +529,7 @@ class Conveyor(JobTypes, RecurringSchedules, QueueAdmin):
             settings_,
             retention=self.retention,
             open=self.open,
+            tracer=self.tracing,
         )
 
     async def drain(

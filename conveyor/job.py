@@ -118,6 +118,9 @@ class Job:
     token: str | None = None
     traceback: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Carried with the job from its enqueue to every run: the trace context
+    # (W3C `traceparent` / `tracestate`) of the enqueue, when tracing is on.
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_final(self) -> bool:

@@ -209,6 +209,9 @@ class NewJob:
     # from its own now: it shifts created_at and run_at by (its now -
     # created_at). Backends on the producer's host may ignore it.
     relative: bool = False
+    # JSON text of `Job.headers` (the enqueue's trace context), stored with
+    # the job and returned on every record; None: none.
+    headers: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):

@@ -71,6 +71,7 @@ from conveyor.worker.threads import HandlerThreads
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
+    from conveyor.observers import JobTracer
     from conveyor.registry import JobType
 
 logger = logging.getLogger("conveyor.worker")
@@ -91,6 +92,7 @@ class Worker(LeaseKeeping, GracefulStop):
         *,
         retention: Retention | None = None,
         open: Callable[[], Awaitable[None]] | None = None,
+        tracer: JobTracer | None = None,
     ) -> None:
         """A worker of the jobs in `registry`, on `backend`. `open` readies
         the backend before the first claim (default: `backend.open`); the
@@ -101,6 +103,7 @@ class Worker(LeaseKeeping, GracefulStop):
         self.events = events
         self.retention = retention if retention is not None else Retention()
         self._open = open if open is not None else backend.open
+        self._tracer = tracer  # a span per run (conveyor.tracing), or None
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.queues: tuple[str, ...] = settings.queues or _queues_of(self.registry)
@@ -478,6 +481,7 @@ class Worker(LeaseKeeping, GracefulStop):
             events.emit("job.started", job)
         verbose = logger.isEnabledFor(logging.INFO)  # a line per job, when asked for
         began = time.monotonic()
+        span = self._tracer.run(job) if self._tracer is not None else None
         if verbose:
             logger.info(
                 "processing job %s %s (attempt %d)",
@@ -486,7 +490,7 @@ class Worker(LeaseKeeping, GracefulStop):
                 job.attempts,
                 extra=job_fields(job, "started"),
             )
-        outcome: Outcome | None
+        outcome: Outcome | None = None
         try:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
@@ -523,6 +527,8 @@ class Worker(LeaseKeeping, GracefulStop):
                 del self._running[job.id]
             self._start_backlog()
             self._slot_freed.set()
+            if span is not None:
+                span.end(outcome if owned else None)
         if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
             outcome.elapsed = time.monotonic() - began

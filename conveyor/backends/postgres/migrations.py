@@ -152,6 +152,12 @@ CREATE TABLE {s}.schedules (
             "ALTER TABLE {s}.workers ADD COLUMN details jsonb",
         ),
     ),
+    Migration(
+        3,
+        "job headers (the enqueue's trace context)",
+        # JSON text, as the engine sent it, returned with every record.
+        ("ALTER TABLE {s}.jobs ADD COLUMN headers text",),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

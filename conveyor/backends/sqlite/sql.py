@@ -134,17 +134,19 @@ COLUMN_ADDITIONS: Final = (
     # Worker presence: concurrency and the jobs running at the latest beat
     # (JSON, as WorkerInfo.details() makes it).
     ("conveyor_workers", "details", "TEXT"),
+    # Job.headers (JSON: the enqueue's trace context), kept for every run.
+    ("conveyor_jobs", "headers", "TEXT"),
 )
 
 COLS: Final = (
     "seq, id, name, queue, payload, state, priority, max_retries, timeout, key, created_at,"
     " run_at, attempts, result, error, progress, started_at, finished_at, stalls,"
-    " cancel_requested, logs, traceback, history"
+    " cancel_requested, logs, traceback, history, headers"
 )
 
 INSERT: Final = (
     "INSERT INTO conveyor_jobs (id, name, queue, payload, state, priority, max_retries,"
-    " timeout, key, created_at, run_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " timeout, key, created_at, run_at, headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT_BY_KEYS: Final = (
     f"SELECT {COLS} FROM conveyor_jobs WHERE key IN (SELECT value FROM json_each(?1))"
