@@ -41,6 +41,7 @@ from conveyor.job import (
     new_job_id,
 )
 from conveyor.locks import Locks, hold
+from conveyor.observers import JobTracer
 from conveyor.queues import QueueAdmin
 from conveyor.recurring import RecurringSchedules
 from conveyor.registry import (
@@ -121,6 +122,8 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
         )
         self._open = False
         self._open_lock: asyncio.Lock | None = None
+        # Set by conveyor.tracing.instrument(app): spans for enqueues and runs.
+        self.tracing: JobTracer | None = None
         forking.track(self)  # for the fork hooks
 
     def __repr__(self) -> str:
@@ -307,7 +310,8 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
             (job,) = await self._enqueue_in(backend, connection, [new])
             return job
         self._check_fits(backend, [new])
-        (job,) = await backend.enqueue([new])
+        with self._traced([new]):
+            (job,) = await backend.enqueue([new])
         if not job.duplicate:
             self.events.emit("job.enqueued", job)
         return job
@@ -350,8 +354,9 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
         self._check_fits(backend, batch)
         size = backend.capabilities.max_batch or len(batch)
         jobs = []
-        for start in range(0, len(batch), size):
-            jobs += await backend.enqueue(batch[start : start + size])
+        with self._traced(batch):
+            for start in range(0, len(batch), size):
+                jobs += await backend.enqueue(batch[start : start + size])
         if self.events.wants("job.enqueued"):
             for job in jobs:
                 if not job.duplicate:
@@ -457,6 +462,13 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
             cutoff = time.time() - seconds
         return await backend.purge(states, cutoff, queue)
 
+    def _traced(self, jobs: Sequence[NewJob]) -> contextlib.AbstractContextManager[None]:
+        """Spans around storing `jobs` when tracing is on (their context goes
+        into each job's headers), else nothing."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        return self.tracing.enqueue(jobs)
+
     def _require(self, supported: bool, what: str) -> None:
         if not supported:
             hint = self.backend.capabilities.hint
@@ -535,6 +547,7 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
             settings_,
             retention=self.retention,
             open=self.open_for_work,
+            tracer=self.tracing,
         )
 
     async def open_for_work(self) -> None:

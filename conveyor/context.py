@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from conveyor.job import InvalidOptionError, Job
+from conveyor.logs import job_fields
 
 logger = logging.getLogger("conveyor.job")
 
@@ -57,7 +58,14 @@ class JobContext:
         """Keep a line on the job record (flushed with progress, heartbeat and finish)."""
         entry = {"at": time.time(), "msg": str(message), **fields}
         self._logs.append(entry)
-        logger.info("%s [%s] %s %s", self.job.name, self.job.id, message, fields or "")
+        logger.info(
+            "%s [%s] %s %s",
+            self.job.name,
+            self.job.id,
+            message,
+            fields or "",
+            extra={**job_fields(self.job, "log"), "fields": fields or None},
+        )
 
     async def progress(self, percent: float) -> None:
         """Record progress (0-100) on the job; returns once it is stored."""

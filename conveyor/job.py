@@ -138,6 +138,9 @@ class Job:
     token: str | None = None
     traceback: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Carried with the job from its enqueue to every run: the trace context
+    # (W3C `traceparent` / `tracestate`) of the enqueue, when tracing is on.
+    headers: dict[str, str] = field(default_factory=dict)
     # The version of its job type the job was enqueued with (see versions.py);
     # read from the stored payload's envelope, which this record opens.
     version: int = 1

@@ -1,4 +1,5 @@
-"""Making the worker's log lines visible when nothing else configured logging.
+"""Making the worker's log lines visible when nothing else configured logging,
+and the JSON form of its lines (`conveyor worker --log-format json`).
 
 A worker run inside a web app (a FastAPI lifespan under uvicorn, a Django
 management command, a script) often runs where nobody configured the root
@@ -10,10 +11,82 @@ handler at INFO. Logging that the application configured is never touched.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.job import Job
 
 LOGGER = "conveyor"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+
+# The fields a worker's lifecycle lines carry (as `extra=`), in the order the
+# JSON form writes them.
+JOB_FIELDS = ("event", "job_id", "job_name", "queue", "attempt", "duration", "error")
+
+
+def job_fields(
+    job: Job, event: str, duration: float | None = None, error: str | None = None
+) -> dict[str, Any]:
+    """The `extra=` of a lifecycle line about `job`: what the JSON form shows
+    as fields (duration in seconds, None where the handler did not run)."""
+    return {
+        "event": event,
+        "job_id": job.id,
+        "job_name": job.name,
+        "queue": job.queue,
+        "attempt": job.attempts,
+        "duration": None if duration is None else round(duration, 6),
+        "error": error,
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message,
+    the job fields of a lifecycle line (`job_fields`) and, for an error with
+    a traceback, `exc_info`. Log collectors (Loki, CloudWatch, Datadog) read
+    the fields as they are, with no pattern to maintain."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in JOB_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        fields = record.__dict__.get("fields")
+        if fields:  # ctx.log(msg, **fields)
+            line["fields"] = fields
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def log_format(given: str | None = None) -> str:
+    """The format asked for: `given` (a flag), else $CONVEYOR_LOG_FORMAT, else text."""
+    from conveyor.job import InvalidOptionError
+    from conveyor.settings import CONVEYOR_LOG_FORMAT
+
+    value = (given or os.environ.get(CONVEYOR_LOG_FORMAT) or "text").strip().lower()
+    if value not in LOG_FORMATS:
+        raise InvalidOptionError(
+            f"log format must be one of {', '.join(LOG_FORMATS)}, got {value!r}"
+            f" (--log-format or {CONVEYOR_LOG_FORMAT})"
+        )
+    return value
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT)
+
 
 # The loggers the worker writes through; a handler on any of them (or on an
 # ancestor, the root included) means the application chose where lines go.
@@ -28,7 +101,7 @@ def show_worker_logs_if_unconfigured() -> None:
         return
     ours = logging.getLogger(LOGGER)
     handler = logging.StreamHandler()  # stderr
-    handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.setFormatter(formatter(log_format()))
     ours.addHandler(handler)
     if ours.level == logging.NOTSET:
         # Without a level of its own the root's default (WARNING) applies.

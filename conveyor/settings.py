@@ -54,6 +54,10 @@ CONVEYOR_DEBUG = "CONVEYOR_DEBUG"
 # The shared secret Cloud Tasks' tasks carry (X-Conveyor-Secret) and the
 # endpoint (conveyor.gcp.tasks_endpoint) requires, when set.
 CONVEYOR_CLOUDTASKS_SECRET = "CONVEYOR_CLOUDTASKS_SECRET"
+# How the worker command writes log lines: "text" (default) or "json".
+CONVEYOR_LOG_FORMAT = "CONVEYOR_LOG_FORMAT"
+# The port (and host) `conveyor worker` serves Prometheus metrics on.
+CONVEYOR_METRICS_PORT = "CONVEYOR_METRICS_PORT"
 # The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
 CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
 # The servers the test suite uses (else a default local port, else one it starts).

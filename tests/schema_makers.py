@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import textwrap
 from functools import cache
 from pathlib import Path
 from tempfile import mkdtemp
 from typing import Any
 
+from conveyor.backends.postgres.migrations import LATEST as LATEST_VERSION
 from conveyor.backends.postgres.url import parse_url
 
 ENV_VAR = "CONVEYOR_TEST_POSTGRES_SCHEMA_BY"
@@ -45,23 +45,25 @@ else:
     engine.dispose()
 """
 
+# One revision per conveyor schema version, as an application adds one when
+# an upgrade of conveyor brings a migration (each pins its versions).
 ALEMBIC_REVISION = '''
-"""conveyor's job tables, schema version 1."""
+"""conveyor's job tables, schema version {version}."""
 from alembic import context, op
 
 from conveyor.contrib.alembic import downgrade_schema, upgrade_schema
 
-revision = "c0nvey0r0001"
-down_revision = None
+revision = "c0nvey0r{version:04d}"
+down_revision = {down!r}
 SCHEMA = context.config.get_main_option("conveyor_schema")
 
 
 def upgrade() -> None:
-    upgrade_schema(op, to_version=1, schema=SCHEMA)
+    upgrade_schema(op, from_version={before}, to_version={version}, schema=SCHEMA)
 
 
 def downgrade() -> None:
-    downgrade_schema(op, from_version=1, schema=SCHEMA)
+    downgrade_schema(op, from_version={version}, to_version={before}, schema=SCHEMA)
 '''
 
 
@@ -71,7 +73,13 @@ def _alembic_dir() -> Path:
     (folder / "versions").mkdir()
     (folder / "env.py").write_text(ALEMBIC_ENV)
     (folder / "script.py.mako").write_text("")
-    (folder / "versions" / "c0nvey0r0001_conveyor.py").write_text(textwrap.dedent(ALEMBIC_REVISION))
+    for version in range(1, LATEST_VERSION + 1):
+        revision = ALEMBIC_REVISION.format(
+            version=version,
+            before=version - 1,
+            down=None if version == 1 else f"c0nvey0r{version - 1:04d}",
+        )
+        (folder / "versions" / f"c0nvey0r{version:04d}_conveyor.py").write_text(revision)
     return folder
 
 

@@ -209,6 +209,9 @@ class NewJob:
     # from its own now: it shifts created_at and run_at by (its now -
     # created_at). Backends on the producer's host may ignore it.
     relative: bool = False
+    # JSON text of `Job.headers` (the enqueue's trace context), stored with
+    # the job and returned on every record; None: none.
+    headers: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):
@@ -259,6 +262,9 @@ class Outcome:
     # For FAILED and SCHEDULED: the attempt ran out of its timeout, which the
     # job's history records as "timed out" rather than failed / retrying.
     timed_out: bool = False
+    # Seconds the handler ran, by the worker's monotonic clock (None: it did
+    # not run here). For events, metrics and log lines; backends ignore it.
+    elapsed: float | None = None
 
 
 class LeaseStatus(enum.StrEnum):

@@ -80,6 +80,7 @@ class _Record:
     logs: list[dict[str, Any]] = field(default_factory=list)
     traceback: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    headers: str | None = None  # JSON text
 
     def ended(self, outcome: AttemptOutcome, at: float, error: str | None) -> None:
         """Record the end of the current attempt in the history."""
@@ -111,6 +112,7 @@ class _Record:
             duplicate=duplicate,
             traceback=self.traceback,
             history=self.history,
+            headers=self.headers,
         )
 
 
@@ -199,6 +201,7 @@ class MemoryBackend(MemoryDelivery):
                 key=new.key,
                 created_at=new.created_at,
                 run_at=new.run_at,
+                headers=new.headers,
             )
             self._jobs[rec.id] = rec
             if rec.key is not None:

@@ -46,6 +46,7 @@ def stored_job(
     token: ClaimToken | None = None,
     traceback: str | None = None,
     history: str | list[dict[str, Any]] | None = None,
+    headers: str | dict[str, str] | None = None,
 ) -> Job:
     """A `Job` from stored fields: JSON text (`payload`, `result`, `logs`,
     `history`, empty or None meaning none), epoch seconds (None: not set).
@@ -79,7 +80,18 @@ def stored_job(
         token=token,
         traceback=traceback or None,
         history=[_entry(stored) for stored in history] if history else [],
+        headers=decode_headers(headers),
     )
+
+
+def decode_headers(headers: str | dict[str, str] | None) -> dict[str, str]:
+    """`Job.headers` from its stored JSON text (None or empty: none)."""
+    if not headers:
+        return {}
+    if isinstance(headers, dict):
+        return dict(headers)
+    found: dict[str, str] = decode_json(headers)
+    return found
 
 
 def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
@@ -109,6 +121,7 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
         logs,
         traceback,
         history,
+        headers,
     ) = row
     return stored_job(
         id=job_id,
@@ -134,6 +147,7 @@ def row_to_job(row: Sequence[Any], duplicate: bool = False) -> Job:
         duplicate=duplicate,
         traceback=traceback,
         history=history,
+        headers=headers,
     )
 
 
@@ -222,6 +236,7 @@ def new_job(
         run_at=created_utc if due == created else utc(due),
         timeout=new.timeout,
         duplicate=duplicate,
+        headers=decode_headers(new.headers),
     )
 
 

@@ -9,7 +9,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -19,13 +20,16 @@ from conveyor.app import Conveyor
 from conveyor.cli.core import CliError, options
 from conveyor.cli.job_types import discover_option, discover_packages
 from conveyor.cli.loading import load_app_with_url
+from conveyor.logs import LOG_FORMATS, JsonFormatter, log_format
 from conveyor.settings import (
     CONVEYOR_BURST,
     CONVEYOR_CONCURRENCY,
     CONVEYOR_HEARTBEAT_INTERVAL,
     CONVEYOR_LEASE,
+    CONVEYOR_LOG_FORMAT,
     CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_MAX_STALLED,
+    CONVEYOR_METRICS_PORT,
     CONVEYOR_POLL_INTERVAL,
     CONVEYOR_PREFETCH,
     CONVEYOR_QUEUES,
@@ -35,6 +39,9 @@ from conveyor.settings import (
     split_queues,
 )
 from conveyor.worker import Worker
+
+if TYPE_CHECKING:
+    from conveyor.metrics import Metrics
 
 logger = logging.getLogger("conveyor.cli")
 
@@ -131,6 +138,28 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     show_default=True,
     help="Show log lines of this level and above.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    envvar=CONVEYOR_LOG_FORMAT,
+    help="text, or json: one JSON object per line, with job id, name, queue, attempt and "
+    f"duration on job lines [env {CONVEYOR_LOG_FORMAT}; default text].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    envvar=CONVEYOR_METRICS_PORT,
+    metavar="N",
+    help="Serve Prometheus metrics on this port at /metrics (needs the metrics extra) "
+    f"[env {CONVEYOR_METRICS_PORT}; default: none].",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="The address the metrics server listens on (0.0.0.0: every interface).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -149,6 +178,9 @@ def worker(
     burst: bool | None,
     discover: tuple[str, ...],
     log_level: str,
+    log_format: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker for the Conveyor app at MODULE:APP until SIGTERM/SIGINT
     (with --burst: until nothing is due).
@@ -175,9 +207,15 @@ def worker(
         "burst": burst,
     }
     the_worker = app.worker(**settings)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     if discovered:
         logger.info("discovered %d module(s): %s", len(discovered), ", ".join(discovered))
+    metrics = None
+    if metrics_port is not None:
+        from conveyor.metrics import Metrics
+
+        metrics = Metrics(app)
+        metrics.watch(the_worker)
     logger.info(
         "conveyor %s: worker for %s, job types: %s; queues: %s",
         __version__,
@@ -185,14 +223,33 @@ def worker(
         ", ".join(sorted(the_worker.names)) or "none with a handler",
         ", ".join(the_worker.queues),
     )
-    asyncio.run(_serve(app, the_worker))
+    asyncio.run(_serve(app, the_worker, metrics, metrics_port, metrics_host))
     _exit_if_job_threads_stuck()
 
 
-async def _serve(app: Conveyor, the_worker: Worker) -> None:
+async def _serve(
+    app: Conveyor,
+    the_worker: Worker,
+    metrics: Metrics | None = None,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    stop_serving: Callable[[], None] | None = None
+    refresher: asyncio.Task[None] | None = None
     try:
+        if metrics is not None and port is not None:
+            try:
+                stop_serving = metrics.serve(port, host)
+            except OSError as exc:
+                raise CliError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+            logger.info("metrics at http://%s:%d/metrics", host, port)
+            refresher = asyncio.create_task(metrics.keep_refreshed(), name="conveyor-metrics")
         await the_worker.run()
     finally:
+        if refresher is not None:
+            refresher.cancel()
+        if stop_serving is not None:
+            stop_serving()
         # Closing lets the backend finish queued writes and release its
         # connection and thread before asyncio.run tears the loop down.
         await app.close()
@@ -205,9 +262,12 @@ def _split_queues(raw: str) -> tuple[str, ...]:
         raise CliError(f"--queues needs at least one queue name, got {raw!r}") from None
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, fmt: str | None = None) -> None:
     handler: logging.Handler
-    if sys.stderr.isatty():
+    if log_format(fmt) == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+    elif sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(console=Console(stderr=True), show_path=False, log_time_format="[%X]")

@@ -34,6 +34,7 @@ from conveyor.codec import decode_json, encode_json
 from conveyor.context import JobContext
 from conveyor.events import EventBus
 from conveyor.job import HISTORY_LIMIT, InvalidPayloadError, Job, JobState, attempt_entry, utc
+from conveyor.logs import job_fields
 from conveyor.outage import Outage
 
 if TYPE_CHECKING:
@@ -342,6 +343,7 @@ class Acknowledgements:
                     job.id,
                     outcome.error,
                     _indented(outcome.traceback),
+                    extra=job_fields(job, "failed", outcome.elapsed, outcome.error),
                 )
             elif kind is OutcomeKind.SCHEDULED:
                 logger.warning(
@@ -351,10 +353,19 @@ class Acknowledgements:
                     job.attempts,
                     outcome.error,
                     _indented(outcome.traceback),
+                    extra=job_fields(job, "retrying", outcome.elapsed, outcome.error),
+                )
+            elif kind is OutcomeKind.CANCELLED:
+                logger.info(
+                    "job %s %s cancelled",
+                    job.name,
+                    job.id,
+                    extra=job_fields(job, "cancelled", outcome.elapsed),
                 )
             name = _EVENT_OF[kind]
             if name is not None and events.wants(name):
-                events.emit(name, _finished_view(job, outcome))
+                # `duration`: seconds the handler ran (metrics read it).
+                events.emit(name, _finished_view(job, outcome), duration=outcome.elapsed)
 
 
 # Where an applied outcome leaves its job (a due retry is queued at once). A

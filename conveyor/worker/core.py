@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from conveyor.job import (
     InvalidOptionError,
     Job,
 )
-from conveyor.logs import show_worker_logs_if_unconfigured
+from conveyor.logs import job_fields, show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
 from conveyor.worker.acks import (
@@ -52,7 +52,12 @@ from conveyor.worker.acks import (
 from conveyor.worker.attempt import outcome_of_error
 from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
-from conveyor.worker.duties import Presence, recover_expired_leases
+from conveyor.worker.duties import (
+    Presence,
+    fire_due_schedules,
+    recover_expired_leases,
+    scheduler_loop,
+)
 from conveyor.worker.leases import LeaseKeeping
 from conveyor.worker.newer import NewerJobs
 from conveyor.worker.pauses import PauseWatch
@@ -63,6 +68,7 @@ from conveyor.worker.threads import HandlerThreads, LeaseLapsed
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
+    from conveyor.observers import JobTracer
     from conveyor.registry import JobType
 
 logger = logging.getLogger("conveyor.worker")
@@ -83,6 +89,7 @@ class Worker(LeaseKeeping, GracefulStop):
         *,
         retention: Retention | None = None,
         open: Callable[[], Awaitable[None]] | None = None,
+        tracer: JobTracer | None = None,
     ) -> None:
         """A worker of the jobs in `registry`, on `backend`. `open` readies
         the backend before the first claim (default: `backend.open`); the
@@ -93,6 +100,7 @@ class Worker(LeaseKeeping, GracefulStop):
         self.events = events
         self.retention = retention if retention is not None else Retention()
         self._open = open if open is not None else backend.open
+        self._tracer = tracer  # a span per run (conveyor.tracing), or None
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.queues: tuple[str, ...] = settings.queues or _queues_of(self.registry)
@@ -132,6 +140,7 @@ class Worker(LeaseKeeping, GracefulStop):
             self._clock,
         )
         self._presence: Presence | None = None
+        self._tally: Counter[str] = Counter()  # lease_recoveries
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
         # Jobs of a newer version of their type, held a moment (newer.py).
         self._newer = NewerJobs(self._hand_back_now, settings.lease, self._clock)
@@ -168,7 +177,7 @@ class Worker(LeaseKeeping, GracefulStop):
         )
         await self._pauses.refresh()  # no claim from a queue paused before the start
         if self.settings.burst:
-            await self._fire_due_schedules()
+            await fire_due_schedules(self.backend, self.registry, self.events, self.settings)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
@@ -180,24 +189,21 @@ class Worker(LeaseKeeping, GracefulStop):
                     self.retention,
                     self.events,
                     self.settings.recover_every,
+                    self._tally,
                 ),
                 name="conveyor-recover",
             ),
         ]
-        if self.settings.scheduler and self.backend.capabilities.recurring:
-            from conveyor.scheduler import Scheduler
-
-            scheduler = Scheduler(  # declared types' defaults count for schedules too
-                self.backend,
-                self.registry.types,
-                self.events,
-                self.settings.scheduler_interval,
-                outage=self._outage,
-            )
-            if not self.settings.burst:
-                self._loops.append(
-                    asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
-                )
+        scheduler = scheduler_loop(
+            self.backend,
+            self.registry.types,
+            self.events,
+            self.settings,
+            self._outage,
+            self._stopping,
+        )
+        if scheduler is not None:
+            self._loops.append(scheduler)
         self._loops.append(asyncio.create_task(self._pauses.keep(), name="conveyor-pauses"))
         if isinstance(self.backend, WorkerRegistry):
             self._presence = Presence(
@@ -219,18 +225,6 @@ class Worker(LeaseKeeping, GracefulStop):
             self.backend.url,
         )
 
-    async def _fire_due_schedules(self) -> None:
-        """Burst mode: one scheduler pass before the first claim, so that the
-        schedules due now run in this burst (later ticks are the next one's)."""
-        if not (self.settings.scheduler and self.backend.capabilities.recurring):
-            return
-        from conveyor.scheduler import Scheduler
-
-        try:
-            await Scheduler(self.backend, self.registry, self.events).tick()
-        except Exception as exc:
-            logger.error("scheduler pass failed (%s); schedules left due", exc)
-
     @property
     def running_jobs(self) -> list[Job]:
         return [r.job for r in self._running.values()]
@@ -251,8 +245,9 @@ class Worker(LeaseKeeping, GracefulStop):
         """This worker's figures: jobs running and prefetched now, threads of
         sync handlers still busy after their job ended (timed out, cancelled,
         lost), outcomes not yet acknowledged; and since start, jobs finished
-        (completed, failed, retrying or cancelled), handed back, and claims
-        handed back unstarted because their lease had run out."""
+        (completed, failed, retrying or cancelled), handed back, claims
+        handed back unstarted because their lease had run out, and jobs whose
+        lease expired (any worker's) that this worker's recovery took back."""
         return {
             "running": len(self._running),
             "prefetched": len(self._backlog),
@@ -261,6 +256,7 @@ class Worker(LeaseKeeping, GracefulStop):
             "finished": self._acks.finished,
             "handed_back": self._acks.handed_back,
             "stale_claims": self._claims.stale_claims,
+            "lease_recoveries": self._tally["lease_recoveries"],
         }
 
     # ------------------------------------------------------------------ claiming
@@ -500,9 +496,16 @@ class Worker(LeaseKeeping, GracefulStop):
             events.emit("job.started", job)
         verbose = logger.isEnabledFor(logging.INFO)  # a line per job, when asked for
         began = time.monotonic()
+        span = self._tracer.run(job) if self._tracer is not None else None
         if verbose:
-            logger.info("processing job %s %s (attempt %d)", job.name, job.id, job.attempts)
-        outcome: Outcome | None
+            logger.info(
+                "processing job %s %s (attempt %d)",
+                job.name,
+                job.id,
+                job.attempts,
+                extra=job_fields(job, "started"),
+            )
+        outcome: Outcome | None = None
         try:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
@@ -528,11 +531,19 @@ class Worker(LeaseKeeping, GracefulStop):
                 del self._running[job.id]
             self._start_backlog()
             self._slot_freed.set()
+            if span is not None:
+                span.end(outcome if owned else None)
         if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
+            outcome.elapsed = time.monotonic() - began
             if verbose and outcome.kind is OutcomeKind.COMPLETED:
-                elapsed = (time.monotonic() - began) * 1000
-                logger.info("job %s %s completed in %.0f ms", job.name, job.id, elapsed)
+                logger.info(
+                    "job %s %s completed in %.0f ms",
+                    job.name,
+                    job.id,
+                    outcome.elapsed * 1000,
+                    extra=job_fields(job, "completed", outcome.elapsed),
+                )
             self._ack(outcome, job)
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:

@@ -1,6 +1,7 @@
 """A worker's periodic duties that need none of its running jobs: recovering
-expired leases (of every worker's jobs, not only its own) and recording its
-presence for `app.workers()` and `conveyor stats`."""
+expired leases (of every worker's jobs, not only its own), recording its
+presence for `app.workers()` and `conveyor stats`, and firing recurring
+schedules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import (
     Backend,
@@ -20,8 +23,12 @@ from conveyor.backends.base import (
 )
 from conveyor.events import EventBus
 from conveyor.job import Job, JobState
+from conveyor.logs import job_fields
 from conveyor.outage import Outage
 from conveyor.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from conveyor.registry import JobType
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -38,8 +45,10 @@ async def recover_expired_leases(
     retention: Retention,
     events: EventBus,
     every: float,
+    tally: Counter[str],
 ) -> None:
-    """Requeue (or fail, past `max_stalled`) jobs whose lease expired, forever."""
+    """Requeue (or fail, past `max_stalled`) jobs whose lease expired, forever,
+    counting them in `tally["lease_recoveries"]`."""
     while True:
         sent_at = outage.clock()
         try:
@@ -50,13 +59,23 @@ async def recover_expired_leases(
             recovered = []
         else:
             outage.answered(sent_at)
+        tally["lease_recoveries"] += len(recovered)
         for job in recovered:
             if job.state is JobState.FAILED:
-                logger.error("job %s %s failed: %s", job.name, job.id, job.error)
+                logger.error(
+                    "job %s %s failed: %s",
+                    job.name,
+                    job.id,
+                    job.error,
+                    extra=job_fields(job, "failed", error=job.error),
+                )
                 events.emit("job.failed", job)
             else:
                 logger.warning(
-                    "job %s %s: its worker's lease expired; queued again", job.name, job.id
+                    "job %s %s: its worker's lease expired; queued again",
+                    job.name,
+                    job.id,
+                    extra=job_fields(job, "stalled"),
                 )
         await asyncio.sleep(every)
 
@@ -120,3 +139,37 @@ class Presence:
 
     async def gone(self) -> None:
         await self._registry.worker_gone(self._id)
+
+
+def scheduler_loop(
+    backend: Backend,
+    types: Mapping[str, JobType[Any]],
+    events: EventBus,
+    settings: WorkerSettings,
+    outage: Outage,
+    stopping: asyncio.Event,
+) -> asyncio.Task[None] | None:
+    """The scheduler of a worker that runs one (not in burst mode), started."""
+    if not (settings.scheduler and backend.capabilities.recurring) or settings.burst:
+        return None
+    from conveyor.scheduler import Scheduler
+
+    scheduler = Scheduler(  # declared types' defaults count for schedules too
+        backend, types, events, settings.scheduler_interval, outage=outage
+    )
+    return asyncio.create_task(scheduler.run(stopping), name="conveyor-scheduler")
+
+
+async def fire_due_schedules(
+    backend: Backend, types: Mapping[str, JobType[Any]], events: EventBus, settings: WorkerSettings
+) -> None:
+    """Burst mode: one scheduler pass before the first claim, so that the
+    schedules due now run in this burst (later ticks are the next one's)."""
+    if not (settings.scheduler and backend.capabilities.recurring):
+        return
+    from conveyor.scheduler import Scheduler
+
+    try:
+        await Scheduler(backend, types, events).tick()
+    except Exception as exc:
+        logger.error("scheduler pass failed (%s); schedules left due", exc)

@@ -69,9 +69,16 @@ class WorkerProcess:
     """`python -m conveyor worker ...` as a child process, output kept in a file
     (a pipe nobody reads could fill up and block the worker)."""
 
-    def __init__(self, cwd: Path, url: str, args: Sequence[str], name: str) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        url: str,
+        args: Sequence[str],
+        name: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = cwd / f"{name}.out"
-        env = dict(os.environ, CONVEYOR_URL=url, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, CONVEYOR_URL=url, PYTHONUNBUFFERED="1", **(env or {}))
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             conveyor_command("worker", *args),

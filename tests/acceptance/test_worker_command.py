@@ -23,11 +23,13 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Conveyor, Any]]:
     """What the worker command would have run: (app, worker) per invocation."""
     seen: list[tuple[Conveyor, Any]] = []
 
-    async def fake_serve(app: Conveyor, worker: Any) -> None:
+    async def fake_serve(app: Conveyor, worker: Any, *metrics: Any) -> None:
         seen.append((app, worker))
 
     monkeypatch.setattr(conveyor.cli.worker_command, "_serve", fake_serve)
-    monkeypatch.setattr(conveyor.cli.worker_command, "_configure_logging", lambda level: None)
+    monkeypatch.setattr(
+        conveyor.cli.worker_command, "_configure_logging", lambda level, fmt=None: None
+    )
     return seen
 
 

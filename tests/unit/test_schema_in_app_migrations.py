@@ -27,6 +27,7 @@ import pytest
 import schema_makers
 from test_postgres_schema import catalog
 
+import conveyor.contrib.django
 from conveyor import Conveyor, JobState
 
 pytestmark = pytest.mark.postgres
@@ -268,3 +269,15 @@ def test_the_conformance_suite_passes_on_a_schema_made_by(
     summary = done.stdout.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
     assert passed is not None and int(passed.group(1)) >= 80, summary
+
+
+def test_every_conveyor_migration_has_a_django_migration_and_a_removal() -> None:
+    """A migration added to the backend without its Django migration leaves
+    Django projects behind (the backend, with migrate=false, refuses their
+    schema); one without a removal breaks their downgrade."""
+    from conveyor.backends.postgres.migrations import LATEST, MIGRATIONS, REMOVALS
+
+    folder = Path(conveyor.contrib.django.__file__).parent / "migrations"
+    django = sorted(p.name for p in folder.glob("0*.py"))
+    assert len(django) == LATEST, django
+    assert sorted(REMOVALS) == [m.version for m in MIGRATIONS]

@@ -72,7 +72,7 @@ def test_the_dry_run_of_an_older_file_prints_its_upgrade(tmp_path: Path) -> None
     run(url)
     current = columns(path)
     db = sqlite3.connect(path)
-    for column in ("traceback", "history"):  # back to the version 2 table
+    for column in ("headers", "traceback", "history"):  # back to the version 2 table
         db.execute(f"ALTER TABLE conveyor_jobs DROP COLUMN {column}")
     db.execute("UPDATE conveyor_meta SET value = '2' WHERE key = 'schema_version'")
     db.commit()
@@ -80,6 +80,7 @@ def test_the_dry_run_of_an_older_file_prints_its_upgrade(tmp_path: Path) -> None
     printed = run(url, "--dry-run")
     assert "upgrade from version 2" in printed
     assert "ADD COLUMN traceback" in printed and "ADD COLUMN token" not in printed
+    assert "ADD COLUMN headers" in printed  # added since, without a version
     assert "applied migration(s) 3" in run(url)
     assert columns(path) == current
 

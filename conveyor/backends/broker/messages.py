@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from conveyor.backends.base import NewJob
+from conveyor.backends.records import decode_headers
 from conveyor.job import Job, JobState, utc
 
 VERSION: Final = 1
@@ -59,6 +60,8 @@ def job_body(new: NewJob, attempts: int = 0, count_receives: bool = True) -> str
             "created_at": new.created_at,
             "run_at": new.run_at,
             "attempts": attempts,
+            # The enqueue's trace context (Job.headers), when there is one.
+            **({"headers": json.loads(new.headers)} if new.headers else {}),
         }
     )
     # The payload is JSON text already: spliced in, not decoded and encoded again.
@@ -105,6 +108,7 @@ def bare_job(data: dict[str, Any], receives: int, token: str, now: float | None 
         started_at=utc(now),
         timeout=data.get("timeout"),
         token=token,
+        headers=decode_headers(data.get("headers")),
     )
 
 
@@ -127,4 +131,5 @@ def enqueued_record(new: NewJob, state: JobState, run_at: float) -> Job:
         created_at=utc(new.created_at),
         run_at=utc(run_at),
         timeout=new.timeout,
+        headers=decode_headers(new.headers),
     )

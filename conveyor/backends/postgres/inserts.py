@@ -41,6 +41,7 @@ async def insert(q: Statements, conn: Any, jobs: Sequence[NewJob]) -> list[Job]:
             n.created_at,
             n.run_at,
             n.relative,
+            n.headers,
         ]
         for n in store
     ]

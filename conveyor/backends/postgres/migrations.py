@@ -154,6 +154,12 @@ CREATE TABLE {s}.schedules (
             "ALTER TABLE {s}.workers ADD COLUMN details jsonb",
         ),
     ),
+    Migration(
+        3,
+        "job headers (the enqueue's trace context)",
+        # JSON text, as the engine sent it, returned with every record.
+        ("ALTER TABLE {s}.jobs ADD COLUMN headers text",),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
@@ -167,6 +173,11 @@ REMOVALS: Final = {
         "DROP TABLE IF EXISTS {s}.jobs, {s}.schedules, {s}.locks, {s}.cache, {s}.workers",
         "DROP FUNCTION IF EXISTS {s}.notify_new_jobs()",
     ),
+    2: (
+        "DROP TABLE IF EXISTS {s}.paused_queues",
+        "ALTER TABLE {s}.workers DROP COLUMN IF EXISTS details",
+    ),
+    3: ("ALTER TABLE {s}.jobs DROP COLUMN IF EXISTS headers",),
 }
 
 

@@ -20,7 +20,7 @@ NOW: Final = "coalesce(%(now)s::float8, extract(epoch FROM statement_timestamp()
 COLS: Final = (
     "seq, id, name, queue, payload, state, priority, max_retries, timeout, key, created_at,"
     " run_at, attempts, result, error, progress, started_at, finished_at, stalls,"
-    " cancel_requested, logs, traceback, history"
+    " cancel_requested, logs, traceback, history, headers"
 )
 # The type of each of COLS, in order (to pad rows that carry other data).
 COL_TYPES: Final = (
@@ -47,6 +47,7 @@ COL_TYPES: Final = (
     "jsonb",
     "text",
     "jsonb",
+    "text",
 )
 # A statement of the worker's (claims, heartbeats, acknowledgements) commits
 # without waiting for the WAL flush when %(commit)s is 'off': a setting local
@@ -103,6 +104,7 @@ INSERT_FIELDS: Final = (
     ("created", "float8"),
     ("due", "float8"),
     ("relative", "boolean"),
+    ("headers", "text"),
 )
 OUTCOME_FIELDS: Final = (
     ("id", "text"),
@@ -168,9 +170,9 @@ new AS (
     FROM ({rows_of(INSERT_FIELDS)}) AS n, now
 )
 INSERT INTO {self.s}.jobs AS j (id, name, queue, payload, state, priority, max_retries,
-                                 timeout, key, created_at, run_at)
+                                 timeout, key, created_at, run_at, headers)
 SELECT id, name, queue, payload, CASE WHEN r > t THEN 'scheduled' ELSE 'queued' END, priority,
-       max_retries, timeout, key, c, r
+       max_retries, timeout, key, c, r, headers
 FROM new ORDER BY ord
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 RETURNING j.id, j.state, j.created_at, j.run_at"""

@@ -115,6 +115,8 @@ class RedisBackend(RedisStores):
                     0,
                     "cancel_requested",
                     0,
+                    "headers",
+                    new.headers or "",
                 )
             )
             if queued:

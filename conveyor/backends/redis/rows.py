@@ -41,6 +41,7 @@ FIELDS = (
     "cancel_requested",
     "traceback",
     "history",
+    "headers",
 )
 LEASE_STATUS = {0: LeaseStatus.LOST, 1: LeaseStatus.HELD, 2: LeaseStatus.CANCEL}
 
@@ -78,6 +79,7 @@ def row_to_job(values: Sequence[Any], duplicate: bool = False) -> Job:
         cancel_requested,
         traceback,
         history,
+        headers,
     ) = values
     return stored_job(
         id=job_id,
@@ -103,6 +105,7 @@ def row_to_job(values: Sequence[Any], duplicate: bool = False) -> Job:
         duplicate=duplicate,
         traceback=traceback,
         history=history,
+        headers=headers,
     )
 
 
@@ -136,6 +139,7 @@ def jobs_json(jobs: Sequence[NewJob]) -> str:
                 repr(new.created_at),
                 repr(new.run_at),
                 "1" if new.relative else "",
+                new.headers or "",
             )
             for new in jobs
         ],

@@ -70,6 +70,7 @@ def insert(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> tupl
                 key,
                 new.created_at,
                 new.run_at,
+                new.headers,
             )
         )
         out.append(new_job_record(new, state))

@@ -48,7 +48,8 @@ CREATE TABLE conveyor_jobs (
                             -- stops running) so that a claim made by a release that
                             -- knows no tokens never inherits a stale one
     traceback        TEXT,  -- of the failure the error column describes
-    history          TEXT NOT NULL DEFAULT '[]'  -- JSON array: the last attempts
+    history          TEXT NOT NULL DEFAULT '[]',  -- JSON array: the last attempts
+    headers          TEXT  -- JSON: the trace context of the enqueue (COLUMN_ADDITIONS)
     -- No commas or semicolons in these comments: ALTER TABLE DROP COLUMN (tests make
     -- older tables with it) takes one for the end of the column before.
 );
@@ -128,25 +129,28 @@ SCHEMA_ADDITIONS: Final = (
     " queue TEXT PRIMARY KEY, paused_at REAL NOT NULL) WITHOUT ROWID",
 )
 
-# Columns added since to tables of SCHEMA_ADDITIONS, as (table, column,
-# definition): a table created now has them, an older one gets them on open
+# Columns added since to existing tables, as (table, column, definition),
+# without a schema version (so that an older conveyor still opens the file):
+# a table created now has them, an older one gets them on open
 # (SQLite has no ADD COLUMN IF NOT EXISTS); an older conveyor names its
 # columns and leaves these at their default.
 COLUMN_ADDITIONS: Final = (
     # Worker presence: concurrency and the jobs running at the latest beat
     # (JSON, as WorkerInfo.details() makes it).
     ("conveyor_workers", "details", "TEXT"),
+    # Job.headers (JSON: the enqueue's trace context), kept for every run.
+    ("conveyor_jobs", "headers", "TEXT"),
 )
 
 COLS: Final = (
     "seq, id, name, queue, payload, state, priority, max_retries, timeout, key, created_at,"
     " run_at, attempts, result, error, progress, started_at, finished_at, stalls,"
-    " cancel_requested, logs, traceback, history"
+    " cancel_requested, logs, traceback, history, headers"
 )
 
 INSERT: Final = (
     "INSERT INTO conveyor_jobs (id, name, queue, payload, state, priority, max_retries,"
-    " timeout, key, created_at, run_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " timeout, key, created_at, run_at, headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT_BY_KEYS: Final = (
     f"SELECT {COLS} FROM conveyor_jobs WHERE key IN (SELECT value FROM json_each(?1))"

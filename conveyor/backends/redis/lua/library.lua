@@ -6,7 +6,7 @@
 local P = ARGV[1]
 local FIELDS = {"name", "queue", "payload", "state", "attempts", "max_retries", "priority",
   "key", "result", "error", "progress", "created_at", "run_at", "started_at", "finished_at",
-  "timeout", "logs", "stalls", "cancel_requested", "traceback", "history"}
+  "timeout", "logs", "stalls", "cancel_requested", "traceback", "history", "headers"}
 -- job.py's HISTORY_LIMIT: the attempts a job's history keeps.
 local HISTORY_LIMIT = 20
 -- A ready score orders by priority, then due time in milliseconds since
@@ -244,7 +244,7 @@ local function insert(jobs, now_text)
       redis.call("HSET", jkey(id), "name", j[2], "queue", queue, "payload", j[4],
         "state", state, "priority", priority, "max_retries", j[6], "timeout", j[7],
         "key", ukey, "created_at", created_at, "run_at", run_at, "attempts", 0, "progress", 0,
-        "stalls", 0, "cancel_requested", 0)
+        "stalls", 0, "cancel_requested", 0, "headers", j[12])
       if ukey ~= "" then
         redis.call("HSET", P .. ":keys", ukey, id)
         redis.call("HSET", P .. ":keyof", id, ukey)
