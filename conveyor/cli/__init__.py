@@ -13,7 +13,7 @@ import click
 
 from conveyor import __version__
 from conveyor.app import DEFAULT_URL
-from conveyor.cli import admin, migrate, tools, worker_command
+from conveyor.cli import admin, dashboard_command, migrate, tools, worker_command
 from conveyor.cli.core import CliError, ConveyorGroup, Options, describe
 from conveyor.cli.loading import load_app
 from conveyor.settings import CONVEYOR_DEBUG, CONVEYOR_URL
@@ -57,6 +57,7 @@ cli.add_command(admin.retry)
 cli.add_command(admin.purge)
 cli.add_command(admin.recurring)
 cli.add_command(migrate.migrate)
+cli.add_command(dashboard_command.dashboard)
 cli.add_command(tools.bench)
 cli.add_command(tools.demo)
 
