@@ -25,11 +25,16 @@ function h(tag, attrs, ...children) {
     else if (name === "style") el.style.cssText = value;
     else el.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return el;
+}
+
+// Set an element's children: nested lists flattened, null and false left out.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function svg(tag, attrs) {
@@ -67,7 +72,7 @@ async function act(path, done) {
 
 function flash(text, kind) {
   const box = document.getElementById("flash");
-  box.replaceChildren(h("div", { className: kind, "data-flash": kind }, text));
+  fill(box, h("div", { className: kind, "data-flash": kind }, text));
 }
 
 function badge(state) {
@@ -123,14 +128,14 @@ async function loadSession() {
 function drawAuth() {
   const box = document.getElementById("auth");
   if (!session.actions) {
-    box.replaceChildren(h("span", { className: "badge", "data-auth": "read-only" }, "read-only"));
+    fill(box, h("span", { className: "badge", "data-auth": "read-only" }, "read-only"));
   } else if (session.authenticated) {
     const out = async () => {
       await api("logout", { method: "POST" });
       await loadSession();
       flash("Logged out.", "ok");
     };
-    box.replaceChildren(
+    fill(box,
       h("span", { "data-auth": "signed-in" }, "signed in"),
       session.login ? button("Log out", out) : null,
     );
@@ -156,9 +161,9 @@ function drawAuth() {
         }
       },
     }, input, h("button", { type: "submit" }, "Log in"));
-    box.replaceChildren(form);
+    fill(box, form);
   } else {
-    box.replaceChildren(h("span", { className: "badge" }, "basic auth"));
+    fill(box, h("span", { className: "badge" }, "basic auth"));
   }
 }
 
@@ -231,7 +236,7 @@ function overviewView() {
     frame: [h("h1", {}, "Overview"), body],
     async refresh() {
       const data = await api("overview");
-      body.replaceChildren(...(data.queues.length
+      fill(body, ...(data.queues.length
         ? data.queues.map(queueCard)
         : [h("p", { className: "muted" }, "No jobs yet.")]));
     },
@@ -247,7 +252,7 @@ function workersView() {
     async refresh() {
       const data = await api("workers");
       if (!data.supported) {
-        body.replaceChildren(h("p", { className: "muted" }, data.reason));
+        fill(body, h("p", { className: "muted" }, data.reason));
         return;
       }
       const rows = data.workers.map((w) => h("tr", { "data-worker": w.id },
@@ -261,7 +266,7 @@ function workersView() {
       const unserved = Object.entries(data.unserved || {}).flatMap(([queue, names]) =>
         Object.entries(names).map(([name, count]) => h("li", {},
           `${count} job(s) ${name} in queue ${queue}: no live worker runs them`)));
-      body.replaceChildren(
+      fill(body,
         h("table", {},
           h("thead", {}, h("tr", {}, ["Host", "PID", "Queues", "Concurrency", "Running now",
             "Up", "Last heartbeat"].map((t) => h("th", {}, t)))),
@@ -334,9 +339,9 @@ function jobsView(params) {
         "Created", "Run at", "Finished", "Error", ""].map((t) => h("th", {}, t)))), tbody), pager],
     async refresh() {
       const data = await api(`jobs${query({ ...filters, limit: String(limit), offset: String(offset) })}`);
-      tbody.replaceChildren(...(data.jobs.length ? data.jobs.map(jobRow)
+      fill(tbody, ...(data.jobs.length ? data.jobs.map(jobRow)
         : [h("tr", {}, h("td", { colspan: 10, className: "muted" }, "No jobs match."))]));
-      pager.replaceChildren(
+      fill(pager,
         offset > 0 ? h("a", { href: page(Math.max(0, offset - limit)) }, "← newer") : "",
         h("span", { className: "muted" },
           data.jobs.length ? `${offset + 1}–${offset + data.jobs.length}` : ""),
@@ -384,7 +389,7 @@ function jobView(id) {
         job = await api(`jobs/${encodeURIComponent(id)}`);
       } catch (error) {
         if (error.status !== 404) throw error;
-        body.replaceChildren(h("h1", {}, "No such job"), h("p", { className: "muted" }, error.message));
+        fill(body, h("h1", {}, "No such job"), h("p", { className: "muted" }, error.message));
         return;
       }
       const fields = [
@@ -403,7 +408,7 @@ function jobView(id) {
         return h("tr", {}, h("td", {}, when(epoch(at))), h("td", {}, msg),
           h("td", { className: "mono" }, Object.keys(rest).length ? JSON.stringify(rest) : ""));
       });
-      body.replaceChildren(
+      fill(body,
         h("div", { className: "toolbar" }, h("h1", { className: "mono" }, job.id), badge(job.state),
           h("span", { style: "flex:1" }), jobActions(job)),
         h("div", { className: "panel" },
@@ -438,7 +443,7 @@ function recurringView() {
         .map((t) => h("th", {}, t)))), tbody)],
     async refresh() {
       const schedules = await api("recurring");
-      tbody.replaceChildren(...(schedules.length ? schedules.map((s) => {
+      fill(tbody, ...(schedules.length ? schedules.map((s) => {
         const name = encodeURIComponent(s.name);
         const buttons = session.actions ? [
           s.enabled
@@ -494,7 +499,7 @@ async function show() {
     link.classList.toggle("active", link.dataset.nav === nav);
   }
   current = view;
-  document.getElementById("main").replaceChildren(...view.frame.filter(Boolean));
+  fill(document.getElementById("main"), ...view.frame.filter(Boolean));
   await refresh();
 }
 
@@ -505,7 +510,7 @@ async function start() {
     flash(`Cannot reach the dashboard's API: ${error.message}`, "error");
   }
   window.addEventListener("hashchange", () => {
-    document.getElementById("flash").replaceChildren();
+    fill(document.getElementById("flash"));
     show();
   });
   await show();
