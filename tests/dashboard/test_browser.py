@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,10 +78,18 @@ def wait_until_up(url: str, server: Child) -> None:
             time.sleep(0.1)
 
 
+@dataclass
+class Site:
+    base: str  # the dashboard's URL
+    producer: Conveyor  # an app of the test's own, to enqueue and look
+    app_dir: Path  # where webapp.py is
+    worker: Child
+
+
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[str, Conveyor, Path]]:
-    """(dashboard URL, a producer app, the app's directory): a worker and the
-    dashboard server run as processes of their own."""
+def site(tmp_path: Path) -> Iterator[Site]:
+    """A worker and the dashboard server, processes of their own, over one
+    SQLite file."""
     (tmp_path / "webapp.py").write_text(APP_SOURCE)
     url = f"sqlite:///{tmp_path}/jobs.db"
     env = dict(os.environ, CONVEYOR_URL=url, CONVEYOR_DASHBOARD_TOKEN=TOKEN)
@@ -99,17 +108,21 @@ def site(tmp_path: Path) -> Iterator[tuple[str, Conveyor, Path]]:
         base = f"http://127.0.0.1:{port}/"
         wait_until_up(base, server)
         worker.wait_for(" started: ")
-        yield base, producer, tmp_path
+        yield Site(base, producer, tmp_path, worker)
     finally:
         for child in (worker, server):
             child.stop()
         blocking(producer.close_sync)
 
 
-def test_a_failed_job_is_retried_from_the_page(
-    browser: Any, site: tuple[str, Conveyor, Path]
-) -> None:
-    base, producer, app_dir = site
+def log_in(page: Any) -> None:
+    page.locator('[data-auth="login"] input').fill(TOKEN)
+    page.locator('[data-auth="login"] button').click()
+    page.locator('[data-auth="signed-in"]').wait_for()
+
+
+def test_a_failed_job_is_retried_from_the_page(browser: Any, site: Site) -> None:
+    base, producer, app_dir = site.base, site.producer, site.app_dir
     for rows in range(2, 6):
         blocking(producer.enqueue_sync, "report.build", {"rows": rows})
     blocking(producer.enqueue_sync, "report.build", {"rows": 9}, delay=3600)
@@ -161,13 +174,64 @@ def test_a_failed_job_is_retried_from_the_page(
     page.locator('[data-flash="error"]').filter(has_text="Login refused").wait_for()
 
     # Logged in, retry makes it complete; the page follows without a reload.
-    page.locator('[data-auth="login"] input').fill(TOKEN)
-    page.locator('[data-auth="login"] button').click()
-    page.locator('[data-auth="signed-in"]').wait_for()
+    log_in(page)
     (app_dir / "mail-server-up").write_text("")
     page.locator('[data-action="retry"]').click()
     page.locator('[data-flash="ok"]').wait_for()
     page.locator('h1 + [data-state="completed"]').wait_for()
     assert blocking(producer.get_job_sync, failing.id).state is JobState.COMPLETED  # type: ignore[union-attr]
     assert page.locator("[data-traceback]").count() == 0
+    page.close()
+
+
+def test_lists_workers_and_schedules_from_the_page(browser: Any, site: Site) -> None:
+    producer = site.producer
+    later = [
+        blocking(producer.enqueue_sync, "report.build", {"rows": n}, delay=3600, key=f"r{n}")
+        for n in range(30)
+    ]
+    blocking(producer.recurring_sync, "hourly-report", "report.build", {"rows": 7}, every=3600)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(site.base)
+    log_in(page)
+
+    # Workers: the worker process, live.
+    page.locator('a[data-nav="workers"]').click()
+    row = page.locator("[data-worker]")
+    row.wait_for()
+    assert str(site.worker.proc.pid) in row.inner_text()
+
+    # Job lists: paged, filtered by the form, found by key and by id.
+    page.goto(site.base + "#/jobs?state=scheduled")
+    page.locator(f'[data-job="{later[-1].id}"]').wait_for()  # newest first
+    assert page.locator("[data-job]").count() == 25
+    page.locator('[data-page="next"]').click()
+    page.locator(f'[data-job="{later[0].id}"]').wait_for()
+    assert page.locator("[data-job]").count() == 5
+    page.locator('[data-form="filters"] input[name="key"]').fill("r7")
+    page.locator('[data-form="filters"] button').click()
+    page.locator(f'[data-job="{later[7].id}"]').wait_for()
+    assert page.locator("[data-job]").count() == 1
+    # Cancel a scheduled job from the list.
+    page.locator(f'[data-job="{later[7].id}"] [data-action="cancel"]').click()
+    page.locator('[data-flash="ok"]').wait_for()
+    assert blocking(producer.get_job_sync, later[7].id).state is JobState.CANCELLED
+    page.locator('[data-form="search"] input').fill(later[3].id)
+    page.locator('[data-form="search"] button').click()
+    page.locator('h1 + [data-state="scheduled"]').wait_for()
+
+    # Recurring: disable, enable, run now; the job it enqueues runs.
+    page.locator('a[data-nav="recurring"]').click()
+    schedule = page.locator('[data-schedule="hourly-report"]')
+    schedule.locator('[data-action="disable"]').click()
+    schedule.locator('[data-action="enable"]').wait_for()
+    assert blocking(producer.get_recurring_sync, "hourly-report").enabled is False
+    schedule.locator('[data-action="enable"]').click()
+    schedule.locator('[data-action="disable"]').wait_for()
+    schedule.locator('[data-action="run"]').click()
+    ran = page.locator('[data-flash="ok"]').filter(has_text="enqueued")
+    ran.wait_for()
+    job_id = ran.inner_text().split("job ")[1].split()[0]
+    assert blocking(producer.wait_sync, job_id, timeout=20).result == {"rows": 7}
     page.close()
