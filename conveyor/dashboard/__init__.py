@@ -16,9 +16,14 @@ needs no web framework. Layout:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from conveyor.dashboard.auth import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
+from conveyor.dashboard.auth import (
+    CONVEYOR_DASHBOARD_BASIC_AUTH,
+    CONVEYOR_DASHBOARD_TOKEN,
+    Access,
+    Gate,
+)
 from conveyor.dashboard.core import Dashboard, DashboardError, JobQuery
 from conveyor.dashboard.redact import DEFAULT_FIELDS, Redaction
 
@@ -48,12 +53,19 @@ def create_app(
     actions: bool | None = None,
     redact: RedactRules = ...,
 ) -> Starlette:
-    """The dashboard of `app` as an ASGI app (see conveyor/dashboard/asgi.py)."""
+    """The dashboard of `app` as an ASGI app (Starlette), to mount or serve.
+
+    `token` (else $CONVEYOR_DASHBOARD_TOKEN) and `basic_auth` ((user,
+    password), else $CONVEYOR_DASHBOARD_BASIC_AUTH) are who may act; without
+    either the dashboard is read-only. `actions=False` keeps it read-only
+    anyway. `redact` maps job names (or "*" for all) to payload fields never
+    shown; the default hides common secret names (redact.py), None shows all.
+    """
+    gate = Gate(Access.build(token, basic_auth, actions))  # bad settings fail before the import
     try:
-        from conveyor.dashboard import asgi
+        from conveyor.dashboard.asgi import starlette_app
     except ImportError as exc:
         raise ImportError(
             f"the dashboard needs starlette: pip install 'conveyor[dashboard]' ({exc})"
         ) from exc
-    kwargs: dict[str, Any] = {"token": token, "basic_auth": basic_auth, "actions": actions}
-    return asgi.create_app(app, redact=redact, **kwargs)
+    return starlette_app(Dashboard(app, Redaction(redact)), gate)

@@ -3,7 +3,8 @@ mount in FastAPI/Starlette: `api.mount("/jobs", create_app(app))`.
 
 Everything a request needs hangs off the objects `create_app` builds for it
 (the core `Dashboard`, the `Gate`), closed over by its routes: no module
-state, so two mounts over two apps never see each other's.
+state, so two mounts over two apps never see each other's. Only this module
+and server.py import starlette.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,20 +22,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from conveyor.dashboard.auth import (
-    CSRF_HEADER,
-    SESSION_COOKIE,
-    Access,
-    Credentials,
-    Gate,
-    Refusal,
-)
+from conveyor.dashboard.auth import CSRF_HEADER, SESSION_COOKIE, Credentials, Gate, Refusal
 from conveyor.dashboard.core import Dashboard, DashboardError, JobQuery
-from conveyor.dashboard.redact import Redaction, RedactRules
 from conveyor.job import ConveyorError, NotSupportedError
-
-if TYPE_CHECKING:
-    from conveyor.app import Conveyor
 
 logger = logging.getLogger("conveyor.dashboard")
 
@@ -42,24 +32,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 Handler = Callable[[Request], Awaitable[Any]]
 
 
-def create_app(
-    app: Conveyor,
-    *,
-    token: str | None = None,
-    basic_auth: tuple[str, str] | None = None,
-    actions: bool | None = None,
-    redact: RedactRules = ...,
-) -> Starlette:
-    """The dashboard of `app` as an ASGI app.
-
-    `token` (else $CONVEYOR_DASHBOARD_TOKEN) and `basic_auth` ((user,
-    password), else $CONVEYOR_DASHBOARD_BASIC_AUTH) are who may act; without
-    either the dashboard is read-only. `actions=False` keeps it read-only
-    anyway. `redact` maps job names (or "*" for all) to payload fields never
-    shown; the default hides common secret names (redact.py), None shows all.
-    """
-    dashboard = Dashboard(app, Redaction(redact))
-    gate = Gate(Access.build(token, basic_auth, actions))
+def starlette_app(dashboard: Dashboard, gate: Gate) -> Starlette:
+    """The routes of one dashboard (see `conveyor.dashboard.create_app`)."""
     routes = _Routes(dashboard, gate)
     starlette = Starlette(
         routes=[
