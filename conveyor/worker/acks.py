@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import time
 import traceback
@@ -77,6 +78,9 @@ class Running:
     ctx: JobContext
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    # Loop time until which the job's lease surely holds: its claim's, then
+    # each renewal's. A sync handler's thread checks it before it begins.
+    lease_until: float = math.inf
 
 
 def token_of(job: Job) -> ClaimToken:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
@@ -36,9 +37,18 @@ class ClaimLeases:
     def claimed(self, jobs: Iterable[Job], sent_at: float) -> None:
         """The backend leased `jobs` (or renewed their lease) no earlier than
         `sent_at`, the loop time the call was sent."""
-        until = sent_at + self._lease - self._margin
+        until = self.holds_until(sent_at)
         for job in jobs:
             self._until[job.id] = until
+
+    def holds_until(self, sent_at: float) -> float:
+        """Until when a lease granted or renewed by a call sent at `sent_at`
+        surely holds, leaving time for the next heartbeat to renew it."""
+        return sent_at + self._lease - self._margin
+
+    def until(self, job: Job) -> float:
+        """Until when the claim of `job`, not started yet, surely holds."""
+        return self._until.get(job.id, math.inf)
 
     def forget(self, job: Job) -> None:
         """The job started, or left the worker: its claim is no concern any more."""
@@ -53,6 +63,11 @@ class ClaimLeases:
         if until is None or now < until:
             return False
         del self._until[job.id]
+        self.lapsed(job)
+        return True
+
+    def lapsed(self, job: Job) -> None:
+        """Count and log a job handed back unstarted because its lease ran out."""
         self.stale_claims += 1
         logger.warning(
             "job %s %s handed back unstarted: its claim's lease ran out before it could start "
@@ -60,7 +75,6 @@ class ClaimLeases:
             job.name,
             job.id,
         )
-        return True
 
 
 class Deadlines:

@@ -54,7 +54,7 @@ from conveyor.worker.leases import LeaseKeeping
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
-from conveyor.worker.threads import HandlerThreads
+from conveyor.worker.threads import HandlerThreads, LeaseLapsed
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
@@ -412,9 +412,10 @@ class Worker(LeaseKeeping, GracefulStop):
             self._backlog.append(job)
             return
         assert self._loop is not None
+        lease_until = self._claims.until(job)
         self._claims.forget(job)
         ctx = JobContext(job, self._progress, self._loop)
-        running = Running(job, ctx)
+        running = Running(job, ctx, lease_until=lease_until)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
         if self.settings.burst:
@@ -474,6 +475,11 @@ class Worker(LeaseKeeping, GracefulStop):
                 outcome = stopped(job, ctx)
                 if outcome is None and ctx.stop_reason is None:
                     raise  # cancelled by someone else than us: let it propagate
+        except LeaseLapsed:
+            # Its thread began too late (the process was frozen?): fenced by
+            # the claim's token, back to the queue unless taken meanwhile.
+            self._claims.lapsed(job)
+            outcome = handed_back(job)
         except (Permanent, InvalidPayloadError) as exc:
             # A payload that no longer fits its model fails the same way on
             # every attempt: retrying would only repeat it.
@@ -513,7 +519,12 @@ class Worker(LeaseKeeping, GracefulStop):
         # interrupted, so it is told through ctx, its late result dropped, and
         # the thread counted as abandoned until it returns.
         return await self._threads.run(
-            ctx, job_type.call, payload, ctx, on_start=functools.partial(self._arm_timer, running)
+            ctx,
+            job_type.call,
+            payload,
+            ctx,
+            may_begin=lambda: self._clock() < running.lease_until,
+            on_start=functools.partial(self._arm_timer, running),
         )
 
     def _tell_stop(self, running: Running, reason: str) -> None:

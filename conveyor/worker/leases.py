@@ -66,8 +66,11 @@ class LeaseKeeping:
                 continue
             self._outage.answered(beat_sent)
             self._check_backlog(waiting, statuses[len(running) : len(beats)], sent_at)
+            renewed_until = self._claims.holds_until(sent_at)
             for r, status in zip(running, statuses, strict=False):
-                if status is LeaseStatus.CANCEL:
+                if status is LeaseStatus.HELD:
+                    r.lease_until = renewed_until
+                elif status is LeaseStatus.CANCEL:
                     self._tell_stop(r, CANCELLED)
                 elif status is LeaseStatus.LOST and r.job.id in self._running:
                     logger.warning("job %s lost its lease; abandoning this attempt", r.job.id)

@@ -10,7 +10,10 @@ thread busy: the thread is abandoned. No other job may pay for it, so:
 * each abandoned thread beyond that takes a slot (`lost_slots`), so the worker
   never claims a job that would wait for a thread;
 * a sync job's timeout starts when its handler starts in its thread
-  (`on_start`), never while it waits for one.
+  (`on_start`), never while it waits for one;
+* the thread itself checks that the job's lease still holds before it calls
+  the handler (`may_begin`): a process frozen between the hand-off and the
+  thread's start resumes past the lease, when another worker may hold the job.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ logger = logging.getLogger("conveyor.worker")
 # Threads that run sync handlers are named after this prefix; the worker
 # command looks for them after shutdown.
 THREAD_PREFIX = "conveyor-job"
+
+
+class LeaseLapsed(Exception):
+    """The handler's thread began after the job's lease ran out: not run."""
 
 
 class HandlerThreads:
@@ -51,13 +58,21 @@ class HandlerThreads:
         return max(0, len(self._abandoned) - self.tolerated)
 
     async def run(
-        self, ctx: JobContext, call: Callable[..., Any], *args: Any, on_start: Callable[[], None]
+        self,
+        ctx: JobContext,
+        call: Callable[..., Any],
+        *args: Any,
+        may_begin: Callable[[], bool],
+        on_start: Callable[[], None],
     ) -> Any:
-        """`call(*args)` in a pool thread; `on_start` runs on the loop once it starts.
-        Cancelling this abandons the thread if the call is under way."""
+        """`call(*args)` in a pool thread if `may_begin()` says so there, else
+        LeaseLapsed; `on_start` runs on the loop once it starts. Cancelling
+        this abandons the thread if the call is under way."""
         loop = asyncio.get_running_loop()
 
         def in_thread() -> Any:
+            if not may_begin():
+                raise LeaseLapsed
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 loop.call_soon_threadsafe(on_start)
             return call(*args)

@@ -76,28 +76,14 @@ def _run_of(backend: str, mode: str) -> Any:
 
 RUNS = [
     _run_of("sqlite", "SIGKILL"),
-    # FAILS on main, real faults (issue 7 points 8 and 10), from freezes aimed
-    # at the worker holding the write lock: (a) the other workers' heartbeats
-    # and acknowledgements wait behind the frozen holder past their lease;
-    # when it resumes, lease recovery requeues the healthy workers' jobs and
-    # refuses their finished results, and the jobs run twice ("run again with
-    # no hit on its worker while in flight"). (b) A worker frozen inside its
-    # claim transaction resumes past the lease and starts the claimed jobs
-    # anyway (same message). (c) Claims that waited behind the frozen holder
-    # count their lease from before the wait: born expired, started all the
-    # same ("started on a claim whose lease had expired").
-    # Leave it failing (not xfail) until the fixes of points 8 and 10 are merged.
+    # Freezes aimed at the worker holding SQLite's write lock: the others'
+    # heartbeats and acknowledgements wait behind it, and claims that waited
+    # count their lease from before the wait (issue 7 points 8 and 10, fixed).
     _run_of("sqlite", "SIGSTOP"),
     _run_of("sqlite", "SIGTERM"),
     _run_of("redis", "SIGKILL"),
-    # FAILS on main, a real fault (issue 7 point 10, "stale claims must not
-    # start"): a worker frozen while it waits for work still has its blocking
-    # claim (BLPOP + claim script) pending on Redis; the next wave's jobs are
-    # claimed for it while it is frozen, and when it resumes, past the lease,
-    # it starts them anyway although another worker has already recovered
-    # them: "started on a claim whose lease had expired", and each runs twice
-    # (at times also "run again with no hit on its worker while in flight").
-    # Leave it failing (not xfail) until the point 10 fix is merged.
+    # A worker frozen while its blocking claim is pending on Redis resumes
+    # past the lease with jobs claimed for it: they must not start (fixed).
     _run_of("redis", "SIGSTOP"),
     _run_of("redis", "SIGTERM"),
     _run_of("postgres", "SIGKILL"),
@@ -110,26 +96,11 @@ RUNS = [
     _run_of("sqs", "SIGTERM"),
     # Pub/Sub (gcloud's emulator) with a SQLite store.
     _run_of("pubsub", "SIGKILL"),
-    # A real fault, not Pub/Sub's, seen once here (seed 598666629): a sync
-    # handler handed to its thread just before the process froze ran its
-    # body after the freeze, when its lease had run out and another worker
-    # had already completed the job ("started on a claim already
-    # superseded"). The worker checks a claim's lease when it dispatches a
-    # job, not when the thread begins the handler. Not strict: the race is
-    # rare. Fix: check the lease in the thread before calling the handler.
-    pytest.param(
-        "pubsub",
-        "SIGSTOP",
-        marks=[
-            pytest.mark.pubsub,
-            pytest.mark.xfail(
-                reason="BUG: a sync handler's thread can start it after a freeze "
-                "outlived its lease (worker race, see the comment)",
-                strict=False,
-            ),
-        ],
-        id="pubsub-SIGSTOP",
-    ),
+    # Once seen here (seed 598666629): a sync handler handed to its thread
+    # just before the process froze began after the freeze, its lease gone.
+    # The thread checks the lease before it begins now
+    # (test_sync_handler_whose_thread_begins_after_its_lease_ran_out_does_not_run).
+    _run_of("pubsub", "SIGSTOP"),
     _run_of("pubsub", "SIGTERM"),
 ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -132,3 +133,46 @@ async def test_jobs_of_a_claim_in_flight_at_stop_go_back_unstarted(
     assert w.stats()["finished"] == 0
     # The last line counts them apart (it used to say "stopped after 3 job(s)").
     assert _logged(caplog, "stopped: 0 job(s) finished, 3 handed back")
+
+
+async def test_sync_handler_whose_thread_begins_after_its_lease_ran_out_does_not_run(
+    app: Conveyor, worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker checked the claim when it handed the job to a thread; the
+    thread then began the handler whenever it got to run. A process frozen in
+    between (SIGSTOP, seen in the Pub/Sub chaos run) resumed past the lease and
+    the thread ran a job another worker may have taken meanwhile. The thread
+    itself checks the lease before it calls the handler now."""
+    faults = BackendFaults(app.backend)
+    lapsed = threading.Event()  # set while no heartbeat could renew the lease
+    runs: list[tuple[int, bool]] = []
+
+    @app.job("sync.once", timeout=None)
+    def once(payload: Any, ctx: JobContext) -> int:
+        runs.append((ctx.attempt, lapsed.is_set()))
+        return ctx.attempt
+
+    caplog.set_level(logging.WARNING, "conveyor.worker")
+    w = worker(app, concurrency=1, lease=LEASE, max_abandoned_threads=0)
+    async with w:
+        # Stand-in for the freeze: the handler's thread cannot begin (the
+        # pool's one thread is busy) while heartbeats fail past the lease.
+        busy = threading.Event()
+        assert w._threads is not None
+        w._threads._pool.submit(busy.wait)
+        started = asyncio.Event()
+        app.on("job.started", lambda job: started.set())
+        job = await app.enqueue("sync.once", {})
+        await wait_event(started)
+        faults.break_()
+        lapsed.set()
+        await asyncio.sleep(LEASE * 3)
+        busy.set()  # the thread begins now, its lease long gone
+        await asyncio.sleep(0.2)
+        lapsed.clear()
+        faults.heal()
+        done = await app.wait(job.id, timeout=WAIT)
+    assert all(not during for _, during in runs), runs  # nothing began on a lapsed lease
+    assert done.state is JobState.COMPLETED
+    assert len(runs) == 1
+    assert _logged(caplog, job.id, "lease ran out"), "the lapsed start is logged"

@@ -1,9 +1,9 @@
 """SQS with a store, against moto's server: what the store-side sweeps do.
 
-* A message the redrive policy moved to the dead-letter queue fails its job
-  in the store, saying why.
-* A queued job SQS holds no message for (a producer stopped between the
-  store and SQS) is sent again once the queue is idle.
+* The store, not the redrive policy, counts a job's attempts and stalls: a
+  job whose message was dead-lettered is failed by the store's count (and
+  the dead letter dropped), or sent again while the store still has it
+  queued (its receives were hides by workers without its handler).
 * A send SQS refuses leaves no job behind to run later: the caller is told
   which jobs were not enqueued, and the store has them cancelled.
 """
@@ -17,8 +17,8 @@ from collections.abc import Callable
 import pytest
 
 from conveyor import Conveyor, EnqueueFailedError, JobState
-from conveyor.backends.base import NewJob, Retention
-from conveyor.backends.broker import stored
+from conveyor.backends.base import Retention
+from conveyor.backends.broker import bare, stored
 from conveyor.backends.sqs.stored import SQSStoredBackend
 
 pytestmark = pytest.mark.sqs
@@ -34,7 +34,7 @@ def _app(url: str) -> Conveyor:
     return app
 
 
-async def test_a_dead_lettered_message_fails_its_job_in_the_store(
+async def test_a_job_whose_worker_died_fails_by_the_stores_count_and_its_dead_letter_goes(
     sqs_urls: Callable[[], str],
 ) -> None:
     # One receive allowed: the second delivery goes to the dead-letter queue.
@@ -47,35 +47,45 @@ async def test_a_dead_lettered_message_fails_its_job_in_the_store(
         assert claimed.id == job.id
         await asyncio.sleep(1.5)  # the lease (visibility timeout) runs out unacknowledged
         assert await backend.claim(["default"], 1, 1.0) == []  # SQS moved it aside
-        await backend.recover_expired(None, 5, Retention())
+        # The store counts the stall and, at max_stalled=0, fails the job; the
+        # sweep then drops its dead letter.
+        await backend.recover_expired(None, 0, Retention())
         failed = await app.get_job(job.id)
         assert failed is not None and failed.state is JobState.FAILED
-        assert failed.error is not None and "dead-letter queue" in failed.error
+        assert failed.error is not None and "lease" in failed.error, failed.error
+        dlq = await backend.broker.dead_letter_queue(backend.config.queue)
+        assert dlq is not None
+        counts = await backend.broker.counts(dlq)
+        assert not any(counts.values()), counts
         # Retried from the store, it is sent again and runs.
         assert await app.retry(job.id) is not None
         (again,) = await backend.claim(["default"], 1, 30.0)
         assert again.id == job.id
 
 
-async def test_a_queued_job_without_a_message_is_sent_again_when_the_queue_is_idle(
-    sqs_urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+async def test_a_job_hidden_until_its_message_was_dead_lettered_is_sent_again_not_failed(
+    sqs_urls: Callable[[], str],
 ) -> None:
-    monkeypatch.setattr(stored, "RECONCILE_AGE", 0.5)
-    async with _app(sqs_urls()) as app:
+    """Receives that were not attempts (a worker without the job's handler
+    hid its message, in a rolling deploy) used up maxReceiveCount: SQS moved
+    the message aside although the job never ran. The store, which counts
+    the real attempts and stalls, still has it queued: it is sent again."""
+    url = sqs_urls().replace("&create=true", "&create=true&max_receives=1")
+    async with _app(url) as app:
         backend = app.backend
         assert isinstance(backend, SQSStoredBackend)
-        now = time.time()
-        # Written to the store only, as by a producer killed before its send.
-        (lost,) = await backend.store.enqueue(
-            [NewJob("lost-1", "work", "default", "{}", 0, 3, None, None, now, now)]
-        )
-        assert lost.state is JobState.QUEUED
-        assert await backend.claim(["default"], 1, 30.0) == []
-        await asyncio.sleep(0.6)
-        backend._reconciled_at -= stored.RECONCILE_EVERY  # the next sweep is due
+        job = await app.enqueue("work", {"n": 1})
+        # A worker of an older release: no handler for "work", so it hides it.
+        assert await backend.claim(["default"], 1, 30.0, names=["older"]) == []
+        await asyncio.sleep(bare.UNKNOWN_NAME_HIDE + 0.3)
+        assert await backend.claim(["default"], 1, 30.0, names=["older"]) == []  # moved aside
+        backend._swept_at -= stored.SWEEP_EVERY  # the next sweep is due
         await backend.recover_expired(None, 5, Retention())
-        (found,) = await backend.claim(["default"], 1, 30.0)
-        assert found.id == "lost-1"
+        waiting = await app.get_job(job.id)
+        assert waiting is not None and waiting.state is JobState.QUEUED, waiting
+        (claimed,) = await backend.claim(["default"], 1, 30.0, names=["work"])
+        assert claimed.id == job.id
+        assert claimed.attempts == 1  # the hides cost it nothing
 
 
 async def test_jobs_sqs_refuses_are_reported_and_cancelled_in_the_store(

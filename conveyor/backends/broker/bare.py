@@ -105,6 +105,10 @@ class BrokerBackend:
         # finish retried after one of those calls failed still accepts them.
         self._applied: set[tuple[str, ClaimToken]] = set()
         self.queues_seen: set[str] = {"default"}
+        # Per conveyor queue, whether this process's last receive on it came
+        # back empty: how a broker that counts nothing (Pub/Sub) tells an idle
+        # queue (StoredBrokerBackend's reconcile).
+        self.came_back_empty: dict[str, bool] = {}
         self._wakes: dict[str, asyncio.Event] = {}
 
     def __repr__(self) -> str:
@@ -286,6 +290,7 @@ class BrokerBackend:
             while len(got) < limit:
                 batch = await self.broker.receive(name, limit - len(got), share, hidden)
                 got += batch
+                self.came_back_empty[queue] = not batch
                 share = 0
                 if len(batch) < 10:
                     break

@@ -367,7 +367,7 @@ class StoredBrokerBackend(BrokerBackend):
             if clock - self._swept_at >= SWEEP_EVERY:
                 self._swept_at = clock
                 await self._sweep_dead_letters(max_stalled, retention)
-            if self.facts.counts and clock - self._reconciled_at >= RECONCILE_EVERY:
+            if clock - self._reconciled_at >= RECONCILE_EVERY:
                 self._reconciled_at = clock
                 await self._reconcile()
         except Exception as exc:
@@ -375,8 +375,14 @@ class StoredBrokerBackend(BrokerBackend):
         return recovered
 
     async def _sweep_dead_letters(self, max_stalled: int, retention: Retention | None) -> None:
-        """Fail in the store the jobs whose message the redrive policy moved
-        to the dead-letter queue (received maxReceiveCount times unfinished)."""
+        """Empty the dead-letter queue, where the redrive policy moved the
+        messages received maxReceiveCount times unacknowledged. The store,
+        not the broker, counts a job's attempts and stalls (and fails it when
+        they run out): a receive may not have been an attempt at all (a worker
+        without the job's handler hid the message, or a duplicate came while
+        the job ran). So a job the store still has queued is sent again, and a
+        message is dropped once its job is final; one whose job runs or waits
+        in the store is looked at again later."""
         for queue in sorted(self.queues_seen):
             name = self.config.queue_name(queue)
             dlq = await self.broker.dead_letter_queue(name)
@@ -387,30 +393,41 @@ class StoredBrokerBackend(BrokerBackend):
                 if pointer is None:
                     continue
                 token = f"dlq-{message.message_id}"
+                # Leased for a moment so that no worker starts it meanwhile.
                 (job,) = await self._delivery.claim_ids([pointer.id], 1.0, claim_id=token)
                 if job is not None:
-                    error = (
-                        f"{self.facts.name} moved its message to the dead-letter queue "
-                        f"{dlq} after {message.receives} receive(s) without an "
-                        f"acknowledgement ({self.facts.dead_letter_rule})"
+                    back = Outcome(job.id, token, OutcomeKind.QUEUED, time.time())
+                    await self.store.finish([back], retention or Retention())
+                    logger.warning(
+                        "job %s (%s): %s moved its message to the dead-letter queue %s after "
+                        "%d receive(s) (%s) while the store had it queued; sent again",
+                        job.id,
+                        job.name,
+                        self.facts.name,
+                        dlq,
+                        message.receives,
+                        self.facts.dead_letter_rule,
                     )
-                    failed = Outcome(job.id, token, OutcomeKind.FAILED, time.time(), error=error)
-                    await self.store.finish([failed], retention or Retention())
-                    logger.error("job %s (%s) failed: %s", job.id, job.name, error)
+                    await self._send_jobs([job], await self._groups_of([job]), fresh=True)
                 else:
                     current = await self.store.get(pointer.id)
                     if current is not None and not current.is_final:
-                        continue  # running: its worker decides; look again later
+                        continue  # running or held by the store: look again later
                 await self.broker.delete(dlq, [message.receipt])
 
     async def _reconcile(self) -> None:
         """Send again the queued jobs of an idle queue the broker holds no
         message for: a producer stopped between writing the store and
-        sending, or a release was cut short. A duplicate costs nothing."""
+        sending, or a release was cut short. A duplicate costs nothing. Idle:
+        the broker counts no message, or, where it counts nothing, this
+        process's last receive on the queue came back empty."""
         cutoff = time.time() - RECONCILE_AGE
         for queue in sorted(self.queues_seen):
-            counts = await self.broker.counts(self.config.queue_name(queue))
-            if any(counts.values()):
+            if self.facts.counts:
+                counts = await self.broker.counts(self.config.queue_name(queue))
+                if any(counts.values()):
+                    continue
+            elif not self.came_back_empty.get(queue, False):
                 continue
             queued = await self.store.list_jobs(
                 state=JobState.QUEUED, name=None, queue=queue, limit=100, offset=0
