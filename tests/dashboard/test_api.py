@@ -340,3 +340,23 @@ async def test_page_headers(web: httpx.AsyncClient) -> None:
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert re.search(r'<base href="/">', page.text)
     assert (await web.get("/static/app.css")).status_code == 200
+
+
+async def test_mounted_in_fastapi(app: Conveyor) -> None:
+    from fastapi import FastAPI
+
+    api = FastAPI()
+
+    @api.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    api.mount("/jobs", create_app(app, token=TOKEN))
+    job_id = await failed_job(app)
+    async with client(api) as http:
+        assert (await http.get("/health")).json() == {"ok": True}
+        page = await http.get("/jobs/")
+        assert page.status_code == 200 and '<base href="/jobs/">' in page.text
+        assert (await http.get(f"/jobs/api/jobs/{job_id}")).json()["state"] == "failed"
+        retried = await http.post(f"/jobs/api/jobs/{job_id}/retry", headers=BEARER)
+        assert retried.json()["state"] == "queued"
