@@ -5,6 +5,7 @@ redaction, and two dashboards in one process."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from conveyor import Conveyor, JobContext, JobState
-from conveyor.dashboard import create_app
+from conveyor.dashboard import Dashboard, create_app
 from conveyor.dashboard.auth import CONVEYOR_DASHBOARD_TOKEN, SESSION_COOKIE
 
 pytestmark = pytest.mark.sqlite
@@ -87,6 +88,21 @@ async def test_overview_counts_activity_and_oldest_waiting(
     assert 0 <= reports["oldest_waiting_seconds"] < 60
     assert default["oldest_waiting_seconds"] is None
     assert waiting.id
+
+
+async def test_activity_counts_only_the_last_hour(app: Conveyor) -> None:
+    await failed_job(app)
+    await app.enqueue("email.welcome", {"to": "ok@b.c"})
+    await app.drain()
+    dashboard = Dashboard(app)
+    in_50_minutes = await dashboard.overview(now=time.time() + 50 * 60)
+    activity = in_50_minutes["queues"][0]["activity"]
+    assert activity["completed_total"] == 1 and activity["failed_total"] == 1
+    assert activity["failed"][1] == 1  # 50 minutes on, it sits in the second bucket
+    in_2_hours = await dashboard.overview(now=time.time() + 7200)
+    activity = in_2_hours["queues"][0]["activity"]
+    assert activity["completed_total"] == activity["failed_total"] == 0
+    assert activity["failure_rate"] is None
 
 
 async def test_job_lists_filter_and_page(app: Conveyor, web: httpx.AsyncClient) -> None:

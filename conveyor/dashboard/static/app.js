@@ -205,7 +205,7 @@ function queueCard(queue) {
     className: "count", href: `#/jobs${query({ state, queue: queue.name })}`,
     "data-count": state,
   }, h("b", {}, queue.counts[state]), h("span", {}, state)));
-  const pause = session.actions && queue.paused !== undefined
+  const pause = session.actions && typeof queue.paused === "boolean"
     ? button(queue.paused ? "Resume" : "Pause", () => act(
       `queues/${encodeURIComponent(queue.name)}/${queue.paused ? "resume" : "pause"}`,
       () => `Queue ${queue.name} ${queue.paused ? "resumed" : "paused"}.`,
