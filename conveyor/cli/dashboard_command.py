@@ -35,9 +35,10 @@ def dashboard(
 ) -> None:
     """Serve the web dashboard of APP (MODULE:APP; without it, of --url).
 
-    Read-only unless ${token} (or ${basic}=USER:PASSWORD) is set: then
-    actions (retry, cancel, purge, pause, schedules) need it, given by the
-    page's login form or as `Authorization: Bearer <token>`.
+    Read-only unless ${token} is set: then actions (retry, cancel, purge,
+    pause, schedules) need it, given by the page's login form or as
+    `Authorization: Bearer <token>`. ${basic}=USER:PASSWORD guards every
+    page with basic auth.
     """
     try:
         from conveyor.dashboard import create_app

@@ -55,11 +55,12 @@ def create_app(
 ) -> Starlette:
     """The dashboard of `app` as an ASGI app (Starlette), to mount or serve.
 
-    `token` (else $CONVEYOR_DASHBOARD_TOKEN) and `basic_auth` ((user,
-    password), else $CONVEYOR_DASHBOARD_BASIC_AUTH) are who may act; without
-    either the dashboard is read-only. `actions=False` keeps it read-only
-    anyway. `redact` maps job names (or "*" for all) to payload fields never
-    shown; the default hides common secret names (redact.py), None shows all.
+    `token` (else $CONVEYOR_DASHBOARD_TOKEN) turns actions on: without it
+    the dashboard is read-only, and `actions=False` keeps it so anyway.
+    `basic_auth` ((user, password), else $CONVEYOR_DASHBOARD_BASIC_AUTH)
+    guards every page and route; its users may act too when actions are on.
+    `redact` maps job names (or "*" for all) to payload fields never shown;
+    the default hides common secret names (redact.py), None shows all.
     """
     gate = Gate(Access.build(token, basic_auth, actions))  # bad settings fail before the import
     try:

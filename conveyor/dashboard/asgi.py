@@ -150,6 +150,7 @@ class _Routes:
             "actions": self.gate.access.actions,
             "login": self.gate.access.token is not None,
             "authenticated": principal is not None,
+            "via": principal.partition(":")[0] if principal else None,  # session or basic
             "csrf": self.gate.sessions.csrf_for(principal) if principal else None,
         }
 

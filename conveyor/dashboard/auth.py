@@ -2,8 +2,8 @@
 
 Reading is open (the dashboard binds to 127.0.0.1 by default), unless basic
 auth is configured, which then guards every page and route. Actions (retry,
-cancel, purge, pause...) are off unless a token or basic-auth credentials
-are configured, and each needs one of:
+cancel, purge, pause...) are off unless a token is configured, and each
+needs one of:
 
 * `Authorization: Bearer <token>`: for scripts and the JSON API; a header
   the browser never adds by itself, so it needs no CSRF token;
@@ -67,8 +67,8 @@ class Access:
         actions: bool | None = None,
     ) -> Access:
         """Credentials given, else from the environment. `actions`: None
-        turns them on exactly when credentials exist; True without any is
-        an error (actions nobody could authenticate for)."""
+        turns them on exactly when a token is set; True without one is an
+        error. Basic credentials then act as well as the token does."""
         token = token if token is not None else (os.environ.get(CONVEYOR_DASHBOARD_TOKEN) or None)
         if token is not None and len(token) < MIN_TOKEN_LENGTH:
             raise InvalidOptionError(
@@ -84,13 +84,11 @@ class Access:
                         f"{CONVEYOR_DASHBOARD_BASIC_AUTH} must be USER:PASSWORD"
                     )
                 basic_auth = (user, password)
-        authenticated = token is not None or basic_auth is not None
-        if actions and not authenticated:
+        if actions and token is None:
             raise InvalidOptionError(
-                f"dashboard actions need a token ({CONVEYOR_DASHBOARD_TOKEN} or token=) "
-                "or basic auth to check who acts"
+                f"dashboard actions need a token ({CONVEYOR_DASHBOARD_TOKEN} or token=)"
             )
-        return cls(token, basic_auth, authenticated if actions is None else actions)
+        return cls(token, basic_auth, token is not None if actions is None else actions)
 
     @property
     def authenticated(self) -> bool:

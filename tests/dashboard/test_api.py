@@ -277,7 +277,8 @@ async def test_login_session_and_csrf(app: Conveyor, web: httpx.AsyncClient) -> 
 
 async def test_basic_auth_guards_reads_and_needs_csrf_to_act(app: Conveyor) -> None:
     job_id = await failed_job(app)
-    async with client(create_app(app, basic_auth=("ops", "pw-of-ops"))) as http:
+    guarded = create_app(app, token=TOKEN, basic_auth=("ops", "pw-of-ops"))
+    async with client(guarded) as http:
         anonymous = await http.get("/api/overview")
         assert anonymous.status_code == 401
         assert anonymous.headers["www-authenticate"].startswith("Basic")
@@ -289,6 +290,16 @@ async def test_basic_auth_guards_reads_and_needs_csrf_to_act(app: Conveyor) -> N
         assert (await http.post(path, auth=("ops", "pw-of-ops"))).status_code == 403
         done = await http.post(path, auth=("ops", "pw-of-ops"), headers={"X-CSRF-Token": csrf})
         assert done.status_code == 200
+        # The token still works for scripts, basic auth or not.
+        assert (await http.get("/api/overview", headers=BEARER)).status_code == 200
+    # Basic auth alone guards reading; actions stay off without a token.
+    async with client(create_app(app, basic_auth=("ops", "pw-of-ops"))) as http:
+        assert (await http.get("/api/overview", auth=("ops", "pw-of-ops"))).status_code == 200
+        csrf = (await http.get("/api/session", auth=("ops", "pw-of-ops"))).json()["csrf"]
+        off = await http.post(
+            f"/api/jobs/{job_id}/cancel", auth=("ops", "pw-of-ops"), headers={"X-CSRF-Token": csrf}
+        )
+        assert off.status_code == 403 and "read-only" in off.json()["error"]
 
 
 # --------------------------------------------------------------------------- redaction

@@ -9,7 +9,7 @@
 
 const REFRESH_MS = 2000;
 const STATES = ["scheduled", "queued", "running", "completed", "failed", "cancelled"];
-const session = { actions: false, login: false, authenticated: false, csrf: null };
+const session = { actions: false, login: false, authenticated: false, via: null, csrf: null };
 let current = null; // the view on screen: { refresh(), key }
 let timer = null;
 
@@ -137,9 +137,9 @@ function drawAuth() {
     };
     fill(box,
       h("span", { "data-auth": "signed-in" }, "signed in"),
-      session.login ? button("Log out", out) : null,
+      session.via === "session" ? button("Log out", out) : null,
     );
-  } else if (session.login) {
+  } else {
     const input = h("input", {
       type: "password", name: "token", placeholder: "dashboard token", autocomplete: "off",
     });
@@ -162,8 +162,6 @@ function drawAuth() {
       },
     }, input, h("button", { type: "submit" }, "Log in"));
     fill(box, form);
-  } else {
-    fill(box, h("span", { className: "badge" }, "basic auth"));
   }
 }
 
