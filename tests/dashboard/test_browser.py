@@ -217,6 +217,13 @@ def test_lists_workers_and_schedules_from_the_page(browser: Any, site: Site) -> 
     page.locator(f'[data-job="{later[7].id}"] [data-action="cancel"]').click()
     page.locator('[data-flash="ok"]').wait_for()
     assert blocking(producer.get_job_sync, later[7].id).state is JobState.CANCELLED
+    # Purge the cancelled set, once the page's question is answered yes.
+    page.goto(site.base + "#/jobs?state=cancelled")
+    page.locator(f'[data-job="{later[7].id}"]').wait_for()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('[data-action="purge"]').click()
+    page.locator('[data-flash="ok"]').filter(has_text="Purged 1 job(s)").wait_for()
+    assert blocking(producer.get_job_sync, later[7].id) is None
     page.locator('[data-form="search"] input').fill(later[3].id)
     page.locator('[data-form="search"] button').click()
     page.locator('h1 + [data-state="scheduled"]').wait_for()
