@@ -101,17 +101,21 @@ class Dashboard:
         the oldest job waiting."""
         now = time.time() if now is None else now
         stats = await self.app.stats()
+        # A broker without a store (bare SQS) counts its messages but keeps
+        # no job records: no chart, no oldest job, the counts alone.
+        listing = self.app.backend.capabilities.list_jobs
         queues = []
         for queue in sorted(stats):
             counts = {state.value: stats[queue].get(state.value, 0) for state in JobState}
+            queued = counts[JobState.QUEUED.value]
             queues.append(
                 {
                     "name": queue,
                     "counts": counts,
-                    "oldest_waiting_seconds": await self._oldest_waiting(
-                        queue, counts[JobState.QUEUED.value], now
+                    "oldest_waiting_seconds": (
+                        await self._oldest_waiting(queue, queued, now) if listing else None
                     ),
-                    "activity": await last_hour(self.app, queue, now),
+                    "activity": await last_hour(self.app, queue, now) if listing else None,
                 }
             )
         return {"now": now, "backend": scheme_of(self.app.url), "queues": queues}

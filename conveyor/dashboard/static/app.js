@@ -196,9 +196,20 @@ function chart(activity) {
   return root;
 }
 
+function activityPanel(a) {
+  if (!a) return h("p", { className: "muted" }, "This backend keeps no job records to chart.");
+  const rate = a.failure_rate === null ? "—" : `${(a.failure_rate * 100).toFixed(1)}%`;
+  return h("div", { className: "chart" },
+    chart(a),
+    h("div", { className: "legend" },
+      h("div", {}, h("i", { style: "background:#1f9d55" }), `${a.completed_total} completed`),
+      h("div", {}, h("i", { style: "background:#d64545" }), `${a.failed_total} failed`),
+      h("div", { "data-failure-rate": "" }, `failure rate ${rate}`),
+      h("div", {}, "last hour, per 5 min")));
+}
+
 function queueCard(queue) {
   const a = queue.activity;
-  const rate = a.failure_rate === null ? "—" : `${(a.failure_rate * 100).toFixed(1)}%`;
   const counts = STATES.map((state) => h("a", {
     className: "count", href: `#/jobs${query({ state, queue: queue.name })}`,
     "data-count": state,
@@ -216,16 +227,10 @@ function queueCard(queue) {
       h("span", { style: "flex:1" }),
       pause),
     h("div", { className: "counts" }, counts),
-    h("div", { className: "chart" },
-      chart(a),
-      h("div", { className: "legend" },
-        h("div", {}, h("i", { style: "background:#1f9d55" }), `${a.completed_total} completed`),
-        h("div", {}, h("i", { style: "background:#d64545" }), `${a.failed_total} failed`),
-        h("div", { "data-failure-rate": "" }, `failure rate ${rate}`),
-        h("div", {}, "last hour, per 5 min"))),
+    activityPanel(a),
     h("p", { className: "muted" },
       `Oldest waiting job: ${age(queue.oldest_waiting_seconds)}`,
-      a.complete ? "" : " · throughput counts only the newest jobs the backend keeps"));
+      !a || a.complete ? "" : " · throughput counts only the newest jobs the backend keeps"));
 }
 
 function overviewView() {
