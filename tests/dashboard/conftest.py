@@ -43,8 +43,11 @@ def chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an event loop
+    # running in this thread while it is open, and pytest-asyncio cannot run
+    # the async tests of later modules beside it.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
