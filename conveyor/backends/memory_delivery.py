@@ -31,6 +31,10 @@ class MemoryDelivery(MemoryStores):
         """Put a job in `state` and its index (MemoryBackend's)."""
         raise NotImplementedError
 
+    def _delete(self, rec: _Record) -> None:
+        """Forget a job and its key (MemoryBackend's)."""
+        raise NotImplementedError
+
     def _lease(self, rec: _Record, now: float, lease: float, token: ClaimToken) -> Job:
         """Lease a queued job (its ready-heap entry already popped or dropped)
         under `token`; its record, token set. The caller holds self._lock."""
@@ -75,6 +79,26 @@ class MemoryDelivery(MemoryStores):
                     heap[:] = [entry for entry in heap if entry[3] not in gone]
                     heapq.heapify(heap)
         return out
+
+    async def withdraw(self, ids: Sequence[str]) -> int:
+        gone: dict[tuple[str, str], set[str]] = {}  # (queue, name) -> queued ids withdrawn
+        removed = 0
+        with self._lock:
+            for job_id in dict.fromkeys(ids):
+                rec = self._jobs.get(job_id)
+                if rec is None or rec.state not in (JobState.QUEUED, JobState.SCHEDULED):
+                    continue
+                if rec.state is JobState.QUEUED:
+                    gone.setdefault((rec.queue, rec.name), set()).add(rec.id)
+                self._delete(rec)  # a scheduled heap's entry is stale now (no record)
+                removed += 1
+            # Out of the ready heaps at once, as in claim_ids.
+            for (queue, name), withdrawn in gone.items():
+                heap = self._ready.get(queue, {}).get(name)
+                if heap:
+                    heap[:] = [entry for entry in heap if entry[3] not in withdrawn]
+                    heapq.heapify(heap)
+        return removed
 
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None

@@ -108,6 +108,13 @@ class DeliveryStore(Protocol):
         their records: the broker sends one message for each. Atomic: two
         callers never both get the same job."""
 
+    async def withdraw(self, ids: Sequence[str]) -> int:
+        """Delete the listed jobs that are `queued` or `scheduled`: the broker
+        refused their messages, and the caller was told they were not
+        enqueued, so nothing of them may run later and their idempotency keys
+        are free again. Other states and unknown ids are left alone. Returns
+        how many were deleted."""
+
 
 @runtime_checkable
 class BrokerStats(Protocol):

@@ -513,6 +513,10 @@ class Worker(LeaseKeeping, GracefulStop):
         ctx = running.ctx
         payload = job_type.decode_payload(running.job.payload)
         if job_type.is_async:
+            # Checked at dispatch, but the handler begins a loop step later,
+            # after whatever the loop runs first (a process frozen in between).
+            if self._clock() >= running.lease_until:
+                raise LeaseLapsed
             return await job_type.call(payload, ctx)
         assert self._threads is not None
         # On timeout or cancel this await is cancelled; the thread cannot be

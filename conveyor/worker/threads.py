@@ -35,7 +35,7 @@ THREAD_PREFIX = "conveyor-job"
 
 
 class LeaseLapsed(Exception):
-    """The handler's thread began after the job's lease ran out: not run."""
+    """The handler would begin after the job's lease ran out: not run."""
 
 
 class HandlerThreads:

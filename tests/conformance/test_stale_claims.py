@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -173,6 +174,37 @@ async def test_sync_handler_whose_thread_begins_after_its_lease_ran_out_does_not
         faults.heal()
         done = await app.wait(job.id, timeout=WAIT)
     assert all(not during for _, during in runs), runs  # nothing began on a lapsed lease
+    assert done.state is JobState.COMPLETED
+    assert len(runs) == 1
+    assert _logged(caplog, job.id, "lease ran out"), "the lapsed start is logged"
+
+
+async def test_async_handler_whose_start_came_after_its_lease_ran_out_does_not_run(
+    app: Conveyor, worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for an async handler: the worker checks the claim when it
+    dispatches the job, and the handler begins a step of the event loop later.
+    A freeze in between (here, a job.started callback that blocks the loop
+    past the lease, as a stopped process would) must not start it stale."""
+    frozen: list[Any] = []  # the token of the claim the freeze hit
+    runs: list[Any] = []  # the token of each claim the handler ran under
+
+    @app.job("async.once", timeout=None)
+    async def once(payload: Any, ctx: JobContext) -> int:
+        runs.append(ctx.job.token)
+        return ctx.attempt
+
+    def frozen_once(event: Any) -> None:
+        if not frozen:
+            frozen.append(event.job.token)
+            time.sleep(LEASE * 3)  # the whole loop stands still: no heartbeat either
+
+    app.on("job.started", frozen_once)
+    caplog.set_level(logging.WARNING, "conveyor.worker")
+    job = await app.enqueue("async.once", {})
+    async with worker(app, concurrency=1, lease=LEASE):
+        done = await app.wait(job.id, timeout=WAIT)
+    assert frozen and frozen[0] not in runs, (frozen, runs)  # the lapsed claim never ran
     assert done.state is JobState.COMPLETED
     assert len(runs) == 1
     assert _logged(caplog, job.id, "lease ran out"), "the lapsed start is logged"

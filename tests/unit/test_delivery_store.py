@@ -10,6 +10,7 @@ to one caller only. Times are given explicitly where a test needs them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -341,6 +342,35 @@ async def test_concurrent_release_due_calls_never_return_the_same_job(
 
 
 @pytest.mark.memory
+# --------------------------------------------------------------------------- withdraw
+
+
+async def test_withdraw_deletes_unsent_jobs_and_frees_their_keys(store: Store) -> None:
+    later = time.time() + 3600
+    keyed = dataclasses.replace(new("w-keyed"), key="order:7")
+    await store.enqueue([keyed, new("w-held", run_at=later), new("w-running"), new("w-kept")])
+    (running,) = await store.claim_ids(["w-running"], LEASE, claim_id="c-1")
+    assert running is not None
+    # Withdrawn: queued or scheduled jobs no message was sent for. A job that
+    # runs already is not (it was delivered after all); unknown ids are ignored.
+    removed = await store.withdraw(["w-keyed", "w-held", "w-running", "nope"])
+    assert removed == 2
+    assert await store.get("w-keyed") is None
+    assert await store.get("w-held") is None
+    assert await state_of(store, "w-running") is JobState.RUNNING
+    assert await state_of(store, "w-kept") is JobState.QUEUED
+    # The key is free again: the same key makes a new job, not a duplicate.
+    (again,) = await store.enqueue([dataclasses.replace(new("w-keyed-2"), key="order:7")])
+    assert not again.duplicate and again.id == "w-keyed-2"
+    counts = (await store.stats())["q"]
+    assert counts["queued"] == 2 and counts["scheduled"] == 0  # w-kept, w-keyed-2
+    assert await store.release_due(["q"], 10, now=later + 1) == []
+
+
+async def test_withdraw_of_nothing(store: Store) -> None:
+    assert await store.withdraw([]) == 0
+
+
 async def test_memory_waiters_do_not_take_jobs_claimed_by_id_for_work() -> None:
     """The memory backend drops the ready-heap entries of jobs claimed by id
     (no claim pops them in a broker's store): a waiter would otherwise find

@@ -5,7 +5,8 @@
   the dead letter dropped), or sent again while the store still has it
   queued (its receives were hides by workers without its handler).
 * A send SQS refuses leaves no job behind to run later: the caller is told
-  which jobs were not enqueued, and the store has them cancelled.
+  which jobs were not enqueued, and the store withdraws them (their keys
+  are free for the caller's retry).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ async def test_a_job_hidden_until_its_message_was_dead_lettered_is_sent_again_no
         assert claimed.attempts == 1  # the hides cost it nothing
 
 
-async def test_jobs_sqs_refuses_are_reported_and_cancelled_in_the_store(
+async def test_jobs_sqs_refuses_are_reported_and_withdrawn_from_the_store(
     sqs_urls: Callable[[], str],
 ) -> None:
     async with _app(sqs_urls()) as app:
@@ -102,8 +103,27 @@ async def test_jobs_sqs_refuses_are_reported_and_cancelled_in_the_store(
             await app.enqueue_many([("work", {"n": n}) for n in range(3)])
         assert len(refused.value.failed) == 3
         for job_id in refused.value.failed:
-            job = await app.get_job(job_id)
-            assert job is not None and job.state is JobState.CANCELLED
+            assert await app.get_job(job_id) is None  # withdrawn: nothing to run later
+
+
+async def test_a_keyed_job_sqs_refused_can_be_enqueued_again_with_its_key(
+    sqs_urls: Callable[[], str],
+) -> None:
+    """The caller was told the job was not enqueued; its retry with the same
+    idempotency key must enqueue it, not return the refused one as a duplicate."""
+    async with _app(sqs_urls()) as app:
+        backend = app.backend
+        assert isinstance(backend, SQSStoredBackend)
+        await app.enqueue("work", {"n": 0})  # resolves and caches the queue's URL
+        queue_url = await backend.sqs.queue_url(backend.config.queue)
+        await backend.sqs.call("delete_queue", QueueUrl=queue_url)
+        with pytest.raises(EnqueueFailedError):
+            await app.enqueue("work", {"n": 1}, key="order:1")
+        await backend.sqs.call("create_queue", QueueName=backend.config.queue)
+        job = await app.enqueue("work", {"n": 1}, key="order:1")
+        assert not job.duplicate
+        (claimed,) = await backend.claim(["default"], 1, 30.0)
+        assert claimed.id == job.id
 
 
 async def test_a_failing_sweep_does_not_hide_the_jobs_the_store_recovered(

@@ -165,12 +165,13 @@ class StoredBrokerBackend(BrokerBackend):
         except Exception as exc:
             # Jobs the broker did not take must not run later behind the caller's
             # back (the caller was told they were not enqueued).
+            # They are withdrawn from the store, keys and all, so that the
+            # caller's retry (with the same key) enqueues them afresh.
             failed = sorted(getattr(exc, "failed", [r.id for r in due]))
-            for job_id in failed:
-                await self.store.cancel(job_id)
+            await self._delivery.withdraw(failed)
             raise EnqueueFailedError(
-                f"{exc}; cancelled in the store (its key stays taken): "
-                "app.retry(job_id) sends one again",
+                f"{exc}; not enqueued (withdrawn from the store, their keys free): "
+                "enqueue them again",
                 failed=failed,
             ) from exc
         return records

@@ -209,6 +209,11 @@ class PostgresBackend(PostgresStores):
             job.token = claim_id
         return by_ids(ids, jobs)
 
+    async def withdraw(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return await self._write(self.q.withdraw, {"ids": list(dict.fromkeys(ids))})
+
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None
     ) -> list[Job]:

@@ -453,6 +453,11 @@ changed AS (
 SELECT cur.state, (SELECT count(*) FROM changed) FROM cur"""
 
     @cached_property
+    def withdraw(self) -> str:
+        return f"""
+DELETE FROM {self.s}.jobs WHERE id = ANY(%(ids)s::text[]) AND state IN ('queued', 'scheduled')"""
+
+    @cached_property
     def purge(self) -> str:
         return f"""
 DELETE FROM {self.s}.jobs WHERE state = ANY(%(states)s::text[]) AND state <> 'running'

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from conveyor.backends.url_options import flag
 from conveyor.job import InvalidOptionError
 
 # conveyor's own options; every other query parameter goes to libpq.
@@ -15,8 +16,6 @@ OPTIONS: Final = frozenset(
     {"schema", "migrate", "pool_size", "vacuum", "sync_acks", "prepared_statements"}
 )
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_TRUE: Final = {"1", "true", "yes", "on"}
-_FALSE: Final = {"0", "false", "no", "off"}
 # A server that does not answer must not hang a worker's start (libpq's
 # default is to wait forever).
 DEFAULT_CONNECT_TIMEOUT: Final = "5"
@@ -36,14 +35,6 @@ class PostgresURL:
     # connections, where they do not exist.
     prepared_statements: bool
     display: str  # host:port/dbname, for messages (no password)
-
-
-def _flag(url: str, name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise InvalidOptionError(f"{name}={value!r} in {url!r}: expected true or false")
 
 
 def parse_url(url: str) -> PostgresURL:
@@ -86,11 +77,11 @@ def parse_url(url: str) -> PostgresURL:
     return PostgresURL(
         conninfo=conninfo,
         schema=schema,
-        migrate=_flag(url, "migrate", ours.get("migrate", "true")),
+        migrate=flag(url, "migrate", ours.get("migrate", "true")),
         pool_size=pool_size,
-        vacuum=_flag(url, "vacuum", ours.get("vacuum", "true")),
-        sync_acks=_flag(url, "sync_acks", ours.get("sync_acks", "true")),
-        prepared_statements=_flag(
+        vacuum=flag(url, "vacuum", ours.get("vacuum", "true")),
+        sync_acks=flag(url, "sync_acks", ours.get("sync_acks", "true")),
+        prepared_statements=flag(
             url, "prepared_statements", ours.get("prepared_statements", "true")
         ),
         display=f"{host}:{port or 5432}/{dbname}",

@@ -40,8 +40,9 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
+from conveyor.backends.url_options import flag, split_store, whole_number
 from conveyor.job import InvalidOptionError
 
 OPTIONS: Final = frozenset(
@@ -67,8 +68,6 @@ _PROJECT: Final = re.compile(r"^(?:[a-z0-9.-]+\.[a-z]{2,}:)?[a-z][a-z0-9-]{4,28}
 # Topic and subscription ids: 3 to 255 characters, starting with a letter,
 # then letters, digits and `-_.~+%`; none may start with "goog".
 _RESOURCE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
-_TRUE: Final = {"1", "true", "yes", "on"}
-_FALSE: Final = {"0", "false", "no", "off"}
 # Pub/Sub's bounds on a dead-letter policy's max_delivery_attempts.
 MIN_DELIVERIES: Final = 5
 MAX_DELIVERIES: Final = 100
@@ -139,37 +138,6 @@ class PubSubURL:
         return None
 
 
-def _flag(url: str, name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise InvalidOptionError(f"{name}={value!r} in {url!r}: expected true or false")
-
-
-def _int(url: str, name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        raise InvalidOptionError(
-            f"{name}={value!r} in {url!r}: expected a whole number from {low} to {high}"
-        )
-    return number
-
-
-def _split_store(query: str) -> tuple[str, str | None]:
-    """(the query without store=, the store URL): store= takes the rest."""
-    match = re.search(r"(?:^|&)store=", query)
-    if match is None:
-        return query, None
-    store = query[match.end() :]
-    if "://" not in store:  # given percent-encoded
-        store = unquote(store)
-    return query[: match.start()], store
-
-
 def _host_port(url: str, name: str, value: str) -> str:
     host, colon, port = value.rpartition(":")
     if not colon or not host or not port.isdigit():
@@ -182,7 +150,7 @@ def parse_url(url: str) -> PubSubURL:
     if not sep or scheme.lower() != "pubsub":
         raise InvalidOptionError(f"not a Pub/Sub URL: {url!r}")
     where, _, query = rest.partition("?")
-    query, store = _split_store(query)
+    query, store = split_store(query)
     options: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in OPTIONS:
@@ -228,18 +196,18 @@ def parse_url(url: str) -> PubSubURL:
         project=project,
         topic=topic,
         subscription=subscription,
-        create=_flag(url, "create", options.get("create", "false")),
-        ordered=_flag(url, "ordered", options.get("ordered", "false")),
+        create=flag(url, "create", options.get("create", "false")),
+        ordered=flag(url, "ordered", options.get("ordered", "false")),
         store=store,
         dlq=dlq,
-        max_deliveries=_int(
+        max_deliveries=whole_number(
             url,
             "max_deliveries",
             options.get("max_deliveries", "10"),
             MIN_DELIVERIES,
             MAX_DELIVERIES,
         ),
-        wait=_int(url, "wait", options.get("wait", "20"), 0, 20),
+        wait=whole_number(url, "wait", options.get("wait", "20"), 0, 20),
         endpoint=endpoint,
         emulator=emulator,
         display=f"pubsub://{project}/{topic}{where_shown}",

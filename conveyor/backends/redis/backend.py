@@ -170,6 +170,11 @@ class RedisBackend(RedisStores):
         )
         return [None if row is None else claimed([row], claim_id)[0] for row in rows]
 
+    async def withdraw(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return int(await self._run("withdraw", *dict.fromkeys(ids)))
+
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None
     ) -> list[Job]:

@@ -42,6 +42,7 @@ _SCRIPT_NAMES = (
     "cancel",
     "retry",
     "purge",
+    "withdraw",
     "schedule_fire",
     "stats",
     "lock_release",

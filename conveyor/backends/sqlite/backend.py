@@ -115,6 +115,7 @@ from conveyor.backends.sqlite.sql import (
     SCHEMA_VERSION,
     TRIM,
     UNCLAIM,
+    WITHDRAW,
     claim_sql,
 )
 from conveyor.backends.sqlite.stores import SQLiteStores
@@ -234,6 +235,11 @@ class SQLiteBackend(SQLiteStores):
         for job in jobs:
             job.token = token
         return jobs
+
+    async def withdraw(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return await self._call(queries.write_count, WITHDRAW, json.dumps(list(ids)))
 
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None

@@ -181,6 +181,13 @@ def purge(
     return removed
 
 
+def write_count(conn: sqlite3.Connection, sql: str, *params: Any) -> int:
+    """One write statement in its own transaction; how many rows it changed."""
+    with write_transaction(conn):
+        changed: int = conn.execute(sql, params).rowcount
+    return changed
+
+
 def write_one(conn: sqlite3.Connection, sql: str, *params: Any) -> bool:
     """One write statement in its own transaction; True if it changed a row."""
     with write_transaction(conn):

@@ -305,6 +305,12 @@ WHERE state IN (SELECT value FROM json_each(?1)) AND state != 'running'
        OR (CASE WHEN state IN ('scheduled', 'queued') THEN created_at ELSE finished_at END) < ?3)
 """
 
+# Jobs a broker refused to carry (base.DeliveryStore.withdraw).
+WITHDRAW: Final = """
+DELETE FROM conveyor_jobs
+WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('queued', 'scheduled')
+"""
+
 # In ScheduleRecord's field order (a test holds the two together).
 SCHEDULE_COLS: Final = (
     "name, job_name, payload, cron, every, tz, key, enabled, next_run, created_at, updated_at,"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from conveyor.backends.url_options import flag, split_store, whole_number
 from conveyor.job import InvalidOptionError
 
 OPTIONS: Final = frozenset(
@@ -34,8 +35,6 @@ OPTIONS: Final = frozenset(
 )
 # SQS's own rule for queue names: up to 80 of these, `.fifo` included.
 _QUEUE_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,75}(\.fifo)?$")
-_TRUE: Final = {"1", "true", "yes", "on"}
-_FALSE: Final = {"0", "false", "no", "off"}
 FIFO_SUFFIX: Final = ".fifo"
 
 
@@ -76,44 +75,13 @@ class SQSURL:
         return f"{base}-dlq" + (FIFO_SUFFIX if self.fifo else "")
 
 
-def _flag(url: str, name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise InvalidOptionError(f"{name}={value!r} in {url!r}: expected true or false")
-
-
-def _split_store(query: str) -> tuple[str, str | None]:
-    """(the query without store=, the store URL): store= takes the rest."""
-    match = re.search(r"(?:^|&)store=", query)
-    if match is None:
-        return query, None
-    store = query[match.end() :]
-    if "://" not in store:  # given percent-encoded
-        store = unquote(store)
-    return query[: match.start()], store
-
-
-def _int(url: str, name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        raise InvalidOptionError(
-            f"{name}={value!r} in {url!r}: expected a whole number from {low} to {high}"
-        )
-    return number
-
-
 def parse_url(url: str) -> SQSURL:
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme not in ("sqs", "sqs+https", "sqs+http"):
         raise InvalidOptionError(f"not an SQS URL: {url!r}")
     where, _, query = rest.partition("?")
-    query, store = _split_store(query)
+    query, store = split_store(query)
     options: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in OPTIONS:
@@ -170,12 +138,12 @@ def parse_url(url: str) -> SQSURL:
         queue_url=queue_url,
         region=region,
         endpoint_url=endpoint,
-        create=_flag(url, "create", options.get("create", "false")),
+        create=flag(url, "create", options.get("create", "false")),
         store=store,
         dlq=dlq,
-        max_receives=_int(url, "max_receives", options.get("max_receives", "10"), 1, 1000),
+        max_receives=whole_number(url, "max_receives", options.get("max_receives", "10"), 1, 1000),
         group=group,
         profile=options.get("profile") or None,
-        wait=_int(url, "wait", options.get("wait", "20"), 0, 20),
+        wait=whole_number(url, "wait", options.get("wait", "20"), 0, 20),
         display=f"sqs://{queue}" + (f" at {endpoint}" if endpoint else f" in {region}"),
     )
