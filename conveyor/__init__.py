@@ -9,6 +9,7 @@ from __future__ import annotations
 from conveyor.app import Conveyor
 from conveyor.backoff import Backoff
 from conveyor.context import JobContext
+from conveyor.discovery import DiscoveryError
 from conveyor.events import Event
 from conveyor.job import (
     BackendMisconfiguredError,
@@ -37,6 +38,7 @@ __all__ = [
     "Backoff",
     "Conveyor",
     "ConveyorError",
+    "DiscoveryError",
     "EnqueueFailedError",
     "Event",
     "InvalidOptionError",

@@ -23,11 +23,10 @@ from conveyor.backends.base import (
     CancelResult,
     NewJob,
     Retention,
-    WorkerInfo,
-    WorkerRegistry,
 )
 from conveyor.backends.optional import TransactionalEnqueue
 from conveyor.cache import Cache
+from conveyor.discovery import HandlerDiscovery
 from conveyor.events import Callback, EventBus
 from conveyor.job import (
     FINAL_STATES,
@@ -42,6 +41,7 @@ from conveyor.job import (
     new_job_id,
 )
 from conveyor.locks import Locks, hold
+from conveyor.queues import QueueAdmin
 from conveyor.recurring import RecurringSchedules
 from conveyor.registry import (
     JobType,
@@ -53,7 +53,9 @@ from conveyor.registry import (
     check_timeout,
     due_time,
 )
+from conveyor.scheduled import FunctionSchedule, ScheduledFunctions
 from conveyor.scheduler import Scheduler
+from conveyor.services import close_all, open_all, service_backends
 from conveyor.settings import CONVEYOR_URL, env_str
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ EnqueueItem = tuple[str, Any] | tuple[str, Any, dict[str, Any]]
 CallbackT = TypeVar("CallbackT", bound=Callback)
 
 
-class Conveyor(JobTypes, RecurringSchedules):
+class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscovery, QueueAdmin):
     """The application object: `app = Conveyor("sqlite:///jobs.db")`.
 
     The URL defaults to `$CONVEYOR_URL`, else `sqlite:///conveyor.db`. The
@@ -83,6 +85,8 @@ class Conveyor(JobTypes, RecurringSchedules):
         self,
         url: str | None = None,
         *,
+        cache_url: str | None = None,
+        locks_url: str | None = None,
         keep_completed: int | None = 1000,
         keep_failed: int | None = None,
         backend: Backend | None = None,
@@ -102,12 +106,19 @@ class Conveyor(JobTypes, RecurringSchedules):
                 raise InvalidOptionError(f"{name} must be an integer >= 0 or None, got {value!r}")
         self.url = url or env_str(CONVEYOR_URL) or DEFAULT_URL
         self.backend: Backend = backend if backend is not None else from_url(self.url)
+        # Locks and the cache on backends of their own, where a URL says so.
+        self.services = service_backends(self.url, locks_url, cache_url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
         self.registry: dict[str, JobType[Any, Any]] = {}  # registered or declared
+        self.function_schedules: dict[str, FunctionSchedule] = {}  # @app.cron, @app.every
         self.events = EventBus()
         self.portal = Portal()
-        self.locks = Locks(self._backend, self.portal, self.url)
-        self.cache = Cache(self._backend, self.portal, self.url)
+        self.locks = Locks(
+            self._locks_backend, self.portal, self.services.locks_or(self.backend).url
+        )
+        self.cache = Cache(
+            self._cache_backend, self.portal, self.services.cache_or(self.backend).url
+        )
         self._open = False
         self._open_lock: asyncio.Lock | None = None
         forking.track(self)  # for the fork hooks
@@ -144,7 +155,7 @@ class Conveyor(JobTypes, RecurringSchedules):
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if not self._open:
-                await self.backend.open()
+                await open_all([self.backend, *self.services.own()])
                 self._open = True
 
     async def close(self) -> None:
@@ -152,7 +163,7 @@ class Conveyor(JobTypes, RecurringSchedules):
         loop of the `_sync` calls, unless this runs on that loop."""
         if self._open:
             self._open = False
-            await self.backend.close()
+            await close_all([self.backend, *self.services.own()])
         if self.portal.running and not self.portal.owns_current_loop():
             await asyncio.to_thread(self.portal.stop)
 
@@ -185,6 +196,12 @@ class Conveyor(JobTypes, RecurringSchedules):
         if not self._open:
             await self.open()
         return self.backend
+
+    async def _locks_backend(self) -> Backend:
+        return self.services.locks_or(await self._backend())
+
+    async def _cache_backend(self) -> Backend:
+        return self.services.cache_or(await self._backend())
 
     # ------------------------------------------------------------------ producing
 
@@ -396,30 +413,6 @@ class Conveyor(JobTypes, RecurringSchedules):
         self._require(backend.capabilities.stats, "stats")
         return await backend.stats()
 
-    async def workers(self) -> list[WorkerInfo]:
-        """Live workers: id, host, pid, queues and the job names each serves."""
-        return await (await self._worker_registry()).workers()
-
-    async def unserved(self) -> dict[str, dict[str, int]]:
-        """Queued jobs that no live worker can run, `{queue: {job name: count}}`:
-        no live worker serves that name in that queue (say, a new job type
-        while only old workers run). They wait; nothing fails them."""
-        registry = await self._worker_registry()
-        waiting = await registry.queued_by_name()
-        live = await registry.workers()
-        served = {(queue, name) for w in live for queue in w.queues for name in w.names}
-        return {
-            queue: left
-            for queue, counts in waiting.items()
-            if (left := {n: c for n, c in counts.items() if (queue, n) not in served})
-        }
-
-    async def _worker_registry(self) -> WorkerRegistry:
-        backend = await self._backend()
-        if not isinstance(backend, WorkerRegistry):
-            raise NotSupportedError("this backend does not support worker presence")
-        return backend
-
     # ------------------------------------------------------------------ administering
 
     async def cancel(self, job_id: str) -> bool:
@@ -541,8 +534,14 @@ class Conveyor(JobTypes, RecurringSchedules):
             self.events,
             settings_,
             retention=self.retention,
-            open=self.open,
+            open=self.open_for_work,
         )
+
+    async def open_for_work(self) -> None:
+        """What a worker does before its first claim: open the app and store
+        the schedules of its `@app.cron` / `@app.every` functions."""
+        await self.open()
+        await self.store_schedules()
 
     async def drain(
         self, queues: Sequence[str] | None = None, *, concurrency: int = 1
@@ -568,8 +567,6 @@ class Conveyor(JobTypes, RecurringSchedules):
     wait_sync = blocking(wait)
     list_jobs_sync = blocking(list_jobs)
     stats_sync = blocking(stats)
-    workers_sync = blocking(workers)
-    unserved_sync = blocking(unserved)
     cancel_sync = blocking(cancel)
     retry_sync = blocking(retry)
     purge_sync = blocking(purge)

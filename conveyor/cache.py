@@ -16,6 +16,7 @@ from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, CacheStore
 from conveyor.codec import decode_json, encode_json
 from conveyor.job import InvalidOptionError, NotSupportedError
+from conveyor.settings import CONVEYOR_CACHE_URL
 
 T = TypeVar("T")
 
@@ -59,7 +60,10 @@ class Cache:
     async def _store(self) -> CacheStore:
         backend = await self._backend()
         if not backend.capabilities.cache:
-            raise NotSupportedError(f"the backend {self._where} has no cache")
+            raise NotSupportedError(
+                f"the backend {self._where} has no cache; put it on one that has "
+                f"(Conveyor(..., cache_url=...) or ${CONVEYOR_CACHE_URL})"
+            )
         return cast(CacheStore, backend)
 
     async def get(self, key: str, default: Any = None) -> Any:

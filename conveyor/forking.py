@@ -28,7 +28,13 @@ def track(app: Conveyor) -> None:
 
 
 def _backends() -> list[Backend]:
-    return list({id(app.backend): app.backend for app in list(_LIVE_APPS)}.values())
+    """Every live app's backends (jobs, and the locks' and cache's own), each once."""
+    found = {
+        id(backend): backend
+        for app in list(_LIVE_APPS)
+        for backend in [app.backend, *app.services.own()]
+    }
+    return list(found.values())
 
 
 def _fork_hook(backend: Backend, name: str) -> bool:

@@ -82,6 +82,26 @@ def new_job_id() -> str:
     return f"{ms:012x}{_id_counter:04x}{_id_random.getrandbits(32):08x}"
 
 
+# The key of the envelope a payload of a job type's version 2 or later is
+# stored in: {"__conveyor_version__": 2, "payload": ...}. Version 1 payloads
+# are stored bare, as they always were (conveyor/versions.py says why).
+VERSION_KEY = "__conveyor_version__"
+
+
+def opened(stored: dict[str, Any]) -> tuple[Any, int]:
+    """The payload and version of a stored payload that has the envelope's
+    key; a dict that has it but is not an envelope is a payload of version 1."""
+    version = stored[VERSION_KEY]
+    if (
+        len(stored) == 2
+        and "payload" in stored
+        and type(version) is int
+        and version > 1  # version 1 is never wrapped
+    ):
+        return stored["payload"], version
+    return stored, 1
+
+
 @dataclass(slots=True)
 class Job:
     """A snapshot of one job as the backend holds it.
@@ -118,6 +138,14 @@ class Job:
     token: str | None = None
     traceback: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The version of its job type the job was enqueued with (see versions.py);
+    # read from the stored payload's envelope, which this record opens.
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        payload = self.payload
+        if type(payload) is dict and VERSION_KEY in payload:
+            self.payload, self.version = opened(payload)
 
     @property
     def is_final(self) -> bool:
@@ -144,6 +172,7 @@ class Job:
             "finished_at": _iso(self.finished_at),
             "timeout": self.timeout,
             "stalls": self.stalls,
+            "version": self.version,
             "logs": self.logs,
             "traceback": self.traceback,
             "history": [

@@ -18,6 +18,7 @@ from typing import cast
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, LockStore
 from conveyor.job import InvalidOptionError, NotSupportedError
+from conveyor.settings import CONVEYOR_LOCKS_URL
 
 
 def _check(key: str, ttl: float) -> None:
@@ -45,7 +46,10 @@ class Locks:
     async def _store(self) -> LockStore:
         backend = await self._backend()
         if not backend.capabilities.locks:
-            raise NotSupportedError(f"the backend {self._where} has no locks")
+            raise NotSupportedError(
+                f"the backend {self._where} has no locks; put them on one that has "
+                f"(Conveyor(..., locks_url=...) or ${CONVEYOR_LOCKS_URL})"
+            )
         return cast(LockStore, backend)
 
     async def acquire(self, key: str, ttl: float, wait: float = 0.0) -> str | None:

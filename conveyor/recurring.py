@@ -90,23 +90,7 @@ class RecurringSchedules:
         """
         if not isinstance(name, str) or not name:
             raise InvalidScheduleError(f"a schedule name must be a non-empty string, got {name!r}")
-        if (cron is None) == (every is None):
-            raise InvalidScheduleError("give exactly one of cron= or every=")
-        cron_text = parse_cron(cron) if cron is not None else None
-        seconds = parse_every(every) if every is not None else None
-        parse_tz(tz)
-        if catch_up not in CATCH_UP_POLICIES:
-            raise InvalidScheduleError(
-                f"catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, got {catch_up!r}"
-            )
-        if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
-            raise InvalidScheduleError(
-                f"max_catch_up must be an integer >= 1, got {max_catch_up!r}"
-            )
-        if not 0 <= misfire_grace < 1e11:  # also refuses NaN and infinity
-            raise InvalidScheduleError(
-                f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
-            )
+        cron_text, seconds = check_timing(cron, every, tz, catch_up, max_catch_up, misfire_grace)
         # Resolved and checked against the registered job type now, exactly as
         # an enqueue would: the record then holds everything a tick's job
         # needs, so a scheduler that does not register the type fires it too.
@@ -227,6 +211,34 @@ class RecurringSchedules:
     delete_recurring_sync = blocking(delete_recurring)
     run_recurring_sync = blocking(run_recurring)
     cancel_recurring_sync = blocking(cancel_recurring)
+
+
+def check_timing(
+    cron: str | None,
+    every: float | timedelta | str | None,
+    tz: str,
+    catch_up: str,
+    max_catch_up: int,
+    misfire_grace: float,
+) -> tuple[str | None, float | None]:
+    """Check a schedule's timing and catch-up options; return the normalised
+    cron text and the interval in seconds (one of them is None)."""
+    if (cron is None) == (every is None):
+        raise InvalidScheduleError("give exactly one of cron= or every=")
+    cron_text = parse_cron(cron) if cron is not None else None
+    seconds = parse_every(every) if every is not None else None
+    parse_tz(tz)
+    if catch_up not in CATCH_UP_POLICIES:
+        raise InvalidScheduleError(
+            f"catch_up must be one of {', '.join(CATCH_UP_POLICIES)}, got {catch_up!r}"
+        )
+    if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
+        raise InvalidScheduleError(f"max_catch_up must be an integer >= 1, got {max_catch_up!r}")
+    if not 0 <= misfire_grace < 1e11:  # also refuses NaN and infinity
+        raise InvalidScheduleError(
+            f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
+        )
+    return cron_text, seconds
 
 
 async def _store(app: _Facade) -> ScheduleStore:

@@ -28,6 +28,7 @@ from conveyor.job import (
     JobState,
     UnknownJobError,
 )
+from conveyor.versions import Migration, Versioning, versioning
 
 if TYPE_CHECKING:
     from conveyor._sync import Portal
@@ -185,6 +186,7 @@ class JobType(Generic[PayloadT, ResultT]):
         backoff: BackoffLike | None,
         *,
         model: type[BaseModel] | None = None,
+        versions: Versioning | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidOptionError(f"a job name must be a non-empty string, got {name!r}")
@@ -198,6 +200,7 @@ class JobType(Generic[PayloadT, ResultT]):
         self.backoff_option = backoff  # as given: compared when a declaration is completed
         self.backoff = as_backoff(backoff)
         self.model = model
+        self.versions = versions if versions is not None else Versioning()
         self.handler: Handler | None = None
         self.is_async = False
         self.takes_context = False
@@ -223,10 +226,15 @@ class JobType(Generic[PayloadT, ResultT]):
         self.__doc__ = handler.__doc__
         self.__wrapped__ = handler
 
+    @property
+    def version(self) -> int:
+        """The version of the type's payloads that this code enqueues and runs."""
+        return self.versions.version
+
     def settings(self) -> tuple[Any, ...]:
         """What producers and workers must agree on for this name."""
         backoff = Backoff() if self.backoff_option is None else self.backoff_option
-        return (self.defaults, self.model, backoff)
+        return (self.defaults, self.model, backoff, self.version)
 
     # -- payloads
 
@@ -240,10 +248,13 @@ class JobType(Generic[PayloadT, ResultT]):
                 raise InvalidPayloadError(
                     f"invalid payload for job {self.name!r}: {_describe(exc)}"
                 ) from exc
-        return encode_json(payload, f"the payload of job {self.name!r}")
+        return self.versions.wrap(encode_json(payload, f"the payload of job {self.name!r}"))
 
-    def decode_payload(self, payload: Any) -> Any:
-        """The handler's view of a stored payload (validated again on run)."""
+    def decode_payload(self, payload: Any, version: int = 1) -> Any:
+        """The handler's view of a stored payload of `version` (migrated to
+        this type's version, then validated again on run)."""
+        if version != self.version:
+            payload = self.versions.upgrade(self.name, payload, version)
         if self.model is None:
             return payload
         try:
@@ -382,22 +393,27 @@ class JobTypes:
         priority: int = 0,
         queue: str = "default",
         backoff: BackoffLike | None = None,
+        version: int = 1,
+        migrations: Mapping[int, Migration] | None = None,
     ) -> JobDecorator:
-        """Register a handler under `name` with its per-type defaults."""
+        """Register a handler under `name` with its per-type defaults, at
+        `version` with `migrations` from each older one (see versions.py)."""
         defaults = JobDefaults(retries=retries, timeout=timeout, priority=priority, queue=queue)
+        versions = versioning(name, version, migrations, handled=True)
 
         def register(handler: Handler) -> JobType[Any, Any]:
             existing = self.registry.get(name)
             if existing is not None and existing.handler is not None:
                 raise InvalidOptionError(f"job name {name!r} is already registered")
             job_type: JobType[Any, Any] = JobType(
-                cast(Producer, self), name, handler, defaults, backoff
+                cast(Producer, self), name, handler, defaults, backoff, versions=versions
             )
             if existing is None:
                 self.registry[name] = job_type
                 return job_type
             _check_agrees(existing, job_type, "registered")
             existing.attach(handler)  # the declaration's handle, now with its handler
+            existing.versions = versions  # and the migrations a worker needs
             return existing
 
         return cast(JobDecorator, register)
@@ -413,6 +429,8 @@ class JobTypes:
         priority: int = 0,
         queue: str = "default",
         backoff: BackoffLike | None = None,
+        version: int = 1,
+        migrations: Mapping[int, Migration] | None = None,
     ) -> JobType[ModelT, Any]: ...
 
     @overload
@@ -426,6 +444,8 @@ class JobTypes:
         priority: int = 0,
         queue: str = "default",
         backoff: BackoffLike | None = None,
+        version: int = 1,
+        migrations: Mapping[int, Migration] | None = None,
     ) -> JobType[Any, Any]: ...
 
     def declare(
@@ -438,16 +458,27 @@ class JobTypes:
         priority: int = 0,
         queue: str = "default",
         backoff: BackoffLike | None = None,
+        version: int = 1,
+        migrations: Mapping[int, Migration] | None = None,
     ) -> JobType[Any, Any]:
         """A job type without a handler: what a producer that does not import
         the worker's code needs to validate payloads and enqueue with the
         worker's defaults. Give the same settings as the worker's `@app.job`;
         a declaration that disagrees with another one, or with the handler
         registered here, is refused. No worker of this app runs a type that
-        is only declared: a worker that registers the handler does."""
+        is only declared: a worker that registers the handler does. Give the
+        worker's `version` too: payloads are enqueued as that version (its
+        `migrations` are the worker's business and may be left out here)."""
         defaults = JobDefaults(retries=retries, timeout=timeout, priority=priority, queue=queue)
+        versions = versioning(name, version, migrations, handled=False)
         declared: JobType[Any, Any] = JobType(
-            cast(Producer, self), name, None, defaults, backoff, model=payload_model
+            cast(Producer, self),
+            name,
+            None,
+            defaults,
+            backoff,
+            model=payload_model,
+            versions=versions,
         )
         existing = self.registry.get(name)
         if existing is None:
@@ -499,7 +530,7 @@ def _check_agrees(existing: JobType[Any, Any], new: JobType[Any, Any], verb: str
     the worker's, or validate against another model."""
     if existing.settings() == new.settings():
         return
-    labels = ("defaults", "payload_model", "backoff")
+    labels = ("defaults", "payload_model", "backoff", "version")
     differ = [
         f"{label} {old!r} != {now!r}"
         for label, old, now in zip(labels, existing.settings(), new.settings(), strict=True)
@@ -509,7 +540,7 @@ def _check_agrees(existing: JobType[Any, Any], new: JobType[Any, Any], verb: str
     raise InvalidOptionError(
         f"job {existing.name!r} is already {was} with other settings than it is {verb} "
         f"with now ({'; '.join(differ)}): give the same retries, timeout, priority, "
-        "queue, backoff and payload model in app.declare() and @app.job()"
+        "queue, backoff, payload model and version in app.declare() and @app.job()"
     )
 
 

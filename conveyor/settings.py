@@ -20,6 +20,10 @@ T = TypeVar("T")
 
 # The backend URL when code gives none (else sqlite:///conveyor.db); the CLI's --url.
 CONVEYOR_URL = "CONVEYOR_URL"
+# The backend of the locks when code gives no locks_url= (else the jobs backend).
+CONVEYOR_LOCKS_URL = "CONVEYOR_LOCKS_URL"
+# The backend of the cache when code gives no cache_url= (else the jobs backend).
+CONVEYOR_CACHE_URL = "CONVEYOR_CACHE_URL"
 # Jobs a worker runs at once (default 10).
 CONVEYOR_CONCURRENCY = "CONVEYOR_CONCURRENCY"
 # Jobs a worker claims ahead of free slots (default 0).
@@ -47,6 +51,9 @@ CONVEYOR_MAX_STALLED = "CONVEYOR_MAX_STALLED"
 CONVEYOR_MAX_ABANDONED_THREADS = "CONVEYOR_MAX_ABANDONED_THREADS"
 # The CLI shows the full traceback of an error instead of one line.
 CONVEYOR_DEBUG = "CONVEYOR_DEBUG"
+# The shared secret Cloud Tasks' tasks carry (X-Conveyor-Secret) and the
+# endpoint (conveyor.gcp.tasks_endpoint) requires, when set.
+CONVEYOR_CLOUDTASKS_SECRET = "CONVEYOR_CLOUDTASKS_SECRET"
 # The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
 CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
 # The servers the test suite uses (else a default local port, else one it starts).
@@ -61,6 +68,8 @@ CONVEYOR_TEST_PUBSUB_EMULATOR_HOST = "CONVEYOR_TEST_PUBSUB_EMULATOR_HOST"
 # these so a developer's shell cannot change what the tests see).
 BEHAVIOUR = (
     CONVEYOR_URL,
+    CONVEYOR_LOCKS_URL,
+    CONVEYOR_CACHE_URL,
     CONVEYOR_CONCURRENCY,
     CONVEYOR_PREFETCH,
     CONVEYOR_QUEUES,
@@ -74,6 +83,7 @@ BEHAVIOUR = (
     CONVEYOR_MAX_STALLED,
     CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_DEBUG,
+    CONVEYOR_CLOUDTASKS_SECRET,
 )
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 PARTS = [
     ("sqs standard", "sqs and not sqs_fifo"),
     ("sqs fifo", "sqs_fifo"),
-    ("pubsub", "pubsub and not sqs"),
-    ("redis+postgres", "not sqs and not pubsub and (redis or postgres)"),
-    ("the rest", "not sqs and not pubsub and not redis and not postgres"),
+    ("pubsub+cloudtasks", "(pubsub or cloudtasks) and not sqs"),
+    ("redis+postgres", "not sqs and not pubsub and not cloudtasks and (redis or postgres)"),
+    ("the rest", "not sqs and not pubsub and not cloudtasks and not redis and not postgres"),
 ]
 
 

@@ -20,6 +20,7 @@ the `<name>_urls` fixture of the param being run only, so a test selected with
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import itertools
 import os
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import schema_makers
 
 from conveyor import settings
 
@@ -48,9 +50,22 @@ BACKENDS = [
     pytest.param("sqs_fifo", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
     pytest.param("sqs_bare", marks=pytest.mark.sqs),
     pytest.param("sqs_fifo_bare", marks=[pytest.mark.sqs, pytest.mark.sqs_fifo]),
-    # Pub/Sub on gcloud's emulator: with a SQLite store and without one.
+    # Pub/Sub on gcloud's emulator: with a SQLite store and without one, and
+    # ordered (ordering keys: a queue's jobs in order, jobs of a group=
+    # one at a time) with a Redis store.
     pytest.param("pubsub", marks=pytest.mark.pubsub),
     pytest.param("pubsub_bare", marks=pytest.mark.pubsub),
+    pytest.param("pubsub_ordered", marks=pytest.mark.pubsub),
+]
+
+# Locks and the cache on a backend of their own, "<jobs>/<locks and cache>":
+# Conveyor(jobs URL, locks_url=..., cache_url=...). Tests marked
+# `split_services` (the locks and cache suites) run on these as well.
+SPLIT_SERVICES = [
+    # (Jobs on SQS with locks and the cache elsewhere: tests/unit/test_services.py;
+    # here a new SQS queue per test would add a minute to the suite.)
+    pytest.param("sqlite/redis", marks=[pytest.mark.sqlite, pytest.mark.redis]),
+    pytest.param("sqlite/postgres", marks=[pytest.mark.sqlite, pytest.mark.postgres]),
 ]
 
 
@@ -271,12 +286,18 @@ def postgres_urls(postgres_server_url: str | None) -> Iterator[Callable[[], str]
     assert postgres_server_url is not None
     schemas: list[str] = []
 
+    made_by = os.environ.get(schema_makers.ENV_VAR)
+
     def fresh() -> str:
         # A schema of its own per URL isolates tests sharing one database.
         schema = f"test_{uuid.uuid4().hex[:12]}"
         schemas.append(schema)
         joiner = "&" if "?" in postgres_server_url else "?"
-        return f"{postgres_server_url}{joiner}schema={schema}"
+        url = f"{postgres_server_url}{joiner}schema={schema}"
+        if made_by:  # by the application's migrations: the backend must find it ready
+            schema_makers.make_schema(made_by, postgres_server_url, schema)
+            url += "&migrate=false"
+        return url
 
     yield fresh
     import psycopg
@@ -460,6 +481,110 @@ def pubsub_urls(
     return lambda: f"{pubsub_bare_urls()}&store={sqlite_urls()}"
 
 
+@pytest.fixture
+def pubsub_ordered_urls(
+    pubsub_bare_urls: Callable[[], str], redis_urls: Callable[[], str]
+) -> Callable[[], str]:
+    """Ordered subscriptions (ordering keys), with a Redis store of their own."""
+    return lambda: f"{pubsub_bare_urls()}&ordered=true&store={redis_urls()}"
+
+
+# --------------------------------------------------------------------------- Cloud Tasks
+# The `gcloud-tasks-emulator` package from PyPI pins protobuf < 5, which our
+# virtualenv cannot have, so it gets a virtualenv of its own, made on first
+# use under the cache directory ($CONVEYOR_TEST_CACHE, else
+# ~/.cache/conveyor-tests) and kept for the next runs.
+# $CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST names a running one instead.
+
+EMULATOR = "gcloud-tasks-emulator==0.6.2"
+
+
+def _cache_dir() -> Path:
+    given = os.environ.get("CONVEYOR_TEST_CACHE")
+    return Path(given) if given else Path.home() / ".cache" / "conveyor-tests"
+
+
+def _emulator_venv() -> Path | str:
+    """The emulator's command, installing it on first use; else why not."""
+    venv = _cache_dir() / EMULATOR.replace("==", "-")
+    command = venv / "bin" / "gcloud-tasks-emulator"
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        # Several test processes may start at once: one installs, the others wait.
+        with open(venv.parent / (venv.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if command.exists():
+                return command
+            steps = [
+                [sys.executable, "-m", "venv", "--clear", str(venv)],
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", EMULATOR],
+            ]
+            for step in steps:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=600)
+                if done.returncode != 0:
+                    return f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot install {EMULATOR} under {venv}: {exc}"
+    return command
+
+
+def _answers(host: str) -> bool:
+    name, _, port = host.rpartition(":")
+    try:
+        with socket.create_connection((name, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def free_ports() -> Callable[[], int]:
+    """A maker of free loopback ports (for servers a test starts itself)."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def cloudtasks_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of a running emulator, or "!" and why there is none."""
+    given = os.environ.get("CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST")
+    if given:
+        yield given
+        return
+    command = _emulator_venv()
+    if isinstance(command, str):
+        yield "!" + command
+        return
+    port = _free_port()
+    log = tmp_path_factory.mktemp("cloudtasks") / "emulator.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(command), "start", "-p", str(port), "-q"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    host = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and not _answers(host):
+        time.sleep(0.1)
+    try:
+        if _answers(host):
+            yield host
+        else:
+            yield f"!the emulator did not start: {log.read_text(errors='replace')[-500:]}"
+    finally:
+        _stop_group(process)
+
+
+@pytest.fixture
+def cloudtasks_emulator_host(cloudtasks_emulator: str) -> str:
+    require_backend("cloudtasks", "conveyor.backends.cloudtasks")
+    if cloudtasks_emulator.startswith("!"):
+        unavailable(f"cloudtasks unavailable: no Cloud Tasks emulator ({cloudtasks_emulator[1:]})")
+    return cloudtasks_emulator
+
+
 # --------------------------------------------------------------------------- the matrix
 
 
@@ -469,11 +594,34 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test marked `split_services` takes its backend_name from BACKENDS and
+    # SPLIT_SERVICES, by direct parametrization, which pytest lets win over
+    # the fixture's params (first, so that the parametrize plugins see it).
+    definition = metafunc.definition
+    if "backend_name" in metafunc.fixturenames and definition.get_closest_marker("split_services"):
+        definition.add_marker(pytest.mark.parametrize("backend_name", [*BACKENDS, *SPLIT_SERVICES]))
+
+
 @pytest.fixture
 def backend_urls(request: pytest.FixtureRequest, backend_name: str) -> Callable[[], str]:
-    """A maker of fresh URLs for the backend under test (resolved lazily)."""
-    maker: Callable[[], str] = request.getfixturevalue(f"{backend_name}_urls")
+    """A maker of fresh URLs for the backend under test (resolved lazily);
+    under a split configuration, of its jobs backend."""
+    jobs = backend_name.partition("/")[0]
+    maker: Callable[[], str] = request.getfixturevalue(f"{jobs}_urls")
     return maker
+
+
+@pytest.fixture
+def service_urls(request: pytest.FixtureRequest, backend_name: str) -> dict[str, str]:
+    """The `Conveyor(...)` arguments of the locks' and cache's own backend
+    under a split configuration (one fresh URL for both), else none."""
+    _, split, services = backend_name.partition("/")
+    if not split:
+        return {}
+    url: str = request.getfixturevalue(f"{services}_urls")()
+    return {"locks_url": url, "cache_url": url}
 
 
 @pytest.fixture

@@ -175,6 +175,10 @@ class Capabilities:
     # `enqueue(..., connection=conn)` stores jobs inside the caller's own
     # database transaction (the backend implements TransactionalEnqueue).
     transactional_enqueue: bool = False
+    # Queues can be paused (`app.pause`): the backend keeps the set of paused
+    # queues (QueuePauses) where every worker reads it. A bare broker has
+    # nowhere to keep it.
+    pause: bool = True
     # A process that forked after the backend made its first call can go on
     # using it in the child (False: gRPC's channels do not survive a fork, so
     # Pub/Sub's workers must be forked before the backend is used, or spawned).
@@ -475,11 +479,27 @@ class CacheStore(Protocol):
 
 # --------------------------------------------------------------------------- workers
 
+# A worker record not renewed within its TTL is stale (its worker was killed,
+# or is stuck, or cut off): kept this long after its TTL ran out, shown as
+# stale, then forgotten.
+STALE_WORKER_KEPT = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJobInfo:
+    """A job a worker was running at its latest beat (started_at: epoch seconds)."""
+
+    id: str
+    name: str
+    started_at: float
+
 
 @dataclass(slots=True)
 class WorkerInfo:
-    """A worker's presence record: who it is and what it serves. Times are
-    epoch seconds; `last_seen` is the time of its latest beat."""
+    """A worker's presence record: who it is, what it serves and what it runs.
+    Times are epoch seconds; `last_seen` is the time of its latest beat (by
+    the worker's clock). `stale` is set on read: the record was not renewed
+    within its TTL (the worker is gone, stuck or cut off)."""
 
     id: str
     host: str
@@ -488,6 +508,21 @@ class WorkerInfo:
     names: tuple[str, ...]  # the job names it has handlers for
     started_at: float
     last_seen: float
+    concurrency: int = 0  # 0: not said (a worker of an older release)
+    running: tuple[RunningJobInfo, ...] = ()
+    stale: bool = False
+
+    def details(self) -> dict[str, Any]:
+        """What a backend stores beside the identity columns, as JSON-ready data."""
+        return {
+            "concurrency": self.concurrency,
+            "running": [[job.id, job.name, job.started_at] for job in self.running],
+        }
+
+    @staticmethod
+    def running_from(rows: Sequence[Sequence[Any]]) -> tuple[RunningJobInfo, ...]:
+        """`details()["running"]` as stored, back to records."""
+        return tuple(RunningJobInfo(str(i), str(n), float(s)) for i, n, s in rows)
 
 
 @runtime_checkable
@@ -496,16 +531,43 @@ class WorkerRegistry(Protocol):
     nobody can run (no live worker serves its name in its queue) is visible.
 
     A worker beats on start and every few seconds and says goodbye at stop; a
-    record not renewed within its TTL counts as gone (a killed worker)."""
+    record not renewed within its TTL counts as gone (a killed worker): it is
+    kept STALE_WORKER_KEPT seconds more, read as stale, then forgotten."""
 
     async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
-        """Create or replace the record of `info.id`, live until `now + ttl`."""
+        """Create or replace the record of `info.id` (with its concurrency and
+        running jobs), live until `now + ttl`; forget the records stale for
+        longer than STALE_WORKER_KEPT."""
 
     async def worker_gone(self, worker_id: str) -> None:
         """Remove the record (no error when there is none)."""
 
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
-        """The records still live at `now`, ordered by (started_at, id)."""
+    async def workers(
+        self, now: float | None = None, *, include_stale: bool = False
+    ) -> list[WorkerInfo]:
+        """The records still live at `now`, ordered by (started_at, id); with
+        `include_stale`, also those whose TTL ran out less than
+        STALE_WORKER_KEPT seconds ago, flagged `stale`."""
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         """{queue: {job name: queued jobs}}, leaving out zero counts."""
+
+
+# --------------------------------------------------------------------------- pauses
+
+
+@runtime_checkable
+class QueuePauses(Protocol):
+    """Optional (with `capabilities.pause`): the set of paused queues, kept
+    where every worker reads it. Workers stop claiming from a paused queue;
+    enqueues to it go on as ever. The backend only keeps the set: claims do
+    not look at it (workers leave paused queues out of what they claim)."""
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Add `queue` to the set; False when it was in it already."""
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Remove `queue` from the set; False when it was not in it."""
+
+    async def paused_queues(self) -> set[str]:
+        """The paused queues (one cheap read: workers call it every second)."""

@@ -1,5 +1,5 @@
-"""Recurring schedules, locks, the cache and worker presence of the memory
-backend: `MemoryStores`, the base class of `MemoryBackend`, which owns the
+"""Recurring schedules, locks, the cache, worker presence and paused queues
+of the memory backend: `MemoryStores`, the base class of `MemoryBackend`, which owns the
 lock that guards the whole store."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import time
 from collections.abc import Sequence
 
 from conveyor.backends._notify import Notifier
-from conveyor.backends.base import NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.records import present_workers
 from conveyor.job import Job
 
 
 class MemoryStores:
-    """Schedules, locks, cache and worker presence of `MemoryBackend`."""
+    """Schedules, locks, cache, worker presence and pauses of `MemoryBackend`."""
 
     def __init__(self) -> None:
         # One lock for the whole store, jobs included: a schedule's tick
@@ -26,6 +27,7 @@ class MemoryStores:
         self._locks: dict[str, tuple[str, float]] = {}  # key -> (token, expires)
         self._cache: dict[str, tuple[str, float | None]] = {}  # key -> (json, expires)
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires)
+        self._paused: set[str] = set()
 
     def _insert(self, jobs: Sequence[NewJob], now: float) -> list[Job]:
         """Store jobs; the caller holds self._lock (MemoryBackend's)."""
@@ -137,19 +139,39 @@ class MemoryStores:
     async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._lock:
-            # Records of workers that died without saying goodbye go here.
-            for worker_id in [w for w, (_, expires) in self._workers.items() if expires <= now]:
+            # Records of workers that died without saying goodbye go here,
+            # once they have been shown as stale for a while.
+            forgotten = now - STALE_WORKER_KEPT
+            for worker_id in [w for w, (_, ends) in self._workers.items() if ends <= forgotten]:
                 del self._workers[worker_id]
-            self._workers[info.id] = (dataclasses.replace(info), now + ttl)
+            self._workers[info.id] = (dataclasses.replace(info, stale=False), now + ttl)
 
     async def worker_gone(self, worker_id: str) -> None:
         with self._lock:
             self._workers.pop(worker_id, None)
 
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
+    async def workers(
+        self, now: float | None = None, *, include_stale: bool = False
+    ) -> list[WorkerInfo]:
         now = time.time() if now is None else now
         with self._lock:
-            live = [
-                dataclasses.replace(i) for i, expires in self._workers.values() if expires > now
-            ]
-        return sorted(live, key=lambda info: (info.started_at, info.id))
+            records = [(dataclasses.replace(i), ends) for i, ends in self._workers.values()]
+        return present_workers(records, now, include_stale)
+
+    # ----------------------------------------------------------------- pauses
+
+    async def pause_queue(self, queue: str) -> bool:
+        with self._lock:
+            added = queue not in self._paused
+            self._paused.add(queue)
+        return added
+
+    async def resume_queue(self, queue: str) -> bool:
+        with self._lock:
+            removed = queue in self._paused
+            self._paused.discard(queue)
+        return removed
+
+    async def paused_queues(self) -> set[str]:
+        with self._lock:
+            return set(self._paused)

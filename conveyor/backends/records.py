@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from conveyor.backends.base import ClaimToken, NewJob
+from conveyor.backends.base import STALE_WORKER_KEPT, ClaimToken, NewJob, WorkerInfo
 from conveyor.codec import decode_json
 from conveyor.job import HISTORY_LIMIT, AttemptOutcome, Job, JobState, attempt_entry, utc
 
@@ -223,3 +223,47 @@ def new_job(
         timeout=new.timeout,
         duplicate=duplicate,
     )
+
+
+def stored_worker(
+    *,
+    id: str,
+    host: str,
+    pid: int,
+    queues: Sequence[str],
+    names: Sequence[str],
+    started_at: float,
+    last_seen: float,
+    details: dict[str, Any] | None,
+) -> WorkerInfo:
+    """A worker's presence record from its stored fields; `details` as
+    `WorkerInfo.details()` made it (None or {} from an older release's beat)."""
+    details = details or {}
+    return WorkerInfo(
+        id=id,
+        host=host,
+        pid=int(pid),
+        queues=tuple(queues),
+        names=tuple(names),
+        started_at=float(started_at),
+        last_seen=float(last_seen),
+        concurrency=int(details.get("concurrency", 0)),
+        running=WorkerInfo.running_from(details.get("running", ())),
+    )
+
+
+def present_workers(
+    records: Iterable[tuple[WorkerInfo, float]], now: float, include_stale: bool
+) -> list[WorkerInfo]:
+    """The presence records (each with the time its TTL runs out) that
+    `WorkerRegistry.workers` returns at `now`: the live ones and, with
+    `include_stale`, those stale for less than STALE_WORKER_KEPT (flagged),
+    ordered by (started_at, id)."""
+    out = []
+    for info, expires in records:
+        if expires > now:
+            out.append(info)
+        elif include_stale and expires + STALE_WORKER_KEPT > now:
+            info.stale = True
+            out.append(info)
+    return sorted(out, key=lambda info: (info.started_at, info.id))

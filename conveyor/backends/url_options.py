@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from conveyor.job import InvalidOptionError
 
@@ -47,3 +47,31 @@ def split_store(query: str) -> tuple[str, str | None]:
     if "://" not in store:  # given percent-encoded
         store = unquote(store)
     return query[: match.start()], store
+
+
+def host_port(url: str, name: str, value: str) -> str:
+    """`name=value` of `url` as host:port (an emulator's, an endpoint's)."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise InvalidOptionError(f"{name}={value!r} for {url!r}: expected host:port")
+    return value
+
+
+def split_url(
+    url: str, scheme: str, known: frozenset[str], what: str
+) -> tuple[str, dict[str, str], str | None]:
+    """(what comes between :// and ?, the options, the store= URL) of a
+    broker URL of `scheme`; an unknown option is refused naming the known."""
+    given, sep, rest = url.partition("://")
+    if not sep or given.lower() != scheme:
+        raise InvalidOptionError(f"not a {what} URL: {url!r}")
+    where, _, query = rest.partition("?")
+    query, store = split_store(query)
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in known:
+            raise InvalidOptionError(
+                f"unknown option {name!r} in {url!r}; known: {', '.join(sorted(known))}"
+            )
+        options[name] = value
+    return where, options, store

@@ -3,8 +3,9 @@
 The package is laid out by concern: `core` (one-line errors, the group class,
 global options, running an action on the app), `loading` (finding MODULE:APP),
 `views` (tables and panels), and one module per family of commands:
-`worker_command`, `admin` (stats, jobs, cancel, retry, purge, recurring) and
-`tools` (bench, demo). This module builds the `cli` group from them.
+`worker_command`, `admin` (stats, jobs, cancel, retry, purge, recurring),
+`queues` (pause, resume, workers) and `tools` (bench, demo). This module
+builds the `cli` group from them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import click
 
 from conveyor import __version__
 from conveyor.app import DEFAULT_URL
-from conveyor.cli import admin, dashboard_command, migrate, tools, worker_command
+from conveyor.cli import (
+    admin,
+    dashboard_command,
+    job_types,
+    migrate,
+    queues,
+    tools,
+    worker_command,
+)
 from conveyor.cli.core import CliError, ConveyorGroup, Options, describe
 from conveyor.cli.loading import load_app
 from conveyor.settings import CONVEYOR_DEBUG, CONVEYOR_URL
@@ -52,10 +61,14 @@ def cli(ctx: click.Context, url: str | None, debug: bool) -> None:
 cli.add_command(worker_command.worker)
 cli.add_command(admin.stats)
 cli.add_command(admin.jobs)
+admin.jobs.add_command(job_types.types)
 cli.add_command(admin.cancel)
 cli.add_command(admin.retry)
 cli.add_command(admin.purge)
 cli.add_command(admin.recurring)
+cli.add_command(queues.pause)
+cli.add_command(queues.resume)
+cli.add_command(queues.workers)
 cli.add_command(migrate.migrate)
 cli.add_command(dashboard_command.dashboard)
 cli.add_command(tools.bench)

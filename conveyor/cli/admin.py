@@ -31,6 +31,7 @@ from conveyor.cli.views import (
     broker_table,
     job_view,
     jobs_table,
+    paused_line,
     recurring_table,
     schedule_dict,
     serving_lines,
@@ -75,8 +76,15 @@ async def _watch_stats(app: Conveyor) -> None:
 
 
 async def _stats_view(app: Conveyor) -> RenderableType:
-    """The counts table, then who serves which queues and what no live worker can run."""
-    table: RenderableType = stats_table(await app.stats(), app.url)
+    """The counts table (paused queues marked), then who serves which queues
+    and what no live worker can run."""
+    try:
+        paused = await app.paused()
+    except NotSupportedError:  # a bare broker: nothing is ever paused
+        paused = []
+    table: RenderableType = stats_table(await app.stats(), app.url, paused)
+    if paused:
+        table = Group(table, paused_line(paused))
     backend = app.backend
     if isinstance(backend, BrokerStats) and (rows := await backend.broker_stats()):
         # A broker without counts (Pub/Sub) has no rows.

@@ -19,14 +19,15 @@ from conveyor.cli.core import options, out
 )
 @click.pass_context
 def migrate(ctx: click.Context, dry_run: bool) -> None:
-    """Create or upgrade the backend's schema (PostgreSQL; other backends
-    need none or upgrade on open). Safe to run from several places at once."""
+    """Create or upgrade the backend's schema (PostgreSQL, SQLite; the other
+    backends need none). Safe to run from several places at once. The SQL
+    also goes into your own migrations: conveyor.contrib.alembic, .django."""
     app = Conveyor(options(ctx).url)  # the URL resolved as every command does
     backend, url = app.backend, app.url
     if not isinstance(backend, Migrations):
         out().print(
-            f"{url.partition('://')[0]}:// has no migrations to run: its storage is "
-            "created (SQLite: and upgraded) when it is first opened."
+            f"{url.partition('://')[0]}:// has no migrations to run: its storage "
+            "needs no schema, or is created when it is first opened."
         )
         return
 

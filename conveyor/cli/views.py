@@ -106,7 +106,17 @@ def serving_lines(workers: Sequence[WorkerInfo], unserved: dict[str, dict[str, i
     return text
 
 
-def stats_table(counts: dict[str, dict[str, int]], url: str) -> Table:
+def paused_line(paused: Sequence[str]) -> Text:
+    """The paused queues, which workers do not claim from."""
+    if not paused:
+        return Text("no queue paused", style="dim")
+    text = Text("paused: ", style="bold yellow")
+    text.append(", ".join(paused), style="yellow")
+    text.append(" (workers claim nothing from them; `conveyor resume QUEUE`)", style="dim")
+    return text
+
+
+def stats_table(counts: dict[str, dict[str, int]], url: str, paused: Sequence[str] = ()) -> Table:
     states = [s.value for s in JobState]
     table = compact_table()
     table.title = f"conveyor · {url}"
@@ -122,13 +132,66 @@ def stats_table(counts: dict[str, dict[str, int]], url: str) -> Table:
         row = counts[queue]
         for state in states:
             totals[state] += row.get(state, 0)
-        table.add_row(queue, *_count_cells(row, states))
+        label = Text(queue)
+        if queue in paused:
+            label.append(" paused", style="yellow")
+        table.add_row(label, *_count_cells(row, states))
     if len(counts) > 1:
         table.add_section()
         table.add_row("all", *_count_cells(totals, states), style="bold")
     if not counts:
         table.caption = "no jobs yet"
     return table
+
+
+def workers_table(workers: Sequence[WorkerInfo], now: float | None = None) -> Table:
+    """One row per worker: where it runs, what it serves, the jobs it ran at
+    its latest beat (with how long each had run then), and that beat."""
+    now = time.time() if now is None else now
+    table = compact_table()
+    table.add_column("worker", style="bold", overflow="fold")
+    table.add_column("host", overflow="ellipsis", max_width=24)
+    table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("queues", overflow="fold")
+    table.add_column("busy", justify="right", no_wrap=True)
+    table.add_column("running now", overflow="fold")
+    table.add_column("last beat", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for info in workers:
+        running = Text()
+        for index, job in enumerate(info.running):
+            if index:
+                running.append("\n")
+            running.append(f"{job.name} ", style="bold")
+            running.append(f"{job.id} ", style="dim")
+            running.append(f"for {describe_age(info.last_seen - job.started_at)}")
+        concurrency = str(info.concurrency) if info.concurrency else "?"
+        status = Text("stale", style="red") if info.stale else Text("live", style="green")
+        table.add_row(
+            info.id,
+            info.host,
+            str(info.pid),
+            ", ".join(info.queues),
+            f"{len(info.running)}/{concurrency}",
+            running if info.running else Text("idle", style="dim"),
+            ago(datetime.fromtimestamp(info.last_seen, UTC), now),
+            status,
+        )
+    if not workers:
+        table.caption = "no worker"
+    return table
+
+
+def describe_age(seconds: float) -> str:
+    """`850 ms`, `12 s`, `3 min 5 s`, `2 h 4 min`: how long a job has run."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
 
 
 def broker_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -259,6 +322,7 @@ def job_view(job: Job) -> RenderableType:
     rows: list[tuple[str, str | Text]] = [
         ("id", job.id),
         ("name", job.name),
+        ("version", str(job.version)),
         ("queue", job.queue),
         ("state", state_text(job.state)),
         ("attempts", f"{job.attempts} of {job.max_retries + 1} allowed"),

@@ -17,6 +17,7 @@ from rich.console import Console
 from conveyor import __version__
 from conveyor.app import Conveyor
 from conveyor.cli.core import CliError, options
+from conveyor.cli.job_types import discover_option, discover_packages
 from conveyor.cli.loading import load_app_with_url
 from conveyor.settings import (
     CONVEYOR_BURST,
@@ -122,6 +123,7 @@ _JOB_THREAD_PREFIX = "conveyor-job"
     help="Exit (status 0) once the queues served have nothing due and nothing runs here; "
     f"schedules due at start fire once [env {CONVEYOR_BURST}; default off].",
 )
+@discover_option
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -145,6 +147,7 @@ def worker(
     max_stalled: int | None,
     max_abandoned_threads: int | None,
     burst: bool | None,
+    discover: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run a worker for the Conveyor app at MODULE:APP until SIGTERM/SIGINT
@@ -155,6 +158,7 @@ def worker(
     Flags win over the environment, which wins over the defaults.
     """
     app = load_app_with_url(app_path, options(ctx).url)
+    discovered = discover_packages(app, discover)
     settings: dict[str, Any] = {
         "concurrency": concurrency,
         # None (not given) lets the environment apply.
@@ -172,6 +176,8 @@ def worker(
     }
     the_worker = app.worker(**settings)
     _configure_logging(log_level)
+    if discovered:
+        logger.info("discovered %d module(s): %s", len(discovered), ", ".join(discovered))
     logger.info(
         "conveyor %s: worker for %s, job types: %s; queues: %s",
         __version__,

@@ -67,6 +67,15 @@ def starlette_app(dashboard: Dashboard, gate: Gate) -> Starlette:
                 ),
                 methods=["POST"],
             ),
+            Route(
+                "/api/queues/{queue}/{action}",
+                routes.act(
+                    lambda r: dashboard.queue_action(
+                        r.path_params["queue"], r.path_params["action"]
+                    )
+                ),
+                methods=["POST"],
+            ),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],
     )

@@ -104,9 +104,11 @@ class Dashboard:
         # A broker without a store (bare SQS) counts its messages but keeps
         # no job records: no chart, no oldest job, the counts alone.
         listing = self.app.backend.capabilities.list_jobs
+        paused = await self._paused()
         queues = []
-        for queue in sorted(stats):
-            counts = {state.value: stats[queue].get(state.value, 0) for state in JobState}
+        # A paused queue shows even with no job in it: it is a setting.
+        for queue in sorted(set(stats) | (paused or set())):
+            counts = {state.value: stats.get(queue, {}).get(state.value, 0) for state in JobState}
             queued = counts[JobState.QUEUED.value]
             queues.append(
                 {
@@ -116,9 +118,16 @@ class Dashboard:
                         await self._oldest_waiting(queue, queued, now) if listing else None
                     ),
                     "activity": await last_hour(self.app, queue, now) if listing else None,
+                    # None: the backend cannot pause (a broker without a store).
+                    "paused": None if paused is None else queue in paused,
                 }
             )
         return {"now": now, "backend": scheme_of(self.app.url), "queues": queues}
+
+    async def _paused(self) -> set[str] | None:
+        if not self.app.backend.capabilities.pause:
+            return None
+        return set(await self.app.paused())
 
     async def _oldest_waiting(self, queue: str, queued: int, now: float) -> float | None:
         """Seconds the oldest queued job of `queue` has been due; lists are
@@ -170,10 +179,11 @@ class Dashboard:
         return self.redaction.job(job.name, job.to_dict())
 
     async def workers(self) -> dict[str, Any]:
-        """Live workers, as the backend's presence records say; `supported`
-        is False on a backend that keeps none."""
+        """Live workers, and those whose beats stopped in the last minutes
+        (`stale`), as the backend's presence records say; `supported` is
+        False on a backend that keeps none."""
         try:
-            live = await self.app.workers()
+            live = await self.app.workers(include_stale=True)
         except NotSupportedError as exc:
             return {"supported": False, "reason": str(exc), "workers": [], "unserved": {}}
         return {
@@ -270,6 +280,16 @@ class Dashboard:
         if not done:
             raise NotFoundError(f"no recurring schedule named {name!r}")
         return {"ok": True}
+
+    async def queue_action(self, queue: str, action: str) -> dict[str, Any]:
+        """pause or resume `queue`; `changed` is False when it already was."""
+        if action == "pause":
+            changed = await self.app.pause(queue)
+        elif action == "resume":
+            changed = await self.app.resume(queue)
+        else:
+            raise NotFoundError(f"unknown action {action!r}; known: pause, resume")
+        return {"queue": queue, "paused": action == "pause", "changed": changed}
 
 
 def _matches(job: Job, query: JobQuery) -> bool:

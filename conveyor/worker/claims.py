@@ -38,7 +38,7 @@ class Claimer:
         self,
         backend: Backend,
         worker_id: str,
-        queues: tuple[str, ...],
+        queues: Callable[[], tuple[str, ...]],
         names: Callable[[], tuple[str, ...]],
         settings: WorkerSettings,
         retention: Retention,
@@ -48,7 +48,8 @@ class Claimer:
     ) -> None:
         self._backend = backend
         self._worker_id = worker_id
-        self._queues = queues
+        self._queues = queues  # the worker's queues less the paused ones, read per call
+        self._woken = asyncio.Event()
         self._names = names
         self._settings = settings
         self._retention = retention
@@ -79,13 +80,17 @@ class Claimer:
             raise
 
     async def _exchange(self, batch: Batch, limit: int, claim_id: str) -> list[Job]:
-        backend, queues, lease = self._backend, self._queues, self._settings.lease
+        backend, queues, lease = self._backend, self._queues(), self._settings.lease
         names = self._names()
+        if not queues:
+            limit = 0  # every queue of this worker is paused
         # Leases are reckoned by the backend's clock (the server's, where
         # there is one): no time of this worker's is sent.
         sent_at = self._clock()
         if not batch.outcomes:
-            jobs = await backend.claim(queues, limit, lease, claim_id=claim_id, names=names)
+            jobs = []
+            if limit > 0:
+                jobs = await backend.claim(queues, limit, lease, claim_id=claim_id, names=names)
         elif self._combined is not None and limit > 0:
             accepted, jobs = await self._combined.finish_and_claim(
                 batch.outcomes,
@@ -110,6 +115,10 @@ class Claimer:
     async def claim_blocking(self, backend: BlockingClaim, limit: int) -> list[Job]:
         """Wait on the server for work and claim it in the same step."""
         settings = self._settings
+        queues = self._queues()
+        if not queues:  # every queue of this worker is paused: see wait_for_work
+            return []
+        self._woken.clear()
         self.blocked_in = backend
         sent_at = self._clock()
         claim_id = self._new_id()
@@ -120,7 +129,7 @@ class Claimer:
             # its end then still has half its lease by the worker's reckoning,
             # which counts from when the wait began.
             jobs = await backend.claim_blocking(
-                self._queues,
+                queues,
                 limit,
                 settings.lease,
                 min(settings.poll_interval, settings.lease / 2),
@@ -137,17 +146,22 @@ class Claimer:
         return jobs
 
     async def wait_for_work(self, stopping: asyncio.Event) -> None:
-        """Return when work may be there, after the poll interval, or on stop."""
+        """Return when work may be there, after the poll interval, on stop, or
+        when the paused queues changed (`wake`)."""
+        queues = self._queues()
+        if not queues:  # every queue of this worker is paused
+            await self._wait_for_wake(self._settings.poll_interval, stopping)
+            return
+        self._woken.clear()
         waiter = asyncio.ensure_future(
-            self._backend.wait_for_work(
-                self._queues, self._settings.poll_interval, names=self._names()
-            )
+            self._backend.wait_for_work(queues, self._settings.poll_interval, names=self._names())
         )
         stopper = asyncio.ensure_future(stopping.wait())
+        woken = asyncio.ensure_future(self._woken.wait())
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, stopper, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fut in (waiter, stopper):
+            for fut in (waiter, stopper, woken):
                 if not fut.done():
                     fut.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -157,6 +171,28 @@ class Claimer:
         failure = None if waiter.cancelled() else waiter.exception()
         if failure is not None:
             raise failure
+
+    async def wake(self) -> None:
+        """End an idle wait early: the paused queues changed, so the queues
+        to claim from did. A blocking claim's server-side wait is ended too
+        (its claim then runs at once, with the queues it was given)."""
+        self._woken.set()
+        blocked = self.blocked_in
+        if blocked is not None:
+            try:
+                await blocked.wake_waiter(self._worker_id)
+            except Exception as exc:  # the wait ends by itself within the poll interval
+                logger.debug("could not end the blocking wait early: %s", exc)
+
+    async def _wait_for_wake(self, timeout: float, stopping: asyncio.Event) -> None:
+        """With nothing to claim from: wait for `wake`, `stopping` or `timeout`."""
+        self._woken.clear()
+        waits = [asyncio.ensure_future(self._woken.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in waits:
+                fut.cancel()
 
     def _new_id(self) -> str:
         self._made += 1

@@ -20,15 +20,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import Backend, Outcome, OutcomeKind, Retention, WorkerRegistry
+from conveyor.backends.base import (
+    Backend,
+    Outcome,
+    OutcomeKind,
+    QueuePauses,
+    Retention,
+    WorkerRegistry,
+)
 from conveyor.backends.optional import BlockingClaim
 from conveyor.context import JobContext
 from conveyor.job import (
     BackendMisconfiguredError,
     InvalidOptionError,
-    InvalidPayloadError,
     Job,
-    Permanent,
 )
 from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
@@ -40,17 +45,17 @@ from conveyor.worker.acks import (
     TIMED_OUT,
     Acknowledgements,
     Running,
-    failure,
     handed_back,
-    stopped,
     success,
-    timed_out,
     token_of,
 )
+from conveyor.worker.attempt import outcome_of_error
 from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker.duties import Presence, recover_expired_leases
 from conveyor.worker.leases import LeaseKeeping
+from conveyor.worker.newer import NewerJobs
+from conveyor.worker.pauses import PauseWatch
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
@@ -108,10 +113,17 @@ class Worker(LeaseKeeping, GracefulStop):
         self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
+        self._pauses = PauseWatch(
+            backend if backend.capabilities.pause and isinstance(backend, QueuePauses) else None,
+            self.queues,
+            settings.pause_check_interval,
+            self._outage,
+            on_change=lambda: self._claimer.wake(),
+        )
         self._claimer = Claimer(
             backend,
             self.id,
-            self.queues,
+            lambda: self._pauses.active,
             lambda: self.names,
             settings,
             self.retention,
@@ -121,6 +133,8 @@ class Worker(LeaseKeeping, GracefulStop):
         )
         self._presence: Presence | None = None
         self._handed_back: dict[str, None] = {}  # ids of jobs handed back for want of a handler
+        # Jobs of a newer version of their type, held a moment (newer.py).
+        self._newer = NewerJobs(self._hand_back_now, settings.lease, self._clock)
         self._ran: dict[str, None] = {}  # burst mode: ids of the jobs started, in order
         # Why the worker stopped by itself, if it did: raised by run().
         self.failure: BackendMisconfiguredError | None = None
@@ -152,6 +166,7 @@ class Worker(LeaseKeeping, GracefulStop):
             self.settings.abandoned_threads_tolerated,
             on_returned=self._thread_returned,
         )
+        await self._pauses.refresh()  # no claim from a queue paused before the start
         if self.settings.burst:
             await self._fire_due_schedules()
         self._loops = [
@@ -183,9 +198,16 @@ class Worker(LeaseKeeping, GracefulStop):
                 self._loops.append(
                     asyncio.create_task(scheduler.run(self._stopping), name="conveyor-scheduler")
                 )
+        self._loops.append(asyncio.create_task(self._pauses.keep(), name="conveyor-pauses"))
         if isinstance(self.backend, WorkerRegistry):
             self._presence = Presence(
-                self.backend, self.id, self.queues, lambda: self.names, self._outage
+                self.backend,
+                self.id,
+                self.queues,
+                lambda: self.names,
+                self._outage,
+                self.settings,
+                lambda: self.running_jobs,
             )
             await self._presence.beat()  # listed by app.workers() from now on
             self._loops.append(asyncio.create_task(self._presence.keep(), name="conveyor-presence"))
@@ -251,6 +273,8 @@ class Worker(LeaseKeeping, GracefulStop):
         failures = 0
         # Once stopping, what is left to acknowledge goes out through stop().
         while not self._stopping.is_set():
+            if await self._newer.pause(self._sleep_idle):
+                continue
             free = self._free_slots()
             if free <= 0 and not len(self._acks):
                 self._slot_freed.clear()
@@ -276,9 +300,7 @@ class Worker(LeaseKeeping, GracefulStop):
                 failures += 1
                 pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
                 self._outage.failed("claim", exc)
-                self._idle_now = True
-                await self._sleep_unless_stopping(pause)
-                self._idle_now = False
+                await self._sleep_idle(pause)
                 continue
             if self._stopping.is_set():
                 # Told to stop while the claim was in flight: these jobs go
@@ -360,7 +382,9 @@ class Worker(LeaseKeeping, GracefulStop):
         if len(self._acks):
             self._acks.flush()
         try:
-            if self._claimer.blocking is not None:
+            if await self._newer.pause(self._sleep_unless_stopping):
+                return
+            if self._claimer.blocking is not None and self._pauses.active:
                 for job in await self._claim_blocking(self._claimer.blocking):
                     self._start_job(job)
             else:
@@ -393,6 +417,14 @@ class Worker(LeaseKeeping, GracefulStop):
             return []
         return jobs
 
+    async def _sleep_idle(self, seconds: float) -> None:
+        """Not claiming for a while: acknowledgements go out through the flusher."""
+        self._idle_now = True
+        try:
+            await self._sleep_unless_stopping(seconds)
+        finally:
+            self._idle_now = False
+
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -407,6 +439,16 @@ class Worker(LeaseKeeping, GracefulStop):
             self._ack(handed_back(job), job)
             return
         if job.name not in self.registry and self._hand_back_unknown(job):
+            return
+        if job.queue in self._pauses.paused:
+            # Claimed by a claim that was in flight when the pause was seen
+            # (or prefetched before it): back to the queue, attempt uncounted.
+            self._hand_back(job)
+            return
+        known = self.registry.get(job.name)
+        if known is not None and job.version > known.version:
+            assert self._loop is not None
+            self._newer.leave(job, known.version, self._loop)
             return
         if len(self._running) >= self._capacity():
             self._backlog.append(job)
@@ -466,33 +508,17 @@ class Worker(LeaseKeeping, GracefulStop):
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
             result = await self._call(job_type, running)
             outcome = success(job, ctx, result)
-        except asyncio.CancelledError:
-            if ctx.stop_reason == TIMED_OUT:
-                outcome = failure(
-                    job, timed_out(job), final=False, job_type=job_type, timed_out=True
-                )
-            else:
-                outcome = stopped(job, ctx)
-                if outcome is None and ctx.stop_reason is None:
-                    raise  # cancelled by someone else than us: let it propagate
+        except asyncio.CancelledError as exc:
+            outcome = outcome_of_error(job, ctx, job_type, exc)
+            if outcome is None and ctx.stop_reason is None:
+                raise  # cancelled by someone else than us: let it propagate
         except LeaseLapsed:
             # Its thread began too late (the process was frozen?): fenced by
             # the claim's token, back to the queue unless taken meanwhile.
             self._claims.lapsed(job)
             outcome = handed_back(job)
-        except (Permanent, InvalidPayloadError) as exc:
-            # A payload that no longer fits its model fails the same way on
-            # every attempt: retrying would only repeat it.
-            outcome = failure(job, exc, final=True)
         except Exception as exc:
-            if ctx.stop_reason == TIMED_OUT:
-                outcome = failure(
-                    job, timed_out(job), final=False, job_type=job_type, timed_out=True
-                )
-            elif ctx.stop_reason is not None:
-                outcome = stopped(job, ctx)
-            else:
-                outcome = failure(job, exc, final=False, job_type=job_type)
+            outcome = outcome_of_error(job, ctx, job_type, exc)
         finally:
             if running.timer is not None:
                 running.timer.cancel()
@@ -511,7 +537,7 @@ class Worker(LeaseKeeping, GracefulStop):
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:
         ctx = running.ctx
-        payload = job_type.decode_payload(running.job.payload)
+        payload = job_type.decode_payload(running.job.payload, running.job.version)
         if job_type.is_async:
             # Checked at dispatch, but the handler begins a loop step later,
             # after whatever the loop runs first (a process frozen in between).
@@ -539,7 +565,9 @@ class Worker(LeaseKeeping, GracefulStop):
                 running.task.cancel()
 
     def _hand_back_backlog(self) -> None:
-        """Prefetched jobs that never started go back to the queue at once."""
+        """Prefetched jobs that never started go back to the queue at once,
+        and so do the jobs of newer versions held a moment."""
+        self._newer.release_all()
         while self._backlog:
             self._hand_back(self._backlog.popleft())
 
@@ -549,6 +577,11 @@ class Worker(LeaseKeeping, GracefulStop):
         another worker since, the backend refuses it."""
         self._claims.forget(job)
         self._ack(handed_back(job), job)
+
+    def _hand_back_now(self, job: Job) -> None:
+        """Hand back and send it now, not with the next claim."""
+        self._hand_back(job)
+        self._acks.flush()
 
     def _hand_back_unknown(self, job: Job) -> bool:
         """Hand back, untouched (no attempt counted), a job this worker has

@@ -33,7 +33,12 @@ async def drain(
         concurrency=concurrency, queues=tuple(queues) if queues is not None else None, burst=True
     )
     worker = Worker(
-        app.backend, app.registry, app.events, settings, retention=app.retention, open=app.open
+        app.backend,
+        app.registry,
+        app.events,
+        settings,
+        retention=app.retention,
+        open=app.open_for_work,  # schedules due now fire, @app.cron ones too
     )
     await worker.run_burst()
     ran = []

@@ -11,16 +11,23 @@ import socket
 import time
 from collections.abc import Callable
 
-from conveyor.backends.base import Backend, Retention, WorkerInfo, WorkerRegistry
+from conveyor.backends.base import (
+    Backend,
+    Retention,
+    RunningJobInfo,
+    WorkerInfo,
+    WorkerRegistry,
+)
 from conveyor.events import EventBus
-from conveyor.job import JobState
+from conveyor.job import Job, JobState
 from conveyor.outage import Outage
+from conveyor.worker.settings import WorkerSettings
 
 logger = logging.getLogger("conveyor.worker")
 
-# Presence: a worker records itself this often; a record not renewed for
-# PRESENCE_TTL seconds (a killed worker) counts as gone.
-PRESENCE_EVERY = 5.0
+# Presence: a worker records itself every `presence_interval` seconds (5 s
+# by default); a record not renewed for PRESENCE_TTL seconds, or four
+# intervals if longer (a killed worker), counts as gone (and shows as stale).
 PRESENCE_TTL = 20.0
 
 
@@ -56,7 +63,8 @@ async def recover_expired_leases(
 
 class Presence:
     """This worker's record in the backend: written at start and every
-    PRESENCE_EVERY seconds, removed at stop (or expiring by itself)."""
+    `presence_interval` seconds, removed at stop (or expiring by itself), with
+    the jobs it runs at each beat."""
 
     def __init__(
         self,
@@ -65,12 +73,18 @@ class Presence:
         queues: tuple[str, ...],
         names: Callable[[], tuple[str, ...]],
         outage: Outage,
+        settings: WorkerSettings,
+        running: Callable[[], list[Job]],
     ) -> None:
         self._registry = registry
         self._outage = outage
         self._id = worker_id
         self._queues = queues
         self._names = names
+        self._concurrency = settings.concurrency
+        self._every = settings.presence_interval
+        self._ttl = max(PRESENCE_TTL, 4 * settings.presence_interval)
+        self._running = running
         self._started_at = time.time()
 
     async def beat(self) -> None:
@@ -83,10 +97,17 @@ class Presence:
             names=tuple(sorted(self._names())),
             started_at=self._started_at,
             last_seen=now,
+            concurrency=self._concurrency,
+            running=tuple(
+                RunningJobInfo(
+                    job.id, job.name, job.started_at.timestamp() if job.started_at else now
+                )
+                for job in self._running()
+            ),
         )
         sent_at = self._outage.clock()
         try:
-            await self._registry.worker_beat(info, PRESENCE_TTL)
+            await self._registry.worker_beat(info, self._ttl)
         except Exception as exc:  # presence is for people looking on: never fatal
             self._outage.failed("recording this worker's presence", exc)
         else:
@@ -94,7 +115,7 @@ class Presence:
 
     async def keep(self) -> None:
         while True:
-            await asyncio.sleep(PRESENCE_EVERY)
+            await asyncio.sleep(self._every)
             await self.beat()
 
     async def gone(self) -> None:

@@ -26,6 +26,12 @@ class WorkerSettings:
     max_stalled: int = 1
     shutdown_timeout: float = 30.0
     poll_interval: float = 1.0  # longest idle wait between claims
+    # How often the paused queues are read: a pause or resume takes effect
+    # within this (see pauses.py).
+    pause_check_interval: float = 1.0
+    # How often the worker renews its presence record (`app.workers()`):
+    # its running jobs are as of the latest renewal.
+    presence_interval: float = 5.0
     scheduler: bool = True
     scheduler_interval: float = 1.0  # how often due schedules are looked for
     # Sync handlers still running after their job ended (timed out, cancelled,
@@ -44,6 +50,9 @@ class WorkerSettings:
             raise InvalidOptionError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.lease <= 0:
             raise InvalidOptionError(f"lease must be > 0 seconds, got {self.lease}")
+        for name in ("pause_check_interval", "presence_interval"):
+            if getattr(self, name) <= 0:
+                raise InvalidOptionError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_stalled < 0:
             raise InvalidOptionError(f"max_stalled must be >= 0, got {self.max_stalled}")
         if self.shutdown_timeout < 0:

@@ -176,3 +176,23 @@ def sleepy_sync(payload: dict, ctx: JobContext) -> str:
 """
 
 JOB_NAMES = ("crash.slow", "crash.quick", "sleepy", "sleepy.sync")
+
+
+def run_until_stopped(
+    workers: Sequence[WorkerProcess], started: Callable[[], Any], what: str, seconds: float
+) -> tuple[float, str]:
+    """Once `started()` is true, let the workers run `seconds` more, SIGTERM
+    them all and check they exit 0; the time they were told to stop, and
+    their output. Each worker is reaped whatever happens."""
+    try:
+        eventually(started, what)
+        time.sleep(seconds)
+        stopped = time.time()
+        for worker in workers:
+            worker.signal(signal.SIGTERM)
+        for worker in workers:
+            assert worker.wait() == 0, worker.output()
+    finally:
+        for worker in workers:
+            worker.close()
+    return stopped, "\n".join(w.log_path.read_text() for w in workers)

@@ -23,7 +23,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 
-from .helpers import WAIT, WorkerProcess, eventually
+from .helpers import WAIT, WorkerProcess, eventually, run_until_stopped
 
 pytestmark = pytest.mark.slow
 
@@ -115,19 +115,9 @@ def test_each_tick_fires_exactly_once_across_three_worker_processes(
         for n in range(3)
     ]
     fired_log = tmp_path / "fired.log"
-    try:
-        eventually(lambda: read_lines(fired_log), "the first scheduler tick")
-        time.sleep(4.5)
-        stopped = time.time()
-        for worker in workers:
-            worker.signal(signal.SIGTERM)
-        for worker in workers:
-            assert worker.wait() == 0, worker.output()
-    finally:
-        for worker in workers:
-            worker.close()
-
-    outputs = "\n".join(w.log_path.read_text() for w in workers)
+    stopped, outputs = run_until_stopped(
+        workers, lambda: read_lines(fired_log), "the first scheduler tick", 4.5
+    )
     assert "Traceback" not in outputs, outputs
     fired = read_lines(fired_log)
     assert {row[0] for row in fired} <= set(SCHEDULES), fired

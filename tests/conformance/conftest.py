@@ -4,8 +4,10 @@
 backends with their marks, resolved lazily) comes from tests/conftest.py, so
 the property tests share the same matrix. This file builds on it:
 
-* `app`: a `Conveyor(backend_url)`, opened, closed after the test. Job types
-  are registered per test, on this fresh app.
+* `app`: a `Conveyor(backend_url, **service_urls)` (with the locks' and
+  cache's own backend under a split configuration, see tests/conftest.py),
+  opened, closed after the test. Job types are registered per test, on this
+  fresh app.
 * `make_app(**options)`: the same with options (`keep_completed=5`, ...).
 * `worker(app, **overrides)`: an in-process worker with settings fast enough
   for tests (short heartbeat, recovery and poll intervals).
@@ -70,9 +72,13 @@ def _skip_by_declared_capability(request: pytest.FixtureRequest) -> None:
     if not wanted or "backend_url" not in request.fixturenames:
         return
     url = request.getfixturevalue("backend_url")
-    caps = from_url(url).capabilities
+    jobs_caps = from_url(url).capabilities
     backend = request.getfixturevalue("backend_name")
+    services: dict[str, str] = request.getfixturevalue("service_urls")
     for name in wanted:
+        # Locks and the cache are on their own backend under a split configuration.
+        own = services.get(f"{name}_url")
+        caps = from_url(own).capabilities if own is not None else jobs_caps
         if name in DERIVED:
             check, what = DERIVED[name]
             if not check(caps):
@@ -82,11 +88,11 @@ def _skip_by_declared_capability(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-async def make_app(backend_url: str) -> AsyncIterator[MakeApp]:
+async def make_app(backend_url: str, service_urls: dict[str, str]) -> AsyncIterator[MakeApp]:
     made: list[Conveyor] = []
 
     async def make(**options: Any) -> Conveyor:
-        conveyor = Conveyor(backend_url, **options)
+        conveyor = Conveyor(backend_url, **{**service_urls, **options})
         made.append(conveyor)
         await conveyor.open()
         return conveyor

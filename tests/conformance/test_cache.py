@@ -14,7 +14,8 @@ from conveyor import Conveyor, InvalidOptionError, InvalidPayloadError
 
 from .conftest import needs
 
-pytestmark = needs("cache")
+# Also with the cache on a backend of their own (tests/conftest.py SPLIT_SERVICES).
+pytestmark = [needs("cache"), pytest.mark.split_services]
 
 MISSING = object()
 

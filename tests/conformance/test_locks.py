@@ -14,7 +14,8 @@ from conveyor import Conveyor, InvalidOptionError
 
 from .conftest import needs
 
-pytestmark = needs("locks")
+# Also with the locks on a backend of their own (tests/conftest.py SPLIT_SERVICES).
+pytestmark = [needs("locks"), pytest.mark.split_services]
 
 Peer = Callable[[], Awaitable[Conveyor]]
 

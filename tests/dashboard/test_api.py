@@ -153,10 +153,11 @@ async def test_workers_and_recurring(app: Conveyor, web: httpx.AsyncClient) -> N
     # 09:00 in New York is 13:00 or 14:00 UTC, depending on daylight saving.
     assert schedule["next_run_local"][11:19] == "09:00:00"
     assert schedule["next_run"][11:19] in ("13:00:00", "14:00:00")
-    async with app.worker(concurrency=1):
+    async with app.worker(concurrency=3):
         workers = (await web.get("/api/workers")).json()
     assert workers["supported"] is True
     (worker,) = workers["workers"]
+    assert worker["concurrency"] == 3 and worker["running"] == [] and worker["stale"] is False
     assert worker["queues"] == ["default", "reports"] or set(worker["queues"]) == {
         "default",
         "reports",
@@ -210,6 +211,23 @@ async def test_recurring_actions(app: Conveyor, web: httpx.AsyncClient) -> None:
     assert (await web.post("/api/recurring/tick/explode", headers=BEARER)).status_code == 404
 
 
+async def test_pause_and_resume_a_queue(app: Conveyor, web: httpx.AsyncClient) -> None:
+    assert (await web.post("/api/queues/reports/pause")).status_code == 401
+    paused = await web.post("/api/queues/reports/pause", headers=BEARER)
+    assert paused.json() == {"queue": "reports", "paused": True, "changed": True}
+    assert await app.paused() == ["reports"]
+    again = await web.post("/api/queues/reports/pause", headers=BEARER)
+    assert again.json()["changed"] is False
+    # Shown though it holds no job: a pause is a setting of the queue.
+    queues = {q["name"]: q for q in (await web.get("/api/overview")).json()["queues"]}
+    assert queues["reports"]["paused"] is True and sum(queues["reports"]["counts"].values()) == 0
+    resumed = await web.post("/api/queues/reports/resume", headers=BEARER)
+    assert resumed.json()["changed"] is True and await app.paused() == []
+    queues = {q["name"]: q for q in (await web.get("/api/overview")).json()["queues"]}
+    assert "reports" not in queues  # no jobs, no pause: nothing to show
+    assert (await web.post("/api/queues/reports/stop", headers=BEARER)).status_code == 404
+
+
 # --------------------------------------------------------------------------- who may act
 
 
@@ -221,6 +239,7 @@ async def test_actions_need_the_token(app: Conveyor, web: httpx.AsyncClient) -> 
         "/api/jobs/retry",
         "/api/jobs/purge",
         "/api/recurring/x/run",
+        "/api/queues/default/pause",
     ):
         missing = await web.post(path)
         assert missing.status_code == 401, path

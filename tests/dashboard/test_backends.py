@@ -41,3 +41,29 @@ async def test_every_read_route_answers_as_the_backend_can(backend_url: str) -> 
     if caps.stats:
         for queue in answers["/api/overview"].json()["queues"]:
             assert (queue["activity"] is None) is (not caps.list_jobs)
+
+
+async def test_pause_from_the_dashboard_where_the_backend_can(backend_url: str) -> None:
+    from conveyor.dashboard import create_app
+
+    app = Conveyor(backend_url)
+    app.declare("report.build", queue="reports")
+    token = "a-long-enough-dashboard-token"
+    web = create_app(app, token=token)
+    transport = httpx.ASGITransport(app=web)
+    async with app, httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        pause = await http.post(
+            "/api/queues/reports/pause", headers={"Authorization": f"Bearer {token}"}
+        )
+        overview = await http.get("/api/overview")
+        if app.backend.capabilities.pause:
+            assert pause.status_code == 200, pause.text
+            assert await app.paused() == ["reports"]
+        else:
+            assert pause.status_code == 501 and "store=" in pause.json()["error"]
+        if overview.status_code == 200:
+            queues = {q["name"]: q["paused"] for q in overview.json()["queues"]}
+            if app.backend.capabilities.pause:
+                assert queues["reports"] is True
+            else:
+                assert all(paused is None for paused in queues.values())

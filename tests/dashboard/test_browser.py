@@ -2,7 +2,8 @@
 process and a real `conveyor dashboard` server over one SQLite file.
 
 A job fails and its traceback shows on its page; an action without logging
-in is refused; after logging in, retry from the page makes it complete. The
+in is refused; after logging in, retry from the page makes it complete; a
+queue paused from the page stops being served until resumed. The
 overview and the failed job's page are saved as screenshots (the README
 shows them: docs/screenshots/).
 """
@@ -241,4 +242,30 @@ def test_lists_workers_and_schedules_from_the_page(browser: Any, site: Site) -> 
     ran.wait_for()
     job_id = ran.inner_text().split("job ")[1].split()[0]
     assert blocking(producer.wait_sync, job_id, timeout=20).result == {"rows": 7}
+    page.close()
+
+
+def test_a_paused_queue_stops_being_served(browser: Any, site: Site) -> None:
+    producer = site.producer
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(site.base)
+    log_in(page)
+    reports = page.locator('[data-queue="reports"]')
+    reports.locator('[data-action="pause"]').click()
+    reports.locator("[data-paused]").wait_for()
+    site.worker.wait_for("queue reports paused")  # the worker has seen it
+
+    held = blocking(producer.enqueue_sync, "report.build", {"rows": 3})
+    (site.app_dir / "mail-server-up").write_text("")
+    served = blocking(producer.enqueue_sync, "email.welcome", {"to": "b@example.com"})
+    # The worker goes on serving the other queue, after the held job was enqueued.
+    assert blocking(producer.wait_sync, served.id, timeout=20).state is JobState.COMPLETED
+    assert blocking(producer.get_job_sync, held.id).state is JobState.QUEUED
+    reports.locator('[data-count="queued"] b').filter(has_text="1").wait_for()
+
+    reports.locator('[data-action="resume"]').click()
+    reports.locator('[data-action="pause"]').wait_for()
+    assert reports.locator("[data-paused]").count() == 0
+    assert blocking(producer.wait_sync, held.id, timeout=20).result == {"rows": 3}
     page.close()

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor.backends.postgres.migrations import LATEST, MIGRATIONS
 from conveyor.job import BackendUnavailableError
 
 SNAPSHOT = Path(__file__).with_name("postgres_schema.txt")
@@ -142,7 +143,7 @@ def test_processes_migrating_at_once_apply_each_migration_once(server) -> None: 
     rows = conn.execute(  # type: ignore[attr-defined]
         f'SELECT version FROM "{schema_of(url)}".migrations ORDER BY version'
     ).fetchall()
-    assert [version for (version,) in rows] == [1]
+    assert [version for (version,) in rows] == [m.version for m in MIGRATIONS]
 
 
 def test_the_cli_applies_migrations_and_says_so(server) -> None:  # type: ignore[no-untyped-def]
@@ -153,9 +154,10 @@ def test_the_cli_applies_migrations_and_says_so(server) -> None:  # type: ignore
     urls, _ = server
     url = urls()
     first = CliRunner().invoke(cli, ["--url", url, "migrate"])
-    assert first.exit_code == 0 and "applied migration(s) 1" in first.output, first.output
+    applied = ", ".join(str(m.version) for m in MIGRATIONS)
+    assert first.exit_code == 0 and f"applied migration(s) {applied}" in first.output, first.output
     second = CliRunner().invoke(cli, ["--url", url, "migrate"])
-    assert "up to date at version 1" in second.output
+    assert f"up to date at version {LATEST}" in second.output
 
 
 if __name__ == "__main__":  # print a fresh snapshot (see the docstring)

@@ -100,3 +100,11 @@ def test_every_variable_the_package_reads_is_declared_here() -> None:
         for name in re.findall(r"\bCONVEYOR_[A-Z_]+\b", path.read_text())
     }
     assert used - declared == set()
+
+
+def test_the_readme_lists_every_variable_in_one_table() -> None:
+    declared = {value for name, value in vars(settings).items() if name.startswith("CONVEYOR_")}
+    readme = (Path(conveyor.__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Environment variables", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(CONVEYOR_[A-Z_]+)` \|", section, re.MULTILINE)
+    assert sorted(rows) == sorted(declared)

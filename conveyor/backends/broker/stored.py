@@ -39,19 +39,12 @@ from conveyor.backends import from_url
 from conveyor.backends.base import (
     Backend,
     CacheStore,
-    CancelResult,
-    ClaimToken,
     Heartbeat,
     LeaseStatus,
-    LockStore,
     NewJob,
     Outcome,
     OutcomeKind,
     Retention,
-    ScheduleRecord,
-    ScheduleStore,
-    WorkerInfo,
-    WorkerRegistry,
 )
 from conveyor.backends.broker import messages
 from conveyor.backends.broker.bare import BrokerBackend, Held, visibility
@@ -63,6 +56,7 @@ from conveyor.backends.broker.types import (
     Received,
 )
 from conveyor.backends.optional import DeliveryStore
+from conveyor.backends.store_sides import StoreSides
 from conveyor.job import (
     EnqueueFailedError,
     InvalidOptionError,
@@ -81,7 +75,7 @@ RECONCILE_AGE: Final = 60.0  # a queued job this old on an idle queue lost its m
 GROUP_TTL: Final = 30 * 86_400.0
 
 
-class StoredBrokerBackend(BrokerBackend):
+class StoredBrokerBackend(StoreSides, BrokerBackend):
     def __init__(
         self,
         url: str,
@@ -348,15 +342,6 @@ class StoredBrokerBackend(BrokerBackend):
         if retried:
             await self._remember_groups(list(retried), retried)
 
-    async def progress(
-        self,
-        job_id: str,
-        token: ClaimToken,
-        progress: float | None,
-        logs: Sequence[dict[str, Any]],
-    ) -> bool:
-        return await self.store.progress(job_id, token, progress, logs)
-
     async def recover_expired(
         self, now: float | None, max_stalled: int, retention: Retention | None = None
     ) -> list[Job]:
@@ -451,42 +436,11 @@ class StoredBrokerBackend(BrokerBackend):
 
     # ------------------------------------------------------------------ administering
 
-    async def get(self, job_id: str) -> Job | None:
-        return await self.store.get(job_id)
-
-    async def get_by_key(self, key: str) -> Job | None:
-        return await self.store.get_by_key(key)
-
-    async def list_jobs(
-        self,
-        *,
-        state: JobState | None,
-        name: str | None,
-        queue: str | None,
-        limit: int,
-        offset: int,
-    ) -> list[Job]:
-        return await self.store.list_jobs(
-            state=state, name=name, queue=queue, limit=limit, offset=offset
-        )
-
-    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
-        # A queued job's message is deleted when it is next received.
-        return await self.store.cancel(job_id, now)
-
     async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         job = await self.store.retry(job_id, now)
         if job is not None and job.state is JobState.QUEUED:
             await self._send_jobs([job], await self._groups_of([job]), fresh=True)
         return job
-
-    async def purge(
-        self, states: Sequence[JobState], older_than: float | None, queue: str | None
-    ) -> int:
-        return await self.store.purge(states, older_than, queue)
-
-    async def stats(self) -> dict[str, dict[str, int]]:
-        return await self.store.stats()
 
     async def redrive(self, queue: str | None = None, limit: int | None = None) -> int:
         raise NotSupportedError(
@@ -494,89 +448,6 @@ class StoredBrokerBackend(BrokerBackend):
             "the dead-letter queue's messages are swept into it by the workers"
         )
 
-    # ------------------------------------------------------------------ the store's other sides
-
-    def _side(self, protocol: type, what: str) -> Any:
-        if not isinstance(self.store, protocol):
-            raise NotSupportedError(f"the store {self.store.url} has no {what}")
-        return self.store
-
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        await self._side(ScheduleStore, "recurring schedules").schedule_put(record)
-
-    async def schedule_get(self, name: str) -> ScheduleRecord | None:
-        found: ScheduleRecord | None = await self._side(ScheduleStore, "schedules").schedule_get(
-            name
-        )
-        return found
-
-    async def schedule_list(self) -> list[ScheduleRecord]:
-        found: list[ScheduleRecord] = await self._side(ScheduleStore, "schedules").schedule_list()
-        return found
-
-    async def schedule_delete(self, name: str) -> bool:
-        return bool(await self._side(ScheduleStore, "schedules").schedule_delete(name))
-
-    async def schedule_due(self, now: float | None, limit: int) -> list[ScheduleRecord]:
-        found: list[ScheduleRecord] = await self._side(ScheduleStore, "schedules").schedule_due(
-            now, limit
-        )
-        return found
-
-    async def schedule_fire(
-        self,
-        name: str,
-        expected_next_run: float,
-        next_run: float,
-        last_run: float | None,
-        last_error: str | None,
-        jobs: Sequence[NewJob],
-    ) -> list[Job] | None:
-        fired: list[Job] | None = await self._side(ScheduleStore, "schedules").schedule_fire(
-            name, expected_next_run, next_run, last_run, last_error, jobs
-        )
-        if fired:
-            groups = {new.id: new.group for new in jobs}
-            await self._send_jobs(
-                [j for j in fired if not j.duplicate and j.state is JobState.QUEUED], groups
-            )
-        return fired
-
-    async def lock_acquire(
-        self, key: str, token: str, ttl: float, now: float | None = None
-    ) -> bool:
-        return bool(await self._side(LockStore, "locks").lock_acquire(key, token, ttl, now))
-
-    async def lock_release(self, key: str, token: str) -> bool:
-        return bool(await self._side(LockStore, "locks").lock_release(key, token))
-
-    async def lock_extend(self, key: str, token: str, ttl: float, now: float | None = None) -> bool:
-        return bool(await self._side(LockStore, "locks").lock_extend(key, token, ttl, now))
-
-    async def cache_get(self, key: str, now: float | None = None) -> str | None:
-        found: str | None = await self._side(CacheStore, "cache").cache_get(key, now)
-        return found
-
-    async def cache_set(
-        self, key: str, value: str, ttl: float | None, now: float | None = None
-    ) -> None:
-        await self._side(CacheStore, "cache").cache_set(key, value, ttl, now)
-
-    async def cache_delete(self, key: str) -> bool:
-        return bool(await self._side(CacheStore, "cache").cache_delete(key))
-
-    async def worker_beat(self, info: WorkerInfo, ttl: float, now: float | None = None) -> None:
-        await self._side(WorkerRegistry, "worker presence").worker_beat(info, ttl, now)
-
-    async def worker_gone(self, worker_id: str) -> None:
-        await self._side(WorkerRegistry, "worker presence").worker_gone(worker_id)
-
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
-        found: list[WorkerInfo] = await self._side(WorkerRegistry, "worker presence").workers(now)
-        return found
-
-    async def queued_by_name(self) -> dict[str, dict[str, int]]:
-        found: dict[str, dict[str, int]] = await self._side(
-            WorkerRegistry, "worker presence"
-        ).queued_by_name()
-        return found
+    async def _send_fired(self, fired: Sequence[Job], jobs: Sequence[NewJob]) -> None:
+        groups = {new.id: new.group for new in jobs}
+        await self._send_jobs(fired, groups)

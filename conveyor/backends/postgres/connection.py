@@ -17,7 +17,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor._sync import leave_alone
 from conveyor.backends.postgres.listener import Listener
-from conveyor.backends.postgres.migrations import BOOKKEEPING, LATEST, Migration, pending
+from conveyor.backends.postgres.migrations import (
+    BOOKKEEPING,
+    LATEST,
+    Migration,
+    channel_of,
+    migration_sql,
+    pending,
+)
 from conveyor.backends.postgres.sql import Statements, wake_payload
 from conveyor.backends.postgres.url import PostgresURL, parse_url
 from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
@@ -38,7 +45,7 @@ class PostgresConnection:
         self.url = url
         self.settings: PostgresURL = parse_url(url)
         self.schema = self.settings.schema
-        self.channel = f"conveyor:{self.schema}"
+        self.channel = channel_of(self.schema)
         self.q = Statements(sql.Identifier(self.schema).as_string(None))
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
@@ -217,17 +224,7 @@ class PostgresConnection:
         bookkeeping table first on a new schema, each migration's record
         after it."""
         applied = await self.schema_version()
-        s, channel = self._names()
-        out: list[tuple[int, str, list[str]]] = []
-        for m in pending(applied):
-            statements = [b.format(s=s) for b in BOOKKEEPING] if not out else []
-            statements += m.render(s, channel)
-            statements.append(
-                f"INSERT INTO {s}.migrations (version, description)"
-                f" VALUES ({m.version}, {sql.Literal(m.description).as_string(None)})"
-            )
-            out.append((m.version, m.description, statements))
-        return out
+        return migration_sql(self.schema, min(applied, LATEST))
 
     def _names(self) -> tuple[str, str]:
         """The schema as a quoted identifier and the channel as a literal."""

@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from psycopg import sql
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -140,11 +142,84 @@ CREATE TABLE {s}.schedules (
             " expires double precision NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "paused queues; worker presence with concurrency and running jobs",
+        (
+            # Workers read the set every second and leave these queues out of
+            # their claims; the claim statements themselves do not look at it.
+            "CREATE TABLE {s}.paused_queues ("
+            " queue text PRIMARY KEY, paused_at double precision NOT NULL)",
+            # WorkerInfo.details(): {"concurrency": n, "running": [[id, name, started_at]]}.
+            "ALTER TABLE {s}.workers ADD COLUMN details jsonb",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
+
+# What undoes each migration, for a downgrade in the application's own
+# migrations (conveyor.contrib): keep one entry per migration, in step with
+# MIGRATIONS (tests/unit/test_schema_in_app_migrations.py checks that a full
+# downgrade leaves the schema empty). The backend itself never downgrades.
+REMOVALS: Final = {
+    1: (
+        "DROP TABLE IF EXISTS {s}.jobs, {s}.schedules, {s}.locks, {s}.cache, {s}.workers",
+        "DROP FUNCTION IF EXISTS {s}.notify_new_jobs()",
+    ),
+}
 
 
 def pending(applied: int) -> list[Migration]:
     """The migrations a schema at version `applied` still needs, in order."""
     return [m for m in MIGRATIONS if m.version > applied]
+
+
+def channel_of(schema: str) -> str:
+    """The NOTIFY channel of the jobs of `schema` (unquoted)."""
+    return f"conveyor:{schema}"
+
+
+def migration_sql(schema: str, after: int, upto: int = LATEST) -> list[tuple[int, str, list[str]]]:
+    """(version, description, statements) of the migrations that bring
+    `schema` from version `after` to `upto`, each recorded in the schema's
+    migrations table as the backend records its own, so that the backend
+    finds them applied: for `conveyor migrate --dry-run`, a DBA, and the
+    application's own migrations (conveyor.contrib.alembic, .django). The
+    bookkeeping table comes first; a statement has no parameters to bind."""
+    if not 0 <= after <= upto <= LATEST:
+        raise ValueError(
+            f"conveyor's PostgreSQL schema versions go from 0 to {LATEST}: cannot go "
+            f"from {after} to {upto}"
+        )
+    s = sql.Identifier(schema).as_string(None)
+    channel = sql.Literal(channel_of(schema)).as_string(None)
+    out: list[tuple[int, str, list[str]]] = []
+    for m in MIGRATIONS[after:upto]:
+        statements = [b.format(s=s) for b in BOOKKEEPING] if not out else []
+        statements += m.render(s, channel)
+        statements.append(
+            f"INSERT INTO {s}.migrations (version, description)"
+            f" VALUES ({m.version}, {sql.Literal(m.description).as_string(None)})"
+        )
+        out.append((m.version, m.description, statements))
+    return out
+
+
+def removal_sql(schema: str, upto: int, after: int) -> list[str]:
+    """The statements that take `schema` back from version `upto` to `after`
+    (0: no conveyor objects left), newest migration first; what they drop
+    holds jobs, so this is for the application's downgrade() only."""
+    if not 0 <= after <= upto <= LATEST:
+        raise ValueError(
+            f"conveyor's PostgreSQL schema versions go from 0 to {LATEST}: cannot go "
+            f"back from {upto} to {after}"
+        )
+    s = sql.Identifier(schema).as_string(None)
+    statements = []
+    for version in range(upto, after, -1):
+        statements += [r.format(s=s) for r in REMOVALS[version]]
+        statements.append(f"DELETE FROM {s}.migrations WHERE version = {version}")
+    if after == 0:
+        statements.append(f"DROP TABLE IF EXISTS {s}.migrations")
+    return statements

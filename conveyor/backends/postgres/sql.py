@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Final
 
+from conveyor.backends.base import STALE_WORKER_KEPT
 from conveyor.job import HISTORY_LIMIT, AttemptOutcome
 
 # The server's time (stable within a statement), unless the caller gave one.
@@ -527,15 +528,19 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expir
 
     @cached_property
     def worker_beat(self) -> str:
+        # Records of workers that died without saying goodbye go here, once
+        # they have been shown as stale for STALE_WORKER_KEPT seconds.
         return f"""
 WITH now AS (SELECT {NOW} AS t),
-gone AS (DELETE FROM {self.s}.workers AS w USING now WHERE w.expires <= now.t)
-INSERT INTO {self.s}.workers (id, host, pid, queues, names, started_at, last_seen, expires)
+gone AS (DELETE FROM {self.s}.workers AS w USING now
+         WHERE w.expires <= now.t - {STALE_WORKER_KEPT!r})
+INSERT INTO {self.s}.workers
+    (id, host, pid, queues, names, started_at, last_seen, expires, details)
 SELECT %(id)s, %(host)s, %(pid)s, %(queues)s::jsonb, %(names)s::jsonb, %(started_at)s,
-       %(last_seen)s, now.t + %(ttl)s FROM now
+       %(last_seen)s, now.t + %(ttl)s, %(details)s::jsonb FROM now
 ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
     queues = excluded.queues, names = excluded.names, started_at = excluded.started_at,
-    last_seen = excluded.last_seen, expires = excluded.expires"""
+    last_seen = excluded.last_seen, expires = excluded.expires, details = excluded.details"""
 
 
 def _qualified(cols: str) -> str:

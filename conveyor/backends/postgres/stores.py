@@ -1,4 +1,5 @@
-"""Recurring schedules, locks, the cache and worker presence on PostgreSQL.
+"""Recurring schedules, locks, the cache, worker presence and paused queues
+on PostgreSQL.
 
 * Schedules: a table; a tick fires by compare-and-set on `next_run` and
   enqueues its jobs in the same transaction, so a tick is fired with its
@@ -10,7 +11,9 @@
   released by token from another connection. A row does all three, and a
   crashed holder's lock simply expires.
 * Cache: an UNLOGGED table (no WAL; emptied if the server crashes).
-* Workers: a row per live worker, renewed every few seconds.
+* Workers: a row per live worker, renewed every few seconds (kept a while
+  as stale once it is not).
+* Paused queues: a table workers read every second.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-from conveyor.backends.base import NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, WorkerInfo
 from conveyor.backends.postgres.connection import PostgresConnection
 from conveyor.backends.postgres.inserts import insert
 from conveyor.backends.postgres.sql import NOW, SCHEDULE_COLS
+from conveyor.backends.records import present_workers, stored_worker
 from conveyor.job import Job
 
 
 class PostgresStores(PostgresConnection):
-    """Schedules, locks, cache and worker presence of `PostgresBackend`."""
+    """Schedules, locks, cache, worker presence and pauses of `PostgresBackend`."""
 
     # ------------------------------------------------------------ schedules
 
@@ -127,6 +131,7 @@ class PostgresStores(PostgresConnection):
                 "names": json.dumps(info.names),
                 "started_at": info.started_at,
                 "last_seen": info.last_seen,
+                "details": json.dumps(info.details()),
                 "ttl": ttl,
                 "now": now,
             },
@@ -135,16 +140,33 @@ class PostgresStores(PostgresConnection):
     async def worker_gone(self, worker_id: str) -> None:
         await self._write(f"DELETE FROM {self.q.s}.workers WHERE id = %(id)s", {"id": worker_id})
 
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
+    async def workers(
+        self, now: float | None = None, *, include_stale: bool = False
+    ) -> list[WorkerInfo]:
         rows = await self._read(
-            f"SELECT id, host, pid, queues, names, started_at, last_seen FROM {self.q.s}.workers"
-            f" WHERE expires > {NOW} ORDER BY started_at, id",
-            {"now": now},
+            f"SELECT {NOW}, id, host, pid, queues, names, started_at, last_seen, details,"
+            f" expires FROM {self.q.s}.workers WHERE expires > {NOW} - %(kept)s",
+            {"now": now, "kept": STALE_WORKER_KEPT if include_stale else 0.0},
         )
-        return [
-            WorkerInfo(id, host, pid, tuple(queues), tuple(names), started, seen)
-            for id, host, pid, queues, names, started, seen in rows
+        if not rows:
+            return []
+        records = [
+            (
+                stored_worker(
+                    id=id,
+                    host=host,
+                    pid=pid,
+                    queues=queues,
+                    names=names,
+                    started_at=started,
+                    last_seen=seen,
+                    details=details,
+                ),
+                expires,
+            )
+            for _, id, host, pid, queues, names, started, seen, details, expires in rows
         ]
+        return present_workers(records, rows[0][0], include_stale)
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -154,3 +176,24 @@ class PostgresStores(PostgresConnection):
         ):
             out.setdefault(queue, {})[name] = count
         return out
+
+    # ------------------------------------------------------------ pauses
+
+    async def pause_queue(self, queue: str) -> bool:
+        added = await self._write(
+            f"INSERT INTO {self.q.s}.paused_queues (queue, paused_at)"
+            f" VALUES (%(queue)s, {NOW}) ON CONFLICT (queue) DO NOTHING",
+            {"queue": queue, "now": None},
+        )
+        return added > 0
+
+    async def resume_queue(self, queue: str) -> bool:
+        removed = await self._write(
+            f"DELETE FROM {self.q.s}.paused_queues WHERE queue = %(queue)s", {"queue": queue}
+        )
+        return removed > 0
+
+    async def paused_queues(self) -> set[str]:
+        return {
+            queue for (queue,) in await self._read(f"SELECT queue FROM {self.q.s}.paused_queues")
+        }

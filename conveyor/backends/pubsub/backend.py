@@ -64,6 +64,8 @@ def pubsub_facts(config: PubSubURL) -> BrokerFacts:
         keys=False,
         groups=ordered,
         fork_after_use=False,
+        # Nowhere to keep the set of paused queues: a store keeps it.
+        pause=False,
         hint=STORE_HINT,
     )
     stored: dict[str, Any] = {

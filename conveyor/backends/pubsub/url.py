@@ -40,9 +40,8 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl
 
-from conveyor.backends.url_options import flag, split_store, whole_number
+from conveyor.backends.url_options import flag, host_port, split_url, whole_number
 from conveyor.job import InvalidOptionError
 
 OPTIONS: Final = frozenset(
@@ -138,26 +137,8 @@ class PubSubURL:
         return None
 
 
-def _host_port(url: str, name: str, value: str) -> str:
-    host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isdigit():
-        raise InvalidOptionError(f"{name}={value!r} for {url!r}: expected host:port")
-    return value
-
-
 def parse_url(url: str) -> PubSubURL:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "pubsub":
-        raise InvalidOptionError(f"not a Pub/Sub URL: {url!r}")
-    where, _, query = rest.partition("?")
-    query, store = split_store(query)
-    options: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name not in OPTIONS:
-            raise InvalidOptionError(
-                f"unknown option {name!r} in {url!r}; known: {', '.join(sorted(OPTIONS))}"
-            )
-        options[name] = value
+    where, options, store = split_url(url, "pubsub", OPTIONS, "Pub/Sub")
     project, slash, topic = where.partition("/")
     if not slash or not topic or "/" in topic:
         raise InvalidOptionError(
@@ -185,10 +166,10 @@ def parse_url(url: str) -> PubSubURL:
         raise InvalidOptionError(f"store={store!r} in {url!r}: a store cannot be a Pub/Sub topic")
     emulator = options.get("emulator") or os.environ.get(EMULATOR_ENV) or None
     if emulator is not None:
-        emulator = _host_port(url, "emulator" if "emulator" in options else EMULATOR_ENV, emulator)
+        emulator = host_port(url, "emulator" if "emulator" in options else EMULATOR_ENV, emulator)
     endpoint = options.get("endpoint") or None
     if endpoint is not None:
-        _host_port(url, "endpoint", endpoint)
+        host_port(url, "endpoint", endpoint)
     where_shown = (
         f" (emulator at {emulator})" if emulator else (f" at {endpoint}" if endpoint else "")
     )

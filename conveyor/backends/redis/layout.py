@@ -23,7 +23,9 @@ Key layout (P = "{prefix}"; <pair> = "<bytes of queue>:<queue>:<job name>"):
     P:wakeup:<pair>         list: wake-up tokens, BLPOP-ed by idle workers serving that name
     P:wake-worker:<id>      list: ends one worker's blocking wait (stop)
     P:workers               hash: worker id -> presence record (JSON)
-    P:workers:expires       zset: worker id, score the time its record expires
+    P:workers:expires       zset: worker id, score the time its record expires (kept
+                            STALE_WORKER_KEPT seconds longer, read as stale)
+    P:paused                set: paused queues (workers leave them out of their claims)
     P:schedule:<name>       hash: a recurring schedule
     P:schedules:due         zset: enabled schedules, score next_run
     P:lock:<key>            string: the owner token, with a TTL

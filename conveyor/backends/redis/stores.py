@@ -1,13 +1,14 @@
-"""Recurring schedules, locks, the cache and worker presence on Redis, a
-class the backend inherits. Lock and cache expiry are Redis TTLs, so they
-run on the server's clock."""
+"""Recurring schedules, locks, the cache, worker presence and paused queues
+(a set, `P:paused`) on Redis, a class the backend inherits. Lock and cache
+expiry are Redis TTLs, so they run on the server's clock."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
-from conveyor.backends.base import NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.records import present_workers, stored_worker
 from conveyor.backends.redis.connection import RedisConnection
 from conveyor.backends.redis.layout import server_time
 from conveyor.backends.redis.resp import Arg
@@ -16,7 +17,7 @@ from conveyor.job import Job
 
 
 class RedisStores(RedisConnection):
-    """Schedules, locks, cache and worker presence of `RedisBackend`."""
+    """Schedules, locks, cache, worker presence and pauses of `RedisBackend`."""
 
     # ------------------------------------------------------------------ schedules
 
@@ -162,9 +163,12 @@ class RedisStores(RedisConnection):
                 "names": info.names,
                 "started_at": info.started_at,
                 "last_seen": info.last_seen,
+                "details": info.details(),
             }
         )
-        await self._run("worker_beat", info.id, record, repr(ttl), num_arg(now))
+        await self._run(
+            "worker_beat", info.id, record, repr(ttl), num_arg(now), repr(STALE_WORKER_KEPT)
+        )
 
     async def worker_gone(self, worker_id: str) -> None:
         p = self.prefix
@@ -177,7 +181,9 @@ class RedisStores(RedisConnection):
             ]
         )
 
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
+    async def workers(
+        self, now: float | None = None, *, include_stale: bool = False
+    ) -> list[WorkerInfo]:
         p = self.prefix
         (seconds, micros), expiries, records = await self._pipe(
             [
@@ -188,31 +194,38 @@ class RedisStores(RedisConnection):
         )
         if now is None:
             now = server_time(seconds, micros)
-        live = [
-            w
-            for w, expires in zip(expiries[::2], expiries[1::2], strict=True)
-            if float(expires) > now
-        ]
         found = dict(zip(records[::2], records[1::2], strict=True))
-        out = []
-        for worker_id in live:
+        listed = []
+        for worker_id, expires in zip(expiries[::2], expiries[1::2], strict=True):
             if worker_id in found:
                 raw = json.loads(found[worker_id])
-                out.append(
-                    WorkerInfo(
-                        id=worker_id,
-                        host=raw["host"],
-                        pid=raw["pid"],
-                        queues=tuple(raw["queues"]),
-                        names=tuple(raw["names"]),
-                        started_at=raw["started_at"],
-                        last_seen=raw["last_seen"],
-                    )
+                info = stored_worker(
+                    id=worker_id,
+                    host=raw["host"],
+                    pid=raw["pid"],
+                    queues=raw["queues"],
+                    names=raw["names"],
+                    started_at=raw["started_at"],
+                    last_seen=raw["last_seen"],
+                    details=raw.get("details"),
                 )
-        return sorted(out, key=lambda info: (info.started_at, info.id))
+                listed.append((info, float(expires)))
+        return present_workers(listed, now, include_stale)
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for queue, name, count in await self._run("queued_by_name"):
             out.setdefault(queue, {})[name] = int(count)
         return out
+
+    # ------------------------------------------------------------------ pauses
+
+    async def pause_queue(self, queue: str) -> bool:
+        return bool(await self._cmd("SADD", f"{self.prefix}:paused", queue))
+
+    async def resume_queue(self, queue: str) -> bool:
+        return bool(await self._cmd("SREM", f"{self.prefix}:paused", queue))
+
+    async def paused_queues(self) -> set[str]:
+        members = await self._cmd("SMEMBERS", f"{self.prefix}:paused")
+        return {str(queue) for queue in members}

@@ -98,6 +98,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.records import by_ids
 from conveyor.backends.sqlite import queries
+from conveyor.backends.sqlite.migrations import SQLiteMigrations
 from conveyor.backends.sqlite.rows import claim_order, logs_json, row_to_job
 from conveyor.backends.sqlite.sql import (
     CLAIM_IDS,
@@ -131,7 +132,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 POLL_INTERVAL: Final = 0.015
 
 
-class SQLiteBackend(SQLiteStores):
+class SQLiteBackend(SQLiteStores, SQLiteMigrations):
     """`sqlite:///path.db`: jobs in one SQLite file, shared by any number of processes.
 
     URL options: `busy_timeout` (milliseconds one call waits for the write

@@ -19,7 +19,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from conveyor._sync import leave_alone
 from conveyor.backends._notify import Notifier
-from conveyor.backends.sqlite.sql import SCHEMA, SCHEMA_ADDITIONS, SCHEMA_VERSION, UPGRADES
+from conveyor.backends.sqlite.migrations import META, column_statements, schema_statements
+from conveyor.backends.sqlite.sql import SCHEMA_VERSION
 from conveyor.backends.sqlite.writer import (
     ConnectionThread,
     Lane,
@@ -236,35 +237,19 @@ class SQLiteConnection:
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         with write_transaction(conn):
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS conveyor_meta"
-                " (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            conn.execute(META)
             row = conn.execute(
                 "SELECT value FROM conveyor_meta WHERE key = 'schema_version'"
             ).fetchone()
-            if row is None:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO conveyor_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row[0]) > SCHEMA_VERSION:
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
                 raise self._unavailable(
-                    f"schema version {row[0]} was written by a newer conveyor;"
+                    f"schema version {version} was written by a newer conveyor;"
                     f" this one knows version {SCHEMA_VERSION}"
                 )
-            elif int(row[0]) < SCHEMA_VERSION:
-                for statements in UPGRADES[int(row[0]) - 1 :]:
-                    for statement in statements:
-                        conn.execute(statement)
-                conn.execute(
-                    "UPDATE conveyor_meta SET value = ? WHERE key = 'schema_version'",
-                    (str(SCHEMA_VERSION),),
-                )
-            for statement in SCHEMA_ADDITIONS:
+            for statement in schema_statements(version):
+                conn.execute(statement)
+            for statement in column_statements(conn):
                 conn.execute(statement)
 
     def _disconnect(self, conn: sqlite3.Connection) -> None:

@@ -10,7 +10,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.backends.base import CancelResult, NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import (
+    STALE_WORKER_KEPT,
+    CancelResult,
+    NewJob,
+    ScheduleRecord,
+    WorkerInfo,
+)
+from conveyor.backends.records import present_workers, stored_worker
 from conveyor.backends.sqlite.rows import new_job_record, row_to_job
 from conveyor.backends.sqlite.sql import (
     COLS,
@@ -248,12 +255,13 @@ def cache_get(conn: sqlite3.Connection, key: str, now: float) -> str | None:
 
 def worker_beat(conn: sqlite3.Connection, info: WorkerInfo, expires: float, now: float) -> None:
     with write_transaction(conn):
-        # Records of workers that died without saying goodbye go here.
-        conn.execute("DELETE FROM conveyor_workers WHERE expires <= ?1", (now,))
+        # Records of workers that died without saying goodbye go here, once
+        # they have been shown as stale for a while.
+        conn.execute("DELETE FROM conveyor_workers WHERE expires <= ?1", (now - STALE_WORKER_KEPT,))
         conn.execute(
             "INSERT OR REPLACE INTO conveyor_workers"
-            " (id, host, pid, queues, names, started_at, last_seen, expires)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " (id, host, pid, queues, names, started_at, last_seen, expires, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 info.id,
                 info.host,
@@ -263,20 +271,38 @@ def worker_beat(conn: sqlite3.Connection, info: WorkerInfo, expires: float, now:
                 info.started_at,
                 info.last_seen,
                 expires,
+                json.dumps(info.details()),
             ),
         )
 
 
-def workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
+def workers(conn: sqlite3.Connection, now: float, include_stale: bool) -> list[WorkerInfo]:
     rows = conn.execute(
-        "SELECT id, host, pid, queues, names, started_at, last_seen FROM conveyor_workers"
-        " WHERE expires > ?1 ORDER BY started_at, id",
-        (now,),
+        "SELECT id, host, pid, queues, names, started_at, last_seen, details, expires"
+        " FROM conveyor_workers WHERE expires > ?1",
+        (now - STALE_WORKER_KEPT if include_stale else now,),
     )
-    return [
-        WorkerInfo(id, host, pid, tuple(json.loads(queues)), tuple(json.loads(names)), start, seen)
-        for id, host, pid, queues, names, start, seen in rows
+    records = [
+        (
+            stored_worker(
+                id=id,
+                host=host,
+                pid=pid,
+                queues=json.loads(queues),
+                names=json.loads(names),
+                started_at=start,
+                last_seen=seen,
+                details=json.loads(details) if details else None,
+            ),
+            expires,
+        )
+        for id, host, pid, queues, names, start, seen, details, expires in rows
     ]
+    return present_workers(records, now, include_stale)
+
+
+def paused_queues(conn: sqlite3.Connection) -> set[str]:
+    return {queue for (queue,) in conn.execute("SELECT queue FROM conveyor_paused")}
 
 
 def queued_by_name(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:

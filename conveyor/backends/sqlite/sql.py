@@ -120,8 +120,22 @@ SCHEMA_ADDITIONS: Final = (
     "CREATE TABLE IF NOT EXISTS conveyor_workers ("
     " id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
     " queues TEXT NOT NULL, names TEXT NOT NULL,"  # JSON arrays
-    " started_at REAL NOT NULL, last_seen REAL NOT NULL, expires REAL NOT NULL"
+    " started_at REAL NOT NULL, last_seen REAL NOT NULL, expires REAL NOT NULL,"
+    " details TEXT"  # JSON: concurrency, running jobs (COLUMN_ADDITIONS)
     ") WITHOUT ROWID",
+    # Paused queues: workers leave them out of their claims.
+    "CREATE TABLE IF NOT EXISTS conveyor_paused ("
+    " queue TEXT PRIMARY KEY, paused_at REAL NOT NULL) WITHOUT ROWID",
+)
+
+# Columns added since to tables of SCHEMA_ADDITIONS, as (table, column,
+# definition): a table created now has them, an older one gets them on open
+# (SQLite has no ADD COLUMN IF NOT EXISTS); an older conveyor names its
+# columns and leaves these at their default.
+COLUMN_ADDITIONS: Final = (
+    # Worker presence: concurrency and the jobs running at the latest beat
+    # (JSON, as WorkerInfo.details() makes it).
+    ("conveyor_workers", "details", "TEXT"),
 )
 
 COLS: Final = (

@@ -1,6 +1,5 @@
-"""Recurring schedules, locks, the cache and worker presence on SQLite: three
-small tables of the same file (and one for workers), a class the backend
-inherits."""
+"""Recurring schedules, locks, the cache, worker presence and paused queues
+on SQLite: small tables of the same file, a class the backend inherits."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from conveyor.job import Job
 
 
 class SQLiteStores(SQLiteConnection):
-    """Schedules, locks, cache and worker presence of `SQLiteBackend`."""
+    """Schedules, locks, cache, worker presence and pauses of `SQLiteBackend`."""
 
     # ------------------------------------------------------------ schedules
 
@@ -148,8 +147,29 @@ class SQLiteStores(SQLiteConnection):
     async def worker_gone(self, worker_id: str) -> None:
         await self._call(queries.write_one, "DELETE FROM conveyor_workers WHERE id = ?1", worker_id)
 
-    async def workers(self, now: float | None = None) -> list[WorkerInfo]:
-        return await self._call(queries.workers, time.time() if now is None else now)
+    async def workers(
+        self, now: float | None = None, *, include_stale: bool = False
+    ) -> list[WorkerInfo]:
+        now = time.time() if now is None else now
+        return await self._call(queries.workers, now, include_stale)
 
     async def queued_by_name(self) -> dict[str, dict[str, int]]:
         return await self._call(queries.queued_by_name)
+
+    # ------------------------------------------------------------ pauses
+
+    async def pause_queue(self, queue: str) -> bool:
+        return await self._call(
+            queries.write_one,
+            "INSERT OR IGNORE INTO conveyor_paused (queue, paused_at) VALUES (?1, ?2)",
+            queue,
+            time.time(),
+        )
+
+    async def resume_queue(self, queue: str) -> bool:
+        return await self._call(
+            queries.write_one, "DELETE FROM conveyor_paused WHERE queue = ?1", queue
+        )
+
+    async def paused_queues(self) -> set[str]:
+        return await self._call(queries.paused_queues)

@@ -51,6 +51,8 @@ def sqs_facts(config: SQSURL) -> BrokerFacts:
         keys=fifo,
         key_window=300.0 if fifo else None,
         groups=fifo,
+        # Nowhere to keep the set of paused queues: a store keeps it.
+        pause=False,
         hint=STORE_HINT,
     )
     stored: dict[str, Any] = {

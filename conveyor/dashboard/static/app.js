@@ -258,11 +258,12 @@ function workersView() {
         fill(body, h("p", { className: "muted" }, data.reason));
         return;
       }
-      const rows = data.workers.map((w) => h("tr", { "data-worker": w.id },
-        h("td", {}, w.host, w.stale ? h("span", { className: "badge stale" }, " stale") : null),
+      const rows = data.workers.map((w) => h("tr", { "data-worker": w.id, "data-stale": w.stale },
+        h("td", {}, w.host, " ", w.stale ? h("span", { className: "badge stale" }, "stale") : null),
         h("td", { className: "num" }, w.pid),
         h("td", {}, (w.queues || []).join(", ")),
-        h("td", { className: "num" }, w.concurrency ?? "—"),
+        h("td", { className: "num" }, w.concurrency
+          ? `${(w.running || []).length} / ${w.concurrency}` : "—"),
         h("td", {}, runningJobs(w.running)),
         h("td", {}, ago(epoch(w.started_at))),
         h("td", {}, `${ago(epoch(w.last_heartbeat ?? w.last_seen))} ago`)));
@@ -271,7 +272,7 @@ function workersView() {
           `${count} job(s) ${name} in queue ${queue}: no live worker runs them`)));
       fill(body,
         h("table", {},
-          h("thead", {}, h("tr", {}, ["Host", "PID", "Queues", "Concurrency", "Running now",
+          h("thead", {}, h("tr", {}, ["Host", "PID", "Queues", "Busy / slots", "Running now",
             "Up", "Last heartbeat"].map((t) => h("th", {}, t)))),
           h("tbody", {}, rows.length ? rows
             : h("tr", {}, h("td", { colspan: 7, className: "muted" }, "No live workers.")))),
