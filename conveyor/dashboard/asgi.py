@@ -35,47 +35,32 @@ Handler = Callable[[Request], Awaitable[Any]]
 def starlette_app(dashboard: Dashboard, gate: Gate) -> Starlette:
     """The routes of one dashboard (see `conveyor.dashboard.create_app`)."""
     routes = _Routes(dashboard, gate)
+
+    def get(path: str, call: Callable[..., Awaitable[Any]]) -> Route:
+        """A read route calling `call` with the path's parameters."""
+        return Route(path, routes.read(lambda r: call(**r.path_params)))
+
+    def post(path: str, call: Callable[..., Awaitable[Any]]) -> Route:
+        """An action route calling `call` with the path's parameters."""
+        return Route(path, routes.act(lambda r: call(**r.path_params)), methods=["POST"])
+
     starlette = Starlette(
         routes=[
             Route("/", routes.index),
             Route("/api/session", routes.read(routes.session)),
             Route("/api/login", routes.login, methods=["POST"]),
             Route("/api/logout", routes.logout, methods=["POST"]),
-            Route("/api/overview", routes.read(lambda r: dashboard.overview())),
+            get("/api/overview", dashboard.overview),
             Route("/api/jobs", routes.read(routes.jobs)),
             Route("/api/jobs/retry", routes.act(routes.retry_matching), methods=["POST"]),
             Route("/api/jobs/purge", routes.act(routes.purge), methods=["POST"]),
-            Route("/api/jobs/{id}", routes.read(lambda r: dashboard.job(r.path_params["id"]))),
-            Route(
-                "/api/jobs/{id}/retry",
-                routes.act(lambda r: dashboard.retry(r.path_params["id"])),
-                methods=["POST"],
-            ),
-            Route(
-                "/api/jobs/{id}/cancel",
-                routes.act(lambda r: dashboard.cancel(r.path_params["id"])),
-                methods=["POST"],
-            ),
-            Route("/api/workers", routes.read(lambda r: dashboard.workers())),
-            Route("/api/recurring", routes.read(lambda r: dashboard.recurring())),
-            Route(
-                "/api/recurring/{name}/{action}",
-                routes.act(
-                    lambda r: dashboard.recurring_action(
-                        r.path_params["name"], r.path_params["action"]
-                    )
-                ),
-                methods=["POST"],
-            ),
-            Route(
-                "/api/queues/{queue}/{action}",
-                routes.act(
-                    lambda r: dashboard.queue_action(
-                        r.path_params["queue"], r.path_params["action"]
-                    )
-                ),
-                methods=["POST"],
-            ),
+            get("/api/jobs/{job_id}", dashboard.job),
+            post("/api/jobs/{job_id}/retry", dashboard.retry),
+            post("/api/jobs/{job_id}/cancel", dashboard.cancel),
+            get("/api/workers", dashboard.workers),
+            get("/api/recurring", dashboard.recurring),
+            post("/api/recurring/{name}/{action}", dashboard.recurring_action),
+            post("/api/queues/{queue}/{action}", dashboard.queue_action),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],
     )
