@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from conveyor import Conveyor, JobContext, JobState
+from conveyor.backends.base import RunningJobInfo, WorkerInfo, WorkerRegistry
 from conveyor.dashboard import Dashboard, create_app
 from conveyor.dashboard.auth import CONVEYOR_DASHBOARD_TOKEN, SESSION_COOKIE
 
@@ -163,6 +164,27 @@ async def test_workers_and_recurring(app: Conveyor, web: httpx.AsyncClient) -> N
         "reports",
     }
     assert isinstance(worker["pid"], int)
+
+
+async def test_stale_workers_are_shown_as_such(app: Conveyor, web: httpx.AsyncClient) -> None:
+    backend = app.backend
+    assert isinstance(backend, WorkerRegistry)
+    # A worker whose last beat ran out a minute ago: killed, stuck or cut off.
+    gone = WorkerInfo(
+        id="w-gone",
+        host="db-host",
+        pid=4242,
+        queues=("default",),
+        names=("email.welcome",),
+        started_at=time.time() - 120,
+        last_seen=time.time() - 65,
+        concurrency=4,
+        running=(RunningJobInfo("j1", "email.welcome", time.time() - 70),),
+    )
+    await backend.worker_beat(gone, ttl=5, now=time.time() - 65)
+    (worker,) = (await web.get("/api/workers")).json()["workers"]
+    assert worker["id"] == "w-gone" and worker["stale"] is True
+    assert worker["running"][0]["id"] == "j1" and worker["concurrency"] == 4
 
 
 # --------------------------------------------------------------------------- actions
