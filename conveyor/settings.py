@@ -63,6 +63,10 @@ CONVEYOR_TEST_POSTGRES_URL = "CONVEYOR_TEST_POSTGRES_URL"
 CONVEYOR_TEST_SQS_ENDPOINT = "CONVEYOR_TEST_SQS_ENDPOINT"
 # A Pub/Sub emulator's host:port for the tests (else they start gcloud's).
 CONVEYOR_TEST_PUBSUB_EMULATOR_HOST = "CONVEYOR_TEST_PUBSUB_EMULATOR_HOST"
+# A Cloud Tasks emulator's host:port for the tests (else they start one).
+CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST = "CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST"
+# Where the tests keep what they install (the Cloud Tasks emulator's virtualenv).
+CONVEYOR_TEST_CACHE = "CONVEYOR_TEST_CACHE"
 
 # What changes how an app, a worker or the CLI behaves (the test suite clears
 # these so a developer's shell cannot change what the tests see).
