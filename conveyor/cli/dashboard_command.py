@@ -8,9 +8,9 @@ import click
 
 from conveyor.cli.core import CliError, admin_app, options
 from conveyor.cli.loading import load_app_with_url
-from conveyor.dashboard.auth import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
 from conveyor.dashboard.server import DEFAULT_HOST, DEFAULT_PORT
 from conveyor.logs import PLAIN_FORMAT
+from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
 
 
 @click.command()

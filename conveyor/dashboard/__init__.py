@@ -18,14 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor.dashboard.auth import (
-    CONVEYOR_DASHBOARD_BASIC_AUTH,
-    CONVEYOR_DASHBOARD_TOKEN,
-    Access,
-    Gate,
-)
+from conveyor.dashboard.auth import Access, Gate
 from conveyor.dashboard.core import Dashboard, DashboardError, JobQuery
 from conveyor.dashboard.redact import DEFAULT_FIELDS, Redaction
+from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

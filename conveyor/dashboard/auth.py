@@ -25,16 +25,12 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
 
 from conveyor.job import InvalidOptionError
-
-CONVEYOR_DASHBOARD_TOKEN = "CONVEYOR_DASHBOARD_TOKEN"
-# "user:password": basic auth for the whole dashboard, and for its actions.
-CONVEYOR_DASHBOARD_BASIC_AUTH = "CONVEYOR_DASHBOARD_BASIC_AUTH"
+from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN, env_str
 
 SESSION_COOKIE = "conveyor_dashboard_session"
 CSRF_HEADER = "x-csrf-token"
@@ -69,14 +65,14 @@ class Access:
         """Credentials given, else from the environment. `actions`: None
         turns them on exactly when a token is set; True without one is an
         error. Basic credentials then act as well as the token does."""
-        token = token if token is not None else (os.environ.get(CONVEYOR_DASHBOARD_TOKEN) or None)
+        token = token if token is not None else env_str(CONVEYOR_DASHBOARD_TOKEN)
         if token is not None and len(token) < MIN_TOKEN_LENGTH:
             raise InvalidOptionError(
                 f"the dashboard token must be at least {MIN_TOKEN_LENGTH} characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
             )
         if basic_auth is None:
-            raw = os.environ.get(CONVEYOR_DASHBOARD_BASIC_AUTH) or ""
+            raw = env_str(CONVEYOR_DASHBOARD_BASIC_AUTH) or ""
             if raw:
                 user, colon, password = raw.partition(":")
                 if not (user and colon and password):

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from conveyor.dashboard.auth import CONVEYOR_DASHBOARD_TOKEN
+from conveyor.settings import CONVEYOR_DASHBOARD_TOKEN
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

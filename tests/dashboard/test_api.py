@@ -15,7 +15,8 @@ import pytest
 from conveyor import Conveyor, JobContext, JobState
 from conveyor.backends.base import RunningJobInfo, WorkerInfo, WorkerRegistry
 from conveyor.dashboard import Dashboard, create_app
-from conveyor.dashboard.auth import CONVEYOR_DASHBOARD_TOKEN, SESSION_COOKIE
+from conveyor.dashboard.auth import SESSION_COOKIE
+from conveyor.settings import CONVEYOR_DASHBOARD_TOKEN
 
 pytestmark = pytest.mark.sqlite
 

@@ -23,12 +23,12 @@ import pytest
 from conftest import _free_port
 from recipes.helpers import Child, python
 
-from conveyor import Conveyor, JobState
+from conveyor import Conveyor, JobState, settings
 
 pytestmark = [pytest.mark.sqlite, pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(600)]
 
 SCREENSHOTS = Path(
-    os.environ.get("CONVEYOR_SCREENSHOTS")
+    settings.env_str(settings.CONVEYOR_TEST_SCREENSHOTS)
     or Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 )
 TOKEN = "browser-test-token-0123456789"

@@ -10,21 +10,11 @@ from click.testing import CliRunner
 from conveyor import InvalidOptionError
 from conveyor.cli import cli
 from conveyor.dashboard import Redaction
-from conveyor.dashboard.auth import (
-    CONVEYOR_DASHBOARD_BASIC_AUTH,
-    CONVEYOR_DASHBOARD_TOKEN,
-    Access,
-    Sessions,
-)
+from conveyor.dashboard.auth import Access, Sessions
 from conveyor.dashboard.server import exposure_warning
+from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
 
 TOKEN = "a-long-enough-dashboard-token"
-
-
-@pytest.fixture(autouse=True)
-def _no_dashboard_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(CONVEYOR_DASHBOARD_TOKEN, raising=False)
-    monkeypatch.delenv(CONVEYOR_DASHBOARD_BASIC_AUTH, raising=False)
 
 
 def test_credentials_from_arguments_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
