@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
+from conveyor.events import EventBus
+from conveyor.job import Job
 from conveyor.scheduler import (
     CATCH_UP_POLICIES,
     InvalidScheduleError,
     Schedule,
     first_run,
+    job_for,
+    job_options,
     parse_cron,
     parse_every,
     parse_tz,
@@ -23,7 +27,7 @@ from conveyor.scheduler import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from conveyor.registry import JobType
 
 
 class _Facade(Protocol):
@@ -32,6 +36,8 @@ class _Facade(Protocol):
     backend: Backend
     url: str
     portal: Portal
+    registry: dict[str, JobType[Any, Any]]
+    events: EventBus
 
     async def open(self) -> None: ...
 
@@ -150,6 +156,26 @@ class RecurringSchedules:
         """Remove a schedule for good. False if unknown."""
         return await (await _store(self)).schedule_delete(name)
 
+    async def run_recurring(self: _Facade, name: str) -> Job | None:
+        """Enqueue one job of the schedule `name` now, as a tick would (its
+        stored payload and options), leaving its next run where it is; the
+        job (None when there is no such schedule)."""
+        rec = await (await _store(self)).schedule_get(name)
+        if rec is None:
+            return None
+        options = job_options(rec, self.registry)
+        if options is None:
+            raise InvalidScheduleError(
+                f"schedule {name!r} was stored without its job options (by an older "
+                f"conveyor) and job {rec.job_name!r} is not registered here; call "
+                "recurring() again to store them"
+            )
+        now = await self.backend.clock()
+        (job,) = await self.backend.enqueue([job_for(rec, options, now, now)])
+        if not job.duplicate:
+            self.events.emit("job.enqueued", job)
+        return job
+
     async def cancel_recurring(
         self: _Facade,
         name: str | None = None,
@@ -183,6 +209,7 @@ class RecurringSchedules:
     enable_recurring_sync = blocking(enable_recurring)
     disable_recurring_sync = blocking(disable_recurring)
     delete_recurring_sync = blocking(delete_recurring)
+    run_recurring_sync = blocking(run_recurring)
     cancel_recurring_sync = blocking(cancel_recurring)
 
 

@@ -327,34 +327,19 @@ class Scheduler:
         return sum(1 for job in fired if not job.duplicate)
 
     def _job_options(self, rec: ScheduleRecord) -> dict[str, Any] | None:
-        """The options of the schedule's jobs, checked, from the record; None
-        when the record lacks some and this app does not register the job
-        type whose defaults they are."""
-        stored = json.loads(rec.options)
-        if not isinstance(stored, dict):
-            raise InvalidOptionError(f"stored options are not a JSON object: {rec.options!r}")
-        missing = [name for name in STORED_OPTIONS if name not in stored]
-        if missing:
-            job_type = self.registry.get(rec.job_name)
-            if job_type is None:
-                if rec.name not in self._left_due:
-                    self._left_due.add(rec.name)
-                    logger.warning(
-                        "schedule %s was stored without its %s (by an older conveyor): "
-                        "only a scheduler that registers job %r can fire it; call "
-                        "recurring() again to store them",
-                        rec.name,
-                        ", ".join(missing),
-                        rec.job_name,
-                    )
-                return None
-            stored = {**_defaults_of(job_type.defaults), **stored}
-        return {
-            "queue": check_queue(stored["queue"]),
-            "priority": check_priority(stored["priority"]),
-            "retries": check_retries(stored["retries"]),
-            "timeout": check_timeout(stored["timeout"]),
-        }
+        """`job_options`, warning once per schedule that is left due."""
+        options = job_options(rec, self.registry)
+        if options is None and rec.name not in self._left_due:
+            self._left_due.add(rec.name)
+            logger.warning(
+                "schedule %s was stored without its %s (by an older conveyor): "
+                "only a scheduler that registers job %r can fire it; call "
+                "recurring() again to store them",
+                rec.name,
+                ", ".join(name for name in STORED_OPTIONS if name not in json.loads(rec.options)),
+                rec.job_name,
+            )
+        return options
 
     async def run(self, stopping: asyncio.Event) -> None:
         failures = 0
@@ -404,6 +389,26 @@ def _defaults_of(defaults: JobDefaults) -> dict[str, Any]:
         "priority": defaults.priority,
         "retries": defaults.retries,
         "timeout": defaults.timeout,
+    }
+
+
+def job_options(rec: ScheduleRecord, registry: Mapping[str, JobType[Any]]) -> dict[str, Any] | None:
+    """The options of the schedule's jobs, checked, from the record; None
+    when the record lacks some and `registry` has no job type whose defaults
+    they are."""
+    stored = json.loads(rec.options)
+    if not isinstance(stored, dict):
+        raise InvalidOptionError(f"stored options are not a JSON object: {rec.options!r}")
+    if any(name not in stored for name in STORED_OPTIONS):
+        job_type = registry.get(rec.job_name)
+        if job_type is None:
+            return None
+        stored = {**_defaults_of(job_type.defaults), **stored}
+    return {
+        "queue": check_queue(stored["queue"]),
+        "priority": check_priority(stored["priority"]),
+        "retries": check_retries(stored["retries"]),
+        "timeout": check_timeout(stored["timeout"]),
     }
 
 

@@ -58,6 +58,11 @@ CONVEYOR_CLOUDTASKS_SECRET = "CONVEYOR_CLOUDTASKS_SECRET"
 CONVEYOR_LOG_FORMAT = "CONVEYOR_LOG_FORMAT"
 # The port (and host) `conveyor worker` serves Prometheus metrics on.
 CONVEYOR_METRICS_PORT = "CONVEYOR_METRICS_PORT"
+# The dashboard's token: actions (retry, cancel, purge, pause...) need it;
+# unset, the dashboard is read-only.
+CONVEYOR_DASHBOARD_TOKEN = "CONVEYOR_DASHBOARD_TOKEN"
+# USER:PASSWORD: basic auth guarding every page and route of the dashboard.
+CONVEYOR_DASHBOARD_BASIC_AUTH = "CONVEYOR_DASHBOARD_BASIC_AUTH"
 # The Redis server `conveyor bench --backends redis` measures (default redis://127.0.0.1:6379/0).
 CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
 # The servers the test suite uses (else a default local port, else one it starts).
@@ -69,6 +74,8 @@ CONVEYOR_TEST_SQS_ENDPOINT = "CONVEYOR_TEST_SQS_ENDPOINT"
 CONVEYOR_TEST_PUBSUB_EMULATOR_HOST = "CONVEYOR_TEST_PUBSUB_EMULATOR_HOST"
 # A Cloud Tasks emulator's host:port for the tests (else they start one).
 CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST = "CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST"
+# Where the dashboard's browser test saves its screenshots (else docs/screenshots).
+CONVEYOR_TEST_SCREENSHOTS = "CONVEYOR_TEST_SCREENSHOTS"
 # Where the tests keep what they install (the Cloud Tasks emulator's virtualenv).
 CONVEYOR_TEST_CACHE = "CONVEYOR_TEST_CACHE"
 
@@ -92,6 +99,8 @@ BEHAVIOUR = (
     CONVEYOR_MAX_ABANDONED_THREADS,
     CONVEYOR_DEBUG,
     CONVEYOR_CLOUDTASKS_SECRET,
+    CONVEYOR_DASHBOARD_TOKEN,
+    CONVEYOR_DASHBOARD_BASIC_AUTH,
 )
 
 

@@ -14,7 +14,15 @@ import click
 
 from conveyor import __version__
 from conveyor.app import DEFAULT_URL
-from conveyor.cli import admin, job_types, migrate, queues, tools, worker_command
+from conveyor.cli import (
+    admin,
+    dashboard_command,
+    job_types,
+    migrate,
+    queues,
+    tools,
+    worker_command,
+)
 from conveyor.cli.core import CliError, ConveyorGroup, Options, describe
 from conveyor.cli.loading import load_app
 from conveyor.settings import CONVEYOR_DEBUG, CONVEYOR_URL
@@ -62,6 +70,7 @@ cli.add_command(queues.pause)
 cli.add_command(queues.resume)
 cli.add_command(queues.workers)
 cli.add_command(migrate.migrate)
+cli.add_command(dashboard_command.dashboard)
 cli.add_command(tools.bench)
 cli.add_command(tools.demo)
 

@@ -23,6 +23,7 @@ import pytest
 
 from conveyor import Conveyor, Event, Job, JobState
 from conveyor.backends.base import ScheduleStore
+from conveyor.scheduler import InvalidScheduleError
 
 from .conftest import MakeApp, fast_worker, needs
 from .helpers import eventually, wait_state
@@ -204,3 +205,28 @@ async def test_a_legacy_record_is_left_due_for_a_scheduler_that_knows_the_job_ty
     (job,) = await jobs_of(app)
     assert options_of(job) == ("reports", 3, 2, 9.0)
     assert job.key == f"recurring:old:{T0:.3f}"
+
+
+# ------------------------------------------------------------------- run now
+
+
+async def test_run_recurring_enqueues_one_job_from_the_record_now(
+    app: Conveyor, peer: Peer
+) -> None:
+    app.job(JOB, retries=2, priority=3, queue="low", timeout=9)(lambda payload: None)
+    await app.recurring("now", JOB, {"n": 5}, every=3600)
+    before = await store(app).schedule_get("now")
+    assert before is not None
+    # A peer without the job type runs it from the stored options, as a tick would.
+    other = await peer()
+    job = await other.run_recurring("now")
+    assert job is not None and job.payload == {"n": 5} and job.state is JobState.QUEUED
+    assert options_of(job) == ("low", 3, 2, 9.0)
+    after = await store(app).schedule_get("now")
+    assert after is not None and after.next_run == before.next_run  # its timing untouched
+    assert await other.run_recurring("missing") is None
+    # A legacy record without its options cannot be run by an app without the type.
+    await put_legacy_record(app, "now", {})
+    with pytest.raises(InvalidScheduleError, match="recurring\\(\\) again"):
+        await other.run_recurring("now")
+    assert [j.id for j in await jobs_of(app)] == [job.id]

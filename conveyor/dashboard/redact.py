@@ -1,0 +1,90 @@
+"""Redaction: payload fields a dashboard never shows (passwords, tokens).
+
+Rules are per job type: `{"email.welcome": ["password"], "*": ["token"]}`;
+`"*"` applies to every job type. A rule names a field, matched without
+regard to case at any depth of the payload (inside nested objects and
+lists), and in a job's result and `ctx.log` lines too, since handlers often
+echo what they were given. The value is replaced, the key is kept, so a
+reader still sees that the field was there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import EllipsisType
+from typing import Any
+
+from conveyor.job import InvalidOptionError
+
+REDACTED = "[redacted]"
+EVERY_JOB = "*"
+
+# What is hidden when the caller says nothing: names that hold a secret in
+# nearly every code base. `redact=None` shows everything; a mapping of one's
+# own replaces these (add `"*": DEFAULT_FIELDS` to keep them).
+DEFAULT_FIELDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "access_token",
+    "refresh_token",
+)
+
+RedactRules = Mapping[str, Iterable[str]] | None | EllipsisType
+
+
+class Redaction:
+    """Applies redaction rules to the values a dashboard shows."""
+
+    def __init__(self, rules: RedactRules = ...) -> None:
+        if rules is ...:
+            rules = {EVERY_JOB: DEFAULT_FIELDS}
+        self._rules: dict[str, frozenset[str]] = {}
+        for job_name, fields in (rules or {}).items():
+            if not isinstance(job_name, str) or not job_name:
+                raise InvalidOptionError(f"redact: a job name must be a string, got {job_name!r}")
+            if isinstance(fields, str):
+                # `{"job": "password"}` would otherwise redact the letters p, a, s...
+                raise InvalidOptionError(
+                    f"redact[{job_name!r}] must be a list of field names, got the string "
+                    f"{fields!r} (write [{fields!r}])"
+                )
+            names = frozenset(str(field).lower() for field in fields)
+            self._rules[job_name] = names
+        self._every = self._rules.pop(EVERY_JOB, frozenset())
+
+    def fields_for(self, job_name: str) -> frozenset[str]:
+        return self._every | self._rules.get(job_name, frozenset())
+
+    def apply(self, job_name: str, value: Any) -> Any:
+        """`value` with every field the rules name for `job_name` replaced."""
+        fields = self.fields_for(job_name)
+        return _scrub(value, fields) if fields else value
+
+    def job(self, job_name: str, record: dict[str, Any]) -> dict[str, Any]:
+        """A job's JSON view (`Job.to_dict()`) with payload, result and log
+        lines redacted."""
+        fields = self.fields_for(job_name)
+        if not fields:
+            return record
+        return {
+            **record,
+            "payload": _scrub(record.get("payload"), fields),
+            "result": _scrub(record.get("result"), fields),
+            "logs": _scrub(record.get("logs"), fields),
+        }
+
+
+def _scrub(value: Any, fields: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in fields else _scrub(item, fields)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(item, fields) for item in value]
+    return value

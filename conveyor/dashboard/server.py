@@ -1,0 +1,71 @@
+"""Serving a dashboard with uvicorn: what `conveyor dashboard` runs."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from conveyor.settings import CONVEYOR_DASHBOARD_TOKEN
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.dashboard")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: may resolve to anything
+
+
+def exposure_warning(host: str, authenticated: bool) -> str | None:
+    """What to warn about before binding `host`: None on loopback or with auth."""
+    if is_loopback(host) or authenticated:
+        return None
+    return (
+        f"the dashboard listens on {host}, beyond this machine, with no authentication: "
+        f"anyone who reaches it sees every job's payload. Set {CONVEYOR_DASHBOARD_TOKEN} "
+        "(or basic auth) or bind to 127.0.0.1"
+    )
+
+
+def standalone(app: Conveyor, dashboard: Starlette) -> Starlette:
+    """The dashboard as a server's whole app: it opens the Conveyor app at
+    start-up (a wrong URL fails there, not at the first request) and closes
+    it at shutdown."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with app:
+            yield
+
+    return Starlette(routes=[Mount("/", app=dashboard)], lifespan=lifespan)
+
+
+def serve(
+    app: Conveyor,
+    dashboard: Starlette,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    warning = exposure_warning(host, dashboard.state.gate.access.authenticated)
+    if warning is not None:
+        logger.warning("%s", warning)
+    uvicorn.run(standalone(app, dashboard), host=host, port=port, log_level="info")
