@@ -20,8 +20,8 @@ PARTS = [
     ("sqs standard", "sqs and not sqs_fifo"),
     ("sqs fifo", "sqs_fifo"),
     ("pubsub", "pubsub and not sqs"),
-    ("redis+postgres", "not sqs and not pubsub and (redis or postgres)"),
-    ("the rest", "not sqs and not pubsub and not redis and not postgres"),
+    ("redis+postgres+bullmq", "not sqs and not pubsub and (redis or postgres or bullmq)"),
+    ("the rest", "not sqs and not pubsub and not redis and not postgres and not bullmq"),
 ]
 
 

@@ -51,6 +51,8 @@ BACKENDS = [
     # Pub/Sub on gcloud's emulator: with a SQLite store and without one.
     pytest.param("pubsub", marks=pytest.mark.pubsub),
     pytest.param("pubsub_bare", marks=pytest.mark.pubsub),
+    # BullMQ's layout and scripts on the test Redis (conveyor/backends/bullmq).
+    pytest.param("bullmq", marks=pytest.mark.bullmq),
 ]
 
 
@@ -182,6 +184,36 @@ def redis_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
             keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
             if keys:
                 client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def bullmq_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
+    """bullmq:// URLs on the test Redis, each under a BullMQ prefix of its own."""
+    require_backend("bullmq", "conveyor.backends.bullmq")
+    if redis_server_url is None:
+        unavailable("bullmq backend unavailable: no Redis server answers and none could be started")
+    assert redis_server_url is not None
+    server = redis_server_url.removeprefix("redis://")
+    prefixes: list[str] = []
+
+    def fresh() -> str:
+        prefix = f"bulltest-{uuid.uuid4().hex[:12]}"
+        prefixes.append(prefix)
+        return f"bullmq://{server}?queue=default&prefix={prefix}"
+
+    yield fresh
+    import redis
+
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        for prefix in prefixes:
+            # BullMQ's keys, and conveyor's own beside them (schedules, locks...).
+            for pattern in (f"{prefix}:*", f"{{{prefix}:conveyor}}*"):
+                keys = list(client.scan_iter(match=pattern, count=1000))
+                if keys:
+                    client.delete(*keys)
     finally:
         client.close()
 

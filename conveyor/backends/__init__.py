@@ -23,6 +23,7 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "sqs+https": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
     "sqs+http": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
     "pubsub": ("conveyor.backends.pubsub", "pubsub_backend", "gcp"),
+    "bullmq": ("conveyor.backends.bullmq", "BullMQBackend", "bullmq"),
 }
 
 

@@ -137,6 +137,9 @@ class Capabilities:
     cache: bool = False
     # Lower numbers run first. A broker without priorities refuses priority != 0.
     priorities: bool = True
+    # The lowest priority the backend can hold (None: conveyor's whole range).
+    # BullMQ's start at 0, its unprioritised jobs, which it runs first.
+    min_priority: int | None = None
     # Jobs due at once are claimed in the order they were enqueued (within a
     # priority). An SQS standard queue delivers in roughly that order only.
     ordered: bool = True

@@ -1,0 +1,87 @@
+"""conveyor and Node BullMQ on the same queue (bullmq:// backend): jobs a
+Node producer adds run on a conveyor worker, with results Node reads; jobs
+conveyor enqueues run on a Node worker, with results conveyor reads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor, JobContext, JobState
+from tests.interop.conftest import NodeBull
+
+pytestmark = [pytest.mark.bullmq, pytest.mark.slow]
+
+
+async def test_node_producers_jobs_run_on_a_conveyor_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    added = node_bull(
+        spec,
+        command="add",
+        jobs=[
+            {"name": "add", "data": {"a": 1, "b": 2}},
+            {"name": "add", "data": {"a": 3, "b": 4}, "opts": {"delay": 300}},
+            {"name": "add", "data": {"a": 5, "b": 6}, "opts": {"priority": 2}},
+            {"name": "add", "data": {"a": 7, "b": 8}, "opts": {"jobId": "order-42"}},
+            {"name": "add", "data": {"a": 0, "b": 0}, "opts": {"attempts": 3}},
+        ],
+    )
+    ids = added["ids"]
+    assert ids[3] == "order-42"
+    app = Conveyor(url)
+
+    @app.job("add")
+    async def add(payload: dict[str, int], ctx: JobContext) -> dict[str, Any]:
+        ctx.log("adding", a=payload["a"])
+        await ctx.progress(100)
+        return {"sum": payload["a"] + payload["b"], "by": "conveyor"}
+
+    await app.open()
+    try:
+        keyed = await app.get_job("order-42")
+        assert keyed is not None and keyed.key == "order-42"
+        assert keyed.payload == {"a": 7, "b": 8}
+        assert (await app.get_job(ids[4])).max_retries == 2  # type: ignore[union-attr]
+        async with app.worker(concurrency=2, poll_interval=0.05):
+            done = [await app.wait(i, timeout=20) for i in ids]
+    finally:
+        await app.close()
+    assert [job.state for job in done] == [JobState.COMPLETED] * 5
+    seen = node_bull(spec, command="get", ids=ids)["jobs"]
+    assert [job["returnvalue"] for job in seen] == [
+        {"sum": s, "by": "conveyor"} for s in (3, 7, 11, 15, 0)
+    ]
+    assert {job["state"] for job in seen} == {"completed"}
+    assert [job["attemptsMade"] for job in seen] == [1] * 5
+    assert all(job["progress"] == 100 for job in seen)
+    assert all('"msg":"adding"' in job["logs"][0] for job in seen)
+
+
+async def test_conveyor_jobs_run_on_a_node_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    app = Conveyor(url)
+    app.declare("add")  # the handler is Node's
+    await app.open()
+    try:
+        jobs = [
+            await app.enqueue("add", {"a": 1, "b": 1}),
+            await app.enqueue("add", {"a": 2, "b": 2}, key="invoice-7"),
+            await app.enqueue("add", {"a": 3, "b": 3}, delay=0.3),
+            await app.enqueue("add", {"a": 4, "b": 4}, priority=3),
+        ]
+        worked = await asyncio.to_thread(node_bull, spec, command="work", count=4, timeout_ms=20000)
+        assert sorted(job["id"] for job in worked["done"]) == sorted(job.id for job in jobs)
+        assert jobs[1].id == "invoice-7"
+        done = [await app.wait(job.id, timeout=5) for job in jobs]
+    finally:
+        await app.close()
+    assert [job.state for job in done] == [JobState.COMPLETED] * 4
+    assert [job.result for job in done] == [{"sum": s, "by": "node"} for s in (2, 4, 6, 8)]
+    assert [job.attempts for job in done] == [1] * 4
+    assert all(job.progress == 100 for job in done)
