@@ -176,12 +176,17 @@ def redis_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
         return f"{redis_server_url}?prefix={prefix}"
 
     yield fresh
+    delete_keys(redis_server_url, [f"{{{prefix}}}*" for prefix in prefixes])
+
+
+def delete_keys(server_url: str, patterns: list[str]) -> None:
+    """Delete the keys matching `patterns` (a test's own prefixes)."""
     import redis
 
-    client = redis.Redis.from_url(redis_server_url)
+    client = redis.Redis.from_url(server_url)
     try:
-        for prefix in prefixes:
-            keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
+        for pattern in patterns:
+            keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
                 client.delete(*keys)
     finally:
@@ -204,18 +209,9 @@ def bullmq_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
         return f"bullmq://{server}?queue=default&prefix={prefix}"
 
     yield fresh
-    import redis
-
-    client = redis.Redis.from_url(redis_server_url)
-    try:
-        for prefix in prefixes:
-            # BullMQ's keys, and conveyor's own beside them (schedules, locks...).
-            for pattern in (f"{prefix}:*", f"{{{prefix}:conveyor}}*"):
-                keys = list(client.scan_iter(match=pattern, count=1000))
-                if keys:
-                    client.delete(*keys)
-    finally:
-        client.close()
+    # BullMQ's keys, and conveyor's own beside them (schedules, locks...).
+    patterns = [p for prefix in prefixes for p in (f"{prefix}:*", f"{{{prefix}:conveyor}}*")]
+    delete_keys(redis_server_url, patterns)
 
 
 def _postgres_answers(url: str) -> bool:

@@ -9,8 +9,7 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conveyor.backends.bullmq.scripts import NODE_VERSION
+from conveyor.backends.bullmq.url import parse_url
 
 
 def unavailable(reason: str) -> None:
@@ -61,31 +61,14 @@ def node_bullmq() -> Path:
 
 
 @pytest.fixture
-def bull_queue(redis_server_url: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A fresh (bullmq:// URL, Node spec base) pair: one BullMQ queue under a
-    prefix of its own on the test Redis, removed afterwards."""
-    if redis_server_url is None:
-        unavailable("the BullMQ interop tests need a Redis server")
-    assert redis_server_url is not None
-    parts = urlsplit(redis_server_url)
-    db = int(parts.path.strip("/") or 0)
-    prefix, queue = f"interop-{uuid.uuid4().hex[:10]}", "mixed"
-    spec = {
-        "redis": {"host": parts.hostname, "port": parts.port or 6379, "db": db},
-        "prefix": prefix,
-        "queue": queue,
-    }
-    yield f"bullmq://{parts.netloc}/{db}?queue={queue}&prefix={prefix}", spec
-    import redis
-
-    client = redis.Redis.from_url(redis_server_url)
-    try:
-        for pattern in (f"{prefix}:*", f"{{{prefix}:conveyor}}*"):
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            if keys:
-                client.delete(*keys)
-    finally:
-        client.close()
+def bull_queue(bullmq_urls: Callable[[], str]) -> tuple[str, dict[str, Any]]:
+    """A fresh bullmq:// URL (its own prefix on the test Redis, removed
+    afterwards by `bullmq_urls`) and the same queue as bull.mjs's spec."""
+    url = bullmq_urls()
+    config = parse_url(url)
+    server = urlsplit(config.redis_url)
+    redis = {"host": server.hostname, "port": server.port or 6379, "db": int(server.path[1:] or 0)}
+    return url, {"redis": redis, "prefix": config.prefix, "queue": config.queue}
 
 
 @pytest.fixture

@@ -5,14 +5,16 @@ conveyor enqueues run on a Node worker, with results conveyor reads."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, JobContext, JobState
-from tests.interop.conftest import NodeBull
 
 pytestmark = [pytest.mark.bullmq, pytest.mark.slow]
+
+NodeBull = Callable[..., dict[str, Any]]  # runs bull.mjs (conftest.py: node_bull)
 
 
 async def test_node_producers_jobs_run_on_a_conveyor_worker(

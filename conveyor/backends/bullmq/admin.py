@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 from conveyor.backends.base import CancelResult
 from conveyor.backends.bullmq.calls import BullConnection, now_ms
@@ -84,36 +85,36 @@ class BullAdmin(BullConnection):
         if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
             return None
         keys = self.keys(job.queue)
-        (moved,) = await self.run(
-            [
-                self.call(
-                    "reprocessJob",
-                    [
-                        keys.job(job_id),
-                        keys["events"],
-                        keys["failed"],
-                        *keys.many("wait", "meta", "active", "marker", "prioritized", "pc"),
-                    ],
-                    [job_id, "LPUSH", "failedReason", "failed", "0", "0"],
-                )
-            ]
-        )
-        if int(moved) != 1:
-            return None
-        # Exactly one more attempt: BullMQ's `attempts` counts them all.
+        # Exactly one more attempt (BullMQ's `attempts` counts them all); a
+        # cancelled job resumes with what it had left, at least one. Set
+        # before the job is back in line, where a worker may take it at once.
+        retries = job.attempts
+        if job.state is JobState.CANCELLED:
+            retries = max(job.max_retries, job.attempts)
         opts = json.loads(await self._cmd("HGET", keys.job(job_id), "opts") or "{}")
-        # (a cancelled job resumes with what it had left, at least one).
-        retries = (
-            job.attempts if job.state is JobState.FAILED else max(job.max_retries, job.attempts)
-        )
         opts["attempts"] = retries + 1
-        await self.run(
+        reprocess = self.call(
+            "reprocessJob",
+            [
+                keys.job(job_id),
+                keys["events"],
+                keys["failed"],
+                *keys.many("wait meta active marker prioritized pc"),
+            ],
+            [job_id, "LPUSH", "failedReason", "failed", "0", "0"],
+        )
+        replies = await self.run(
             [
                 ("HSET", keys.job(job_id), "opts", json.dumps(opts)),
                 ("HDEL", keys.job(job_id), CANCELLED, CANCEL_REQUESTED),
+                reprocess,
             ]
         )
-        return await self.find(job_id)
+        if int(replies[-1]) != 1:
+            return None
+        return replace(
+            job, state=JobState.QUEUED, max_retries=retries, error=None, finished_at=None
+        )
 
     async def stats(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -135,7 +136,12 @@ class BullAdmin(BullConnection):
             counts[JobState.SCHEDULED.value] = delayed
             counts[JobState.RUNNING.value] = active
             counts[JobState.COMPLETED.value] = completed
-            counts[JobState.FAILED.value] = failed
+            # Cancelled jobs sit in `failed`, marked.
+            failed_ids = await self._ids(keys, "failed", 0)
+            marks = await self.run([("HEXISTS", keys.job(i), CANCELLED) for i in failed_ids])
+            cancelled = sum(int(mark) for mark in marks)
+            counts[JobState.FAILED.value] = failed - cancelled
+            counts[JobState.CANCELLED.value] = cancelled
             out[queue] = counts
         return out
 

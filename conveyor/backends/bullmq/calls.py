@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -34,7 +35,15 @@ def flat(fields: dict[str, str]) -> list[str]:
 
 
 def millis(seconds: float) -> int:
-    return round(seconds * 1000)
+    """Whole milliseconds, rounded down: the clock that decides what is due
+    (a job stamped with `stamp_ms` is never due early by it)."""
+    return math.floor(seconds * 1000)
+
+
+def stamp_ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up: a job's creation time and delay, so
+    the due time stored is never earlier than the one asked for."""
+    return math.ceil(seconds * 1000)
 
 
 def now_ms(now: float | None) -> int:
@@ -125,7 +134,7 @@ class BullConnection(RedisStores):
             "EVAL",
             FAIL_PENDING,
             7,
-            *keys.many("wait", "paused", "prioritized", "delayed", "failed", "events"),
+            *keys.many("wait paused prioritized delayed failed events"),
             keys.job(job_id),
             job_id,
             at,
@@ -141,11 +150,16 @@ class BullConnection(RedisStores):
         outcome: AttemptOutcome,
         finished_at: float,
         error: str | None,
+        attempts: str | None = None,
+        started: str | None = None,
     ) -> None:
-        """Append the attempt that ended to the job's conveyor history."""
-        attempts, started, history = await self._cmd(
+        """Append the attempt that ended to the job's conveyor history (its
+        number and start as read before it ended, where that cleared them)."""
+        now_attempts, now_started, history = await self._cmd(
             "HMGET", keys.job(job_id), "ats", "processedOn", HISTORY
         )
+        attempts = attempts or now_attempts
+        started = started or now_started
         entry = stored_entry(
             int(attempts or 0),
             int(started) / 1000 if started else None,
@@ -160,14 +174,7 @@ class BullConnection(RedisStores):
 
     def _read_commands(self, keys: QueueKeys, job_id: str) -> list[list[Arg]]:
         state_keys = keys.many(
-            "completed",
-            "failed",
-            "delayed",
-            "active",
-            "wait",
-            "paused",
-            "waiting-children",
-            "prioritized",
+            "completed failed delayed active wait paused waiting-children prioritized"
         )
         return [
             ["HGETALL", keys.job(job_id)],

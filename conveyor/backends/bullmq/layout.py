@@ -80,8 +80,9 @@ class QueueKeys:
     def job(self, job_id: str) -> str:
         return self.base + job_id
 
-    def many(self, *suffixes: str) -> list[str]:
-        return [self.base + suffix for suffix in suffixes]
+    def many(self, suffixes: str) -> list[str]:
+        """The keys of space-separated suffixes, in order (as a script's KEYS)."""
+        return [self.base + suffix for suffix in suffixes.split()]
 
 
 def pairs(flat: Sequence[Any]) -> dict[str, str]:
