@@ -67,14 +67,20 @@ class BullMQBackend(BullConsumer):
 
     async def open(self) -> None:
         await super().open()
-        await self.check_meta()
+        try:
+            await self.check_meta()
+        except BaseException:
+            # A refused open leaves nothing behind: the app never counts as
+            # opened, so it would never close these connections.
+            await self.close()
+            raise
 
     # ------------------------------------------------------------------ producing
 
     def _add(self, job: NewJob, keys: QueueKeys) -> list[Any]:
         if job.priority < 0 or job.priority > MAX_PRIORITY:
             raise InvalidOptionError(
-                f"BullMQ priorities run from 0 (first) to {MAX_PRIORITY}, got {job.priority}"
+                f"a BullMQ priority runs from 0 (first) to {MAX_PRIORITY}, got {job.priority}"
             )
         delay = max(stamp_ms(job.run_at - job.created_at), 0)
         opts: dict[str, Any] = {"attempts": job.max_retries + 1, "delay": delay}

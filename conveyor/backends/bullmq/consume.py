@@ -111,11 +111,12 @@ class BullConsumer(BullAdmin):
         made = await self.run(
             [("HGET", self.keys(queues[i]).job(head), "timestamp") for _, i, head in ranked]
         )
+        # Ties within a millisecond: conveyor's ids sort by creation (job.py).
         order = sorted(
-            (rank, float(created or 0), index)
-            for (rank, index, _), created in zip(ranked, made, strict=True)
+            (rank, float(created or 0), head, index)
+            for (rank, index, head), created in zip(ranked, made, strict=True)
         )
-        return [queues[index] for _, _, index in order]
+        return [queues[index] for *_, index in order]
 
     async def _claim_from(
         self,
