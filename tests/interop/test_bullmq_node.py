@@ -87,3 +87,54 @@ async def test_conveyor_jobs_run_on_a_node_worker(
     assert [job.result for job in done] == [{"sum": s, "by": "node"} for s in (2, 4, 6, 8)]
     assert [job.attempts for job in done] == [1] * 4
     assert all(job.progress == 100 for job in done)
+
+
+async def test_node_jobs_retries_and_failures_on_a_conveyor_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    backoff = {"type": "exponential", "delay": 200}
+    ids = node_bull(
+        spec,
+        command="add",
+        jobs=[
+            {"name": "flaky", "data": {}, "opts": {"attempts": 3, "backoff": backoff}},
+            {"name": "doomed", "data": {}, "opts": {"attempts": 1}},
+        ],
+    )["ids"]
+    app = Conveyor(url)
+    tries: dict[int, float] = {}
+
+    @app.job("flaky")
+    async def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
+        tries[ctx.attempt] = asyncio.get_running_loop().time()
+        if ctx.attempt < 3:
+            raise RuntimeError(f"not yet ({ctx.attempt})")
+        return "third time"
+
+    @app.job("doomed")
+    async def doomed(payload: dict[str, Any]) -> None:
+        raise ValueError("cannot ever work")
+
+    async with app, app.worker(concurrency=2, poll_interval=0.05):
+        flaky_done = await app.wait(ids[0], timeout=20)
+        doomed_done = await app.wait(ids[1], timeout=20)
+    assert (flaky_done.state, flaky_done.result, flaky_done.attempts) == (
+        JobState.COMPLETED,
+        "third time",
+        3,
+    )
+    # BullMQ's exponential backoff of the job's own options: 200 ms, then 400 ms.
+    assert 0.2 <= tries[2] - tries[1] < 1.0
+    assert 0.4 <= tries[3] - tries[2] < 1.5
+    assert doomed_done.state is JobState.FAILED
+    seen = node_bull(spec, command="get", ids=ids)["jobs"]
+    assert (seen[0]["state"], seen[0]["returnvalue"], seen[0]["attemptsMade"]) == (
+        "completed",
+        "third time",
+        3,
+    )
+    assert seen[1]["state"] == "failed"
+    assert seen[1]["failedReason"] == "ValueError: cannot ever work"
+    assert seen[1]["attemptsMade"] == 1
+    assert "ValueError: cannot ever work" in seen[1]["stacktrace"][-1]

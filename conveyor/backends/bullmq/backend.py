@@ -52,6 +52,24 @@ MAX_PRIORITY = 2_097_152
 HINT = "the bullmq:// backend keeps BullMQ's layout, which has no place for this"
 
 
+def bull_backoff(opts_json: str | None, attempts_made: int) -> float | None:
+    """The wait (seconds) before the next attempt that a job's own BullMQ
+    `backoff` option asks for (a Node producer's `{type, delay}` or a number),
+    as BullMQ computes it; None when it has none (conveyor's backoff rules)."""
+    opts = json.loads(opts_json or "{}")
+    backoff = opts.get("backoff")
+    if isinstance(backoff, int | float):
+        backoff = {"type": "fixed", "delay": backoff}
+    if not isinstance(backoff, dict) or not isinstance(backoff.get("delay"), int | float):
+        return None
+    delay = float(backoff["delay"])
+    if backoff.get("type") == "exponential":
+        return float(round(2 ** (attempts_made - 1) * delay)) / 1000
+    if backoff.get("type") == "fixed":
+        return delay / 1000
+    return None  # a custom backoff strategy lives in the Node worker's code
+
+
 class BullMQBackend(BullConsumer):
     capabilities = Capabilities(
         min_priority=0,
@@ -208,10 +226,14 @@ class BullMQBackend(BullConsumer):
             if o.kind is OutcomeKind.QUEUED:
                 done.append(await self.hand_back(keys, o.job_id, o.token, o.at))
                 continue
-            if o.kind is OutcomeKind.SCHEDULED and await self._cmd(
-                "HGET", keys.job(o.job_id), CANCEL_REQUESTED
-            ):
-                o = replace(o, kind=OutcomeKind.CANCELLED, error=o.error or "cancelled")
+            if o.kind is OutcomeKind.SCHEDULED:
+                cancel, opts, made = await self._cmd(
+                    "HMGET", keys.job(o.job_id), CANCEL_REQUESTED, "opts", "atm"
+                )
+                if cancel:
+                    o = replace(o, kind=OutcomeKind.CANCELLED, error=o.error or "cancelled")
+                elif (wait := bull_backoff(opts, int(made or 0) + 1)) is not None:
+                    o = replace(o, retry_in=wait)
             if o.progress is not None:
                 await self.progress(o.job_id, o.token, o.progress, [])
             (reply,) = await self.run([self._outcome_command(keys, o, retention)])

@@ -5,7 +5,8 @@
 // and one JSON line on stdout with the answer.
 //   add:  {"jobs": [{"name", "data", "opts"}]}  -> {"ids": [...]}
 //   get:  {"ids": [...]}                         -> {"jobs": [{id, name, data, returnvalue,
-//                                                     failedReason, attemptsMade, state, progress}]}
+//                                                     failedReason, stacktrace, attemptsMade,
+//                                                     state, progress, logs}]}
 //   work: {"count": N, "timeout_ms": T}          -> {"done": [{id, name, data, result}]}
 //         runs a BullMQ Worker until N jobs completed; job "add" returns {sum: a + b},
 //         job "fail" throws.
@@ -52,6 +53,7 @@ async function get() {
       data: job.data,
       returnvalue: job.returnvalue,
       failedReason: job.failedReason,
+      stacktrace: job.stacktrace,
       attemptsMade: job.attemptsMade,
       progress: job.progress,
       state: await job.getState(),
