@@ -138,3 +138,38 @@ async def test_node_jobs_retries_and_failures_on_a_conveyor_worker(
     assert seen[1]["failedReason"] == "ValueError: cannot ever work"
     assert seen[1]["attemptsMade"] == 1
     assert "ValueError: cannot ever work" in seen[1]["stacktrace"][-1]
+
+
+async def test_a_mixed_pool_runs_every_job_once(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    stop_key = f"{spec['prefix']}:stop-node-worker"
+    app = Conveyor(url)
+    ran_here: list[str] = []
+
+    @app.job("add")
+    async def add(payload: dict[str, int], ctx: JobContext) -> dict[str, Any]:
+        await asyncio.sleep(payload["sleep_ms"] / 1000)
+        ran_here.append(ctx.job_id)
+        return {"sum": payload["a"] + payload["b"], "by": "conveyor"}
+
+    async with app:
+        node = asyncio.create_task(
+            asyncio.to_thread(
+                node_bull, spec, command="work", count=1000, timeout_ms=30000, stop_key=stop_key
+            )
+        )
+        await asyncio.sleep(1.0)  # the Node worker is up (its start takes a moment)
+        async with app.worker(concurrency=2, poll_interval=0.05):
+            jobs = await app.enqueue_many(
+                [("add", {"a": i, "b": i, "sleep_ms": 100}) for i in range(30)]
+            )
+            done = [await app.wait(job.id, timeout=30) for job in jobs]
+        await app.backend._cmd("SET", stop_key, "1")  # type: ignore[attr-defined]
+        ran_by_node = [job["id"] for job in (await node)["done"]]
+    assert [job.state for job in done] == [JobState.COMPLETED] * 30
+    assert sorted(ran_here + ran_by_node) == sorted(job.id for job in jobs)  # each once
+    assert ran_here and ran_by_node  # both took a share
+    by = {job.id: job.result["by"] for job in done}
+    assert {by[i] for i in ran_here} == {"conveyor"} and {by[i] for i in ran_by_node} == {"node"}

@@ -63,7 +63,10 @@ class BullAdmin(BullConnection):
             for job in jobs
             if (state is None or job.state is state) and (name is None or job.name == name)
         ]
-        jobs.sort(key=lambda job: (job.created_at is not None, job.created_at), reverse=True)
+        # Newest first; within a millisecond by id (conveyor's sort by creation).
+        jobs.sort(
+            key=lambda job: (job.created_at is not None, job.created_at, job.id), reverse=True
+        )
         return jobs[offset : offset + limit]
 
     async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:

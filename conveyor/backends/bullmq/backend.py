@@ -211,7 +211,16 @@ class BullMQBackend(BullConsumer):
                 keys.job(o.job_id),
                 *keys.many("events meta stalled wait limiter pc"),
             ],
-            [keys.base, now_ms(None), o.job_id, o.token, millis(delay), "0", packed(updates), "0"],
+            [
+                keys.base,
+                stamp_ms(now),
+                o.job_id,
+                o.token,
+                stamp_ms(delay),
+                "0",
+                packed(updates),
+                "0",
+            ],
         )
 
     async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:

@@ -7,9 +7,9 @@
 //   get:  {"ids": [...]}                         -> {"jobs": [{id, name, data, returnvalue,
 //                                                     failedReason, stacktrace, attemptsMade,
 //                                                     state, progress, logs}]}
-//   work: {"count": N, "timeout_ms": T}          -> {"done": [{id, name, data, result}]}
-//         runs a BullMQ Worker until N jobs completed; job "add" returns {sum: a + b},
-//         job "fail" throws.
+//   work: {"count": N, "timeout_ms": T, "stop_key"?: K} -> {"done": [{id, name, data, result}]}
+//         runs a BullMQ Worker until N jobs completed, T ms passed or key K exists;
+//         job "add" returns {sum: a + b} (after data.sleep_ms), job "fail" throws.
 import { Queue, Worker } from "bullmq";
 import IORedis from "ioredis";
 
@@ -72,6 +72,7 @@ async function work() {
     spec.queue,
     async (job) => {
       if (job.name === "fail") throw new Error("failed on purpose");
+      if (job.data.sleep_ms) await new Promise((r) => setTimeout(r, job.data.sleep_ms));
       await job.updateProgress(100);
       return { sum: job.data.a + job.data.b, by: "node" };
     },
@@ -82,8 +83,15 @@ async function work() {
     if (done.length >= spec.count) finish();
   });
   const timer = setTimeout(finish, spec.timeout_ms);
+  // A test running a mixed pool says when to stop: this key appears.
+  const poll = spec.stop_key
+    ? setInterval(async () => {
+        if (await connection.exists(spec.stop_key)) finish();
+      }, 50)
+    : null;
   await finished;
   clearTimeout(timer);
+  if (poll) clearInterval(poll);
   await worker.close();
   print({ done });
 }
