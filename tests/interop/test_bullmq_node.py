@@ -5,7 +5,10 @@ conveyor enqueues run on a Node worker, with results conveyor reads."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +176,91 @@ async def test_a_mixed_pool_runs_every_job_once(
     assert ran_here and ran_by_node  # both took a share
     by = {job.id: job.result["by"] for job in done}
     assert {by[i] for i in ran_here} == {"conveyor"} and {by[i] for i in ran_by_node} == {"node"}
+
+
+# A conveyor worker process that takes one job and hangs in it (until killed).
+HANGING_WORKER = """
+import asyncio, pathlib, sys
+from conveyor import Conveyor
+app = Conveyor(sys.argv[1])
+@app.job("add")
+async def add(payload: dict) -> None:
+    pathlib.Path(sys.argv[2]).write_text("started")
+    await asyncio.sleep(600)
+asyncio.run(app.worker(concurrency=1, lease=1.0, heartbeat_interval=0.2).run())
+"""
+
+
+async def test_a_killed_conveyor_workers_job_is_recovered_by_node(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull, tmp_path: Path
+) -> None:
+    url, spec = bull_queue
+    app = Conveyor(url)
+    app.declare("add")
+    started = tmp_path / "started"
+    async with app:
+        job = await app.enqueue("add", {"a": 20, "b": 22})
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HANGING_WORKER, url, str(started)
+        )
+        try:
+            for _ in range(200):
+                if started.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert started.exists(), "the conveyor worker never started the job"
+        finally:
+            worker.kill()  # SIGKILL: no hand-back, the lock just expires
+            await worker.wait()
+        assert (await app.get_job(job.id)).state is JobState.RUNNING  # type: ignore[union-attr]
+        # BullMQ's stalled check on the Node side finds the expired lock.
+        fast_checks = {"stalledInterval": 300, "maxStalledCount": 1}
+        worked = await asyncio.to_thread(
+            node_bull, spec, command="work", count=1, timeout_ms=15000, worker_opts=fast_checks
+        )
+        assert [done["id"] for done in worked["done"]] == [job.id]
+        done = await app.get_job(job.id)
+    assert done is not None and done.state is JobState.COMPLETED
+    assert done.result == {"sum": 42, "by": "node"}
+    assert done.stalls == 1
+
+
+async def test_a_killed_node_workers_job_is_recovered_by_conveyor(
+    bull_queue: tuple[str, dict[str, Any]], node_bullmq: Path
+) -> None:
+    url, spec = bull_queue
+    app = Conveyor(url)
+
+    @app.job("hang")
+    async def hang(payload: dict[str, Any]) -> str:
+        return "finished by conveyor"
+
+    async with app:
+        job = await app.enqueue("hang", {})
+        node_spec = {
+            **spec,
+            "command": "work",
+            "count": 1,
+            "timeout_ms": 60000,
+            "worker_opts": {"lockDuration": 1000},
+        }
+        node = await asyncio.create_subprocess_exec(
+            "node", str(node_bullmq / "bull.mjs"), json.dumps(node_spec)
+        )
+        try:
+            for _ in range(300):
+                seen = await app.get_job(job.id)
+                if seen is not None and seen.progress == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen is not None and seen.state is JobState.RUNNING and seen.progress == 1
+        finally:
+            node.kill()  # SIGKILL: the Node worker's lock just expires
+            await node.wait()
+        async with app.worker(concurrency=1, poll_interval=0.05, recover_interval=0.2):
+            done = await app.wait(job.id, timeout=20)
+    assert (done.state, done.result, done.stalls) == (
+        JobState.COMPLETED,
+        "finished by conveyor",
+        1,
+    )

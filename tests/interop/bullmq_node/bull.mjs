@@ -7,9 +7,11 @@
 //   get:  {"ids": [...]}                         -> {"jobs": [{id, name, data, returnvalue,
 //                                                     failedReason, stacktrace, attemptsMade,
 //                                                     state, progress, logs}]}
-//   work: {"count": N, "timeout_ms": T, "stop_key"?: K} -> {"done": [{id, name, data, result}]}
+//   work: {"count": N, "timeout_ms": T, "stop_key"?: K, "worker_opts"?: {...}}
+//         -> {"done": [{id, name, data, result}]}
 //         runs a BullMQ Worker until N jobs completed, T ms passed or key K exists;
-//         job "add" returns {sum: a + b} (after data.sleep_ms), job "fail" throws.
+//         job "add" returns {sum: a + b} (after data.sleep_ms), job "fail" throws,
+//         job "hang" reports progress 1 and never ends.
 import { Queue, Worker } from "bullmq";
 import IORedis from "ioredis";
 
@@ -72,11 +74,15 @@ async function work() {
     spec.queue,
     async (job) => {
       if (job.name === "fail") throw new Error("failed on purpose");
+      if (job.name === "hang") {
+        await job.updateProgress(1); // tells the test it started
+        await new Promise(() => {}); // until the process is killed
+      }
       if (job.data.sleep_ms) await new Promise((r) => setTimeout(r, job.data.sleep_ms));
       await job.updateProgress(100);
       return { sum: job.data.a + job.data.b, by: "node" };
     },
-    { ...options, concurrency: 4 },
+    { ...options, concurrency: 4, ...(spec.worker_opts || {}) },
   );
   worker.on("completed", (job, result) => {
     done.push({ id: job.id, name: job.name, data: job.data, result });
