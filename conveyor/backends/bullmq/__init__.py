@@ -11,8 +11,9 @@ State (first landing): the conformance suite passes with its capability skips;
 tests/interop runs Node BullMQ 6.4.0 against conveyor both ways (producer,
 worker, retries with backoff, failures, a mixed pool, SIGKILL recovery).
 Left: BullMQ's repeatable jobs / job schedulers as conveyor recurring
-schedules; Bull Board; the benchmark against Node's worker; QueueEvents checks (the scripts write the events stream, untested
-from Node's side); flows (a Node FlowProducer's parent/child jobs) are untested.
+schedules; Bull Board; the benchmark against Node's worker; QueueEvents
+checks (the scripts write the events stream, untested from Node's side);
+flows (a Node FlowProducer's parent/child jobs) are untested.
 """
 
 from __future__ import annotations
