@@ -41,6 +41,7 @@ from conveyor.backends.bullmq.consume import BullConsumer
 from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
     CANCELLED,
+    HISTORY,
     TIMEOUT_OPTION,
     QueueKeys,
 )
@@ -173,14 +174,25 @@ class BullMQBackend(BullConsumer):
 
     # ------------------------------------------------------------------ finishing
 
-    def _outcome_command(self, keys: QueueKeys, o: Outcome, retention: Retention) -> Any:
+    def _outcome_command(
+        self, keys: QueueKeys, o: Outcome, retention: Retention, history: str
+    ) -> Any:
+        """BullMQ's script for the outcome; the job's fields it updates (once
+        the lock token is checked) carry the history with this attempt."""
         at = millis(o.at)
-        failure = {"stacktrace": json.dumps([o.traceback] if o.traceback else [])}
+        failure = {"stacktrace": json.dumps([o.traceback] if o.traceback else []), HISTORY: history}
         if o.kind is OutcomeKind.COMPLETED:
             result = o.result or "null"
             keep = retention.keep_completed
             return self.finished(
-                keys, o.job_id, o.token, "completed", result, keep, at, {"progress": "100"}
+                keys,
+                o.job_id,
+                o.token,
+                "completed",
+                result,
+                keep,
+                at,
+                {"progress": "100", HISTORY: history},
             )
         if o.kind in (OutcomeKind.FAILED, OutcomeKind.CANCELLED):
             fields = {**failure, CANCELLED: "1"} if o.kind is OutcomeKind.CANCELLED else failure
@@ -245,12 +257,12 @@ class BullMQBackend(BullConsumer):
                     o = replace(o, retry_in=wait)
             if o.progress is not None:
                 await self.progress(o.job_id, o.token, o.progress, [])
-            (reply,) = await self.run([self._outcome_command(keys, o, retention)])
+            outcome = attempt_outcome(o.kind, timed_out=o.timed_out)
+            history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
+            (reply,) = await self.run([self._outcome_command(keys, o, retention, history)])
             ok = not isinstance(reply, int) or reply >= 0
             if ok:
                 self._claimed.pop(o.job_id, None)
-                outcome = attempt_outcome(o.kind, timed_out=o.timed_out)
-                await self.record_attempt(keys, o.job_id, outcome, o.at, o.error)
             done.append(ok)
         return done
 

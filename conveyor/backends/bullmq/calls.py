@@ -143,7 +143,7 @@ class BullConnection(RedisStores):
         )
         return bool(int(failed))
 
-    async def record_attempt(
+    async def history_after(
         self,
         keys: QueueKeys,
         job_id: str,
@@ -152,9 +152,10 @@ class BullConnection(RedisStores):
         error: str | None,
         attempts: str | None = None,
         started: str | None = None,
-    ) -> None:
-        """Append the attempt that ended to the job's conveyor history (its
-        number and start as read before it ended, where that cleared them)."""
+    ) -> str:
+        """The job's conveyor history (JSON) with the attempt that ends now
+        appended (its number and start as read before it ended, where that
+        cleared them)."""
         now_attempts, now_started, history = await self._cmd(
             "HMGET", keys.job(job_id), "ats", "processedOn", HISTORY
         )
@@ -167,8 +168,23 @@ class BullConnection(RedisStores):
             outcome,
             error,
         )
-        entries = with_entry(json.loads(history) if history else [], entry)
-        await self._cmd("HSET", keys.job(job_id), HISTORY, json.dumps(entries))
+        return json.dumps(with_entry(json.loads(history) if history else [], entry))
+
+    async def record_attempt(
+        self,
+        keys: QueueKeys,
+        job_id: str,
+        outcome: AttemptOutcome,
+        finished_at: float,
+        error: str | None,
+        attempts: str | None = None,
+        started: str | None = None,
+    ) -> None:
+        """Append the attempt that ended to the job's conveyor history."""
+        history = await self.history_after(
+            keys, job_id, outcome, finished_at, error, attempts, started
+        )
+        await self._cmd("HSET", keys.job(job_id), HISTORY, history)
 
     # ------------------------------------------------------------------ reading jobs
 
