@@ -20,8 +20,14 @@ PARTS = [
     ("sqs standard", "sqs and not sqs_fifo"),
     ("sqs fifo", "sqs_fifo"),
     ("pubsub+cloudtasks", "(pubsub or cloudtasks) and not sqs"),
-    ("redis+postgres", "not sqs and not pubsub and not cloudtasks and (redis or postgres)"),
-    ("the rest", "not sqs and not pubsub and not cloudtasks and not redis and not postgres"),
+    (
+        "redis+postgres+bullmq",
+        "not sqs and not pubsub and not cloudtasks and (redis or postgres or bullmq)",
+    ),
+    (
+        "the rest",
+        "not sqs and not pubsub and not cloudtasks and not redis and not postgres and not bullmq",
+    ),
 ]
 
 

@@ -56,6 +56,8 @@ BACKENDS = [
     pytest.param("pubsub", marks=pytest.mark.pubsub),
     pytest.param("pubsub_bare", marks=pytest.mark.pubsub),
     pytest.param("pubsub_ordered", marks=pytest.mark.pubsub),
+    # BullMQ's layout and scripts on the test Redis (conveyor/backends/bullmq).
+    pytest.param("bullmq", marks=pytest.mark.bullmq),
 ]
 
 # Locks and the cache on a backend of their own, "<jobs>/<locks and cache>":
@@ -189,16 +191,42 @@ def redis_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
         return f"{redis_server_url}?prefix={prefix}"
 
     yield fresh
+    delete_keys(redis_server_url, [f"{{{prefix}}}*" for prefix in prefixes])
+
+
+def delete_keys(server_url: str, patterns: list[str]) -> None:
+    """Delete the keys matching `patterns` (a test's own prefixes)."""
     import redis
 
-    client = redis.Redis.from_url(redis_server_url)
+    client = redis.Redis.from_url(server_url)
     try:
-        for prefix in prefixes:
-            keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
+        for pattern in patterns:
+            keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
                 client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def bullmq_urls(redis_server_url: str | None) -> Iterator[Callable[[], str]]:
+    """bullmq:// URLs on the test Redis, each under a BullMQ prefix of its own."""
+    require_backend("bullmq", "conveyor.backends.bullmq")
+    if redis_server_url is None:
+        unavailable("bullmq backend unavailable: no Redis server answers and none could be started")
+    assert redis_server_url is not None
+    server = redis_server_url.removeprefix("redis://")
+    prefixes: list[str] = []
+
+    def fresh() -> str:
+        prefix = f"bulltest-{uuid.uuid4().hex[:12]}"
+        prefixes.append(prefix)
+        return f"bullmq://{server}?queue=default&prefix={prefix}"
+
+    yield fresh
+    # BullMQ's keys, and conveyor's own beside them (schedules, locks...).
+    patterns = [p for prefix in prefixes for p in (f"{prefix}:*", f"{{{prefix}:conveyor}}*")]
+    delete_keys(redis_server_url, patterns)
 
 
 def _postgres_answers(url: str) -> bool:

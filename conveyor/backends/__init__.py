@@ -24,6 +24,7 @@ SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "sqs+http": ("conveyor.backends.sqs", "sqs_backend", "sqs"),
     "pubsub": ("conveyor.backends.pubsub", "pubsub_backend", "gcp"),
     "cloudtasks": ("conveyor.backends.cloudtasks", "CloudTasksBackend", "gcp"),
+    "bullmq": ("conveyor.backends.bullmq", "BullMQBackend", "bullmq"),
 }
 
 

@@ -137,6 +137,9 @@ class Capabilities:
     cache: bool = False
     # Lower numbers run first. A broker without priorities refuses priority != 0.
     priorities: bool = True
+    # The lowest priority the backend can hold (None: conveyor's whole range).
+    # BullMQ's start at 0, its unprioritised jobs, which it runs first.
+    min_priority: int | None = None
     # Jobs due at once are claimed in the order they were enqueued (within a
     # priority). An SQS standard queue delivers in roughly that order only.
     ordered: bool = True
@@ -169,6 +172,12 @@ class Capabilities:
     # and not reported as a duplicate); None: while the job is retained.
     keys: bool = True
     key_window: float | None = None
+    # A key is unique across every queue of the backend (False: within a
+    # queue only, as BullMQ's jobIds are).
+    keys_global: bool = True
+    # The job's id is its key when it has one (BullMQ's jobId): a job enqueued
+    # with a key its purged predecessor had gets that id again.
+    key_is_id: bool = False
     # `enqueue(..., group=...)`: jobs of one group run one at a time, in
     # order (an SQS FIFO queue's message groups).
     groups: bool = False

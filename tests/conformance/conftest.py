@@ -47,6 +47,10 @@ MakeApp = Callable[..., Awaitable[Conveyor]]
 DERIVED: dict[str, tuple[Callable[[Capabilities], bool], str]] = {
     "long_delays": (lambda c: c.max_delay is None, "delays of any length"),
     "any_delays": (lambda c: c.max_delay is None or c.max_delay > 0, "delayed jobs"),
+    "negative_priorities": (
+        lambda c: c.priorities and (c.min_priority is None or c.min_priority < 0),
+        "priorities below 0",
+    ),
     "lasting_keys": (
         lambda c: c.keys and c.key_window is None,
         "idempotency keys kept while the job is (reported as duplicates)",

@@ -64,3 +64,12 @@ def known_bug(request: Any, backends: set[str], reason: str) -> None:
 
     if request.getfixturevalue("backend_name") in backends:
         request.applymarker(pytest.mark.xfail(reason=f"BUG: {reason}", strict=True))
+
+
+def a_priority(app: Conveyor, value: int) -> int:
+    """`value` where the backend holds it, else its absolute value: a negative
+    priority where it stands for "some priority other than the default" and
+    the backend's priorities start at 0 (BullMQ's)."""
+    if app.backend.capabilities.min_priority is None:
+        return value
+    return abs(value)

@@ -23,7 +23,7 @@ def recording_app(app: Conveyor, **options: Any) -> list[Any]:
     return ran
 
 
-@needs("priorities", "ordered")
+@needs("priorities", "ordered", "negative_priorities")
 async def test_lower_priority_number_runs_first_then_fifo(app: Conveyor, worker) -> None:
     ran = recording_app(app)
     plan = [(5, "a"), (0, "b"), (5, "c"), (-1, "d"), (0, "e"), (5, "f"), (-1, "g"), (0, "h")]
@@ -48,7 +48,7 @@ async def test_fifo_within_one_priority_for_a_batch(app: Conveyor, worker) -> No
     assert ran == list(range(20))
 
 
-@needs("priorities", "ordered")
+@needs("priorities", "ordered", "negative_priorities")
 async def test_priority_in_a_batch_and_type_default(app: Conveyor, worker) -> None:
     ran: list[str] = []
 

@@ -36,7 +36,7 @@ from conveyor.job import new_job_id
 from conveyor.scheduler import InvalidScheduleError, Schedule, Scheduler, first_run
 
 from .conftest import needs
-from .helpers import WAIT, eventually
+from .helpers import WAIT, a_priority, eventually
 
 pytestmark = needs("lookup")
 
@@ -385,7 +385,7 @@ async def test_a_due_schedule_enqueues_one_job_with_its_payload_and_options(
         {"kind": "full", "n": [1, 2]},
         every=3600,
         queue="reports",
-        priority=-5,
+        priority=a_priority(app, -5),
         retries=7,
         timeout=12.5,
     )
@@ -397,7 +397,7 @@ async def test_a_due_schedule_enqueues_one_job_with_its_payload_and_options(
     (job,) = await jobs_of(app, "report.build")
     assert job.payload == {"kind": "full", "n": [1, 2]}
     assert job.queue == "reports"
-    assert job.priority == -5
+    assert job.priority == a_priority(app, -5)
     assert job.max_retries == 7
     assert job.timeout == 12.5
     assert job.key == f"recurring:nightly:{T0:.3f}"

@@ -26,7 +26,7 @@ from conveyor.backends.base import ScheduleStore
 from conveyor.scheduler import InvalidScheduleError
 
 from .conftest import MakeApp, fast_worker, needs
-from .helpers import eventually, wait_state
+from .helpers import a_priority, eventually, wait_state
 
 pytestmark = needs("lookup")
 
@@ -93,7 +93,7 @@ async def test_a_scheduler_without_the_job_type_fires_each_tick_with_the_stored_
         {"kind": "full"},
         every=0.25,
         queue="reports",
-        priority=-7,
+        priority=a_priority(app, -7),
         retries=5,
         timeout=4.5,
     )
@@ -116,7 +116,7 @@ async def test_a_scheduler_without_the_job_type_fires_each_tick_with_the_stored_
     assert [e.data["error"] for e in ticks] == [None] * len(ticks)
     jobs = await jobs_of(app)
     assert len(jobs) == sum(len(e.data["jobs"]) for e in ticks) >= 3
-    assert {options_of(job) for job in jobs} == {("reports", -7, 5, 4.5)}
+    assert {options_of(job) for job in jobs} == {("reports", a_priority(app, -7), 5, 4.5)}
     assert all(job.payload == {"kind": "full"} for job in jobs)
     assert len({job.key for job in jobs}) == len(jobs)  # one job per tick
     shown = await app.get_recurring("reports")
@@ -176,10 +176,10 @@ async def test_a_legacy_record_takes_the_missing_options_from_the_local_job_type
 ) -> None:
     app.job(JOB, retries=2, priority=3, queue="low", timeout=9)(lambda payload: None)
     await app.recurring("old", JOB, {"n": 1}, every=60)
-    await put_legacy_record(app, "old", {"priority": -1})
+    await put_legacy_record(app, "old", {"priority": a_priority(app, -1)})
     assert await app.scheduler().tick(now=T0 + 1) == 1
     (job,) = await jobs_of(app)
-    assert options_of(job) == ("low", -1, 2, 9.0)
+    assert options_of(job) == ("low", a_priority(app, -1), 2, 9.0)
 
 
 async def test_a_legacy_record_is_left_due_for_a_scheduler_that_knows_the_job_type(

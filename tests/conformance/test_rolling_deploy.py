@@ -155,7 +155,7 @@ SERVED_ORDER = ["a3", "b3", "b1", "a2", "a4", "a1", "b2"]  # C is not served
 @pytest.mark.parametrize("queues", [["default"], ["q1", "q2"]], ids=["one-queue", "two-queues"])
 @pytest.mark.parametrize("limit", [1, 3, 20])
 @pytest.mark.parametrize("idle_names", [0, 300], ids=["two-names", "many-names"])
-@needs("priorities", "ordered")
+@needs("priorities", "ordered", "negative_priorities")
 async def test_priority_then_fifo_among_the_served_names(
     app: Conveyor, queues: list[str], limit: int, idle_names: int
 ) -> None:
@@ -175,7 +175,7 @@ async def test_priority_then_fifo_among_the_served_names(
     assert [labels[job.id] for job in rest] == ["c3", "c1", "c2"]
 
 
-@needs("priorities", "ordered")
+@needs("priorities", "ordered", "negative_priorities")
 async def test_a_worker_runs_two_names_in_priority_then_fifo_order(
     app: Conveyor, worker: Callable[..., Worker]
 ) -> None:

@@ -116,6 +116,11 @@ class RespClient(Redirects):
             raise RedisConnectionLost(
                 f"no reply from Redis at {shown} to {hello[0][0]!s}"
             ) from None
+        except asyncio.CancelledError:
+            # The caller gave up while the connection was being set up (a
+            # worker stopping its blocking wait): it is no one's to close.
+            protocol.shut()
+            raise
         except RedisConnectionLost as exc:
             protocol.shut()
             if self.settings.ssl_context is None:

@@ -1,0 +1,23 @@
+"""The `bullmq://` backend: BullMQ's Redis layout and Lua scripts (see backend.py).
+
+Modules: url.py (the URL), scripts.py (BullMQ's scripts from the pinned PyPI
+`bullmq` package, the meta.version check), own_scripts.py (conveyor's own
+scripts for what BullMQ's do not do), layout.py (keys, a job hash as a Job),
+calls.py (connections, running scripts, reading jobs), admin.py (get, list,
+stats, cancel, retry, purge), consume.py (claims, hand-backs, heartbeats,
+progress, recovery), backend.py (enqueue, outcomes, schedules).
+
+State (first landing): the conformance suite passes with its capability skips;
+tests/interop runs Node BullMQ 6.4.0 against conveyor both ways (producer,
+worker, retries with backoff, failures, a mixed pool, SIGKILL recovery).
+Left: BullMQ's repeatable jobs / job schedulers as conveyor recurring
+schedules; Bull Board; the benchmark against Node's worker; QueueEvents
+checks (the scripts write the events stream, untested from Node's side);
+flows (a Node FlowProducer's parent/child jobs) are untested.
+"""
+
+from __future__ import annotations
+
+from conveyor.backends.bullmq.backend import BullMQBackend
+
+__all__ = ["BullMQBackend"]

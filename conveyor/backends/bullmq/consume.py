@@ -1,0 +1,384 @@
+"""The consuming side of the BullMQ backend: claims (BullMQ's moveToActive,
+the lock token = conveyor's claim token, the lock duration = the lease),
+hand-backs, heartbeats (extendLock), progress and log lines, and recovery of
+expired leases (BullMQ's stalled-jobs check).
+
+An explicit `now` drives leases as on every conveyor backend: a lock is set
+to expire (on Redis's timer) at `now + lease`, and recovery or a heartbeat at
+`now` treats a lock that expires by then as expired.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+from conveyor.backends.base import ClaimToken, Heartbeat, LeaseStatus, Retention
+from conveyor.backends.bullmq.admin import BullAdmin
+from conveyor.backends.bullmq.calls import flat, millis, now_ms, packed
+from conveyor.backends.bullmq.layout import (
+    CANCEL_REQUESTED,
+    CANCELLED,
+    QueueKeys,
+    job_from_hash,
+    pairs,
+)
+from conveyor.backends.bullmq.own_scripts import BRING_FORWARD, HAND_BACK
+from conveyor.job import AttemptOutcome, Job, JobState
+
+# How conveyor names itself where BullMQ's scripts record a worker's name.
+WORKER: Final = "conveyor"
+# A claim by name looks this far into the wait list and the prioritized set
+# (each) for jobs of its names: more jobs of other names ahead hide the rest.
+MAX_PASSED_OVER: Final = 1000
+# Ranks a queue with nothing waiting after every priority (BullMQ's top is 2^21).
+MAX_PRIORITY_RANK: Final = 1 << 30
+
+
+def lock_ms(lease: float, now: float | None) -> int:
+    """The lock's PX so that it expires at `now + lease` (now: this host's)."""
+    if now is None:
+        return max(millis(lease), 1)
+    return max(millis(lease + now - time.time()), 1)
+
+
+class BullConsumer(BullAdmin):
+    def _move_to_active(self, keys: QueueKeys, token: str, lease: float, now: float | None) -> Any:
+        opts = {"token": token, "lockDuration": lock_ms(lease, now), "name": WORKER}
+        return self.call(
+            "moveToActive",
+            keys.many(
+                "wait active prioritized events stalled limiter delayed paused meta pc marker"
+            ),
+            [keys.base, now_ms(now), packed(opts)],
+        )
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Job]:
+        """One BullMQ queue per conveyor queue: from one, a batch; from
+        several, one job at a time from the queue whose head comes first by
+        (priority, enqueue time), as one queue would order them."""
+        token = claim_id or uuid.uuid4().hex
+        await self.note_queues(queues)
+        served = None if names is None else set(names)
+        if len(queues) == 1:
+            return await self._claim_from(queues[0], limit, lease, now, token, served)
+        claimed: list[Job] = []
+        while len(claimed) < limit:
+            got: list[Job] = []
+            for queue in await self._by_head(queues):
+                got = await self._claim_from(queue, 1, lease, now, token, served)
+                if got:
+                    break
+            if not got:
+                break
+            claimed += got
+        return claimed
+
+    async def _by_head(self, queues: Sequence[str]) -> list[str]:
+        """The queues ordered by their next job: unprioritised (BullMQ's wait
+        list, taken from its right end) before prioritized, then the older;
+        queues with neither last (a due delayed job may still be there)."""
+        heads = await self.run(
+            [
+                command
+                for q in queues
+                for command in (
+                    ("LINDEX", self.keys(q)["wait"], -1),
+                    ("ZRANGE", self.keys(q)["prioritized"], 0, 0, "WITHSCORES"),
+                )
+            ]
+        )
+        ranked: list[tuple[int, int, str]] = []  # (priority rank, queue index, head id)
+        for index in range(len(queues)):
+            waiting, prioritized = heads[2 * index], heads[2 * index + 1]
+            if waiting is not None:
+                ranked.append((0, index, waiting))
+            elif prioritized:
+                ranked.append((int(float(prioritized[1])) >> 32, index, prioritized[0]))
+            else:
+                ranked.append((MAX_PRIORITY_RANK, index, ""))
+        made = await self.run(
+            [("HGET", self.keys(queues[i]).job(head), "timestamp") for _, i, head in ranked]
+        )
+        # Ties within a millisecond: conveyor's ids sort by creation (job.py).
+        order = sorted(
+            (rank, float(created or 0), head, index)
+            for (rank, index, head), created in zip(ranked, made, strict=True)
+        )
+        return [queues[index] for *_, index in order]
+
+    async def _claim_from(
+        self,
+        queue: str,
+        limit: int,
+        lease: float,
+        now: float | None,
+        token: str,
+        served: set[str] | None,
+    ) -> list[Job]:
+        """Up to `limit` jobs of `queue` by BullMQ's moveToActive; of
+        `served` names only (None: any), which own_scripts.BRING_FORWARD
+        puts at the head first. A job of another name that still comes (a
+        delayed one promoted by the claim itself) goes back in front."""
+        keys = self.keys(queue)
+        calls = limit
+        if served is not None:
+            found, due = await self._cmd(
+                "EVAL",
+                BRING_FORWARD,
+                3,
+                *keys.many("wait prioritized delayed"),
+                keys.base,
+                limit,
+                MAX_PASSED_OVER,
+                now_ms(now),
+                *sorted(served),
+            )
+            calls = min(int(found) + int(due), limit)
+            if calls == 0:
+                return []
+        replies = await self.run([self._move_to_active(keys, token, lease, now)] * calls)
+        claimed: list[Job] = []
+        passed_over: list[str] = []
+        for reply in replies:
+            if not reply or not isinstance(reply[0], list) or not reply[0]:
+                continue
+            job_id, fields = str(reply[1]), pairs(reply[0])
+            if fields.get("defa"):
+                # Stalled too often: BullMQ fails it at its next claim.
+                stalls = fields.get("stc")
+                reason = f"{fields['defa']}: lease expired {stalls} times (worker lost)"
+                await self._fail_deferred(keys, job_id, token, reason, now)
+            elif served is not None and fields.get("name") not in served:
+                passed_over.append(job_id)
+            else:
+                self._claimed[job_id] = queue
+                claimed.append(job_from_hash(job_id, queue, fields, JobState.RUNNING, token=token))
+        for job_id in reversed(passed_over):  # the last taken goes back first
+            await self._put_back(keys, job_id, token, "passed")
+        return claimed
+
+    async def _fail_deferred(
+        self, keys: QueueKeys, job_id: str, token: str, reason: str, now: float | None
+    ) -> None:
+        await self.run([self.finished(keys, job_id, token, "failed", reason, None, now_ms(now))])
+
+    def finished(
+        self,
+        keys: QueueKeys,
+        job_id: str,
+        token: str,
+        target: str,
+        value: str,
+        keep: int | None,
+        at: int,
+        fields: dict[str, str] | None = None,
+    ) -> Any:
+        """BullMQ's moveToFinished to `target` (completed / failed), fenced by
+        the lock token; `keep` is how many to keep there (None: all)."""
+        opts = {
+            "token": token,
+            "keepJobs": {"count": -1 if keep is None else keep},
+            "attempts": 0,
+            "maxMetricsSize": "",
+            "name": WORKER,
+        }
+        prop = "returnvalue" if target == "completed" else "failedReason"
+        args: list[Any] = [job_id, at, prop, value, target, "", keys.base, packed(opts)]
+        if fields:
+            args.append(packed(flat(fields)))
+        return self.call(
+            "moveToFinished",
+            [
+                *keys.many("wait active prioritized events stalled limiter delayed paused meta pc"),
+                keys[target],
+                keys.job(job_id),
+                keys["metrics:" + target],
+                keys["marker"],
+            ],
+            args,
+        )
+
+    async def _put_back(self, keys: QueueKeys, job_id: str, token: str, where: str) -> bool:
+        moved = await self._cmd(
+            "EVAL",
+            HAND_BACK,
+            11,
+            *keys.many("active wait paused prioritized pc stalled meta marker events"),
+            keys.job(job_id),
+            keys.job(job_id) + ":lock",
+            job_id,
+            token,
+            where,
+        )
+        return bool(int(moved))
+
+    async def hand_back(self, keys: QueueKeys, job_id: str, token: str, at: float) -> bool:
+        """A job handed back unfinished at `at` (shutdown, a lost claim reply):
+        next in line again, the attempt not counted; cancelled instead if a
+        cancel was asked."""
+        attempts, started, cancel = await self._cmd(
+            "HMGET", keys.job(job_id), "ats", "processedOn", CANCEL_REQUESTED
+        )
+        if not await self._put_back(keys, job_id, token, "front"):
+            return False
+        self._claimed.pop(job_id, None)
+        outcome = AttemptOutcome.CANCELLED if cancel else AttemptOutcome.HANDED_BACK
+        await self.record_attempt(keys, job_id, outcome, at, None, attempts, started)
+        if cancel:
+            await self.fail_pending(keys, job_id, millis(at), "cancelled", CANCELLED)
+        return True
+
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        at = time.time() if now is None else now
+        handed = 0
+        for queue in await self.known_queues():
+            keys = self.keys(queue)
+            active = await self._cmd("LRANGE", keys["active"], 0, -1)
+            if not active:
+                continue
+            locks = await self.run([("GET", keys.job(i) + ":lock") for i in active])
+            for job_id, lock in zip(active, locks, strict=True):
+                if lock == claim_id and await self.hand_back(keys, job_id, claim_id, at):
+                    handed += 1
+        return handed
+
+    async def _expired_by(self, keys: QueueKeys, job_ids: Sequence[str], now: float) -> list[bool]:
+        """Whether each job's lock is gone or expires by `now` (this host's clock)."""
+        ttls = await self.run([("PTTL", keys.job(i) + ":lock") for i in job_ids])
+        host = now_ms(None)
+        return [ttl < 0 or host + ttl <= now_ms(now) for ttl in ttls]
+
+    async def heartbeat(
+        self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
+    ) -> list[LeaseStatus]:
+        statuses: list[LeaseStatus] = []
+        for beat in beats:
+            queue = await self.queue_of(beat.job_id)
+            if queue is None:
+                statuses.append(LeaseStatus.LOST)
+                continue
+            keys = self.keys(queue)
+            if now is not None and (await self._expired_by(keys, [beat.job_id], now))[0]:
+                statuses.append(LeaseStatus.LOST)
+                continue
+            extended, cancel = await self.run(
+                [
+                    self.call(
+                        "extendLock",
+                        [keys.job(beat.job_id) + ":lock", keys["stalled"]],
+                        [beat.token, lock_ms(lease, now), beat.job_id],
+                    ),
+                    ("HGET", keys.job(beat.job_id), CANCEL_REQUESTED),
+                ]
+            )
+            if not int(extended):
+                statuses.append(LeaseStatus.LOST)
+                continue
+            await self.add_logs(keys, beat.job_id, beat.logs)
+            statuses.append(LeaseStatus.CANCEL if cancel else LeaseStatus.HELD)
+        return statuses
+
+    async def add_logs(self, keys: QueueKeys, job_id: str, logs: Sequence[dict[str, Any]]) -> None:
+        if logs:
+            await self.run(
+                [
+                    self.call(
+                        "addLog",
+                        [keys.job(job_id), keys.job(job_id) + ":logs"],
+                        [job_id, self.log_line(entry), ""],
+                    )
+                    for entry in logs
+                ]
+            )
+
+    async def progress(
+        self,
+        job_id: str,
+        token: ClaimToken,
+        progress: float | None,
+        logs: Sequence[dict[str, Any]],
+    ) -> bool:
+        queue = await self.queue_of(job_id)
+        if queue is None:
+            return False
+        keys = self.keys(queue)
+        if await self._cmd("GET", keys.job(job_id) + ":lock") != token:
+            return False
+        await self.add_logs(keys, job_id, logs)
+        if progress is not None:
+            await self.run(
+                [
+                    self.call(
+                        "updateProgress",
+                        [keys.job(job_id), keys["events"], keys["meta"]],
+                        [job_id, f"{progress:g}"],
+                    )
+                ]
+            )
+        return True
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover_expired(
+        self, now: float | None, max_stalled: int, retention: Retention | None = None
+    ) -> list[Job]:
+        recovered: list[Job] = []
+        for queue in await self.known_queues():
+            keys = self.keys(queue)
+            if now is not None:
+                active = await self._cmd("LRANGE", keys["active"], 0, -1)
+                expired = await self._expired_by(keys, active, now) if active else []
+                gone = [i for i, out in zip(active, expired, strict=True) if out]
+                if gone:
+                    await self._cmd("DEL", *(keys.job(i) + ":lock" for i in gone))
+            check = self.call(
+                "moveStalledJobsToWait",
+                keys.many("stalled wait active stalled-check meta paused marker events repeat"),
+                [max_stalled, keys.base, now_ms(now), 1],
+            )
+            # BullMQ's check is two passes apart (the first marks the active
+            # jobs, the next moves those whose lock is gone); both run here,
+            # so a lease that expired is recovered now, not a check later.
+            replies = await self.run(
+                [("DEL", keys["stalled-check"]), check, ("DEL", keys["stalled-check"]), check]
+            )
+            stalled = [str(i) for i in [*(replies[1] or []), *(replies[3] or [])]]
+            at = now_ms(now)
+            for job_id in stalled:
+                self._claimed.pop(job_id, None)
+                await self._after_stall(keys, job_id, at, max_stalled)
+            found = await self.read_jobs([(queue, i) for i in stalled])
+            recovered += [job for job in found if job is not None]
+        return recovered
+
+    async def _after_stall(self, keys: QueueKeys, job_id: str, at: int, max_stalled: int) -> None:
+        """Record the stalled attempt; end at once (rather than at BullMQ's
+        next claim) a job stalled too often or whose cancel was asked."""
+        attempts, stalls, cancel, started = await self._cmd(
+            "HMGET", keys.job(job_id), "ats", "stc", CANCEL_REQUESTED, "processedOn"
+        )
+        error = f"lease expired at attempt {attempts} (worker lost)"
+        await self.record_attempt(
+            keys, job_id, AttemptOutcome.STALLED, at / 1000, error, attempts, started
+        )
+        await self._cmd("HDEL", keys.job(job_id), "processedOn")
+        if cancel:
+            await self.fail_pending(keys, job_id, at, "cancelled", CANCELLED)
+        elif int(stalls or 0) > max_stalled:
+            reason = (
+                f"job stalled more than allowable limit: lease expired {stalls} times "
+                f"(worker lost); max_stalled is {max_stalled}"
+            )
+            await self.fail_pending(keys, job_id, at, reason)

@@ -1,0 +1,171 @@
+"""BullMQ's Redis layout (v5+, unchanged in 6.x) and how a job hash reads
+as a conveyor `Job`.
+
+A queue `q` under prefix `bull` keeps: `bull:q:wait` / `paused` / `active`
+(lists), `prioritized` / `delayed` / `completed` / `failed` (sorted sets),
+`marker` (the sorted set workers block on), `meta` (hash), `events` (the
+stream QueueEvents reads), `stalled` (set), `id` (the id counter), and per job
+`bull:q:<id>` (hash), `bull:q:<id>:lock` (the lock token) and
+`bull:q:<id>:logs` (list).
+
+Fields conveyor adds to a job hash (BullMQ ignores them): `cvcancel` (a
+cancel was requested while it ran) and `cvcancelled` (it ended cancelled:
+BullMQ has no such state, so it sits in `failed`), `cvhistory` (the
+attempts conveyor saw end).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from conveyor.backends.records import stored_job
+from conveyor.job import Job, JobState
+
+CANCEL_REQUESTED: Final = "cvcancel"
+CANCELLED: Final = "cvcancelled"
+# The job's attempts as conveyor records them (records.py's stored entries, JSON).
+HISTORY: Final = "cvhistory"
+# A conveyor job's own timeout (seconds) rides in BullMQ's opts, which keep
+# keys they do not know; Node's worker ignores it.
+TIMEOUT_OPTION: Final = "conveyorTimeout"
+
+SUFFIXES: Final = (
+    "wait",
+    "paused",
+    "active",
+    "prioritized",
+    "delayed",
+    "completed",
+    "failed",
+    "waiting-children",
+    "marker",
+    "meta",
+    "events",
+    "stalled",
+    "stalled-check",
+    "limiter",
+    "pc",
+    "id",
+    "repeat",
+)
+
+# getState's answers, as conveyor states.
+STATES: Final = {
+    "completed": JobState.COMPLETED,
+    "failed": JobState.FAILED,
+    "delayed": JobState.SCHEDULED,
+    "active": JobState.RUNNING,
+    "waiting": JobState.QUEUED,
+    "prioritized": JobState.QUEUED,
+    "waiting-children": JobState.QUEUED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    prefix: str
+    queue: str
+
+    @property
+    def base(self) -> str:
+        """BullMQ's `queue.toKey('')`: job keys are this plus the id."""
+        return f"{self.prefix}:{self.queue}:"
+
+    def __getitem__(self, suffix: str) -> str:
+        return self.base + suffix
+
+    def job(self, job_id: str) -> str:
+        return self.base + job_id
+
+    def many(self, suffixes: str) -> list[str]:
+        """The keys of space-separated suffixes, in order (as a script's KEYS)."""
+        return [self.base + suffix for suffix in suffixes.split()]
+
+
+def pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A Redis flat field/value reply as a dict."""
+    return {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _seconds(millis: str | float | None) -> float | None:
+    if millis in (None, ""):
+        return None
+    return int(float(millis)) / 1000
+
+
+def _json(text: str | None, default: Any = None) -> Any:
+    if text in (None, ""):
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _log_entry(line: str) -> dict[str, Any]:
+    """conveyor writes a log line as JSON text; a Node job.log() line is text."""
+    value = _json(line)
+    return value if isinstance(value, dict) else {"msg": line}
+
+
+def _error(fields: dict[str, str]) -> str | None:
+    return fields.get("failedReason") or None
+
+
+def _traceback(fields: dict[str, str]) -> str | None:
+    # BullMQ keeps a JSON list of stack traces, the newest last.
+    traces = _json(fields.get("stacktrace"), [])
+    if isinstance(traces, list) and traces:
+        return str(traces[-1])
+    return None
+
+
+def job_from_hash(
+    job_id: str,
+    queue: str,
+    fields: dict[str, str],
+    state: JobState,
+    logs: Sequence[str] = (),
+    token: str | None = None,
+    due_ms: float | None = None,
+) -> Job:
+    """A conveyor `Job` from a BullMQ job hash (HGETALL as a dict); `due_ms`
+    is the due time of a delayed job (epoch milliseconds)."""
+    opts = _json(fields.get("opts"), {}) or {}
+    created = int(float(fields.get("timestamp") or 0))
+    delay = int(float(fields.get("delay") or 0))
+    if state is JobState.FAILED and fields.get(CANCELLED):
+        state = JobState.CANCELLED
+    progress = _json(fields.get("progress"), 0)
+    timeout = opts.get(TIMEOUT_OPTION)
+    done = state is JobState.COMPLETED
+    return stored_job(
+        id=job_id,
+        name=fields.get("name", ""),
+        queue=queue,
+        payload=fields.get("data") or "null",
+        state=state,
+        attempts=int(fields.get("ats") or 0),
+        max_retries=max(int(opts.get("attempts") or 1) - 1, 0),
+        priority=int(fields.get("priority") or 0),
+        key=opts.get("jobId"),
+        result=fields.get("returnvalue") if done else None,
+        error=None if done else _error(fields),
+        progress=float(progress) if isinstance(progress, int | float) else 0.0,
+        created_at=created / 1000,
+        # A delayed job's due time is its score in `delayed` (a retry's too);
+        # otherwise it was due its delay after it was made.
+        run_at=(due_ms if due_ms is not None else created + delay) / 1000,
+        started_at=_seconds(fields.get("processedOn")),
+        finished_at=_seconds(fields.get("finishedOn")),
+        timeout=float(timeout) if isinstance(timeout, int | float) else None,
+        logs=[_log_entry(line) for line in logs],
+        stalls=int(fields.get("stc") or 0),
+        cancel_requested=bool(fields.get(CANCEL_REQUESTED)),
+        token=token,
+        traceback=None if done else _traceback(fields),
+        history=fields.get(HISTORY),
+    )

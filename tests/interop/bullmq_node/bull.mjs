@@ -1,0 +1,112 @@
+// The Node side of conveyor's bullmq:// interop tests, driven by
+// tests/interop/test_bullmq_node.py. One JSON argument:
+//   {"command": "add" | "get" | "work", "redis": {host, port, db},
+//    "prefix": "...", "queue": "...", ...}
+// and one JSON line on stdout with the answer.
+//   add:  {"jobs": [{"name", "data", "opts"}]}  -> {"ids": [...]}
+//   get:  {"ids": [...]}                         -> {"jobs": [{id, name, data, returnvalue,
+//                                                     failedReason, stacktrace, attemptsMade,
+//                                                     state, progress, logs}]}
+//   work: {"count": N, "timeout_ms": T, "stop_key"?: K, "worker_opts"?: {...}}
+//         -> {"done": [{id, name, data, result}]}
+//         runs a BullMQ Worker until N jobs completed, T ms passed or key K exists;
+//         job "add" returns {sum: a + b} (after data.sleep_ms), job "fail" throws,
+//         job "hang" reports progress 1 and never ends.
+import { Queue, Worker } from "bullmq";
+import IORedis from "ioredis";
+
+const spec = JSON.parse(process.argv[2]);
+// BullMQ 6 in an ES module takes a client instance, not connection options.
+const connection = new IORedis({
+  host: spec.redis.host,
+  port: spec.redis.port,
+  db: spec.redis.db,
+  maxRetriesPerRequest: null,
+});
+const options = { connection, prefix: spec.prefix };
+
+function print(value) {
+  process.stdout.write(JSON.stringify(value) + "\n");
+}
+
+async function add() {
+  const queue = new Queue(spec.queue, options);
+  const ids = [];
+  for (const job of spec.jobs) {
+    const added = await queue.add(job.name, job.data, job.opts || {});
+    ids.push(added.id);
+  }
+  await queue.close();
+  print({ ids });
+}
+
+async function get() {
+  const queue = new Queue(spec.queue, options);
+  const jobs = [];
+  for (const id of spec.ids) {
+    const job = await queue.getJob(id);
+    if (!job) {
+      jobs.push(null);
+      continue;
+    }
+    jobs.push({
+      id: job.id,
+      name: job.name,
+      data: job.data,
+      returnvalue: job.returnvalue,
+      failedReason: job.failedReason,
+      stacktrace: job.stacktrace,
+      attemptsMade: job.attemptsMade,
+      progress: job.progress,
+      state: await job.getState(),
+      logs: (await queue.getJobLogs(id)).logs,
+    });
+  }
+  await queue.close();
+  print({ jobs });
+}
+
+async function work() {
+  const done = [];
+  let finish;
+  const finished = new Promise((resolve) => (finish = resolve));
+  const worker = new Worker(
+    spec.queue,
+    async (job) => {
+      if (job.name === "fail") throw new Error("failed on purpose");
+      if (job.name === "hang") {
+        await job.updateProgress(1); // tells the test it started
+        await new Promise(() => {}); // until the process is killed
+      }
+      if (job.data.sleep_ms) await new Promise((r) => setTimeout(r, job.data.sleep_ms));
+      await job.updateProgress(100);
+      return { sum: job.data.a + job.data.b, by: "node" };
+    },
+    { ...options, concurrency: 4, ...(spec.worker_opts || {}) },
+  );
+  worker.on("completed", (job, result) => {
+    done.push({ id: job.id, name: job.name, data: job.data, result });
+    if (done.length >= spec.count) finish();
+  });
+  const timer = setTimeout(finish, spec.timeout_ms);
+  // A test running a mixed pool says when to stop: this key appears.
+  const poll = spec.stop_key
+    ? setInterval(async () => {
+        if (await connection.exists(spec.stop_key)) finish();
+      }, 50)
+    : null;
+  await finished;
+  clearTimeout(timer);
+  if (poll) clearInterval(poll);
+  await worker.close();
+  print({ done });
+}
+
+const commands = { add, get, work };
+commands[spec.command]().then(
+  () => process.exit(0),
+  (error) => {
+    process.stderr.write(String(error && error.stack ? error.stack : error) + "\n");
+    process.exit(1);
+  },
+);
