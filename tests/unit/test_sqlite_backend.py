@@ -86,8 +86,24 @@ async def backend(tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
     await b.close()
 
 
+# The backend threads alive when the test began: another test's backend left
+# open (a daemon thread) is not this test's to answer for.
+_EARLIER: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_threads() -> None:
+    _EARLIER.clear()
+    _EARLIER.update(t for t in threading.enumerate() if t.name.startswith("conveyor-sqlite"))
+
+
 def backend_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("conveyor-sqlite")]
+    """The SQLite backend threads started during this test and still alive."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("conveyor-sqlite") and t not in _EARLIER
+    ]
 
 
 # --------------------------------------------------------------------------- URLs
