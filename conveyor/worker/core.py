@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
-import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -22,34 +20,24 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import (
     Backend,
-    Outcome,
-    OutcomeKind,
     QueuePauses,
     Retention,
     WorkerRegistry,
 )
 from conveyor.backends.optional import BlockingClaim
-from conveyor.context import JobContext
 from conveyor.job import (
     BackendMisconfiguredError,
     InvalidOptionError,
     Job,
 )
-from conveyor.logs import job_fields, show_worker_logs_if_unconfigured
+from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
 from conveyor.worker.acks import (
-    LOST,
     MAX_RETRY_PAUSE,
-    RELEASED,
-    TIMED_OUT,
     Acknowledgements,
     Running,
-    handed_back,
-    success,
-    token_of,
 )
-from conveyor.worker.attempt import outcome_of_error
 from conveyor.worker.claims import Claimer
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 from conveyor.worker.duties import (
@@ -61,10 +49,11 @@ from conveyor.worker.duties import (
 from conveyor.worker.leases import LeaseKeeping
 from conveyor.worker.newer import NewerJobs
 from conveyor.worker.pauses import PauseWatch
+from conveyor.worker.running import JobRunning
 from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-exported
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
-from conveyor.worker.threads import HandlerThreads, LeaseLapsed
+from conveyor.worker.threads import HandlerThreads
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
@@ -74,12 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 
-# Jobs handed back for want of a handler, remembered so that a backend that
-# returns the same job again (it ignores `names`) cannot make a loop of it.
-_HANDED_BACK_MEMORY = 10_000
-
-
-class Worker(LeaseKeeping, GracefulStop):
+class Worker(JobRunning, LeaseKeeping, GracefulStop):
     def __init__(
         self,
         backend: Backend,
@@ -425,214 +409,6 @@ class Worker(LeaseKeeping, GracefulStop):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
-
-    # ------------------------------------------------------------------ running
-
-    def _start_job(self, job: Job) -> None:
-        if self._claims.stale(job, self._clock()):
-            # Fenced by the claim's token: back to the queue if no other
-            # worker has taken the job meanwhile, else refused, harmlessly.
-            self._ack(handed_back(job), job)
-            return
-        if job.name not in self.registry and self._hand_back_unknown(job):
-            return
-        if job.queue in self._pauses.paused:
-            # Claimed by a claim that was in flight when the pause was seen
-            # (or prefetched before it): back to the queue, attempt uncounted.
-            self._hand_back(job)
-            return
-        known = self.registry.get(job.name)
-        if known is not None and job.version > known.version:
-            assert self._loop is not None
-            self._newer.leave(job, known.version, self._loop)
-            return
-        if len(self._running) >= self._capacity():
-            self._backlog.append(job)
-            return
-        assert self._loop is not None
-        lease_until = self._claims.until(job)
-        self._claims.forget(job)
-        ctx = JobContext(job, self._progress, self._loop)
-        running = Running(job, ctx, lease_until=lease_until)
-        self._running[job.id] = running
-        running.task = self._loop.create_task(self._execute(running))
-        if self.settings.burst:
-            self._ran[job.id] = None
-        job_type = self.registry.get(job.name)
-        if job_type is None or job_type.is_async:
-            self._arm_timer(running)  # a sync handler's clock starts in its thread
-
-    def _start_backlog(self) -> None:
-        while self._backlog and len(self._running) < self._capacity():
-            if self._stopping.is_set():
-                return  # stop() hands the backlog back
-            self._start_job(self._backlog.popleft())
-
-    def _thread_returned(self) -> None:
-        """An abandoned thread is back: a slot it took may be free again."""
-        self._start_backlog()
-        self._slot_freed.set()
-
-    def _arm_timer(self, running: Running) -> None:
-        timeout = running.job.timeout
-        task = running.task
-        if timeout is None or task is None or task.done() or running.ctx.stop_reason is not None:
-            return
-        assert self._loop is not None
-        # A bare timer, cancelled when the job ends: far cheaper per job
-        # than an asyncio.timeout() block around the handler.
-        running.timer = self._loop.call_at(self._loop.time() + timeout, self._expire, running)
-
-    def _expire(self, running: Running) -> None:
-        if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
-            running.ctx.mark_stopped(TIMED_OUT)
-            running.task.cancel()
-
-    async def _execute(self, running: Running) -> None:
-        job, ctx = running.job, running.ctx
-        events = self.events
-        job_type = self.registry.get(job.name)
-        if events.wants("job.started"):
-            events.emit("job.started", job)
-        verbose = logger.isEnabledFor(logging.INFO)  # a line per job, when asked for
-        began = time.monotonic()
-        span = self._tracer.run(job) if self._tracer is not None else None
-        if verbose:
-            logger.info(
-                "processing job %s %s (attempt %d)",
-                job.name,
-                job.id,
-                job.attempts,
-                extra=job_fields(job, "started"),
-            )
-        outcome: Outcome | None = None
-        try:
-            if job_type is None:
-                raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
-            result = await self._call(job_type, running)
-            outcome = success(job, ctx, result)
-        except asyncio.CancelledError as exc:
-            outcome = outcome_of_error(job, ctx, job_type, exc)
-            if outcome is None and ctx.stop_reason is None:
-                raise  # cancelled by someone else than us: let it propagate
-        except LeaseLapsed:
-            # Its thread began too late (the process was frozen?): fenced by
-            # the claim's token, back to the queue unless taken meanwhile.
-            self._claims.lapsed(job)
-            outcome = handed_back(job)
-        except Exception as exc:
-            outcome = outcome_of_error(job, ctx, job_type, exc)
-        finally:
-            if running.timer is not None:
-                running.timer.cancel()
-            # Not ours any more if stop() handed the job back (_release).
-            owned = self._running.get(job.id) is running
-            if owned:
-                del self._running[job.id]
-            self._start_backlog()
-            self._slot_freed.set()
-            if span is not None:
-                span.end(outcome if owned else None)
-        if outcome is not None and owned:
-            outcome.logs = ctx.take_logs()
-            outcome.elapsed = time.monotonic() - began
-            if verbose and outcome.kind is OutcomeKind.COMPLETED:
-                logger.info(
-                    "job %s %s completed in %.0f ms",
-                    job.name,
-                    job.id,
-                    outcome.elapsed * 1000,
-                    extra=job_fields(job, "completed", outcome.elapsed),
-                )
-            self._ack(outcome, job)
-
-    async def _call(self, job_type: JobType[Any], running: Running) -> Any:
-        ctx = running.ctx
-        payload = job_type.decode_payload(running.job.payload, running.job.version)
-        if job_type.is_async:
-            # Checked at dispatch, but the handler begins a loop step later,
-            # after whatever the loop runs first (a process frozen in between).
-            if self._clock() >= running.lease_until:
-                raise LeaseLapsed
-            return await job_type.call(payload, ctx)
-        assert self._threads is not None
-        # On timeout or cancel this await is cancelled; the thread cannot be
-        # interrupted, so it is told through ctx, its late result dropped, and
-        # the thread counted as abandoned until it returns.
-        return await self._threads.run(
-            ctx,
-            job_type.call,
-            payload,
-            ctx,
-            may_begin=lambda: self._clock() < running.lease_until,
-            on_start=functools.partial(self._arm_timer, running),
-        )
-
-    def _tell_stop(self, running: Running, reason: str) -> None:
-        running.ctx.mark_stopped(reason)
-        if running.task is not None and running.task.get_loop() is self._loop:
-            job_type = self.registry.get(running.job.name)
-            if job_type is None or job_type.is_async or reason in (RELEASED, LOST):
-                running.task.cancel()
-
-    def _hand_back_backlog(self) -> None:
-        """Prefetched jobs that never started go back to the queue at once,
-        and so do the jobs of newer versions held a moment."""
-        self._newer.release_all()
-        while self._backlog:
-            self._hand_back(self._backlog.popleft())
-
-    def _hand_back(self, job: Job) -> None:
-        """A claimed job that never started goes back to the queue. Its token
-        fences the hand-back: were the claim stale and the job taken by
-        another worker since, the backend refuses it."""
-        self._claims.forget(job)
-        self._ack(handed_back(job), job)
-
-    def _hand_back_now(self, job: Job) -> None:
-        """Hand back and send it now, not with the next claim."""
-        self._hand_back(job)
-        self._acks.flush()
-
-    def _hand_back_unknown(self, job: Job) -> bool:
-        """Hand back, untouched (no attempt counted), a job this worker has
-        no handler for; claims ask for `self.names` only, so it came from a
-        claim that did not filter by name. Only once per job: a backend that
-        returns the same job again ignores names, and handing it back once
-        more would loop, so then (False) it fails as "no handler", as before."""
-        if job.id in self._handed_back:
-            return False
-        self._handed_back[job.id] = None
-        if len(self._handed_back) > _HANDED_BACK_MEMORY:
-            del self._handed_back[next(iter(self._handed_back))]
-        logger.warning(
-            "job %s %s: no handler for it in this worker; handed back for another", job.name, job.id
-        )
-        self._hand_back(job)
-        return True
-
-    def _release(self, running: Running) -> None:
-        self._running.pop(running.job.id, None)
-        if running.task is not None:
-            running.task.cancel()
-        self._ack(handed_back(running.job), running.job)
-
-    async def _progress(self, job: Job, percent: float | None, logs: list[dict[str, Any]]) -> bool:
-        held = await self.backend.progress(job.id, token_of(job), percent, logs)
-        if percent is not None:
-            job.progress = percent
-        if not held and job.id in self._running:
-            self._tell_stop(self._running[job.id], LOST)
-        return held
-
-    # ------------------------------------------------------------------ acknowledging
-
-    def _ack(self, outcome: Outcome, job: Job) -> None:
-        self._acks.add(outcome, job)
-        # A busy claim loop takes the acknowledgement along with its next
-        # claim; an idle or stopped one leaves it to the flusher.
-        if self._idle_now or self._stopping.is_set() or self._loops[0].done():
-            self._acks.flush()
 
 
 def _queues_of(registry: Mapping[str, JobType[Any]]) -> tuple[str, ...]:
