@@ -20,9 +20,10 @@ PARTS = [
     ("sqs standard", "sqs and not sqs_fifo"),
     ("sqs fifo", "sqs_fifo"),
     ("pubsub+cloudtasks", "(pubsub or cloudtasks) and not sqs"),
+    ("bullmq", "bullmq and not sqs and not pubsub and not cloudtasks"),
     (
-        "redis+postgres+bullmq",
-        "not sqs and not pubsub and not cloudtasks and (redis or postgres or bullmq)",
+        "redis+postgres",
+        "not sqs and not pubsub and not cloudtasks and not bullmq and (redis or postgres)",
     ),
     (
         "the rest",
