@@ -41,6 +41,7 @@ from conveyor.backends.bullmq.consume import BullConsumer
 from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
     CANCELLED,
+    HEADERS_OPTION,
     HISTORY,
     TIMEOUT_OPTION,
     QueueKeys,
@@ -109,6 +110,8 @@ class BullMQBackend(BullConsumer):
             opts["jobId"] = job.key
         if job.timeout is not None:
             opts[TIMEOUT_OPTION] = job.timeout
+        if job.headers:
+            opts[HEADERS_OPTION] = job.headers
         bull_id = job.key if job.key is not None else job.id
         args = [
             packed(

@@ -31,6 +31,8 @@ HISTORY: Final = "cvhistory"
 # A conveyor job's own timeout (seconds) rides in BullMQ's opts, which keep
 # keys they do not know; Node's worker ignores it.
 TIMEOUT_OPTION: Final = "conveyorTimeout"
+# Job.headers (the enqueue's trace context) ride there too.
+HEADERS_OPTION: Final = "conveyorHeaders"
 
 SUFFIXES: Final = (
     "wait",
@@ -168,4 +170,10 @@ def job_from_hash(
         token=token,
         traceback=None if done else _traceback(fields),
         history=fields.get(HISTORY),
+        headers=_headers(opts.get(HEADERS_OPTION)),
     )
+
+
+def _headers(value: Any) -> str | None:
+    """The headers conveyor put in a job's opts, as JSON text (a Node job has none)."""
+    return value if isinstance(value, str) else None
