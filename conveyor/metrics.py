@@ -149,7 +149,6 @@ class Metrics:
         backend (a stats call, and one look-up per queue with jobs queued)."""
         app = self.app
         counts = await app.stats()
-        now = time.time()
         for queue, states in counts.items():
             for state, count in states.items():
                 self.queue_jobs.labels(queue, state).set(count)
@@ -161,7 +160,7 @@ class Metrics:
                     JobState.QUEUED, queue=queue, limit=1, offset=queued - 1
                 )
                 if oldest and oldest[0].run_at is not None:
-                    age = max(0.0, now - oldest[0].run_at.timestamp())
+                    age = max(0.0, time.time() - oldest[0].run_at.timestamp())
             self.oldest_age.labels(queue).set(age)
         try:
             paused = set(await app.paused())

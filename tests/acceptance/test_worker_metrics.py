@@ -132,7 +132,10 @@ def test_a_worker_serves_metrics_that_move_with_its_jobs(
         def queue_gauges() -> Figures | None:
             figures = scrape(port)
             queued = value(figures, "conveyor_queue_jobs", queue="nobody", state="queued")
-            return figures if queued == 1 else None
+            # A refresh right as the job is written can find it due this
+            # very moment (age 0): the next one (every 5 s) shows it waiting.
+            age = value(figures, "conveyor_queue_oldest_job_age_seconds", queue="nobody")
+            return figures if queued == 1 and age > 0 else None
 
         after = eventually(queue_gauges, "the queue gauges to refresh")
         recovered = producer.get_job_sync(lost.id)
