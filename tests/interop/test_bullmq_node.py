@@ -148,6 +148,7 @@ async def test_a_mixed_pool_runs_every_job_once(
 ) -> None:
     url, spec = bull_queue
     stop_key = f"{spec['prefix']}:stop-node-worker"
+    ready_key = f"{spec['prefix']}:node-worker-ready"
     app = Conveyor(url)
     ran_here: list[str] = []
 
@@ -160,10 +161,22 @@ async def test_a_mixed_pool_runs_every_job_once(
     async with app:
         node = asyncio.create_task(
             asyncio.to_thread(
-                node_bull, spec, command="work", count=1000, timeout_ms=30000, stop_key=stop_key
+                node_bull,
+                spec,
+                command="work",
+                count=1000,
+                timeout_ms=30000,
+                stop_key=stop_key,
+                ready_key=ready_key,
             )
         )
-        await asyncio.sleep(1.0)  # the Node worker is up (its start takes a moment)
+        # Node's start takes a moment (seconds on a busy machine): wait for it.
+        for _ in range(600):
+            if await app.backend._cmd("EXISTS", ready_key):  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the Node worker did not start within 30 s")
         async with app.worker(concurrency=2, poll_interval=0.05):
             jobs = await app.enqueue_many(
                 [("add", {"a": i, "b": i, "sleep_ms": 100}) for i in range(30)]

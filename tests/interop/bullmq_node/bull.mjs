@@ -7,7 +7,8 @@
 //   get:  {"ids": [...]}                         -> {"jobs": [{id, name, data, returnvalue,
 //                                                     failedReason, stacktrace, attemptsMade,
 //                                                     state, progress, logs}]}
-//   work: {"count": N, "timeout_ms": T, "stop_key"?: K, "worker_opts"?: {...}}
+//   work: {"count": N, "timeout_ms": T, "stop_key"?: K, "ready_key"?: K,
+//          "worker_opts"?: {...}}
 //         -> {"done": [{id, name, data, result}]}
 //         runs a BullMQ Worker until N jobs completed, T ms passed or key K exists;
 //         job "add" returns {sum: a + b} (after data.sleep_ms), job "fail" throws,
@@ -84,6 +85,9 @@ async function work() {
     },
     { ...options, concurrency: 4, ...(spec.worker_opts || {}) },
   );
+  // A test running a mixed pool waits for this key before it enqueues.
+  await worker.waitUntilReady();
+  if (spec.ready_key) await connection.set(spec.ready_key, "1");
   worker.on("completed", (job, result) => {
     done.push({ id: job.id, name: job.name, data: job.data, result });
     if (done.length >= spec.count) finish();
