@@ -49,6 +49,15 @@ class MemoryDelivery(MemoryStores):
         job.token = token
         return job
 
+    def _drop_ready(self, ids: dict[tuple[str, str], set[str]]) -> None:
+        """Take the listed jobs ({(queue, name): ids}) out of their ready heaps.
+        The caller holds self._lock."""
+        for (queue, name), gone in ids.items():
+            heap = self._ready.get(queue, {}).get(name)
+            if heap:
+                heap[:] = [entry for entry in heap if entry[3] not in gone]
+                heapq.heapify(heap)
+
     async def claim_ids(
         self,
         ids: Sequence[str],
@@ -73,11 +82,7 @@ class MemoryDelivery(MemoryStores):
             # would never reach the top where no claim pops (a broker's store),
             # and a heap of nothing but stale entries would read as work to
             # wait_for_work. A pass over the heap: this backend is for tests.
-            for (queue, name), gone in taken.items():
-                heap = self._ready.get(queue, {}).get(name)
-                if heap:
-                    heap[:] = [entry for entry in heap if entry[3] not in gone]
-                    heapq.heapify(heap)
+            self._drop_ready(taken)
         return out
 
     async def withdraw(self, ids: Sequence[str]) -> int:
@@ -93,11 +98,7 @@ class MemoryDelivery(MemoryStores):
                 self._delete(rec)  # a scheduled heap's entry is stale now (no record)
                 removed += 1
             # Out of the ready heaps at once, as in claim_ids.
-            for (queue, name), withdrawn in gone.items():
-                heap = self._ready.get(queue, {}).get(name)
-                if heap:
-                    heap[:] = [entry for entry in heap if entry[3] not in withdrawn]
-                    heapq.heapify(heap)
+            self._drop_ready(gone)
         return removed
 
     async def release_due(

@@ -56,14 +56,19 @@ def column_statements(conn: sqlite3.Connection) -> list[str]:
     return statements
 
 
+def _read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to the (existing) file at `path`."""
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise BackendUnavailableError(f"cannot read SQLite database {path}: {exc}") from exc
+
+
 def stored_columns(path: str) -> list[str]:
     """`column_statements` of the file at `path`, read-only (none: no file)."""
     if not os.path.exists(path):
         return []
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise BackendUnavailableError(f"cannot read SQLite database {path}: {exc}") from exc
+    conn = _read_only(path)
     try:
         return column_statements(conn)
     finally:
@@ -75,10 +80,7 @@ def stored_version(path: str) -> int:
     no conveyor schema in it yet)."""
     if not os.path.exists(path):
         return 0
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise BackendUnavailableError(f"cannot read SQLite database {path}: {exc}") from exc
+    conn = _read_only(path)
     try:
         row = conn.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'")
         found = row.fetchone()
