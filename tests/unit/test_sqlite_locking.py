@@ -303,3 +303,41 @@ async def test_a_freeze_right_after_taking_the_lock_counts_as_holding_it(
     finally:
         await healthy.close()
         await frozen.close()
+
+
+async def test_a_freeze_during_commit_counts_as_holding_the_lock(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker frozen after it measured how long it held the lock, but before
+    its COMMIT finished (SIGSTOP while SQLite writes the WAL frames), held the
+    lock through the freeze. Resumed, its next transaction (a lease recovery,
+    due long ago) must not take the healthy worker's job, whose heartbeats and
+    acknowledgement could not be stored meanwhile."""
+    from conveyor.backends.sqlite import writer
+
+    url = f"sqlite:///{db_path}"
+    healthy, frozen = SQLiteBackend(url), SQLiteBackend(url)
+    await healthy.open()
+    await frozen.open()
+    try:
+        job = await claim_one(healthy, lease=1.0)
+        real = writer._before_commit
+        froze: list[float] = []
+
+        def freeze_once(conn: Any) -> None:
+            real(conn)
+            if not froze and threading.current_thread().name.startswith("conveyor-sqlite"):
+                froze.append(time.time())
+                time.sleep(2.5)  # stopped with the lock held, COMMIT not yet done
+
+        monkeypatch.setattr(writer, "_before_commit", freeze_once)
+        await frozen.enqueue([new_job()])  # the frozen transaction
+        monkeypatch.setattr(writer, "_before_commit", real)
+        assert froze, "the freeze happened"
+        assert await frozen.recover_expired(time.time(), 1) == []
+        assert await healthy.heartbeat([Heartbeat(job.id, job.token)], 1.0, time.time()) == [
+            LeaseStatus.HELD
+        ]
+    finally:
+        await healthy.close()
+        await frozen.close()

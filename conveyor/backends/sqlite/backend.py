@@ -43,7 +43,10 @@ worker is alive. The rule, applied by every write transaction when it gets
 the lock and before it commits (`writer.py`):
 
 * a transaction that held the lock for a time T pushes back, by T, the
-  leases that were live when it took the lock;
+  leases that were live when it took the lock; a freeze during its COMMIT
+  (after that was measured) is made up for by the same connection right
+  after the COMMIT, before any other of its transactions (a lease recovery
+  due since before the freeze) can run;
 * a transaction whose connection waited for the lock pushes back the leases
   that were live when the stall began, by its length: the stall runs from
   the later of the connection's first refused try and the last write

@@ -89,6 +89,14 @@ class LockAwareConnection(sqlite3.Connection):
         # the current transaction stores (None: not this one).
         self.recorded_at = 0.0
         self.recording: float | None = None
+        # Of the current write transaction: from when its hold of the lock is
+        # not yet made up for (`_before_commit` makes up for what came before).
+        self.unmade_since = 0.0
+        # A hold not yet made up for, (began, length): the process was frozen
+        # during a COMMIT. The next write transaction of this connection makes
+        # up for it first; `owed_settling` marks the one doing so.
+        self.owed: tuple[float, float] | None = None
+        self.owed_settling = False
 
 
 def is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -121,12 +129,17 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        if aware is not None:
+            aware.owed_settling = False
         raise
     conn.execute("COMMIT")
     if aware is not None:
         aware.refused_since = None
         if aware.recording is not None:
             aware.recorded_at = aware.recording
+        if aware.owed_settling:
+            aware.owed, aware.owed_settling = None, False
+        _after_commit(aware)
 
 
 def waited_for_lock_after(conn: sqlite3.Connection, now: float) -> float:
@@ -152,6 +165,11 @@ def _lock_taken(conn: LockAwareConnection) -> None:
     now = time.time()
     conn.taken_at, conn.waited_since = now, conn.refused_since
     conn.recording = None
+    if conn.owed is not None:
+        began, length = conn.owed
+        conn.execute(_PUSH_LEASES, (length, began))
+        _record(conn, now)
+        conn.owed_settling = True
     since = conn.refused_since
     if since is None or now - since < _STALL_THRESHOLD:
         return
@@ -168,11 +186,33 @@ def _before_commit(conn: LockAwareConnection) -> None:
     write meanwhile. Then record the time of this write."""
     now = time.time()
     held = now - conn.taken_at
+    conn.unmade_since = conn.taken_at
     if held >= _STALL_THRESHOLD:
         conn.execute(_PUSH_LEASES, (held, conn.taken_at))
         _record(conn, now)
+        conn.unmade_since = now
     elif conn.recording is None and now - conn.recorded_at >= _RECORD_EVERY:
         _record(conn, now)
+
+
+def _after_commit(conn: LockAwareConnection) -> None:
+    """Make up for a freeze between `_before_commit` and the end of COMMIT
+    (SIGSTOP while SQLite writes the WAL): the lock was held all along, yet
+    nothing was pushed back for it. This connection's next transaction, very
+    likely the next to get the lock (waiters poll every few milliseconds, and
+    one that gets it first makes up for the stall itself, see `_lock_taken`),
+    would otherwise be a lease recovery due since before the freeze, finding
+    the leases of workers that could not write meanwhile run out. So make up
+    for it at once, in a transaction of its own; if the lock is taken, the
+    next write transaction of this connection does it first."""
+    late = time.time() - conn.unmade_since
+    if late < _STALL_THRESHOLD:
+        return
+    conn.owed = (conn.unmade_since, late)
+    conn.unmade_since = time.time()  # the settling transaction's own hold starts afresh
+    # On an error (the lock is taken), owed stays for the next transaction.
+    with contextlib.suppress(sqlite3.Error), write_transaction(conn):
+        pass
 
 
 def _record(conn: LockAwareConnection, now: float) -> None:
