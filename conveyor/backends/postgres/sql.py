@@ -442,16 +442,20 @@ WHERE id = %(id)s AND state IN ('failed', 'cancelled') RETURNING {COLS}"""
     @cached_property
     def cancel(self) -> str:
         # The row is locked by the first CTE, so a claim cannot slip between
-        # reading the state and acting on it.
+        # reading the state and acting on it. The UPDATE finds the row by id,
+        # not by the ctid the lock returned: when a heartbeat committed a new
+        # version of the row while this waited for the lock, that version is
+        # invisible to the statement's snapshot, a ctid join matches nothing,
+        # and the cancel was lost though reported as requested.
         return f"""
-WITH cur AS (SELECT ctid AS row, state FROM {self.s}.jobs WHERE id = %(id)s FOR UPDATE),
+WITH cur AS (SELECT state FROM {self.s}.jobs WHERE id = %(id)s FOR UPDATE),
 changed AS (
     UPDATE {self.s}.jobs AS j SET
         cancel_requested = j.cancel_requested OR cur.state = 'running',
         state = CASE WHEN cur.state = 'running' THEN j.state ELSE 'cancelled' END,
         finished_at = CASE WHEN cur.state = 'running' THEN j.finished_at ELSE {NOW} END,
         error = CASE WHEN cur.state = 'running' THEN j.error ELSE 'cancelled' END
-    FROM cur WHERE j.ctid = cur.row AND cur.state IN ('scheduled', 'queued', 'running')
+    FROM cur WHERE j.id = %(id)s AND cur.state IN ('scheduled', 'queued', 'running')
     RETURNING 1)
 SELECT cur.state, (SELECT count(*) FROM changed) FROM cur"""
 
