@@ -1,15 +1,17 @@
 """The Node side of the BullMQ interop tests: npm `bullmq` at the version
-whose scripts conveyor runs (conveyor/backends/bullmq/scripts.py), installed
-under bullmq_node/ from its package-lock.json when missing, and a helper
-that runs bullmq_node/bull.mjs with a JSON spec."""
+whose scripts conveyor runs (conveyor/backends/bullmq/scripts.py) and Bull
+Board, installed under bullmq_node/ from its package-lock.json when missing,
+and helpers that run bullmq_node/bull.mjs with a JSON spec."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,21 +34,28 @@ NODE_DIR = Path(__file__).parent / "bullmq_node"
 NodeBull = Callable[..., dict[str, Any]]
 
 
-def _installed_version() -> str | None:
-    package = NODE_DIR / "node_modules" / "bullmq" / "package.json"
-    if not package.exists():
+def _installed_version(package: str) -> str | None:
+    manifest = NODE_DIR / "node_modules" / package / "package.json"
+    if not manifest.exists():
         return None
-    version: str = json.loads(package.read_text())["version"]
+    version: str = json.loads(manifest.read_text())["version"]
     return version
+
+
+def _installed_as_pinned() -> bool:
+    """Every dependency of bullmq_node/package.json installed at its pin (a
+    checkout that gained a dependency since its last npm ci has not)."""
+    pins: dict[str, str] = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    return all(_installed_version(name) == pin for name, pin in pins.items())
 
 
 @pytest.fixture(scope="session")
 def node_bullmq() -> Path:
-    """bullmq_node/ with npm bullmq installed (npm ci on first use)."""
+    """bullmq_node/ with its npm packages installed (npm ci on first use)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         unavailable("the BullMQ interop tests need node and npm on PATH")
-    if _installed_version() != NODE_VERSION:
+    if not _installed_as_pinned():
         done = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"],  # type: ignore[list-item]
             cwd=NODE_DIR,
@@ -56,7 +65,7 @@ def node_bullmq() -> Path:
         )
         if done.returncode != 0:
             unavailable(f"npm ci of bullmq@{NODE_VERSION} failed: {done.stderr[-2000:]}")
-    assert _installed_version() == NODE_VERSION
+    assert _installed_version("bullmq") == NODE_VERSION and _installed_as_pinned()
     return NODE_DIR
 
 
@@ -87,3 +96,37 @@ def node_bull(node_bullmq: Path) -> NodeBull:
         return answer
 
     return run
+
+
+BoardGet = Callable[[str], Awaitable[Any]]
+
+
+@pytest.fixture
+async def bull_board(
+    node_bullmq: Path, bull_queue: tuple[str, dict[str, Any]]
+) -> AsyncIterator[BoardGet]:
+    """Bull Board over the test's queue, served by Node (bull.mjs board) on a
+    loopback port; yields a GET of a path of its JSON API, as its UI calls it."""
+    spec = {**bull_queue[1], "command": "board"}
+    server = await asyncio.create_subprocess_exec(
+        "node", str(node_bullmq / "bull.mjs"), json.dumps(spec), stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        started = await asyncio.wait_for(server.stdout.readline(), timeout=30)
+        assert started, "Bull Board's server exited before it listened"
+        base = f"http://127.0.0.1:{json.loads(started)['port']}/board"
+        # No proxy from the environment: the board is on loopback.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def fetch(path: str) -> Any:
+            with opener.open(base + path, timeout=10) as response:
+                return json.load(response)
+
+        async def get(path: str) -> Any:
+            return await asyncio.to_thread(fetch, path)
+
+        yield get
+    finally:
+        server.kill()
+        await server.wait()

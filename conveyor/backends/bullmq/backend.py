@@ -37,7 +37,7 @@ from conveyor.backends.base import (
     attempt_outcome,
 )
 from conveyor.backends.bullmq.calls import flat, millis, now_ms, packed, stamp_ms
-from conveyor.backends.bullmq.consume import BullConsumer
+from conveyor.backends.bullmq.consume import BullConsumer, attempts_option
 from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
     CANCELLED,
@@ -178,10 +178,11 @@ class BullMQBackend(BullConsumer):
     # ------------------------------------------------------------------ finishing
 
     def _outcome_command(
-        self, keys: QueueKeys, o: Outcome, retention: Retention, history: str
+        self, keys: QueueKeys, o: Outcome, retention: Retention, history: str, attempts: int
     ) -> Any:
         """BullMQ's script for the outcome; the job's fields it updates (once
-        the lock token is checked) carry the history with this attempt."""
+        the lock token is checked) carry the history with this attempt;
+        `attempts` is the job's BullMQ attempts (for a failure's events)."""
         at = millis(o.at)
         failure = {"stacktrace": json.dumps([o.traceback] if o.traceback else []), HISTORY: history}
         if o.kind is OutcomeKind.COMPLETED:
@@ -201,7 +202,15 @@ class BullMQBackend(BullConsumer):
             fields = {**failure, CANCELLED: "1"} if o.kind is OutcomeKind.CANCELLED else failure
             reason = o.error or o.kind.value
             return self.finished(
-                keys, o.job_id, o.token, "failed", reason, retention.keep_failed, at, fields
+                keys,
+                o.job_id,
+                o.token,
+                "failed",
+                reason,
+                retention.keep_failed,
+                at,
+                fields,
+                attempts=attempts,
             )
         # SCHEDULED: a retry, counted as an attempt made; after its backoff
         # (moveToDelayed), or queued at once when it is already due (retryJob).
@@ -250,19 +259,23 @@ class BullMQBackend(BullConsumer):
             if o.kind is OutcomeKind.QUEUED:
                 done.append(await self.hand_back(keys, o.job_id, o.token, o.at))
                 continue
-            if o.kind is OutcomeKind.SCHEDULED:
+            attempts = 0
+            if o.kind is not OutcomeKind.COMPLETED:
                 cancel, opts, made = await self._cmd(
                     "HMGET", keys.job(o.job_id), CANCEL_REQUESTED, "opts", "atm"
                 )
-                if cancel:
+                attempts = attempts_option(opts)
+                wait = bull_backoff(opts, int(made or 0) + 1)
+                if o.kind is OutcomeKind.SCHEDULED and cancel:
                     o = replace(o, kind=OutcomeKind.CANCELLED, error=o.error or "cancelled")
-                elif (wait := bull_backoff(opts, int(made or 0) + 1)) is not None:
+                elif o.kind is OutcomeKind.SCHEDULED and wait is not None:
                     o = replace(o, retry_in=wait)
             if o.progress is not None:
                 await self.progress(o.job_id, o.token, o.progress, [])
             outcome = attempt_outcome(o.kind, timed_out=o.timed_out)
             history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
-            (reply,) = await self.run([self._outcome_command(keys, o, retention, history)])
+            command = self._outcome_command(keys, o, retention, history, attempts)
+            (reply,) = await self.run([command])
             ok = not isinstance(reply, int) or reply >= 0
             if ok:
                 self._claimed.pop(o.job_id, None)

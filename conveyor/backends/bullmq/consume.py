@@ -10,6 +10,7 @@ to expire (on Redis's timer) at `now + lease`, and recovery or a heartbeat at
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,6 +36,15 @@ WORKER: Final = "conveyor"
 MAX_PASSED_OVER: Final = 1000
 # Ranks a queue with nothing waiting after every priority (BullMQ's top is 2^21).
 MAX_PRIORITY_RANK: Final = 1 << 30
+
+
+def attempts_option(opts_json: str | None) -> int:
+    """A job's BullMQ `attempts` (0 where its opts have none, as Node's Job
+    defaults it): moveToFinished says "retries-exhausted" to QueueEvents when
+    the attempts made reach it, so a job failed with attempts left (a
+    Permanent error, a cancel) must pass its own, as Node's worker does."""
+    attempts = json.loads(opts_json or "{}").get("attempts")
+    return attempts if isinstance(attempts, int) else 0
 
 
 def lock_ms(lease: float, now: float | None) -> int:
@@ -159,7 +169,8 @@ class BullConsumer(BullAdmin):
                 # Stalled too often: BullMQ fails it at its next claim.
                 stalls = fields.get("stc")
                 reason = f"{fields['defa']}: lease expired {stalls} times (worker lost)"
-                await self._fail_deferred(keys, job_id, token, reason, now)
+                attempts = attempts_option(fields.get("opts"))
+                await self._fail_deferred(keys, job_id, token, reason, attempts, now)
             elif served is not None and fields.get("name") not in served:
                 passed_over.append(job_id)
             else:
@@ -170,9 +181,18 @@ class BullConsumer(BullAdmin):
         return claimed
 
     async def _fail_deferred(
-        self, keys: QueueKeys, job_id: str, token: str, reason: str, now: float | None
+        self,
+        keys: QueueKeys,
+        job_id: str,
+        token: str,
+        reason: str,
+        attempts: int,
+        now: float | None,
     ) -> None:
-        await self.run([self.finished(keys, job_id, token, "failed", reason, None, now_ms(now))])
+        at = now_ms(now)
+        await self.run(
+            [self.finished(keys, job_id, token, "failed", reason, None, at, attempts=attempts)]
+        )
 
     def finished(
         self,
@@ -184,13 +204,15 @@ class BullConsumer(BullAdmin):
         keep: int | None,
         at: int,
         fields: dict[str, str] | None = None,
+        attempts: int = 0,
     ) -> Any:
         """BullMQ's moveToFinished to `target` (completed / failed), fenced by
-        the lock token; `keep` is how many to keep there (None: all)."""
+        the lock token; `keep` is how many to keep there (None: all);
+        `attempts` the job's own (attempts_option)."""
         opts = {
             "token": token,
             "keepJobs": {"count": -1 if keep is None else keep},
-            "attempts": 0,
+            "attempts": attempts,
             "maxMetricsSize": "",
             "name": WORKER,
         }

@@ -3,10 +3,11 @@ not do; they keep BullMQ's layout exactly.
 
 FAIL_PENDING ends a job that is not running (waiting, prioritized, paused or
 delayed) in `failed`, with its reason and finish time, and QueueEvents
-hears "failed"; atomically, so a worker that took it meanwhile keeps it (the
-script then answers 0). conveyor uses it for a cancel (BullMQ has no
-cancelled state: the hash gets the cancelled mark) and for a job that
-stalled too often, which BullMQ would fail at its next claim ("defa").
+hears "failed" (its prev "delayed" or "waiting", where it was); atomically,
+so a worker that took it meanwhile keeps it (the script then answers 0).
+conveyor uses it for a cancel (BullMQ has no cancelled state: the hash gets
+the cancelled mark) and for a job that stalled too often, which BullMQ
+would fail at its next claim ("defa").
 KEYS: wait, paused, prioritized, delayed, failed, events, the job hash.
 ARGV: job id, now (ms), reason, a field to set to "1" ("" = none).
 
@@ -42,15 +43,19 @@ from typing import Final
 
 FAIL_PENDING: Final = """
 local id = ARGV[1]
-local removed = redis.call("LREM", KEYS[1], 0, id) + redis.call("LREM", KEYS[2], 0, id)
-  + redis.call("ZREM", KEYS[3], id) + redis.call("ZREM", KEYS[4], id)
-if removed == 0 then return 0 end
+local prev = "delayed"
+if redis.call("ZREM", KEYS[4], id) == 0 then
+  prev = "waiting"
+  local removed = redis.call("LREM", KEYS[1], 0, id) + redis.call("LREM", KEYS[2], 0, id)
+    + redis.call("ZREM", KEYS[3], id)
+  if removed == 0 then return 0 end
+end
 redis.call("ZADD", KEYS[5], ARGV[2], id)
 redis.call("HSET", KEYS[7], "failedReason", ARGV[3], "finishedOn", ARGV[2])
 redis.call("HDEL", KEYS[7], "defa")
 if ARGV[4] ~= "" then redis.call("HSET", KEYS[7], ARGV[4], "1") end
 redis.call("XADD", KEYS[6], "MAXLEN", "~", 10000, "*", "event", "failed", "jobId", id,
-  "failedReason", ARGV[3], "prev", "waiting")
+  "failedReason", ARGV[3], "prev", prev)
 return 1
 """
 

@@ -13,7 +13,14 @@
 //         runs a BullMQ Worker until N jobs completed, T ms passed or key K exists;
 //         job "add" returns {sum: a + b} (after data.sleep_ms), job "fail" throws,
 //         job "hang" reports progress 1 and never ends.
-import { Queue, Worker } from "bullmq";
+//   listen: {"finished": [ids], "timeout_ms": T}
+//         -> {"events": [{event, jobId, ...}]}
+//         a QueueEvents reads the queue's events stream from its start (the
+//         tests' prefixes are fresh) until each id has a completed or failed
+//         event, or T ms passed: what a Node service listening sees.
+//   board: serves Bull Board at http://127.0.0.1:<port>/board on a free
+//         loopback port, prints {"port": N} and runs until killed.
+import { Queue, QueueEvents, Worker } from "bullmq";
 import IORedis from "ioredis";
 
 const spec = JSON.parse(process.argv[2]);
@@ -106,7 +113,48 @@ async function work() {
   print({ done });
 }
 
-const commands = { add, get, work };
+async function listen() {
+  // QueueEvents blocks its connection on XREAD: one of its own.
+  const events = new QueueEvents(spec.queue, {
+    connection: connection.duplicate(),
+    prefix: spec.prefix,
+    lastEventId: "0-0",
+  });
+  const heard = [];
+  const waiting = new Set(spec.finished);
+  let finish;
+  const finished = new Promise((resolve) => (finish = resolve));
+  const names = ["added", "waiting", "delayed", "active", "progress", "completed", "failed"];
+  for (const name of [...names, "retries-exhausted", "stalled", "removed", "duplicated"]) {
+    events.on(name, (args) => {
+      heard.push({ event: name, ...args });
+      if (name === "completed" || name === "failed") waiting.delete(args.jobId);
+      if (waiting.size === 0) finish();
+    });
+  }
+  const timer = setTimeout(finish, spec.timeout_ms);
+  await finished;
+  clearTimeout(timer);
+  await events.close();
+  print({ events: heard });
+}
+
+async function board() {
+  const { createBullBoard } = await import("@bull-board/api");
+  const { BullMQAdapter } = await import("@bull-board/api/bullMQAdapter");
+  const { ExpressAdapter } = await import("@bull-board/express");
+  const { default: express } = await import("express");
+  const queue = new Queue(spec.queue, options);
+  const serverAdapter = new ExpressAdapter();
+  serverAdapter.setBasePath("/board");
+  createBullBoard({ queues: [new BullMQAdapter(queue)], serverAdapter });
+  const app = express();
+  app.use("/board", serverAdapter.getRouter());
+  const server = app.listen(0, "127.0.0.1", () => print({ port: server.address().port }));
+  await new Promise(() => {}); // until the test kills the process
+}
+
+const commands = { add, get, work, listen, board };
 commands[spec.command]().then(
   () => process.exit(0),
   (error) => {
