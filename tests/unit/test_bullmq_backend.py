@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, JobState
 from conveyor.backends.bullmq.url import parse_url
 from conveyor.job import BackendUnavailableError, InvalidOptionError
 
@@ -67,3 +67,58 @@ async def test_open_checks_and_stamps_the_queues_meta_version(
     with pytest.raises(BackendUnavailableError, match=r"bullmq:5\.58\.0.*6\.x"):
         await other.open()
     await backend.close()
+
+
+@pytest.mark.bullmq
+async def test_a_job_a_claim_fails_as_stalled_is_reported_failed_once(
+    bullmq_urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BullMQ's stalled check puts a job stalled too often back in the wait
+    list marked for failure ("defa"), and the next claim fails it. When a
+    worker's claim takes it between the check and the recovery's own failing
+    of it (seen in CI), the recovery must not report it as queued again while
+    the claim is still failing it, and the failure must be reported once."""
+    import asyncio
+
+    from conveyor.backends.bullmq.consume import BullConsumer
+
+    url = bullmq_urls()
+    app = Conveyor(url)
+
+    @app.job("work")
+    async def work(payload: object) -> None:
+        return None
+
+    await app.open()
+    backend = app.backend
+    try:
+        job = await app.enqueue("work", {})
+        await backend.claim(["default"], 1, 0.05)  # a worker that dies at once
+        await asyncio.sleep(0.2)
+        real_after_stall = BullConsumer._after_stall
+        real_fail_deferred = BullConsumer._fail_deferred
+        claimed: list[object] = []
+        let_fail = asyncio.Event()
+
+        async def slow_fail_deferred(self: BullConsumer, *args: object) -> None:
+            await let_fail.wait()  # the claimer is slow to fail it
+            await real_fail_deferred(self, *args)  # type: ignore[arg-type]
+
+        async def racing_claim(self: BullConsumer, *args: object) -> bool:
+            # Another worker of this process claims at that moment.
+            claimed.append(asyncio.ensure_future(self.claim(["default"], 1, 30.0)))
+            await asyncio.sleep(0.2)
+            return await real_after_stall(self, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(BullConsumer, "_fail_deferred", slow_fail_deferred)
+        monkeypatch.setattr(BullConsumer, "_after_stall", racing_claim)
+        first = await backend.recover_expired(None, 0)
+        assert [(j.id, j.state) for j in first if j.state is not JobState.FAILED] == []
+        let_fail.set()
+        assert await claimed[0] == []  # type: ignore[misc]
+        monkeypatch.setattr(BullConsumer, "_after_stall", real_after_stall)
+        later = await backend.recover_expired(None, 0)
+        reported = [j for j in first + later if j.id == job.id]
+        assert [j.state for j in reported] == [JobState.FAILED]
+    finally:
+        await app.close()

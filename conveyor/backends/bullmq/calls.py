@@ -70,6 +70,10 @@ class BullConnection(RedisStores):
         # Which conveyor queue a job claimed here is in: heartbeats and
         # outcomes carry only the job's id.
         self._claimed: dict[str, str] = {}
+        # Jobs a claim here failed as stalled too often (BullMQ's deferred
+        # failure), (conveyor queue, id): the next lease recovery reports
+        # them, so the worker says job.failed for them as for its own.
+        self._failed_at_claim: list[tuple[str, str]] = []
 
     def __repr__(self) -> str:
         return f"<BullMQBackend {self._settings.display()} queue={self.config.queue}>"

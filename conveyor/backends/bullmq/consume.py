@@ -171,6 +171,7 @@ class BullConsumer(BullAdmin):
                 reason = f"{fields['defa']}: lease expired {stalls} times (worker lost)"
                 attempts = attempts_option(fields.get("opts"))
                 await self._fail_deferred(keys, job_id, token, reason, attempts, now)
+                self._failed_at_claim.append((queue, job_id))
             elif served is not None and fields.get("name") not in served:
                 passed_over.append(job_id)
             else:
@@ -378,16 +379,27 @@ class BullConsumer(BullAdmin):
             )
             stalled = [str(i) for i in [*(replies[1] or []), *(replies[3] or [])]]
             at = now_ms(now)
+            ours: list[str] = []
             for job_id in stalled:
                 self._claimed.pop(job_id, None)
-                await self._after_stall(keys, job_id, at, max_stalled)
-            found = await self.read_jobs([(queue, i) for i in stalled])
+                if await self._after_stall(keys, job_id, at, max_stalled):
+                    ours.append(job_id)
+            found = await self.read_jobs([(queue, i) for i in ours])
             recovered += [job for job in found if job is not None]
+        # Read last, so a claim that took one of the jobs above from under
+        # `_after_stall` and has failed it is reported now; one still failing
+        # it is reported by the next pass.
+        failed_at_claim, self._failed_at_claim = self._failed_at_claim, []
+        found = await self.read_jobs(failed_at_claim)
+        recovered += [job for job in found if job is not None]
         return recovered
 
-    async def _after_stall(self, keys: QueueKeys, job_id: str, at: int, max_stalled: int) -> None:
+    async def _after_stall(self, keys: QueueKeys, job_id: str, at: int, max_stalled: int) -> bool:
         """Record the stalled attempt; end at once (rather than at BullMQ's
-        next claim) a job stalled too often or whose cancel was asked."""
+        next claim) a job stalled too often or whose cancel was asked. False
+        when a claim took such a job first: the claimer fails it (BullMQ's
+        deferred failure, the "defa" field) and reports it (a conveyor
+        claim: through `_failed_at_claim`; a Node one: Node's events)."""
         attempts, stalls, cancel, started = await self._cmd(
             "HMGET", keys.job(job_id), "ats", "stc", CANCEL_REQUESTED, "processedOn"
         )
@@ -397,10 +409,11 @@ class BullConsumer(BullAdmin):
         )
         await self._cmd("HDEL", keys.job(job_id), "processedOn")
         if cancel:
-            await self.fail_pending(keys, job_id, at, "cancelled", CANCELLED)
-        elif int(stalls or 0) > max_stalled:
+            return await self.fail_pending(keys, job_id, at, "cancelled", CANCELLED)
+        if int(stalls or 0) > max_stalled:
             reason = (
                 f"job stalled more than allowable limit: lease expired {stalls} times "
                 f"(worker lost); max_stalled is {max_stalled}"
             )
-            await self.fail_pending(keys, job_id, at, reason)
+            return await self.fail_pending(keys, job_id, at, reason)
+        return True
