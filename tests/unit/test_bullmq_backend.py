@@ -122,3 +122,32 @@ async def test_a_job_a_claim_fails_as_stalled_is_reported_failed_once(
         assert [j.state for j in reported] == [JobState.FAILED]
     finally:
         await app.close()
+
+
+@pytest.mark.bullmq
+async def test_waiting_leaves_a_later_markers_wake_up_for_other_workers(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """A delayed job's marker says when it is due; an idle conveyor worker
+    whose wait ends before then must leave the marker, or an idle Node worker
+    (blocked on the same marker set) is not woken when the job is due and
+    sleeps its whole drain delay."""
+    import time
+
+    url = bullmq_urls()
+    app = Conveyor(url)
+    app.declare("later")
+    await app.open()
+    backend = app.backend
+    try:
+        await app.enqueue("later", {}, delay=30)
+        marker = f"{parse_url(url).prefix}:default:marker"
+        before = await backend._cmd("ZRANGE", marker, 0, -1, "WITHSCORES")  # type: ignore[attr-defined]
+        assert before, "the delayed add left a marker"
+        started = time.monotonic()
+        await backend.wait_for_work(["default"], 0.2)
+        assert time.monotonic() - started < 5
+        after = await backend._cmd("ZRANGE", marker, 0, -1, "WITHSCORES")  # type: ignore[attr-defined]
+        assert after == before
+    finally:
+        await app.close()

@@ -261,8 +261,14 @@ class BullConnection(RedisStores):
         except RedisReplyError:
             return
         if reply:
-            due = float(reply[2]) / 1000
-            ahead = due - time.time()
+            key, member, score = reply
+            ahead = float(score) / 1000 - time.time()
+            if ahead > timeout:
+                # Not due before this wait ends: leave the wake-up for who
+                # waits then (an idle Node worker blocks on this set until its
+                # drain delay otherwise). LT: never push back a sooner marker
+                # another add left meanwhile.
+                await self._cmd("ZADD", key, "LT", score, member)
             if ahead > 0:
                 await asyncio.sleep(min(ahead, timeout))
 
