@@ -46,7 +46,6 @@ from conveyor.backends.bullmq.layout import (
     TIMEOUT_OPTION,
     QueueKeys,
 )
-from conveyor.backends.bullmq.own_scripts import ADVANCE_SCHEDULE
 from conveyor.job import InvalidOptionError, Job
 
 # BullMQ's largest priority (2^21).
@@ -281,36 +280,6 @@ class BullMQBackend(BullConsumer):
                 self._claimed.pop(o.job_id, None)
             done.append(ok)
         return done
-
-    # ------------------------------------------------------------------ schedules
-
-    async def schedule_fire(
-        self,
-        name: str,
-        expected_next_run: float,
-        next_run: float,
-        last_run: float | None,
-        last_error: str | None,
-        jobs: Sequence[NewJob],
-    ) -> list[Job] | None:
-        """Compare-and-set the tick, then add its jobs with BullMQ's scripts.
-        Two steps, not one: BullMQ's adds cannot run inside conveyor's script.
-        A crash between them loses that tick's jobs (never doubles them)."""
-        won = await self._cmd(
-            "EVAL",
-            ADVANCE_SCHEDULE,
-            2,
-            self._schedule_key(name),
-            f"{self.prefix}:schedules:due",
-            repr(expected_next_run),
-            repr(next_run),
-            "" if last_run is None else repr(last_run),
-            last_error or "",
-            name,
-        )
-        if not int(won):
-            return None
-        return await self.enqueue(jobs)
 
     async def wait_for_work(
         self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None

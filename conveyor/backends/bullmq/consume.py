@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from conveyor.backends.base import ClaimToken, Heartbeat, LeaseStatus, Retention
-from conveyor.backends.bullmq.admin import BullAdmin
 from conveyor.backends.bullmq.calls import flat, millis, now_ms, packed
 from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
@@ -27,6 +26,7 @@ from conveyor.backends.bullmq.layout import (
     pairs,
 )
 from conveyor.backends.bullmq.own_scripts import BRING_FORWARD, HAND_BACK
+from conveyor.backends.bullmq.schedules import BullSchedules
 from conveyor.job import AttemptOutcome, Job, JobState
 
 # How conveyor names itself where BullMQ's scripts record a worker's name.
@@ -54,7 +54,7 @@ def lock_ms(lease: float, now: float | None) -> int:
     return max(millis(lease + now - time.time()), 1)
 
 
-class BullConsumer(BullAdmin):
+class BullConsumer(BullSchedules):
     def _move_to_active(self, keys: QueueKeys, token: str, lease: float, now: float | None) -> Any:
         opts = {"token": token, "lockDuration": lock_ms(lease, now), "name": WORKER}
         return self.call(
@@ -177,6 +177,8 @@ class BullConsumer(BullAdmin):
             else:
                 self._claimed[job_id] = queue
                 claimed.append(job_from_hash(job_id, queue, fields, JobState.RUNNING, token=token))
+                if "rjk" in fields:  # a job scheduler's iteration, as Node's worker does
+                    await self.next_iteration(keys, job_id, fields)
         for job_id in reversed(passed_over):  # the last taken goes back first
             await self._put_back(keys, job_id, token, "passed")
         return claimed

@@ -31,10 +31,6 @@ due}: due is 1 when a delayed job is due (moveToActive promotes it, so one
 more call is worth making), else 0.
 KEYS: wait, prioritized, delayed. ARGV: the queue's key base, wanted, scan,
 now (ms), the served names...
-
-ADVANCE_SCHEDULE is the compare-and-set of a recurring schedule's tick on
-the records RedisStores keeps. KEYS: the schedule, the due set. ARGV:
-expected next_run, next_run, last_run ("" = keep), last_error, name.
 """
 
 from __future__ import annotations
@@ -108,13 +104,4 @@ end
 local due_by = tonumber(ARGV[4]) * 0x1000 + 0xfff
 local due = #redis.call("ZRANGEBYSCORE", KEYS[3], 0, due_by, "LIMIT", 0, 1)
 return {#found, due}
-"""
-
-ADVANCE_SCHEDULE: Final = """
-local h = redis.call("HMGET", KEYS[1], "enabled", "next_run")
-if h[1] ~= "1" or h[2] ~= ARGV[1] then return 0 end
-redis.call("HSET", KEYS[1], "next_run", ARGV[2], "last_error", ARGV[4])
-if ARGV[3] ~= "" then redis.call("HSET", KEYS[1], "last_run", ARGV[3]) end
-redis.call("ZADD", KEYS[2], ARGV[2], ARGV[5])
-return 1
 """

@@ -41,6 +41,9 @@ NAMES: Final = (
     "addLog",
     "reprocessJob",
     "getState",
+    # Job schedulers (schedules.py): Node's worker's next iteration, its removal.
+    "updateJobScheduler",
+    "removeJobScheduler",
 )
 
 
