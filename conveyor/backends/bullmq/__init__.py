@@ -5,13 +5,14 @@ Modules: url.py (the URL), scripts.py (BullMQ's scripts from the pinned PyPI
 scripts for what BullMQ's do not do), layout.py (keys, a job hash as a Job),
 calls.py (connections, running scripts, reading jobs), admin.py (get, list,
 stats, cancel, retry, purge), consume.py (claims, hand-backs, heartbeats,
-progress, recovery), backend.py (enqueue, outcomes, schedules).
+progress, recovery), schedules.py and schedule_scripts.py (recurring
+schedules as BullMQ job schedulers), backend.py (enqueue, outcomes).
 
 State (first landing): the conformance suite passes with its capability skips;
 tests/interop runs Node BullMQ 6.4.0 against conveyor both ways (producer,
 worker, retries with backoff, failures, a mixed pool, SIGKILL recovery).
-Left: BullMQ's repeatable jobs / job schedulers as conveyor recurring
-schedules; Bull Board; the benchmark against Node's worker; QueueEvents
+Recurring schedules are BullMQ job schedulers, both ways (schedules.py).
+Left: Bull Board; the benchmark against Node's worker; QueueEvents
 checks (the scripts write the events stream, untested from Node's side);
 flows (a Node FlowProducer's parent/child jobs) are untested.
 """

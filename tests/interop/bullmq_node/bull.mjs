@@ -20,6 +20,11 @@
 //         event, or T ms passed: what a Node service listening sees.
 //   board: serves Bull Board at http://127.0.0.1:<port>/board on a free
 //         loopback port, prints {"port": N} and runs until killed.
+//   upsert_scheduler: {"id", "repeat", "template"} -> {"id": the first iteration's job id}
+//   schedulers: {}                               -> {"schedulers": getJobSchedulers()}
+//   remove_scheduler: {"id"}                     -> {"removed": bool}
+//   cron_next: {"pattern", "tz", "after_ms"}     -> {"next_ms": cron-parser's next tick}
+import { CronExpressionParser } from "cron-parser";
 import { Queue, QueueEvents, Worker } from "bullmq";
 import IORedis from "ioredis";
 
@@ -154,7 +159,47 @@ async function board() {
   await new Promise(() => {}); // until the test kills the process
 }
 
-const commands = { add, get, work, listen, board };
+async function upsert_scheduler() {
+  const queue = new Queue(spec.queue, options);
+  const job = await queue.upsertJobScheduler(spec.id, spec.repeat, spec.template);
+  await queue.close();
+  print({ id: job ? job.id : null });
+}
+
+async function schedulers() {
+  const queue = new Queue(spec.queue, options);
+  const found = await queue.getJobSchedulers(0, -1, true);
+  await queue.close();
+  print({ schedulers: found });
+}
+
+async function remove_scheduler() {
+  const queue = new Queue(spec.queue, options);
+  const removed = await queue.removeJobScheduler(spec.id);
+  await queue.close();
+  print({ removed });
+}
+
+async function cron_next() {
+  // What BullMQ's default repeat strategy asks cron-parser for.
+  const interval = CronExpressionParser.parse(spec.pattern, {
+    tz: spec.tz,
+    currentDate: new Date(spec.after_ms),
+  });
+  print({ next_ms: interval.next().getTime() });
+}
+
+const commands = {
+  add,
+  get,
+  work,
+  listen,
+  board,
+  upsert_scheduler,
+  schedulers,
+  remove_scheduler,
+  cron_next,
+};
 commands[spec.command]().then(
   () => process.exit(0),
   (error) => {
