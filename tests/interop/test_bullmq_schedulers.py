@@ -66,6 +66,32 @@ async def test_a_conveyor_schedule_is_a_job_scheduler_node_lists_and_runs(
         assert [s.name for s in await app.list_recurring()] == ["sums"]
 
 
+async def test_node_upserting_a_conveyor_schedule_takes_it_over(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    app = Conveyor(url)
+    app.declare("add")
+    async with app:
+        await app.recurring("shared", "add", {"a": 0, "b": 0}, every=3600, catch_up="all")
+        first = node_bull(
+            spec,
+            command="upsert_scheduler",
+            id="shared",
+            repeat={"every": 60_000},
+            template={"name": "add", "data": {"a": 9, "b": 9}},
+        )["id"]
+        (shown,) = await app.list_recurring()
+        assert (shown.payload, shown.catch_up, shown.last_run) == ({"a": 9, "b": 9}, "once", None)
+        assert shown.every is not None and shown.every.total_seconds() == 60
+        # BullMQ ticks it now (its iteration job), not conveyor's scheduler.
+        backend: Any = app.backend
+        rec = await backend.schedule_get("shared")
+        assert await app.scheduler().tick(now=rec.next_run + 5) == 0
+        jobs = await app.list_jobs(name="add")
+    assert [job.id for job in jobs] == [first]
+
+
 async def test_a_node_job_scheduler_runs_on_conveyor_workers_once_per_iteration(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:

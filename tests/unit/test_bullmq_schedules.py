@@ -102,3 +102,30 @@ async def test_a_schedule_is_a_bullmq_job_scheduler(bullmq_urls: Callable[[], st
     assert await app.list_recurring() == []
     assert await backend._cmd("KEYS", f"{prefix}:*:repeat*") == []
     await app.close()
+
+
+async def test_schedules_kept_in_conveyors_own_keys_become_job_schedulers_on_open(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """An earlier bullmq:// backend kept schedules as the redis:// one does."""
+    from conveyor.backends.redis.stores import RedisStores
+
+    url = bullmq_urls()
+    app = Conveyor(url)
+    app.declare("j")
+    made = await app.recurring("old", "j", {"n": 2}, every=30)
+    backend: Any = app.backend
+    rec = await backend.schedule_get("old")
+    await backend.schedule_delete("old")
+    await RedisStores.schedule_put(backend, rec)  # where the earlier one put it
+    await app.close()
+
+    again = Conveyor(url)
+    again.declare("j")
+    await again.open()
+    assert await again.list_recurring() == [made]
+    store: Any = again.backend
+    assert await RedisStores.schedule_list(store) == []
+    prefix = parse_url(url).prefix
+    assert await store._cmd("ZSCORE", f"{prefix}:default:repeat", "old") is not None
+    await again.close()

@@ -88,6 +88,7 @@ class BullMQBackend(BullConsumer):
         await super().open()
         try:
             await self.check_meta()
+            await self.adopt_stored_schedules()
         except BaseException:
             # A refused open leaves nothing behind: the app never counts as
             # opened, so it would never close these connections.

@@ -178,7 +178,7 @@ class BullConsumer(BullSchedules):
                 self._claimed[job_id] = queue
                 claimed.append(job_from_hash(job_id, queue, fields, JobState.RUNNING, token=token))
                 if "rjk" in fields:  # a job scheduler's iteration, as Node's worker does
-                    await self.next_iteration(keys, job_id, fields)
+                    await self.next_iteration(keys, job_id, fields, now)
         for job_id in reversed(passed_over):  # the last taken goes back first
             await self._put_back(keys, job_id, token, "passed")
         return claimed

@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -44,11 +43,12 @@ from cronsim import CronSim, CronSimError
 
 from conveyor.backends.base import NewJob, ScheduleRecord
 from conveyor.backends.bullmq.admin import BullAdmin
-from conveyor.backends.bullmq.calls import packed
+from conveyor.backends.bullmq.calls import now_ms, packed
 from conveyor.backends.bullmq.layout import TIMEOUT_OPTION, QueueKeys, pairs
 from conveyor.backends.bullmq.schedule_scripts import PUT_SCHEDULE, fire_script
 from conveyor.backends.redis.resp import RedisReplyError
 from conveyor.backends.redis.rows import num_arg
+from conveyor.backends.redis.stores import RedisStores
 from conveyor.job import Job
 
 logger = logging.getLogger("conveyor.backends.bullmq")
@@ -64,6 +64,8 @@ def _float(text: str | None) -> float | None:
 class BullSchedules(BullAdmin):
     """`ScheduleStore` over BullMQ's job schedulers, and the next iteration
     of a Node scheduler's job taken here."""
+
+    _fire_source: str | None = None  # FIRE_SCHEDULE's source, built on first use
 
     def _add(self, job: NewJob, keys: QueueKeys) -> list[Any]:
         """The call of the BullMQ add script for `job` (backend.py's)."""
@@ -82,6 +84,15 @@ class BullSchedules(BullAdmin):
                 raise
         await self._cmd("SCRIPT", "LOAD", source)
         return await self._cmd("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def adopt_stored_schedules(self) -> None:
+        """Move the schedules an earlier conveyor kept in its own keys
+        (RedisStores', under `{<prefix>:conveyor}`) to job schedulers."""
+        for name in await self._cmd("SMEMBERS", f"{self.prefix}:schedules"):
+            old = await RedisStores.schedule_get(self, name)
+            if old is not None and await self._cmd("HGET", self._schedule_index, name) is None:
+                await self.schedule_put(old)
+            await RedisStores.schedule_delete(self, name)
 
     # ------------------------------------------------------------------ reading
 
@@ -185,7 +196,7 @@ class BullSchedules(BullAdmin):
             record.name,
             keys.base,
             "1" if record.enabled else "0",
-            repr(record.next_run * 1000),
+            _score(record.next_run),
             *[item for pair in fields.items() for item in pair],
         )
         await self._cmd("HSET", self._schedule_index, record.name, queue)
@@ -232,14 +243,16 @@ class BullSchedules(BullAdmin):
             _, sha, count, *rest = self._add(job, self.keys(job.queue))
             adds += [by_sha[str(sha)], count, *rest]
         await self.note_queues({job.queue for job in jobs})
+        if self._fire_source is None:
+            self._fire_source = fire_script(self.scripts)
         reply = await self._eval(
-            fire_script(self.scripts),
+            self._fire_source,
             [keys["repeat"], keys["repeat"] + ":" + name],
             [
                 name,
                 repr(expected_next_run),
                 repr(next_run),
-                repr(next_run * 1000),
+                _score(next_run),
                 num_arg(last_run),
                 last_error or "",
                 len(jobs),
@@ -259,19 +272,32 @@ class BullSchedules(BullAdmin):
 
     # ------------------------------------------------------------------ Node's schedulers
 
-    async def next_iteration(self, keys: QueueKeys, job_id: str, fields: dict[str, str]) -> None:
+    async def next_iteration(
+        self, keys: QueueKeys, job_id: str, fields: dict[str, str], now: float | None
+    ) -> None:
         """What Node's worker does when it takes a job scheduler's iteration
         job: add the next iteration (BullMQ's updateJobScheduler, which does
-        nothing unless `job_id` is the scheduler's current iteration)."""
+        nothing unless `job_id` is the scheduler's current iteration). A
+        failure is logged, not raised: the job taken still runs (Node's
+        worker emits an error and the scheduler stops there, as here)."""
+        try:
+            await self._next_iteration(keys, job_id, fields, now_ms(now))
+        except Exception:
+            logger.exception(
+                "job scheduler %s: adding the next iteration failed", fields.get("rjk")
+            )
+
+    async def _next_iteration(
+        self, keys: QueueKeys, job_id: str, fields: dict[str, str], now: int
+    ) -> None:
         scheduler = fields.get("rjk")
         opts = json.loads(fields.get("opts") or "{}")
         repeat = opts.get("repeat")
         if not scheduler or not isinstance(repeat, dict):
             return
-        now = math.floor(time.time() * 1000)
         count = int(repeat.get("count") or 0) + 1
         limit, end = repeat.get("limit"), repeat.get("endDate")
-        if (limit is not None and count > int(limit)) or (end and now > int(end)):
+        if (limit is not None and count > int(limit)) or (end and now > int(float(end))):
             return  # BullMQ's end of a scheduler: no next iteration
         next_ms = 0  # an `every` scheduler's next is the script's to compute
         if repeat.get("pattern"):
@@ -322,6 +348,12 @@ class BullSchedules(BullAdmin):
                 )
             ]
         )
+
+
+def _score(next_run: float) -> int:
+    """A next run as the `repeat` set's score: whole ms, as BullMQ's are
+    (rounded down, so the set never says due later than `cvnext` does)."""
+    return math.floor(next_run * 1000)
 
 
 def _queue_of(record: ScheduleRecord) -> str:
@@ -422,7 +454,7 @@ def _cron_next(pattern: str, tz: Any, start: Any, after_ms: int) -> int | None:
         fields = fields[1:]
     try:
         zone = ZoneInfo(str(tz)) if tz else ZoneInfo("UTC")
-        after = max(after_ms, int(start or 0)) / 1000
+        after = max(after_ms, int(float(start or 0))) / 1000
         cron = CronSim(" ".join(fields), datetime.fromtimestamp(after, zone))
         return round(next(iter(cron)).timestamp() * 1000)
     except (CronSimError, ValueError, KeyError, StopIteration):
