@@ -23,6 +23,17 @@ from .conftest import NodeBull
 pytestmark = [pytest.mark.bullmq, pytest.mark.slow]
 
 
+def upsert_add(
+    node_bull: NodeBull, spec: dict[str, Any], scheduler: str, repeat: Any, data: Any
+) -> str:
+    """Node's `queue.upsertJobScheduler` of "add" jobs; the first iteration's id."""
+    template = {"name": "add", "data": data}
+    made = node_bull(
+        spec, command="upsert_scheduler", id=scheduler, repeat=repeat, template=template
+    )
+    return str(made["id"])
+
+
 async def test_a_conveyor_schedule_is_a_job_scheduler_node_lists_and_runs(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:
@@ -74,13 +85,7 @@ async def test_node_upserting_a_conveyor_schedule_takes_it_over(
     app.declare("add")
     async with app:
         await app.recurring("shared", "add", {"a": 0, "b": 0}, every=3600, catch_up="all")
-        first = node_bull(
-            spec,
-            command="upsert_scheduler",
-            id="shared",
-            repeat={"every": 60_000},
-            template={"name": "add", "data": {"a": 9, "b": 9}},
-        )["id"]
+        first = upsert_add(node_bull, spec, "shared", {"every": 60_000}, {"a": 9, "b": 9})
         (shown,) = await app.list_recurring()
         assert (shown.payload, shown.catch_up, shown.last_run) == ({"a": 9, "b": 9}, "once", None)
         assert shown.every is not None and shown.every.total_seconds() == 60
@@ -96,13 +101,7 @@ async def test_a_node_job_scheduler_runs_on_conveyor_workers_once_per_iteration(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:
     url, spec = bull_queue
-    first = node_bull(
-        spec,
-        command="upsert_scheduler",
-        id="every-second",
-        repeat={"every": 1000},
-        template={"name": "add", "data": {"a": 1, "b": 1}},
-    )["id"]
+    first = upsert_add(node_bull, spec, "every-second", {"every": 1000}, {"a": 1, "b": 1})
     assert first.startswith("repeat:every-second:")
     apps = [Conveyor(url), Conveyor(url)]
     runs: list[str] = []
@@ -167,13 +166,7 @@ async def test_a_pool_of_node_and_conveyor_workers_runs_each_iteration_once(
             if await backend._cmd("EXISTS", ready_key):
                 break
             await asyncio.sleep(0.05)
-        node_bull(
-            spec,
-            command="upsert_scheduler",
-            id="pool",
-            repeat={"every": 500},
-            template={"name": "add", "data": {"a": 1, "b": 2}},
-        )
+        upsert_add(node_bull, spec, "pool", {"every": 500}, {"a": 1, "b": 2})
         async with app.worker(concurrency=2, poll_interval=0.05):
             done = (await node)["done"]
     by_node = [d["id"] for d in done]
@@ -188,12 +181,12 @@ async def test_a_node_cron_scheduler_goes_on_as_cron_parser_says(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:
     url, spec = bull_queue
-    node_bull(
+    upsert_add(
+        node_bull,
         spec,
-        command="upsert_scheduler",
-        id="ny",
-        repeat={"pattern": "30 2 * * *", "tz": "America/New_York", "immediately": True},
-        template={"name": "add", "data": {"a": 4, "b": 4}},
+        "ny",
+        {"pattern": "30 2 * * *", "tz": "America/New_York", "immediately": True},
+        {"a": 4, "b": 4},
     )
     app = Conveyor(url)
     results: list[Any] = []
