@@ -143,6 +143,25 @@ async def test_a_node_job_scheduler_runs_on_conveyor_workers_once_per_iteration(
     assert pending[0] is not None and pending[0]["state"] == "delayed"
 
 
+async def test_cancelling_a_node_schedulers_iteration_skips_that_tick_only(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    first = upsert_add(node_bull, spec, "minutely", {"every": 60_000}, {"a": 1, "b": 1})
+    app = Conveyor(url)
+    app.declare("add")
+    async with app:
+        assert await app.cancel(first)
+        cancelled = await app.get_job(first)
+        assert cancelled is not None and cancelled.state is JobState.CANCELLED
+        (shown,) = await app.list_recurring()
+    assert shown.next_run is not None
+    following = f"repeat:minutely:{round(shown.next_run.timestamp() * 1000)}"
+    assert following != first
+    (pending,) = node_bull(spec, command="get", ids=[following])["jobs"]
+    assert pending is not None and pending["state"] == "delayed"
+
+
 async def test_a_pool_of_node_and_conveyor_workers_runs_each_iteration_once(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:

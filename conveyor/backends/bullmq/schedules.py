@@ -25,7 +25,8 @@ Who fires what:
   BullMQ's updateJobScheduler script, which lets only the current
   iteration's job do so (once per tick). conveyor's scheduler leaves it
   alone; `list_recurring()` shows it. Writing it from conveyor (recurring(),
-  enable, disable) takes it over (schedule_scripts.PUT_SCHEDULE).
+  enable, disable) takes it over (schedule_scripts.PUT_SCHEDULE);
+  cancelling its pending iteration job skips that tick (`cancel`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 
-from conveyor.backends.base import NewJob, ScheduleRecord
+from conveyor.backends.base import CancelResult, NewJob, ScheduleRecord
 from conveyor.backends.bullmq.admin import BullAdmin
 from conveyor.backends.bullmq.calls import now_ms, packed
 from conveyor.backends.bullmq.layout import TIMEOUT_OPTION, QueueKeys, pairs
@@ -271,6 +272,20 @@ class BullSchedules(BullAdmin):
         return out
 
     # ------------------------------------------------------------------ Node's schedulers
+
+    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
+        """Cancelling a Node scheduler's pending iteration skips that tick:
+        the next iteration is added as if a worker had taken it (BullMQ
+        refuses to remove that job, or the scheduler would stop for good)."""
+        result = await super().cancel(job_id, now)
+        if result is CancelResult.CANCELLED and job_id.startswith("repeat:"):
+            queue = await self.queue_of(job_id)
+            if queue is not None:
+                keys = self.keys(queue)
+                fields = pairs(await self._cmd("HGETALL", keys.job(job_id)))
+                if "rjk" in fields:
+                    await self.next_iteration(keys, job_id, fields, now)
+        return result
 
     async def next_iteration(
         self, keys: QueueKeys, job_id: str, fields: dict[str, str], now: float | None
