@@ -226,10 +226,14 @@ async def test_a_node_cron_scheduler_goes_on_as_cron_parser_says(
     assert int(score) == expected
 
 
-# Where conveyor's cron (cronsim) and BullMQ's (cron-parser) agree on a Node
-# scheduler's next tick; a time skipped by spring-forward is where they do
-# not (README, "Coming from BullMQ").
+# A Node scheduler's next tick as conveyor's worker computes it and as
+# cron-parser does: the same, spring-forward gaps included (there conveyor's
+# own schedules follow conveyor's rule; README, "Coming from BullMQ").
 AGREEING = [
+    ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00"),  # 02:30 skipped
+    ("0 * * * *", "America/New_York", "2026-03-08T06:30:00"),  # the hour skipped
+    ("30 2,3 * * *", "America/New_York", "2026-03-08T06:50:00"),
+    ("30 2 * * *", "Australia/Lord_Howe", "2026-10-03T12:00:00"),  # a 30-minute gap
     ("30 1 * * *", "America/New_York", "2026-10-31T12:00:00"),  # fall-back: first 01:30
     ("0 * * * *", "America/New_York", "2026-11-01T05:30:00"),  # the repeated hour runs
     ("*/15 * * * *", "Europe/Berlin", "2026-03-29T00:50:00"),

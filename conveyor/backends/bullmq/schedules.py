@@ -36,7 +36,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -463,14 +463,24 @@ def _node_record(name: str, queue: str, f: dict[str, str], score: float) -> Sche
 def _cron_next(pattern: str, tz: Any, start: Any, after_ms: int) -> int | None:
     """The first tick of a Node scheduler's pattern after `after_ms` (and not
     before its startDate), as cron-parser computes it for standard 5-field
-    patterns; a 6-field one only when its seconds field is 0."""
+    patterns; a 6-field one only when its seconds field is 0.
+
+    conveyor's own rule (cronsim's) runs a wall time skipped by
+    spring-forward at the end of the gap; cron-parser runs it the gap's
+    length later (02:30 in a one-hour gap at 03:30), which is the skipped
+    wall time read with the offset from before the change."""
     fields = pattern.split()
     if len(fields) == 6 and fields[0] in ("0", "00"):
         fields = fields[1:]
+    expr = " ".join(fields)
     try:
         zone = ZoneInfo(str(tz)) if tz else ZoneInfo("UTC")
-        after = max(after_ms, int(float(start or 0))) / 1000
-        cron = CronSim(" ".join(fields), datetime.fromtimestamp(after, zone))
-        return round(next(iter(cron)).timestamp() * 1000)
+        after = datetime.fromtimestamp(max(after_ms, int(float(start or 0))) / 1000, zone)
+        found = next(iter(CronSim(expr, after)))
+        wall = next(iter(CronSim(expr, after.replace(tzinfo=None))))
     except (CronSimError, ValueError, KeyError, StopIteration):
         return None
+    skipped = wall.replace(tzinfo=zone)
+    if skipped.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall:
+        found = skipped  # zoneinfo reads a skipped wall time with the old offset
+    return round(found.timestamp() * 1000)
