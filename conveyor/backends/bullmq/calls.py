@@ -54,9 +54,10 @@ def now_ms(now: float | None) -> int:
 
 class BullConnection(RedisStores):
     """The Redis side of `BullMQBackend` (its base class). What BullMQ's
-    layout has no place for (recurring schedules, locks, the cache, worker
-    presence) is the Redis backend's, under keys of conveyor's own beside
-    the queues: `{<prefix>:conveyor}:...` (see `RedisStores`)."""
+    layout has no place for (locks, the cache, worker presence) is the
+    Redis backend's, under keys of conveyor's own beside the queues:
+    `{<prefix>:conveyor}:...` (see `RedisStores`); recurring schedules are
+    BullMQ job schedulers (schedules.py)."""
 
     def __init__(self, url: str) -> None:
         self.config = parse_url(url)
