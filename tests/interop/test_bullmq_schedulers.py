@@ -143,6 +143,26 @@ async def test_a_node_job_scheduler_runs_on_conveyor_workers_once_per_iteration(
     assert pending[0] is not None and pending[0]["state"] == "delayed"
 
 
+async def test_a_node_schedulers_limit_ends_it_on_a_conveyor_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    url, spec = bull_queue
+    upsert_add(node_bull, spec, "twice", {"every": 300, "limit": 2}, {"a": 0, "b": 1})
+    app = Conveyor(url)
+    runs: list[str] = []
+
+    @app.job("add")
+    async def add(payload: dict[str, int], ctx: Any) -> None:
+        runs.append(ctx.job_id)
+
+    async with app:
+        async with app.worker(concurrency=1, poll_interval=0.05):
+            await asyncio.sleep(2)
+        jobs = await app.list_jobs(name="add", state=JobState.SCHEDULED)
+    assert len(runs) == 2, runs
+    assert jobs == []  # no third iteration waits
+
+
 async def test_cancelling_a_node_schedulers_iteration_skips_that_tick_only(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:
