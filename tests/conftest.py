@@ -20,13 +20,9 @@ the `<name>_urls` fixture of the param being run only, so a test selected with
 
 from __future__ import annotations
 
-import fcntl
-import importlib
 import itertools
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +32,16 @@ from pathlib import Path
 
 import pytest
 import schema_makers
+from availability import free_port, http_answers, require_backend, unavailable
+from google_emulators import (  # noqa: F401  (fixtures, found by name)
+    cloudtasks_emulator,
+    cloudtasks_emulator_host,
+    free_ports,
+    pubsub_bare_urls,
+    pubsub_emulator,
+    pubsub_ordered_urls,
+    pubsub_urls,
+)
 
 from conveyor import settings
 
@@ -79,24 +85,6 @@ def _clean_conveyor_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def unavailable(reason: str) -> None:
-    """Skip with the reason, or fail when $CI is set (DESIGN section 4)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
-def require_backend(name: str, module: str) -> None:
-    """Skip (or, when $CI is set, fail) unless `module` imports cleanly."""
-    try:
-        importlib.import_module(module)
-    except Exception as exc:  # ImportError, or a half-written module's SyntaxError
-        reason = f"{name} backend unavailable: cannot import {module}: {type(exc).__name__}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-        pytest.skip(reason)
-
-
 # --------------------------------------------------------------------------- backends
 
 
@@ -133,13 +121,6 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
     """$CONVEYOR_TEST_REDIS_URL, else the default local port, else a server
@@ -158,7 +139,7 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str |
     if binary is None:
         yield None
         return
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
@@ -257,7 +238,7 @@ def _start_postgres(workdir: Path) -> tuple[str, subprocess.Popen[bytes]] | None
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             *(str(postgres), "-D", str(data), "-p", str(port)),
@@ -335,16 +316,6 @@ def postgres_urls(postgres_server_url: str | None) -> Iterator[Callable[[], str]
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def _http_answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except Exception as exc:  # an HTTP error status still means a server answered
-        return hasattr(exc, "code")
-
-
 @pytest.fixture(scope="session")
 def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
     """$CONVEYOR_TEST_SQS_ENDPOINT, else a moto server started here (its
@@ -361,7 +332,7 @@ def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | Non
     except ImportError:
         yield None
         return
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -371,10 +342,10 @@ def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | Non
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not _http_answers(url):
+    while time.monotonic() < deadline and not http_answers(url):
         time.sleep(0.1)
     try:
-        yield url if _http_answers(url) else None
+        yield url if http_answers(url) else None
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -415,205 +386,6 @@ def sqs_bare_urls(sqs_endpoint: str | None) -> Callable[[], str]:
 @pytest.fixture
 def sqs_fifo_bare_urls(sqs_endpoint: str | None) -> Callable[[], str]:
     return _sqs_maker(sqs_endpoint, True, None)
-
-
-def _pubsub_answers(host: str) -> bool:
-    # The emulator answers plain HTTP on its gRPC port ("Ok" at /).
-    return _http_answers(f"http://{host}/")
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in a session of its own, with all it started
-    (gcloud runs the emulator as a Java child)."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            process.poll()  # reaps gcloud; its Java child is init's to reap
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-    process.wait(timeout=5)
-
-
-@pytest.fixture(scope="session")
-def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
-    """$CONVEYOR_TEST_PUBSUB_EMULATOR_HOST, else gcloud's Pub/Sub emulator
-    started here on a free loopback port (Java: a few seconds), as host:port;
-    None when gcloud or java is missing or it does not come up."""
-    given = settings.env_str(settings.CONVEYOR_TEST_PUBSUB_EMULATOR_HOST)
-    if given:
-        yield given
-        return
-    gcloud = shutil.which("gcloud")
-    if gcloud is None or shutil.which("java") is None:
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("pubsub")
-    host = f"127.0.0.1:{_free_port()}"
-    env = {
-        **os.environ,
-        # A configuration of its own (the emulator keeps its data there), and
-        # no update checks or usage reports: only loopback traffic.
-        "CLOUDSDK_CONFIG": str(workdir / "gcloud"),
-        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
-        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
-    }
-    with open(workdir / "emulator.log", "wb") as out:
-        process = subprocess.Popen(
-            [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port={host}", "--quiet"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group, so its Java child stops with it
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None and not _pubsub_answers(host):
-        time.sleep(0.2)
-    try:
-        yield host if _pubsub_answers(host) else None
-    finally:
-        _stop_group(process)
-
-
-@pytest.fixture
-def pubsub_bare_urls(pubsub_emulator: str | None) -> Callable[[], str]:
-    """Fresh `pubsub://` URLs on the emulator: a topic of their own each,
-    created on first use."""
-    require_backend("pubsub", "conveyor.backends.pubsub")
-    require_backend("pubsub", "google.pubsub_v1")
-    if pubsub_emulator is None:
-        unavailable(
-            "pubsub unavailable: no Pub/Sub emulator (set CONVEYOR_TEST_PUBSUB_EMULATOR_HOST, "
-            "or install gcloud's pubsub-emulator component and java)"
-        )
-
-    def fresh() -> str:
-        topic = f"t{uuid.uuid4().hex[:16]}"
-        return f"pubsub://conveyor-test/{topic}?create=true&emulator={pubsub_emulator}"
-
-    return fresh
-
-
-@pytest.fixture
-def pubsub_urls(
-    pubsub_bare_urls: Callable[[], str], sqlite_urls: Callable[[], str]
-) -> Callable[[], str]:
-    """The same with a SQLite store of their own."""
-    return lambda: f"{pubsub_bare_urls()}&store={sqlite_urls()}"
-
-
-@pytest.fixture
-def pubsub_ordered_urls(
-    pubsub_bare_urls: Callable[[], str], redis_urls: Callable[[], str]
-) -> Callable[[], str]:
-    """Ordered subscriptions (ordering keys), with a Redis store of their own."""
-    return lambda: f"{pubsub_bare_urls()}&ordered=true&store={redis_urls()}"
-
-
-# --------------------------------------------------------------------------- Cloud Tasks
-# The `gcloud-tasks-emulator` package from PyPI pins protobuf < 5, which our
-# virtualenv cannot have, so it gets a virtualenv of its own, made on first
-# use under the cache directory ($CONVEYOR_TEST_CACHE, else
-# ~/.cache/conveyor-tests) and kept for the next runs.
-# $CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST names a running one instead.
-
-EMULATOR = "gcloud-tasks-emulator==0.6.2"
-
-
-def _cache_dir() -> Path:
-    given = os.environ.get("CONVEYOR_TEST_CACHE")
-    return Path(given) if given else Path.home() / ".cache" / "conveyor-tests"
-
-
-def _emulator_venv() -> Path | str:
-    """The emulator's command, installing it on first use; else why not."""
-    venv = _cache_dir() / EMULATOR.replace("==", "-")
-    command = venv / "bin" / "gcloud-tasks-emulator"
-    try:
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        # Several test processes may start at once: one installs, the others wait.
-        with open(venv.parent / (venv.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if command.exists():
-                return command
-            steps = [
-                [sys.executable, "-m", "venv", "--clear", str(venv)],
-                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", EMULATOR],
-            ]
-            for step in steps:
-                done = subprocess.run(step, capture_output=True, text=True, timeout=600)
-                if done.returncode != 0:
-                    return f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot install {EMULATOR} under {venv}: {exc}"
-    return command
-
-
-def _answers(host: str) -> bool:
-    name, _, port = host.rpartition(":")
-    try:
-        with socket.create_connection((name, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def free_ports() -> Callable[[], int]:
-    """A maker of free loopback ports (for servers a test starts itself)."""
-    return _free_port
-
-
-@pytest.fixture(scope="session")
-def cloudtasks_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """host:port of a running emulator, or "!" and why there is none."""
-    given = os.environ.get("CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST")
-    if given:
-        yield given
-        return
-    command = _emulator_venv()
-    if isinstance(command, str):
-        yield "!" + command
-        return
-    port = _free_port()
-    log = tmp_path_factory.mktemp("cloudtasks") / "emulator.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(command), "start", "-p", str(port), "-q"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    host = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None and not _answers(host):
-        time.sleep(0.1)
-    try:
-        if _answers(host):
-            yield host
-        else:
-            yield f"!the emulator did not start: {log.read_text(errors='replace')[-500:]}"
-    finally:
-        _stop_group(process)
-
-
-@pytest.fixture
-def cloudtasks_emulator_host(cloudtasks_emulator: str) -> str:
-    require_backend("cloudtasks", "conveyor.backends.cloudtasks")
-    if cloudtasks_emulator.startswith("!"):
-        unavailable(f"cloudtasks unavailable: no Cloud Tasks emulator ({cloudtasks_emulator[1:]})")
-    return cloudtasks_emulator
-
-
-# --------------------------------------------------------------------------- the matrix
 
 
 @pytest.fixture(params=BACKENDS)

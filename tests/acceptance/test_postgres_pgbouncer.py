@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import textwrap
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from availability import free_port
 
 from conveyor import BackendMisconfiguredError, Conveyor, JobState
 
@@ -47,13 +47,6 @@ def _pgbouncer_binary() -> str | None:
     return shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers(conninfo: str) -> bool:
@@ -86,7 +79,7 @@ def bouncer(
     started: list[subprocess.Popen[bytes]] = []
 
     def start(mode: str, **settings: Any) -> str:
-        port = _free_port()
+        port = free_port()
         name = f"bouncer-{mode}-{port}"
         (tmp_path / f"{name}.users").write_text(f'"{user}" "{server.get("password", "")}"\n')
         extra = "".join(f"{key} = {value}\n" for key, value in settings.items())

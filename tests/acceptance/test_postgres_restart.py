@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from availability import free_port
 
 from conveyor import BackendUnavailableError, Conveyor, JobState
 
@@ -46,22 +47,13 @@ CONCURRENCY = 4
 WORKERS = 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PostgresServer:
     """A PostgreSQL cluster on a free loopback port, trust auth."""
 
     def __init__(self, bindir: Path, workdir: Path) -> None:
         self.bindir, self.workdir = bindir, workdir
         self.data = workdir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._as_postgres = os.geteuid() == 0  # initdb and postgres refuse root
         if self._as_postgres:

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from availability import free_port
 
 from conveyor import BackendUnavailableError, Conveyor, Job, JobState
 from conveyor.worker import STOP_GRACE
@@ -102,13 +103,6 @@ def _count(log: Path, what: str, job_id: str | None = None) -> int:
     return sum(1 for w, j, _, _ in _rows(log) if w == what and job_id in (None, j))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _complete(reply: bytes) -> bool:
     """Whether a simple (+ - :) or bulk ($) reply is all there."""
     head, sep, rest = reply.partition(b"\r\n")
@@ -129,7 +123,7 @@ class RedisServer:
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary = binary
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from availability import free_port
 
 from conveyor import BackendUnavailableError, Conveyor, InvalidOptionError, JobState
 from conveyor.backends.redis.url import RedisURL
@@ -23,13 +23,6 @@ from conveyor.backends.redis.url import RedisURL
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 SERVICE = "jobs-master"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _client(port: int) -> redis.Redis:
@@ -71,7 +64,7 @@ def sentinel_setup(tmp_path: Path) -> Iterator[Sentinel]:
         if os.environ.get("CI"):
             pytest.fail("no redis-server binary on PATH")
         pytest.skip("no redis-server binary on PATH")
-    ports = Sentinel(_free_port(), _free_port(), _free_port())
+    ports = Sentinel(free_port(), free_port(), free_port())
     config = tmp_path / "sentinel.conf"  # Sentinel rewrites it: it must be a writable file
     config.write_text(
         f"port {ports.sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
@@ -158,7 +151,7 @@ def test_a_bad_sentinel_url_is_refused(url: str, message: str) -> None:
 
 async def test_jobs_follow_the_master_through_a_failover(sentinel_setup: Sentinel) -> None:
     ports = sentinel_setup
-    dead = _free_port()  # the first sentinel listed is down: the next one answers
+    dead = free_port()  # the first sentinel listed is down: the next one answers
     app = Conveyor(f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{ports.sentinel}/{SERVICE}/0")
     ran: list[int] = []
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import unavailable
+from availability import unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 

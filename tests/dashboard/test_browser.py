@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import _free_port
+from availability import free_port
 from recipes.helpers import Child, python
 
 from conveyor import Conveyor, JobState, settings
@@ -98,7 +98,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     producer.declare("email.welcome", retries=0)
     producer.declare("report.build", queue="reports")
     blocking(producer.enqueue_sync, "report.build", {"rows": 1})  # creates the database file
-    port = _free_port()
+    port = free_port()
     worker = Child(python("-m", "conveyor", "worker", "webapp:app"), cwd=tmp_path, env=env)
     server = Child(
         python("-m", "conveyor", "dashboard", "webapp:app", "--port", str(port)),

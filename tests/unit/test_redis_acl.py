@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from availability import free_port
 
 from conveyor import BackendUnavailableError, Conveyor, JobState
 
@@ -34,13 +35,6 @@ def _ask(port: int, *commands: bytes) -> bytes:
         return reply
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def acl_server(tmp_path: Path) -> Iterator[int]:
     """A redis-server whose default user has a password, with the ACL user
@@ -48,7 +42,7 @@ def acl_server(tmp_path: Path) -> Iterator[int]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("no redis-server binary on PATH")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),

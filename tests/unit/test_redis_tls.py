@@ -17,17 +17,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from availability import free_port
 
 from conveyor import BackendUnavailableError, Conveyor, InvalidOptionError, JobState
 
 pytestmark = pytest.mark.redis
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _openssl(folder: Path, *args: str) -> None:
@@ -102,7 +96,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
     _signed(folder, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     _ec_key_and_request(folder, "client", "/CN=conveyor test client")
     _signed(folder, "client", "ca", "extendedKeyUsage=clientAuth\n")
-    server = TLSServer(_free_port(), folder)
+    server = TLSServer(free_port(), folder)
     with (folder / "redis.log").open("wb") as log:  # the server keeps its own copy
         process = subprocess.Popen(
             [
