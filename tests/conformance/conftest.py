@@ -117,3 +117,28 @@ async def app(make_app: MakeApp) -> Conveyor:
 @pytest.fixture
 def worker() -> Callable[..., Worker]:
     return fast_worker
+
+
+Peer = Callable[[], Awaitable[Conveyor]]
+
+
+@pytest.fixture
+async def peer(app: Conveyor, backend_name: str, make_app: Any) -> AsyncIterator[Peer]:
+    """A second Conveyor on the same store as `app`, with no job types.
+
+    memory:// gives every Conveyor its own store, so on memory the peer
+    shares `app`'s backend object; elsewhere it opens the same URL anew."""
+    shared: list[Conveyor] = []
+
+    async def make() -> Conveyor:
+        if backend_name != "memory":
+            made: Conveyor = await make_app()
+            return made
+        other = Conveyor(app.url, backend=app.backend)
+        await other.open()
+        shared.append(other)
+        return other
+
+    yield make
+    for other in shared:
+        await asyncio.to_thread(other.portal.stop)
