@@ -277,3 +277,70 @@ async def test_a_killed_node_workers_job_is_recovered_by_conveyor(
         "finished by conveyor",
         1,
     )
+
+
+async def test_a_queues_global_concurrency_holds_for_a_conveyor_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    """Node's queue.setGlobalConcurrency(1) (in the queue's meta hash) is read
+    by BullMQ's claim script: a conveyor worker of concurrency 4 runs the
+    queue's jobs one at a time, and all of them."""
+    url, spec = bull_queue
+    ids = node_bull(
+        spec,
+        command="add",
+        global_concurrency=1,
+        jobs=[{"name": "slow", "data": {"n": n}} for n in range(6)],
+    )["ids"]
+    app = Conveyor(url)
+    running: list[int] = []
+    most = 0
+
+    @app.job("slow")
+    async def slow(payload: dict[str, int]) -> int:
+        nonlocal most
+        running.append(payload["n"])
+        most = max(most, len(running))
+        await asyncio.sleep(0.1)
+        running.remove(payload["n"])
+        return payload["n"]
+
+    await app.open()
+    try:
+        async with app.worker(concurrency=4, poll_interval=0.05):
+            done = [await app.wait(i, timeout=20) for i in ids]
+    finally:
+        await app.close()
+    assert [job.state for job in done] == [JobState.COMPLETED] * 6
+    assert most == 1
+
+
+async def test_a_queues_global_rate_limit_holds_for_a_conveyor_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    """Node's queue.setGlobalRateLimit(2, 500): BullMQ's claim script lets 2
+    jobs start per 500 ms window, whoever claims; a conveyor worker waits the
+    window out and runs them all."""
+    url, spec = bull_queue
+    ids = node_bull(
+        spec,
+        command="add",
+        global_rate_limit=[2, 500],
+        jobs=[{"name": "quick", "data": {"n": n}} for n in range(6)],
+    )["ids"]
+    app = Conveyor(url)
+    started: list[float] = []
+
+    @app.job("quick")
+    async def quick(payload: dict[str, int]) -> None:
+        started.append(asyncio.get_running_loop().time())
+
+    await app.open()
+    try:
+        async with app.worker(concurrency=4, poll_interval=0.05):
+            done = [await app.wait(i, timeout=20) for i in ids]
+    finally:
+        await app.close()
+    assert [job.state for job in done] == [JobState.COMPLETED] * 6
+    # Windows of 500 ms: the 5th job starts in the third, 1 s after the first.
+    assert started[4] - started[0] >= 0.95

@@ -3,7 +3,9 @@
 //   {"command": "add" | "get" | "work", "redis": {host, port, db},
 //    "prefix": "...", "queue": "...", ...}
 // and one JSON line on stdout with the answer.
-//   add:  {"jobs": [{"name", "data", "opts"}]}  -> {"ids": [...]}
+//   add:  {"jobs": [{"name", "data", "opts"}], "global_concurrency"?: N,
+//          "global_rate_limit"?: [max, ms]}  -> {"ids": [...]}
+//         (queue.setGlobalConcurrency / setGlobalRateLimit first, when given)
 //   get:  {"ids": [...]}                         -> {"jobs": [{id, name, data, returnvalue,
 //                                                     failedReason, stacktrace, attemptsMade,
 //                                                     state, progress, logs}]}
@@ -44,6 +46,8 @@ function print(value) {
 
 async function add() {
   const queue = new Queue(spec.queue, options);
+  if (spec.global_concurrency) await queue.setGlobalConcurrency(spec.global_concurrency);
+  if (spec.global_rate_limit) await queue.setGlobalRateLimit(...spec.global_rate_limit);
   const ids = [];
   for (const job of spec.jobs) {
     const added = await queue.add(job.name, job.data, job.opts || {});
