@@ -403,6 +403,10 @@ class ChaosRun:
     def stop_workers(self) -> None:
         """SIGTERM every worker; complain of those that do not exit cleanly."""
         for worker in self.workers:
+            # One spawned after the last hit may still be importing: a SIGTERM
+            # then ends the interpreter (-15) before its handler is set, which
+            # says nothing about shutdown (seen in CI on a busy machine).
+            eventually(partial(self.is_ready, worker), f"worker {worker.pid} to start", 60)
             worker.signal(signal.SIGTERM)
             self.leaving[worker.pid] = (worker, time.monotonic() + WAIT)
         self.workers = []

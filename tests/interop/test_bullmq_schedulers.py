@@ -194,11 +194,19 @@ async def test_a_pool_of_node_and_conveyor_workers_runs_each_iteration_once(
         runs.append(ctx.job_id)
 
     ready_key = f"{spec['prefix']}:node-worker-ready"
+    stop_key = f"{spec['prefix']}:node-worker-stop"
+    completed = f"{spec['prefix']}:{spec['queue']}:completed"
     async with app:
         backend: Any = app.backend
         node = asyncio.create_task(
             asyncio.to_thread(
-                node_bull, spec, command="work", count=1000, timeout_ms=4_500, ready_key=ready_key
+                node_bull,
+                spec,
+                command="work",
+                count=1000,
+                timeout_ms=60_000,
+                ready_key=ready_key,
+                stop_key=stop_key,
             )
         )
         for _ in range(600):  # Node's start takes seconds on a busy machine
@@ -207,6 +215,12 @@ async def test_a_pool_of_node_and_conveyor_workers_runs_each_iteration_once(
             await asyncio.sleep(0.05)
         upsert_add(node_bull, spec, "pool", {"every": 500}, {"a": 1, "b": 2})
         async with app.worker(concurrency=2, poll_interval=0.05):
+            # Until six iterations ran (by either side), not for a fixed time:
+            # on a busy machine a few seconds may see only two.
+            deadline = time.monotonic() + 45
+            while await backend._cmd("ZCARD", completed) < 6 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await backend._cmd("SET", stop_key, "1")
             done = (await node)["done"]
     by_node = [d["id"] for d in done]
     every = sorted(int(i.rsplit(":", 1)[1]) for i in runs + by_node)
