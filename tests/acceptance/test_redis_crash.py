@@ -290,6 +290,9 @@ def test_killed_worker_job_is_run_again_by_the_next_worker(
     # Kill only once the quick jobs are acknowledged: one killed mid-run would
     # rightly run twice (at-least-once), and this test checks the others don't.
     eventually(lambda: _stats(producer).get("completed") == 10, "the first quick jobs")
+    # The worker logs `acked` once the backend's answer reached it, a moment
+    # after the state shows in Redis: killed in between, a line is missing.
+    eventually(lambda: _count(log, "acked") == 10, "the first quick jobs' acked lines")
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
 
@@ -301,6 +304,7 @@ def test_killed_worker_job_is_run_again_by_the_next_worker(
     assert done.attempts == 2
     assert done.result == {"attempt": 2, "pid": second.pid}
     eventually(lambda: _stats(producer).get("completed") == 21, "the second quick jobs")
+    eventually(lambda: _count(log, "acked") == 21, "every acked line")
     assert _stats(producer) == {
         "scheduled": 0,
         "queued": 0,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -70,10 +71,28 @@ async def test_retention_trims_in_batches_and_stays_bounded(
         await app.close()
 
 
+@pytest.fixture
+def own_database_url(postgres_urls: Callable[[], str]) -> Iterator[str]:
+    """A database of its own: VACUUM cannot remove rows that a transaction
+    open elsewhere in the same database may still see, and the tests running
+    beside this one (other parts of the suite) share the `test` database."""
+    import psycopg
+
+    server = postgres_urls().split("?")[0]
+    name = f"conveyor_vacuum_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def test_the_backend_vacuums_its_jobs_table_when_dead_rows_pile_up(
-    postgres_urls: Callable[[], str],
+    own_database_url: str,
 ) -> None:
-    app = noop_app(postgres_urls(), keep_completed=10)
+    app = noop_app(own_database_url, keep_completed=10)
     try:
         await app.open()
         before = await table_stats(app)
