@@ -4,13 +4,17 @@ tests/interop's)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, JobState
+from conveyor import Conveyor
+from conveyor.backends.base import Outcome, OutcomeKind, Retention
+from conveyor.backends.bullmq import BullMQBackend
 from conveyor.backends.bullmq.url import parse_url
-from conveyor.job import BackendUnavailableError, InvalidOptionError
+from conveyor.job import AttemptOutcome, BackendUnavailableError, InvalidOptionError, JobState
 
 
 def test_the_url_names_the_server_the_default_queue_and_the_prefix() -> None:
@@ -151,3 +155,80 @@ async def test_waiting_leaves_a_later_markers_wake_up_for_other_workers(
         assert after == before
     finally:
         await app.close()
+
+
+async def test_outcomes_and_the_next_claim_take_one_round_trip_each(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """A worker's loop ends a batch of jobs and claims the next ones: the
+    outcomes ride in the claim's first round trip (by name: the second moves
+    the jobs), not two round trips per outcome."""
+    app = Conveyor(bullmq_urls())
+    await app.open()
+    backend = app.backend
+    assert isinstance(backend, BullMQBackend)
+    app.declare("n")
+    await app.enqueue_many([("n", {"i": i}) for i in range(20)])
+    first = await backend.claim(["default"], 10, 30.0, names=["n"])
+    assert [job.payload for job in first] == [{"i": i} for i in range(10)]
+    outcomes = [
+        Outcome(job.id, job.token or "", OutcomeKind.COMPLETED, time.time(), result="null")
+        for job in first
+    ]
+    trips = 0
+    send = backend._pipe
+
+    async def counted(commands: Sequence[Sequence[Any]]) -> list[Any]:
+        nonlocal trips
+        trips += 1
+        return await send(commands)
+
+    backend._pipe = counted  # type: ignore[method-assign]
+    accepted, second = await backend.finish_and_claim(
+        outcomes, Retention(), ["default"], 10, 30.0, names=["n"]
+    )
+    assert trips == 2
+    assert accepted == [True] * 10
+    assert [job.payload for job in second] == [{"i": i} for i in range(10, 20)]
+    trips = 0
+    assert (
+        await backend.finish(
+            [
+                Outcome(job.id, job.token or "", OutcomeKind.COMPLETED, time.time(), result="1")
+                for job in second
+            ],
+            Retention(),
+        )
+        == [True] * 10
+    )
+    assert trips == 1
+    # The history each outcome wrote is built from what its claim read.
+    done = await app.get_job(first[0].id)
+    assert done is not None and done.state is JobState.COMPLETED
+    assert [(a["attempt"], a["outcome"]) for a in done.history] == [
+        (1, AttemptOutcome.COMPLETED.value)
+    ]
+    await app.close()
+
+
+@pytest.mark.bullmq
+async def test_a_claim_by_name_passes_over_other_names_in_order(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """Jobs of names this worker does not serve stay where they were, and
+    the served ones come in enqueue order, however deep they sit."""
+    app = Conveyor(bullmq_urls())
+    await app.open()
+    backend = app.backend
+    app.declare("n")
+    app.declare("other")
+    names = ["other"] * 5 + ["n", "other", "n", "n"]
+    await app.enqueue_many([(name, {"i": i}) for i, name in enumerate(names)])
+    mine = await backend.claim(["default"], 2, 30.0, names=["n"])
+    assert [job.payload for job in mine] == [{"i": 5}, {"i": 7}]
+    rest = await backend.claim(["default"], 10, 30.0, names=["n"])
+    assert [job.payload for job in rest] == [{"i": 8}]
+    others = await backend.claim(["default"], 10, 30.0, names=["other"])
+    assert [job.payload for job in others] == [{"i": i} for i in (0, 1, 2, 3, 4, 6)]
+    assert {job.attempts for job in others} == {1}
+    await app.close()

@@ -36,7 +36,14 @@ from conveyor.backends.base import (
     Retention,
     attempt_outcome,
 )
-from conveyor.backends.bullmq.calls import flat, millis, now_ms, packed, stamp_ms
+from conveyor.backends.bullmq.calls import (
+    flat,
+    history_with,
+    millis,
+    now_ms,
+    packed,
+    stamp_ms,
+)
 from conveyor.backends.bullmq.consume import BullConsumer, attempts_option
 from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
@@ -46,6 +53,7 @@ from conveyor.backends.bullmq.layout import (
     TIMEOUT_OPTION,
     QueueKeys,
 )
+from conveyor.backends.redis.resp import Arg
 from conveyor.job import InvalidOptionError, Job
 
 # BullMQ's largest priority (2^21).
@@ -184,7 +192,6 @@ class BullMQBackend(BullConsumer):
         the lock token is checked) carry the history with this attempt;
         `attempts` is the job's BullMQ attempts (for a failure's events)."""
         at = millis(o.at)
-        failure = {"stacktrace": json.dumps([o.traceback] if o.traceback else []), HISTORY: history}
         if o.kind is OutcomeKind.COMPLETED:
             result = o.result or "null"
             keep = retention.keep_completed
@@ -198,6 +205,7 @@ class BullMQBackend(BullConsumer):
                 at,
                 {"progress": "100", HISTORY: history},
             )
+        failure = {"stacktrace": json.dumps([o.traceback] if o.traceback else []), HISTORY: history}
         if o.kind in (OutcomeKind.FAILED, OutcomeKind.CANCELLED):
             fields = {**failure, CANCELLED: "1"} if o.kind is OutcomeKind.CANCELLED else failure
             reason = o.error or o.kind.value
@@ -248,16 +256,46 @@ class BullMQBackend(BullConsumer):
         )
 
     async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
-        done: list[bool] = []
+        commands, slots = await self._outcome_commands(outcomes, retention)
+        return self._accepted(outcomes, slots, await self.run(commands))
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        retention: Retention,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> tuple[list[bool], list[Job]]:
+        """The outcomes' scripts go in the claim's first round trip."""
+        commands, slots = await self._outcome_commands(outcomes, retention)
+        replies, jobs = await self.claim_after(
+            commands, queues, limit, lease, now, claim_id=claim_id, names=names
+        )
+        return self._accepted(outcomes, slots, replies), jobs
+
+    async def _outcome_commands(
+        self, outcomes: Sequence[Outcome], retention: Retention
+    ) -> tuple[list[list[Arg]], list[bool | int]]:
+        """One pipeline that ends `outcomes`: each one's log lines, then
+        BullMQ's script for it. Per outcome, where its script's reply will be
+        in that pipeline, or its answer when already known (no such job, a
+        hand-back)."""
+        commands: list[list[Arg]] = []
+        slots: list[bool | int] = []
         for o in outcomes:
             queue = await self.queue_of(o.job_id)
             if queue is None:
-                done.append(False)
+                slots.append(False)
                 continue
             keys = self.keys(queue)
-            await self.add_logs(keys, o.job_id, o.logs)
             if o.kind is OutcomeKind.QUEUED:
-                done.append(await self.hand_back(keys, o.job_id, o.token, o.at))
+                await self.add_logs(keys, o.job_id, o.logs)
+                slots.append(await self.hand_back(keys, o.job_id, o.token, o.at))
                 continue
             attempts = 0
             if o.kind is not OutcomeKind.COMPLETED:
@@ -273,9 +311,27 @@ class BullMQBackend(BullConsumer):
             if o.progress is not None:
                 await self.progress(o.job_id, o.token, o.progress, [])
             outcome = attempt_outcome(o.kind, timed_out=o.timed_out)
-            history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
-            command = self._outcome_command(keys, o, retention, history, attempts)
-            (reply,) = await self.run([command])
+            fields = self._claim_fields.pop(o.job_id, None)
+            if fields is None:  # claimed by another process, or another backend here
+                history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
+            else:
+                history = history_with(fields, outcome, o.at, o.error)
+            commands += self.log_commands(keys, o.job_id, o.logs)
+            slots.append(len(commands))
+            commands.append(self._outcome_command(keys, o, retention, history, attempts))
+        return commands, slots
+
+    def _accepted(
+        self, outcomes: Sequence[Outcome], slots: Sequence[bool | int], replies: Sequence[Any]
+    ) -> list[bool]:
+        """Whether each outcome was taken: a script's negative answer is
+        BullMQ's refusal (the lock token no longer holds, the job is gone)."""
+        done: list[bool] = []
+        for o, slot in zip(outcomes, slots, strict=True):
+            if isinstance(slot, bool):
+                done.append(slot)
+                continue
+            reply = replies[slot]
             ok = not isinstance(reply, int) or reply >= 0
             if ok:
                 self._claimed.pop(o.job_id, None)

@@ -52,6 +52,27 @@ def now_ms(now: float | None) -> int:
     return millis(time.time() if now is None else now)
 
 
+#: what an attempt's history entry is built from, as a job hash holds it:
+#: `ats` (attempts started), `processedOn` and conveyor's history (JSON)
+AttemptFields = tuple[str | None, str | None, str | None]
+
+
+def history_with(
+    fields: AttemptFields, outcome: AttemptOutcome, finished_at: float, error: str | None
+) -> str:
+    """The history (JSON) of a job whose hash holds `fields`, with the
+    attempt that ends now appended."""
+    attempts, started, history = fields
+    entry = stored_entry(
+        int(attempts or 0),
+        int(started) / 1000 if started else None,
+        finished_at,
+        outcome,
+        error,
+    )
+    return json.dumps(with_entry(json.loads(history) if history else [], entry))
+
+
 class BullConnection(RedisStores):
     """The Redis side of `BullMQBackend` (its base class). What BullMQ's
     layout has no place for (locks, the cache, worker presence) is the
@@ -75,6 +96,12 @@ class BullConnection(RedisStores):
         # failure), (conveyor queue, id): the next lease recovery reports
         # them, so the worker says job.failed for them as for its own.
         self._failed_at_claim: list[tuple[str, str]] = []
+        # The history fields a claim here read back from each job it took
+        # (moveToActive answers with the hash). Nothing else writes them while
+        # the claim's lock holds, and the outcome's write is fenced by that
+        # lock, so the outcome builds its history entry from them instead of
+        # reading the hash again.
+        self._claim_fields: dict[str, AttemptFields] = {}
 
     def __repr__(self) -> str:
         return f"<BullMQBackend {self._settings.display()} queue={self.config.queue}>"
@@ -164,16 +191,8 @@ class BullConnection(RedisStores):
         now_attempts, now_started, history = await self._cmd(
             "HMGET", keys.job(job_id), "ats", "processedOn", HISTORY
         )
-        attempts = attempts or now_attempts
-        started = started or now_started
-        entry = stored_entry(
-            int(attempts or 0),
-            int(started) / 1000 if started else None,
-            finished_at,
-            outcome,
-            error,
-        )
-        return json.dumps(with_entry(json.loads(history) if history else [], entry))
+        fields = (attempts or now_attempts, started or now_started, history)
+        return history_with(fields, outcome, finished_at, error)
 
     async def record_attempt(
         self,

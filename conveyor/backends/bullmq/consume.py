@@ -21,12 +21,14 @@ from conveyor.backends.bullmq.calls import flat, millis, now_ms, packed
 from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
     CANCELLED,
+    HISTORY,
     QueueKeys,
     job_from_hash,
     pairs,
 )
 from conveyor.backends.bullmq.own_scripts import BRING_FORWARD, HAND_BACK
 from conveyor.backends.bullmq.schedules import BullSchedules
+from conveyor.backends.redis.resp import Arg
 from conveyor.job import AttemptOutcome, Job, JobState
 
 # How conveyor names itself where BullMQ's scripts record a worker's name.
@@ -78,22 +80,41 @@ class BullConsumer(BullSchedules):
         """One BullMQ queue per conveyor queue: from one, a batch; from
         several, one job at a time from the queue whose head comes first by
         (priority, enqueue time), as one queue would order them."""
+        _, jobs = await self.claim_after(
+            [], queues, limit, lease, now, claim_id=claim_id, names=names
+        )
+        return jobs
+
+    async def claim_after(
+        self,
+        before: Sequence[Sequence[Arg]],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        *,
+        claim_id: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> tuple[list[Any], list[Job]]:
+        """`claim`, with the commands `before` sent ahead of it, in its first
+        round trip where it claims from one queue: their replies, and the jobs."""
         token = claim_id or uuid.uuid4().hex
         await self.note_queues(queues)
         served = None if names is None else set(names)
         if len(queues) == 1:
-            return await self._claim_from(queues[0], limit, lease, now, token, served)
+            return await self._claim_from(queues[0], limit, lease, now, token, served, before)
+        ahead = await self.run(before)
         claimed: list[Job] = []
         while len(claimed) < limit:
             got: list[Job] = []
             for queue in await self._by_head(queues):
-                got = await self._claim_from(queue, 1, lease, now, token, served)
+                _, got = await self._claim_from(queue, 1, lease, now, token, served)
                 if got:
                     break
             if not got:
                 break
             claimed += got
-        return claimed
+        return ahead, claimed
 
     async def _by_head(self, queues: Sequence[str]) -> list[str]:
         """The queues ordered by their next job: unprioritised (BullMQ's wait
@@ -136,15 +157,21 @@ class BullConsumer(BullSchedules):
         now: float | None,
         token: str,
         served: set[str] | None,
-    ) -> list[Job]:
+        before: Sequence[Sequence[Arg]] = (),
+    ) -> tuple[list[Any], list[Job]]:
         """Up to `limit` jobs of `queue` by BullMQ's moveToActive; of
         `served` names only (None: any), which own_scripts.BRING_FORWARD
         puts at the head first. A job of another name that still comes (a
-        delayed one promoted by the claim itself) goes back in front."""
+        delayed one promoted by the claim itself) goes back in front.
+        `before`: commands sent ahead in the claim's first round trip
+        (outcomes, by finish_and_claim); their replies come first."""
         keys = self.keys(queue)
-        calls = limit
-        if served is not None:
-            found, due = await self._cmd(
+        move = self._move_to_active(keys, token, lease, now)
+        if served is None:
+            replies = await self.run([*before, *[move] * limit])
+            ahead, replies = replies[: len(before)], replies[len(before) :]
+        else:
+            bring: list[Arg] = [
                 "EVAL",
                 BRING_FORWARD,
                 3,
@@ -154,11 +181,10 @@ class BullConsumer(BullSchedules):
                 MAX_PASSED_OVER,
                 now_ms(now),
                 *sorted(served),
-            )
+            ]
+            *ahead, (found, due) = await self.run([*before, bring])
             calls = min(int(found) + int(due), limit)
-            if calls == 0:
-                return []
-        replies = await self.run([self._move_to_active(keys, token, lease, now)] * calls)
+            replies = await self.run([move] * calls) if calls else []
         claimed: list[Job] = []
         passed_over: list[str] = []
         for reply in replies:
@@ -176,12 +202,17 @@ class BullConsumer(BullSchedules):
                 passed_over.append(job_id)
             else:
                 self._claimed[job_id] = queue
+                self._claim_fields[job_id] = (
+                    fields.get("ats"),
+                    fields.get("processedOn"),
+                    fields.get(HISTORY),
+                )
                 claimed.append(job_from_hash(job_id, queue, fields, JobState.RUNNING, token=token))
                 if "rjk" in fields:  # a job scheduler's iteration, as Node's worker does
                     await self.next_iteration(keys, job_id, fields, now)
         for job_id in reversed(passed_over):  # the last taken goes back first
             await self._put_back(keys, job_id, token, "passed")
-        return claimed
+        return ahead, claimed
 
     async def _fail_deferred(
         self,
@@ -259,6 +290,7 @@ class BullConsumer(BullSchedules):
         if not await self._put_back(keys, job_id, token, "front"):
             return False
         self._claimed.pop(job_id, None)
+        self._claim_fields.pop(job_id, None)
         outcome = AttemptOutcome.CANCELLED if cancel else AttemptOutcome.HANDED_BACK
         await self.record_attempt(keys, job_id, outcome, at, None, attempts, started)
         if cancel:
@@ -315,18 +347,22 @@ class BullConsumer(BullSchedules):
             statuses.append(LeaseStatus.CANCEL if cancel else LeaseStatus.HELD)
         return statuses
 
+    def log_commands(
+        self, keys: QueueKeys, job_id: str, logs: Sequence[dict[str, Any]]
+    ) -> list[list[Arg]]:
+        """BullMQ's addLog for each of a job's log lines."""
+        return [
+            self.call(
+                "addLog",
+                [keys.job(job_id), keys.job(job_id) + ":logs"],
+                [job_id, self.log_line(entry), ""],
+            )
+            for entry in logs
+        ]
+
     async def add_logs(self, keys: QueueKeys, job_id: str, logs: Sequence[dict[str, Any]]) -> None:
         if logs:
-            await self.run(
-                [
-                    self.call(
-                        "addLog",
-                        [keys.job(job_id), keys.job(job_id) + ":logs"],
-                        [job_id, self.log_line(entry), ""],
-                    )
-                    for entry in logs
-                ]
-            )
+            await self.run(self.log_commands(keys, job_id, logs))
 
     async def progress(
         self,
@@ -384,6 +420,7 @@ class BullConsumer(BullSchedules):
             ours: list[str] = []
             for job_id in stalled:
                 self._claimed.pop(job_id, None)
+                self._claim_fields.pop(job_id, None)
                 if await self._after_stall(keys, job_id, at, max_stalled):
                     ours.append(job_id)
             found = await self.read_jobs([(queue, i) for i in ours])

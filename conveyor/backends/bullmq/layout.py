@@ -16,6 +16,7 @@ attempts conveyor saw end).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,9 +83,15 @@ class QueueKeys:
     def job(self, job_id: str) -> str:
         return self.base + job_id
 
-    def many(self, suffixes: str) -> list[str]:
+    def many(self, suffixes: str) -> tuple[str, ...]:
         """The keys of space-separated suffixes, in order (as a script's KEYS)."""
-        return [self.base + suffix for suffix in suffixes.split()]
+        return _many(self.base, suffixes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _many(base: str, suffixes: str) -> tuple[str, ...]:
+    # Every claim and outcome names a dozen keys of one queue: built once.
+    return tuple(base + suffix for suffix in suffixes.split())
 
 
 def pairs(flat: Sequence[Any]) -> dict[str, str]:

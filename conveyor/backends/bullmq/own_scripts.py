@@ -26,9 +26,10 @@ BullMQ's moveToActive cannot (it takes the head): it finds, in the order
 moveToActive takes them (the wait list from its right end, then the
 prioritized set), the next `wanted` jobs of a served name among the first
 `scan` of each, and puts them at the right end of the wait list in that
-order, so the moveToActive calls that follow take them. It answers {found,
-due}: due is 1 when a delayed job is due (moveToActive promotes it, so one
-more call is worth making), else 0.
+order, so the moveToActive calls that follow take them (when they are the
+right end already, as when no job of another name is ahead, nothing moves).
+It answers {found, due}: due is 1 when a delayed job is due (moveToActive
+promotes it, so one more call is worth making), else 0.
 KEYS: wait, prioritized, delayed. ARGV: the queue's key base, wanted, scan,
 now (ms), the served names...
 """
@@ -85,21 +86,39 @@ local served = {}
 for i = 5, #ARGV do served[ARGV[i]] = true end
 local function is_served(id) return served[redis.call("HGET", base .. id, "name") or ""] end
 local found, from_wait = {}, {}
-local waiting = redis.call("LRANGE", KEYS[1], -scan, -1)
-for i = #waiting, 1, -1 do
-  if #found >= wanted then break end
-  if is_served(waiting[i]) then table.insert(found, waiting[i]); from_wait[waiting[i]] = true end
+-- The wait list is read from its right end in chunks that double, so that a
+-- claim whose next jobs are all served (the usual case) reads only those.
+local in_place = true -- so far every job read is served: found = the right end, in order
+local seen, chunk = 0, math.max(wanted, 1)
+while #found < wanted and seen < scan do
+  local part = redis.call("LRANGE", KEYS[1], -math.min(seen + chunk, scan), -(seen + 1))
+  if #part == 0 then break end
+  for i = #part, 1, -1 do
+    if #found >= wanted then break end
+    if is_served(part[i]) then
+      table.insert(found, part[i]); from_wait[part[i]] = true
+    else
+      in_place = false
+    end
+  end
+  seen, chunk = seen + #part, chunk * 2
 end
 if #found < wanted then
   for _, id in ipairs(redis.call("ZRANGE", KEYS[2], 0, scan - 1)) do
     if #found >= wanted then break end
-    if is_served(id) then table.insert(found, id) end
+    if is_served(id) then table.insert(found, id); in_place = false end
   end
 end
-for i = #found, 1, -1 do
-  local id = found[i]
-  if from_wait[id] then redis.call("LREM", KEYS[1], 1, id) else redis.call("ZREM", KEYS[2], id) end
-  redis.call("RPUSH", KEYS[1], id)
+if not in_place then
+  for i = #found, 1, -1 do
+    local id = found[i]
+    if from_wait[id] then
+      redis.call("LREM", KEYS[1], -1, id) -- from the right end, which it is near
+    else
+      redis.call("ZREM", KEYS[2], id)
+    end
+    redis.call("RPUSH", KEYS[1], id)
+  end
 end
 local due_by = tonumber(ARGV[4]) * 0x1000 + 0xfff
 local due = #redis.call("ZRANGEBYSCORE", KEYS[3], 0, due_by, "LIMIT", 0, 1)
