@@ -30,13 +30,31 @@ COLUMNS = [
 
 #: the peer every ratio is taken against, per suite; None: the best Python peer
 #: of each column. procrastinate is the reference the PostgreSQL targets name;
-#: Celery is the one other job queue of the SQS suite.
-RATIO_PEER: dict[str, str | None] = {"redis": None, "postgres": "procrastinate", "sqs": "celery"}
+#: Celery is the one other job queue of the SQS suite; BullMQ's own Node worker
+#: is what conveyor on bullmq:// is measured against.
+RATIO_PEER: dict[str, str | None] = {
+    "redis": None,
+    "postgres": "procrastinate",
+    "sqs": "celery",
+    "bullmq": "bullmq",
+}
 TITLES = {
     "redis": "Redis job queues",
     "postgres": "PostgreSQL job queues",
     "sqs": "SQS job queues (on moto, a local SQS emulator)",
+    "bullmq": "conveyor on BullMQ's layout (bullmq://) and BullMQ's Node worker",
 }
+#: printed with every bullmq report, and in benchmarks/README.md
+BULLMQ_NOTE = (
+    "**One layout, two workers.** conveyor's rows run on "
+    "`bullmq://127.0.0.1:6379/<db>?queue=bench&prefix=bull`: BullMQ's Redis layout, moved by "
+    "BullMQ's own Lua scripts (those of npm bullmq 6.4.0, shipped by PyPI bullmq 3.4.4). The "
+    "bullmq rows are BullMQ 6.4.0's own Node `Queue` and `Worker` on the same queue and "
+    "prefix, each peer in a Redis DB of its own. Retention differs by default: BullMQ keeps "
+    "every completed job, conveyor the last 1,000, which BullMQ's moveToFinished script trims "
+    "at every completion; bullmq_keep1000 is BullMQ's worker told to keep 1,000 too "
+    "(`removeOnComplete: {count: 1000}`), the same work per job as conveyor's rows."
+)
 #: printed with every SQS report, and in benchmarks/README.md
 SQS_NOTE = (
     "**moto is not AWS.** moto is a local Python emulator of SQS: these figures compare the "
@@ -149,6 +167,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         f"{args.latency_jobs} jobs, one every {args.interval * 1000:.0f} ms, on an idle worker",
         f"- {ratio_text}",
         *([f"- {SQS_NOTE}"] if suite == "sqs" else []),
+        *([f"- {BULLMQ_NOTE}"] if suite == "bullmq" else []),
         "",
         "| peer | versions | " + " | ".join(c.title for c in COLUMNS) + " |",
         "|---|---|" + "--:|" * len(COLUMNS),

@@ -4,6 +4,7 @@
     python benchmarks/run.py --jobs 20000                    # Redis peers
     python benchmarks/run.py --suite postgres --jobs 20000   # PostgreSQL peers
     python benchmarks/run.py --suite sqs --jobs 500          # SQS peers, on moto
+    python benchmarks/run.py --suite bullmq --jobs 20000     # bullmq:// vs BullMQ's Node worker
 
 Each peer runs in its own driver subprocess (which starts its own worker
 subprocess), one peer after the other, each on a store of its own: a Redis
@@ -40,10 +41,11 @@ REPO = BENCH.parent
 NODE_DIR = BENCH / "node"
 sys.path.insert(0, str(BENCH))
 
-from peers import ALL_PEERS, NODE_PEERS, SUITES  # noqa: E402
+from peers import NODE_PEERS, REDIS_SUITES, SUITES  # noqa: E402
 from peers.stores import (  # noqa: E402
     MARKER,
     MotoStartError,
+    bullmq_url,
     create_schema,
     drop_schema,
     is_postgres,
@@ -81,10 +83,10 @@ DEFAULTS: dict[str, Any] = {
 #: seconds per peer, all phases together: procrastinate, the PostgreSQL suite's
 #: reference, needs about 200 s for 20,000 jobs on 2 cores (drain at 200-450/s);
 #: on moto every peer is slow, and slower the deeper its queue (see README)
-PEER_TIMEOUTS = {"redis": 150.0, "postgres": 300.0, "sqs": 300.0}
+PEER_TIMEOUTS = {"redis": 150.0, "postgres": 300.0, "sqs": 300.0, "bullmq": 150.0}
 #: jobs per phase: moto's cost per message grows with the queue's depth, so a
 #: run of the SQS suite takes time in the square of this
-JOBS = {"redis": 20_000, "postgres": 20_000, "sqs": 500}
+JOBS = {"redis": 20_000, "postgres": 20_000, "sqs": 500, "bullmq": 20_000}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,13 +94,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python benchmarks/run.py",
         description="conveyor vs arq, SAQ, RQ, Celery, Dramatiq, taskiq and BullMQ on Redis "
         "(--suite redis), vs procrastinate, PgQueuer and Oban on PostgreSQL "
-        "(--suite postgres), or vs Celery on SQS, emulated by moto (--suite sqs).",
+        "(--suite postgres), vs Celery on SQS, emulated by moto (--suite sqs), or on "
+        "bullmq:// vs BullMQ's own Node worker, in BullMQ's layout (--suite bullmq).",
     )
     p.add_argument("--suite", choices=sorted(SUITES), help="which server and peers (redis)")
     p.add_argument(
         "--jobs",
         type=int,
-        help="no-op jobs per enqueue phase and for the drain (redis, postgres: 20000; sqs: 500)",
+        help="no-op jobs per enqueue phase and for the drain (sqs: 500; other suites: 20000)",
     )
     p.add_argument("--batch-size", type=int, help="jobs per batch call")
     p.add_argument("--concurrency", type=int, help="concurrency of the one worker process")
@@ -112,15 +115,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--peer-timeout",
         type=float,
-        help="seconds allowed per peer, all phases together (redis: 150, postgres: 300, sqs: 300)",
+        help="seconds allowed per peer, all phases together (redis, bullmq: 150; postgres, "
+        "sqs: 300)",
     )
-    p.add_argument("--redis", help="redis suite: server URL without a DB (loopback only)")
+    p.add_argument(
+        "--redis", help="redis and bullmq suites: server URL without a DB (loopback only)"
+    )
     p.add_argument(
         "--first-db",
         type=int,
-        help="redis suite: logical DB of the first peer; peer i uses first-db + i, in the "
-        "order of --peers defaults (conveyor, conveyor_prefetch, arq, saq, rq, celery, "
-        "dramatiq, taskiq, bullmq)",
+        help="redis and bullmq suites: logical DB of the first peer; peer i uses first-db + i, "
+        "in the order of the suite's peers (redis: conveyor, conveyor_prefetch, arq, saq, rq, "
+        "celery, dramatiq, taskiq, bullmq; bullmq: conveyor, conveyor_prefetch, bullmq, "
+        "bullmq_keep1000)",
     )
     p.add_argument(
         "--postgres",
@@ -146,7 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--flush-nonempty",
         action="store_true",
-        help="redis suite: FLUSHDB peer DBs even if they hold keys this harness did not write",
+        help="redis and bullmq suites: FLUSHDB peer DBs even if they hold keys this harness "
+        "did not write",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and raw JSON")
     p.set_defaults(**DEFAULTS)
@@ -222,7 +230,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
             continue
         if name == "peer_timeout" and value == PEER_TIMEOUTS[args.suite]:
             continue
-        if name in ("redis", "first_db", "flush_nonempty") and args.suite != "redis":
+        if name in ("redis", "first_db", "flush_nonempty") and args.suite not in REDIS_SUITES:
             continue
         if name == "postgres" and args.suite != "postgres":
             continue
@@ -233,7 +241,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
             for item in value:
                 words += [flag, str(item)]
         else:
-            words += [flag, str(value)]
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return shlex.join(words)
 
 
@@ -247,15 +255,24 @@ class Store:
     url: str  # what the driver empties between phases: a Redis DB or a PostgreSQL schema
     tag: str  # its DB number or schema name ('{db}' in --conveyor-url)
     where: str  # for the progress log
+    #: what the peer connects to, when not `url` itself: conveyor's bullmq://
+    #: URL on that Redis DB in the bullmq suite
+    peer_url: str = ""
 
 
 def stores_for(args: argparse.Namespace) -> dict[str, Store]:
-    if args.suite == "redis":
-        order = {name: args.first_db + i for i, name in enumerate(ALL_PEERS)}
-        return {
-            name: Store(f"{args.redis}/{order[name]}", str(order[name]), f"DB {order[name]}")
-            for name in args.peer_list
-        }
+    if args.suite in REDIS_SUITES:
+        stores = {}
+        for index, name in enumerate(SUITES[args.suite]):
+            if name not in args.peer_list:
+                continue
+            db = args.first_db + index
+            url = f"{args.redis}/{db}"
+            # Node's bench.mjs takes the DB's redis:// URL; its queue and
+            # prefix are those bullmq_url names.
+            bull = args.suite == "bullmq" and name not in NODE_PEERS
+            stores[name] = Store(url, str(db), f"DB {db}", bullmq_url(url) if bull else "")
+        return {name: stores[name] for name in args.peer_list}
     if args.suite == "sqs":
         # made when the peer's moto server is up (sqs_store): its port is free then
         return {name: Store("", "", "a moto server of its own") for name in args.peer_list}
@@ -269,7 +286,7 @@ def stores_for(args: argparse.Namespace) -> dict[str, Store]:
 
 def describe_server(args: argparse.Namespace, stores: dict[str, Store]) -> str:
     """Check the server is there (and, on Redis, that the DBs are free); describe it."""
-    if args.suite == "redis":
+    if args.suite in REDIS_SUITES:
         try:
             version = redis_version(args.redis)
         except Exception as exc:
@@ -368,12 +385,39 @@ def release_store(url: str) -> None:
 # ------------------------------------------------------------------------------ running
 
 
+def node_package_version(name: str, installed: bool) -> str | None:
+    """The version of benchmarks/node's dependency `name` that package.json
+    pins, or (`installed`) that node_modules holds (None: not there)."""
+    if installed:
+        path = NODE_DIR / "node_modules" / name / "package.json"
+        return json.loads(path.read_text())["version"] if path.is_file() else None
+    pins: dict[str, str] = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    return pins.get(name)
+
+
+def bullmq_pin_problem() -> str | None:
+    """Why benchmarks/node's BullMQ is not the bullmq suite's peer: it must be
+    the Node release whose Lua scripts conveyor's bullmq:// runs, the same
+    layout, meta.version and scripts on both sides."""
+    from conveyor.backends.bullmq.scripts import NODE_VERSION
+
+    pinned = node_package_version("bullmq", installed=False)
+    if pinned == NODE_VERSION:
+        return None
+    return (
+        f"n/a (benchmarks/node pins bullmq {pinned}; conveyor's bullmq:// runs the scripts "
+        f"of bullmq {NODE_VERSION})"
+    )
+
+
 def ensure_node() -> str | None:
-    """Install benchmarks/node's packages if missing; the reason BullMQ can't run, or None."""
+    """Install benchmarks/node's pinned packages where node_modules lacks them
+    (or holds another bullmq); the reason BullMQ can't run, or None."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None:
         return "n/a (node not found)"
-    if not (NODE_DIR / "node_modules" / "bullmq").is_dir():
+    wanted = node_package_version("bullmq", installed=False)
+    if node_package_version("bullmq", installed=True) != wanted:
         if npm is None:
             return "n/a (npm not found)"
         print("benchmarks/node: running npm install ...", file=sys.stderr)
@@ -415,7 +459,8 @@ def run_driver(
     env: dict[str, str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    url = store.url
+    own_url = store.peer_url or store.url
+    url = own_url
     if name == "conveyor" and args.conveyor_url:
         url = args.conveyor_url.replace("{db}", store.tag)
     common = {
@@ -431,10 +476,11 @@ def run_driver(
     }
     flags = [f"--{key}={value}" for key, value in common.items()]
     if name in NODE_PEERS:
-        reason = ensure_node()
+        reason = (bullmq_pin_problem() if args.suite == "bullmq" else None) or ensure_node()
         if reason is not None:
             return {"peer": name, "status": reason, "phases": {}}
         command = [shutil.which("node") or "node", str(NODE_DIR / "bench.mjs"), "driver", *flags]
+        command += [f"--suite={args.suite}", f"--peer={name}"]
     else:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
         python = args.python_for.get(name, sys.executable)
@@ -471,7 +517,7 @@ def run_driver(
             else:
                 result["status"] = "error: " + (tail[-1] if tail else f"exit {proc.returncode}")
     result["elapsed_s"] = elapsed
-    if url != store.url:  # conveyor on another backend: shown, but not a ratio base
+    if url != own_url:  # conveyor on another backend: shown, but not a ratio base
         result["label"] = f"{name} ({backend_label(url)})"
     return result
 
@@ -501,6 +547,10 @@ def git_revision() -> str:
     return f"{rev}{' + uncommitted changes in conveyor/' if dirty else ''}"
 
 
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def node_version() -> str:
     node = shutil.which("node")
     if node is None:
@@ -516,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git": git_revision(),
         "server": describe_server(args, stores),
-        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load": load_average(),
         "command": reproduce_command(args),
     }
 
@@ -537,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"logs and raw results kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    # Other load on the machine moves every figure: the reader sees how much
+    # there was, at the start and at the end.
+    meta["load"] += f" (at the end {load_average()})"
     report = render(results, args, meta)
     print(report)
     Path(args.output).write_text(report)

@@ -4,8 +4,13 @@
 //
 //   node bench.mjs driver --url=redis://127.0.0.1:6379/8 --workdir=DIR --jobs=20000 \
 //        --batch-size=1000 --concurrency=10 --latency-jobs=200 --interval=0.02 \
-//        --budget=150 --latency-reserve=20
-//   node bench.mjs worker --url=... --workdir=DIR --drain=N --latency=M --concurrency=10
+//        --budget=150 --latency-reserve=20 [--suite=bullmq] [--peer=bullmq_keep1000]
+//   node bench.mjs worker --url=... --workdir=DIR --drain=N --latency=M --concurrency=10 \
+//        [--keep-completed=1000]
+//
+// The peer `bullmq` runs BullMQ's defaults; `bullmq_keep1000` (the bullmq suite) sets
+// the worker's removeOnComplete to {count: 1000}, the retention conveyor has by default,
+// so that every completion also deletes the oldest completed job, as conveyor's do.
 //
 // Times are seconds as floats from process.hrtime (CLOCK_MONOTONIC), which is one clock
 // for every process on the machine, so the driver's and the worker's stamps compare.
@@ -26,6 +31,8 @@ import IORedis from 'ioredis';
 const require = createRequire(import.meta.url);
 const QUEUE = 'bench';
 const MARKER = 'conveyor-bench:owner';
+// completed jobs the `bullmq_keep1000` peer keeps (conveyor's keep_completed default)
+const KEEP_PEERS = { bullmq_keep1000: 1000 };
 
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 const monotonic = now;
@@ -108,10 +115,9 @@ async function runWorker(args) {
   progress.unref();
 
   writeJson(join(dir, 'started.json'), { time: now(), pid: process.pid });
-  const worker = new Worker(QUEUE, processor, {
-    connection: connectionOf(args.url),
-    concurrency: Number(args.concurrency),
-  });
+  const options = { connection: connectionOf(args.url), concurrency: Number(args.concurrency) };
+  if (args['keep-completed']) options.removeOnComplete = { count: Number(args['keep-completed']) };
+  const worker = new Worker(QUEUE, processor, options);
   worker.on('error', (err) => console.error('worker error', err));
   const stop = async () => {
     await worker.close();
@@ -128,13 +134,29 @@ class Driver {
     this.args = args;
     this.dir = args.workdir;
     this.deadline = monotonic() + Number(args.budget);
-    this.result = { peer: 'bullmq', language: 'node', status: 'running', phases: {} };
+    this.peer = args.peer || 'bullmq';
+    this.keep = KEEP_PEERS[this.peer];
+    this.result = { peer: this.peer, language: 'node', status: 'running', phases: {} };
     this.worker = null;
     this.workerExit = null;
   }
 
   save() {
     writeJson(join(this.dir, 'result.json'), this.result);
+  }
+
+  notes() {
+    if (this.args.suite !== 'bullmq') {
+      return 'Node.js, not Python: not counted as "the fastest Python peer".';
+    }
+    if (this.keep === undefined) {
+      return "BullMQ's own worker on the layout conveyor's rows use: the base of every ratio.";
+    }
+    return (
+      `Keeps the last ${this.keep} completed jobs, as conveyor does by default: every ` +
+      'completion also deletes the oldest one (moveToFinished trims), the same work as ' +
+      "conveyor's rows do."
+    );
   }
 
   phase(name, data) {
@@ -160,11 +182,14 @@ class Driver {
     Object.assign(this.result, {
       versions: versions(),
       settings:
-        '`new Worker(queue, processor, {concurrency: 10})` in one Node process; defaults ' +
-        '(removeOnComplete off: completed jobs are kept, drainDelay 5 s, stalledInterval 30 s)',
+        this.keep === undefined
+          ? '`new Worker(queue, processor, {concurrency: 10})` in one Node process; defaults ' +
+            '(removeOnComplete off: completed jobs are kept, drainDelay 5 s, stalledInterval 30 s)'
+          : `\`new Worker(queue, processor, {concurrency: 10, removeOnComplete: {count: ${this.keep}}})\`` +
+            ' in one Node process; otherwise as the bullmq row',
       batch_call: '`queue.addBulk([...])` (one MULTI per batch)',
       no_batch_reason: '',
-      notes: 'Node.js, not Python: not counted as "the fastest Python peer".',
+      notes: this.notes(),
     });
     this.connection = connectionOf(args.url);
     this.redis = new IORedis(this.connection);
@@ -247,6 +272,7 @@ class Driver {
         `--drain=${drainTarget}`,
         `--latency=${args['latency-jobs']}`,
         `--concurrency=${args.concurrency}`,
+        ...(this.keep === undefined ? [] : [`--keep-completed=${this.keep}`]),
       ],
       { stdio: ['ignore', log, log] },
     );

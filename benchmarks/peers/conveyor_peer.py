@@ -1,6 +1,6 @@
 """conveyor itself, on the backend its URL selects: the suite's server
-(redis://, postgresql://...?schema=NAME, or sqs://...?endpoint_url=<moto>),
-or --conveyor-url."""
+(redis://, bullmq://...?queue=bench&prefix=bull, postgresql://...?schema=NAME,
+or sqs://...?endpoint_url=<moto>), or --conveyor-url."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conveyor import __version__ as conveyor_version
 from conveyor.backends import from_url
 from peers import probe
 from peers.base import Peer, dist_version
-from peers.stores import is_postgres, is_sqs, sqs_options
+from peers.stores import bullmq_url, is_postgres, is_sqs, sqs_options
 
 NOOP = "bench.noop"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -83,9 +83,15 @@ class ConveyorPeer(Peer):
         # where the backend can (SQS without a store cannot: the harness
         # purges the SQS queues on the suite's moto server anyway).
         app = self.app
-        if app is not None and self.url != self.store_url and app.backend.capabilities.purge:
+        if app is not None and not self.in_flushed_store() and app.backend.capabilities.purge:
             states = ["queued", "scheduled", "completed", "failed", "cancelled"]
             await app.purge(states)
+
+    def in_flushed_store(self) -> bool:
+        """Whether the harness's flush empties what `url` stores: the suite's
+        own store, or (bullmq suite) BullMQ's layout in that Redis DB."""
+        store = self.store_url
+        return store is not None and self.url in (store, bullmq_url(store))
 
     async def enqueue_one(self, t: float) -> None:
         assert self.app is not None
@@ -124,13 +130,16 @@ class ConveyorBareSQSPeer(ConveyorPeer):
 
 def driver_versions(url: str) -> dict[str, str]:
     """The client libraries conveyor uses for `url`: it speaks RESP itself
-    (hiredis parses the replies), psycopg for PostgreSQL, aiobotocore for SQS
-    (and then its store's)."""
+    (hiredis parses the replies; on bullmq:// it runs the Lua scripts of the
+    PyPI bullmq package), psycopg for PostgreSQL, aiobotocore for SQS (and
+    then its store's)."""
     scheme = urlsplit(url).scheme
     if is_postgres(url):
         names = ["psycopg"]
     elif scheme in REDIS_SCHEMES:
         names = ["hiredis"]
+    elif scheme == "bullmq":
+        names = ["hiredis", "bullmq"]
     elif is_sqs(url):
         names = ["aiobotocore"]
     else:

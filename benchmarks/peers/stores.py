@@ -2,6 +2,9 @@
 
 * Redis suite: a logical DB of its own, emptied with FLUSHDB; a marker key
   written after every flush tells later runs the DB is the harness's.
+* bullmq suite: the same, and conveyor's URL there is `bullmq://` on that DB
+  (`bullmq_url`), BullMQ's layout under the queue and prefix that
+  benchmarks/node/bench.mjs uses.
 * PostgreSQL suite: a schema of its own in a shared database, named
   `bench_<peer>_<random>` by run.py and given in the peer's URL as
   `?schema=NAME`. run.py creates it (plain CREATE SCHEMA, so an existing
@@ -58,6 +61,20 @@ def with_schema(base: str, schema: str) -> str:
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"not a schema name this harness makes: {schema!r}")
     return f"{base}?schema={schema}"
+
+
+#: the BullMQ queue and key prefix of the bullmq suite: bench.mjs's queue under
+#: BullMQ's default prefix, so conveyor and Node use the same keys
+BULL_QUEUE = "bench"
+BULL_PREFIX = "bull"
+
+
+def bullmq_url(redis_url: str) -> str:
+    """conveyor's `bullmq://` URL for BullMQ's queue `bench` in the Redis DB
+    of `redis_url` (redis://host:port/db), the DB the harness flushes."""
+    parts = urlsplit(redis_url)
+    query = f"queue={BULL_QUEUE}&prefix={BULL_PREFIX}"
+    return urlunsplit(parts._replace(scheme="bullmq", query=query))
 
 
 def flush(url: str) -> None:

@@ -11,10 +11,10 @@ schedules as BullMQ job schedulers), backend.py (enqueue, outcomes).
 State (first landing): the conformance suite passes with its capability skips;
 tests/interop runs Node BullMQ 6.4.0 against conveyor both ways (producer,
 worker, retries with backoff, failures, a mixed pool, SIGKILL recovery).
-Recurring schedules are BullMQ job schedulers, both ways (schedules.py).
-Left: Bull Board; the benchmark against Node's worker; QueueEvents
-checks (the scripts write the events stream, untested from Node's side);
-flows (a Node FlowProducer's parent/child jobs) are untested.
+Recurring schedules are BullMQ job schedulers, both ways (schedules.py);
+Bull Board and Node's QueueEvents see conveyor's work (tests/interop). The
+benchmark against Node's worker: `python benchmarks/run.py --suite bullmq`.
+Left: flows (a Node FlowProducer's parent/child jobs) are untested.
 """
 
 from __future__ import annotations
