@@ -11,10 +11,24 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
-from conveyor.backends.base import Outcome, OutcomeKind, Retention
+from conveyor.backends.base import Heartbeat, LeaseStatus, Outcome, OutcomeKind, Retention
 from conveyor.backends.bullmq import BullMQBackend
 from conveyor.backends.bullmq.url import parse_url
 from conveyor.job import AttemptOutcome, BackendUnavailableError, InvalidOptionError, JobState
+
+
+class RoundTrips:
+    """Counts the pipelines a backend sends to Redis (its `_pipe` calls)."""
+
+    def __init__(self, backend: BullMQBackend) -> None:
+        self.count = 0
+        send = backend._pipe
+
+        async def counted(commands: Sequence[Sequence[Any]]) -> list[Any]:
+            self.count += 1
+            return await send(commands)
+
+        backend._pipe = counted  # type: ignore[method-assign]
 
 
 def test_the_url_names_the_server_the_default_queue_and_the_prefix() -> None:
@@ -175,22 +189,14 @@ async def test_outcomes_and_the_next_claim_take_one_round_trip_each(
         Outcome(job.id, job.token or "", OutcomeKind.COMPLETED, time.time(), result="null")
         for job in first
     ]
-    trips = 0
-    send = backend._pipe
-
-    async def counted(commands: Sequence[Sequence[Any]]) -> list[Any]:
-        nonlocal trips
-        trips += 1
-        return await send(commands)
-
-    backend._pipe = counted  # type: ignore[method-assign]
+    trips = RoundTrips(backend)
     accepted, second = await backend.finish_and_claim(
         outcomes, Retention(), ["default"], 10, 30.0, names=["n"]
     )
-    assert trips == 2
+    assert trips.count == 2
     assert accepted == [True] * 10
     assert [job.payload for job in second] == [{"i": i} for i in range(10, 20)]
-    trips = 0
+    trips.count = 0
     assert (
         await backend.finish(
             [
@@ -201,7 +207,7 @@ async def test_outcomes_and_the_next_claim_take_one_round_trip_each(
         )
         == [True] * 10
     )
-    assert trips == 1
+    assert trips.count == 1
     # The history each outcome wrote is built from what its claim read.
     done = await app.get_job(first[0].id)
     assert done is not None and done.state is JobState.COMPLETED
@@ -231,4 +237,42 @@ async def test_a_claim_by_name_passes_over_other_names_in_order(
     others = await backend.claim(["default"], 10, 30.0, names=["other"])
     assert [job.payload for job in others] == [{"i": i} for i in (0, 1, 2, 3, 4, 6)]
     assert {job.attempts for job in others} == {1}
+    await app.close()
+
+
+@pytest.mark.bullmq
+async def test_heartbeats_renew_every_lease_in_one_round_trip(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """A worker beats for every job it holds, every second: one round trip
+    for all; a job finished meanwhile is told lost without reading it back."""
+    app = Conveyor(bullmq_urls())
+    await app.open()
+    backend = app.backend
+    assert isinstance(backend, BullMQBackend)
+    app.declare("n")
+    await app.enqueue_many([("n", {"i": i}) for i in range(10)])
+    jobs = await backend.claim(["default"], 10, 30.0, names=["n"])
+    beats = [Heartbeat(job.id, job.token or "") for job in jobs]
+    trips = RoundTrips(backend)
+    assert await backend.heartbeat(beats, 30.0) == [LeaseStatus.HELD] * 10
+    assert trips.count == 1
+    await backend.finish(
+        [
+            Outcome(job.id, job.token or "", OutcomeKind.COMPLETED, time.time(), result="1")
+            for job in jobs[:5]
+        ],
+        Retention(),
+    )
+    trips.count = 0
+    statuses = await backend.heartbeat(beats, 30.0)
+    assert statuses == [LeaseStatus.LOST] * 5 + [LeaseStatus.HELD] * 5
+    assert trips.count == 3  # the known queues, their locks of the finished five, the renewals
+    # Through another backend object (nothing claimed there): found by its lock.
+    other = Conveyor(app.backend.url)  # type: ignore[attr-defined]
+    await other.open()
+    assert await other.backend.heartbeat(beats[5:], 30.0) == [LeaseStatus.HELD] * 5
+    stale = [Heartbeat(job.id, "not-the-token") for job in jobs[5:]]
+    assert await other.backend.heartbeat(stale, 30.0) == [LeaseStatus.LOST] * 5
+    await other.close()
     await app.close()

@@ -320,32 +320,66 @@ class BullConsumer(BullSchedules):
     async def heartbeat(
         self, beats: Sequence[Heartbeat], lease: float, now: float | None = None
     ) -> list[LeaseStatus]:
-        statuses: list[LeaseStatus] = []
-        for beat in beats:
-            queue = await self.queue_of(beat.job_id)
+        """Every beat's extendLock (and its cancel check) in one round trip;
+        the log lines of the leases renewed in a second, when there are any."""
+        statuses: list[LeaseStatus] = [LeaseStatus.LOST] * len(beats)
+        held: list[tuple[int, QueueKeys]] = []
+        elsewhere: list[int] = []  # claimed through another backend object, or finished
+        for index, beat in enumerate(beats):
+            queue = self._claimed.get(beat.job_id)
             if queue is None:
-                statuses.append(LeaseStatus.LOST)
-                continue
-            keys = self.keys(queue)
-            if now is not None and (await self._expired_by(keys, [beat.job_id], now))[0]:
-                statuses.append(LeaseStatus.LOST)
-                continue
-            extended, cancel = await self.run(
-                [
+                elsewhere.append(index)
+            else:
+                held.append((index, self.keys(queue)))
+        if elsewhere:
+            found = await self._queues_locked_by([beats[i] for i in elsewhere])
+            held += [(i, self.keys(q)) for i, q in zip(elsewhere, found, strict=True) if q]
+        if now is not None and held:
+            ttls = await self.run([("PTTL", k.job(beats[i].job_id) + ":lock") for i, k in held])
+            host, due = now_ms(None), now_ms(now)
+            # As _expired_by: gone, or expiring by `now`, is lost.
+            held = [p for p, ttl in zip(held, ttls, strict=True) if ttl >= 0 and host + ttl > due]
+        if not held:
+            return statuses
+        replies = await self.run(
+            [
+                command
+                for index, keys in held
+                for command in (
                     self.call(
                         "extendLock",
-                        [keys.job(beat.job_id) + ":lock", keys["stalled"]],
-                        [beat.token, lock_ms(lease, now), beat.job_id],
+                        [keys.job(beats[index].job_id) + ":lock", keys["stalled"]],
+                        [beats[index].token, lock_ms(lease, now), beats[index].job_id],
                     ),
-                    ("HGET", keys.job(beat.job_id), CANCEL_REQUESTED),
-                ]
-            )
-            if not int(extended):
-                statuses.append(LeaseStatus.LOST)
-                continue
-            await self.add_logs(keys, beat.job_id, beat.logs)
-            statuses.append(LeaseStatus.CANCEL if cancel else LeaseStatus.HELD)
+                    ("HGET", keys.job(beats[index].job_id), CANCEL_REQUESTED),
+                )
+            ]
+        )
+        logs: list[list[Arg]] = []
+        for n, (index, keys) in enumerate(held):
+            extended, cancel = replies[2 * n], replies[2 * n + 1]
+            if int(extended):
+                logs += self.log_commands(keys, beats[index].job_id, beats[index].logs)
+                statuses[index] = LeaseStatus.CANCEL if cancel else LeaseStatus.HELD
+        if logs:
+            await self.run(logs)
         return statuses
+
+    async def _queues_locked_by(self, beats: Sequence[Heartbeat]) -> list[str | None]:
+        """Per beat, the known queue where its job's lock holds its token: a
+        GET per queue, not a read of the job (whose getState copies the wait
+        list into Lua). None: the lease is gone, as extendLock would find."""
+        queues = await self.known_queues()
+        locks = await self.run(
+            [("GET", self.keys(q).job(beat.job_id) + ":lock") for beat in beats for q in queues]
+        )
+        found: list[str | None] = []
+        for n, beat in enumerate(beats):
+            mine = locks[n * len(queues) : (n + 1) * len(queues)]
+            found.append(
+                next((q for q, lock in zip(queues, mine, strict=True) if lock == beat.token), None)
+            )
+        return found
 
     def log_commands(
         self, keys: QueueKeys, job_id: str, logs: Sequence[dict[str, Any]]
