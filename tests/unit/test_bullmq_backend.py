@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -275,4 +276,33 @@ async def test_heartbeats_renew_every_lease_in_one_round_trip(
     stale = [Heartbeat(job.id, "not-the-token") for job in jobs[5:]]
     assert await other.backend.heartbeat(stale, 30.0) == [LeaseStatus.LOST] * 5
     await other.close()
+    await app.close()
+
+
+@pytest.mark.bullmq
+async def test_an_enqueue_is_one_round_trip_and_reads_back_only_duplicates(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """The job an add stores is the one conveyor sent: the enqueue answers it
+    without reading it back (a read's getState walks the wait list in Lua,
+    so every enqueue got slower as the queue grew). A duplicate key answers
+    the job already stored."""
+    app = Conveyor(bullmq_urls())
+    app.declare("n")
+    await app.open()
+    backend = app.backend
+    assert isinstance(backend, BullMQBackend)
+    await app.enqueue("n", {"i": -1})  # the queue's registry, noted once
+    trips = RoundTrips(backend)
+    plain = await app.enqueue("n", {"i": 0})
+    later = await app.enqueue("n", {"i": 1}, delay=60, priority=0, key="k1")
+    urgent = await app.enqueue("n", {"i": 2}, priority=3, retries=5, timeout=9)
+    assert trips.count == 3
+    for made in (plain, later, urgent):
+        stored = await app.get_job(made.id)
+        assert stored is not None
+        assert replace(made, duplicate=False) == replace(stored, duplicate=False)
+    trips.count = 0
+    again = await app.enqueue("n", {"i": 99}, key="k1")
+    assert again.duplicate and again.payload == {"i": 1} and again.id == later.id
     await app.close()

@@ -52,9 +52,10 @@ from conveyor.backends.bullmq.layout import (
     HISTORY,
     TIMEOUT_OPTION,
     QueueKeys,
+    job_from_hash,
 )
 from conveyor.backends.redis.resp import Arg
-from conveyor.job import InvalidOptionError, Job
+from conveyor.job import InvalidOptionError, Job, JobState
 
 # BullMQ's largest priority (2^21).
 MAX_PRIORITY = 2_097_152
@@ -105,7 +106,9 @@ class BullMQBackend(BullConsumer):
 
     # ------------------------------------------------------------------ producing
 
-    def _add(self, job: NewJob, keys: QueueKeys) -> list[Any]:
+    @staticmethod
+    def _opts(job: NewJob) -> dict[str, Any]:
+        """The BullMQ `opts` of a job conveyor adds."""
         if job.priority < 0 or job.priority > MAX_PRIORITY:
             raise InvalidOptionError(
                 f"a BullMQ priority runs from 0 (first) to {MAX_PRIORITY}, got {job.priority}"
@@ -120,6 +123,26 @@ class BullMQBackend(BullConsumer):
             opts[TIMEOUT_OPTION] = job.timeout
         if job.headers:
             opts[HEADERS_OPTION] = job.headers
+        return opts
+
+    @staticmethod
+    def _added(job: NewJob, bull_id: str, opts: dict[str, Any]) -> Job:
+        """The job as the add script stores it (the fields `job_from_hash`
+        reads), without reading it back."""
+        fields = {
+            "name": job.name,
+            "data": job.payload,
+            "opts": json.dumps(opts),
+            "timestamp": str(stamp_ms(job.created_at)),
+            "delay": str(opts["delay"]),
+            "priority": str(opts.get("priority", 0)),
+        }
+        state = JobState.SCHEDULED if opts["delay"] else JobState.QUEUED
+        return job_from_hash(bull_id, job.queue, fields, state)
+
+    def _add(self, job: NewJob, keys: QueueKeys) -> list[Any]:
+        opts = self._opts(job)
+        delay = opts["delay"]
         bull_id = job.key if job.key is not None else job.id
         args = [
             packed(
@@ -169,17 +192,27 @@ class BullMQBackend(BullConsumer):
             commands += [("EXISTS", keys.job(bull_id)), self._add(job, keys)]
         replies = await self.run(commands)
         ids = [str(replies[2 * index + 1]) for index in range(len(jobs))]
-        records = await self.read_jobs([(job.queue, i) for job, i in zip(jobs, ids, strict=True)])
-        out: list[Job] = []
-        for index, (job, record) in enumerate(zip(jobs, records, strict=True)):
-            if record is None:
-                raise InvalidOptionError(f"BullMQ did not store job {ids[index]!r}")
-            # EXISTS said so, or the pipeline's EXISTS ran before an earlier
-            # add of the same key in this batch.
-            record.duplicate = bool(replies[2 * index]) or any(
+        # EXISTS said so, or the pipeline's EXISTS ran before an earlier add
+        # of the same key in this batch: the job stored before is the answer.
+        duplicate = [
+            bool(replies[2 * index])
+            or any(
                 earlier.key is not None and earlier.key == job.key and earlier.queue == job.queue
                 for earlier in jobs[:index]
             )
+            for index, job in enumerate(jobs)
+        ]
+        wanted = [(job.queue, i) for job, i, d in zip(jobs, ids, duplicate, strict=True) if d]
+        stored = await self.read_jobs(wanted) if wanted else []
+        out: list[Job] = []
+        for index, job in enumerate(jobs):
+            if not duplicate[index]:
+                out.append(self._added(job, ids[index], self._opts(job)))
+                continue
+            record = stored.pop(0)
+            if record is None:
+                raise InvalidOptionError(f"BullMQ did not store job {ids[index]!r}")
+            record.duplicate = True
             out.append(record)
         return out
 
