@@ -194,14 +194,13 @@ class BullMQBackend(BullConsumer):
         ids = [str(replies[2 * index + 1]) for index in range(len(jobs))]
         # EXISTS said so, or the pipeline's EXISTS ran before an earlier add
         # of the same key in this batch: the job stored before is the answer.
-        duplicate = [
-            bool(replies[2 * index])
-            or any(
-                earlier.key is not None and earlier.key == job.key and earlier.queue == job.queue
-                for earlier in jobs[:index]
-            )
-            for index, job in enumerate(jobs)
-        ]
+        duplicate: list[bool] = []
+        keyed: set[tuple[str, str]] = set()  # (queue, key) of the batch's earlier jobs
+        for index, job in enumerate(jobs):
+            earlier = job.key is not None and (job.queue, job.key) in keyed
+            duplicate.append(bool(replies[2 * index]) or earlier)
+            if job.key is not None:
+                keyed.add((job.queue, job.key))
         wanted = [(job.queue, i) for job, i, d in zip(jobs, ids, duplicate, strict=True) if d]
         stored = await self.read_jobs(wanted) if wanted else []
         out: list[Job] = []
