@@ -57,6 +57,17 @@ class BlockingClaim(Protocol):
 
 
 @runtime_checkable
+class HeldMessages(Protocol):
+    """Optional: the backend keeps work it received but has not handed to a
+    claim yet (a FIFO group's later messages while an earlier one runs). A
+    stopping worker, its last outcomes sent, asks it to give that back to
+    the broker at once rather than let it wait out its lease."""
+
+    async def release_held(self) -> int:
+        """Give back what is held and no running job waits on; how much."""
+
+
+@runtime_checkable
 class TransactionalEnqueue(Protocol):
     """Optional (with `capabilities.transactional_enqueue`): store jobs with the
     caller's own database connection, inside the transaction it has open, so

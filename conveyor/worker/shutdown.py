@@ -13,10 +13,12 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from conveyor.backends.optional import HeldMessages
 from conveyor.worker.acks import RELEASED, Acknowledgements, Running
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 
 if TYPE_CHECKING:
+    from conveyor.backends.base import Backend
     from conveyor.events import EventBus
     from conveyor.job import BackendMisconfiguredError
     from conveyor.worker.claims import Claimer
@@ -38,6 +40,7 @@ class GracefulStop:
     """The stopping half of `Worker` (which sets these attributes)."""
 
     id: str
+    backend: Backend
     settings: WorkerSettings
     events: EventBus
     _loop: asyncio.AbstractEventLoop | None
@@ -192,6 +195,20 @@ class GracefulStop:
         await self._flush_until(deadline)
         # Outcomes resent after a lost reply are checked against the stored job.
         await deadlines.wait(list(self._acks.checks), deadline)
+        if isinstance(self.backend, HeldMessages):
+            # Work the backend held back for this worker's next claims (the
+            # outcomes above may have just made it due) goes back at once;
+            # if this fails, it comes back when its lease ends.
+            until = max(deadline, self._clock() + CANCEL_WAIT)
+            await deadlines.call(self._release_held(self.backend), until)
+
+    async def _release_held(self, backend: HeldMessages) -> None:
+        try:
+            await backend.release_held()
+        except Exception as exc:
+            logger.warning(
+                "could not give back held work (it comes back when its lease ends): %s", exc
+            )
 
     def request_stop(self) -> None:
         """Ask `run()` to shut down gracefully (thread-unsafe; call on the loop)."""

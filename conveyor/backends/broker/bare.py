@@ -9,6 +9,11 @@ attempts and a delay), and the broker's dead-letter queue. What a broker
 cannot do (look a job up, list, cancel, keep a result) is refused with a hint
 to add a store; `stored.py` builds on this class when there is one.
 
+On a FIFO broker a receive's later messages of a group are held back here
+until the one before them is settled (groups.py), so that a group's jobs run
+one at a time, in order. Enqueueing is producing.py's; the refusals and the
+broker's counts are inspecting.py's.
+
 Nothing here names a broker: the client (SQSClient's call shapes), the
 parsed URL and `BrokerFacts` say what differs.
 
@@ -31,39 +36,36 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from conveyor.backends.base import (
-    CancelResult,
     ClaimToken,
     Heartbeat,
     LeaseStatus,
-    NewJob,
     Outcome,
     OutcomeKind,
     Retention,
 )
 from conveyor.backends.broker import dead_letters, messages
+from conveyor.backends.broker.groups import Chosen, GroupGate
+from conveyor.backends.broker.inspecting import BrokerInspection
+from conveyor.backends.broker.producing import BrokerProducing
 from conveyor.backends.broker.types import (
     BrokerClient,
     BrokerConfig,
     BrokerFacts,
-    Outgoing,
-    QueueMissingError,
     Received,
 )
 from conveyor.job import (
-    EnqueueFailedError,
-    InvalidPayloadError,
     Job,
-    JobState,
-    NotSupportedError,
 )
 
 logger = logging.getLogger("conveyor.broker")
 
-# What a bare message adds around the payload, at most (ids, times, key).
-_ENVELOPE: Final = 2_048
 # How long a message of a job type this worker cannot run stays hidden from
 # it, so workers that can run it get their turn.
 UNKNOWN_NAME_HIDE: Final = 2
+# A claim with held messages ready to hand out skips the receive when one on
+# its queues came back empty this recently (seconds): a group's jobs in a
+# row cost no receive each.
+RECEIVE_GAP: Final = 0.25
 
 
 @dataclass(slots=True)
@@ -81,7 +83,7 @@ def visibility(seconds: float, most: int) -> int:
     return max(1, min(most, math.ceil(seconds)))
 
 
-class BrokerBackend:
+class BrokerBackend(BrokerProducing, BrokerInspection):
     def __init__(
         self,
         url: str,
@@ -110,6 +112,10 @@ class BrokerBackend:
         # queue (StoredBrokerBackend's reconcile).
         self.came_back_empty: dict[str, bool] = {}
         self._wakes: dict[str, asyncio.Event] = {}
+        self._empty_at: dict[str, float] = {}  # per conveyor queue: its last empty receive
+        # FIFO: a receive's later messages of a group, held until the one
+        # before them is settled (groups.py).
+        self._gate = GroupGate(self._group_of)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.config.display}>"
@@ -122,6 +128,10 @@ class BrokerBackend:
         await self.broker.queue_url(self.config.queue)
 
     async def close(self) -> None:
+        try:
+            await self.release_held()
+        except Exception as exc:  # they come back when their visibility ends
+            logger.warning("%r: could not give back held messages at close: %s", self, exc)
         await self.broker.close()
 
     async def clock(self) -> float:
@@ -141,6 +151,7 @@ class BrokerBackend:
         self._held_lock = threading.Lock()
         self._applied = set()
         self._wakes = {}
+        self._gate = GroupGate(self._group_of)
         self._fork_hook("_after_fork_in_child")
 
     def _fork_hook(self, name: str) -> None:
@@ -149,78 +160,6 @@ class BrokerBackend:
     def broker_queue(self, queue: str) -> str:
         self.queues_seen.add(queue)
         return self.config.queue_name(queue)
-
-    # ------------------------------------------------------------------ producing
-
-    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
-        now = time.time()
-        by_queue: dict[str, list[Outgoing]] = defaultdict(list)
-        records = []
-        for new in jobs:
-            delay = max(0.0, new.run_at - (new.created_at if new.relative else now))
-            # Where a delay is pulled early (and so delivered) before its
-            # time, the message's receives do not count its attempts.
-            body = messages.job_body(
-                new, count_receives=not (delay > 0 and self.facts.early_pulls_count)
-            )
-            size = messages.body_size(body)
-            most = self.facts.max_message_bytes
-            if size > most:
-                name = self.facts.name
-                raise InvalidPayloadError(
-                    f"job {new.name!r} makes a {name} message of {size:,} bytes, over "
-                    f"{name}'s {most:,}: pass a reference to the data, or add a store "
-                    f"(?store=...), which keeps payloads and sends {name} only the job's id"
-                )
-            by_queue[self.broker_queue(new.queue)].append(
-                Outgoing(
-                    new.id,
-                    body,
-                    min(self.facts.max_delay, math.ceil(delay)),
-                    *self.fifo_fields(new.id, new.key, new.queue, new.group),
-                )
-            )
-            state = JobState.SCHEDULED if delay > 0 else JobState.QUEUED
-            records.append(messages.enqueued_record(new, state, now + delay))
-        await self._send_all(by_queue)
-        return records
-
-    def fifo_fields(
-        self, job_id: str, dedup: str | None, queue: str, group: str | None
-    ) -> tuple[str | None, str | None]:
-        """The group (SQS's MessageGroupId, Pub/Sub's ordering key) and the
-        deduplication id, where the broker orders: the job's group, else the
-        URL's default group, else one group per conveyor queue (strict
-        order); the deduplication id is `dedup`, else the job's id."""
-        if not self.facts.fifo:
-            return None, None
-        return group or self.facts.default_group or queue, dedup or job_id
-
-    async def _send_all(self, by_queue: dict[str, list[Outgoing]]) -> None:
-        """Send every queue's messages; raise naming each job that did not go out."""
-        results = await asyncio.gather(
-            *(self.broker.send(name, out) for name, out in by_queue.items()),
-            return_exceptions=True,
-        )
-        failed: dict[str, str] = {}
-        sent = 0
-        for (_, out), result in zip(by_queue.items(), results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                failed.update({m.entry_id: str(result) for m in out})
-            else:
-                failed.update(result)
-                sent += len(out) - len(result)
-        if failed:
-            listed = "; ".join(f"{job_id}: {why}" for job_id, why in list(failed.items())[:5])
-            more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
-            raise EnqueueFailedError(
-                f"{self.facts.name} did not confirm {len(failed)} of {sent + len(failed)} "
-                f"job(s): {listed}{more} (a call that failed outright may still have "
-                "delivered some of its batch; with a store, those jobs are cancelled)",
-                failed=sorted(failed),
-            )
 
     # ------------------------------------------------------------------ consuming
 
@@ -236,8 +175,11 @@ class BrokerBackend:
     ) -> list[Job]:
         if limit <= 0:
             return []
-        received = await self._receive(queues, limit, 0, lease)
-        return await self._take(received, lease, claim_id or uuid.uuid4().hex, names, now)
+        received: list[Received] = []
+        ready = self._gate.ready()
+        if not ready or not self._came_back_empty_lately(queues):
+            received = await self._receive(queues, limit - ready, 0, lease)
+        return await self._take(received, lease, claim_id or uuid.uuid4().hex, names, now, limit)
 
     async def claim_blocking(
         self,
@@ -260,16 +202,31 @@ class BrokerBackend:
         # wake_waiter), then one short poll, so an idle worker neither spins
         # nor oversleeps.
         wait = min(self.config.wait, int(timeout))
-        received = await self._receive(queues, limit, wait, lease)
+        ready = self._gate.ready()
+        received: list[Received] = []
+        lately = self._came_back_empty_lately(queues)
+        if self._gate.busy():
+            # A group's message is out: once it is settled, the group's next
+            # one is held here or on the broker, and a long poll could not be
+            # cut short for it: `finish` sets `wake` instead. A receive that
+            # came back empty a moment ago is not repeated (a group's jobs in
+            # a row cost one receive each, in `claim`).
+            wait = 0
+            if not lately:
+                received = await self._receive(queues, limit - ready, 0, lease)
+        else:
+            received = await self._receive(queues, limit, wait, lease)
         left = deadline - time.monotonic()
-        if not received and left > 0.05 and not wake.is_set():
+        if not received and not ready and left > 0.05 and not wake.is_set():
             try:
                 async with asyncio.timeout(left):
                     await wake.wait()
             except TimeoutError:
                 pass
-            received = await self._receive(queues, limit, 0, lease)
-        return await self._take(received, lease, claim_id or uuid.uuid4().hex, names)
+            ready = self._gate.ready()
+            if not ready or not self._came_back_empty_lately(queues):
+                received = await self._receive(queues, limit - ready, 0, lease)
+        return await self._take(received, lease, claim_id or uuid.uuid4().hex, names, None, limit)
 
     async def wake_waiter(self, waiter: str) -> None:
         wake = self._wakes.get(waiter)
@@ -291,10 +248,16 @@ class BrokerBackend:
                 batch = await self.broker.receive(name, limit - len(got), share, hidden)
                 got += batch
                 self.came_back_empty[queue] = not batch
+                if not batch:
+                    self._empty_at[queue] = time.monotonic()
                 share = 0
                 if len(batch) < 10:
                     break
         return got
+
+    def _came_back_empty_lately(self, queues: Sequence[str]) -> bool:
+        since = time.monotonic() - RECEIVE_GAP
+        return all(self._empty_at.get(queue, 0.0) > since for queue in queues)
 
     async def _take(
         self,
@@ -303,25 +266,44 @@ class BrokerBackend:
         claim_id: str,
         names: Sequence[str] | None,
         now: float | None = None,
+        limit: int | None = None,
     ) -> list[Job]:
-        wanted, _ = await self._sort(received, names)
+        chosen = await self._choose(received, names, lease, claim_id, limit)
+        if not chosen:
+            return []
+        return await self._lease(chosen, lease, claim_id, now)
+
+    async def _lease(
+        self, chosen: list[Chosen], lease: float, claim_id: str, now: float | None
+    ) -> list[Job]:
+        """The jobs of the chosen messages, each held under `claim_id`."""
         jobs = []
-        for message, pointer in wanted:
+        for message, pointer, received_at in chosen:
             assert pointer.job is not None
             job = messages.bare_job(pointer.job, message.receives, claim_id, now)
-            self._hold(job.id, claim_id, message)
+            self._hold(job.id, claim_id, message, received_at)
             jobs.append(job)
         return jobs
 
-    async def _sort(
-        self, received: list[Received], names: Sequence[str] | None
-    ) -> tuple[list[tuple[Received, messages.Pointer]], list[Received]]:
-        """Split off messages this worker will not run: foreign bodies (hidden
-        for as long as the broker allows, for the redrive policy to move aside) and
-        job types it has no handler for (hidden briefly, for other workers)."""
-        wanted: list[tuple[Received, messages.Pointer]] = []
-        aside: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        others: list[Received] = []
+    async def _choose(
+        self,
+        received: list[Received],
+        names: Sequence[str] | None,
+        lease: float,
+        claim_id: str,
+        limit: int | None,
+    ) -> list[Chosen]:
+        """The messages to hand out, in order: on a FIFO broker, the heads
+        of their groups (earlier receives' held messages whose turn came
+        first), the rest held (groups.py). Set aside: foreign bodies (hidden
+        for as long as the broker allows, for the redrive policy to move
+        aside) and job types this worker has no handler for (hidden briefly,
+        for other workers; on a FIFO broker with their group's held messages
+        made visible behind them, so the group comes back in order)."""
+        now = time.monotonic()
+        hidden = visibility(lease, self.facts.max_visibility)
+        changes: list[tuple[Held | Received, int]] = []
+        parsed: list[tuple[Received, messages.Pointer]] = []
         for message in received:
             pointer = messages.parse(message.body)
             if pointer is None or (pointer.job is None) == self._bare_messages():
@@ -332,23 +314,36 @@ class BrokerBackend:
                     message.queue,
                     message.message_id,
                 )
-                aside[message.queue].append((message.receipt, self.facts.max_visibility))
-            elif names is not None and pointer.name not in names:
-                aside[message.queue].append((message.receipt, UNKNOWN_NAME_HIDE))
-                others.append(message)
+                changes.append((message, self.facts.max_visibility))
             else:
-                wanted.append((message, pointer))
-        for queue, changes in aside.items():
-            await self.broker.change_visibility(queue, changes)
-        return wanted, others
+                parsed.append((message, pointer))
+        if self.facts.fifo:
+            room = len(received) if limit is None else limit
+            chosen, moved = self._gate.choose(parsed, claim_id, hidden, room)
+            changes += moved
+        else:
+            chosen = [(message, pointer, now) for message, pointer in parsed]
+        wanted: list[Chosen] = []
+        for message, pointer, received_at in chosen:
+            if names is not None and pointer.name not in names:
+                changes.append((message, UNKNOWN_NAME_HIDE))
+                changes += [(w.message, 0) for w in self._gate.back(pointer.id, claim_id)]
+            else:
+                wanted.append((message, pointer, received_at))
+        await self._set_visibility(changes)
+        return wanted
+
+    def _group_of(self, pointer: messages.Pointer) -> str:
+        """A message's FIFO group, as `fifo_fields` gave it."""
+        return pointer.group or self.facts.default_group or pointer.queue
 
     def _bare_messages(self) -> bool:
         return True
 
-    def _hold(self, job_id: str, token: ClaimToken, message: Received) -> None:
+    def _hold(self, job_id: str, token: ClaimToken, message: Received, received_at: float) -> None:
         with self._held_lock:
             self._held[(job_id, token)] = Held(
-                message.queue, message.receipt, message.body, message.receives, time.monotonic()
+                message.queue, message.receipt, message.body, message.receives, received_at
             )
 
     def _held_of(self, job_id: str, token: ClaimToken) -> Held | None:
@@ -359,10 +354,19 @@ class BrokerBackend:
         with self._held_lock:
             mine = [key for key in self._held if key[1] == claim_id]
             held = [self._held.pop(key) for key in mine]
-        await self._set_visibility([(h, 0) for h in held])
+        behind = self._gate.back_of_claim(claim_id)
+        await self._set_visibility([(h, 0) for h in held] + [(w.message, 0) for w in behind])
         return len(held)
 
-    async def _set_visibility(self, changes: Sequence[tuple[Held, int]]) -> list[bool]:
+    async def release_held(self) -> int:
+        """Give back the messages held for groups with no job out (a worker
+        stops; see groups.py), visible at once, so that any worker takes
+        them, in order. Those behind a job still out stay with it."""
+        released = self._gate.release_ready()
+        await self._set_visibility([(w.message, 0) for w in released])
+        return len(released)
+
+    async def _set_visibility(self, changes: Sequence[tuple[Held | Received, int]]) -> list[bool]:
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, (held, _) in enumerate(changes):
             by_queue[held.queue].append(index)
@@ -402,16 +406,36 @@ class BrokerBackend:
                     statuses[index] = LeaseStatus.LOST
             elif status is not LeaseStatus.LOST:
                 live.append((index, held))
+        hidden = visibility(lease, self.facts.max_visibility)
+        self._gate.beaten((beats[index].job_id, beats[index].token) for index, _ in live)
+        lost = [
+            (b.job_id, b.token)
+            for b, s in zip(beats, statuses, strict=True)
+            if s is LeaseStatus.LOST
+        ]
         extended = await self._set_visibility(
-            [(held, visibility(lease, self.facts.max_visibility)) for _, held in live]
+            [(held, hidden) for _, held in live] + self._held_upkeep(lost, lease)
         )
         if self._bare_messages():
             # Without a store, the broker alone judges the lease: a receipt it
             # refuses (the message came back and went to another) is lost.
-            for (index, _), ok in zip(live, extended, strict=True):
+            refused = []
+            for (index, _), ok in zip(live, extended[: len(live)], strict=True):
                 if not ok:
                     statuses[index] = LeaseStatus.LOST
+                    refused.append((beats[index].job_id, beats[index].token))
+            if refused:
+                await self._set_visibility(self._held_upkeep(refused, None))
         return statuses
+
+    def _held_upkeep(
+        self, lost: Sequence[tuple[str, ClaimToken]], lease: float | None
+    ) -> list[tuple[Held | Received, int]]:
+        """The visibility changes that keep a heartbeat's held messages
+        (groups.py): the tails of lost heads visible at once; with a
+        `lease`, the overdue too, and the rest hidden for it again."""
+        hidden = None if lease is None else visibility(lease, self.facts.max_visibility)
+        return list(self._gate.upkeep(lost, lease, hidden))
 
     async def _store_heartbeat(
         self, beats: Sequence[Heartbeat], lease: float, now: float | None
@@ -426,12 +450,16 @@ class BrokerBackend:
         deletes: list[Held] = []
         changes: list[tuple[Held, int]] = []
         failed: list[tuple[Held, Outcome]] = []
+        behind: list[tuple[Held | Received, int]] = []  # held messages of groups going back
+        settled = []  # heads whose message is deleted: their group's next may go
         for outcome, ok in zip(outcomes, accepted, strict=True):
             # Still held until the broker calls below are done: if one of
             # them fails, the worker sends the batch again and it is redone.
             held = self._held_of(outcome.job_id, outcome.token)
             if held is None or not ok:
+                behind += [(w.message, 0) for w in self._gate.back(outcome.job_id, outcome.token)]
                 continue
+            hidden = len(changes)
             if outcome.kind is OutcomeKind.QUEUED:
                 changes.append((held, 0))
             elif outcome.kind is OutcomeKind.SCHEDULED:
@@ -440,15 +468,29 @@ class BrokerBackend:
                 if outcome.kind is OutcomeKind.FAILED and self._bare_messages():
                     failed.append((held, outcome))
                 deletes.append(held)
+            if len(changes) > hidden:
+                # Its message goes back to the broker (handed back, or hidden
+                # for a retry's backoff): so do those held behind it, visible
+                # at once; the broker holds them back while it is hidden.
+                behind += [(w.message, 0) for w in self._gate.back(outcome.job_id, outcome.token)]
+            else:
+                settled.append((outcome.job_id, outcome.token))
         if failed:
             await self._dead_letter(failed)
-        await self._set_visibility(changes)
+        await self._set_visibility(changes + behind)
         await self._delete(deletes)
         with self._held_lock:
             for key in keys:
                 self._held.pop(key, None)
                 self._applied.discard(key)
+        if any([self._gate.settled(*head) for head in settled]):
+            self._wake_all()
         return accepted
+
+    def _wake_all(self) -> None:
+        """A group's message was settled: a blocking claim takes the next now."""
+        for wake in self._wakes.values():
+            wake.set()
 
     async def _store_finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         return [self._held_of(o.job_id, o.token) is not None for o in outcomes]
@@ -508,80 +550,6 @@ class BrokerBackend:
         # Workers claim with a long poll (claim_blocking); asking whether a
         # queue has messages would cost as much as receiving them.
         await asyncio.sleep(min(timeout, 1.0))
-
-    # ------------------------------------------------------------------ inspecting
-
-    def _unsupported(self, what: str) -> NotSupportedError:
-        return NotSupportedError(
-            f"the {self.facts.scheme}:// backend cannot {what} without a store; "
-            f"{self.facts.store_hint}"
-        )
-
-    async def get(self, job_id: str) -> Job | None:
-        raise self._unsupported("look a job up")
-
-    async def get_by_key(self, key: str) -> Job | None:
-        raise self._unsupported("look a job up by key")
-
-    async def list_jobs(
-        self,
-        *,
-        state: JobState | None,
-        name: str | None,
-        queue: str | None,
-        limit: int,
-        offset: int,
-    ) -> list[Job]:
-        raise self._unsupported("list jobs")
-
-    async def cancel(self, job_id: str, now: float | None = None) -> CancelResult:
-        raise self._unsupported("cancel a job")
-
-    async def retry(self, job_id: str, now: float | None = None) -> Job | None:
-        raise self._unsupported("retry one job (`conveyor retry --all-failed` redrives the DLQ)")
-
-    async def purge(
-        self, states: Sequence[JobState], older_than: float | None, queue: str | None
-    ) -> int:
-        raise self._unsupported("purge jobs")
-
-    async def stats(self) -> dict[str, dict[str, int]]:
-        """The broker's own counts as states (see `count_states`); a broker
-        that cannot count refuses, naming the fix."""
-        if not self.facts.counts:
-            raise self._unsupported("count jobs (it has no message counts)")
-        out = {}
-        for row in await self.broker_stats():
-            out[str(row["conveyor_queue"])] = self.count_states(row)
-        return out
-
-    def count_states(self, row: dict[str, Any]) -> dict[str, int]:
-        """A `broker_stats` row as job states (a broker with counts says how)."""
-        raise NotImplementedError
-
-    async def broker_stats(self) -> list[dict[str, Any]]:
-        """Per conveyor queue this process has used: its broker-side name and
-        approximate counts, and those of its dead-letter queue (None when it
-        has none)."""
-        rows: list[dict[str, Any]] = []
-        if not self.facts.counts:
-            return rows
-        for queue in sorted(self.queues_seen):
-            name = self.config.queue_name(queue)
-            try:
-                counts: dict[str, Any] = await self.broker.counts(name)
-            except QueueMissingError:
-                if queue == "default":
-                    raise
-                continue
-            dlq = await self.broker.dead_letter_queue(name)
-            dead: dict[str, Any] | None = None
-            if dlq is not None:
-                dead = {"queue": dlq, **await self.broker.counts(dlq)}
-            rows.append(
-                {"conveyor_queue": queue, "queue": name, **counts, "dead_letter_queue": dead}
-            )
-        return rows
 
     async def redrive(self, queue: str | None = None, limit: int | None = None) -> int:
         """Move messages from the dead-letter queue back to their queue for

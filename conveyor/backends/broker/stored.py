@@ -48,6 +48,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.broker import messages
 from conveyor.backends.broker.bare import BrokerBackend, Held, visibility
+from conveyor.backends.broker.groups import Chosen
 from conveyor.backends.broker.types import (
     BrokerClient,
     BrokerConfig,
@@ -236,54 +237,55 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
             queues, limit, lease, timeout, waiter, claim_id=claim_id, names=names
         )
 
-    async def _take(
-        self,
-        received: list[Received],
-        lease: float,
-        claim_id: str,
-        names: Sequence[str] | None,
-        now: float | None = None,
+    async def _lease(
+        self, chosen: list[Chosen], lease: float, claim_id: str, now: float | None
     ) -> list[Job]:
-        wanted, _ = await self._sort(received, names)
-        if not wanted:
-            return []
         records = await self._delivery.claim_ids(
-            [pointer.id for _, pointer in wanted], lease, now, claim_id=claim_id
+            [pointer.id for _, pointer, _ in chosen], lease, now, claim_id=claim_id
         )
         jobs = []
         unsettled = []
-        for (message, pointer), job in zip(wanted, records, strict=True):
+        for (message, pointer, received_at), job in zip(chosen, records, strict=True):
             if job is None:
                 unsettled.append((message, pointer))
             else:
-                self._hold(job.id, claim_id, message)
+                self._hold(job.id, claim_id, message, received_at)
                 jobs.append(job)
         if unsettled:
-            await self._settle(unsettled, lease)
+            await self._settle(unsettled, lease, claim_id)
         return jobs
 
     async def _settle(
-        self, unsettled: Sequence[tuple[Received, messages.Pointer]], lease: float
+        self, unsettled: Sequence[tuple[Received, messages.Pointer]], lease: float, claim_id: str
     ) -> None:
         """Messages whose job the store would not lease: a duplicate, a
         message of a job that moved on, or one that came back while its job
         still runs (elsewhere, or on a worker that died: recovery requeues it
-        when its lease ends in the store)."""
+        when its lease ends in the store). On a FIFO broker, the group of a
+        deleted one goes on with its next message; that of a hidden one
+        comes back with it, in order."""
         deletes: dict[str, list[str]] = defaultdict(list)
         hides: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        ready = False
         for message, pointer in unsettled:
             job = await self.store.get(pointer.id)
             if job is None or job.is_final or job.state is JobState.SCHEDULED:
                 # Done with, or held by the store, which sends it again when due.
                 deletes[message.queue].append(message.receipt)
+                ready = self._gate.settled(pointer.id, claim_id) or ready
             else:
                 hides[message.queue].append(
                     (message.receipt, visibility(lease, self.facts.max_visibility))
                 )
+                hides[message.queue] += [
+                    (w.message.receipt, 0) for w in self._gate.back(pointer.id, claim_id)
+                ]
         for queue, receipts in deletes.items():
             await self.broker.delete(queue, receipts)
         for queue, changes in hides.items():
             await self.broker.change_visibility(queue, changes)
+        if ready:
+            self._wake_all()
 
     async def unclaim(self, claim_id: str, now: float | None = None) -> int:
         count = await self.store.unclaim(claim_id, now)

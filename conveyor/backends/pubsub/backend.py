@@ -28,7 +28,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from conveyor.backends.base import Capabilities
-from conveyor.backends.broker.bare import _ENVELOPE, BrokerBackend
+from conveyor.backends.broker.bare import BrokerBackend
+from conveyor.backends.broker.producing import _ENVELOPE
 from conveyor.backends.broker.stored import StoredBrokerBackend
 from conveyor.backends.broker.types import BrokerFacts
 from conveyor.backends.pubsub.client import PubSubClient

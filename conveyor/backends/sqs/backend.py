@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from conveyor.backends.base import Capabilities
-from conveyor.backends.broker.bare import _ENVELOPE, BrokerBackend, Held, visibility
+from conveyor.backends.broker.bare import BrokerBackend, Held, visibility
+from conveyor.backends.broker.producing import _ENVELOPE
 from conveyor.backends.broker.types import BrokerFacts
 from conveyor.backends.sqs.client import MAX_DELAY, MAX_VISIBILITY, SQSClient
 from conveyor.backends.sqs.url import SQSURL, parse_url
