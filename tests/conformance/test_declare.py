@@ -55,6 +55,7 @@ async def producer_and_consumer(
     return producer, consumer
 
 
+@needs("concurrent_claims")
 async def test_a_declared_job_waits_for_a_worker_with_its_handler(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:

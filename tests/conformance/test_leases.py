@@ -178,6 +178,7 @@ async def test_zombie_worker_is_fenced_off(app: Conveyor) -> None:
     assert (await app.get_job(job_id)).result == "winner"
 
 
+@needs("concurrent_claims")
 async def test_finish_batch_reports_each_outcome(app: Conveyor) -> None:
     register_noop(app)
     jobs = [await app.enqueue("work", {"n": i}) for i in range(3)]

@@ -32,6 +32,7 @@ async def test_prefetched_jobs_all_run_exactly_once(app: Conveyor, worker) -> No
     assert sorted(ran) == list(range(60))
 
 
+@needs("concurrent_claims")
 async def test_prefetched_jobs_are_handed_back_at_shutdown(app: Conveyor, worker) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
@@ -63,6 +64,7 @@ async def test_prefetched_jobs_are_handed_back_at_shutdown(app: Conveyor, worker
     release.set()
 
 
+@needs("concurrent_claims")
 async def test_prefetched_jobs_keep_their_lease(app: Conveyor, worker) -> None:
     started = asyncio.Event()
     release = asyncio.Event()

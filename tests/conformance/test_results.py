@@ -338,6 +338,7 @@ async def test_job_record_fields(app: Conveyor) -> None:
     assert stored.id == job.id
 
 
+@needs("concurrent_claims")
 async def test_job_without_a_handler_in_the_worker_waits_and_is_reported(
     app: Conveyor, worker
 ) -> None:

@@ -146,6 +146,7 @@ async def test_keep_failed_counts_a_job_failed_twice_once(app: Conveyor) -> None
     assert sorted(j.payload for j in failed) == ["a", "b"]
 
 
+@needs("concurrent_claims")
 async def test_a_retried_job_no_longer_counts_toward_keep_failed(app: Conveyor) -> None:
     """keep_failed=2; A and B fail, B is retried (queued again), C fails: the
     failed set is {A, C}, the 2 newest failed jobs; A must not be trimmed."""

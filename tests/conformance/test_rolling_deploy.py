@@ -242,6 +242,7 @@ def count_claims(app: Conveyor) -> list[int]:
     return calls
 
 
+@needs("concurrent_claims")
 async def test_an_idle_worker_does_not_spin_on_jobs_it_cannot_run(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:
@@ -294,6 +295,7 @@ async def test_workers_lists_a_running_worker_and_drops_it_after_stop(
     assert running.id not in {info.id for info in await new.workers()}
 
 
+@needs("concurrent_claims")
 async def test_unserved_shows_waiting_jobs_of_names_no_live_worker_serves(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:

@@ -64,6 +64,7 @@ async def test_claim_whose_lease_ran_out_in_flight_is_not_started(
     assert _logged(caplog, job.id, "lease ran out"), "the dropped claim is logged"
 
 
+@needs("concurrent_claims")
 async def test_prefetched_job_whose_lease_lapsed_is_not_started(app: Conveyor, worker) -> None:
     faults = BackendFaults(app.backend)
     first_started = asyncio.Event()
@@ -97,6 +98,7 @@ async def test_prefetched_job_whose_lease_lapsed_is_not_started(app: Conveyor, w
     assert done.attempts == 2
 
 
+@needs("concurrent_claims")
 async def test_jobs_of_a_claim_in_flight_at_stop_go_back_unstarted(
     app: Conveyor, worker, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,6 +18,7 @@ from .helpers import WAIT, wait_thread_event
 pytestmark = needs("lookup")
 
 
+@needs("concurrent_claims")
 async def test_sync_handlers_run_in_threads_concurrently(app: Conveyor, worker) -> None:
     barrier = threading.Barrier(2, timeout=10)
     threads: list[str] = []

@@ -319,7 +319,7 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
                 parsed.append((message, pointer))
         if self.facts.fifo:
             room = len(received) if limit is None else limit
-            chosen, moved = self._gate.choose(parsed, claim_id, hidden, room)
+            chosen, moved = self._gate.choose(parsed, claim_id, lease, hidden, room)
             changes += moved
         else:
             chosen = [(message, pointer, now) for message, pointer in parsed]

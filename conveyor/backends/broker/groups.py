@@ -66,6 +66,8 @@ class GroupGate:
         self._group_of = group_of
         self._groups: dict[GroupKey, _Group] = {}
         self._heads: dict[HeadKey, GroupKey] = {}
+        # Held messages `admit` found stale, for the next `choose` to give back.
+        self._stale: list[Waiting] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -94,6 +96,12 @@ class GroupGate:
             for message, pointer in received:
                 key = (message.queue, self._group_of(pointer))
                 group = self._groups.setdefault(key, _Group())
+                if group.head is not None and group.head[0] == pointer.id:
+                    # The head itself, delivered again: the broker let the
+                    # group go (its lease ran out). Held ones are stale too.
+                    self._stale += group.tail
+                    del self._heads[group.head]
+                    group = self._groups[key] = _Group()
                 if group.head is None and not group.tail:
                     self._out(key, group, (pointer.id, token), now)
                     heads.append((message, pointer))
@@ -102,17 +110,27 @@ class GroupGate:
         return heads
 
     def choose(
-        self, received: list[tuple[Received, Pointer]], token: str, hidden: int, room: int
+        self,
+        received: list[tuple[Received, Pointer]],
+        token: str,
+        lease: float,
+        hidden: int,
+        room: int,
     ) -> tuple[list[Chosen], list[Change]]:
         """What a claim under `token` hands out, in order: held messages
         whose turn came (up to `room` with the heads), then the heads among
         `received`; and the visibility changes that go with it (held ones
-        given up, held ones renewed for a whole lease, as a claim's are)."""
+        given up, as stale or `overdue`, and held ones renewed for a whole
+        lease, as a claim's are)."""
         now = time.monotonic()
+        overdue = self.overdue(lease)
         heads = self.admit(received, token, hidden)
         ready, expired = self.take_ready(max(0, room - len(heads)), token)
         renew = [w for w in ready if w.hidden_until - now < hidden / 2]
         self.extended(renew, hidden)
+        with self._lock:
+            expired += overdue + self._stale
+            self._stale = []
         changes = [(w.message, 0) for w in expired] + [(w.message, hidden) for w in renew]
         chosen = [(w.message, w.pointer, w.received_at) for w in ready]
         return chosen + [(message, pointer, now) for message, pointer in heads], changes
@@ -242,3 +260,4 @@ class GroupGate:
         with self._lock:
             self._groups.clear()
             self._heads.clear()
+            self._stale = []
