@@ -62,9 +62,8 @@ logger = logging.getLogger("conveyor.broker")
 # How long a message of a job type this worker cannot run stays hidden from
 # it, so workers that can run it get their turn.
 UNKNOWN_NAME_HIDE: Final = 2
-# A claim with held messages ready to hand out skips the receive when one on
-# its queues came back empty this recently (seconds): a group's jobs in a
-# row cost no receive each.
+# While a group's message is out, a claim skips its receive when one on its
+# queues came back empty this recently (seconds; see `_receive_can_wait`).
 RECEIVE_GAP: Final = 0.25
 
 
@@ -177,7 +176,7 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
             return []
         received: list[Received] = []
         ready = self._gate.ready()
-        if not ready or not self._came_back_empty_lately(queues):
+        if not self._receive_can_wait(queues):
             received = await self._receive(queues, limit - ready, 0, lease)
         return await self._take(received, lease, claim_id or uuid.uuid4().hex, names, now, limit)
 
@@ -204,15 +203,12 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
         wait = min(self.config.wait, int(timeout))
         ready = self._gate.ready()
         received: list[Received] = []
-        lately = self._came_back_empty_lately(queues)
         if self._gate.busy():
             # A group's message is out: once it is settled, the group's next
             # one is held here or on the broker, and a long poll could not be
-            # cut short for it: `finish` sets `wake` instead. A receive that
-            # came back empty a moment ago is not repeated (a group's jobs in
-            # a row cost one receive each, in `claim`).
+            # cut short for it: `finish` sets `wake` instead.
             wait = 0
-            if not lately:
+            if not self._receive_can_wait(queues):
                 received = await self._receive(queues, limit - ready, 0, lease)
         else:
             received = await self._receive(queues, limit, wait, lease)
@@ -224,7 +220,7 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
             except TimeoutError:
                 pass
             ready = self._gate.ready()
-            if not ready or not self._came_back_empty_lately(queues):
+            if not ready or not self._receive_can_wait(queues):
                 received = await self._receive(queues, limit - ready, 0, lease)
         return await self._take(received, lease, claim_id or uuid.uuid4().hex, names, None, limit)
 
@@ -242,6 +238,8 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
         hidden = visibility(lease, self.facts.max_visibility)
         got: list[Received] = []
         share = wait // len(queues) if queues else 0
+        if limit > 0:
+            self._gate.freed = False
         for queue in queues:
             name = self.broker_queue(queue)
             while len(got) < limit:
@@ -255,7 +253,13 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
                     break
         return got
 
-    def _came_back_empty_lately(self, queues: Sequence[str]) -> bool:
+    def _receive_can_wait(self, queues: Sequence[str]) -> bool:
+        """Whether a claim may skip its receive: a group's message is out
+        here (held ones are handed out as they come due), no group went back
+        to the broker since, and a receive on these queues came back empty
+        a moment ago. A group's jobs in a row then cost no receive each."""
+        if not self._gate.busy() or self._gate.freed:
+            return False
         since = time.monotonic() - RECEIVE_GAP
         return all(self._empty_at.get(queue, 0.0) > since for queue in queues)
 

@@ -66,6 +66,9 @@ class GroupGate:
         self._group_of = group_of
         self._groups: dict[GroupKey, _Group] = {}
         self._heads: dict[HeadKey, GroupKey] = {}
+        # A group went back to the broker since the last receive (the
+        # backend resets it): a receive may bring its next message.
+        self.freed = False
         # Held messages `admit` found stale, for the next `choose` to give back.
         self._stale: list[Waiting] = []
         self._lock = threading.Lock()
@@ -170,12 +173,18 @@ class GroupGate:
                     expired += group.tail
                     group.tail.clear()
                 if not group.tail:
-                    del self._groups[key]
+                    self._forget(key)
                     continue
                 waiting = group.tail.popleft()
                 self._out(key, group, (waiting.pointer.id, token), now)
                 taken.append(waiting)
         return taken, expired
+
+    def _forget(self, key: GroupKey) -> _Group:
+        """The group is the broker's again: its next message (if any) is
+        there, for a receive to bring (see `freed`)."""
+        self.freed = True
+        return self._groups.pop(key)
 
     def _out(self, key: GroupKey, group: _Group, head: HeadKey, now: float) -> None:
         group.head, group.seen_at = head, now
@@ -205,7 +214,7 @@ class GroupGate:
             group = self._groups[key]
             group.head, group.seen_at = None, now
             if not group.tail:
-                del self._groups[key]
+                self._forget(key)
             return True
 
     def back(self, job_id: str, token: str) -> list[Waiting]:
@@ -215,7 +224,7 @@ class GroupGate:
             key = self._heads.pop((job_id, token), None)
             if key is None:
                 return []
-            return list(self._groups.pop(key).tail)
+            return list(self._forget(key).tail)
 
     def back_of_claim(self, token: str) -> list[Waiting]:
         """`back` for every head handed out under `token` (a lost claim)."""
@@ -243,7 +252,7 @@ class GroupGate:
             stale = [k for k, g in self._groups.items() if g.seen_at < cutoff]
             out: list[Waiting] = []
             for key in stale:
-                group = self._groups.pop(key)
+                group = self._forget(key)
                 if group.head is not None:
                     del self._heads[group.head]
                 out += group.tail
@@ -254,7 +263,7 @@ class GroupGate:
         go back to the broker. Tails behind a head out stay with the head."""
         with self._lock:
             idle = [k for k, g in self._groups.items() if g.head is None]
-            return [w for key in idle for w in self._groups.pop(key).tail]
+            return [w for key in idle for w in self._forget(key).tail]
 
     def clear(self) -> None:
         with self._lock:
