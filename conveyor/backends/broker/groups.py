@@ -34,7 +34,7 @@ from conveyor.backends.broker.types import Received
 
 # A held message this close to the end of its visibility is not handed out
 # (the broker may be delivering it again): it is left to come back.
-EXPIRY_MARGIN = 1.0
+EXPIRY_MARGIN = 0.25
 
 # A message to hand out: with its pointer and when it was received (monotonic).
 Chosen = tuple[Received, Pointer, float]
@@ -69,8 +69,6 @@ class GroupGate:
         # A group went back to the broker since the last receive (the
         # backend resets it): a receive may bring its next message.
         self.freed = False
-        # Held messages `admit` found stale, for the next `choose` to give back.
-        self._stale: list[Waiting] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -99,11 +97,12 @@ class GroupGate:
             for message, pointer in received:
                 key = (message.queue, self._group_of(pointer))
                 group = self._groups.setdefault(key, _Group())
-                if group.head is not None and group.head[0] == pointer.id:
-                    # The head itself, delivered again: the broker let the
-                    # group go (its lease ran out). Held ones are stale too.
-                    self._stale += group.tail
-                    del self._heads[group.head]
+                if pointer.id in self._ids_of(group):
+                    # Delivered again: the broker let the group go (what was
+                    # out of it ran out of visibility, so it has the rest
+                    # back too): start afresh from this message.
+                    if group.head is not None:
+                        del self._heads[group.head]
                     group = self._groups[key] = _Group()
                 if group.head is None and not group.tail:
                     self._out(key, group, (pointer.id, token), now)
@@ -131,10 +130,11 @@ class GroupGate:
         ready, expired = self.take_ready(max(0, room - len(heads)), token)
         renew = [w for w in ready if w.hidden_until - now < hidden / 2]
         self.extended(renew, hidden)
-        with self._lock:
-            expired += overdue + self._stale
-            self._stale = []
-        changes = [(w.message, 0) for w in expired] + [(w.message, hidden) for w in renew]
+        # Held ones behind a head are renewed here too, not only with the
+        # heartbeats (a worker between jobs sends none, but keeps claiming).
+        renew += self.due_for_renewal(hidden)
+        changes = [(w.message, 0) for w in expired + overdue]
+        changes += [(w.message, hidden) for w in renew]
         chosen = [(w.message, w.pointer, w.received_at) for w in ready]
         return chosen + [(message, pointer, now) for message, pointer in heads], changes
 
@@ -150,10 +150,22 @@ class GroupGate:
         if lease is None or hidden is None:
             return changes
         changes += [(w.message, 0) for w in self.overdue(lease)]
+        return changes + [(w.message, hidden) for w in self.due_for_renewal(hidden)]
+
+    def due_for_renewal(self, hidden: int) -> list[Waiting]:
+        """Held messages with half their visibility gone, now counted as
+        hidden for `hidden` seconds more (the caller renews them)."""
         now = time.monotonic()
-        kept = [w for w in self.held() if w.hidden_until - now < hidden / 2]
-        self.extended(kept, hidden)
-        return changes + [(w.message, hidden) for w in kept]
+        due = [w for w in self.held() if w.hidden_until - now < hidden / 2]
+        self.extended(due, hidden)
+        return due
+
+    @staticmethod
+    def _ids_of(group: _Group) -> set[str]:
+        ids = {w.pointer.id for w in group.tail}
+        if group.head is not None:
+            ids.add(group.head[0])
+        return ids
 
     def take_ready(self, limit: int, token: str) -> tuple[list[Waiting], list[Waiting]]:
         """Up to `limit` messages whose group's previous one is settled, each
@@ -269,4 +281,3 @@ class GroupGate:
         with self._lock:
             self._groups.clear()
             self._heads.clear()
-            self._stale = []
