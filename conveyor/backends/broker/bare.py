@@ -203,17 +203,22 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
         wait = min(self.config.wait, int(timeout))
         ready = self._gate.ready()
         received: list[Received] = []
+        asked = True
         if self._gate.busy():
             # A group's message is out: once it is settled, the group's next
             # one is held here or on the broker, and a long poll could not be
             # cut short for it: `finish` sets `wake` instead.
             wait = 0
-            if not self._receive_can_wait(queues):
+            asked = not self._receive_can_wait(queues)
+            if asked:
                 received = await self._receive(queues, limit - ready, 0, lease)
         else:
             received = await self._receive(queues, limit, wait, lease)
         left = deadline - time.monotonic()
-        if not received and not ready and left > 0.05 and not wake.is_set():
+        # Without asking the broker, the whole timeout is waited out, however
+        # short, or an idle worker would spin.
+        waits = left > 0.05 or (not asked and left > 0)
+        if not received and not ready and waits and not wake.is_set():
             try:
                 async with asyncio.timeout(left):
                     await wake.wait()
