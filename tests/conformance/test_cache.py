@@ -4,7 +4,6 @@ and `wrap` (compute once, single flight, errors, sync compute functions)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,34 +11,12 @@ from pydantic import BaseModel
 
 from conveyor import Conveyor, InvalidOptionError, InvalidPayloadError
 
-from .conftest import needs
+from .conftest import Peer, needs
 
 # Also with the cache on a backend of their own (tests/conftest.py SPLIT_SERVICES).
 pytestmark = [needs("cache"), pytest.mark.split_services]
 
 MISSING = object()
-
-Peer = Callable[[], Awaitable[Conveyor]]
-
-
-@pytest.fixture
-async def peer(app: Conveyor, backend_name: str, make_app: Any) -> AsyncIterator[Peer]:
-    """A second Conveyor on the same store as `app` (on memory://, which gives
-    every Conveyor its own store, it shares `app`'s backend object)."""
-    shared: list[Conveyor] = []
-
-    async def make() -> Conveyor:
-        if backend_name != "memory":
-            made: Conveyor = await make_app()
-            return made
-        other = Conveyor(app.url, backend=app.backend)
-        await other.open()
-        shared.append(other)
-        return other
-
-    yield make
-    for other in shared:
-        await asyncio.to_thread(other.portal.stop)
 
 
 class Counted:

@@ -5,39 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, InvalidOptionError
 
-from .conftest import needs
+from .conftest import Peer, needs
 
 # Also with the locks on a backend of their own (tests/conftest.py SPLIT_SERVICES).
 pytestmark = [needs("locks"), pytest.mark.split_services]
-
-Peer = Callable[[], Awaitable[Conveyor]]
-
-
-@pytest.fixture
-async def peer(app: Conveyor, backend_name: str, make_app: Any) -> AsyncIterator[Peer]:
-    """A second Conveyor on the same store as `app` (on memory://, which gives
-    every Conveyor its own store, it shares `app`'s backend object)."""
-    shared: list[Conveyor] = []
-
-    async def make() -> Conveyor:
-        if backend_name != "memory":
-            made: Conveyor = await make_app()
-            return made
-        other = Conveyor(app.url, backend=app.backend)
-        await other.open()
-        shared.append(other)
-        return other
-
-    yield make
-    for other in shared:
-        await asyncio.to_thread(other.portal.stop)
 
 
 async def test_acquire_returns_a_token_and_a_second_acquire_gets_none(app: Conveyor) -> None:
