@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from availability import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Conveyor, JobState
@@ -53,13 +54,6 @@ def stuck(payload: int) -> None:
 """
 
 Figures = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> Figures:

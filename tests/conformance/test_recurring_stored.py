@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -25,36 +24,13 @@ from conveyor import Conveyor, Event, Job, JobState
 from conveyor.backends.base import ScheduleStore
 from conveyor.scheduler import InvalidScheduleError
 
-from .conftest import MakeApp, fast_worker, needs
+from .conftest import Peer, fast_worker, needs
 from .helpers import a_priority, eventually, wait_state
 
 pytestmark = needs("lookup")
 
 T0 = 1_767_614_400.0  # 2026-01-05 12:00:00 UTC: ticks at a fixed past instant
 JOB = "report.build"
-
-Peer = Callable[[], Awaitable[Conveyor]]
-
-
-@pytest.fixture
-async def peer(app: Conveyor, backend_name: str, make_app: MakeApp) -> AsyncIterator[Peer]:
-    """Another Conveyor on `app`'s store that registers no job types.
-
-    memory:// gives each Conveyor its own store, so there the peer shares
-    `app`'s backend object; elsewhere it opens the same URL anew."""
-    shared: list[Conveyor] = []
-
-    async def make() -> Conveyor:
-        if backend_name != "memory":
-            return await make_app()
-        other = Conveyor(app.url, backend=app.backend)
-        await other.open()
-        shared.append(other)
-        return other
-
-    yield make
-    for other in shared:
-        await asyncio.to_thread(other.portal.stop)
 
 
 def store(app: Conveyor) -> ScheduleStore:
