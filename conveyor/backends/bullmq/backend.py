@@ -113,7 +113,9 @@ class BullMQBackend(BullConsumer):
             raise InvalidOptionError(
                 f"a BullMQ priority runs from 0 (first) to {MAX_PRIORITY}, got {job.priority}"
             )
-        delay = max(stamp_ms(job.run_at - job.created_at), 0)
+        # Due at run_at rounded up to the millisecond: the difference of the
+        # two rounded instants, not the rounded difference (up to 2 ms late).
+        delay = max(stamp_ms(job.run_at) - stamp_ms(job.created_at), 0)
         opts: dict[str, Any] = {"attempts": job.max_retries + 1, "delay": delay}
         if job.priority:
             opts["priority"] = job.priority
