@@ -77,14 +77,16 @@ class GracefulStop:
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`), then shut down gracefully."""
-        await self.start()
         loop = asyncio.get_running_loop()
         installed = []
+        # Before start(): a signal while the backend opens, or just after the
+        # first claims, must stop the worker, not end the interpreter.
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
         try:
+            await self.start()
             await self._stopping.wait()
             await self.stop()
         finally:
