@@ -266,13 +266,13 @@ async def test_opening_a_database_another_process_holds_locked_says_it_is_busy(
         holder.close()
 
 
-async def test_a_freeze_right_after_taking_the_lock_counts_as_holding_it(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+async def assert_a_freeze_costs_no_lease(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, freeze_after: bool
 ) -> None:
-    """A worker frozen between its BEGIN IMMEDIATE and the first statement of
-    its transaction holds the write lock all along: when it resumes, the
-    leases of healthy workers (whose heartbeats could not be stored) must be
-    made up for before its own lease recovery runs, or it takes their jobs."""
+    """Freeze (2.5 s, longer than the lease) the first write transaction of
+    one backend at `writer.<step>` (before or after the step runs), with the
+    write lock held; then that backend's lease recovery, run first, must leave
+    another backend's claimed job alone, and its heartbeat must still hold."""
     from conveyor.backends.sqlite import writer
 
     url = f"sqlite:///{db_path}"
@@ -281,18 +281,21 @@ async def test_a_freeze_right_after_taking_the_lock_counts_as_holding_it(
     await frozen.open()
     try:
         job = await claim_one(healthy, lease=1.0)
-        real = writer._lock_taken
+        real = getattr(writer, step)
         froze: list[float] = []
 
         def freeze_once(conn: Any) -> None:
+            if freeze_after:
+                real(conn)
             if not froze and threading.current_thread().name.startswith("conveyor-sqlite"):
                 froze.append(time.time())
                 time.sleep(2.5)  # the process is stopped with the lock held
-            real(conn)
+            if not freeze_after:
+                real(conn)
 
-        monkeypatch.setattr(writer, "_lock_taken", freeze_once)
+        monkeypatch.setattr(writer, step, freeze_once)
         await frozen.enqueue([new_job()])  # the frozen transaction
-        monkeypatch.setattr(writer, "_lock_taken", real)
+        monkeypatch.setattr(writer, step, real)
         assert froze, "the freeze happened"
         # The healthy worker's heartbeats were refused meanwhile; the resumed
         # worker's recovery runs first and must leave the job alone.
@@ -305,6 +308,16 @@ async def test_a_freeze_right_after_taking_the_lock_counts_as_holding_it(
         await frozen.close()
 
 
+async def test_a_freeze_right_after_taking_the_lock_counts_as_holding_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker frozen between its BEGIN IMMEDIATE and the first statement of
+    its transaction holds the write lock all along: when it resumes, the
+    leases of healthy workers (whose heartbeats could not be stored) must be
+    made up for before its own lease recovery runs, or it takes their jobs."""
+    await assert_a_freeze_costs_no_lease(db_path, monkeypatch, "_lock_taken", freeze_after=False)
+
+
 async def test_a_freeze_during_commit_counts_as_holding_the_lock(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,31 +326,4 @@ async def test_a_freeze_during_commit_counts_as_holding_the_lock(
     lock through the freeze. Resumed, its next transaction (a lease recovery,
     due long ago) must not take the healthy worker's job, whose heartbeats and
     acknowledgement could not be stored meanwhile."""
-    from conveyor.backends.sqlite import writer
-
-    url = f"sqlite:///{db_path}"
-    healthy, frozen = SQLiteBackend(url), SQLiteBackend(url)
-    await healthy.open()
-    await frozen.open()
-    try:
-        job = await claim_one(healthy, lease=1.0)
-        real = writer._before_commit
-        froze: list[float] = []
-
-        def freeze_once(conn: Any) -> None:
-            real(conn)
-            if not froze and threading.current_thread().name.startswith("conveyor-sqlite"):
-                froze.append(time.time())
-                time.sleep(2.5)  # stopped with the lock held, COMMIT not yet done
-
-        monkeypatch.setattr(writer, "_before_commit", freeze_once)
-        await frozen.enqueue([new_job()])  # the frozen transaction
-        monkeypatch.setattr(writer, "_before_commit", real)
-        assert froze, "the freeze happened"
-        assert await frozen.recover_expired(time.time(), 1) == []
-        assert await healthy.heartbeat([Heartbeat(job.id, job.token)], 1.0, time.time()) == [
-            LeaseStatus.HELD
-        ]
-    finally:
-        await healthy.close()
-        await frozen.close()
+    await assert_a_freeze_costs_no_lease(db_path, monkeypatch, "_before_commit", freeze_after=True)

@@ -142,8 +142,9 @@ class BullMQBackend(BullConsumer):
         state = JobState.SCHEDULED if opts["delay"] else JobState.QUEUED
         return job_from_hash(bull_id, job.queue, fields, state)
 
-    def _add(self, job: NewJob, keys: QueueKeys) -> list[Any]:
-        opts = self._opts(job)
+    def _add(self, job: NewJob, keys: QueueKeys, opts: dict[str, Any] | None = None) -> list[Any]:
+        """The add script's call for `job`; `opts`: its `_opts`, when made already."""
+        opts = self._opts(job) if opts is None else opts
         delay = opts["delay"]
         bull_id = job.key if job.key is not None else job.id
         args = [
@@ -186,12 +187,13 @@ class BullMQBackend(BullConsumer):
             return []
         await self.note_queues({job.queue for job in jobs})
         commands: list[Sequence[Any]] = []
-        for job in jobs:
+        options = [self._opts(job) for job in jobs]
+        for job, opts in zip(jobs, options, strict=True):
             keys = self.keys(job.queue)
             bull_id = job.key if job.key is not None else job.id
             # EXISTS first in the same pipeline: the add scripts answer a
             # repeated jobId with its id, as they do a new one.
-            commands += [("EXISTS", keys.job(bull_id)), self._add(job, keys)]
+            commands += [("EXISTS", keys.job(bull_id)), self._add(job, keys, opts)]
         replies = await self.run(commands)
         ids = [str(replies[2 * index + 1]) for index in range(len(jobs))]
         # EXISTS said so, or the pipeline's EXISTS ran before an earlier add
@@ -204,13 +206,13 @@ class BullMQBackend(BullConsumer):
             if job.key is not None:
                 keyed.add((job.queue, job.key))
         wanted = [(job.queue, i) for job, i, d in zip(jobs, ids, duplicate, strict=True) if d]
-        stored = await self.read_jobs(wanted) if wanted else []
+        stored = iter(await self.read_jobs(wanted))
         out: list[Job] = []
         for index, job in enumerate(jobs):
             if not duplicate[index]:
-                out.append(self._added(job, ids[index], self._opts(job)))
+                out.append(self._added(job, ids[index], options[index]))
                 continue
-            record = stored.pop(0)
+            record = next(stored)
             if record is None:
                 raise InvalidOptionError(f"BullMQ did not store job {ids[index]!r}")
             record.duplicate = True

@@ -225,6 +225,8 @@ class BullConnection(RedisStores):
 
     async def read_jobs(self, wanted: Sequence[tuple[str, str]]) -> list[Job | None]:
         """The records of (conveyor queue, job id) pairs, None where absent."""
+        if not wanted:
+            return []  # no round trip for nothing (recovery asks this at every pass)
         commands: list[list[Arg]] = []
         for queue, job_id in wanted:
             commands += self._read_commands(self.keys(queue), job_id)
