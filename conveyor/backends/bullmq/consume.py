@@ -1,7 +1,8 @@
-"""The consuming side of the BullMQ backend: claims (BullMQ's moveToActive,
-the lock token = conveyor's claim token, the lock duration = the lease),
-hand-backs, heartbeats (extendLock), progress and log lines, and recovery of
-expired leases (BullMQ's stalled-jobs check).
+"""The consuming side of the BullMQ backend: claims (a batch at a time, each
+job as BullMQ's moveToActive takes it: own_scripts.CLAIM; the lock token =
+conveyor's claim token, the lock duration = the lease), hand-backs,
+heartbeats (extendLock), progress and log lines, and recovery of expired
+leases (BullMQ's stalled-jobs check).
 
 An explicit `now` drives leases as on every conveyor backend: a lock is set
 to expire (on Redis's timer) at `now + lease`, and recovery or a heartbeat at
@@ -57,14 +58,14 @@ def lock_ms(lease: float, now: float | None) -> int:
 
 
 class BullConsumer(BullSchedules):
-    def _move_to_active(self, keys: QueueKeys, token: str, lease: float, now: float | None) -> Any:
-        opts = {"token": token, "lockDuration": lock_ms(lease, now), "name": WORKER}
+    def _take(
+        self, keys: QueueKeys, wanted: int, token: str, lease: float, now: float | None
+    ) -> list[Arg]:
+        """own_scripts.CLAIM: up to `wanted` jobs, each as moveToActive takes one."""
         return self.call(
-            "moveToActive",
-            keys.many(
-                "wait active prioritized events stalled limiter delayed paused meta pc marker"
-            ),
-            [keys.base, now_ms(now), packed(opts)],
+            "claim",
+            keys.many("wait active prioritized events limiter delayed meta pc marker"),
+            [keys.base, now_ms(now), token, lock_ms(lease, now), WORKER, wanted],
         )
 
     async def claim(
@@ -159,17 +160,15 @@ class BullConsumer(BullSchedules):
         served: set[str] | None,
         before: Sequence[Sequence[Arg]] = (),
     ) -> tuple[list[Any], list[Job]]:
-        """Up to `limit` jobs of `queue` by BullMQ's moveToActive; of
+        """Up to `limit` jobs of `queue` as BullMQ's moveToActive takes them; of
         `served` names only (None: any), which own_scripts.BRING_FORWARD
         puts at the head first. A job of another name that still comes (a
         delayed one promoted by the claim itself) goes back in front.
         `before`: commands sent ahead in the claim's first round trip
         (outcomes, by finish_and_claim); their replies come first."""
         keys = self.keys(queue)
-        move = self._move_to_active(keys, token, lease, now)
         if served is None:
-            replies = await self.run([*before, *[move] * limit])
-            ahead, replies = replies[: len(before)], replies[len(before) :]
+            *ahead, taken = await self.run([*before, self._take(keys, limit, token, lease, now)])
         else:
             bring: list[Arg] = [
                 "EVAL",
@@ -183,14 +182,14 @@ class BullConsumer(BullSchedules):
                 *sorted(served),
             ]
             *ahead, (found, due) = await self.run([*before, bring])
-            calls = min(int(found) + int(due), limit)
-            replies = await self.run([move] * calls) if calls else []
+            wanted = min(int(found) + int(due), limit)
+            taken = (
+                (await self.run([self._take(keys, wanted, token, lease, now)]))[0] if wanted else []
+            )
         claimed: list[Job] = []
         passed_over: list[str] = []
-        for reply in replies:
-            if not reply or not isinstance(reply[0], list) or not reply[0]:
-                continue
-            job_id, fields = str(reply[1]), pairs(reply[0])
+        for flat_fields, taken_id in taken:
+            job_id, fields = str(taken_id), pairs(flat_fields)
             if fields.get("defa"):
                 # Stalled too often: BullMQ fails it at its next claim.
                 stalls = fields.get("stc")

@@ -1,0 +1,171 @@
+"""conveyor's batch claim (own_scripts.CLAIM) against BullMQ's moveToActive:
+from the same queue state, one CLAIM call for n jobs must leave Redis as n
+moveToActive calls do (every key, field, list order, score, TTL, and the
+events QueueEvents reads) and answer the same jobs in the same order."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from conveyor.backends.bullmq import BullMQBackend
+from conveyor.backends.bullmq.calls import packed
+from conveyor.backends.bullmq.layout import QueueKeys
+
+pytestmark = pytest.mark.bullmq
+
+NOW = 1_800_000_000_000  # ms: the time both sides are given
+TOKEN = "claim-token"
+LOCK_MS = 30_000
+
+Setup = Callable[[BullMQBackend, QueueKeys], Awaitable[None]]
+
+
+async def add(backend: BullMQBackend, keys: QueueKeys, job_id: str, **fields: Any) -> None:
+    values = {"name": "task", "data": "{}", "opts": "{}", "timestamp": NOW - 10, **fields}
+    await backend._cmd("HSET", keys.job(job_id), *[x for kv in values.items() for x in kv])
+
+
+async def waiting(backend: BullMQBackend, keys: QueueKeys, *ids: str) -> None:
+    """Jobs in the wait list in the order BullMQ adds them (LPUSH: the
+    first added is taken first, from the right end)."""
+    for job_id in ids:
+        await add(backend, keys, job_id)
+        await backend._cmd("LPUSH", keys["wait"], job_id)
+
+
+async def plain(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await waiting(backend, keys, "1", "2", "3", "4", "5")
+
+
+async def mixed(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await waiting(backend, keys, "w1", "w2")
+    for job_id, priority, order in (("p1", 5, 1), ("p2", 1, 2), ("p3", 5, 3)):
+        await add(backend, keys, job_id, priority=priority)
+        await backend._cmd("ZADD", keys["prioritized"], priority * 0x100000000 + order, job_id)
+    await backend._cmd("SET", keys["pc"], 3)
+    # Two delayed jobs due (one prioritized), one not yet.
+    for job_id, due, priority in (("d1", NOW - 5, 0), ("d2", NOW, 2), ("d3", NOW + 60_000, 0)):
+        await add(backend, keys, job_id, delay=1000, priority=priority)
+        await backend._cmd("ZADD", keys["delayed"], due * 0x1000 + 1, job_id)
+
+
+async def paused(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await plain(backend, keys)
+    await backend._cmd("HSET", keys["meta"], "paused", 1)
+    await add(backend, keys, "d1", delay=1000)
+    await backend._cmd("ZADD", keys["delayed"], (NOW - 1) * 0x1000, "d1")
+
+
+async def global_concurrency(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await plain(backend, keys)
+    await backend._cmd("HSET", keys["meta"], "concurrency", 3)
+    await add(backend, keys, "running")
+    await backend._cmd("LPUSH", keys["active"], "running")
+
+
+async def rate_limited(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await plain(backend, keys)
+    await backend._cmd("HSET", keys["meta"], "max", 3, "duration", 60_000)
+    # A deferred failure does not count towards the limit.
+    await backend._cmd("HSET", keys.job("1"), "defa", "stalled")
+
+
+async def limit_used_up(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await plain(backend, keys)
+    await backend._cmd("HSET", keys["meta"], "max", 2, "duration", 60_000)
+    await backend._cmd("SET", keys["limiter"], 2, "PX", 60_000)
+
+
+async def legacy_marker(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await waiting(backend, keys, "1")
+    await backend._cmd("RPUSH", keys["wait"], "0:1")  # an old worker's marker, at the right end
+    await waiting(backend, keys, "2")
+
+
+async def empty(backend: BullMQBackend, keys: QueueKeys) -> None:
+    await backend._cmd("SET", keys["pc"], 7)  # dropped when the prioritized set is found empty
+
+
+async def snapshot(backend: BullMQBackend, keys: QueueKeys) -> dict[str, Any]:
+    """Every key of the queue, by its name after the queue's base, with its
+    value and whether it expires; the events stream without its entry ids."""
+    found = await backend._cmd("KEYS", keys.base + "*")
+    state: dict[str, Any] = {}
+    for key in sorted(found):
+        kind = await backend._cmd("TYPE", key)
+        if kind == "hash":
+            value: Any = sorted(zip(*[iter(await backend._cmd("HGETALL", key))] * 2, strict=True))
+        elif kind == "list":
+            value = await backend._cmd("LRANGE", key, 0, -1)
+        elif kind == "zset":
+            value = await backend._cmd("ZRANGE", key, 0, -1, "WITHSCORES")
+        elif kind == "set":
+            value = sorted(await backend._cmd("SMEMBERS", key))
+        elif kind == "stream":
+            value = [entry[1] for entry in await backend._cmd("XRANGE", key, "-", "+")]
+        else:
+            value = await backend._cmd("GET", key)
+        ttl = await backend._cmd("PTTL", key)
+        state[key.removeprefix(keys.base)] = (kind, value, ttl > 0)
+    return state
+
+
+async def by_move_to_active(backend: BullMQBackend, keys: QueueKeys, n: int) -> list[Any]:
+    opts = {"token": TOKEN, "lockDuration": LOCK_MS, "name": "conveyor"}
+    call = backend.call(
+        "moveToActive",
+        keys.many("wait active prioritized events stalled limiter delayed paused meta pc marker"),
+        [keys.base, NOW, packed(opts)],
+    )
+    replies = await backend.run([call] * n)
+    return [[reply[0], reply[1]] for reply in replies if reply[0]]
+
+
+async def by_claim(backend: BullMQBackend, keys: QueueKeys, n: int) -> list[Any]:
+    call = backend.call(
+        "claim",
+        keys.many("wait active prioritized events limiter delayed meta pc marker"),
+        [keys.base, NOW, TOKEN, LOCK_MS, "conveyor", n],
+    )
+    (taken,) = await backend.run([call])
+    return [list(pair) for pair in taken]
+
+
+@pytest.mark.parametrize(
+    ("setup", "n"),
+    [
+        (plain, 3),
+        (plain, 7),
+        (mixed, 10),
+        (mixed, 2),
+        (paused, 3),
+        (global_concurrency, 5),
+        (rate_limited, 5),
+        (limit_used_up, 3),
+        (legacy_marker, 3),
+        (empty, 2),
+    ],
+)
+async def test_one_claim_call_does_what_n_move_to_active_calls_do(
+    bullmq_urls: Callable[[], str], setup: Setup, n: int
+) -> None:
+    backend = BullMQBackend(bullmq_urls())
+    await backend.open()
+    try:
+        bull, ours = (
+            QueueKeys(backend.config.prefix, "bull"),
+            QueueKeys(backend.config.prefix, "ours"),
+        )
+        await setup(backend, bull)
+        await setup(backend, ours)
+        assert await snapshot(backend, bull) == await snapshot(backend, ours)
+        expected = await by_move_to_active(backend, bull, n)
+        got = await by_claim(backend, ours, n)
+        # Replies name keys by the queue's base: compare without it.
+        assert [[sorted(f), i] for f, i in got] == [[sorted(f), i] for f, i in expected]
+        assert await snapshot(backend, ours) == await snapshot(backend, bull)
+    finally:
+        await backend.close()
