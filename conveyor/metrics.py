@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor.events import Event
@@ -88,18 +89,11 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=on,
         )
-        self.queue_jobs = pc.Gauge(
-            "conveyor_queue_jobs", "Jobs per queue and state", ("queue", "state"), registry=on
-        )
-        self.oldest_age = pc.Gauge(
-            "conveyor_queue_oldest_job_age_seconds",
-            "How long the queue's oldest queued job has been due (0: none queued)",
-            ("queue",),
-            registry=on,
-        )
-        self.paused = pc.Gauge(
-            "conveyor_queue_paused", "1 while the queue is paused", ("queue",), registry=on
-        )
+        # Queue figures are a snapshot replaced whole at each refresh, not
+        # gauges set label by label: a queue whose jobs are gone, or whose
+        # pause was lifted, must stop being reported, not keep its last values.
+        self._queues = _QueueCollector()
+        self.registry.register(self._queues)
         self.registry.register(_WorkerCollector(self._workers))
         for name, handler in (
             ("job.started", self._on_started),
@@ -149,9 +143,8 @@ class Metrics:
         backend (a stats call, and one look-up per queue with jobs queued)."""
         app = self.app
         counts = await app.stats()
+        ages: dict[str, float] = {}
         for queue, states in counts.items():
-            for state, count in states.items():
-                self.queue_jobs.labels(queue, state).set(count)
             queued = states.get(JobState.QUEUED.value, 0)
             age = 0.0
             if queued and app.backend.capabilities.list_jobs:
@@ -161,13 +154,12 @@ class Metrics:
                 )
                 if oldest and oldest[0].run_at is not None:
                     age = max(0.0, time.time() - oldest[0].run_at.timestamp())
-            self.oldest_age.labels(queue).set(age)
+            ages[queue] = age
         try:
             paused = set(await app.paused())
         except NotSupportedError:
             paused = set()
-        for queue in set(counts) | paused:
-            self.paused.labels(queue).set(1 if queue in paused else 0)
+        self._queues.snapshot = _QueueFigures(counts, ages, paused)
 
     async def keep_refreshed(self) -> None:
         """`refresh()` every `refresh_every` seconds until cancelled; a failed
@@ -189,6 +181,47 @@ class Metrics:
             thread.join(timeout=5)
 
         return stop
+
+
+@dataclass(frozen=True, slots=True)
+class _QueueFigures:
+    """What one refresh read from the backend."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # queue -> state -> jobs
+    oldest_age: dict[str, float] = field(default_factory=dict)  # queue -> seconds
+    paused: set[str] = field(default_factory=set)
+
+
+class _QueueCollector:
+    """The queue gauges, from the latest refresh's snapshot. The snapshot is
+    swapped in one assignment, so a scrape on the HTTP server's thread sees
+    one refresh's figures, never half of two."""
+
+    def __init__(self) -> None:
+        self.snapshot = _QueueFigures()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = self.snapshot
+        jobs = GaugeMetricFamily(
+            "conveyor_queue_jobs", "Jobs per queue and state", labels=("queue", "state")
+        )
+        oldest = GaugeMetricFamily(
+            "conveyor_queue_oldest_job_age_seconds",
+            "How long the queue's oldest queued job has been due (0: none queued)",
+            labels=("queue",),
+        )
+        paused = GaugeMetricFamily(
+            "conveyor_queue_paused", "1 while the queue is paused", labels=("queue",)
+        )
+        for queue, states in sorted(now.counts.items()):
+            for state, count in states.items():
+                jobs.add_metric([queue, state], count)
+            oldest.add_metric([queue], now.oldest_age.get(queue, 0.0))
+        for queue in sorted(set(now.counts) | now.paused):
+            paused.add_metric([queue], 1 if queue in now.paused else 0)
+        yield from (jobs, oldest, paused)
 
 
 class _WorkerCollector:

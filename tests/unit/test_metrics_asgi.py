@@ -91,3 +91,29 @@ def test_a_worker_without_metrics_does_not_import_prometheus() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+async def test_queue_figures_are_what_the_backend_holds_now() -> None:
+    """A queue's gauges are read afresh at each scrape: once its jobs are
+    gone, or its pause lifted, its old figures are no longer served (an
+    alert on the oldest job's age would otherwise fire for ever)."""
+    app = Conveyor("memory://")
+
+    @app.job("ok")
+    async def ok(payload: int) -> int:
+        return payload
+
+    transport = httpx.ASGITransport(app=asgi_app(app))
+    async with app, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await app.pause("idle")  # holds no job: shown because it is paused
+        job = await app.enqueue("ok", 1, queue="gone")
+        before = await scrape(client, "/")
+        await app.resume("idle")
+        await app.cancel(job.id)
+        await app.purge("cancelled")
+        after = await scrape(client, "/")
+    assert before[("conveyor_queue_paused", labels(queue="idle"))] == 1
+    assert before[("conveyor_queue_jobs", labels(queue="gone", state="queued"))] == 1
+    assert ("conveyor_queue_oldest_job_age_seconds", labels(queue="gone")) in before
+    stale = [key for key in after if key[0].startswith("conveyor_queue_")]
+    assert stale == []
