@@ -6,6 +6,13 @@ regard to case at any depth of the payload (inside nested objects and
 lists), and in a job's result and `ctx.log` lines too, since handlers often
 echo what they were given. The value is replaced, the key is kept, so a
 reader still sees that the field was there.
+
+Handlers also echo payloads in free text: `raise ValueError(f"bad {payload}")`
+puts the password in the job's error, its traceback and its attempt history.
+So the values a job's payload holds under redacted fields are also hidden
+wherever they appear inside the strings of that job's view (values shorter
+than `MIN_ECHOED` characters only where a whole string equals them: hiding
+every "42" in a traceback would hide line numbers, not secrets).
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from conveyor.job import InvalidOptionError
 
 REDACTED = "[redacted]"
 EVERY_JOB = "*"
+MIN_ECHOED = 4
+# The parts of a job's view where a handler's own text lands; ids, names,
+# states and times are conveyor's and stay as they are.
+FREE_TEXT = ("result", "error", "traceback", "history", "logs", "key")
 
 # What is hidden when the caller says nothing: names that hold a secret in
 # nearly every code base. `redact=None` shows everything; a mapping of one's
@@ -67,16 +78,25 @@ class Redaction:
 
     def job(self, job_name: str, record: dict[str, Any]) -> dict[str, Any]:
         """A job's JSON view (`Job.to_dict()`) with payload, result and log
-        lines redacted."""
+        lines redacted, and the redacted payload values hidden in every
+        string of the view (error, traceback, history, log messages)."""
         fields = self.fields_for(job_name)
         if not fields:
             return record
-        return {
+        secrets = _secrets(record.get("payload"), fields, found=set())
+        view = {
             **record,
             "payload": _scrub(record.get("payload"), fields),
             "result": _scrub(record.get("result"), fields),
             "logs": _scrub(record.get("logs"), fields),
         }
+        if not secrets:
+            return view
+        # Longest first: a secret containing another is hidden whole.
+        ordered = sorted(secrets, key=len, reverse=True)
+        for key in FREE_TEXT:
+            view[key] = _hide(view.get(key), ordered)
+        return view
 
 
 def _scrub(value: Any, fields: frozenset[str]) -> Any:
@@ -87,4 +107,35 @@ def _scrub(value: Any, fields: frozenset[str]) -> Any:
         }
     if isinstance(value, list | tuple):
         return [_scrub(item, fields) for item in value]
+    return value
+
+
+def _secrets(value: Any, fields: frozenset[str], found: set[str], inside: bool = False) -> set[str]:
+    """The texts of the values held under redacted fields, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _secrets(item, fields, found, inside or str(key).lower() in fields)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _secrets(item, fields, found, inside)
+    elif inside and value is not None and not isinstance(value, bool):
+        text = str(value)
+        if text and text != REDACTED:
+            found.add(text)
+    return found
+
+
+def _hide(value: Any, secrets: list[str]) -> Any:
+    """`value` with every secret inside its strings replaced."""
+    if isinstance(value, str):
+        if value in secrets:
+            return REDACTED
+        for secret in secrets:
+            if len(secret) >= MIN_ECHOED and secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {key: _hide(item, secrets) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hide(item, secrets) for item in value]
     return value

@@ -370,6 +370,34 @@ async def test_redaction_in_every_view(app: Conveyor) -> None:
         assert "hunter2" in (await http.get(f"/api/jobs/{job_id}")).text
 
 
+async def test_a_redacted_value_is_hidden_where_the_handler_echoed_it(app: Conveyor) -> None:
+    """A handler that puts its payload in an error message (or a log line's
+    text) would show the password in the error, the traceback and the
+    attempt history: the redacted fields' values are hidden there too."""
+
+    @app.job("login.check", retries=0)
+    def check(payload: dict[str, Any], ctx: JobContext) -> None:
+        ctx.log(f"checking {payload}")
+        raise PermissionError(f"login refused for {payload}")
+
+    job = await app.enqueue("login.check", {"user": "ada", "password": "hunter2", "pin": 9876})
+    await app.drain()
+    assert (await app.wait(job.id, timeout=5)).state is JobState.FAILED
+    async with client(create_app(app, token=TOKEN)) as http:
+        detail = (await http.get(f"/api/jobs/{job.id}")).json()
+        listing = (await http.get("/api/jobs", params={"state": "failed"})).text
+    shown = [detail["error"], detail["traceback"], detail["history"][0]["error"]]
+    shown.append(detail["logs"][0]["msg"])
+    for text in [*shown, listing]:
+        assert "hunter2" not in text
+        assert "[redacted]" in text
+    assert "ada" in detail["error"]  # what is not secret stays readable
+    custom = create_app(app, redact={"login.check": ["password", "pin"]})
+    async with client(custom) as http:
+        error = (await http.get(f"/api/jobs/{job.id}")).json()["error"]
+    assert "hunter2" not in error and "9876" not in error
+
+
 # --------------------------------------------------------------------------- the page, mounts
 
 
