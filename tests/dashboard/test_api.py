@@ -4,6 +4,7 @@ redaction, and two dashboards in one process."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -218,6 +219,26 @@ async def test_retry_cancel_retry_all_and_purge(app: Conveyor, web: httpx.AsyncC
     assert (
         await web.post("/api/jobs/purge", params={"state": "running"}, headers=BEARER)
     ).status_code == 400
+
+
+async def test_cancel_a_queued_and_a_running_job(app: Conveyor, web: httpx.AsyncClient) -> None:
+    started = asyncio.Event()
+
+    @app.job("slow.task", retries=0)
+    async def slow(payload: Any, ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    queued = await app.enqueue("report.build", {})
+    cancelled = await web.post(f"/api/jobs/{queued.id}/cancel", headers=BEARER)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    running = await app.enqueue("slow.task", {})
+    async with app.worker(queues=["default"], poll_interval=0.05):
+        await asyncio.wait_for(started.wait(), 10)
+        asked = await web.post(f"/api/jobs/{running.id}/cancel", headers=BEARER)
+        assert asked.status_code == 200
+        assert asked.json()["state"] in ("running", "cancelled")  # the handler stops soon after
+        assert (await app.wait(running.id, timeout=10)).state is JobState.CANCELLED
 
 
 async def test_recurring_actions(app: Conveyor, web: httpx.AsyncClient) -> None:
