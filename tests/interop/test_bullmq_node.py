@@ -344,3 +344,36 @@ async def test_a_queues_global_rate_limit_holds_for_a_conveyor_worker(
     assert [job.state for job in done] == [JobState.COMPLETED] * 6
     # Windows of 500 ms: the 5th job starts in the third, 1 s after the first.
     assert started[4] - started[0] >= 0.95
+
+
+async def test_a_pause_is_bullmqs_own_on_both_sides(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    """app.pause() is BullMQ's pause (the queue's meta hash): Node's
+    isPaused() says so (its workers honour it); a pause made by Node
+    (queue.pause(), Bull Board's button) is one app.paused() lists and
+    app.resume() lifts, and a conveyor worker does not claim meanwhile."""
+    url, spec = bull_queue
+    app = Conveyor(url)
+
+    @app.job("add")
+    async def add(payload: dict[str, int]) -> int:
+        return payload["a"] + payload["b"]
+
+    async with app:
+        assert await app.pause("default") is True
+        assert await app.pause("default") is False  # already paused
+        assert node_bull(spec, command="pause") == {"paused": True}
+        assert await app.resume("default") is True
+        assert node_bull(spec, command="pause") == {"paused": False}
+
+        assert node_bull(spec, command="pause", set=True) == {"paused": True}
+        assert await app.paused() == ["default"]
+        job = await app.enqueue("add", {"a": 1, "b": 2})
+        async with app.worker(poll_interval=0.05, pause_check_interval=0.05):
+            await asyncio.sleep(0.5)
+            assert (await app.get_job(job.id)).state is JobState.QUEUED  # type: ignore[union-attr]
+            assert await app.resume("default") is True
+            done = await app.wait(job.id, timeout=20)
+        assert node_bull(spec, command="pause") == {"paused": False}
+    assert (done.state, done.result) == (JobState.COMPLETED, 3)

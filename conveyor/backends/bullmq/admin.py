@@ -188,3 +188,36 @@ class BullAdmin(BullConnection):
                     counts = out.setdefault(queue, {})
                     counts[name] = counts.get(name, 0) + 1
         return out
+
+    # ------------------------------------------------------------------ pauses
+    # BullMQ's own pause, not the Redis backend's set: the `paused` field of
+    # the queue's meta hash, which BullMQ's claim script (moveToActive)
+    # honours. So a pause from conveyor stops Node's workers too and Node
+    # (queue.isPaused(), Bull Board) shows it, and a pause made in Node is
+    # one conveyor lists and lifts.
+
+    async def pause_queue(self, queue: str) -> bool:
+        return await self._set_paused(queue, True)
+
+    async def resume_queue(self, queue: str) -> bool:
+        return await self._set_paused(queue, False)
+
+    async def paused_queues(self) -> set[str]:
+        queues = await self.known_queues()
+        flags = await self.run([("HEXISTS", self.keys(q)["meta"], "paused") for q in queues])
+        return {queue for queue, flag in zip(queues, flags, strict=True) if int(flag)}
+
+    async def _set_paused(self, queue: str, paused: bool) -> bool:
+        """False when the queue already was so. The read and the script are
+        two steps: two callers racing may both answer True, which changes
+        nothing but that answer."""
+        await self.note_queues([queue])
+        keys = self.keys(queue)
+        if bool(int(await self._cmd("HEXISTS", keys["meta"], "paused"))) is paused:
+            return False
+        # As Node's Queue.pause/resume call it: jobs move from `src` to `dst`
+        # on resume only (the legacy `paused` list), an event either way.
+        src, dst = ("wait", "paused") if paused else ("paused", "wait")
+        script_keys = [keys[src], keys[dst], *keys.many("meta prioritized events delayed marker")]
+        await self.run([self.call("pause", script_keys, ["paused" if paused else "resumed", "1"])])
+        return True

@@ -44,6 +44,8 @@ NAMES: Final = (
     # Job schedulers (schedules.py): Node's worker's next iteration, its removal.
     "updateJobScheduler",
     "removeJobScheduler",
+    # Pausing a queue as Node's queue.pause()/resume() do (admin.py).
+    "pause",
 )
 
 

@@ -26,6 +26,8 @@
 //   schedulers: {}                               -> {"schedulers": getJobSchedulers()}
 //   remove_scheduler: {"id"}                     -> {"removed": bool}
 //   cron_next: {"pattern", "tz", "after_ms"}     -> {"next_ms": cron-parser's next tick}
+//   pause: {"set"?: true | false}                -> {"paused": queue.isPaused()}
+//         (queue.pause() or queue.resume() first, when "set" is given)
 import { CronExpressionParser } from "cron-parser";
 import { Queue, QueueEvents, Worker } from "bullmq";
 import IORedis from "ioredis";
@@ -193,7 +195,17 @@ async function cron_next() {
   print({ next_ms: interval.next().getTime() });
 }
 
+async function pause() {
+  const queue = new Queue(spec.queue, options);
+  if (spec.set === true) await queue.pause();
+  if (spec.set === false) await queue.resume();
+  const paused = await queue.isPaused();
+  await queue.close();
+  print({ paused });
+}
+
 const commands = {
+  pause,
   add,
   get,
   work,
