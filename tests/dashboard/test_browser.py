@@ -217,7 +217,7 @@ def test_lists_workers_and_schedules_from_the_page(browser: Any, site: Site) -> 
     # Cancel a scheduled job from the list.
     page.locator(f'[data-job="{later[7].id}"] [data-action="cancel"]').click()
     page.locator('[data-flash="ok"]').wait_for()
-    assert blocking(producer.get_job_sync, later[7].id).state is JobState.CANCELLED
+    assert blocking(producer.get_job_sync, later[7].id).state is JobState.CANCELLED  # type: ignore[union-attr]
     # Purge the cancelled set, once the page's question is answered yes.
     page.goto(site.base + "#/jobs?state=cancelled")
     page.locator(f'[data-job="{later[7].id}"]').wait_for()
@@ -234,7 +234,7 @@ def test_lists_workers_and_schedules_from_the_page(browser: Any, site: Site) -> 
     schedule = page.locator('[data-schedule="hourly-report"]')
     schedule.locator('[data-action="disable"]').click()
     schedule.locator('[data-action="enable"]').wait_for()
-    assert blocking(producer.get_recurring_sync, "hourly-report").enabled is False
+    assert blocking(producer.get_recurring_sync, "hourly-report").enabled is False  # type: ignore[union-attr]
     schedule.locator('[data-action="enable"]').click()
     schedule.locator('[data-action="disable"]').wait_for()
     schedule.locator('[data-action="run"]').click()
@@ -261,7 +261,7 @@ def test_a_paused_queue_stops_being_served(browser: Any, site: Site) -> None:
     served = blocking(producer.enqueue_sync, "email.welcome", {"to": "b@example.com"})
     # The worker goes on serving the other queue, after the held job was enqueued.
     assert blocking(producer.wait_sync, served.id, timeout=20).state is JobState.COMPLETED
-    assert blocking(producer.get_job_sync, held.id).state is JobState.QUEUED
+    assert blocking(producer.get_job_sync, held.id).state is JobState.QUEUED  # type: ignore[union-attr]
     reports.locator('[data-count="queued"] b').filter(has_text="1").wait_for()
 
     reports.locator('[data-action="resume"]').click()

@@ -17,7 +17,10 @@ from conveyor.metrics import Metrics, asgi_app
 pytestmark = pytest.mark.memory
 
 
-async def scrape(client: httpx.AsyncClient, path: str) -> dict[tuple[str, frozenset], float]:
+Figures = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(client: httpx.AsyncClient, path: str) -> Figures:
     reply = await client.get(path)
     assert reply.status_code == 200, reply.text
     return {
