@@ -1,4 +1,4 @@
-"""conveyor's batch claim (own_scripts.CLAIM) against BullMQ's moveToActive:
+"""conveyor's batch claim (batch_scripts.CLAIM) against BullMQ's moveToActive:
 from the same queue state, one CLAIM call for n jobs must leave Redis as n
 moveToActive calls do (every key, field, list order, score, TTL, and the
 events QueueEvents reads) and answer the same jobs in the same order."""
@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from bullmq_states import LOCK_MS, NOW, TOKEN, add, snapshot
 
 from conveyor.backends.bullmq import BullMQBackend
 from conveyor.backends.bullmq.calls import packed
@@ -16,16 +17,7 @@ from conveyor.backends.bullmq.layout import QueueKeys
 
 pytestmark = pytest.mark.bullmq
 
-NOW = 1_800_000_000_000  # ms: the time both sides are given
-TOKEN = "claim-token"
-LOCK_MS = 30_000
-
 Setup = Callable[[BullMQBackend, QueueKeys], Awaitable[None]]
-
-
-async def add(backend: BullMQBackend, keys: QueueKeys, job_id: str, **fields: Any) -> None:
-    values = {"name": "task", "data": "{}", "opts": "{}", "timestamp": NOW - 10, **fields}
-    await backend._cmd("HSET", keys.job(job_id), *[x for kv in values.items() for x in kv])
 
 
 async def waiting(backend: BullMQBackend, keys: QueueKeys, *ids: str) -> None:
@@ -87,30 +79,6 @@ async def legacy_marker(backend: BullMQBackend, keys: QueueKeys) -> None:
 
 async def empty(backend: BullMQBackend, keys: QueueKeys) -> None:
     await backend._cmd("SET", keys["pc"], 7)  # dropped when the prioritized set is found empty
-
-
-async def snapshot(backend: BullMQBackend, keys: QueueKeys) -> dict[str, Any]:
-    """Every key of the queue, by its name after the queue's base, with its
-    value and whether it expires; the events stream without its entry ids."""
-    found = await backend._cmd("KEYS", keys.base + "*")
-    state: dict[str, Any] = {}
-    for key in sorted(found):
-        kind = await backend._cmd("TYPE", key)
-        if kind == "hash":
-            value: Any = sorted(zip(*[iter(await backend._cmd("HGETALL", key))] * 2, strict=True))
-        elif kind == "list":
-            value = await backend._cmd("LRANGE", key, 0, -1)
-        elif kind == "zset":
-            value = await backend._cmd("ZRANGE", key, 0, -1, "WITHSCORES")
-        elif kind == "set":
-            value = sorted(await backend._cmd("SMEMBERS", key))
-        elif kind == "stream":
-            value = [entry[1] for entry in await backend._cmd("XRANGE", key, "-", "+")]
-        else:
-            value = await backend._cmd("GET", key)
-        ttl = await backend._cmd("PTTL", key)
-        state[key.removeprefix(keys.base)] = (kind, value, ttl > 0)
-    return state
 
 
 async def by_move_to_active(backend: BullMQBackend, keys: QueueKeys, n: int) -> list[Any]:

@@ -23,38 +23,13 @@ explicit `now` cannot move: `driven_clock` is False.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from conveyor.backends.base import (
-    Capabilities,
-    NewJob,
-    Outcome,
-    OutcomeKind,
-    Retention,
-    attempt_outcome,
-)
-from conveyor.backends.bullmq.calls import (
-    flat,
-    history_with,
-    millis,
-    now_ms,
-    packed,
-    stamp_ms,
-)
-from conveyor.backends.bullmq.consume import BullConsumer, attempts_option
-from conveyor.backends.bullmq.layout import (
-    CANCEL_REQUESTED,
-    CANCELLED,
-    HEADERS_OPTION,
-    HISTORY,
-    TIMEOUT_OPTION,
-    QueueKeys,
-    job_from_hash,
-)
-from conveyor.backends.redis.resp import Arg
+from conveyor.backends.base import Capabilities, NewJob
+from conveyor.backends.bullmq.calls import packed, stamp_ms
+from conveyor.backends.bullmq.finishing import BullFinishing
+from conveyor.backends.bullmq.layout import HEADERS_OPTION, TIMEOUT_OPTION, QueueKeys, job_from_hash
 from conveyor.job import InvalidOptionError, Job, JobState
 
 # BullMQ's largest priority (2^21).
@@ -62,25 +37,7 @@ MAX_PRIORITY = 2_097_152
 HINT = "the bullmq:// backend keeps BullMQ's layout, which has no place for this"
 
 
-def bull_backoff(opts_json: str | None, attempts_made: int) -> float | None:
-    """The wait (seconds) before the next attempt that a job's own BullMQ
-    `backoff` option asks for (a Node producer's `{type, delay}` or a number),
-    as BullMQ computes it; None when it has none (conveyor's backoff rules)."""
-    opts = json.loads(opts_json or "{}")
-    backoff = opts.get("backoff")
-    if isinstance(backoff, int | float):
-        backoff = {"type": "fixed", "delay": backoff}
-    if not isinstance(backoff, dict) or not isinstance(backoff.get("delay"), int | float):
-        return None
-    delay = float(backoff["delay"])
-    if backoff.get("type") == "exponential":
-        return float(round(2 ** (attempts_made - 1) * delay)) / 1000
-    if backoff.get("type") == "fixed":
-        return delay / 1000
-    return None  # a custom backoff strategy lives in the Node worker's code
-
-
-class BullMQBackend(BullConsumer):
+class BullMQBackend(BullFinishing):
     capabilities = Capabilities(
         min_priority=0,
         keys_global=False,
@@ -218,161 +175,6 @@ class BullMQBackend(BullConsumer):
             record.duplicate = True
             out.append(record)
         return out
-
-    # ------------------------------------------------------------------ finishing
-
-    def _outcome_command(
-        self, keys: QueueKeys, o: Outcome, retention: Retention, history: str, attempts: int
-    ) -> Any:
-        """BullMQ's script for the outcome; the job's fields it updates (once
-        the lock token is checked) carry the history with this attempt;
-        `attempts` is the job's BullMQ attempts (for a failure's events)."""
-        at = millis(o.at)
-        if o.kind is OutcomeKind.COMPLETED:
-            result = o.result or "null"
-            keep = retention.keep_completed
-            return self.finished(
-                keys,
-                o.job_id,
-                o.token,
-                "completed",
-                result,
-                keep,
-                at,
-                {"progress": "100", HISTORY: history},
-            )
-        failure = {"stacktrace": json.dumps([o.traceback] if o.traceback else []), HISTORY: history}
-        if o.kind in (OutcomeKind.FAILED, OutcomeKind.CANCELLED):
-            fields = {**failure, CANCELLED: "1"} if o.kind is OutcomeKind.CANCELLED else failure
-            reason = o.error or o.kind.value
-            return self.finished(
-                keys,
-                o.job_id,
-                o.token,
-                "failed",
-                reason,
-                retention.keep_failed,
-                at,
-                fields,
-                attempts=attempts,
-            )
-        # SCHEDULED: a retry, counted as an attempt made; after its backoff
-        # (moveToDelayed), or queued at once when it is already due (retryJob).
-        now = time.time()
-        delay = o.retry_in if o.retry_in is not None else (o.run_at or now) - now
-        updates = flat({"failedReason": o.error or "", **failure})
-        if delay <= 0:
-            return self.call(
-                "retryJob",
-                [
-                    *keys.many("active wait paused"),
-                    keys.job(o.job_id),
-                    *keys.many("meta events delayed prioritized pc marker"),
-                    keys["stalled"],
-                ],
-                [keys.base, now_ms(None), "RPUSH", o.job_id, o.token, packed(updates)],
-            )
-        return self.call(
-            "moveToDelayed",
-            [
-                *keys.many("marker active prioritized delayed"),
-                keys.job(o.job_id),
-                *keys.many("events meta stalled wait limiter pc"),
-            ],
-            [
-                keys.base,
-                stamp_ms(now),
-                o.job_id,
-                o.token,
-                stamp_ms(delay),
-                "0",
-                packed(updates),
-                "0",
-            ],
-        )
-
-    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
-        commands, slots = await self._outcome_commands(outcomes, retention)
-        return self._accepted(outcomes, slots, await self.run(commands))
-
-    async def finish_and_claim(
-        self,
-        outcomes: Sequence[Outcome],
-        retention: Retention,
-        queues: Sequence[str],
-        limit: int,
-        lease: float,
-        now: float | None = None,
-        *,
-        claim_id: str | None = None,
-        names: Sequence[str] | None = None,
-    ) -> tuple[list[bool], list[Job]]:
-        """The outcomes' scripts go in the claim's first round trip."""
-        commands, slots = await self._outcome_commands(outcomes, retention)
-        replies, jobs = await self.claim_after(
-            commands, queues, limit, lease, now, claim_id=claim_id, names=names
-        )
-        return self._accepted(outcomes, slots, replies), jobs
-
-    async def _outcome_commands(
-        self, outcomes: Sequence[Outcome], retention: Retention
-    ) -> tuple[list[list[Arg]], list[bool | int]]:
-        """One pipeline that ends `outcomes`: each one's log lines, then
-        BullMQ's script for it. Per outcome, where its script's reply will be
-        in that pipeline, or its answer when already known (no such job, a
-        hand-back)."""
-        commands: list[list[Arg]] = []
-        slots: list[bool | int] = []
-        for o in outcomes:
-            queue = await self.queue_of(o.job_id)
-            if queue is None:
-                slots.append(False)
-                continue
-            keys = self.keys(queue)
-            if o.kind is OutcomeKind.QUEUED:
-                await self.add_logs(keys, o.job_id, o.logs)
-                slots.append(await self.hand_back(keys, o.job_id, o.token, o.at))
-                continue
-            attempts = 0
-            if o.kind is not OutcomeKind.COMPLETED:
-                cancel, opts, made = await self._cmd(
-                    "HMGET", keys.job(o.job_id), CANCEL_REQUESTED, "opts", "atm"
-                )
-                attempts = attempts_option(opts)
-                wait = bull_backoff(opts, int(made or 0) + 1)
-                if o.kind is OutcomeKind.SCHEDULED and cancel:
-                    o = replace(o, kind=OutcomeKind.CANCELLED, error=o.error or "cancelled")
-                elif o.kind is OutcomeKind.SCHEDULED and wait is not None:
-                    o = replace(o, retry_in=wait)
-            if o.progress is not None:
-                await self.progress(o.job_id, o.token, o.progress, [])
-            outcome = attempt_outcome(o.kind, timed_out=o.timed_out)
-            fields = self._claim_fields.pop(o.job_id, None)
-            if fields is None:  # claimed by another process, or another backend here
-                history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
-            else:
-                history = history_with(fields, outcome, o.at, o.error)
-            commands += self.log_commands(keys, o.job_id, o.logs)
-            slots.append(len(commands))
-            commands.append(self._outcome_command(keys, o, retention, history, attempts))
-        return commands, slots
-
-    def _accepted(
-        self, outcomes: Sequence[Outcome], slots: Sequence[bool | int], replies: Sequence[Any]
-    ) -> list[bool]:
-        """Whether each outcome was taken: a script's negative answer is
-        BullMQ's refusal (the lock token no longer holds, the job is gone)."""
-        done: list[bool] = []
-        for o, slot in zip(outcomes, slots, strict=True):
-            if isinstance(slot, bool):
-                done.append(slot)
-                continue
-            reply = replies[slot]
-            ok = not isinstance(reply, int) or reply >= 0
-            if ok:
-                self._claimed.pop(o.job_id, None)
-            done.append(ok)
-        return done
 
     async def wait_for_work(
         self, queues: Sequence[str], timeout: float, *, names: Sequence[str] | None = None

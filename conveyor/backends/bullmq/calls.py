@@ -13,8 +13,9 @@ from typing import Any
 
 import msgpack
 
+from conveyor.backends.bullmq.batch_scripts import BATCH_SCRIPTS
 from conveyor.backends.bullmq.layout import HISTORY, STATES, QueueKeys, job_from_hash, pairs
-from conveyor.backends.bullmq.own_scripts import FAIL_PENDING, OWN_SCRIPTS
+from conveyor.backends.bullmq.own_scripts import FAIL_PENDING
 from conveyor.backends.bullmq.scripts import Script, load_scripts, version_problem
 from conveyor.backends.bullmq.url import DEFAULT_QUEUE, parse_url
 from conveyor.backends.records import stored_entry, with_entry
@@ -85,7 +86,7 @@ class BullConnection(RedisStores):
         super().__init__(self.config.redis_url)
         self.url = url
         self.prefix = "{" + self.config.prefix + ":conveyor}"
-        self.scripts: dict[str, Script] = {**load_scripts(), **OWN_SCRIPTS}
+        self.scripts: dict[str, Script] = {**load_scripts(), **BATCH_SCRIPTS}
         # The conveyor queues whose BullMQ queue this process has used; with
         # the registry set in Redis, what get/list/stats look through.
         self._seen: set[str] = {DEFAULT_QUEUE}

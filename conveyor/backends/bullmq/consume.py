@@ -1,5 +1,5 @@
 """The consuming side of the BullMQ backend: claims (a batch at a time, each
-job as BullMQ's moveToActive takes it: own_scripts.CLAIM; the lock token =
+job as BullMQ's moveToActive takes it: batch_scripts.CLAIM; the lock token =
 conveyor's claim token, the lock duration = the lease), hand-backs,
 heartbeats (extendLock), progress and log lines, and recovery of expired
 leases (BullMQ's stalled-jobs check).
@@ -61,7 +61,7 @@ class BullConsumer(BullSchedules):
     def _take(
         self, keys: QueueKeys, wanted: int, token: str, lease: float, now: float | None
     ) -> list[Arg]:
-        """own_scripts.CLAIM: up to `wanted` jobs, each as moveToActive takes one."""
+        """batch_scripts.CLAIM: up to `wanted` jobs, each as moveToActive takes one."""
         return self.call(
             "claim",
             keys.many("wait active prioritized events limiter delayed meta pc marker"),

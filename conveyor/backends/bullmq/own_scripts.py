@@ -33,32 +33,11 @@ promotes it, so one more call is worth making), else 0.
 KEYS: wait, prioritized, delayed. ARGV: the queue's key base, wanted, scan,
 now (ms), the served names...
 
-CLAIM claims up to `wanted` jobs in one call, each exactly as BullMQ's
-moveToActive would (same keys written, same events, same answer per job):
-BullMQ's worker calls moveToActive once per job, and conveyor's worker
-claims a batch, so one call instead of `wanted` spares the per-call work
-(the queue's meta read, the due-delayed scan, the arguments' decoding).
-What it keeps from moveToActive: due delayed jobs are promoted first (to the
-wait list, or into their priority); nothing is taken while the queue is
-paused, while its global concurrency (meta `concurrency`) is reached, or
-while its rate limit (meta `max`/`duration`, the `limiter` counter) is used
-up, each checked again before every job; the wait list is taken from its
-right end (a legacy "0:" marker there is dropped), then the prioritized set;
-each job taken gets its lock (the claim's token), `processedOn`, `pb`
-(the worker's name), `ats` + 1, an "active" event, and counts towards the
-rate limit unless it is a deferred failure ("defa"); a marker stays for
-other workers. It answers {hash, id} per job taken, in the order taken.
-KEYS: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
-ARGV: the queue's key base, now (ms), token, lock duration (ms), worker
-name, wanted.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Final
-
-from conveyor.backends.bullmq.scripts import Script
 
 FAIL_PENDING: Final = """
 local id = ARGV[1]
@@ -146,78 +125,3 @@ local due_by = tonumber(ARGV[4]) * 0x1000 + 0xfff
 local due = #redis.call("ZRANGEBYSCORE", KEYS[3], 0, due_by, "LIMIT", 0, 1)
 return {#found, due}
 """
-
-CLAIM: Final = """
-local wait, active, prioritized, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local limiter, delayed, meta, pc, marker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local base, now, token, lock_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local worker, wanted = ARGV[5], tonumber(ARGV[6])
-local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
-local paused, concurrency = settings[1], tonumber(settings[2])
-local max_jobs, window = tonumber(settings[3]), settings[4]
-local function held_back()
-  if paused then return true end
-  return concurrency ~= nil and redis.call("LLEN", active) >= concurrency
-end
--- Due delayed jobs first, as moveToActive promotes them (at most 1000 a call).
-local due = redis.call("ZRANGEBYSCORE", delayed, 0, (now + 1) * 0x1000 - 1, "LIMIT", 0, 1000)
-if #due > 0 then
-  redis.call("ZREM", delayed, unpack(due))
-  for _, id in ipairs(due) do
-    local priority = tonumber(redis.call("HGET", base .. id, "priority")) or 0
-    if priority == 0 then
-      redis.call("LPUSH", wait, id)
-    else
-      local order = redis.call("INCR", pc) % 0x100000000
-      redis.call("ZADD", prioritized, priority * 0x100000000 + order, id)
-    end
-    redis.call("XADD", events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
-    redis.call("HSET", base .. id, "delay", 0)
-  end
-  if not held_back() then redis.call("ZADD", marker, 0, "0") end
-end
-local function rate_limited()
-  if not max_jobs or max_jobs > tonumber(redis.call("GET", limiter) or 0) then return false end
-  local ttl = redis.call("PTTL", limiter)
-  if ttl == 0 then redis.call("DEL", limiter) end
-  return ttl > 0
-end
-local taken = {}
-while #taken < wanted and not rate_limited() and not held_back() do
-  local id = redis.call("RPOPLPUSH", wait, active)
-  if id and string.sub(id, 1, 2) == "0:" then
-    redis.call("LREM", active, 1, id)
-    id = redis.call("RPOPLPUSH", wait, active)
-  end
-  if not id then
-    local head = redis.call("ZPOPMIN", prioritized)
-    if #head == 0 then
-      redis.call("DEL", pc)
-      break
-    end
-    id = head[1]
-    redis.call("LPUSH", active, id)
-  end
-  local job = base .. id
-  if max_jobs and redis.call("HEXISTS", job, "defa") == 0 then
-    if redis.call("INCR", limiter) == 1 then
-      redis.call("PEXPIRE", limiter, math.floor(math.abs(tonumber(window))))
-    end
-  end
-  redis.call("SET", job .. ":lock", token, "PX", lock_ms)
-  redis.call("XADD", events, "*", "event", "active", "jobId", id, "prev", "waiting")
-  redis.call("HMSET", job, "processedOn", now, "pb", worker)
-  redis.call("HINCRBY", job, "ats", 1)
-  redis.call("ZADD", marker, 0, "0")
-  table.insert(taken, {redis.call("HGETALL", job), id})
-end
-return taken
-"""
-
-
-def _own(name: str, keys: int, source: str) -> Script:
-    return Script(name, keys, source, hashlib.sha1(source.encode()).hexdigest())
-
-
-# The scripts run by EVALSHA beside BullMQ's (loaded with them after a restart).
-OWN_SCRIPTS: Final = {"claim": _own("claim", 9, CLAIM)}

@@ -1,0 +1,228 @@
+"""conveyor's own scripts for the hot path of a worker on BullMQ's layout:
+a batch of claims, and a batch of completions, each in one call.
+
+BullMQ's worker calls moveToActive and moveToFinished once per job; conveyor's
+worker claims and acknowledges in batches, and one call per batch spares the
+per-call work of BullMQ's scripts (reading the queue's meta, scanning for due
+delayed jobs, decoding msgpack arguments, 14 keys a call on the wire). Each
+script does, per job, what BullMQ's script does to the layout: the same keys
+written, the same events, the same answers. tests/unit/test_bullmq_claim_script.py
+and test_bullmq_finish_script.py run both on the same queue states and
+compare every key.
+
+CLAIM claims up to `wanted` jobs in one call, each exactly as BullMQ's
+moveToActive would (same keys written, same events, same answer per job):
+BullMQ's worker calls moveToActive once per job, and conveyor's worker
+claims a batch, so one call instead of `wanted` spares the per-call work
+(the queue's meta read, the due-delayed scan, the arguments' decoding).
+What it keeps from moveToActive: due delayed jobs are promoted first (to the
+wait list, or into their priority); nothing is taken while the queue is
+paused, while its global concurrency (meta `concurrency`) is reached, or
+while its rate limit (meta `max`/`duration`, the `limiter` counter) is used
+up, each checked again before every job; the wait list is taken from its
+right end (a legacy "0:" marker there is dropped), then the prioritized set;
+each job taken gets its lock (the claim's token), `processedOn`, `pb`
+(the worker's name), `ats` + 1, an "active" event, and counts towards the
+rate limit unless it is a deferred failure ("defa"); a marker stays for
+other workers. It answers {hash, id} per job taken, in the order taken.
+KEYS: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
+ARGV: the queue's key base, now (ms), token, lock duration (ms), worker
+name, wanted.
+
+FINISH completes a batch of jobs as moveToFinished does with target
+"completed" and no fetch of a next job, each fenced by its own lock token:
+the answer per job is moveToFinished's (0 done; -1 no such job, -2 its lock
+is gone, -6 another token holds it, -3 not active, -4/-9 it has children
+pending or failed), or -100 for a job linked to a parent (a flow's child) or
+to a deduplication id, which it leaves untouched: BullMQ's moveToFinished
+ends those (the caller sends it), since what it does there (the parent's
+dependencies, the deduplication key) is not repeated here. Per job done: the
+lock and the stalled mark go, the given fields are set, `atm` + 1, then kept
+in `completed` with returnvalue and finishedOn, and the oldest beyond `keep`
+removed (as BullMQ's count trim: a removed child of a parent still waiting
+for it releases the parent), or removed at once when `keep` is 0; a
+"completed" event, and "drained" when nothing is left. The events stream is
+trimmed to the queue's limit (meta opts.maxLenEvents, set to 10000 when
+absent) before the first event, as moveToFinished does.
+KEYS: active, stalled, events, meta, completed, wait, prioritized.
+ARGV: the queue's key base, keep (-1: all), then per job: id, token, now
+(ms), returnvalue, n, and n values (field, value, ...) to set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+from conveyor.backends.bullmq.scripts import Script
+
+# FINISH's answer for a job it leaves to BullMQ's moveToFinished.
+LINKED: Final = -100
+
+CLAIM: Final = """
+local wait, active, prioritized, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local limiter, delayed, meta, pc, marker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local base, now, token, lock_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local worker, wanted = ARGV[5], tonumber(ARGV[6])
+local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
+local paused, concurrency = settings[1], tonumber(settings[2])
+local max_jobs, window = tonumber(settings[3]), settings[4]
+local function held_back()
+  if paused then return true end
+  return concurrency ~= nil and redis.call("LLEN", active) >= concurrency
+end
+-- Due delayed jobs first, as moveToActive promotes them (at most 1000 a call).
+local due = redis.call("ZRANGEBYSCORE", delayed, 0, (now + 1) * 0x1000 - 1, "LIMIT", 0, 1000)
+if #due > 0 then
+  redis.call("ZREM", delayed, unpack(due))
+  for _, id in ipairs(due) do
+    local priority = tonumber(redis.call("HGET", base .. id, "priority")) or 0
+    if priority == 0 then
+      redis.call("LPUSH", wait, id)
+    else
+      local order = redis.call("INCR", pc) % 0x100000000
+      redis.call("ZADD", prioritized, priority * 0x100000000 + order, id)
+    end
+    redis.call("XADD", events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
+    redis.call("HSET", base .. id, "delay", 0)
+  end
+  if not held_back() then redis.call("ZADD", marker, 0, "0") end
+end
+local function rate_limited()
+  if not max_jobs or max_jobs > tonumber(redis.call("GET", limiter) or 0) then return false end
+  local ttl = redis.call("PTTL", limiter)
+  if ttl == 0 then redis.call("DEL", limiter) end
+  return ttl > 0
+end
+local taken = {}
+while #taken < wanted and not rate_limited() and not held_back() do
+  local id = redis.call("RPOPLPUSH", wait, active)
+  if id and string.sub(id, 1, 2) == "0:" then
+    redis.call("LREM", active, 1, id)
+    id = redis.call("RPOPLPUSH", wait, active)
+  end
+  if not id then
+    local head = redis.call("ZPOPMIN", prioritized)
+    if #head == 0 then
+      redis.call("DEL", pc)
+      break
+    end
+    id = head[1]
+    redis.call("LPUSH", active, id)
+  end
+  local job = base .. id
+  if max_jobs and redis.call("HEXISTS", job, "defa") == 0 then
+    if redis.call("INCR", limiter) == 1 then
+      redis.call("PEXPIRE", limiter, math.floor(math.abs(tonumber(window))))
+    end
+  end
+  redis.call("SET", job .. ":lock", token, "PX", lock_ms)
+  redis.call("XADD", events, "*", "event", "active", "jobId", id, "prev", "waiting")
+  redis.call("HMSET", job, "processedOn", now, "pb", worker)
+  redis.call("HINCRBY", job, "ats", 1)
+  redis.call("ZADD", marker, 0, "0")
+  table.insert(taken, {redis.call("HGETALL", job), id})
+end
+return taken
+"""
+
+FINISH: Final = """
+local active, stalled, events, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local completed, wait, prioritized = KEYS[5], KEYS[6], KEYS[7]
+local base, keep = ARGV[1], tonumber(ARGV[2])
+local function drop(job)
+  redis.call("DEL", job, job .. ":logs", job .. ":dependencies", job .. ":processed",
+    job .. ":failed", job .. ":unsuccessful")
+end
+-- A removed job that a parent still waits for releases the parent, as
+-- BullMQ's removal does (its parent's queue may be another).
+local function release_parent(job)
+  local parent = redis.call("HGET", job, "parentKey")
+  if type(parent) ~= "string" or parent == "" or redis.call("EXISTS", parent) == 0 then return end
+  local pending = parent .. ":dependencies"
+  if redis.call("SREM", pending, job) == 0 or redis.call("SCARD", pending) > 0 then return end
+  local parent_id = string.match(parent, ".*:(.*)")
+  local parent_base = string.sub(parent, 1, #parent - #parent_id)
+  if redis.call("ZREM", parent_base .. "waiting-children", parent_id) ~= 1 then return end
+  local settings = redis.call("HMGET", parent_base .. "meta", "paused", "concurrency")
+  local held = settings[1] or (settings[2] and
+    redis.call("LLEN", parent_base .. "active") >= tonumber(settings[2]))
+  redis.call("RPUSH", parent_base .. "wait", parent_id)
+  if not held then redis.call("ZADD", parent_base .. "marker", 0, "0") end
+  redis.call("XADD", parent_base .. "events", "*", "event", "waiting", "jobId", parent_id,
+    "prev", "waiting-children")
+end
+local trimmed = false
+local answers = {}
+local i = 3
+while i <= #ARGV do
+  local id, token, now, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local n = tonumber(ARGV[i + 4])
+  local first = i + 5
+  i = first + n
+  local job = base .. id
+  local answer = 0
+  if redis.call("EXISTS", job) == 0 then
+    answer = -1
+  else
+    local links = redis.call("HMGET", job, "parentKey", "parent", "deid")
+    local lock = redis.call("GET", job .. ":lock")
+    if links[1] or links[2] or links[3] then
+      answer = -100
+    elseif redis.call("SCARD", job .. ":dependencies") ~= 0 then
+      answer = -4
+    elseif redis.call("ZCARD", job .. ":unsuccessful") ~= 0 then
+      answer = -9
+    elseif lock ~= token then
+      if lock then answer = -6 else answer = -2 end
+    end
+  end
+  if answer == 0 then
+    redis.call("DEL", job .. ":lock")
+    redis.call("SREM", stalled, id)
+    if n > 0 then redis.call("HMSET", job, unpack(ARGV, first, first + n - 1)) end
+    if redis.call("LREM", active, -1, id) < 1 then answer = -3 end
+  end
+  if answer == 0 then
+    if not trimmed then
+      local most = redis.call("HGET", meta, "opts.maxLenEvents")
+      if not most then
+        most = 10000
+        redis.call("HSET", meta, "opts.maxLenEvents", most)
+      end
+      redis.call("XTRIM", events, "MAXLEN", "~", most)
+      trimmed = true
+    end
+    redis.call("HINCRBY", job, "atm", 1)
+    if keep ~= 0 then
+      redis.call("ZADD", completed, now, id)
+      redis.call("HSET", job, "returnvalue", value, "finishedOn", now)
+      if keep > 0 then
+        for _, old in ipairs(redis.call("ZREVRANGE", completed, keep, -1)) do
+          release_parent(base .. old)
+          drop(base .. old)
+        end
+        redis.call("ZREMRANGEBYRANK", completed, 0, -(keep + 1))
+      end
+    else
+      drop(job)
+    end
+    redis.call("XADD", events, "*", "event", "completed", "jobId", id, "returnvalue", value,
+      "prev", "active")
+    if redis.call("LLEN", wait) == 0 and redis.call("LLEN", active) == 0
+        and redis.call("ZCARD", prioritized) == 0 then
+      redis.call("XADD", events, "*", "event", "drained")
+    end
+  end
+  table.insert(answers, answer)
+end
+return answers
+"""
+
+
+def _script(name: str, keys: int, source: str) -> Script:
+    return Script(name, keys, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+# Run by EVALSHA beside BullMQ's scripts (and loaded with them after a restart).
+BATCH_SCRIPTS: Final = {"claim": _script("claim", 9, CLAIM), "finish": _script("finish", 7, FINISH)}
