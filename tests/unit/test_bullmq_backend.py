@@ -64,6 +64,20 @@ def test_the_installed_scripts_are_the_pinned_pair() -> None:
     assert scripts["moveToActive"].keys == 11
 
 
+def test_the_scripts_are_read_without_importing_the_python_port() -> None:
+    """The port's package pulls in redis-py and more (a tenth of a second at
+    every worker start); only its script files are wanted."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from conveyor.backends.bullmq.scripts import load_scripts; "
+        "load_scripts(); print(sorted(m for m in ('bullmq', 'redis') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.bullmq
 async def test_open_checks_and_stamps_the_queues_meta_version(
     bullmq_urls: Callable[[], str],
