@@ -108,7 +108,7 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
         self.url = url or env_str(CONVEYOR_URL) or DEFAULT_URL
         self.backend: Backend = backend if backend is not None else from_url(self.url)
         # Locks and the cache on backends of their own, where a URL says so.
-        self.services = service_backends(self.url, locks_url, cache_url)
+        self.services = service_backends(self.backend, self.url, locks_url, cache_url)
         self.retention = Retention(keep_completed=keep_completed, keep_failed=keep_failed)
         self.registry: dict[str, JobType[Any, Any]] = {}  # registered or declared
         self.function_schedules: dict[str, FunctionSchedule] = {}  # @app.cron, @app.every

@@ -6,8 +6,10 @@ the cache on Redis.
 A service with no URL of its own uses the jobs backend (a broker with a
 store serves locks and the cache from its store). A URL given is checked at
 construction: a backend that declares no locks (or no cache) is refused
-there, not at the first call. The same URL for both services, or the jobs
-URL itself, shares one backend object: one connection, one open and close.
+there, not at the first call, the jobs URL named for a service included
+(`CONVEYOR_LOCKS_URL=$CONVEYOR_URL` on SQS without a store). The same URL
+for both services, or the jobs URL itself, shares one backend object: one
+connection, one open and close.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ServiceBackends:
 
 
 def service_backends(
+    jobs: Backend,
     jobs_url: str,
     locks_url: str | None,
     cache_url: str | None,
@@ -53,14 +56,15 @@ def service_backends(
 ) -> ServiceBackends:
     """Build (not open) the service backends the arguments or the environment
     name; an argument wins over its variable. Refuses a URL whose backend
-    cannot hold the service, naming where the URL came from."""
-    built: dict[str, Backend] = {}
+    cannot hold the service, naming where the URL came from; the jobs URL
+    named for a service is checked against the jobs backend (`jobs`)."""
+    built: dict[str, Backend] = {jobs_url: jobs}
 
     def backend_for(service: str, given: str | None) -> Backend | None:
         argument, variable = _SOURCES[service]
         url = given if given is not None else env_str(variable)
         where = f"{argument}=" if given is not None else f"${variable}"
-        if url is None or url == jobs_url:
+        if url is None:
             return None
         if not isinstance(url, str) or not url:
             raise UnsupportedURLError(f"{where}: expected a backend URL, got {url!r}")
@@ -69,13 +73,20 @@ def service_backends(
             backend = build(url)
         if not getattr(backend.capabilities, service):
             scheme = scheme_of(url)
+            # Unset, the service would use the jobs backend: say so only where it can hold it.
+            fallback = (
+                f" (or leave {argument} unset to use the jobs backend)"
+                if getattr(jobs.capabilities, service)
+                else ""
+            )
             raise UnsupportedURLError(
                 f"{where} names a {scheme}:// backend, which cannot hold {_WHAT[service]}"
-                f"{_broker_hint(scheme)}; use memory://, sqlite://, redis:// or postgresql:// "
-                f"(or leave {argument} unset to use the jobs backend)"
+                f"{_broker_hint(scheme)}; use memory://, sqlite://, redis:// or postgresql://"
+                f"{fallback}"
             )
         built[url] = backend
-        return backend
+        # The jobs URL named again is the jobs backend: no backend of its own.
+        return None if backend is jobs else backend
 
     return ServiceBackends(
         locks=backend_for("locks", locks_url), cache=backend_for("cache", cache_url)

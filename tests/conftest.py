@@ -70,10 +70,13 @@ BACKENDS = [
 # Conveyor(jobs URL, locks_url=..., cache_url=...). Tests marked
 # `split_services` (the locks and cache suites) run on these as well.
 SPLIT_SERVICES = [
-    # (Jobs on SQS with locks and the cache elsewhere: tests/unit/test_services.py;
-    # here a new SQS queue per test would add a minute to the suite.)
     pytest.param("sqlite/redis", marks=[pytest.mark.sqlite, pytest.mark.redis]),
     pytest.param("sqlite/postgres", marks=[pytest.mark.sqlite, pytest.mark.postgres]),
+    # The issue's example, and the one split that proves the services' own
+    # backend is used: SQS without a store has no locks or cache, so a call
+    # that fell back to the jobs backend fails here (on the two above, whose
+    # jobs backend holds both, it would pass unnoticed). About 25 s of moto.
+    pytest.param("sqs_bare/redis", marks=[pytest.mark.sqs, pytest.mark.redis]),
 ]
 
 

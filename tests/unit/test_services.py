@@ -111,6 +111,25 @@ def test_the_refusal_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
         Conveyor("memory://")
 
 
+def test_the_jobs_url_itself_is_refused_when_its_backend_cannot_hold_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Naming the jobs URL for a service is not leaving it unset: on a broker
+    without a store (e.g. a deployment template that sets
+    CONVEYOR_LOCKS_URL=$CONVEYOR_URL) it is refused at construction too, not
+    at the first lock."""
+    pytest.importorskip("aiobotocore")
+    jobs = "sqs://jobs?region=us-east-1"
+    with pytest.raises(UnsupportedURLError, match=r"locks_url= names .*cannot hold locks"):
+        Conveyor(jobs, locks_url=jobs)
+    monkeypatch.setenv(CONVEYOR_CACHE_URL, jobs)
+    with pytest.raises(UnsupportedURLError) as caught:
+        Conveyor(jobs)
+    message = str(caught.value)
+    assert "$CONVEYOR_CACHE_URL" in message and "cannot hold a cache" in message, message
+    assert "leave" not in message, message  # leaving it unset would not help either
+
+
 @pytest.mark.parametrize("url", ["nope://x", "not a url"])
 def test_an_unknown_service_url_is_refused_at_construction(url: str) -> None:
     with pytest.raises(UnsupportedURLError):
