@@ -5,17 +5,18 @@ In a revision's upgrade() and downgrade()::
     from conveyor.contrib.alembic import downgrade_schema, upgrade_schema
 
     def upgrade() -> None:
-        upgrade_schema(op, to_version=1, schema="conveyor")
+        upgrade_schema(op, to_version=3, schema="conveyor")
 
     def downgrade() -> None:
-        downgrade_schema(op, from_version=1, schema="conveyor")
+        downgrade_schema(op, from_version=3, schema="conveyor")
 
 The versions are pinned in the revision: a revision applies conveyor's
 migrations from `from_version` (default 0: none yet) up to `to_version`, so
-the revision means the same thing whichever conveyor later runs it. When a
-conveyor upgrade brings a new schema version (`conveyor migrate --dry-run`
-prints what is pending), add a revision with
-`upgrade_schema(op, from_version=1, to_version=2)`. Each migration is
+the revision means the same thing whichever conveyor later runs it. Pin
+LATEST_VERSION as it is when the revision is written (a backend with
+migrate=false refuses a schema older than it needs). When a conveyor upgrade
+brings a new schema version (`conveyor migrate --dry-run` prints what is
+pending), add a revision with `upgrade_schema(op, from_version=3, to_version=4)`. Each migration is
 recorded in the schema's own migrations table, as the backend records it,
 so the app can run with `migrate=false` on its URL and find the schema ready.
 Works offline too (`alembic upgrade --sql`): the statements are plain SQL.

@@ -117,6 +117,56 @@ def test_alembic_offline_sql_builds_the_same_schema(server: Any) -> None:
     asyncio.run(runs_a_job(f"{url}?schema={offline}&migrate=false"))
 
 
+def readme_block(first_line: str) -> str:
+    """The README's Python block that starts with `first_line`."""
+    text = (ROOT / "README.md").read_text()
+    for found in re.finditer(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        if found.group(1).startswith(first_line):
+            return found.group(1)
+    raise AssertionError(f"README.md has no Python block starting {first_line!r}")
+
+
+PREVIOUS_REVISION = """
+revision = "0006_orders"
+down_revision = None
+
+
+def upgrade() -> None: ...
+
+
+def downgrade() -> None: ...
+"""
+
+
+def test_the_readme_alembic_revision_makes_a_schema_the_backend_opens(
+    server: Any, tmp_path: Path
+) -> None:
+    """The README's revision, as written (in a fresh schema rather than
+    "conveyor", after a stand-in for the app's revision before it), gives a
+    schema that an app with `migrate=false` opens and runs a job on."""
+    from alembic import command
+
+    url, conn, fresh = server
+    schema = fresh()
+    revision = readme_block("# migrations/versions/0007_conveyor.py")
+    assert revision.count('schema="conveyor"') == 2, revision
+    folder = tmp_path / "alembic"
+    (folder / "versions").mkdir(parents=True)
+    (folder / "env.py").write_text(schema_makers.ALEMBIC_ENV)
+    (folder / "script.py.mako").write_text("")
+    (folder / "versions" / "0006_orders.py").write_text(PREVIOUS_REVISION)
+    (folder / "versions" / "0007_conveyor.py").write_text(
+        revision.replace('schema="conveyor"', f'schema="{schema}"')
+    )
+    config = schema_makers.alembic_config(url, schema)
+    config.set_main_option("script_location", str(folder))
+    conn.execute(f'CREATE SCHEMA "{schema}"')  # for alembic_version
+    command.upgrade(config, "head")
+    asyncio.run(runs_a_job(f"{url}?schema={schema}&migrate=false"))
+    command.downgrade(config, "base")
+    assert without_alembic(catalog(conn, schema)).strip() == ""
+
+
 def test_alembic_versions_are_checked() -> None:
     from conveyor.contrib.alembic import LATEST_VERSION, upgrade_schema
 
