@@ -39,12 +39,6 @@ def discover_packages(app: Conveyor, given: Iterable[str]) -> list[str]:
     return app.discover(*packages) if packages else []
 
 
-def version_of(job_type: JobType[Any, Any]) -> int:
-    # Job types have no version of their own yet: every one is version 1.
-    version: int = getattr(job_type, "version", 1)
-    return version
-
-
 def describe_type(app: Conveyor, job_type: JobType[Any, Any]) -> dict[str, Any]:
     schedule = app.function_schedules.get(job_type.name)
     spec = None
@@ -60,7 +54,7 @@ def describe_type(app: Conveyor, job_type: JobType[Any, Any]) -> dict[str, Any]:
         "retries": job_type.defaults.retries,
         "timeout": job_type.defaults.timeout,
         "priority": job_type.defaults.priority,
-        "version": version_of(job_type),
+        "version": job_type.version,
         "handler": job_type.handler is not None,
         "schedule": spec,
     }

@@ -55,6 +55,18 @@ FILES = {
         async def send(payload: dict) -> str:
             return "sent to " + payload["to"]
     """,
+    "shop/jobs/mail/receipt.py": """
+        from shop import app
+
+
+        def from_v1(payload: dict) -> dict:
+            return {"to": [payload["to"]]}
+
+
+        @app.job("mail.receipt", queue="mail", version=2, migrations={1: from_v1})
+        async def receipt(payload: dict) -> int:
+            return len(payload["to"])
+    """,
     "shop/jobs/ticks.py": """
         import os
 
@@ -98,7 +110,8 @@ def test_jobs_types_lists_the_discovered_types(shop: Path, url: str) -> None:
     )
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
-    assert set(rows) == {"mail.send", "tick"}
+    assert set(rows) == {"mail.receipt", "mail.send", "tick"}
+    assert rows["mail.receipt"]["version"] == 2
     assert rows["mail.send"] | {"handler": True} == {
         "name": "mail.send",
         "queue": "mail",
@@ -114,10 +127,9 @@ def test_jobs_types_lists_the_discovered_types(shop: Path, url: str) -> None:
     assert table.returncode == 0, table.stderr
     header = table.stdout.splitlines()[1].split()
     assert header == ["name", "queue", "retries", "timeout", "version", "handler", "schedule"]
-    assert any(
-        line.split()[:5] == ["mail.send", "mail", "5", "none", "1"]
-        for line in table.stdout.splitlines()
-    )
+    listed = [line.split() for line in table.stdout.splitlines()]
+    assert ["mail.send", "mail", "5", "none", "1", "yes"] in listed, table.stdout
+    assert ["mail.receipt", "mail", "3", "30", "s", "2", "yes"] in listed, table.stdout
     # Without --discover, the app module alone registers nothing.
     bare = run_conveyor("jobs", "types", "shop:app", "--json", cwd=shop)
     assert bare.returncode == 0 and json.loads(bare.stdout) == [], bare.stderr
@@ -159,7 +171,7 @@ def test_a_worker_with_discover_runs_a_job_and_an_every_function(shop: Path, url
         schedules = producer.list_recurring_sync()
         producer.close_sync()
     output = worker.log_path.read_text()
-    assert "discovered 4 module(s)" in output, output
+    assert "discovered 5 module(s)" in output, output
     assert [s.name for s in schedules] == ["tick"] and schedules[0].job_name == "tick"
 
 
