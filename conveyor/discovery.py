@@ -2,7 +2,9 @@
 of a package, subpackages included, so that the `@app.job` (and `@app.cron`,
 `@app.every`) handlers in them register on the app they import.
 
-Modules are imported in name order, a package before its modules. A module
+Modules are imported in name order, a package before its modules; a
+folder of modules without an `__init__.py` (a namespace package) counts as a
+package. A module
 that fails to import stops the discovery with a `DiscoveryError` naming it,
 its cause chained: a worker must not start without some of its handlers.
 `__main__` modules are left out (importing one runs a program).
@@ -11,8 +13,10 @@ its cause chained: a worker must not start without some of its handlers.
 from __future__ import annotations
 
 import importlib
+import keyword
 import pkgutil
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import ModuleType
 
 from conveyor.job import ConveyorError
@@ -58,8 +62,32 @@ def _walk(module: ModuleType, asked: str) -> Iterator[str]:
     path = getattr(module, "__path__", None)
     if path is None:  # a plain module: nothing under it
         return
-    children = sorted(pkgutil.iter_modules(path, module.__name__ + "."), key=lambda m: m.name)
-    for child in children:
-        if child.name.rpartition(".")[2] == "__main__":
+    prefix = module.__name__ + "."
+    children = {m.name for m in pkgutil.iter_modules(path, prefix)}
+    children |= {prefix + folder for folder in _folders_of_modules(path)}
+    for child in sorted(children):
+        if child.rpartition(".")[2] == "__main__":
             continue
-        yield from _walk(_import(child.name, asked), asked)
+        yield from _walk(_import(child, asked), asked)
+
+
+def _folders_of_modules(path: Iterable[str]) -> Iterator[str]:
+    """Folders in a package's `path` without an __init__.py that Python
+    imports as (namespace) packages, and that hold a module somewhere under
+    them. pkgutil lists only folders with an __init__.py; leaving these out
+    would leave their handlers unregistered without a word. A folder of
+    templates or data (no .py under it), or named as no module can be, is
+    left alone."""
+    for entry in path:
+        try:
+            folders = [f for f in Path(entry).iterdir() if f.is_dir()]
+        except OSError:  # a path entry that is not a folder (a zip file, gone)
+            continue
+        for folder in folders:
+            if (
+                folder.name.isidentifier()
+                and not keyword.iskeyword(folder.name)
+                and not (folder / "__init__.py").exists()
+                and any(folder.rglob("*.py"))
+            ):
+                yield folder.name

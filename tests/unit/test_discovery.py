@@ -138,3 +138,36 @@ def test_a_plain_module_is_imported_alone(package: str) -> None:
     app = app_of(package)
     assert app.discover(f"{package}.jobs.mail") == [f"{package}.jobs.mail"]
     assert list(app.registry) == ["mail.send"]
+
+
+def test_a_folder_without_init_is_discovered_and_other_folders_are_not(
+    tmp_path: Path, package: str
+) -> None:
+    """Python imports a folder of modules without an __init__.py (a namespace
+    package), so discovery goes into it too: skipping it silently left its
+    handlers unregistered, and their jobs waiting for a worker that has them.
+    Folders that hold no module, or whose name is not importable, are not
+    packages and are left alone."""
+    (tmp_path / package / "jobs" / "shipping" / "labels").mkdir(parents=True)
+    write(
+        tmp_path,
+        package,
+        "jobs/shipping/labels/print.py",
+        f"""
+        from {package} import app
+
+        @app.job("shipping.label")
+        def label(payload: dict) -> str:
+            return "printed"
+        """,
+    )
+    (tmp_path / package / "jobs" / "templates").mkdir()
+    write(tmp_path, package, "jobs/templates/mail.html", "<p>hello</p>\n")
+    (tmp_path / package / "jobs" / "not-a-name").mkdir()
+    write(tmp_path, package, "jobs/not-a-name/stray.py", "raise SystemExit('imported')\n")
+    app = app_of(package)
+    imported = app.discover(f"{package}.jobs")
+    assert f"{package}.jobs.shipping" in imported
+    assert f"{package}.jobs.shipping.labels.print" in imported
+    assert not [m for m in imported if "templates" in m or "stray" in m], imported
+    assert "shipping.label" in app.registry
