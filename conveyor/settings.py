@@ -68,6 +68,9 @@ CONVEYOR_BENCH_REDIS_URL = "CONVEYOR_BENCH_REDIS_URL"
 # The servers the test suite uses (else a default local port, else one it starts).
 CONVEYOR_TEST_REDIS_URL = "CONVEYOR_TEST_REDIS_URL"
 CONVEYOR_TEST_POSTGRES_URL = "CONVEYOR_TEST_POSTGRES_URL"
+# alembic, django or dry-run: the tests' PostgreSQL schemas are made that way
+# (tests/schema_makers.py) and opened with migrate=false.
+CONVEYOR_TEST_POSTGRES_SCHEMA_BY = "CONVEYOR_TEST_POSTGRES_SCHEMA_BY"
 # An SQS endpoint for the tests (else they start moto's server).
 CONVEYOR_TEST_SQS_ENDPOINT = "CONVEYOR_TEST_SQS_ENDPOINT"
 # A Pub/Sub emulator's host:port for the tests (else they start gcloud's).

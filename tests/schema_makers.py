@@ -1,7 +1,8 @@
 """conveyor's PostgreSQL schema made by an application's own migrations:
-Alembic with conveyor.contrib.alembic, Django with conveyor.contrib.django.
+Alembic with conveyor.contrib.alembic, Django with conveyor.contrib.django,
+or the SQL `conveyor migrate --dry-run` prints, run by hand.
 
-With CONVEYOR_TEST_POSTGRES_SCHEMA_BY=alembic (or django), tests/conftest.py's
+With CONVEYOR_TEST_POSTGRES_SCHEMA_BY=alembic (or django, or dry-run), tests/conftest.py's
 `postgres_urls` makes every schema this way and hands out its URL with
 `migrate=false`, so the backend must find the schema ready and never runs a
 migration itself: the conformance suite then runs on what the tool made
@@ -17,10 +18,11 @@ from pathlib import Path
 from tempfile import mkdtemp
 from typing import Any
 
+from conveyor import settings
 from conveyor.backends.postgres.migrations import LATEST as LATEST_VERSION
 from conveyor.backends.postgres.url import parse_url
 
-ENV_VAR = "CONVEYOR_TEST_POSTGRES_SCHEMA_BY"
+ENV_VAR = settings.CONVEYOR_TEST_POSTGRES_SCHEMA_BY
 
 # What an application's Alembic setup holds: env.py, and a revision that pins
 # conveyor's schema version (the schema name comes from the config here; an
@@ -166,7 +168,32 @@ def _create_schema(server_url: str, schema: str) -> None:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
 
-MAKERS = {"alembic": alembic_upgrade, "django": django_migrate}
+_cli_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dry-run")
+
+
+def dry_run_sql(server_url: str, schema: str) -> None:
+    """The SQL `conveyor migrate --dry-run` prints for a fresh schema, run by
+    hand as a DBA would (psql -f). In a thread of its own: the command runs
+    an event loop, and the caller may be inside one."""
+    _cli_thread.submit(_dry_run_sql, server_url, schema).result()
+
+
+def _dry_run_sql(server_url: str, schema: str) -> None:
+    import psycopg
+    from click.testing import CliRunner
+
+    from conveyor.cli import cli
+
+    joiner = "&" if "?" in server_url else "?"
+    url = f"{server_url}{joiner}schema={schema}"
+    printed = CliRunner().invoke(cli, ["--url", url, "migrate", "--dry-run"])
+    if printed.exit_code != 0 or "-- migration 1:" not in printed.output:
+        raise AssertionError(f"conveyor migrate --dry-run: {printed.output}")
+    with psycopg.connect(parse_url(server_url).conninfo, autocommit=True) as conn:
+        conn.execute(printed.output)
+
+
+MAKERS = {"alembic": alembic_upgrade, "django": django_migrate, "dry-run": dry_run_sql}
 
 
 def make_schema(tool: str, server_url: str, schema: str) -> None:

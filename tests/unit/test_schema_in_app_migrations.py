@@ -5,8 +5,8 @@ Each builds exactly the schema the backend builds (the catalogs compare
 equal), records it so that the backend opens it with `migrate=false`, and
 undoes it on downgrade; Alembic's offline SQL builds it too. Then the real
 conformance suite (a representative part of it) runs in a child pytest on
-schemas made by each tool, every one with `migrate=false`
-(tests/schema_makers.py).
+schemas made by each tool, and by the SQL `conveyor migrate --dry-run`
+prints (run by hand), every one with `migrate=false` (tests/schema_makers.py).
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ SUITE = [
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # a child pytest of its own
-@pytest.mark.parametrize("tool", ["alembic", "django"])
+@pytest.mark.parametrize("tool", ["alembic", "django", "dry-run"])
 def test_the_conformance_suite_passes_on_a_schema_made_by(
     tool: str, postgres_server_url: str | None, postgres_urls: Callable[[], str]
 ) -> None:

@@ -112,3 +112,17 @@ def test_the_readme_lists_every_variable_in_one_table() -> None:
     section = readme.split("### Environment variables", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `(CONVEYOR_[A-Z_]+)` \|", section, re.MULTILINE)
     assert sorted(rows) == sorted(declared)
+
+
+def test_every_test_suite_variable_is_declared() -> None:
+    """The README's table lists the CONVEYOR_TEST_* variables the suite
+    reads: each must be declared in settings.py, which the table follows."""
+    declared = {value for name, value in vars(settings).items() if name.startswith("CONVEYOR_")}
+    tests = Path(__file__).resolve().parents[1]
+    used = {
+        name
+        for path in tests.rglob("*.py")
+        if path != Path(__file__).resolve()  # VAR above is made up
+        for name in re.findall(r"\bCONVEYOR_TEST_[A-Z_]+\b", path.read_text())
+    }
+    assert used - declared == set()

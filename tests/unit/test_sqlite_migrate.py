@@ -6,12 +6,14 @@ creates or upgrades the file."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from conveyor import Conveyor, JobState
 from conveyor.backends.sqlite import SCHEMA_VERSION
 from conveyor.cli import cli
 
@@ -64,6 +66,28 @@ def test_the_dry_run_prints_the_schema_and_creates_nothing(tmp_path: Path) -> No
     assert "up to date, nothing to run" in run(f"sqlite:///{by_hand}", "--dry-run")
     assert f"up to date at version {SCHEMA_VERSION}" in run(f"sqlite:///{by_hand}")
     assert schema_of(by_hand) == before
+    # And it holds what conveyor keeps: a job run, a lock, a cached value.
+    asyncio.run(uses_every_table(f"sqlite:///{by_hand}"))
+    assert schema_of(by_hand) == before
+
+
+async def uses_every_table(url: str) -> None:
+    app = Conveyor(url)
+
+    @app.job("add")
+    async def add(payload: list[int]) -> int:
+        return sum(payload)
+
+    async with app:
+        job = await app.enqueue("add", [1, 2])
+        [done] = await app.drain()
+        assert (done.id, done.state, done.result) == (job.id, JobState.COMPLETED, 3)
+        assert await app.locks.acquire("k", ttl=5) is not None
+        await app.cache.set("c", {"v": 1})
+        assert await app.cache.get("c") == {"v": 1}
+        await app.recurring("tick", "add", [1], every=60)
+        assert [s.name for s in await app.list_recurring()] == ["tick"]
+    await asyncio.to_thread(app.portal.stop)
 
 
 def test_the_dry_run_of_an_older_file_prints_its_upgrade(tmp_path: Path) -> None:
