@@ -45,7 +45,14 @@ from cronsim import CronSim, CronSimError
 
 from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
 from conveyor.durations import InvalidDurationError, describe_seconds, parse_duration
-from conveyor.job import InvalidOptionError, NotSupportedError, new_job_id, utc
+from conveyor.job import (
+    VERSION_KEY,
+    InvalidOptionError,
+    NotSupportedError,
+    new_job_id,
+    opened,
+    utc,
+)
 from conveyor.outage import Outage
 from conveyor.registry import check_priority, check_queue, check_retries, check_timeout
 
@@ -90,6 +97,9 @@ class Schedule:
     catch_up: str
     max_catch_up: int
     misfire_grace: float
+    # The version of its job type the payload was stored as (each tick's job
+    # carries it); `payload` is the payload as given, as Job.payload is.
+    version: int = 1
 
     @property
     def spec(self) -> str:
@@ -100,10 +110,14 @@ class Schedule:
 
     @classmethod
     def from_record(cls, rec: ScheduleRecord) -> Schedule:
+        payload, version = json.loads(rec.payload), 1
+        if type(payload) is dict and VERSION_KEY in payload:
+            payload, version = opened(payload)
         return cls(
             name=rec.name,
             job_name=rec.job_name,
-            payload=json.loads(rec.payload),
+            payload=payload,
+            version=version,
             cron=rec.cron,
             every=None if rec.every is None else timedelta(seconds=rec.every),
             tz=rec.tz,

@@ -215,3 +215,32 @@ async def test_a_declaration_needs_no_migrations_but_must_agree_on_the_version()
     with pytest.raises(InvalidOptionError, match="no migration for 1 -> 2"):
         app.declare("other", GreetV2, version=3, migrations={2: v2_to_v3})
     await app.close()
+
+
+async def test_a_schedule_of_a_versioned_type_shows_its_payload_and_fires_its_version(
+    url: str, producer_v1: Conveyor
+) -> None:
+    """A schedule stores the payload as an enqueue does (in its envelope, so
+    each tick's job keeps the version it was scheduled with, and a v1
+    schedule stored before an upgrade is migrated); what list_recurring and
+    get_recurring show is the payload as given, as Job.payload is."""
+    seen: list[Any] = []
+    app = worker_v3(url, seen)
+    async with app:
+        await app.recurring("polite", "greet", {"full_name": "A", "polite": False}, every=60)
+        await producer_v1.recurring("old", "greet", {"first": "B", "last": "C"}, every=60)
+        shown = {s.name: s.payload for s in await app.list_recurring()}
+        assert shown == {
+            "polite": {"full_name": "A", "polite": False},
+            "old": {"first": "B", "last": "C"},
+        }
+        polite = await app.get_recurring("polite")
+        assert polite is not None and polite.payload == {"full_name": "A", "polite": False}
+        assert polite.version == 3
+        fired = [await app.run_recurring("polite"), await app.run_recurring("old")]
+        assert [job.version for job in fired if job is not None] == [3, 1]
+        await app.drain()
+    assert sorted((p.full_name, p.polite, v) for p, v in seen) == [
+        ("A", False, 3),
+        ("B C", True, 1),
+    ]
