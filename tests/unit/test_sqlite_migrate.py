@@ -145,3 +145,22 @@ def test_a_presence_table_of_an_older_release_gets_its_new_column(tmp_path: Path
     finally:
         db.close()
     assert "ALTER TABLE" not in run(url, "--dry-run")
+
+
+def test_the_locks_and_cache_backend_of_their_own_is_migrated_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CONVEYOR_LOCKS_URL / CONVEYOR_CACHE_URL naming a database of its
+    own, `conveyor migrate` brings that schema up too (an app that opens it
+    with migrate=false needs it there), and the dry run prints its SQL, each
+    backend under a line naming it."""
+    jobs, services = tmp_path / "jobs.db", tmp_path / "services.db"
+    monkeypatch.setenv("CONVEYOR_LOCKS_URL", f"sqlite:///{services}")
+    monkeypatch.setenv("CONVEYOR_CACHE_URL", f"sqlite:///{services}")
+    printed = run(f"sqlite:///{jobs}", "--dry-run")
+    assert printed.count("CREATE TABLE conveyor_jobs") == 2, printed
+    assert f"-- sqlite:///{services} (locks, cache)" in printed, printed
+    assert not services.exists()
+    done = run(f"sqlite:///{jobs}")
+    assert services.exists() and done.count("applied migration(s)") == 2, done
+    assert schema_of(services) == schema_of(jobs)
