@@ -98,7 +98,7 @@ class BullConnection(RedisStores):
         # them, so the worker says job.failed for them as for its own.
         self._failed_at_claim: list[tuple[str, str]] = []
         # The history fields a claim here read back from each job it took
-        # (moveToActive answers with the hash). Nothing else writes them while
+        # (the claim script answers with the hash). Nothing else writes them while
         # the claim's lock holds, and the outcome's write is fenced by that
         # lock, so the outcome builds its history entry from them instead of
         # reading the hash again.

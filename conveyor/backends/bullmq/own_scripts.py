@@ -26,10 +26,10 @@ BullMQ's moveToActive cannot (it takes the head): it finds, in the order
 moveToActive takes them (the wait list from its right end, then the
 prioritized set), the next `wanted` jobs of a served name among the first
 `scan` of each, and puts them at the right end of the wait list in that
-order, so the moveToActive calls that follow take them (when they are the
-right end already, as when no job of another name is ahead, nothing moves).
-It answers {found, due}: due is 1 when a delayed job is due (moveToActive
-promotes it, so one more call is worth making), else 0.
+order, so the claim that follows (batch_scripts.CLAIM) takes them (when
+they are the right end already, as when no job of another name is ahead,
+nothing moves). It answers {found, due}: due is 1 when a delayed job is due
+(the claim promotes it, so one more job may come), else 0.
 KEYS: wait, prioritized, delayed. ARGV: the queue's key base, wanted, scan,
 now (ms), the served names...
 

@@ -2,7 +2,7 @@
 
 conveyor does not carry a copy of BullMQ's scripts: the official Python port
 (PyPI `bullmq`, the `bullmq` extra) ships the very files Node BullMQ runs, and
-they are read from it at import time. Which files they are depends on the
+they are read from its folder when a backend is made. Which files they are depends on the
 installed version, so it is checked: PyPI bullmq 3.4.4 ships the scripts of
 npm bullmq 6.4.0 byte for byte (blank lines aside), and that pair is what
 conveyor's interop tests run against. Another version is refused with a
@@ -32,7 +32,7 @@ NAMES: Final = (
     "addStandardJob",
     "addDelayedJob",
     "addPrioritizedJob",
-    "moveToActive",
+    "moveToActive",  # what batch_scripts.CLAIM is tested against
     "moveToFinished",
     "moveToDelayed",
     "retryJob",
