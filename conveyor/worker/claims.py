@@ -65,6 +65,7 @@ class Claimer:
         self.blocked_in: BlockingClaim | None = None  # set while in claim_blocking
         self._made = 0
         self._lost: deque[str] = deque(maxlen=_MAX_LOST_CLAIMS)
+        self._unclaiming = asyncio.Lock()
 
     async def exchange(self, batch: Batch, limit: int) -> list[Job]:
         """Send `batch` and claim up to `limit` jobs (one round trip where the
@@ -200,7 +201,12 @@ class Claimer:
 
     async def unclaim_lost(self) -> None:
         """Undo the claims whose reply never came: their jobs, which this
-        worker never saw, go back to the queue with their attempt uncounted."""
+        worker never saw, go back to the queue with their attempt uncounted.
+        One at a time: both claim lanes call this before each exchange."""
+        async with self._unclaiming:
+            await self._unclaim_lost()
+
+    async def _unclaim_lost(self) -> None:
         while self._lost:
             claim_id = self._lost[0]
             handed_back = await self._backend.unclaim(claim_id)

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,12 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         self._claims = ClaimLeases(settings.lease, settings.heartbeat_every)
         self._stop_begun = False
         self._idle_now = False  # the claim loop waits for work (acks need the flusher)
+        self._reserved = 0  # slots asked for by the claims in flight
+        self._in_flight = 0  # exchanges in flight (claim lanes)
+        self._more_work = False  # the last claim came back full
+        # Claim lanes: two where the backend gains from it and there is room.
+        lanes = backend.capabilities.claim_lanes
+        self._lanes = 2 if lanes >= 2 and settings.concurrency + settings.prefetch >= 2 else 1
         self._pauses = PauseWatch(
             backend if backend.capabilities.pause and isinstance(backend, QueuePauses) else None,
             self.queues,
@@ -249,14 +255,56 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         """Claim as many jobs as there are free slots, taking along the
         acknowledgements waiting to be sent (one round trip for both where the
         backend can). When there is no work it waits on the backend, and
-        acknowledgements go out through the flusher instead."""
+        acknowledgements go out through the flusher instead.
+
+        On a backend that gains from it (`Capabilities.claim_lanes`) and with
+        room for two jobs or more, a second lane keeps another exchange in
+        flight while the queue is busy, each lane claiming up to half the
+        room: the backend works on one while this process starts the other's
+        jobs and gathers their outcomes, where one exchange at a time leaves
+        each idle in turn. Only the first lane waits on the backend for work;
+        the second wakes when the first found a full batch (more is likely
+        waiting) or when outcomes wait while the first is in flight."""
+        second: asyncio.Task[None] | None = None
+        if self._lanes == 2:
+            second = asyncio.create_task(self._claim_lane(first=False), name="conveyor-claim-2")
+        try:
+            await self._claim_lane(first=True)
+        finally:
+            if second is not None:
+                await self._end_lane(second)
+        await self._unclaim_lost_before_exit()
+
+    async def _end_lane(self, lane: asyncio.Task[None]) -> None:
+        """Let the second lane end by itself (its exchange in flight answered,
+        its jobs handed back); cancelled after CANCEL_WAIT, or at once when
+        this task is cancelled (stop() gave up): it then puts its outcomes back."""
+        self._slot_freed.set()  # a waiting lane sees the stop
+        try:
+            await asyncio.wait([lane], timeout=CANCEL_WAIT)
+        finally:
+            if not lane.done():
+                lane.cancel()
+                await asyncio.wait([lane], timeout=CANCEL_WAIT)
+            if not lane.cancelled() and lane.exception() is not None:
+                logger.error("claim lane failed: %r", lane.exception())
+
+    async def _claim_lane(self, first: bool) -> None:
         failures = 0
+        pause = self._sleep_idle if first else self._sleep_unless_stopping
         # Once stopping, what is left to acknowledge goes out through stop().
         while not self._stopping.is_set():
-            if await self._newer.pause(self._sleep_idle):
+            if await self._newer.pause(pause):
                 continue
-            free = self._free_slots()
-            if free <= 0 and not len(self._acks):
+            free = self._claimable()
+            if first:
+                waits = free <= 0 and not len(self._acks)
+            else:
+                # Outcomes go now only if the first lane is in flight (else
+                # it takes them, or the flusher does while it waits for work).
+                acks = len(self._acks) > 0 and self._in_flight > 0
+                waits = not acks and (free <= 0 or not self._more_work)
+            if waits:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -264,7 +312,8 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             sent = bool(batch.outcomes)
             sent_at = self._outage.clock()
             try:
-                jobs = await self._claimer.exchange(batch, free)
+                with self._asking(free):
+                    jobs = await self._claimer.exchange(batch, free)
                 self._outage.answered(sent_at)
                 failures = 0
             except asyncio.CancelledError:
@@ -278,9 +327,8 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             except Exception as exc:
                 self._acks.put_back(batch)
                 failures += 1
-                pause = min(0.1 * 2**failures, MAX_RETRY_PAUSE)
                 self._outage.failed("claim", exc)
-                await self._sleep_idle(pause)
+                await pause(min(0.1 * 2**failures, MAX_RETRY_PAUSE))
                 continue
             if self._stopping.is_set():
                 # Told to stop while the claim was in flight: these jobs go
@@ -290,14 +338,15 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
                 break
             for job in jobs:
                 self._start_job(job)
-            if free > 0 and not jobs and not sent:
-                if not self.settings.burst:
-                    await self._idle()
-                elif await self._burst_over():
-                    logger.info("worker %s: nothing due and nothing running; burst over", self.id)
-                    self._stopping.set()  # run() / run_burst() go on to stop()
-                    break
-        await self._unclaim_lost_before_exit()
+            self._note_batch(free, jobs)
+            if not first or free <= 0 or jobs or sent:
+                continue
+            if not self.settings.burst:
+                await self._idle()
+            elif await self._burst_over():
+                logger.info("worker %s: nothing due and nothing running; burst over", self.id)
+                self._stopping.set()  # run() / run_burst() go on to stop()
+                break
 
     async def _burst_over(self) -> bool:
         """Burst mode, after a claim found nothing due: True when nothing runs
@@ -344,6 +393,35 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             return 0
         return max(0, capacity + self.settings.prefetch - len(self._running) - len(self._backlog))
 
+    @contextlib.contextmanager
+    def _asking(self, free: int) -> Iterator[None]:
+        """A claim in flight for `free` jobs: the other lane asks for the rest."""
+        self._reserved += free
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._reserved -= free
+            self._in_flight -= 1
+
+    def _note_batch(self, free: int, jobs: list[Job]) -> None:
+        """After a claim for `free` jobs: a full batch means more is likely
+        waiting, worth the second lane's claim (woken here); less, not."""
+        if free > 0:
+            self._more_work = len(jobs) == free
+            if self._more_work:
+                self._slot_freed.set()
+
+    def _room(self) -> int:
+        """Jobs this worker holds at most: running and prefetched."""
+        return self.settings.concurrency + self.settings.prefetch
+
+    def _claimable(self) -> int:
+        """What one claim may ask for: the free slots not already asked for
+        by a claim in flight, and with two lanes at most half the room."""
+        free = max(0, self._free_slots() - self._reserved)
+        return min(free, (self._room() + 1) // 2) if self._lanes == 2 else free
+
     def _capacity(self) -> int:
         """Jobs that may run at once: the concurrency, less the slots taken by
         abandoned threads beyond those tolerated (see threads.py)."""
@@ -387,10 +465,12 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         self._slot_freed.set()
 
     async def _claim_blocking(self, backend: BlockingClaim) -> list[Job]:
-        free = self._free_slots()
+        free = self._claimable()
         if free <= 0:
             return []
-        jobs = await self._claimer.claim_blocking(backend, free)
+        with self._asking(free):
+            jobs = await self._claimer.claim_blocking(backend, free)
+        self._note_batch(free, jobs)
         if self._stopping.is_set():
             for job in jobs:
                 self._hand_back(job)

@@ -47,6 +47,7 @@ class BullMQBackend(BullFinishing):
         cache=True,
         # A claim takes the head of the queue whatever its name (moveToActive).
         claims_by_name=False,
+        claim_lanes=2,
         hint=HINT,
     )
 

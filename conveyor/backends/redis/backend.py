@@ -57,7 +57,7 @@ _LIST_SCAN = 10_000
 class RedisBackend(RedisStores):
     """`redis://` / `rediss://` — see layout.py for the URL and the key layout."""
 
-    capabilities = Capabilities(recurring=True, locks=True, cache=True)
+    capabilities = Capabilities(recurring=True, locks=True, cache=True, claim_lanes=2)
 
     # ------------------------------------------------------------------ producing
 

@@ -1,0 +1,130 @@
+"""The worker's two claim lanes (Capabilities.claim_lanes): on a backend that
+asks for them, a busy worker keeps two exchanges in flight, never holds more
+jobs than its room (concurrency + prefetch), runs every job once, and stops
+cleanly with an exchange in flight; a backend that does not ask keeps one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.backends.memory import MemoryBackend
+from conveyor.job import Job
+from conveyor.worker import Worker
+
+
+class SlowMemory(MemoryBackend):
+    """The memory backend with a round trip's delay on every claim, which
+    records how many claims were in flight at once and the most jobs the
+    worker held or had asked for at any claim."""
+
+    def __init__(self, lanes: int) -> None:
+        super().__init__()
+        self.capabilities = replace(self.capabilities, claim_lanes=lanes)
+        self.worker: Worker | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.asked = 0  # jobs asked for by the claims in flight
+        self.most_held = 0
+        self.both_in_flight = asyncio.Event()
+
+    async def _slow_claim(self, limit: int, claim: Any) -> Any:
+        assert self.worker is not None
+        stats = self.worker.stats()
+        self.in_flight += 1
+        self.asked += limit
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if self.in_flight == 2:
+            self.both_in_flight.set()
+        held = stats["running"] + stats["prefetched"] + self.asked
+        self.most_held = max(self.most_held, held)
+        try:
+            await asyncio.sleep(0.003)
+            return await claim
+        finally:
+            self.in_flight -= 1
+            self.asked -= limit
+            if self.in_flight < 2:
+                self.both_in_flight.clear()
+
+    async def claim(  # type: ignore[override]
+        self, queues: Sequence[str], limit: int, lease: float, *args: Any, **kwargs: Any
+    ) -> list[Job]:
+        claimed: list[Job] = await self._slow_claim(
+            limit, super().claim(queues, limit, lease, *args, **kwargs)
+        )
+        return claimed
+
+
+async def drain(lanes: int, concurrency: int, prefetch: int) -> tuple[SlowMemory, list[int]]:
+    backend = SlowMemory(lanes)
+    app = Conveyor(backend=backend)
+    ran: list[int] = []
+    all_ran = asyncio.Event()
+
+    @app.job("n")
+    async def n(payload: int) -> None:
+        ran.append(payload)
+        if len(ran) == 300:
+            all_ran.set()
+
+    async with app:
+        await app.enqueue_many([("n", i) for i in range(300)])
+        worker = app.worker(concurrency=concurrency, prefetch=prefetch, scheduler=False)
+        backend.worker = worker
+        async with worker:
+            await asyncio.wait_for(all_ran.wait(), 30)
+        assert (await app.stats())["default"].get("completed") == 300
+    return backend, ran
+
+
+@pytest.mark.parametrize(("concurrency", "prefetch"), [(4, 0), (5, 0), (4, 8), (2, 0)])
+async def test_two_lanes_overlap_and_never_hold_more_than_the_room(
+    concurrency: int, prefetch: int
+) -> None:
+    backend, ran = await drain(2, concurrency, prefetch)
+    assert sorted(ran) == list(range(300))  # each job once
+    assert backend.most_in_flight == 2
+    assert backend.most_held <= concurrency + prefetch
+
+
+async def test_a_backend_without_lanes_keeps_one_exchange_in_flight() -> None:
+    backend, ran = await drain(1, 4, 0)
+    assert sorted(ran) == list(range(300))
+    assert backend.most_in_flight == 1
+
+
+async def test_one_job_of_room_is_one_lane() -> None:
+    backend, ran = await drain(2, 1, 0)
+    assert sorted(ran) == list(range(300))
+    assert backend.most_in_flight == 1
+
+
+async def test_a_stop_with_both_lanes_in_flight_loses_nothing() -> None:
+    """Stopped while its claims are in flight, the worker hands back what
+    they bring: every job is either done or queued again, none left running."""
+    backend = SlowMemory(2)
+    app = Conveyor(backend=backend)
+    ran: list[int] = []
+
+    @app.job("n")
+    async def n(payload: int) -> None:
+        ran.append(payload)
+
+    async with app:
+        await app.enqueue_many([("n", i) for i in range(300)])
+        for _ in range(5):
+            worker = app.worker(concurrency=4, scheduler=False)
+            backend.worker = worker
+            await worker.start()
+            await asyncio.wait_for(backend.both_in_flight.wait(), 10)
+            await worker.stop()
+        stats = (await app.stats())["default"]
+        assert stats.get("running", 0) == 0
+        assert stats.get("completed", 0) == len(ran) == len(set(ran))
+        assert stats.get("completed", 0) + stats.get("queued", 0) == 300
