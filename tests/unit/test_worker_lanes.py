@@ -128,3 +128,19 @@ async def test_a_stop_with_both_lanes_in_flight_loses_nothing() -> None:
         assert stats.get("running", 0) == 0
         assert stats.get("completed", 0) == len(ran) == len(set(ran))
         assert stats.get("completed", 0) + stats.get("queued", 0) == 300
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqs://queue?endpoint_url=http://127.0.0.1:1&region=us-east-1&store=redis://127.0.0.1:6379/3",
+        "pubsub://my-project/topic?subscription=subs&ordered=true&store=redis://127.0.0.1:6379/3",
+    ],
+)
+def test_a_broker_with_a_redis_store_keeps_one_lane(url: str) -> None:
+    """A broker's claims are its receives, whatever the store: a store's
+    lanes are not the broker's (two receives in flight broke the order of a
+    group's jobs on ordered Pub/Sub)."""
+    from conveyor.backends import from_url
+
+    assert from_url(url).capabilities.claim_lanes == 1

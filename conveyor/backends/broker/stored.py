@@ -95,8 +95,11 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
             )
         self.store: Backend = store
         self._delivery: DeliveryStore = store
-        # The store's, less what the broker's delivery takes away (`facts.stored`).
-        self.capabilities = dataclasses.replace(store.capabilities, **facts.stored)
+        # The store's, less what the broker's delivery takes away (`facts.stored`);
+        # claims are the broker's receives, which keep one lane (not the store's).
+        self.capabilities = dataclasses.replace(
+            store.capabilities, **{"claim_lanes": 1, **facts.stored}
+        )
         # Where a held job's group is kept (SQS's key unchanged from before).
         self._group_key = f"conveyor:{facts.scheme}-group:"
         self._released_at = 0.0
