@@ -25,9 +25,17 @@ each job taken gets its lock (the claim's token), `processedOn`, `pb`
 (the worker's name), `ats` + 1, an "active" event, and counts towards the
 rate limit unless it is a deferred failure ("defa"); a marker stays for
 other workers. It answers {hash, id} per job taken, in the order taken.
+With served names, a claim by name first passes over jobs of other names,
+which moveToActive cannot (it takes the head): it finds, in the order the
+claim takes them (the wait list from its right end, then the prioritized
+set), the next `wanted` jobs of a served name among the first `scan` of
+each, puts them at the right end of the wait list in that order (nothing
+moves when they are there already, as when no job of another name is
+ahead), and claims as many as it found, one more if a delayed job is due
+(promoting it may bring one of another name, which the caller puts back).
 KEYS: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
 ARGV: the queue's key base, now (ms), token, lock duration (ms), worker
-name, wanted.
+name, wanted, scan, then the served names (none: any name).
 
 FINISH completes a batch of jobs as moveToFinished does with target
 "completed" and no fetch of a next job, each fenced by its own lock token:
@@ -63,7 +71,49 @@ CLAIM: Final = """
 local wait, active, prioritized, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limiter, delayed, meta, pc, marker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local base, now, token, lock_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local worker, wanted = ARGV[5], tonumber(ARGV[6])
+local worker, wanted, scan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+if #ARGV > 7 then
+  local served = {}
+  for i = 8, #ARGV do served[ARGV[i]] = true end
+  local function is_served(id) return served[redis.call("HGET", base .. id, "name") or ""] end
+  local found, from_wait = {}, {}
+  -- The wait list is read from its right end in chunks that double, so that
+  -- a claim whose next jobs are all served (the usual case) reads only those.
+  local in_place = true -- every job read so far is served: found = the right end, in order
+  local seen, chunk = 0, math.max(wanted, 1)
+  while #found < wanted and seen < scan do
+    local part = redis.call("LRANGE", wait, -math.min(seen + chunk, scan), -(seen + 1))
+    if #part == 0 then break end
+    for i = #part, 1, -1 do
+      if #found >= wanted then break end
+      if is_served(part[i]) then
+        table.insert(found, part[i]); from_wait[part[i]] = true
+      else
+        in_place = false
+      end
+    end
+    seen, chunk = seen + #part, chunk * 2
+  end
+  if #found < wanted then
+    for _, id in ipairs(redis.call("ZRANGE", prioritized, 0, scan - 1)) do
+      if #found >= wanted then break end
+      if is_served(id) then table.insert(found, id); in_place = false end
+    end
+  end
+  if not in_place then
+    for i = #found, 1, -1 do
+      local id = found[i]
+      if from_wait[id] then
+        redis.call("LREM", wait, -1, id) -- from the right end, which it is near
+      else
+        redis.call("ZREM", prioritized, id)
+      end
+      redis.call("RPUSH", wait, id)
+    end
+  end
+  local due = #redis.call("ZRANGEBYSCORE", delayed, 0, now * 0x1000 + 0xfff, "LIMIT", 0, 1)
+  wanted = math.min(wanted, #found + due)
+end
 local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
 local paused, concurrency = settings[1], tonumber(settings[2])
 local max_jobs, window = tonumber(settings[3]), settings[4]

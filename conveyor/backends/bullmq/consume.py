@@ -27,7 +27,7 @@ from conveyor.backends.bullmq.layout import (
     job_from_hash,
     pairs,
 )
-from conveyor.backends.bullmq.own_scripts import BRING_FORWARD, HAND_BACK
+from conveyor.backends.bullmq.own_scripts import HAND_BACK
 from conveyor.backends.bullmq.schedules import BullSchedules
 from conveyor.backends.redis.resp import Arg
 from conveyor.job import AttemptOutcome, Job, JobState
@@ -59,13 +59,29 @@ def lock_ms(lease: float, now: float | None) -> int:
 
 class BullConsumer(BullSchedules):
     def _take(
-        self, keys: QueueKeys, wanted: int, token: str, lease: float, now: float | None
+        self,
+        keys: QueueKeys,
+        wanted: int,
+        token: str,
+        lease: float,
+        now: float | None,
+        served: set[str] | None,
     ) -> list[Arg]:
-        """batch_scripts.CLAIM: up to `wanted` jobs, each as moveToActive takes one."""
+        """batch_scripts.CLAIM: up to `wanted` jobs, each as moveToActive
+        takes one; of `served` names only (None: any), brought forward first."""
         return self.call(
             "claim",
             keys.many("wait active prioritized events limiter delayed meta pc marker"),
-            [keys.base, now_ms(now), token, lock_ms(lease, now), WORKER, wanted],
+            [
+                keys.base,
+                now_ms(now),
+                token,
+                lock_ms(lease, now),
+                WORKER,
+                wanted,
+                MAX_PASSED_OVER,
+                *sorted(served or ()),
+            ],
         )
 
     async def claim(
@@ -161,31 +177,17 @@ class BullConsumer(BullSchedules):
         before: Sequence[Sequence[Arg]] = (),
     ) -> tuple[list[Any], list[Job]]:
         """Up to `limit` jobs of `queue` as BullMQ's moveToActive takes them; of
-        `served` names only (None: any), which own_scripts.BRING_FORWARD
-        puts at the head first. A job of another name that still comes (a
-        delayed one promoted by the claim itself) goes back in front.
+        `served` names only (None: any), which the claim script brings to the
+        head first, in the same call. A job of another name that still comes
+        (a delayed one promoted by the claim itself) goes back in front.
         `before`: commands sent ahead in the claim's first round trip
         (outcomes, by finish_and_claim); their replies come first."""
         keys = self.keys(queue)
-        if served is None:
-            *ahead, taken = await self.run([*before, self._take(keys, limit, token, lease, now)])
-        else:
-            bring: list[Arg] = [
-                "EVAL",
-                BRING_FORWARD,
-                3,
-                *keys.many("wait prioritized delayed"),
-                keys.base,
-                limit,
-                MAX_PASSED_OVER,
-                now_ms(now),
-                *sorted(served),
-            ]
-            *ahead, (found, due) = await self.run([*before, bring])
-            wanted = min(int(found) + int(due), limit)
-            taken = (
-                (await self.run([self._take(keys, wanted, token, lease, now)]))[0] if wanted else []
-            )
+        if served is not None and not served:
+            return list(await self.run(before)), []  # no names: nothing to claim
+        *ahead, taken = await self.run(
+            [*before, self._take(keys, limit, token, lease, now, served)]
+        )
         claimed: list[Job] = []
         passed_over: list[str] = []
         for flat_fields, taken_id in taken:

@@ -21,18 +21,6 @@ nobody, or the worker that passed it would spin).
 KEYS: active, wait, paused, prioritized, pc, stalled, meta, marker, events,
 the job hash, its lock. ARGV: job id, token, "front" | "back" | "passed".
 
-BRING_FORWARD lets a claim by name pass over jobs of other names, which
-BullMQ's moveToActive cannot (it takes the head): it finds, in the order
-moveToActive takes them (the wait list from its right end, then the
-prioritized set), the next `wanted` jobs of a served name among the first
-`scan` of each, and puts them at the right end of the wait list in that
-order, so the claim that follows (batch_scripts.CLAIM) takes them (when
-they are the right end already, as when no job of another name is ahead,
-nothing moves). It answers {found, due}: due is 1 when a delayed job is due
-(the claim promotes it, so one more job may come), else 0.
-KEYS: wait, prioritized, delayed. ARGV: the queue's key base, wanted, scan,
-now (ms), the served names...
-
 """
 
 from __future__ import annotations
@@ -79,49 +67,4 @@ if ARGV[3] == "front" then redis.call("ZADD", KEYS[8], 0, "0") end
 redis.call("XADD", KEYS[9], "MAXLEN", "~", 10000, "*", "event", "waiting", "jobId", id,
   "prev", "active")
 return 1
-"""
-
-BRING_FORWARD: Final = """
-local base, wanted, scan = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local served = {}
-for i = 5, #ARGV do served[ARGV[i]] = true end
-local function is_served(id) return served[redis.call("HGET", base .. id, "name") or ""] end
-local found, from_wait = {}, {}
--- The wait list is read from its right end in chunks that double, so that a
--- claim whose next jobs are all served (the usual case) reads only those.
-local in_place = true -- so far every job read is served: found = the right end, in order
-local seen, chunk = 0, math.max(wanted, 1)
-while #found < wanted and seen < scan do
-  local part = redis.call("LRANGE", KEYS[1], -math.min(seen + chunk, scan), -(seen + 1))
-  if #part == 0 then break end
-  for i = #part, 1, -1 do
-    if #found >= wanted then break end
-    if is_served(part[i]) then
-      table.insert(found, part[i]); from_wait[part[i]] = true
-    else
-      in_place = false
-    end
-  end
-  seen, chunk = seen + #part, chunk * 2
-end
-if #found < wanted then
-  for _, id in ipairs(redis.call("ZRANGE", KEYS[2], 0, scan - 1)) do
-    if #found >= wanted then break end
-    if is_served(id) then table.insert(found, id); in_place = false end
-  end
-end
-if not in_place then
-  for i = #found, 1, -1 do
-    local id = found[i]
-    if from_wait[id] then
-      redis.call("LREM", KEYS[1], -1, id) -- from the right end, which it is near
-    else
-      redis.call("ZREM", KEYS[2], id)
-    end
-    redis.call("RPUSH", KEYS[1], id)
-  end
-end
-local due_by = tonumber(ARGV[4]) * 0x1000 + 0xfff
-local due = #redis.call("ZRANGEBYSCORE", KEYS[3], 0, due_by, "LIMIT", 0, 1)
-return {#found, due}
 """
