@@ -355,7 +355,10 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         would have taken it). Else wait for a running job to end (or stop())."""
         if len(self._acks):
             return False  # the next claim takes them along
-        if self._running:
+        if self._running or self._in_flight:
+            # The other lane's exchange may bring jobs, or carry outcomes
+            # that make some due (a retry, a job enqueued by a job): wait for
+            # it as for a running job (both set _slot_freed when they end).
             self._slot_freed.clear()
             await self._slot_freed.wait()  # also set by stop()
             return False
@@ -403,6 +406,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         finally:
             self._reserved -= free
             self._in_flight -= 1
+            self._slot_freed.set()  # its slots are free to ask for again
 
     def _note_batch(self, free: int, jobs: list[Job]) -> None:
         """After a claim for `free` jobs: a full batch means more is likely

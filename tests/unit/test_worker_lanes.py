@@ -144,3 +144,44 @@ def test_a_broker_with_a_redis_store_keeps_one_lane(url: str) -> None:
     from conveyor.backends import from_url
 
     assert from_url(url).capabilities.claim_lanes == 1
+
+
+class LateReply(MemoryBackend):
+    """The memory backend with two lanes whose claim replies come late:
+    each claim takes its jobs at once and answers `delay` seconds after."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.capabilities = replace(self.capabilities, claim_lanes=2)
+        self.delay = delay
+
+    async def claim(  # type: ignore[override]
+        self, queues: Sequence[str], limit: int, lease: float, *args: Any, **kwargs: Any
+    ) -> list[Job]:
+        claimed = await super().claim(queues, limit, lease, *args, **kwargs)
+        await asyncio.sleep(self.delay)
+        return claimed
+
+
+async def test_burst_is_not_over_while_the_other_lane_brings_work() -> None:
+    """A drain whose first lane finds nothing while the second lane's claim,
+    sent with the outcome of the job that enqueued more, is in flight: the
+    job it brings back runs; the burst is not over while a lane is out."""
+    backend = LateReply(0.05)
+    app = Conveyor(backend=backend)
+
+    @app.job("first")
+    async def first(payload: None) -> None:
+        await asyncio.sleep(0.01)  # enqueued after the first lane's next claim took nothing
+        await app.enqueue("second", None)
+
+    @app.job("second")
+    async def second(payload: None) -> None:
+        pass
+
+    async with app:
+        await app.enqueue("first", None)
+        ran = await asyncio.wait_for(app.drain(concurrency=4), 10)
+        assert [job.name for job in ran] == ["first", "second"]
+        stats = (await app.stats())["default"]
+        assert stats.get("completed") == 2
