@@ -286,7 +286,9 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             if not lane.done():
                 lane.cancel()
                 await asyncio.wait([lane], timeout=CANCEL_WAIT)
-            if not lane.cancelled() and lane.exception() is not None:
+            # Still pending when its own undoing of a lost claim hangs (it
+            # ends by itself within that wait): exception() would raise then.
+            if lane.done() and not lane.cancelled() and lane.exception() is not None:
                 logger.error("claim lane failed: %r", lane.exception())
 
     async def _claim_lane(self, first: bool) -> None:

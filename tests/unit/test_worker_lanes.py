@@ -185,3 +185,50 @@ async def test_burst_is_not_over_while_the_other_lane_brings_work() -> None:
         assert [job.name for job in ran] == ["first", "second"]
         stats = (await app.stats())["default"]
         assert stats.get("completed") == 2
+
+
+class SecondLaneHangs(MemoryBackend):
+    """Two lanes; the first lane's claims answer a moment later, the second
+    lane's never do, nor does undoing a claim (a connection gone bad)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = replace(self.capabilities, claim_lanes=2)
+        self.second_sent = asyncio.Event()
+
+    async def claim(  # type: ignore[override]
+        self, queues: Sequence[str], limit: int, lease: float, *args: Any, **kwargs: Any
+    ) -> list[Job]:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "conveyor-claim-2":
+            self.second_sent.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.01)
+        return await super().claim(queues, limit, lease, *args, **kwargs)
+
+    async def unclaim(self, claim_id: str, now: float | None = None) -> int:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_second_lane_that_outlives_its_cancel_does_not_fail_the_claim_loop() -> None:
+    """Stopped while the second lane's claim hangs and so does the undoing of
+    it: the lane is cancelled and left to end by itself; the claim loop ends
+    cleanly (it read the exception of a lane still pending, and failed)."""
+    backend = SecondLaneHangs()
+    app = Conveyor(backend=backend)
+
+    @app.job("n")
+    async def n(payload: int) -> None:
+        pass
+
+    async with app:
+        await app.enqueue_many([("n", i) for i in range(50)])
+        worker = app.worker(concurrency=4, scheduler=False)
+        await worker.start()
+        await asyncio.wait_for(backend.second_sent.wait(), 10)
+        claim_loop = worker._loops[0]
+        await worker.stop(timeout=0.1)
+        await asyncio.wait([claim_loop], timeout=5)
+        assert claim_loop.done()
+        assert claim_loop.cancelled() or claim_loop.exception() is None
