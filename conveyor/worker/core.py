@@ -270,6 +270,13 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             second = asyncio.create_task(self._claim_lane(first=False), name="conveyor-claim-2")
         try:
             await self._claim_lane(first=True)
+        except asyncio.CancelledError:
+            # stop() gave up on the claim loop: the second lane's exchange is
+            # given up at once too, so that its outcomes are back in time for
+            # stop()'s last flush (waiting CANCEL_WAIT first put them back after it).
+            if second is not None:
+                second.cancel()
+            raise
         finally:
             if second is not None:
                 await self._end_lane(second)

@@ -232,3 +232,56 @@ async def test_a_second_lane_that_outlives_its_cancel_does_not_fail_the_claim_lo
         await asyncio.wait([claim_loop], timeout=5)
         assert claim_loop.done()
         assert claim_loop.cancelled() or claim_loop.exception() is None
+
+
+class BothLanesStuck(MemoryBackend):
+    """Two lanes; the second lane's first sending of outcomes never answers,
+    and from then on the first lane's claims do not either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = replace(self.capabilities, claim_lanes=2)
+        self.stuck = asyncio.Event()
+
+    async def claim(  # type: ignore[override]
+        self, queues: Sequence[str], limit: int, lease: float, *args: Any, **kwargs: Any
+    ) -> list[Job]:
+        if self.stuck.is_set():
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.01)
+        return await super().claim(queues, limit, lease, *args, **kwargs)
+
+    async def finish(self, outcomes: Any, retention: Any) -> list[bool]:  # type: ignore[override]
+        task = asyncio.current_task()
+        if not self.stuck.is_set() and task is not None and task.get_name() == "conveyor-claim-2":
+            self.stuck.set()
+            await asyncio.Event().wait()
+        accepted: list[bool] = await super().finish(outcomes, retention)
+        return accepted
+
+
+async def test_a_second_signal_sends_the_outcomes_the_second_lane_was_sending() -> None:
+    """A second SIGTERM while both lanes' exchanges hang: stop() gives up on
+    the claim loop at once, and its last short flush sends the outcomes the
+    second lane had in flight (they were put back only after that flush)."""
+    import signal
+
+    backend = BothLanesStuck()
+    app = Conveyor(backend=backend)
+    ran: list[int] = []
+
+    @app.job("n")
+    async def n(payload: int) -> None:
+        ran.append(payload)
+
+    async with app:
+        await app.enqueue_many([("n", i) for i in range(50)])
+        worker = app.worker(concurrency=4, scheduler=False)
+        await worker.start()
+        await asyncio.wait_for(backend.stuck.wait(), 10)
+        await asyncio.sleep(0.05)  # the first lane's next claim is sent, and hangs
+        worker._on_signal(signal.SIGTERM)
+        worker._on_signal(signal.SIGTERM)  # the second: leave at once
+        await worker.stop()
+        assert worker.stats()["unacknowledged"] == 0
+        assert (await app.stats())["default"].get("completed", 0) == len(ran)
