@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
+from conveyor.backends.base import Outcome, Retention
 from conveyor.backends.memory import MemoryBackend
 from conveyor.job import Job
 from conveyor.worker import Worker
@@ -251,7 +252,7 @@ class BothLanesStuck(MemoryBackend):
         await asyncio.sleep(0.01)
         return await super().claim(queues, limit, lease, *args, **kwargs)
 
-    async def finish(self, outcomes: Any, retention: Any) -> list[bool]:  # type: ignore[override]
+    async def finish(self, outcomes: Sequence[Outcome], retention: Retention) -> list[bool]:
         task = asyncio.current_task()
         if not self.stuck.is_set() and task is not None and task.get_name() == "conveyor-claim-2":
             self.stuck.set()
