@@ -284,11 +284,12 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
 
     async def _end_lane(self, lane: asyncio.Task[None]) -> None:
         """Let the second lane end by itself (its exchange in flight answered,
-        its jobs handed back); cancelled after CANCEL_WAIT, or at once when
-        this task is cancelled (stop() gave up): it then puts its outcomes back."""
+        its jobs handed back), as long as the first lane would have: stop()
+        bounds both by cancelling this task, which cancels the lane at once;
+        it then puts its outcomes back."""
         self._slot_freed.set()  # a waiting lane sees the stop
         try:
-            await asyncio.wait([lane], timeout=CANCEL_WAIT)
+            await asyncio.wait([lane])
         finally:
             if not lane.done():
                 lane.cancel()
