@@ -48,7 +48,10 @@ TITLES = {
 BULLMQ_NOTE = (
     "**One layout, two workers.** conveyor's rows run on "
     "`bullmq://127.0.0.1:6379/<db>?queue=bench&prefix=bull`: BullMQ's Redis layout, moved by "
-    "BullMQ's own Lua scripts (those of npm bullmq 6.4.0, shipped by PyPI bullmq 3.4.4). The "
+    "BullMQ's own Lua scripts (those of npm bullmq 6.4.0, shipped by PyPI bullmq 3.4.4), "
+    "except a worker's claims and completions: conveyor's own scripts do, job by job, what "
+    "BullMQ's moveToActive and moveToFinished do, a batch per call. conveyor's worker writes "
+    "two log lines per job (its default, INFO), BullMQ's none. The "
     "bullmq rows are BullMQ 6.4.0's own Node `Queue` and `Worker` on the same queue and "
     "prefix, each peer in a Redis DB of its own. Retention differs by default: BullMQ keeps "
     "every completed job, conveyor the last 1,000, which BullMQ's moveToFinished script trims "
