@@ -62,6 +62,18 @@ class SlowMemory(MemoryBackend):
         return claimed
 
 
+def recording_app(backend: MemoryBackend) -> tuple[Conveyor, list[int]]:
+    """An app on `backend` whose job "n" records its payload as it runs."""
+    app = Conveyor(backend=backend)
+    ran: list[int] = []
+
+    @app.job("n")
+    async def n(payload: int) -> None:
+        ran.append(payload)
+
+    return app, ran
+
+
 async def drain(lanes: int, concurrency: int, prefetch: int) -> tuple[SlowMemory, list[int]]:
     backend = SlowMemory(lanes)
     app = Conveyor(backend=backend)
@@ -110,12 +122,7 @@ async def test_a_stop_with_both_lanes_in_flight_loses_nothing() -> None:
     """Stopped while its claims are in flight, the worker hands back what
     they bring: every job is either done or queued again, none left running."""
     backend = SlowMemory(2)
-    app = Conveyor(backend=backend)
-    ran: list[int] = []
-
-    @app.job("n")
-    async def n(payload: int) -> None:
-        ran.append(payload)
+    app, ran = recording_app(backend)
 
     async with app:
         await app.enqueue_many([("n", i) for i in range(300)])
@@ -268,12 +275,7 @@ async def test_a_second_signal_sends_the_outcomes_the_second_lane_was_sending() 
     import signal
 
     backend = BothLanesStuck()
-    app = Conveyor(backend=backend)
-    ran: list[int] = []
-
-    @app.job("n")
-    async def n(payload: int) -> None:
-        ran.append(payload)
+    app, ran = recording_app(backend)
 
     async with app:
         await app.enqueue_many([("n", i) for i in range(50)])
