@@ -2,8 +2,9 @@
 
 It talks to storage only through the `Backend` protocol. Claims and
 acknowledgements are batched: a claim takes as many jobs as there are free
-slots, and outcomes that finish while an acknowledgement is in flight are
-sent together in the next one.
+slots (half the room each, where two claim lanes are in flight), and
+outcomes that finish while an acknowledgement is in flight are sent
+together in the next one.
 """
 
 from __future__ import annotations
