@@ -1,6 +1,8 @@
 """The `bullmq://` backend: conveyor jobs stored in BullMQ's own Redis
 layout, moved by BullMQ's own Lua scripts (scripts.py), so Node BullMQ
-producers and workers share queues with conveyor's.
+producers and workers share queues with conveyor's; a worker's claims and
+completions run conveyor's batch scripts (batch_scripts.py), which do per
+job what BullMQ's moveToActive and moveToFinished do, a batch per call.
 
 Mapping: job name = BullMQ name, payload = `data` (JSON), idempotency key =
 `jobId` (a job without a key gets conveyor's id as its jobId), retries =
