@@ -111,7 +111,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         self._more_work = False  # the last claim came back full
         # Claim lanes: two where the backend gains from it and there is room.
         lanes = backend.capabilities.claim_lanes
-        self._lanes = 2 if lanes >= 2 and settings.concurrency + settings.prefetch >= 2 else 1
+        self._lanes = 2 if lanes >= 2 and self._room() >= 2 else 1
         self._pauses = PauseWatch(
             backend if backend.capabilities.pause and isinstance(backend, QueuePauses) else None,
             self.queues,

@@ -188,9 +188,6 @@ class BullFinishing(BullConsumer):
                 history = history_with(fields, outcome, o.at, o.error)
             plan.commands += self.log_commands(keys, o.job_id, o.logs)
             index = len(plan.slots)
-            command = functools.partial(
-                self._outcome_command, keys, o, retention, history, attempts
-            )
             if o.kind is OutcomeKind.COMPLETED and fields is not None:
                 # Known here to be running, so worth a place in the batch;
                 # its BullMQ command is made only if FINISH leaves it (LINKED).
@@ -198,10 +195,12 @@ class BullFinishing(BullConsumer):
                 args: list[Arg] = [o.job_id, o.token, millis(o.at), o.result or "null"]
                 completions.setdefault(queue, []).append((index, [*args, len(updates), *updates]))
                 plan.slots.append(-1)  # placed below
-                plan.linked[index] = command
+                plan.linked[index] = functools.partial(
+                    self._outcome_command, keys, o, retention, history, attempts
+                )
             else:
                 plan.slots.append(len(plan.commands))
-                plan.commands.append(command())
+                plan.commands.append(self._outcome_command(keys, o, retention, history, attempts))
         keep = -1 if retention.keep_completed is None else retention.keep_completed
         for queue, batch in completions.items():
             keys = self.keys(queue)
