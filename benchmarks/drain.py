@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from conveyor import Conveyor
 from conveyor.backends.redis.resp import RespClient
 from conveyor.backends.redis.url import RedisURL
+from conveyor.logs import formatter
 
 NOOP = "bench.noop"
 
@@ -105,7 +106,10 @@ if __name__ == "__main__":
     parser.add_argument("--log-file", help="write the worker's log lines here (default: none)")
     parsed = parser.parse_args()
     if parsed.log_file:
-        handler = logging.FileHandler(parsed.log_file, mode="w")
+        # Line-buffered, with the worker's own text format: as its lines
+        # reach a file through stderr.
+        handler = logging.StreamHandler(open(parsed.log_file, "w", buffering=1))  # noqa: SIM115
+        handler.setFormatter(formatter("text"))
         logging.getLogger("conveyor").addHandler(handler)
         logging.getLogger("conveyor").setLevel(logging.INFO)
     else:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,66 @@ def job_fields(
         "duration": None if duration is None else round(duration, 6),
         "error": error,
     }
+
+
+def job_line(
+    logger: logging.Logger,
+    job: Job,
+    event: str,
+    msg: str,
+    *args: object,
+    duration: float | None = None,
+) -> None:
+    """`logger.info(msg, *args, extra=job_fields(job, event, duration))` for
+    the lines a worker writes for every job (started, completed), at about
+    half the cost: the record is the same (made by the application's record
+    factory where it set one), but the call site is read off the caller's
+    frame instead of walking the stack for it, and the fields go in without
+    makeRecord's checks, which they pass by construction. At thousands of
+    jobs a second these lines were a fifth of the worker's CPU."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields = job_fields(job, event, duration)
+    if logging._srcfile is None:  # the application turned call sites off
+        logger.info(msg, *args, extra=fields, stacklevel=2)
+        return
+    caller = sys._getframe(1)
+    code = caller.f_code
+    record = logging.getLogRecordFactory()(
+        logger.name, logging.INFO, code.co_filename, caller.f_lineno, msg, args, None, code.co_name
+    )
+    record.__dict__.update(fields)
+    logger.handle(record)
+
+
+class PlainFormatter(logging.Formatter):
+    """logging.Formatter(PLAIN_FORMAT), writing the same lines at a third of
+    the cost: the date and time part of `asctime` is made once a second, and
+    a line without a traceback is one f-string."""
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN_FORMAT)
+        self._second: int | None = None
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        # Clocks move to and from summer time at whole seconds, so the local
+        # time of a whole second is that of every instant within it.
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        msec_format = self.default_msec_format
+        return msec_format % (self._stamp, record.msecs) if msec_format else self._stamp
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = message = record.getMessage()
+        record.asctime = stamp = self.formatTime(record)
+        return f"{stamp} {record.levelname} {record.name}: {message}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -85,7 +147,7 @@ def log_format(given: str | None = None) -> str:
 
 
 def formatter(fmt: str) -> logging.Formatter:
-    return JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT)
+    return JsonFormatter() if fmt == "json" else PlainFormatter()
 
 
 # The loggers the worker writes through; a handler on any of them (or on an

@@ -20,7 +20,7 @@ from conveyor.app import Conveyor
 from conveyor.cli.core import CliError, options
 from conveyor.cli.job_types import discover_option, discover_packages
 from conveyor.cli.loading import load_app_with_url
-from conveyor.logs import LOG_FORMATS, JsonFormatter, log_format
+from conveyor.logs import LOG_FORMATS, JsonFormatter, PlainFormatter, log_format
 from conveyor.settings import (
     CONVEYOR_BURST,
     CONVEYOR_CONCURRENCY,
@@ -277,7 +277,7 @@ def _configure_logging(level: str, fmt: str | None = None) -> None:
     else:
         # Files and log collectors want one greppable line per record.
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

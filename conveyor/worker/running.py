@@ -25,7 +25,7 @@ from conveyor.context import JobContext
 from conveyor.job import (
     Job,
 )
-from conveyor.logs import job_fields
+from conveyor.logs import job_line
 from conveyor.worker.acks import (
     LOST,
     RELEASED,
@@ -158,12 +158,14 @@ class JobRunning:
         began = time.monotonic()
         span = self._tracer.run(job) if self._tracer is not None else None
         if verbose:
-            logger.info(
+            job_line(
+                logger,
+                job,
+                "started",
                 "processing job %s %s (attempt %d)",
                 job.name,
                 job.id,
                 job.attempts,
-                extra=job_fields(job, "started"),
             )
         outcome: Outcome | None = None
         try:
@@ -197,12 +199,15 @@ class JobRunning:
             outcome.logs = ctx.take_logs()
             outcome.elapsed = time.monotonic() - began
             if verbose and outcome.kind is OutcomeKind.COMPLETED:
-                logger.info(
+                job_line(
+                    logger,
+                    job,
+                    "completed",
                     "job %s %s completed in %.0f ms",
                     job.name,
                     job.id,
                     outcome.elapsed * 1000,
-                    extra=job_fields(job, "completed", outcome.elapsed),
+                    duration=outcome.elapsed,
                 )
             self._ack(outcome, job)
 

@@ -1,0 +1,181 @@
+"""The worker's two lines per job (started, completed) go through
+`logs.job_line`, which makes the record logger.info would make at a third of
+the cost, and conveyor's own handlers format them with `PlainFormatter`,
+which writes what logging.Formatter(PLAIN_FORMAT) writes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conveyor.job import Job, JobState
+from conveyor.logs import PLAIN_FORMAT, JsonFormatter, PlainFormatter, job_fields, job_line
+
+# Set by the time each record is made, so never compared.
+_TIMES = ("created", "msecs", "relativeCreated")
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept() -> Iterator[tuple[logging.Logger, Kept]]:
+    logger = logging.getLogger("conveyor.test_quick_lines")
+    handler = Kept()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+def a_job() -> Job:
+    return Job(
+        id="j1", name="send.mail", queue="default", payload={}, state=JobState.RUNNING, attempts=2
+    )
+
+
+def both(logger: logging.Logger, job: Job) -> tuple[int, int]:
+    """One line each way, from this function: (line of the quick one, line of logger.info)."""
+    quick_line = _line() + 1
+    job_line(logger, job, "started", "processing job %s %s (attempt %d)", job.name, job.id, 2)
+    info_line = _line() + 1
+    logger.info(
+        "processing job %s %s (attempt %d)", job.name, job.id, 2, extra=job_fields(job, "started")
+    )
+    return quick_line, info_line
+
+
+def _line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
+
+
+def test_the_record_is_the_one_logger_info_makes(kept: tuple[logging.Logger, Kept]) -> None:
+    logger, handler = kept
+    before = time.time()
+    quick_line, info_line = both(logger, a_job())
+    quick, stock = handler.records
+    assert quick.lineno == quick_line and stock.lineno == info_line
+    same = {k: v for k, v in stock.__dict__.items() if k not in (*_TIMES, "lineno")}
+    assert {k: quick.__dict__[k] for k in same} == same
+    assert set(quick.__dict__) == set(stock.__dict__)
+    assert quick.getMessage() == "processing job send.mail j1 (attempt 2)"
+    assert before <= quick.created <= time.time()
+    assert int(quick.msecs) == int((quick.created - int(quick.created)) * 1000)
+    assert abs(quick.relativeCreated - stock.relativeCreated) < 1000
+
+
+def test_a_line_from_another_thread_names_that_thread(kept: tuple[logging.Logger, Kept]) -> None:
+    logger, handler = kept
+    job_line(logger, a_job(), "completed", "job %s done", "j1")
+    thread = threading.Thread(
+        target=job_line, args=(logger, a_job(), "completed", "job %s done", "j1"), name="other-one"
+    )
+    thread.start()
+    thread.join()
+    here, there = handler.records
+    assert here.threadName == threading.current_thread().name
+    assert there.threadName == "other-one" and there.thread == thread.ident
+
+
+def test_a_record_factory_of_the_application_still_makes_the_record(
+    kept: tuple[logging.Logger, Kept],
+) -> None:
+    logger, handler = kept
+    stock = logging.getLogRecordFactory()
+
+    def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = stock(*args, **kwargs)
+        record.tenant = "acme"
+        return record
+
+    logging.setLogRecordFactory(tagged)
+    try:
+        line = _line() + 1
+        job_line(logger, a_job(), "started", "processing %s", "j1")
+    finally:
+        logging.setLogRecordFactory(stock)
+    (record,) = handler.records
+    assert record.__dict__["tenant"] == "acme"
+    assert record.lineno == line and record.funcName == (
+        "test_a_record_factory_of_the_application_still_makes_the_record"
+    )
+    assert record.__dict__["event"] == "started"
+
+
+def test_filters_disabled_loggers_and_levels_hold(kept: tuple[logging.Logger, Kept]) -> None:
+    logger, handler = kept
+    logger.addFilter(lambda record: "secret" not in record.getMessage())
+    try:
+        job_line(logger, a_job(), "started", "a %s line", "secret")
+        job_line(logger, a_job(), "started", "a %s line", "plain")
+        logger.disabled = True
+        job_line(logger, a_job(), "started", "a %s line", "unseen")
+        logger.disabled = False
+        logger.setLevel(logging.WARNING)
+        job_line(logger, a_job(), "started", "a %s line", "below the level")
+    finally:
+        logger.filters.clear()
+        logger.disabled = False
+    assert [r.getMessage() for r in handler.records] == ["a plain line"]
+
+
+def test_the_json_form_carries_the_job_fields(kept: tuple[logging.Logger, Kept]) -> None:
+    import json
+
+    logger, handler = kept
+    job_line(logger, a_job(), "completed", "job %s done", "j1", duration=0.25)
+    line = json.loads(JsonFormatter().format(handler.records[0]))
+    assert line["event"] == "completed" and line["job_id"] == "j1" and line["attempt"] == 2
+    assert line["duration"] == 0.25 and line["message"] == "job j1 done"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    created=st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False),
+    level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, 35]),
+    message=st.text(),
+    args=st.lists(st.integers() | st.text(), max_size=3),
+)
+def test_plain_formatter_writes_what_the_stock_formatter_writes(
+    created: float, level: int, message: str, args: list[Any]
+) -> None:
+    msg = message.replace("%", "%%") + " %s" * len(args)
+    record = logging.LogRecord("conveyor.worker", level, __file__, 1, msg, tuple(args), None)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    fast, stock = PlainFormatter(), logging.Formatter(PLAIN_FORMAT)
+    assert fast.format(record) == stock.format(record)
+    # Twice in the same second, the cached part of the time stays right.
+    record.msecs = 999.0
+    assert fast.format(record) == stock.format(record)
+
+
+def test_plain_formatter_with_a_traceback_writes_what_the_stock_one_writes() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord(
+            "conveyor.worker", logging.ERROR, __file__, 1, "failed %s", ("j1",), sys.exc_info()
+        )
+    record.stack_info = "Stack (most recent call last):\n  here"
+    assert PlainFormatter().format(record) == logging.Formatter(PLAIN_FORMAT).format(record)
