@@ -10,7 +10,9 @@ values become None the same way on every backend, and only once per record.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from conveyor.backends.base import STALE_WORKER_KEPT, ClaimToken, NewJob, WorkerInfo
@@ -201,6 +203,35 @@ def stored_entry(
         "outcome": outcome.value,
         "error": error,
     }
+
+
+def entry_text(
+    attempt: int,
+    started_at: float | None,
+    finished_at: float | None,
+    outcome: AttemptOutcome,
+    error: str | None,
+) -> str:
+    """`json.dumps(stored_entry(...))`, written directly: a backend that keeps
+    the history in Python writes an entry as every job ends, and json.dumps
+    was a tenth of the worker's time per job there."""
+    return (
+        f'{{"attempt": {_number(attempt)}, "started_at": {_number(started_at)}, '
+        f'"finished_at": {_number(finished_at)}, "outcome": {_text(outcome.value)}, '
+        f'"error": {_text(error)}}}'
+    )
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    if type(value) is int or math.isfinite(value):
+        return repr(value)
+    return json.dumps(value)  # NaN and the infinities, as json.dumps writes them
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
 
 
 def with_entry(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -344,3 +344,27 @@ async def test_a_delayed_job_is_due_within_a_millisecond_of_its_run_at(
             assert 0 <= job.run_at.timestamp() - run_at < 0.001
     finally:
         await app.close()
+
+
+def test_an_attempts_history_is_what_json_would_write() -> None:
+    import json
+
+    from conveyor.backends.bullmq.calls import history_with
+    from conveyor.backends.records import stored_entry
+    from conveyor.job import HISTORY_LIMIT
+
+    first = history_with(("1", "1700000000123", None), AttemptOutcome.COMPLETED, 1700000001.5, None)
+    assert first == json.dumps(
+        [stored_entry(1, 1700000000.123, 1700000001.5, AttemptOutcome.COMPLETED, None)]
+    )
+    assert history_with(("1", "", "[]"), AttemptOutcome.FAILED, 2.0, 'a "quoted" é') == json.dumps(
+        [stored_entry(1, None, 2.0, AttemptOutcome.FAILED, 'a "quoted" é')]
+    )
+    full = json.dumps(
+        [stored_entry(n, 1.0, 2.0, AttemptOutcome.FAILED, "x") for n in range(1, HISTORY_LIMIT + 1)]
+    )
+    after = json.loads(
+        history_with((str(HISTORY_LIMIT + 1), "3000", full), AttemptOutcome.COMPLETED, 4.0, None)
+    )
+    assert len(after) == HISTORY_LIMIT and after[0]["attempt"] == 2
+    assert after[-1] == stored_entry(HISTORY_LIMIT + 1, 3.0, 4.0, AttemptOutcome.COMPLETED, None)

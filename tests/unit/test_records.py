@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from conveyor.backends.base import NewJob
-from conveyor.backends.records import new_job, stored_job
-from conveyor.job import JobState
+from conveyor.backends.records import entry_text, new_job, stored_entry, stored_job
+from conveyor.job import AttemptOutcome, JobState
 
 FIELDS = dict(
     id="j1",
@@ -57,3 +60,22 @@ def test_a_new_job_record_takes_the_times_the_backend_stored() -> None:
     shifted = new_job(new, JobState.SCHEDULED, created_at=200.0, run_at=260.0)
     assert shifted.created_at == datetime.fromtimestamp(200.0, UTC)
     assert shifted.run_at == datetime.fromtimestamp(260.0, UTC)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    attempt=st.integers(min_value=0, max_value=10**6),
+    started_at=st.none() | st.floats() | st.integers(min_value=0, max_value=10**13),
+    finished_at=st.floats(),
+    outcome=st.sampled_from(list(AttemptOutcome)),
+    error=st.none() | st.text(),
+)
+def test_an_entrys_text_is_its_json(
+    attempt: int,
+    started_at: float | None,
+    finished_at: float,
+    outcome: AttemptOutcome,
+    error: str | None,
+) -> None:
+    entry = stored_entry(attempt, started_at, finished_at, outcome, error)
+    assert entry_text(attempt, started_at, finished_at, outcome, error) == json.dumps(entry)

@@ -18,7 +18,7 @@ from conveyor.backends.bullmq.layout import HISTORY, STATES, QueueKeys, job_from
 from conveyor.backends.bullmq.own_scripts import FAIL_PENDING
 from conveyor.backends.bullmq.scripts import Script, load_scripts, version_problem
 from conveyor.backends.bullmq.url import DEFAULT_QUEUE, parse_url
-from conveyor.backends.records import stored_entry, with_entry
+from conveyor.backends.records import entry_text, stored_entry, with_entry
 from conveyor.backends.redis.resp import Arg, RedisReplyError
 from conveyor.backends.redis.stores import RedisStores
 from conveyor.job import AttemptOutcome, BackendUnavailableError, Job, JobState
@@ -64,14 +64,11 @@ def history_with(
     """The history (JSON) of a job whose hash holds `fields`, with the
     attempt that ends now appended."""
     attempts, started, history = fields
-    entry = stored_entry(
-        int(attempts or 0),
-        int(started) / 1000 if started else None,
-        finished_at,
-        outcome,
-        error,
-    )
-    return json.dumps(with_entry(json.loads(history) if history else [], entry))
+    attempt, started_at = int(attempts or 0), int(started) / 1000 if started else None
+    if not history or history == "[]":  # its first attempt: no need to decode
+        return "[" + entry_text(attempt, started_at, finished_at, outcome, error) + "]"
+    entry = stored_entry(attempt, started_at, finished_at, outcome, error)
+    return json.dumps(with_entry(json.loads(history), entry))
 
 
 class BullConnection(RedisStores):

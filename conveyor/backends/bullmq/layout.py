@@ -17,12 +17,12 @@ attempts conveyor saw end).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from conveyor.backends.records import stored_job
+from conveyor.codec import decode_json
 from conveyor.job import Job, JobState
 
 CANCEL_REQUESTED: Final = "cvcancel"
@@ -109,7 +109,7 @@ def _json(text: str | None, default: Any = None) -> Any:
     if text in (None, ""):
         return default
     try:
-        return json.loads(text)
+        return decode_json(text)
     except ValueError:
         return text
 
@@ -163,14 +163,14 @@ def job_from_hash(
         key=opts.get("jobId"),
         result=fields.get("returnvalue") if done else None,
         error=None if done else _error(fields),
-        progress=float(progress) if isinstance(progress, int | float) else 0.0,
+        progress=float(progress) if isinstance(progress, (int, float)) else 0.0,
         created_at=created / 1000,
         # A delayed job's due time is its score in `delayed` (a retry's too);
         # otherwise it was due its delay after it was made.
         run_at=(due_ms if due_ms is not None else created + delay) / 1000,
         started_at=_seconds(fields.get("processedOn")),
         finished_at=_seconds(fields.get("finishedOn")),
-        timeout=float(timeout) if isinstance(timeout, int | float) else None,
+        timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
         logs=[_log_entry(line) for line in logs],
         stalls=int(fields.get("stc") or 0),
         cancel_requested=bool(fields.get(CANCEL_REQUESTED)),
