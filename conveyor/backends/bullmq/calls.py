@@ -100,6 +100,7 @@ class BullConnection(RedisStores):
         # lock, so the outcome builds its history entry from them instead of
         # reading the hash again.
         self._claim_fields: dict[str, AttemptFields] = {}
+        self._keys: dict[str, QueueKeys] = {}
 
     def __repr__(self) -> str:
         return f"<BullMQBackend {self._settings.display()} queue={self.config.queue}>"
@@ -107,7 +108,10 @@ class BullConnection(RedisStores):
     # ------------------------------------------------------------------ keys
 
     def keys(self, queue: str) -> QueueKeys:
-        return QueueKeys(self.config.prefix, self.config.bull_queue(queue))
+        found = self._keys.get(queue)
+        if found is None:  # every claim and outcome asks: made once per queue
+            found = self._keys[queue] = QueueKeys(self.config.prefix, self.config.bull_queue(queue))
+        return found
 
     @property
     def registry(self) -> str:

@@ -157,8 +157,9 @@ class BullFinishing(BullConsumer):
         call per queue, the rest by BullMQ's script for each."""
         plan = OutcomePlan()
         completions: dict[str, list[tuple[int, list[Arg]]]] = {}  # queue: (outcome, FINISH args)
+        claimed = self._claimed
         for o in outcomes:
-            queue = await self.queue_of(o.job_id)
+            queue = claimed.get(o.job_id) or await self.queue_of(o.job_id)
             if queue is None:
                 plan.slots.append(False)
                 continue
@@ -186,7 +187,8 @@ class BullFinishing(BullConsumer):
                 history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
             else:
                 history = history_with(fields, outcome, o.at, o.error)
-            plan.commands += self.log_commands(keys, o.job_id, o.logs)
+            if o.logs:
+                plan.commands += self.log_commands(keys, o.job_id, o.logs)
             index = len(plan.slots)
             if o.kind is OutcomeKind.COMPLETED and fields is not None:
                 # Known here to be running, so worth a place in the batch;
@@ -204,13 +206,15 @@ class BullFinishing(BullConsumer):
         keep = -1 if retention.keep_completed is None else retention.keep_completed
         for queue, batch in completions.items():
             keys = self.keys(queue)
-            for position, (index, _) in enumerate(batch):
+            flat_args: list[Arg] = [keys.base, keep]
+            for position, (index, args) in enumerate(batch):
                 plan.slots[index] = (len(plan.commands), position)
+                flat_args += args
             plan.commands.append(
                 self.call(
                     "finish",
                     keys.many("active stalled events meta completed wait prioritized"),
-                    [keys.base, keep, *(arg for _, args in batch for arg in args)],
+                    flat_args,
                 )
             )
         return plan

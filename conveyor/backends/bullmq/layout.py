@@ -99,12 +99,6 @@ def pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
 
 
-def _seconds(millis: str | float | None) -> float | None:
-    if millis in (None, ""):
-        return None
-    return int(float(millis)) / 1000
-
-
 def _json(text: str | None, default: Any = None) -> Any:
     if text in (None, ""):
         return default
@@ -118,10 +112,6 @@ def _log_entry(line: str) -> dict[str, Any]:
     """conveyor writes a log line as JSON text; a Node job.log() line is text."""
     value = _json(line)
     return value if isinstance(value, dict) else {"msg": line}
-
-
-def _error(fields: dict[str, str]) -> str | None:
-    return fields.get("failedReason") or None
 
 
 def _traceback(fields: dict[str, str]) -> str | None:
@@ -143,40 +133,44 @@ def job_from_hash(
 ) -> Job:
     """A conveyor `Job` from a BullMQ job hash (HGETALL as a dict); `due_ms`
     is the due time of a delayed job (epoch milliseconds)."""
-    opts = _json(fields.get("opts"), {}) or {}
-    created = int(float(fields.get("timestamp") or 0))
-    delay = int(float(fields.get("delay") or 0))
-    if state is JobState.FAILED and fields.get(CANCELLED):
+    # Every job a worker claims is read here: one lookup per field.
+    get = fields.get
+    opts = _json(get("opts"), {}) or {}
+    created = int(float(get("timestamp") or 0))
+    if state is JobState.FAILED and get(CANCELLED):
         state = JobState.CANCELLED
-    progress = _json(fields.get("progress"), 0)
+    stored_progress = get("progress")
+    progress = _json(stored_progress, 0) if stored_progress else 0
     timeout = opts.get(TIMEOUT_OPTION)
     done = state is JobState.COMPLETED
+    processed, finished = get("processedOn"), get("finishedOn")
+    if due_ms is None:  # otherwise due its delay after it was made
+        due_ms = created + int(float(get("delay") or 0))
     return stored_job(
         id=job_id,
-        name=fields.get("name", ""),
+        name=get("name", ""),
         queue=queue,
-        payload=fields.get("data") or "null",
+        payload=get("data") or "null",
         state=state,
-        attempts=int(fields.get("ats") or 0),
+        attempts=int(get("ats") or 0),
         max_retries=max(int(opts.get("attempts") or 1) - 1, 0),
-        priority=int(fields.get("priority") or 0),
+        priority=int(get("priority") or 0),
         key=opts.get("jobId"),
-        result=fields.get("returnvalue") if done else None,
-        error=None if done else _error(fields),
+        result=get("returnvalue") if done else None,
+        error=None if done else get("failedReason") or None,
         progress=float(progress) if isinstance(progress, (int, float)) else 0.0,
         created_at=created / 1000,
-        # A delayed job's due time is its score in `delayed` (a retry's too);
-        # otherwise it was due its delay after it was made.
-        run_at=(due_ms if due_ms is not None else created + delay) / 1000,
-        started_at=_seconds(fields.get("processedOn")),
-        finished_at=_seconds(fields.get("finishedOn")),
+        # A delayed job's due time is its score in `delayed` (a retry's too).
+        run_at=due_ms / 1000,
+        started_at=int(float(processed)) / 1000 if processed else None,
+        finished_at=int(float(finished)) / 1000 if finished else None,
         timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
-        logs=[_log_entry(line) for line in logs],
-        stalls=int(fields.get("stc") or 0),
-        cancel_requested=bool(fields.get(CANCEL_REQUESTED)),
+        logs=[_log_entry(line) for line in logs] if logs else None,
+        stalls=int(get("stc") or 0),
+        cancel_requested=bool(get(CANCEL_REQUESTED)),
         token=token,
-        traceback=None if done else _traceback(fields),
-        history=fields.get(HISTORY),
+        traceback=None if done or "stacktrace" not in fields else _traceback(fields),
+        history=get(HISTORY),
         headers=_headers(opts.get(HEADERS_OPTION)),
     )
 
