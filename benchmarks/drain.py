@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from conveyor import Conveyor
 from conveyor.backends.redis.resp import RespClient
 from conveyor.backends.redis.url import RedisURL
-from conveyor.logs import formatter
+from conveyor.logs import LineHandler, formatter
 
 NOOP = "bench.noop"
 
@@ -108,7 +108,7 @@ if __name__ == "__main__":
     if parsed.log_file:
         # Line-buffered, with the worker's own text format: as its lines
         # reach a file through stderr.
-        handler = logging.StreamHandler(open(parsed.log_file, "w", buffering=1))  # noqa: SIM115
+        handler = LineHandler(open(parsed.log_file, "w", buffering=1))  # noqa: SIM115
         handler.setFormatter(formatter("text"))
         logging.getLogger("conveyor").addHandler(handler)
         logging.getLogger("conveyor").setLevel(logging.INFO)

@@ -20,7 +20,7 @@ from conveyor.app import Conveyor
 from conveyor.cli.core import CliError, options
 from conveyor.cli.job_types import discover_option, discover_packages
 from conveyor.cli.loading import load_app_with_url
-from conveyor.logs import LOG_FORMATS, JsonFormatter, PlainFormatter, log_format
+from conveyor.logs import LOG_FORMATS, JsonFormatter, LineHandler, PlainFormatter, log_format
 from conveyor.settings import (
     CONVEYOR_BURST,
     CONVEYOR_CONCURRENCY,
@@ -265,7 +265,7 @@ def _split_queues(raw: str) -> tuple[str, ...]:
 def _configure_logging(level: str, fmt: str | None = None) -> None:
     handler: logging.Handler
     if log_format(fmt) == "json":
-        handler = logging.StreamHandler()
+        handler = LineHandler()
         handler.setFormatter(JsonFormatter())
     elif sys.stderr.isatty():
         from rich.logging import RichHandler
@@ -276,7 +276,7 @@ def _configure_logging(level: str, fmt: str | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         # Files and log collectors want one greppable line per record.
-        handler = logging.StreamHandler()
+        handler = LineHandler()
         handler.setFormatter(PlainFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 

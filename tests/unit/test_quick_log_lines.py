@@ -179,3 +179,68 @@ def test_plain_formatter_with_a_traceback_writes_what_the_stock_one_writes() -> 
         )
     record.stack_info = "Stack (most recent call last):\n  here"
     assert PlainFormatter().format(record) == logging.Formatter(PLAIN_FORMAT).format(record)
+
+
+def test_a_forked_child_names_its_own_process(kept: tuple[logging.Logger, Kept]) -> None:
+    import os
+
+    logger, handler = kept
+    job_line(logger, a_job(), "started", "before the fork")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            job_line(logger, a_job(), "started", "in the child")
+            os.write(write, f"{handler.records[-1].process} {os.getpid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    seen, pid = os.read(read, 100).decode().split()
+    os.close(read)
+    assert seen == pid == str(child)
+    assert handler.records[0].process == os.getpid()
+
+
+def test_a_line_from_a_task_is_the_record_logger_info_makes(
+    kept: tuple[logging.Logger, Kept],
+) -> None:
+    import asyncio
+
+    logger, handler = kept
+
+    async def in_a_task() -> None:
+        both(logger, a_job())
+
+    asyncio.run(in_a_task())
+    quick, stock = handler.records
+    ignored = (*_TIMES, "lineno")
+    assert {k: v for k, v in quick.__dict__.items() if k not in ignored} == {
+        k: v for k, v in stock.__dict__.items() if k not in ignored
+    }
+
+
+@pytest.mark.parametrize("line_buffered", [True, False])
+def test_each_line_reaches_the_stream_at_once(line_buffered: bool) -> None:
+    import os
+
+    from conveyor.logs import LineHandler
+
+    read, write = os.pipe()
+    os.set_blocking(read, False)  # a line not written out fails, not hangs
+    stream = open(write, "w", buffering=1 if line_buffered else 8192)  # noqa: SIM115
+    handler = LineHandler(stream)
+    handler.setFormatter(PlainFormatter())
+    logger = logging.getLogger("conveyor.test_line_handler")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("first line")
+        assert os.read(read, 1000).decode().endswith("first line\n")
+        logger.warning("second line")
+        assert os.read(read, 1000).decode().endswith("second line\n")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        stream.close()
+        os.close(read)
