@@ -512,6 +512,16 @@ class HandledTypes(Mapping[str, JobType[Any, Any]]):
             raise KeyError(name)
         return job_type
 
+    # get and `in` without Mapping's KeyError round trip: a worker asks for
+    # every job it runs.
+    def get(self, name: str, default: Any = None) -> Any:
+        job_type = self.types.get(name)
+        return default if job_type is None or job_type.handler is None else job_type
+
+    def __contains__(self, name: object) -> bool:
+        job_type = self.types.get(name) if isinstance(name, str) else None
+        return job_type is not None and job_type.handler is not None
+
     def __iter__(self) -> Iterator[str]:
         return (name for name, t in self.types.items() if t.handler is not None)
 
