@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +158,33 @@ def ratio_bases(results: list[dict[str, Any]], suite: str) -> tuple[dict[str, fl
     return bases, text
 
 
+def merged(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One peer's result from its rounds (run.py --rounds): each figure the
+    median of the rounds that have it (a phase that timed out or failed has
+    none), every column's value per round under "rounds", and the status of
+    each round that was not ok. One round is returned as it is."""
+    if len(rounds) == 1:
+        return rounds[0]
+    good = [r for r in rounds if r.get("status") == "ok"] or rounds
+    result = copy.deepcopy(good[0])
+    for phase, data in result.get("phases", {}).items():
+        runs = [r["phases"][phase] for r in good if phase in r.get("phases", {})]
+        finished = [run for run in runs if not run.get("timeout") and "error" not in run]
+        if not finished:
+            continue
+        result["phases"][phase] = data = copy.deepcopy(finished[0])
+        for key, value in data.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                data[key] = statistics.median(run[key] for run in finished if key in run)
+    problems = [
+        f"round {n}: {r.get('status')}" for n, r in enumerate(rounds, 1) if r.get("status") != "ok"
+    ]
+    result["status"] = "; ".join([result.get("status", "?"), *problems])
+    result["elapsed_s"] = sum(r.get("elapsed_s", 0.0) for r in rounds)
+    result["rounds"] = {c.title: [value_of(r, c) for r in rounds] for c in COLUMNS}
+    return result
+
+
 def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, str]) -> str:
     suite = args.suite
     bases, ratio_text = ratio_bases(results, suite)
@@ -169,6 +198,14 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         f"ONE worker process at concurrency {args.concurrency}; latency: "
         f"{args.latency_jobs} jobs, one every {args.interval * 1000:.0f} ms, on an idle worker",
         f"- {ratio_text}",
+        *(
+            [
+                f"- each figure is the median of {args.rounds} rounds (every peer in turn, "
+                "round after round); every round's figures are under 'Every round'"
+            ]
+            if getattr(args, "rounds", 1) > 1
+            else []
+        ),
         *([f"- {SQS_NOTE}"] if suite == "sqs" else []),
         *([f"- {BULLMQ_NOTE}"] if suite == "bullmq" else []),
         "",
@@ -211,6 +248,21 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
             f"| {num(drain, 'spawn_to_start_s')} | {num(lat, 'mean_ms')} | {num(lat, 'max_ms')} "
             f"| {r.get('elapsed_s', 0):.0f} | {'; '.join([r.get('status', '?'), *errors])} |"
         )
+    if any("rounds" in r for r in results):
+        lines += ["", "## Every round", ""]
+        for column in COLUMNS[:3]:
+            count = max(len(r.get("rounds", {}).get(column.title, [])) for r in results)
+            lines += [
+                f"{column.title}:",
+                "",
+                "| peer | " + " | ".join(f"round {n}" for n in range(1, count + 1)) + " |",
+                "|---|" + "--:|" * count,
+            ]
+            for r in results:
+                values = r.get("rounds", {}).get(column.title, [])
+                shown = ["—" if v is None else fmt_number(v, column.unit) for v in values]
+                lines.append(f"| {name_of(r)} | " + " | ".join(shown) + " |")
+            lines.append("")
     lines += [
         "",
         "Reproduce (from the repository root, in the environment where "

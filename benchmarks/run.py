@@ -58,7 +58,7 @@ from peers.stores import (  # noqa: E402
     sqs_url,
     with_schema,
 )
-from report import render, summary  # noqa: E402
+from report import merged, render, summary  # noqa: E402
 
 DEFAULTS: dict[str, Any] = {
     "suite": "redis",
@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "output": None,  # benchmarks/results.md, or results-<suite>.md
     "flush_nonempty": False,
     "keep_workdir": False,
+    "rounds": 1,
 }
 
 
@@ -157,6 +158,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "did not write",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and raw JSON")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="run every peer this many times, each peer in turn round after round; each "
+        "figure is then the median of its rounds, and the report lists every round's "
+        "(default 1: on a small machine figures move 20-50%% from one run to the next)",
+    )
     p.set_defaults(**DEFAULTS)
     args = p.parse_args(argv)
     if args.jobs is None:
@@ -170,8 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"unknown peer(s) in the {args.suite} suite: {', '.join(unknown)}; "
             f"known: {', '.join(known)}"
         )
-    if args.jobs < 1 or args.batch_size < 1 or args.concurrency < 1 or args.latency_jobs < 1:
-        p.error("--jobs, --batch-size, --concurrency and --latency-jobs must be >= 1")
+    if min(args.jobs, args.batch_size, args.concurrency, args.latency_jobs, args.rounds) < 1:
+        p.error("--jobs, --batch-size, --concurrency, --latency-jobs and --rounds must be >= 1")
     for option in ("redis", "postgres"):
         host = urlsplit(getattr(args, option)).hostname or ""
         if not _is_loopback(host):
@@ -574,14 +582,20 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
-    results = []
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in args.peer_list}
     try:
-        for name in args.peer_list:
-            store = stores[name]
-            log(f"{name}: running on {store.where} (cap {args.peer_timeout:.0f} s) ...")
-            result = run_peer(name, store, args, workdir, log)
-            results.append(result)
-            log(f"  {summary(result)}  [{result['elapsed_s']:.0f} s]")
+        for n in range(1, args.rounds + 1):
+            # Peers in turn within each round: a slow spell of the machine
+            # falls on every peer's figures, not on one peer's.
+            round_dir = workdir / f"round-{n}" if args.rounds > 1 else workdir
+            round_dir.mkdir(exist_ok=True)
+            shown = f" (round {n} of {args.rounds})" if args.rounds > 1 else ""
+            for name in args.peer_list:
+                store = stores[name]
+                log(f"{name}{shown}: running on {store.where} (cap {args.peer_timeout:.0f} s) ...")
+                result = run_peer(name, store, args, round_dir, log)
+                rounds[name].append(result)
+                log(f"  {summary(result)}  [{result['elapsed_s']:.0f} s]")
     finally:
         if args.keep_workdir:
             log(f"logs and raw results kept in {workdir}")
@@ -590,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     # Other load on the machine moves every figure: the reader sees how much
     # there was, at the start and at the end.
     meta["load"] += f" (at the end {load_average()})"
+    results = [merged(runs) for runs in rounds.values() if runs]
     report = render(results, args, meta)
     print(report)
     Path(args.output).write_text(report)
