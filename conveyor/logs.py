@@ -62,8 +62,8 @@ def job_line(
     a third of the cost: the record is the same (log_records.record), but the
     call site is read off the caller's frame instead of walking the stack for
     it, and the fields go in without makeRecord's checks, which they pass by
-    construction. At thousands of
-    jobs a second these lines were a fifth of the worker's CPU."""
+    construction. At thousands of jobs a second these lines were a fifth of
+    the worker's CPU."""
     if not logger.isEnabledFor(logging.INFO):
         return
     fields = job_fields(job, event, duration)
@@ -96,8 +96,10 @@ class PlainFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(PLAIN_FORMAT)
-        self._second: int | None = None
-        self._stamp = ""
+        # (whole second, its date and time), replaced in one assignment: a
+        # formatter shared by handlers in several threads never pairs a
+        # second with another second's text.
+        self._cached: tuple[int | None, str] = (None, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
@@ -105,11 +107,12 @@ class PlainFormatter(logging.Formatter):
         # Clocks move to and from summer time at whole seconds, so the local
         # time of a whole second is that of every instant within it.
         second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
+        cached_second, stamp = self._cached
+        if second != cached_second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._cached = (second, stamp)
         msec_format = self.default_msec_format
-        return msec_format % (self._stamp, record.msecs) if msec_format else self._stamp
+        return msec_format % (stamp, record.msecs) if msec_format else stamp
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
