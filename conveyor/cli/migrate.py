@@ -1,10 +1,11 @@
 """`conveyor migrate`: bring a database backend's schema to this release,
-the locks' and the cache's own backend included (CONVEYOR_LOCKS_URL /
+a broker's store and the locks' and the cache's own backend included (CONVEYOR_LOCKS_URL /
 CONVEYOR_CACHE_URL, or the app's locks_url= / cache_url=)."""
 
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -22,13 +23,14 @@ from conveyor.cli.core import options, out
 )
 @click.pass_context
 def migrate(ctx: click.Context, dry_run: bool) -> None:
-    """Create or upgrade the backend's schema (PostgreSQL, SQLite; the other
-    backends need none), and that of the locks' and cache's own backend.
+    """Create or upgrade the backend's schema (PostgreSQL, SQLite, or the
+    store of sqs://, pubsub:// and cloudtasks://; the other backends need
+    none), and that of the locks' and cache's own backend.
     Safe to run from several places at once. The SQL also goes into your own
     migrations: conveyor.contrib.alembic, .django."""
     app = Conveyor(options(ctx).url)  # the URL resolved as every command does
     targets = [(b, roles) for b, roles in backends_of(app) if isinstance(b, Migrations)]
-    if not isinstance(app.backend, Migrations):
+    if not any(roles in ("jobs", "store") for _, roles in targets):
         out().print(
             f"{app.url.partition('://')[0]}:// has no migrations to run: its storage "
             "needs no schema, or is created when it is first opened."
@@ -44,7 +46,7 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
                 named = "" if roles == "jobs" else f" ({roles})"
                 if dry_run:
                     if named:
-                        click.echo(f"-- {backend.url}{named}")
+                        click.echo(f"-- {shown_url(backend.url)}{named}")
                     await _print_pending(backend)
                     continue
                 done = await backend.migrate()
@@ -65,13 +67,28 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
 
 def backends_of(app: Conveyor) -> list[tuple[Backend, str]]:
     """The app's distinct backends, each with what it holds: the jobs
-    backend ("jobs"), then the services' own ("locks, cache" when shared)."""
+    backend ("jobs"), a broker's store ("store": `sqs://...?store=<URL>`
+    keeps its jobs there), then the services' own ("locks, cache" when
+    shared)."""
+    jobs: list[tuple[Backend, str]] = [(app.backend, "jobs")]
+    store = getattr(app.backend, "store", None)
+    if isinstance(store, Backend):
+        jobs.append((store, "store"))
     found: dict[int, tuple[Backend, list[str]]] = {}
     for service in ("locks", "cache"):
         backend = getattr(app.services, service)
         if backend is not None:
             found.setdefault(id(backend), (backend, []))[1].append(service)
-    return [(app.backend, "jobs"), *((b, ", ".join(r)) for b, r in found.values())]
+    return [*jobs, *((b, ", ".join(r)) for b, r in found.values())]
+
+
+def shown_url(url: str) -> str:
+    """`url` without its password: a dry run's output goes to files and CI logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
 
 
 async def _print_pending(backend: Migrations) -> None:

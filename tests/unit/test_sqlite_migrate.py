@@ -164,3 +164,32 @@ def test_the_locks_and_cache_backend_of_their_own_is_migrated_too(
     done = run(f"sqlite:///{jobs}")
     assert services.exists() and done.count("applied migration(s)") == 2, done
     assert schema_of(services) == schema_of(jobs)
+
+
+def test_a_brokers_store_is_migrated(tmp_path: Path) -> None:
+    """A broker's store (`sqs://...&store=<URL>`, opened by workers with
+    `migrate=false` in the store's URL) gets its schema from `conveyor
+    migrate` as the same database would alone: the broker has none of its
+    own, and nothing is sent to it."""
+    pytest.importorskip("aiobotocore")
+    store = tmp_path / "store.db"
+    url = f"sqs://jobs?region=us-east-1&endpoint_url=http://127.0.0.1:9&store=sqlite:///{store}"
+    printed = run(url, "--dry-run")
+    assert "CREATE TABLE conveyor_jobs" in printed, printed
+    assert f"-- sqlite:///{store} (store)" in printed, printed
+    assert not store.exists()
+    done = run(url)
+    assert "applied migration(s)" in done and "no migrations" not in done, done
+    assert schema_of(store)[-1] == ("meta", "schema_version", str([(str(SCHEMA_VERSION),)]))
+    assert "up to date" in run(url)
+
+
+def test_a_named_backends_password_is_not_printed() -> None:
+    from conveyor.cli.migrate import shown_url
+
+    assert shown_url("postgresql://app:s3cret@db:5432/app?schema=c") == (
+        "postgresql://app:***@db:5432/app?schema=c"
+    )
+    assert shown_url("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert shown_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert shown_url("postgresql://app@db/app") == "postgresql://app@db/app"
