@@ -81,6 +81,15 @@ CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST = "CONVEYOR_TEST_CLOUDTASKS_EMULATOR_HOST
 CONVEYOR_TEST_SCREENSHOTS = "CONVEYOR_TEST_SCREENSHOTS"
 # Where the tests keep what they install (the Cloud Tasks emulator's virtualenv).
 CONVEYOR_TEST_CACHE = "CONVEYOR_TEST_CACHE"
+# The chaos test's knobs (tests/acceptance/test_chaos.py): the seed of its
+# choices (each run prints it, to replay), seconds of chaos per run, worker
+# processes, their lease (seconds), and SQS's receive count before the
+# dead-letter queue there.
+CONVEYOR_CHAOS_SEED = "CONVEYOR_CHAOS_SEED"
+CONVEYOR_CHAOS_SECONDS = "CONVEYOR_CHAOS_SECONDS"
+CONVEYOR_CHAOS_WORKERS = "CONVEYOR_CHAOS_WORKERS"
+CONVEYOR_CHAOS_LEASE = "CONVEYOR_CHAOS_LEASE"
+CONVEYOR_CHAOS_SQS_MAX_RECEIVES = "CONVEYOR_CHAOS_SQS_MAX_RECEIVES"
 
 # What changes how an app, a worker or the CLI behaves (the test suite clears
 # these so a developer's shell cannot change what the tests see).

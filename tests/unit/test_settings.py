@@ -115,14 +115,15 @@ def test_the_readme_lists_every_variable_in_one_table() -> None:
 
 
 def test_every_test_suite_variable_is_declared() -> None:
-    """The README's table lists the CONVEYOR_TEST_* variables the suite
-    reads: each must be declared in settings.py, which the table follows."""
+    """The README's table lists the CONVEYOR_TEST_* and CONVEYOR_CHAOS_*
+    variables the suite reads: each must be declared in settings.py, which
+    the table follows."""
     declared = {value for name, value in vars(settings).items() if name.startswith("CONVEYOR_")}
     tests = Path(__file__).resolve().parents[1]
     used = {
         name
         for path in tests.rglob("*.py")
         if path != Path(__file__).resolve()  # VAR above is made up
-        for name in re.findall(r"\bCONVEYOR_TEST_[A-Z_]+\b", path.read_text())
+        for name in re.findall(r"\bCONVEYOR_(?:TEST|CHAOS)_[A-Z_]+\b", path.read_text())
     }
     assert used - declared == set()
