@@ -19,7 +19,7 @@ from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_
     "--host",
     default=DEFAULT_HOST,
     show_default=True,
-    help="Address to listen on; anything but loopback without a token logs a warning.",
+    help="Address to listen on; anything but loopback without basic auth logs a warning.",
 )
 @click.option(
     "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to listen on."

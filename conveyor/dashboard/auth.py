@@ -86,10 +86,6 @@ class Access:
             )
         return cls(token, basic_auth, token is not None if actions is None else actions)
 
-    @property
-    def authenticated(self) -> bool:
-        return self.token is not None or self.basic is not None
-
 
 class Sessions:
     """Signed session cookies and the CSRF token bound to each; the key is

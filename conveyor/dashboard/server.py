@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from conveyor.settings import CONVEYOR_DASHBOARD_TOKEN
+from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from conveyor.app import Conveyor
+    from conveyor.dashboard.auth import Access
 
 logger = logging.getLogger("conveyor.dashboard")
 
@@ -30,14 +31,22 @@ def is_loopback(host: str) -> bool:
         return False  # a name: may resolve to anything
 
 
-def exposure_warning(host: str, authenticated: bool) -> str | None:
-    """What to warn about before binding `host`: None on loopback or with auth."""
-    if is_loopback(host) or authenticated:
+def exposure_warning(host: str, access: Access) -> str | None:
+    """What to warn about before binding `host`: None on loopback or behind
+    basic auth. A token guards only the actions: every page and the JSON
+    API, payloads included, stay open to whoever reaches the port."""
+    if is_loopback(host) or access.basic is not None:
         return None
+    if access.token is not None:
+        return (
+            f"the dashboard listens on {host}, beyond this machine, and only its actions "
+            "need the token: anyone who reaches it sees every job's payload. Set "
+            f"{CONVEYOR_DASHBOARD_BASIC_AUTH} to guard reading too, or bind to 127.0.0.1"
+        )
     return (
         f"the dashboard listens on {host}, beyond this machine, with no authentication: "
         f"anyone who reaches it sees every job's payload. Set {CONVEYOR_DASHBOARD_TOKEN} "
-        "(or basic auth) or bind to 127.0.0.1"
+        f"and {CONVEYOR_DASHBOARD_BASIC_AUTH}, or bind to 127.0.0.1"
     )
 
 
@@ -65,7 +74,7 @@ def serve(
     """Serve until Ctrl-C or SIGTERM."""
     import uvicorn
 
-    warning = exposure_warning(host, dashboard.state.gate.access.authenticated)
+    warning = exposure_warning(host, dashboard.state.gate.access)
     if warning is not None:
         logger.warning("%s", warning)
     uvicorn.run(standalone(app, dashboard), host=host, port=port, log_level="info")

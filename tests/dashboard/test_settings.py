@@ -73,14 +73,22 @@ def test_sessions_expire_and_cannot_be_forged() -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_no_warning_on_loopback(host: str) -> None:
-    assert exposure_warning(host, authenticated=False) is None
+    assert exposure_warning(host, Access(None, None, False)) is None
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "dashboard.internal"])
 def test_a_warning_beyond_loopback_without_auth(host: str) -> None:
-    warning = exposure_warning(host, authenticated=False)
+    warning = exposure_warning(host, Access(None, None, False))
     assert warning is not None and host in warning and CONVEYOR_DASHBOARD_TOKEN in warning
-    assert exposure_warning(host, authenticated=True) is None
+    assert exposure_warning(host, Access(None, ("ops", "a-long-password"), False)) is None
+
+
+def test_a_token_alone_beyond_loopback_still_warns_that_reads_are_open() -> None:
+    """The token guards actions only: every page and the JSON API (payloads
+    included) stay open to whoever reaches the port, which basic auth guards."""
+    warning = exposure_warning("0.0.0.0", Access("a-token-of-sixteen+", None, True))
+    assert warning is not None and "payload" in warning
+    assert "CONVEYOR_DASHBOARD_BASIC_AUTH" in warning
 
 
 def test_the_command_binds_to_loopback_by_default() -> None:
