@@ -32,7 +32,6 @@ _MIRRORED = _VERSION in ((3, 11), (3, 12), (3, 13))
 # What a call site's records share: copied from one stock record.
 _SHARED = (
     "name",
-    "levelname",
     "levelno",
     "pathname",
     "filename",
@@ -55,6 +54,7 @@ def record(
     made = logging.LogRecord.__new__(logging.LogRecord)
     fields = made.__dict__
     fields.update(_shared(name, level, pathname, func))
+    fields["levelname"] = logging.getLevelName(level)  # addLevelName may rename it
     fields["msg"] = msg
     fields["args"] = args
     fields["lineno"] = lineno

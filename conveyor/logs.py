@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -67,7 +68,9 @@ def job_line(
     if not logger.isEnabledFor(logging.INFO):
         return
     fields = job_fields(job, event, duration)
-    if logging._srcfile is None:  # the application turned call sites off
+    # An application's own Logger class (setLoggerClass) may make records
+    # its way; so may an application that turned call sites off.
+    if type(logger) is not logging.Logger or logging._srcfile is None:
         logger.info(msg, *args, extra=fields, stacklevel=2)
         return
     caller = sys._getframe(1)
@@ -85,7 +88,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     is) after each line, since the line's newline wrote it out already."""
 
     def flush(self) -> None:
-        if not getattr(self.stream, "line_buffering", False):
+        if "\n" not in self.terminator or not getattr(self.stream, "line_buffering", False):
             super().flush()
 
 
@@ -96,21 +99,21 @@ class PlainFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(PLAIN_FORMAT)
-        # (whole second, its date and time), replaced in one assignment: a
-        # formatter shared by handlers in several threads never pairs a
-        # second with another second's text.
-        self._cached: tuple[int | None, str] = (None, "")
+        # (whole second, converter, its date and time), replaced in one
+        # assignment: a formatter shared by handlers in several threads never
+        # pairs a second with another second's text.
+        self._cached: tuple[int | None, object, str] = (None, None, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
         # Clocks move to and from summer time at whole seconds, so the local
         # time of a whole second is that of every instant within it.
-        second = int(record.created)
-        cached_second, stamp = self._cached
-        if second != cached_second:
-            stamp = time.strftime(self.default_time_format, self.converter(record.created))
-            self._cached = (second, stamp)
+        second, converter = math.floor(record.created), self.converter
+        cached_second, cached_converter, stamp = self._cached
+        if second != cached_second or converter != cached_converter:
+            stamp = time.strftime(self.default_time_format, converter(record.created))
+            self._cached = (second, converter, stamp)
         msec_format = self.default_msec_format
         return msec_format % (stamp, record.msecs) if msec_format else stamp
 
@@ -118,7 +121,7 @@ class PlainFormatter(logging.Formatter):
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
         record.message = message = record.getMessage()
-        record.asctime = stamp = self.formatTime(record)
+        record.asctime = stamp = self.formatTime(record, self.datefmt)
         return f"{stamp} {record.levelname} {record.name}: {message}"
 
 

@@ -225,13 +225,17 @@ def entry_text(
 def _number(value: float | None) -> str:
     if value is None:
         return "null"
-    if type(value) is int or math.isfinite(value):
+    kind = type(value)
+    if kind is int or (kind is float and math.isfinite(value)):
         return repr(value)
-    return json.dumps(value)  # NaN and the infinities, as json.dumps writes them
+    # NaN, the infinities, bools, subclasses (an IntEnum): as json.dumps writes them.
+    return json.dumps(value)
 
 
 def _text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
+    if value is None:
+        return "null"
+    return encode_basestring_ascii(value) if type(value) is str else json.dumps(value)
 
 
 def with_entry(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:

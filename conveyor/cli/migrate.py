@@ -5,6 +5,7 @@ CONVEYOR_CACHE_URL, or the app's locks_url= / cache_url=)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -82,13 +83,25 @@ def backends_of(app: Conveyor) -> list[tuple[Backend, str]]:
     return [*jobs, *((b, ", ".join(r)) for b, r in found.values())]
 
 
+# Query parameters whose values are not printed (libpq takes ?password=,
+# ?sslpassword=; Redis URLs ?password=).
+_SECRET_PARAMETERS = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
 def shown_url(url: str) -> str:
-    """`url` without its password: a dry run's output goes to files and CI logs."""
+    """`url` without its passwords: a dry run's output goes to files and CI logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        netloc = f"{user}:***@" + parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}=***" if _SECRET_PARAMETERS.search(name) else f"{name}={value}" if sep else name
+        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url  # as given (urlunsplit would rewrite sqlite:////path)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def _print_pending(backend: Migrations) -> None:

@@ -244,3 +244,73 @@ def test_each_line_reaches_the_stream_at_once(line_buffered: bool) -> None:
         logger.propagate = True
         stream.close()
         os.close(read)
+
+
+def test_a_level_renamed_later_is_named_as_the_stock_record_names_it(
+    kept: tuple[logging.Logger, Kept],
+) -> None:
+    logger, handler = kept
+    job_line(logger, a_job(), "started", "before the rename")
+    logging.addLevelName(logging.INFO, "INFORMATION")
+    try:
+        both(logger, a_job())
+    finally:
+        logging.addLevelName(logging.INFO, "INFO")
+    _, quick, stock = handler.records
+    assert quick.levelname == stock.levelname == "INFORMATION"
+
+
+def test_a_logger_class_of_the_application_makes_the_record(
+    kept: tuple[logging.Logger, Kept],
+) -> None:
+    class Tagging(logging.Logger):
+        def makeRecord(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            made = super().makeRecord(*args, **kwargs)
+            made.tenant = "acme"
+            return made
+
+    _, handler = kept
+    logger = Tagging("conveyor.test_quick_lines.tagging")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    line = _line() + 1
+    job_line(logger, a_job(), "started", "processing %s", "j1")
+    (record,) = handler.records
+    assert record.__dict__["tenant"] == "acme" and record.__dict__["event"] == "started"
+    assert record.lineno == line
+
+
+@pytest.mark.parametrize("created", [-0.5, -1.5, 0.25, 1_700_000_000.75])
+def test_plain_formatter_matches_before_1970_and_after(created: float) -> None:
+    record = logging.LogRecord("conveyor.worker", logging.INFO, __file__, 1, "m", (), None)
+    fast, stock = PlainFormatter(), logging.Formatter(PLAIN_FORMAT)
+    for when in (created, created + 0.5, created - 1):
+        record.created = when
+        record.msecs = 500.0
+        assert fast.format(record) == stock.format(record)
+
+
+def test_plain_formatter_follows_its_converter_and_datefmt() -> None:
+    record = logging.LogRecord("conveyor.worker", logging.INFO, __file__, 1, "m", (), None)
+    record.created = 1_700_000_000.5
+    fast, stock = PlainFormatter(), logging.Formatter(PLAIN_FORMAT)
+    assert fast.format(record) == stock.format(record)
+    fast.converter = stock.converter = time.gmtime  # type: ignore[method-assign]
+    assert fast.format(record) == stock.format(record)
+    fast.datefmt = stock.datefmt = "%H:%M"
+    assert fast.format(record) == stock.format(record)
+
+
+def test_a_handler_without_a_newline_terminator_still_flushes() -> None:
+    import io
+
+    from conveyor.logs import LineHandler
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, line_buffering=True)
+    handler = LineHandler(stream)
+    handler.terminator = ""
+    handler.emit(
+        logging.LogRecord("conveyor.worker", logging.INFO, __file__, 1, "a record", (), None)
+    )
+    assert raw.getvalue() == b"a record"

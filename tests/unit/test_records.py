@@ -79,3 +79,19 @@ def test_an_entrys_text_is_its_json(
 ) -> None:
     entry = stored_entry(attempt, started_at, finished_at, outcome, error)
     assert entry_text(attempt, started_at, finished_at, outcome, error) == json.dumps(entry)
+
+
+def test_an_entrys_text_is_its_json_for_number_subclasses_too() -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        ONE = 1
+
+    class Seconds(float):
+        def __repr__(self) -> str:
+            return "Seconds!"
+
+    for started in (True, Level.ONE, Seconds(2.5), 10**16 * 1.0, -0.0):
+        entry = stored_entry(Level.ONE, started, Seconds(3.0), AttemptOutcome.FAILED, "e")
+        text = entry_text(Level.ONE, started, Seconds(3.0), AttemptOutcome.FAILED, "e")
+        assert text == json.dumps(entry)

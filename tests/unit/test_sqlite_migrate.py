@@ -193,3 +193,12 @@ def test_a_named_backends_password_is_not_printed() -> None:
     assert shown_url("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert shown_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert shown_url("postgresql://app@db/app") == "postgresql://app@db/app"
+
+
+def test_a_password_in_the_query_is_not_printed_either() -> None:
+    from conveyor.cli.migrate import shown_url
+
+    shown = shown_url("postgresql://app@db/app?password=s3cret&sslpassword=x2&connect_timeout=1")
+    assert "s3cret" not in shown and "x2" not in shown and "connect_timeout=1" in shown
+    assert "s3cret" not in shown_url("redis://127.0.0.1:6379/0?Password=s3cret")
+    assert "p@ss" not in shown_url("postgresql://app:p%40ss@db/app")
