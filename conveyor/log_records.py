@@ -58,7 +58,7 @@ def record(
     fields["msg"] = msg
     fields["args"] = args
     fields["lineno"] = lineno
-    _stamp(fields)
+    stamp(fields)
     if logging.logThreads:
         fields["thread"] = threading.get_ident()
         fields["threadName"] = threading.current_thread().name
@@ -99,7 +99,9 @@ def _stamp_3_13(fields: dict[str, Any]) -> None:
     fields["relativeCreated"] = (now - _START) / 1e6
 
 
-_stamp: Callable[[dict[str, Any]], None] = _stamp_3_13 if _VERSION >= (3, 13) else _stamp_3_11
+#: sets "created", "msecs" and "relativeCreated" in a record's fields to
+#: now, as this interpreter's LogRecord.__init__ does
+stamp: Callable[[dict[str, Any]], None] = _stamp_3_13 if _VERSION >= (3, 13) else _stamp_3_11
 
 
 def _process_name() -> str:

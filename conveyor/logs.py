@@ -15,12 +15,9 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-from conveyor.log_records import record
 
 if TYPE_CHECKING:
     from conveyor.job import Job
@@ -50,38 +47,6 @@ def job_fields(
     }
 
 
-def job_line(
-    logger: logging.Logger,
-    job: Job,
-    event: str,
-    msg: str,
-    *args: object,
-    duration: float | None = None,
-) -> None:
-    """`logger.info(msg, *args, extra=job_fields(job, event, duration))` for
-    the lines a worker writes for every job (started, completed), at about
-    a third of the cost: the record is the same (log_records.record), but the
-    call site is read off the caller's frame instead of walking the stack for
-    it, and the fields go in without makeRecord's checks, which they pass by
-    construction. At thousands of jobs a second these lines were a fifth of
-    the worker's CPU."""
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    fields = job_fields(job, event, duration)
-    # An application's own Logger class (setLoggerClass) may make records
-    # its way; so may an application that turned call sites off.
-    if type(logger) is not logging.Logger or logging._srcfile is None:
-        logger.info(msg, *args, extra=fields, stacklevel=2)
-        return
-    caller = sys._getframe(1)
-    code = caller.f_code
-    line = record(
-        logger.name, logging.INFO, code.co_filename, caller.f_lineno, msg, args, code.co_name
-    )
-    line.__dict__.update(fields)
-    logger.handle(line)
-
-
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler conveyor gives the worker's lines (stderr by default): a
     StreamHandler that does not flush a line-buffered stream (stderr always
@@ -107,15 +72,19 @@ class PlainFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
+        return self.time_text(record.created, record.msecs)
+
+    def time_text(self, created: float, msecs: float) -> str:
+        """`asctime` of a record made at `created` (its `msecs`), without a datefmt."""
         # Clocks move to and from summer time at whole seconds, so the local
         # time of a whole second is that of every instant within it.
-        second, converter = math.floor(record.created), self.converter
+        second, converter = math.floor(created), self.converter
         cached_second, cached_converter, stamp = self._cached
         if second != cached_second or converter != cached_converter:
-            stamp = time.strftime(self.default_time_format, converter(record.created))
+            stamp = time.strftime(self.default_time_format, converter(created))
             self._cached = (second, converter, stamp)
         msec_format = self.default_msec_format
-        return msec_format % (stamp, record.msecs) if msec_format else stamp
+        return msec_format % (stamp, msecs) if msec_format else stamp
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:

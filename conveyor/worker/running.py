@@ -25,7 +25,7 @@ from conveyor.context import JobContext
 from conveyor.job import (
     Job,
 )
-from conveyor.logs import job_line
+from conveyor.job_lines import job_line
 from conveyor.worker.acks import (
     LOST,
     RELEASED,

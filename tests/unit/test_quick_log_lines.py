@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor.job import Job, JobState
-from conveyor.logs import PLAIN_FORMAT, JsonFormatter, PlainFormatter, job_fields, job_line
+from conveyor.job_lines import job_line
+from conveyor.logs import PLAIN_FORMAT, JsonFormatter, PlainFormatter, job_fields
 
 # Set by the time each record is made, so never compared.
 _TIMES = ("created", "msecs", "relativeCreated")
@@ -314,3 +315,98 @@ def test_a_handler_without_a_newline_terminator_still_flushes() -> None:
         logging.LogRecord("conveyor.worker", logging.INFO, __file__, 1, "a record", (), None)
     )
     assert raw.getvalue() == b"a record"
+
+
+@pytest.fixture
+def plain() -> Iterator[tuple[logging.Logger, Any]]:
+    """conveyor's own text handler on a logger of its own, writing to a buffer."""
+    import io
+
+    from conveyor.logs import LineHandler
+
+    buffer = io.StringIO()
+    handler = LineHandler(buffer)
+    handler.setFormatter(PlainFormatter())
+    logger = logging.getLogger("conveyor.test_plain_lines")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield logger, buffer
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+def ours_only(logger: logging.Logger) -> None:
+    """Take pytest's capture handlers off the logger (it adds them to every
+    non-propagating logger as each test starts): they would make every line
+    a record, and the path without one would go untested."""
+    from conveyor.logs import LineHandler
+
+    logger.handlers[:] = [h for h in logger.handlers if type(h) is LineHandler]
+
+
+def test_a_line_written_without_a_record_is_the_line_logging_writes(
+    plain: tuple[logging.Logger, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, buffer = plain
+    ours_only(logger)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_250_000_000)
+    job = a_job()
+    for write in (job_line, None):
+        if write is None:
+            logger.info("processing job %s %s (attempt %d)", job.name, job.id, 2)
+        else:
+            write(logger, job, "started", "processing job %s %s (attempt %d)", job.name, job.id, 2)
+    quick, stock = buffer.getvalue().splitlines()
+    assert quick == stock
+    assert stock.endswith("INFO conveyor.test_plain_lines: processing job send.mail j1 (attempt 2)")
+
+
+def test_another_handler_or_a_filter_sees_the_record(
+    plain: tuple[logging.Logger, Any], kept: tuple[logging.Logger, Kept]
+) -> None:
+    logger, buffer = plain
+    ours_only(logger)
+    _, other = kept
+    logger.addHandler(other)
+    try:
+        job_line(logger, a_job(), "started", "to %s", "both")
+    finally:
+        logger.removeHandler(other)
+    (seen,) = other.records
+    assert seen.__dict__["event"] == "started" and buffer.getvalue().endswith(": to both\n")
+    handler = logger.handlers[0]
+    handler.addFilter(lambda r: "secret" not in r.getMessage())
+    job_line(logger, a_job(), "started", "a %s line", "secret")
+    handler.filters.clear()
+    assert "secret" not in buffer.getvalue()
+
+
+def test_a_handler_above_info_is_passed_over_and_propagation_stops_where_it_is_off(
+    plain: tuple[logging.Logger, Any],
+) -> None:
+    import io
+
+    from conveyor.logs import LineHandler
+
+    logger, buffer = plain
+    ours_only(logger)
+    loud = io.StringIO()
+    warnings_only = LineHandler(loud)
+    warnings_only.setFormatter(PlainFormatter())
+    warnings_only.setLevel(logging.WARNING)
+    parent = logging.getLogger("conveyor")
+    parent.addHandler(warnings_only)
+    child = logging.getLogger("conveyor.test_plain_lines.child")
+    try:
+        job_line(child, a_job(), "started", "one %s", "line")
+        logger.addHandler(warnings_only)
+        job_line(child, a_job(), "started", "two %s", "lines")
+    finally:
+        parent.removeHandler(warnings_only)
+        logger.removeHandler(warnings_only)
+    assert buffer.getvalue().count("\n") == 2 and loud.getvalue() == ""
