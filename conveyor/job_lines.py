@@ -5,8 +5,9 @@ cheaply: at thousands of jobs a second they were a fifth of its CPU.
 `logger.info(msg, *args, extra=job_fields(job, event))` writes. Where every
 handler the line reaches is conveyor's own text handler (`LineHandler` with
 `PlainFormatter`, unfiltered: what a worker gets when the application did
-not configure logging, and what `conveyor worker` configures), nothing else
-can see a record, so the line is formatted and written without one, under
+not configure logging, and what `conveyor worker` configures) and no record
+factory of the application's is set, nothing else can see a record, so the
+line is formatted and written without one, under
 each handler's lock as `Handler.handle` would. Anywhere else the record is
 made as `logging` makes it (log_records.record), the call site read off the
 caller's frame rather than found by walking the stack.
@@ -41,7 +42,11 @@ def job_line(
     if type(logger) is not logging.Logger or logging._srcfile is None:
         logger.info(msg, *args, extra=job_fields(job, event, duration), stacklevel=2)
         return
-    handlers = _plain_handlers(logger)
+    # A record factory of the application's may do more than fill fields:
+    # with one set, every line is a record.
+    handlers = (
+        _plain_handlers(logger) if logging.getLogRecordFactory() is logging.LogRecord else None
+    )
     if handlers:
         _write(handlers, logger, msg, args, sys._getframe(1))
         return

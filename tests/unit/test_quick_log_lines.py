@@ -410,3 +410,26 @@ def test_a_handler_above_info_is_passed_over_and_propagation_stops_where_it_is_o
         parent.removeHandler(warnings_only)
         logger.removeHandler(warnings_only)
     assert buffer.getvalue().count("\n") == 2 and loud.getvalue() == ""
+
+
+def test_a_record_factory_of_the_application_is_called_even_for_plain_lines(
+    plain: tuple[logging.Logger, Any],
+) -> None:
+    """A factory may do more than fill fields (count lines, carry a request
+    id to a handler added later): with one set, every line is a record."""
+    logger, buffer = plain
+    ours_only(logger)
+    stock = logging.getLogRecordFactory()
+    made: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = stock(*args, **kwargs)
+        made.append(record.getMessage())
+        return record
+
+    logging.setLogRecordFactory(counting)
+    try:
+        job_line(logger, a_job(), "started", "processing %s", "j1")
+    finally:
+        logging.setLogRecordFactory(stock)
+    assert made == ["processing j1"] and buffer.getvalue().endswith(": processing j1\n")
