@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from conveyor.log_records import record, stamp
@@ -42,13 +43,10 @@ def job_line(
     if type(logger) is not logging.Logger or logging._srcfile is None:
         logger.info(msg, *args, extra=job_fields(job, event, duration), stacklevel=2)
         return
-    # A record factory of the application's may do more than fill fields:
-    # with one set, every line is a record.
-    handlers = (
-        _plain_handlers(logger) if logging.getLogRecordFactory() is logging.LogRecord else None
-    )
-    if handlers:
-        _write(handlers, logger, msg, args, sys._getframe(1))
+    handlers = _plain_handlers(logger) if _logging_as_shipped(logger) else None
+    text = _text(msg, args) if handlers else None
+    if handlers and text is not None:
+        _write(handlers, logger, text, msg, args, sys._getframe(1))
         return
     caller = sys._getframe(1)
     code = caller.f_code
@@ -57,6 +55,45 @@ def job_line(
     )
     line.__dict__.update(job_fields(job, event, duration))
     logger.handle(line)
+
+
+def _logging_as_shipped(logger: logging.Logger) -> bool:
+    """Whether a record of `logger` would go through logging's own code, as
+    the standard library ships it: no record factory of the application's (it
+    may count lines or carry context, not only fill fields), no patched
+    Logger.handle or callHandlers (Sentry's logging integration replaces the
+    latter to keep INFO lines as breadcrumbs), none on the logger itself."""
+    return (
+        _SHIPPED
+        and logging.getLogRecordFactory() is logging.LogRecord
+        and logging.Logger.handle is _HANDLE
+        and logging.Logger.callHandlers is _CALL_HANDLERS
+        and _LOGGER_PARTS.isdisjoint(logger.__dict__)
+    )
+
+
+_HANDLE = logging.Logger.handle
+_CALL_HANDLERS = logging.Logger.callHandlers
+# Patched already when this module was imported: lines always go as records.
+_SHIPPED = _HANDLE.__code__.co_filename == _CALL_HANDLERS.__code__.co_filename == logging.__file__
+# What a logger, handler or formatter instance may have replaced on itself.
+_LOGGER_PARTS = frozenset(("handle", "callHandlers"))
+_HANDLER_PARTS = frozenset(("handle", "emit", "format", "flush", "acquire", "release", "filter"))
+_FORMATTER_PARTS = frozenset(("format", "formatTime", "time_text", "formatMessage"))
+
+
+def _text(msg: object, args: tuple[Any, ...]) -> str | None:
+    """The message as LogRecord.getMessage makes it; None where that fails
+    (the record path then reports it through handleError, as logging does)."""
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        try:
+            return str(msg) % args[0]
+        except Exception:
+            return None
+    try:
+        return str(msg) % args if args else str(msg)
+    except Exception:
+        return None
 
 
 def _plain_handlers(logger: logging.Logger) -> list[LineHandler] | None:
@@ -71,11 +108,14 @@ def _plain_handlers(logger: logging.Logger) -> list[LineHandler] | None:
         for handler in current.handlers:
             if handler.level > logging.INFO:
                 continue
+            formatter = handler.formatter
             if (
                 type(handler) is not LineHandler
                 or handler.filters
-                or type(handler.formatter) is not PlainFormatter
-                or handler.formatter.datefmt is not None
+                or type(formatter) is not PlainFormatter
+                or formatter.datefmt is not None
+                or not _HANDLER_PARTS.isdisjoint(handler.__dict__)
+                or not _FORMATTER_PARTS.isdisjoint(formatter.__dict__)
             ):
                 return None
             found.append(handler)
@@ -86,13 +126,13 @@ def _plain_handlers(logger: logging.Logger) -> list[LineHandler] | None:
 def _write(
     handlers: list[LineHandler],
     logger: logging.Logger,
+    text: str,
     msg: str,
     args: tuple[Any, ...],
     caller: Any,
 ) -> None:
     times: dict[str, Any] = {}
     stamp(times)
-    text = msg % args if args else msg
     tail = f" {logging.getLevelName(logging.INFO)} {logger.name}: {text}"
     for handler in handlers:
         formatter = handler.formatter

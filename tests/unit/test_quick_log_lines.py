@@ -433,3 +433,51 @@ def test_a_record_factory_of_the_application_is_called_even_for_plain_lines(
     finally:
         logging.setLogRecordFactory(stock)
     assert made == ["processing j1"] and buffer.getvalue().endswith(": processing j1\n")
+
+
+def test_a_message_logging_cannot_format_goes_to_handle_error_not_to_the_caller(
+    plain: tuple[logging.Logger, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, buffer = plain
+    ours_only(logger)
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+    job_line(logger, a_job(), "started", "attempt %d", "not a number")  # no raise
+    job_line(logger, a_job(), "started", "x %(n)s", {"n": 1})  # a lone mapping, as logging takes it
+
+    class Lazy:
+        def __str__(self) -> str:
+            return "id %s"
+
+    job_line(logger, a_job(), "started", Lazy(), 7)  # type: ignore[arg-type]
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(" INFO conveyor.test_plain_lines: x 1")
+    assert lines[1].endswith(" INFO conveyor.test_plain_lines: id 7")
+
+
+def test_a_patched_logging_sees_every_line(
+    plain: tuple[logging.Logger, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sentry's logging integration replaces Logger.callHandlers to keep INFO
+    lines as breadcrumbs; a handler's emit may be replaced on the instance."""
+    logger, buffer = plain
+    ours_only(logger)
+    seen: list[str] = []
+    stock = logging.Logger.callHandlers
+
+    def spying(self: logging.Logger, record: logging.LogRecord) -> None:
+        seen.append(record.getMessage())
+        stock(self, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", spying)
+    job_line(logger, a_job(), "started", "job %s", "one")
+    monkeypatch.setattr(logging.Logger, "callHandlers", stock)
+    handler = logger.handlers[0]
+    emitted: list[str] = []
+    handler.emit = lambda record: emitted.append(record.getMessage())  # type: ignore[method-assign]
+    try:
+        job_line(logger, a_job(), "started", "job %s", "two")
+    finally:
+        del handler.emit
+    assert seen == ["job one"] and emitted == ["job two"]
+    assert buffer.getvalue().endswith(": job one\n")
