@@ -5,7 +5,9 @@ Figures:
 * enqueue/s one at a time (`await app.enqueue(...)` in a loop);
 * enqueue/s batched (`enqueue_many` of 1,000);
 * drain/s: no-op jobs already queued, one worker at the given concurrency,
-  counted in process (the probe costs nothing per job);
+  counted in process (the probe costs nothing per job), with the worker's
+  INFO line per job off (it would bury the table; it costs a worker about
+  15 µs per job);
 * p50 / p99 enqueue-to-start latency on an idle worker: one job every 20 ms,
   measured from the job's `created_at` (taken before the enqueue call) to the
   moment its handler starts running in the worker. For backends that
@@ -16,12 +18,15 @@ Figures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +105,22 @@ async def _drain(app: Conveyor, count: int, concurrency: int) -> float:
     return count / elapsed
 
 
+@contextlib.contextmanager
+def _without_job_lines() -> Iterator[None]:
+    """The workers' INFO line per job off (warnings and errors stay): they
+    drain thousands of jobs, and the lines would bury the table."""
+    worker_logger = logging.getLogger("conveyor.worker")
+    before = worker_logger.level
+    worker_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        worker_logger.setLevel(before)
+
+
 def _worker_process(url: str, ready: Any, stop: Any) -> None:
+    logging.getLogger("conveyor.worker").setLevel(logging.WARNING)  # as _without_job_lines
+
     async def main() -> None:
         app = make_app(url)
         worker = app.worker(concurrency=10, queues=["default"], scheduler=False)
@@ -178,7 +198,7 @@ def run_bench(backends: list[str], jobs: int, concurrency: int) -> None:
         "p99 start ms",
     ):
         table.add_column(column, justify="right" if column != "backend" else "left")
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir, _without_job_lines():
         for name in backends:
             console.print(f"[dim]benchmarking {name} ...[/]")
             figures = asyncio.run(bench_backend(name, jobs, concurrency, workdir))
