@@ -42,11 +42,7 @@ from conveyor.job import (
 )
 from conveyor.locks import Locks, hold
 from conveyor.observers import JobTracer
-from conveyor.queues import QueueAdmin
-from conveyor.recurring import RecurringSchedules
-from conveyor.registry import (
-    JobType,
-    JobTypes,
+from conveyor.options import (
     check_priority,
     check_queue,
     check_retries,
@@ -54,6 +50,9 @@ from conveyor.registry import (
     check_timeout,
     due_time,
 )
+from conveyor.queues import QueueAdmin
+from conveyor.recurring import RecurringSchedules
+from conveyor.registry import JobType, JobTypes
 from conveyor.scheduled import FunctionSchedule, ScheduledFunctions
 from conveyor.scheduler import Scheduler
 from conveyor.services import close_all, open_all, service_backends

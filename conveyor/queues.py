@@ -14,7 +14,7 @@ from typing import Protocol
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, QueuePauses, WorkerInfo, WorkerRegistry
 from conveyor.job import NotSupportedError
-from conveyor.registry import check_queue
+from conveyor.options import check_queue
 
 
 class _Facade(Protocol):

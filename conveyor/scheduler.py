@@ -53,12 +53,13 @@ from conveyor.job import (
     opened,
     utc,
 )
+from conveyor.options import check_priority, check_queue, check_retries, check_timeout
 from conveyor.outage import Outage
-from conveyor.registry import check_priority, check_queue, check_retries, check_timeout
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
-    from conveyor.registry import JobDefaults, JobType
+    from conveyor.options import JobDefaults
+    from conveyor.registry import JobType
 
 logger = logging.getLogger("conveyor.scheduler")
 

@@ -22,7 +22,7 @@ from conveyor.dashboard.activity import last_hour
 from conveyor.dashboard.redact import Redaction
 from conveyor.durations import InvalidDurationError, parse_duration
 from conveyor.job import ConveyorError, Job, JobState, NotSupportedError
-from conveyor.registry import check_state
+from conveyor.options import check_state
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor

@@ -302,7 +302,7 @@ async def test_out_of_range_priority_is_refused_on_every_backend(
 
 
 async def test_the_documented_priority_range_round_trips(app: Conveyor) -> None:
-    from conveyor.registry import PRIORITY_RANGE
+    from conveyor.options import PRIORITY_RANGE
 
     if not app.backend.capabilities.priorities:
         pytest.skip("capability: the backend declares priorities=False")
