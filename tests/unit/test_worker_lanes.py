@@ -154,13 +154,20 @@ def test_a_broker_with_a_redis_store_keeps_one_lane(url: str) -> None:
     assert from_url(url).capabilities.claim_lanes == 1
 
 
-class LateReply(MemoryBackend):
+class TwoLanes(MemoryBackend):
+    """The memory backend, declaring two claim lanes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = replace(self.capabilities, claim_lanes=2)
+
+
+class LateReply(TwoLanes):
     """The memory backend with two lanes whose claim replies come late:
     each claim takes its jobs at once and answers `delay` seconds after."""
 
     def __init__(self, delay: float) -> None:
         super().__init__()
-        self.capabilities = replace(self.capabilities, claim_lanes=2)
         self.delay = delay
 
     async def claim(  # type: ignore[override]
@@ -195,13 +202,12 @@ async def test_burst_is_not_over_while_the_other_lane_brings_work() -> None:
         assert stats.get("completed") == 2
 
 
-class SecondLaneHangs(MemoryBackend):
+class SecondLaneHangs(TwoLanes):
     """Two lanes; the first lane's claims answer a moment later, the second
     lane's never do, nor does undoing a claim (a connection gone bad)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.capabilities = replace(self.capabilities, claim_lanes=2)
         self.second_sent = asyncio.Event()
 
     async def claim(  # type: ignore[override]
@@ -242,13 +248,12 @@ async def test_a_second_lane_that_outlives_its_cancel_does_not_fail_the_claim_lo
         assert claim_loop.cancelled() or claim_loop.exception() is None
 
 
-class BothLanesStuck(MemoryBackend):
+class BothLanesStuck(TwoLanes):
     """Two lanes; the second lane's first sending of outcomes never answers,
     and from then on the first lane's claims do not either."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.capabilities = replace(self.capabilities, claim_lanes=2)
         self.stuck = asyncio.Event()
 
     async def claim(  # type: ignore[override]
