@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Final
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from conveyor.job import InvalidOptionError
 
@@ -47,6 +47,32 @@ def split_store(query: str) -> tuple[str, str | None]:
     if "://" not in store:  # given percent-encoded
         store = unquote(store)
     return query[: match.start()], store
+
+
+# Query options whose values are never printed (libpq takes ?password= and
+# ?sslpassword=, Redis URLs ?password=).
+_SECRET_OPTIONS = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
+def without_secrets(url: str) -> str:
+    """`url` as conveyor prints it (log lines, prompts, dry runs): the
+    password of its user, of a broker's store URL and of options named like
+    one shown as ***; otherwise as given."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    options, store = split_store(parts.query)
+    query = "&".join(
+        f"{name}=***" if sep and _SECRET_OPTIONS.search(name) else f"{name}{sep}{value}"
+        for name, sep, value in (item.partition("=") for item in options.split("&") if item)
+    )
+    if store is not None:
+        query += ("&" if query else "") + "store=" + without_secrets(store)
+    if netloc == parts.netloc and query == parts.query:
+        return url  # as given (urlunsplit would rewrite sqlite:////path)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def host_port(url: str, name: str, value: str) -> str:

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from conveyor.app import Conveyor
 from conveyor.backends.optional import BrokerStats, DeadLetterRedrive
+from conveyor.backends.url_options import without_secrets
 from conveyor.cli.core import (
     CliError,
     ConveyorGroup,
@@ -299,7 +300,10 @@ def purge(
         what = "/".join(s.value for s in parsed)
         age = f" older than {describe_seconds(older_than)}" if older_than is not None else ""
         where = f"queue {queue!r}" if queue else "all queues"
-        confirm(f"Delete {what} jobs{age} from {where} of {app.url}?", "nothing was purged")
+        confirm(
+            f"Delete {what} jobs{age} from {where} of {without_secrets(app.url)}?",
+            "nothing was purged",
+        )
     removed = run_on(app, lambda app: app.purge(parsed, older_than=older_than, queue=queue))
     out().print(Text(f"purged {removed} job(s)", style="green" if removed else "dim"))
 

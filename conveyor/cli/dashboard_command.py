@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from conveyor.backends.url_options import without_secrets
 from conveyor.cli.core import CliError, admin_app, options
 from conveyor.cli.loading import load_app_with_url
 from conveyor.dashboard.server import DEFAULT_HOST, DEFAULT_PORT
@@ -54,7 +55,9 @@ def dashboard(
     if not logging.getLogger("conveyor").hasHandlers():
         logging.basicConfig(level=logging.INFO, format=PLAIN_FORMAT)
     served = create_app(app, actions=False if read_only else None)
-    click.echo(f"conveyor dashboard of {app.url} on http://{host}:{port}/", err=True)
+    click.echo(
+        f"conveyor dashboard of {without_secrets(app.url)} on http://{host}:{port}/", err=True
+    )
     serve(app, served, host=host, port=port)
 
 

@@ -5,14 +5,13 @@ CONVEYOR_CACHE_URL, or the app's locks_url= / cache_url=)."""
 from __future__ import annotations
 
 import asyncio
-import re
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from conveyor.app import Conveyor
 from conveyor.backends.base import Backend
 from conveyor.backends.optional import Migrations
+from conveyor.backends.url_options import without_secrets
 from conveyor.cli.core import options, out
 
 
@@ -47,7 +46,7 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
                 named = "" if roles == "jobs" else f" ({roles})"
                 if dry_run:
                     if named:
-                        click.echo(f"-- {shown_url(backend.url)}{named}")
+                        click.echo(f"-- {without_secrets(backend.url)}{named}")
                     await _print_pending(backend)
                     continue
                 done = await backend.migrate()
@@ -81,27 +80,6 @@ def backends_of(app: Conveyor) -> list[tuple[Backend, str]]:
         if backend is not None:
             found.setdefault(id(backend), (backend, []))[1].append(service)
     return [*jobs, *((b, ", ".join(r)) for b, r in found.values())]
-
-
-# Query parameters whose values are not printed (libpq takes ?password=,
-# ?sslpassword=; Redis URLs ?password=).
-_SECRET_PARAMETERS = re.compile(r"password|secret|token", re.IGNORECASE)
-
-
-def shown_url(url: str) -> str:
-    """`url` without its passwords: a dry run's output goes to files and CI logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.netloc.rpartition("@")[0].partition(":")[0]
-        netloc = f"{user}:***@" + parts.netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{name}=***" if _SECRET_PARAMETERS.search(name) else f"{name}={value}" if sep else name
-        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    if netloc == parts.netloc and query == parts.query:
-        return url  # as given (urlunsplit would rewrite sqlite:////path)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def _print_pending(backend: Migrations) -> None:

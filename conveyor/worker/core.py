@@ -26,6 +26,7 @@ from conveyor.backends.base import (
     WorkerRegistry,
 )
 from conveyor.backends.optional import BlockingClaim
+from conveyor.backends.url_options import without_secrets
 from conveyor.job import (
     BackendMisconfiguredError,
     InvalidOptionError,
@@ -213,7 +214,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             self.id,
             ",".join(self.queues),
             self.settings.concurrency,
-            self.backend.url,
+            without_secrets(self.backend.url),
         )
 
     @property
