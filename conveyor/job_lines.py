@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.log_records import record, stamp
+from conveyor.log_records import one_mapping, record, stamp
 from conveyor.logs import LineHandler, PlainFormatter, job_fields
 
 if TYPE_CHECKING:
@@ -48,13 +48,19 @@ def job_line(
     if handlers and text is not None:
         _write(handlers, logger, text, msg, args, sys._getframe(1))
         return
-    caller = sys._getframe(1)
-    code = caller.f_code
-    line = record(
-        logger.name, logging.INFO, code.co_filename, caller.f_lineno, msg, args, code.co_name
-    )
+    line = _record_at(sys._getframe(1), logger, msg, args)
     line.__dict__.update(job_fields(job, event, duration))
     logger.handle(line)
+
+
+def _record_at(
+    caller: FrameType, logger: logging.Logger, msg: str, args: tuple[Any, ...]
+) -> logging.LogRecord:
+    """The INFO record logging would make for this call from `caller`'s frame."""
+    code = caller.f_code
+    return record(
+        logger.name, logging.INFO, code.co_filename, caller.f_lineno, msg, args, code.co_name
+    )
 
 
 def _logging_as_shipped(logger: logging.Logger) -> bool:
@@ -85,13 +91,10 @@ _FORMATTER_PARTS = frozenset(("format", "formatTime", "time_text", "formatMessag
 def _text(msg: object, args: tuple[Any, ...]) -> str | None:
     """The message as LogRecord.getMessage makes it; None where that fails
     (the record path then reports it through handleError, as logging does)."""
-    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
-        try:
-            return str(msg) % args[0]
-        except Exception:
-            return None
     try:
-        return str(msg) % args if args else str(msg)
+        if not args:
+            return str(msg)
+        return str(msg) % (args[0] if one_mapping(args) else args)
     except Exception:
         return None
 
@@ -129,7 +132,7 @@ def _write(
     text: str,
     msg: str,
     args: tuple[Any, ...],
-    caller: Any,
+    caller: FrameType,
 ) -> None:
     times: dict[str, Any] = {}
     stamp(times)
@@ -145,16 +148,6 @@ def _write(
         except RecursionError:
             raise
         except Exception:
-            code = caller.f_code
-            failed = record(
-                logger.name,
-                logging.INFO,
-                code.co_filename,
-                caller.f_lineno,
-                msg,
-                args,
-                code.co_name,
-            )
-            handler.handleError(failed)
+            handler.handleError(_record_at(caller, logger, msg, args))
         finally:
             handler.release()

@@ -49,7 +49,7 @@ def record(
     """The record `logging.getLogRecordFactory()(name, level, pathname,
     lineno, msg, args, None, func)` makes."""
     factory = logging.getLogRecordFactory()
-    if not _MIRRORED or factory is not logging.LogRecord or _one_mapping(args):
+    if not _MIRRORED or factory is not logging.LogRecord or one_mapping(args):
         return factory(name, level, pathname, lineno, msg, args, None, func)
     made = logging.LogRecord.__new__(logging.LogRecord)
     fields = made.__dict__
@@ -71,8 +71,8 @@ def record(
     return made
 
 
-def _one_mapping(args: tuple[Any, ...]) -> bool:
-    # LogRecord formats `msg % mapping` for a lone non-empty mapping.
+def one_mapping(args: tuple[Any, ...]) -> bool:
+    """Whether LogRecord formats `msg % args[0]`: a lone non-empty mapping."""
     return len(args) == 1 and isinstance(args[0], Mapping) and bool(args[0])
 
 
