@@ -138,9 +138,6 @@ class RespClient(Redirects):
             raise RedisConnectionLost(problem)
         return protocol
 
-    def _where(self) -> str:
-        return self.settings.unix_path or f"{self.host}:{self.port}"
-
     async def call(self, *args: Arg, wait: float = 0.0) -> Any:
         """Run one command; raise RedisReplyError on an error reply."""
         (reply,) = await self.pipeline([args], wait=wait)
@@ -161,21 +158,16 @@ class RespClient(Redirects):
     async def _send(
         self, protocol: Protocol, commands: Sequence[Sequence[Arg]], wait: float
     ) -> list[Any]:
-        packed = b"".join(pack(cmd) for cmd in commands)
+        packed = pack(commands[0]) if len(commands) == 1 else b"".join(map(pack, commands))
         try:
-            async with asyncio.timeout(wait + self.reply_timeout):
-                return await protocol.send(packed, len(commands))
+            # No reply in time fails the connection (wire.Protocol's deadlines).
+            return await protocol.send(packed, len(commands), wait + self.reply_timeout)
         except asyncio.CancelledError:
             # The caller gave up: its replies would be read as the next
             # caller's, and a blocking command with a claim queued behind it
             # would still claim jobs for nobody. Closing drops both on the server.
             protocol.shut()
             raise
-        except TimeoutError:
-            protocol.shut()  # later replies would be misattributed: start afresh
-            raise RedisConnectionLost(
-                f"no reply from Redis at {self._where()} within {wait + self.reply_timeout:g} s"
-            ) from None
 
     def _move_to(self, address: tuple[str, int] | None) -> None:
         if address is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import socket
 import ssl
 from collections.abc import Sequence
@@ -35,22 +36,37 @@ class RedisConnectionLost(ConnectionError):
 
 
 class _Pending:
-    """The replies one `send` waits for: a single future for the whole batch."""
+    """The replies one `send` waits for: a single future for the whole batch,
+    due by `deadline` (loop time), `allowed` seconds after it was sent."""
 
-    __slots__ = ("future", "remaining", "replies")
+    __slots__ = ("allowed", "deadline", "future", "remaining", "replies")
 
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[Any]], count: int, deadline: float, allowed: float
+    ) -> None:
         self.future = future
         self.remaining = count
         self.replies: list[Any] = []
+        self.deadline = deadline
+        self.allowed = allowed
 
 
 class Protocol(asyncio.Protocol):
+    """One connection. Batches sent with an allowance (`send`) that get no
+    reply in time fail the connection: a server that hangs (frozen,
+    partitioned) rather than closing would otherwise keep its callers
+    waiting forever. One timer watches every batch in flight, re-armed only
+    when it fires or when a batch is due before it: a timer per batch (an
+    asyncio.timeout around each await) cost a tenth of a busy worker's time
+    per exchange."""
+
     def __init__(self) -> None:
         self._reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         self._pending: collections.deque[_Pending] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.where = "?"  # the server, as errors name it (set by open_connection)
+        self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
@@ -76,25 +92,61 @@ class Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         reason = (explain_tls_failure(exc) if exc else None) or exc or "closed by the server"
-        error = RedisConnectionLost(f"connection to Redis lost: {reason}")
+        self._fail_pending(RedisConnectionLost(f"connection to Redis lost: {reason}"))
+
+    def _fail_pending(self, error: RedisConnectionLost) -> None:
         while self._pending:
             batch = self._pending.popleft()
             if not batch.future.done():
                 batch.future.set_exception(error)
 
-    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
+    def send(
+        self, packed: bytes, count: int, allowed: float = math.inf
+    ) -> asyncio.Future[list[Any]]:
+        """Send a batch of `count` commands; the future of their replies, which
+        fails (and the connection with it) unless they come within `allowed`
+        seconds (inf: the caller bounds the wait itself)."""
         if self.closed or self.transport is None:
             raise RedisConnectionLost("connection to Redis is closed")
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(future, count))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        deadline = loop.time() + allowed
+        self._pending.append(_Pending(future, count, deadline, allowed))
+        watch = self._watch
+        if deadline != math.inf and (watch is None or deadline < watch.when()):
+            if watch is not None:
+                watch.cancel()
+            self._watch = loop.call_at(deadline, self._check_deadlines, loop)
         self.transport.write(packed)
         return future
+
+    def _check_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watch = None
+        if self.closed or not self._pending:
+            return
+        now = loop.time()
+        late = next((batch for batch in self._pending if batch.deadline <= now), None)
+        if late is not None:
+            # Later replies would be misattributed: fail them all, start afresh.
+            self._fail_pending(
+                RedisConnectionLost(
+                    f"no reply from Redis at {self.where} within {late.allowed:g} s"
+                )
+            )
+            self.shut()
+            return
+        due = min(batch.deadline for batch in self._pending)
+        if due != math.inf:
+            self._watch = loop.call_at(due, self._check_deadlines, loop)
 
     def shut(self) -> None:
         """Close now: nothing more is sent, and the replies still awaited fail.
         An abort, not a close: a TLS close waits for the server's close_notify
         (up to 30 s), which would keep the socket open after the loop is gone."""
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self.transport.abort()
@@ -135,4 +187,5 @@ async def open_connection(
                 else reason
             )
         raise RedisConnectionLost(f"cannot connect to Redis at {shown}: {reason}") from exc
+    protocol.where = shown
     return protocol
