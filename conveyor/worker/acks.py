@@ -73,12 +73,13 @@ CANCELLED, TIMED_OUT, LOST, RELEASED = "cancelled", "timed out", "lease lost", "
 
 @dataclass(slots=True)
 class Running:
-    """A job this worker runs: its context, task and timeout timer."""
+    """A job this worker runs: its context, task and timeout (the slice of
+    the worker's `Timeouts` it is armed in)."""
 
     job: Job
     ctx: JobContext
     task: asyncio.Task[None] | None = None
-    timer: asyncio.TimerHandle | None = None
+    timeout_slice: int | None = None
     # Loop time until which the job's lease surely holds: its claim's, then
     # each renewal's. A sync handler's thread checks it before it begins.
     lease_until: float = math.inf

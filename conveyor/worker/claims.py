@@ -71,7 +71,8 @@ class Claimer:
         """Send `batch` and claim up to `limit` jobs (one round trip where the
         backend can). Once acknowledged, the batch is emptied: a failure after
         that must not send it again."""
-        await self.unclaim_lost()
+        if self._lost:
+            await self.unclaim_lost()
         claim_id = self._new_id()
         try:
             return await self._exchange(batch, limit, claim_id)

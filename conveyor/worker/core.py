@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from conveyor.job import (
     InvalidOptionError,
     Job,
 )
+from conveyor.job_lines import HeldLines
 from conveyor.logs import show_worker_logs_if_unconfigured
 from conveyor.outage import Outage
 from conveyor.registry import handled
@@ -56,6 +57,7 @@ from conveyor.worker.settings import WorkerSettings as WorkerSettings  # re-expo
 from conveyor.worker.shutdown import STOP_GRACE as STOP_GRACE  # re-exported
 from conveyor.worker.shutdown import GracefulStop
 from conveyor.worker.threads import HandlerThreads
+from conveyor.worker.timeouts import Timeouts
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
@@ -137,6 +139,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         # Jobs of a newer version of their type, held a moment (newer.py).
         self._newer = NewerJobs(self._hand_back_now, settings.lease, self._clock)
         self._ran: dict[str, None] = {}  # burst mode: ids of the jobs started, in order
+        self._lines = HeldLines()  # the lines per job, written a batch at a time
         # Why the worker stopped by itself, if it did: raised by run().
         self.failure: BackendMisconfiguredError | None = None
 
@@ -162,6 +165,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         await self._open()
         self._loop = asyncio.get_running_loop()
         self._deadlines = Deadlines(self._loop, self._abort)
+        self._timeouts = Timeouts(self._loop, self._expire)
         self._threads = HandlerThreads(
             self.settings.concurrency,
             self.settings.abandoned_threads_tolerated,
@@ -348,8 +352,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
                 for job in jobs:
                     self._hand_back(job)
                 break
-            for job in jobs:
-                self._start_job(job)
+            self._start_jobs(jobs)
             self._note_batch(free, jobs)
             if not first or free <= 0 or jobs or sent:
                 continue
@@ -408,17 +411,9 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             return 0
         return max(0, capacity + self.settings.prefetch - len(self._running) - len(self._backlog))
 
-    @contextlib.contextmanager
-    def _asking(self, free: int) -> Iterator[None]:
+    def _asking(self, free: int) -> _Asking:
         """A claim in flight for `free` jobs: the other lane asks for the rest."""
-        self._reserved += free
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._reserved -= free
-            self._in_flight -= 1
-            self._slot_freed.set()  # its slots are free to ask for again
+        return _Asking(self, free)
 
     def _note_batch(self, free: int, jobs: list[Job]) -> None:
         """After a claim for `free` jobs: a full batch means more is likely
@@ -459,8 +454,7 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             if await self._newer.pause(self._sleep_unless_stopping):
                 return
             if self._claimer.blocking is not None and self._pauses.active:
-                for job in await self._claim_blocking(self._claimer.blocking):
-                    self._start_job(job)
+                self._start_jobs(await self._claim_blocking(self._claimer.blocking))
             else:
                 await self._claimer.wait_for_work(self._stopping)
         except BackendMisconfiguredError as exc:
@@ -505,6 +499,27 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
+
+
+class _Asking:
+    """`with worker._asking(free):` around a claim in flight (a class, not a
+    generator: one per exchange, at thousands a second)."""
+
+    __slots__ = ("_free", "_worker")
+
+    def __init__(self, worker: Worker, free: int) -> None:
+        self._worker, self._free = worker, free
+
+    def __enter__(self) -> None:
+        worker = self._worker
+        worker._reserved += self._free
+        worker._in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        worker = self._worker
+        worker._reserved -= self._free
+        worker._in_flight -= 1
+        worker._slot_freed.set()  # its slots are free to ask for again
 
 
 def _queues_of(registry: Mapping[str, JobType[Any]]) -> tuple[str, ...]:

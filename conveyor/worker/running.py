@@ -25,7 +25,7 @@ from conveyor.context import JobContext
 from conveyor.job import (
     Job,
 )
-from conveyor.job_lines import job_line
+from conveyor.job_lines import HeldLines
 from conveyor.worker.acks import (
     LOST,
     RELEASED,
@@ -42,6 +42,7 @@ from conveyor.worker.newer import NewerJobs
 from conveyor.worker.pauses import PauseWatch
 from conveyor.worker.settings import WorkerSettings
 from conveyor.worker.threads import HandlerThreads, LeaseLapsed
+from conveyor.worker.timeouts import Timeouts
 
 if TYPE_CHECKING:
     from conveyor.events import EventBus
@@ -78,6 +79,8 @@ class JobRunning:
     _ran: dict[str, None]
     _loops: list[asyncio.Task[None]]
     _idle_now: bool
+    _lines: HeldLines
+    _timeouts: Timeouts[Running]
 
     # Provided by Worker.
     def _clock(self) -> float:
@@ -88,7 +91,16 @@ class JobRunning:
 
     # ------------------------------------------------------------------ running
 
+    def _start_jobs(self, jobs: list[Job]) -> None:
+        """Start (or hand back, hold, prefetch) claimed jobs; the "started"
+        lines of those started are written before any of them runs."""
+        for job in jobs:
+            self._start_job(job)
+        if self._lines:
+            self._lines.write()
+
     def _start_job(self, job: Job) -> None:
+        """Its "started" line is held: the caller writes it (`_start_jobs`)."""
         if self._claims.stale(job, self._clock()):
             # Fenced by the claim's token: back to the queue if no other
             # worker has taken the job meanwhile, else refused, harmlessly.
@@ -118,15 +130,27 @@ class JobRunning:
         running.task = self._loop.create_task(self._execute(running))
         if self.settings.burst:
             self._ran[job.id] = None
-        job_type = self.registry.get(job.name)
-        if job_type is None or job_type.is_async:
+        self._lines.add(
+            logger,
+            job,
+            "started",
+            "processing job %s %s (attempt %d)",
+            job.name,
+            job.id,
+            job.attempts,
+        )
+        if known is None or known.is_async:
             self._arm_timer(running)  # a sync handler's clock starts in its thread
 
     def _start_backlog(self) -> None:
+        started = False
         while self._backlog and len(self._running) < self._capacity():
             if self._stopping.is_set():
-                return  # stop() hands the backlog back
+                break  # stop() hands the backlog back
             self._start_job(self._backlog.popleft())
+            started = True
+        if started and self._lines:
+            self._lines.write()
 
     def _thread_returned(self) -> None:
         """An abandoned thread is back: a slot it took may be free again."""
@@ -138,10 +162,7 @@ class JobRunning:
         task = running.task
         if timeout is None or task is None or task.done() or running.ctx.stop_reason is not None:
             return
-        assert self._loop is not None
-        # A bare timer, cancelled when the job ends: far cheaper per job
-        # than an asyncio.timeout() block around the handler.
-        running.timer = self._loop.call_at(self._loop.time() + timeout, self._expire, running)
+        running.timeout_slice = self._timeouts.arm(running.job.id, running, timeout)
 
     def _expire(self, running: Running) -> None:
         if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
@@ -154,19 +175,8 @@ class JobRunning:
         job_type = self.registry.get(job.name)
         if events.wants("job.started"):
             events.emit("job.started", job)
-        verbose = logger.isEnabledFor(logging.INFO)  # a line per job, when asked for
         began = time.monotonic()
         span = self._tracer.run(job) if self._tracer is not None else None
-        if verbose:
-            job_line(
-                logger,
-                job,
-                "started",
-                "processing job %s %s (attempt %d)",
-                job.name,
-                job.id,
-                job.attempts,
-            )
         outcome: Outcome | None = None
         try:
             if job_type is None:
@@ -185,8 +195,8 @@ class JobRunning:
         except Exception as exc:
             outcome = outcome_of_error(job, ctx, job_type, exc)
         finally:
-            if running.timer is not None:
-                running.timer.cancel()
+            if running.timeout_slice is not None:
+                self._timeouts.disarm(job.id, running.timeout_slice)
             # Not ours any more if stop() handed the job back (_release).
             owned = self._running.get(job.id) is running
             if owned:
@@ -198,8 +208,10 @@ class JobRunning:
         if outcome is not None and owned:
             outcome.logs = ctx.take_logs()
             outcome.elapsed = time.monotonic() - began
-            if verbose and outcome.kind is OutcomeKind.COMPLETED:
-                job_line(
+            if outcome.kind is OutcomeKind.COMPLETED:
+                # Held and written with the lines of this loop step's other
+                # jobs (the next _start_jobs, or the next step).
+                self._lines.add(
                     logger,
                     job,
                     "completed",
@@ -209,6 +221,8 @@ class JobRunning:
                     outcome.elapsed * 1000,
                     duration=outcome.elapsed,
                 )
+                assert self._loop is not None
+                self._lines.write_soon(self._loop)
             self._ack(outcome, job)
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:

@@ -14,6 +14,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from conveyor.backends.optional import HeldMessages
+from conveyor.job_lines import HeldLines
 from conveyor.worker.acks import RELEASED, Acknowledgements, Running
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
 
@@ -57,6 +58,7 @@ class GracefulStop:
     _slot_freed: asyncio.Event
     _abort: asyncio.Event
     _stop_begun: bool
+    _lines: HeldLines
     failure: BackendMisconfiguredError | None
 
     # Provided by Worker.
@@ -149,6 +151,7 @@ class GracefulStop:
         finally:
             assert self._threads is not None
             self._threads.shutdown()
+            self._lines.write()  # lines of the last jobs, before the worker's last line
             self._acks.log_unacknowledged()
             self._stopped.set()
         stale = self._claims.stale_claims
