@@ -11,6 +11,7 @@ to expire (on Redis's timer) at `now + lease`, and recovery or a heartbeat at
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -57,6 +58,12 @@ def lock_ms(lease: float, now: float | None) -> int:
     return max(millis(lease + now - time.time()), 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _served(names: tuple[str, ...]) -> frozenset[str]:
+    """The names a worker serves, as a set: made once, asked every claim."""
+    return frozenset(names)
+
+
 class BullConsumer(BullSchedules):
     def _take(
         self,
@@ -65,7 +72,7 @@ class BullConsumer(BullSchedules):
         token: str,
         lease: float,
         now: float | None,
-        served: set[str] | None,
+        served: frozenset[str] | None,
     ) -> list[Arg]:
         """batch_scripts.CLAIM: up to `wanted` jobs, each as moveToActive
         takes one; of `served` names only (None: any), brought forward first."""
@@ -80,7 +87,7 @@ class BullConsumer(BullSchedules):
                 WORKER,
                 wanted,
                 MAX_PASSED_OVER,
-                *sorted(served or ()),
+                *(sorted(served) if served else ()),
             ],
         )
 
@@ -116,8 +123,9 @@ class BullConsumer(BullSchedules):
         """`claim`, with the commands `before` sent ahead of it, in its first
         round trip where it claims from one queue: their replies, and the jobs."""
         token = claim_id or uuid.uuid4().hex
-        await self.note_queues(queues)
-        served = None if names is None else set(names)
+        if not self._seen.issuperset(queues):
+            await self.note_queues(queues)
+        served = None if names is None else _served(tuple(names))
         if len(queues) == 1:
             return await self._claim_from(queues[0], limit, lease, now, token, served, before)
         ahead = await self.run(before)
@@ -173,7 +181,7 @@ class BullConsumer(BullSchedules):
         lease: float,
         now: float | None,
         token: str,
-        served: set[str] | None,
+        served: frozenset[str] | None,
         before: Sequence[Sequence[Arg]] = (),
     ) -> tuple[list[Any], list[Job]]:
         """Up to `limit` jobs of `queue` as BullMQ's moveToActive takes them; of

@@ -6,10 +6,9 @@ does. Outcomes ride in the next claim's round trip (finish_and_claim)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +49,8 @@ class OutcomePlan:
 
     commands: list[list[Arg]] = field(default_factory=list)
     slots: list[bool | int | tuple[int, int]] = field(default_factory=list)
-    linked: dict[int, Callable[[], list[Arg]]] = field(default_factory=dict)
+    # What _outcome_command needs, made only for those FINISH leaves (rare).
+    linked: dict[int, tuple[QueueKeys, Outcome, Retention, str, int]] = field(default_factory=dict)
 
 
 class BullFinishing(BullConsumer):
@@ -197,9 +197,7 @@ class BullFinishing(BullConsumer):
                 args: list[Arg] = [o.job_id, o.token, millis(o.at), o.result or "null"]
                 completions.setdefault(queue, []).append((index, [*args, len(updates), *updates]))
                 plan.slots.append(-1)  # placed below
-                plan.linked[index] = functools.partial(
-                    self._outcome_command, keys, o, retention, history, attempts
-                )
+                plan.linked[index] = (keys, o, retention, history, attempts)
             else:
                 plan.slots.append(len(plan.commands))
                 plan.commands.append(self._outcome_command(keys, o, retention, history, attempts))
@@ -233,7 +231,7 @@ class BullFinishing(BullConsumer):
                 answers[index] = replies[slot]
         linked = [i for i, answer in answers.items() if answer == LINKED]
         if linked:
-            again = await self.run([plan.linked[i]() for i in linked])
+            again = await self.run([self._outcome_command(*plan.linked[i]) for i in linked])
             answers.update(zip(linked, again, strict=True))
         done: list[bool] = []
         for index, (o, slot) in enumerate(zip(outcomes, plan.slots, strict=True)):

@@ -108,6 +108,13 @@ def _json(text: str | None, default: Any = None) -> Any:
         return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _opts(text: str | None) -> Any:
+    """A job's opts, decoded once per text: the jobs of one type share it.
+    Read only (the value is shared)."""
+    return _json(text, {}) or {}
+
+
 def _log_entry(line: str) -> dict[str, Any]:
     """conveyor writes a log line as JSON text; a Node job.log() line is text."""
     value = _json(line)
@@ -135,7 +142,7 @@ def job_from_hash(
     is the due time of a delayed job (epoch milliseconds)."""
     # Every job a worker claims is read here: one lookup per field.
     get = fields.get
-    opts = _json(get("opts"), {}) or {}
+    opts = _opts(get("opts"))
     created = int(float(get("timestamp") or 0))
     if state is JobState.FAILED and get(CANCELLED):
         state = JobState.CANCELLED
