@@ -55,8 +55,6 @@ def stored_job(
     `history` holds stored entries (see `stored_entry`)."""
     if isinstance(logs, str):
         logs = [] if logs in ("", "[]") else decode_json(logs)
-    if isinstance(history, str):
-        history = [] if history in ("", "[]") else decode_json(history)
     return Job(
         id=id,
         name=name,
@@ -81,9 +79,16 @@ def stored_job(
         duplicate=duplicate,
         token=token,
         traceback=traceback or None,
-        history=[_entry(stored) for stored in history] if history else [],
+        history=history_entries(history),
         headers=decode_headers(headers),
     )
+
+
+def history_entries(history: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """`Job.history` from its stored entries (JSON text, or decoded)."""
+    if isinstance(history, str):
+        history = [] if history in ("", "[]") else decode_json(history)
+    return [_entry(stored) for stored in history] if history else []
 
 
 def decode_headers(headers: str | dict[str, str] | None) -> dict[str, str]:
