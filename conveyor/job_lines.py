@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.log_records import one_mapping, record, stamp
+from conveyor.log_records import clock, fill, one_mapping, record
 from conveyor.logs import LineHandler, PlainFormatter, job_fields
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class _Line:
     msg: str
     args: tuple[Any, ...]
     duration: float | None
-    times: dict[str, Any]  # created, msecs, relativeCreated
+    now: float  # a reading of log_records.clock
     code: CodeType
     lineno: int
 
@@ -81,9 +82,7 @@ def _made(
         # stacklevel 3: the caller of job_line or HeldLines.add.
         logger.info(msg, *args, extra=job_fields(job, event, duration), stacklevel=3)
         return None
-    times: dict[str, Any] = {}
-    stamp(times)
-    return _Line(job, event, msg, args, duration, times, caller.f_code, caller.f_lineno)
+    return _Line(job, event, msg, args, duration, clock(), caller.f_code, caller.f_lineno)
 
 
 class HeldLines:
@@ -164,7 +163,7 @@ def _record_of(line: _Line, logger: logging.Logger) -> logging.LogRecord:
         line.args,
         line.code.co_name,
     )
-    made.__dict__.update(line.times)
+    fill(made.__dict__, line.now)
     return made
 
 
@@ -241,11 +240,7 @@ def _write(
         written: list[str] = []
         handler.acquire()
         try:
-            time_text, end = formatter.time_text, handler.terminator
-            written = [
-                time_text(line.times["created"], line.times["msecs"]) + middle + text + end
-                for line, text in zip(lines, texts, strict=True)
-            ]
+            written = _lines_text(formatter, lines, texts, middle, handler.terminator)
             handler.stream.write("".join(written))
             handler.flush()
         except RecursionError:
@@ -261,6 +256,25 @@ def _write(
                     handler.handleError(_record_of(line, logger))
         finally:
             handler.release()
+
+
+def _lines_text(
+    formatter: PlainFormatter, lines: list[_Line], texts: list[str], middle: str, end: str
+) -> list[str]:
+    """Each line as the formatter writes it (`middle`: level and logger);
+    lines of one millisecond, as most of a batch are, share their time text."""
+    times: dict[str, Any] = {}
+    shown: tuple[float, float] | None = None
+    stamp = ""
+    out = []
+    for line, text in zip(lines, texts, strict=True):
+        fill(times, line.now)
+        created, msecs = times["created"], times["msecs"]
+        if shown is None or shown != (math.floor(created), msecs):
+            shown = (math.floor(created), msecs)
+            stamp = formatter.time_text(created, msecs)
+        out.append(stamp + middle + text + end)
+    return out
 
 
 def _write_one(handler: LineHandler, text: str, line: _Line, logger: logging.Logger) -> None:

@@ -82,15 +82,14 @@ def _shared(name: str, level: int, pathname: str, func: str) -> dict[str, Any]:
     return {key: stock.__dict__[key] for key in _SHARED}
 
 
-def _stamp_3_11(fields: dict[str, Any]) -> None:
-    now = time.time()
+def _fill_3_11(fields: dict[str, Any], now: float) -> None:
     fields["created"] = now
     fields["msecs"] = int((now - int(now)) * 1000) + 0.0
     fields["relativeCreated"] = (now - _START) * 1000
 
 
-def _stamp_3_13(fields: dict[str, Any]) -> None:
-    now = time.time_ns()  # 3.13 keeps nanoseconds, _startTime too
+def _fill_3_13(fields: dict[str, Any], now: float) -> None:
+    # 3.13 keeps nanoseconds (an int here), _startTime too.
     fields["created"] = created = now / 1e9
     msecs = (now % 1_000_000_000) // 1_000_000 + 0.0
     if msecs == 999.0 and int(created) != now // 1_000_000_000:
@@ -99,9 +98,25 @@ def _stamp_3_13(fields: dict[str, Any]) -> None:
     fields["relativeCreated"] = (now - _START) / 1e6
 
 
-#: sets "created", "msecs" and "relativeCreated" in a record's fields to
-#: now, as this interpreter's LogRecord.__init__ does
-stamp: Callable[[dict[str, Any]], None] = _stamp_3_13 if _VERSION >= (3, 13) else _stamp_3_11
+def _clock_3_11() -> float:
+    return time.time()
+
+
+def _clock_3_13() -> float:
+    return time.time_ns()
+
+
+#: the clock LogRecord.__init__ of this interpreter reads (time.time, or
+#: time.time_ns from 3.13 on), read now
+clock: Callable[[], float] = _clock_3_13 if _VERSION >= (3, 13) else _clock_3_11
+#: sets "created", "msecs" and "relativeCreated" in a record's fields to a
+#: reading of `clock`, as this interpreter's LogRecord.__init__ does
+fill: Callable[[dict[str, Any], float], None] = _fill_3_13 if _VERSION >= (3, 13) else _fill_3_11
+
+
+def stamp(fields: dict[str, Any]) -> None:
+    """Set "created", "msecs" and "relativeCreated" in a record's fields to now."""
+    fill(fields, clock())
 
 
 def _process_name() -> str:

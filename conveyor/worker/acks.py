@@ -80,6 +80,7 @@ class Running:
     ctx: JobContext
     task: asyncio.Task[None] | None = None
     timeout_slice: int | None = None
+    job_type: JobType[Any] | None = None  # its handler's, None: no handler here
     # Loop time until which the job's lease surely holds: its claim's, then
     # each renewal's. A sync handler's thread checks it before it begins.
     lease_until: float = math.inf

@@ -106,14 +106,14 @@ class JobRunning:
             # worker has taken the job meanwhile, else refused, harmlessly.
             self._ack(handed_back(job), job)
             return
-        if job.name not in self.registry and self._hand_back_unknown(job):
+        known = self.registry.get(job.name)
+        if known is None and self._hand_back_unknown(job):
             return
         if job.queue in self._pauses.paused:
             # Claimed by a claim that was in flight when the pause was seen
             # (or prefetched before it): back to the queue, attempt uncounted.
             self._hand_back(job)
             return
-        known = self.registry.get(job.name)
         if known is not None and job.version > known.version:
             assert self._loop is not None
             self._newer.leave(job, known.version, self._loop)
@@ -125,7 +125,7 @@ class JobRunning:
         lease_until = self._claims.until(job)
         self._claims.forget(job)
         ctx = JobContext(job, self._progress, self._loop)
-        running = Running(job, ctx, lease_until=lease_until)
+        running = Running(job, ctx, lease_until=lease_until, job_type=known)
         self._running[job.id] = running
         running.task = self._loop.create_task(self._execute(running))
         if self.settings.burst:
@@ -170,9 +170,8 @@ class JobRunning:
             running.task.cancel()
 
     async def _execute(self, running: Running) -> None:
-        job, ctx = running.job, running.ctx
+        job, ctx, job_type = running.job, running.ctx, running.job_type
         events = self.events
-        job_type = self.registry.get(job.name)
         if events.wants("job.started"):
             events.emit("job.started", job)
         began = time.monotonic()

@@ -70,9 +70,15 @@ def a_job(n: int) -> Job:
     return Job(id=f"j{n}", name="mail", queue="default", payload={}, state=JobState.RUNNING)
 
 
-def clock_at(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    monkeypatch.setattr(time, "time", lambda: seconds)
-    monkeypatch.setattr(time, "time_ns", lambda: round(seconds * 1e9))
+def clock_at(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """Both clocks (3.13's records read time_ns) at `ns` nanoseconds."""
+    monkeypatch.setattr(time, "time", lambda: ns / 10**9)
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+
+
+def stock_record() -> logging.LogRecord:
+    """A record logging makes now (its created and msecs, on this interpreter)."""
+    return logging.LogRecord("x", logging.INFO, __file__, 1, "", (), None)
 
 
 def hold(held: HeldLines, logger: logging.Logger, n: int) -> None:
@@ -84,7 +90,7 @@ def test_a_batch_is_one_write_of_the_lines_logging_writes(
     lines: tuple[logging.Logger, CountingStream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, stream, held = ready(lines)
-    clock_at(monkeypatch, 1_700_000_000.25)
+    clock_at(monkeypatch, 1_700_000_000_250_000_000)
     for n in range(3):
         hold(held, logger, n)
     assert stream.writes == 0 and len(held) == 3
@@ -100,11 +106,12 @@ def test_each_line_keeps_the_time_it_was_made(
     lines: tuple[logging.Logger, CountingStream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, stream, held = ready(lines)
-    clock_at(monkeypatch, 1_700_000_000.25)
+    clock_at(monkeypatch, 1_700_000_000_250_000_000)
     hold(held, logger, 1)
-    clock_at(monkeypatch, 1_700_000_007.5)
+    then = stock_record()
+    clock_at(monkeypatch, 1_700_000_007_500_000_000)
     held.write()
-    expected = PlainFormatter().time_text(1_700_000_000.25, 250.0)
+    expected = PlainFormatter().time_text(then.created, then.msecs)
     assert stream.getvalue().startswith(expected + " INFO ")
 
 
@@ -128,8 +135,9 @@ def test_a_handler_added_before_the_write_gets_the_records_of_the_held_lines(
     lines: tuple[logging.Logger, CountingStream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, stream, held = ready(lines)
-    clock_at(monkeypatch, 1_700_000_000.25)
+    clock_at(monkeypatch, 1_700_000_000_250_000_000)
     hold(held, logger, 1)
+    then = stock_record()
     seen: list[logging.LogRecord] = []
 
     class Keeping(logging.Handler):
@@ -137,11 +145,12 @@ def test_a_handler_added_before_the_write_gets_the_records_of_the_held_lines(
             seen.append(record)
 
     logger.addHandler(Keeping())
-    clock_at(monkeypatch, 1_700_000_009.0)
+    clock_at(monkeypatch, 1_700_000_009_000_000_000)
     held.write()
     (record,) = seen
     assert record.getMessage() == "processing job mail j1 (attempt 1)"
-    assert record.created == 1_700_000_000.25 and record.__dict__["event"] == "started"
+    assert (record.created, record.msecs) == (then.created, then.msecs)
+    assert record.relativeCreated == then.relativeCreated and record.__dict__["event"] == "started"
     assert record.funcName == "hold" and record.pathname == __file__
     assert stream.getvalue().endswith("processing job mail j1 (attempt 1)\n")
 

@@ -193,9 +193,10 @@ class BullFinishing(BullConsumer):
             if o.kind is OutcomeKind.COMPLETED and fields is not None:
                 # Known here to be running, so worth a place in the batch;
                 # its BullMQ command is made only if FINISH leaves it (LINKED).
-                updates: list[Arg] = ["progress", "100", HISTORY, history]
-                args: list[Arg] = [o.job_id, o.token, millis(o.at), o.result or "null"]
-                completions.setdefault(queue, []).append((index, [*args, len(updates), *updates]))
+                # id, token, now, returnvalue, then 4 values: the fields to set.
+                args: list[Arg] = [o.job_id, o.token, millis(o.at), o.result or "null", 4]
+                args += ("progress", "100", HISTORY, history)
+                completions.setdefault(queue, []).append((index, args))
                 plan.slots.append(-1)  # placed below
                 plan.linked[index] = (keys, o, retention, history, attempts)
             else:
