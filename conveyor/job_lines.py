@@ -86,22 +86,29 @@ def _made(
 
 
 class HeldLines:
-    """A worker's job lines, each stamped as it is made, written together by
-    `write()`: where the worker starts a batch of jobs, before any of their
-    handlers runs, so a "started" line is out before its job begins; or, for
-    lines made as jobs end, at the next loop step (`write_soon`). Lines of
-    one logger keep their order; a line logged another way in the same loop
-    step (a warning) may come out before them. Used from the worker's loop
-    only."""
+    """A worker's job lines that only conveyor's own text handlers would see,
+    each stamped as it is made, written together by `write()`: where the
+    worker starts a batch of jobs, before any of their handlers runs, so a
+    "started" line is out before its job begins; or, for lines made as jobs
+    end, at the next loop step (`write_soon`). Such a line is text, never a
+    record, so nothing can tell in which task or context it was made; a line
+    another handler, a filter or a record factory would see is not held
+    (`hold` says so) and its caller logs it as before, in the job's own task.
+    Lines of one logger keep their order; a line logged another way in the
+    same loop step (a warning) may come out before them. Used from the
+    worker's loop only."""
 
     def __init__(self) -> None:
         self._held: list[tuple[logging.Logger, _Line]] = []
         self._soon: asyncio.Handle | None = None
+        # Loggers found to reach only conveyor's text handlers since the
+        # last write: looked at once per batch, not once per line.
+        self._plain: set[logging.Logger] = set()
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(
+    def hold(
         self,
         logger: logging.Logger,
         job: Job,
@@ -109,11 +116,21 @@ class HeldLines:
         msg: str,
         *args: object,
         duration: float | None = None,
-    ) -> None:
-        """Hold `job_line(logger, job, event, msg, *args, duration=duration)`."""
-        line = _made(logger, job, event, msg, args, duration, sys._getframe(1))
-        if line is not None:
-            self._held.append((logger, line))
+    ) -> bool:
+        """Hold the line `job_line(logger, job, event, msg, *args,
+        duration=duration)` writes, if only conveyor's text handlers would
+        see it: True when held (or below the logger's level: nothing to
+        write); False when the caller is to log it now with job_line."""
+        if not logger.isEnabledFor(logging.INFO):
+            return True
+        if logger not in self._plain:
+            if not _plain(logger):
+                return False
+            self._plain.add(logger)
+        caller = sys._getframe(1)
+        line = _Line(job, event, msg, args, duration, clock(), caller.f_code, caller.f_lineno)
+        self._held.append((logger, line))
+        return True
 
     def write_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write what is held at the next loop step (unless written before)."""
@@ -127,6 +144,7 @@ class HeldLines:
             self._soon.cancel()
             self._soon = None
         held, self._held = self._held, []
+        self._plain.clear()
         start = 0
         while start < len(held):
             logger = held[start][0]
@@ -135,6 +153,16 @@ class HeldLines:
                 end += 1
             _write_lines(logger, [line for _, line in held[start:end]])
             start = end
+
+
+def _plain(logger: logging.Logger) -> bool:
+    """Whether a line of `logger` would be written without a record."""
+    return (
+        type(logger) is logging.Logger
+        and logging._srcfile is not None
+        and _logging_as_shipped(logger)
+        and _plain_handlers(logger) is not None
+    )
 
 
 def _write_lines(logger: logging.Logger, lines: list[_Line]) -> None:

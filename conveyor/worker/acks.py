@@ -81,6 +81,7 @@ class Running:
     task: asyncio.Task[None] | None = None
     timeout_slice: int | None = None
     job_type: JobType[Any] | None = None  # its handler's, None: no handler here
+    started_held: bool = False  # its "started" line is held (job_lines.HeldLines)
     # Loop time until which the job's lease surely holds: its claim's, then
     # each renewal's. A sync handler's thread checks it before it begins.
     lease_until: float = math.inf

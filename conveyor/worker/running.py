@@ -25,7 +25,7 @@ from conveyor.context import JobContext
 from conveyor.job import (
     Job,
 )
-from conveyor.job_lines import HeldLines
+from conveyor.job_lines import HeldLines, job_line
 from conveyor.worker.acks import (
     LOST,
     RELEASED,
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger("conveyor.worker")
+
+# The worker's two lines per job.
+_STARTED = "processing job %s %s (attempt %d)"
+_COMPLETED = "job %s %s completed in %.0f ms"
 
 # Jobs handed back for want of a handler, remembered so that a backend that
 # returns the same job again (it ignores `names`) cannot make a loop of it.
@@ -130,14 +134,8 @@ class JobRunning:
         running.task = self._loop.create_task(self._execute(running))
         if self.settings.burst:
             self._ran[job.id] = None
-        self._lines.add(
-            logger,
-            job,
-            "started",
-            "processing job %s %s (attempt %d)",
-            job.name,
-            job.id,
-            job.attempts,
+        running.started_held = self._lines.hold(
+            logger, job, "started", _STARTED, job.name, job.id, job.attempts
         )
         if known is None or known.is_async:
             self._arm_timer(running)  # a sync handler's clock starts in its thread
@@ -176,7 +174,10 @@ class JobRunning:
             events.emit("job.started", job)
         began = time.monotonic()
         span = self._tracer.run(job) if self._tracer is not None else None
+        if not running.started_held:  # a record: made here, in the job's task and span
+            job_line(logger, job, "started", _STARTED, job.name, job.id, job.attempts)
         outcome: Outcome | None = None
+        completed_held, elapsed = False, 0.0
         try:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
@@ -200,28 +201,43 @@ class JobRunning:
             owned = self._running.get(job.id) is running
             if owned:
                 del self._running[job.id]
+                if outcome is not None:
+                    outcome.logs = ctx.take_logs()
+                    outcome.elapsed = elapsed = time.monotonic() - began
+                    if outcome.kind is OutcomeKind.COMPLETED:
+                        # Held before the backlog's next job is started (its
+                        # "started" line is written with this one), else at
+                        # the next loop step with this step's other jobs'.
+                        completed_held = self._lines.hold(
+                            logger,
+                            job,
+                            "completed",
+                            _COMPLETED,
+                            job.name,
+                            job.id,
+                            elapsed * 1000,
+                            duration=elapsed,
+                        )
             self._start_backlog()
             self._slot_freed.set()
             if span is not None:
                 span.end(outcome if owned else None)
         if outcome is not None and owned:
-            outcome.logs = ctx.take_logs()
-            outcome.elapsed = time.monotonic() - began
             if outcome.kind is OutcomeKind.COMPLETED:
-                # Held and written with the lines of this loop step's other
-                # jobs (the next _start_jobs, or the next step).
-                self._lines.add(
-                    logger,
-                    job,
-                    "completed",
-                    "job %s %s completed in %.0f ms",
-                    job.name,
-                    job.id,
-                    outcome.elapsed * 1000,
-                    duration=outcome.elapsed,
-                )
-                assert self._loop is not None
-                self._lines.write_soon(self._loop)
+                if completed_held:
+                    assert self._loop is not None
+                    self._lines.write_soon(self._loop)
+                else:  # a record, made in the job's task
+                    job_line(
+                        logger,
+                        job,
+                        "completed",
+                        _COMPLETED,
+                        job.name,
+                        job.id,
+                        elapsed * 1000,
+                        duration=elapsed,
+                    )
             self._ack(outcome, job)
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:

@@ -17,6 +17,7 @@ from conveyor.backends.optional import HeldMessages
 from conveyor.job_lines import HeldLines
 from conveyor.worker.acks import RELEASED, Acknowledgements, Running
 from conveyor.worker.clock import CANCEL_WAIT, ClaimLeases, Deadlines
+from conveyor.worker.timeouts import Timeouts
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
@@ -59,6 +60,7 @@ class GracefulStop:
     _abort: asyncio.Event
     _stop_begun: bool
     _lines: HeldLines
+    _timeouts: Timeouts[Running]
     failure: BackendMisconfiguredError | None
 
     # Provided by Worker.
@@ -152,6 +154,7 @@ class GracefulStop:
             assert self._threads is not None
             self._threads.shutdown()
             self._lines.write()  # lines of the last jobs, before the worker's last line
+            self._timeouts.close()  # its timers would keep this worker alive
             self._acks.log_unacknowledged()
             self._stopped.set()
         stale = self._claims.stale_claims

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def stock_record() -> logging.LogRecord:
 
 def hold(held: HeldLines, logger: logging.Logger, n: int) -> None:
     job = a_job(n)
-    held.add(logger, job, "started", "processing job %s %s (attempt %d)", job.name, job.id, 1)
+    held.hold(logger, job, "started", "processing job %s %s (attempt %d)", job.name, job.id, 1)
 
 
 def test_a_batch_is_one_write_of_the_lines_logging_writes(
@@ -171,7 +172,7 @@ def test_a_line_the_stream_cannot_take_loses_that_line_only(
     held = HeldLines()
     try:
         for name in ("plain", "caf\u00e9", "also plain"):
-            held.add(logger, a_job(1), "started", "job %s", name)
+            held.hold(logger, a_job(1), "started", "job %s", name)
         assert logger.handlers == [handler]  # no capture handler: no records
         held.write()
     finally:
@@ -223,3 +224,94 @@ async def test_a_worker_writes_a_jobs_started_line_before_the_job_runs_and_all_b
         assert -1 < text.index(f"job probe {job_id} completed in ") < last
     # Batches: fewer writes than lines (two per job, the worker's own lines).
     assert stream.writes < text.count("\n")
+
+
+def worker_lines_to(stream: io.StringIO | None, handler: logging.Handler | None = None) -> Any:
+    """conveyor.worker's handlers replaced by `handler` (default: conveyor's
+    text handler on `stream`) for a test; restored by the returned callable."""
+    worker_logger = logging.getLogger("conveyor.worker")
+    if handler is None:
+        handler = LineHandler(stream)
+        handler.setFormatter(PlainFormatter())
+    saved = (worker_logger.handlers[:], worker_logger.level, worker_logger.propagate)
+    worker_logger.handlers[:] = [handler]
+    worker_logger.setLevel(logging.INFO)
+    worker_logger.propagate = False
+
+    def restore() -> None:
+        worker_logger.handlers[:], worker_logger.level, worker_logger.propagate = saved
+
+    return restore
+
+
+async def test_with_one_slot_a_job_is_shown_completed_before_the_next_is_shown_started() -> None:
+    """The next job (from the prefetched backlog) starts as the previous one
+    ends: its "started" line must not come before the other's "completed"."""
+    stream = io.StringIO()
+    restore = worker_lines_to(stream)
+    ours_only(logging.getLogger("conveyor.worker"))
+    app = Conveyor("memory://")
+
+    @app.job("probe")
+    async def probe(payload: Any) -> None:
+        await asyncio.sleep(0.01)
+
+    try:
+        async with app:
+            ids = [(await app.enqueue("probe", {})).id for _ in range(3)]
+            async with app.worker(concurrency=1, prefetch=2, scheduler=False):
+                for job_id in ids:
+                    await app.wait(job_id, timeout=10)
+    finally:
+        restore()
+    text = stream.getvalue()
+    for earlier, later in itertools.pairwise(ids):
+        assert text.index(f"job probe {earlier} completed") < text.index(
+            f"processing job probe {later} "
+        )
+
+
+async def test_a_line_another_handler_sees_is_logged_in_the_jobs_own_task_and_span() -> None:
+    """A handler other than conveyor's text one may read the context (an
+    OpenTelemetry log handler reads the current span): the record of each
+    line is made where it was before held lines, in the job's task."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from conveyor.tracing import instrument
+
+    seen: list[tuple[str, bool, str | None]] = []
+
+    class Watching(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            task = asyncio.current_task()
+            seen.append(
+                (
+                    record.__dict__.get("event", ""),
+                    trace.get_current_span().get_span_context().is_valid,
+                    task.get_name() if task is not None else None,
+                )
+            )
+
+    restore = worker_lines_to(None, Watching())
+    job_tasks: list[str] = []
+    app = Conveyor("memory://")
+    instrument(app, TracerProvider())
+
+    @app.job("probe")
+    async def probe(payload: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        job_tasks.append(task.get_name())
+
+    try:
+        async with app:
+            job = await app.enqueue("probe", {})
+            async with app.worker(concurrency=2, scheduler=False):
+                await app.wait(job.id, timeout=10)
+    finally:
+        restore()
+    lines = [line for line in seen if line[0] in ("started", "completed")]
+    assert [event for event, _, _ in lines] == ["started", "completed"]
+    assert lines[0][1]  # "started": inside the run's span
+    assert {task for _, _, task in lines} == {job_tasks[0]}

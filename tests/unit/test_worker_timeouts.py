@@ -62,3 +62,37 @@ async def test_items_armed_together_share_one_timer() -> None:
     # A thousand jobs armed within a few milliseconds: a slice or two.
     assert 1 <= len(timers) <= 3, len(timers)
     assert len(timeouts) == 500
+
+
+async def test_jobs_that_ended_leave_no_timer_behind() -> None:
+    """Long timeouts, jobs that end at once: nothing piles up per slice."""
+    loop = asyncio.get_running_loop()
+    timeouts: Timeouts[int] = Timeouts(loop, lambda item: None)
+    for n in range(50):
+        armed_in = timeouts.arm(str(n), n, 3600.0)
+        timeouts.disarm(str(n), armed_in)
+        await asyncio.sleep(GRAIN)
+    assert timeouts.slices() == 0 and len(timeouts) == 0
+
+
+async def test_a_stopped_worker_is_not_kept_alive_by_its_jobs_timeouts() -> None:
+    import gc
+    import weakref
+
+    from conveyor import Conveyor
+
+    app = Conveyor("memory://")
+
+    @app.job("probe", timeout=3600)
+    async def probe(payload: Any) -> None:
+        return None
+
+    async with app:
+        job = await app.enqueue("probe", {})
+        worker = app.worker(concurrency=2, scheduler=False)
+        async with worker:
+            await app.wait(job.id, timeout=10)
+        gone = weakref.ref(worker)
+        del worker
+        gc.collect()
+        assert gone() is None
