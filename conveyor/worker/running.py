@@ -177,7 +177,9 @@ class JobRunning:
         if not running.started_held:  # a record: made here, in the job's task and span
             job_line(logger, job, "started", _STARTED, job.name, job.id, job.attempts)
         outcome: Outcome | None = None
-        completed_held, elapsed = False, 0.0
+        # The "completed" line's arguments, and whether it is held.
+        completed: tuple[object, ...] = ()
+        held, elapsed = False, 0.0
         try:
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
@@ -208,15 +210,9 @@ class JobRunning:
                         # Held before the backlog's next job is started (its
                         # "started" line is written with this one), else at
                         # the next loop step with this step's other jobs'.
-                        completed_held = self._lines.hold(
-                            logger,
-                            job,
-                            "completed",
-                            _COMPLETED,
-                            job.name,
-                            job.id,
-                            elapsed * 1000,
-                            duration=elapsed,
+                        completed = (job.name, job.id, elapsed * 1000)
+                        held = self._lines.hold(
+                            logger, job, "completed", _COMPLETED, *completed, duration=elapsed
                         )
             self._start_backlog()
             self._slot_freed.set()
@@ -224,20 +220,11 @@ class JobRunning:
                 span.end(outcome if owned else None)
         if outcome is not None and owned:
             if outcome.kind is OutcomeKind.COMPLETED:
-                if completed_held:
+                if held:
                     assert self._loop is not None
                     self._lines.write_soon(self._loop)
                 else:  # a record, made in the job's task
-                    job_line(
-                        logger,
-                        job,
-                        "completed",
-                        _COMPLETED,
-                        job.name,
-                        job.id,
-                        elapsed * 1000,
-                        duration=elapsed,
-                    )
+                    job_line(logger, job, "completed", _COMPLETED, *completed, duration=elapsed)
             self._ack(outcome, job)
 
     async def _call(self, job_type: JobType[Any], running: Running) -> Any:

@@ -190,14 +190,8 @@ async def test_a_worker_writes_a_jobs_started_line_before_the_job_runs_and_all_b
     """Each handler finds its own "started" line written already; once the
     worker stopped, every "completed" line is written, before its last line."""
     _, stream = lines
-    worker_logger = logging.getLogger("conveyor.worker")
-    handler = LineHandler(stream)
-    handler.setFormatter(PlainFormatter())
-    saved = (worker_logger.handlers[:], worker_logger.level, worker_logger.propagate)
-    worker_logger.handlers[:] = [handler]
-    worker_logger.setLevel(logging.INFO)
-    worker_logger.propagate = False
-    ours_only(worker_logger)
+    restore = worker_lines_to(stream)
+    ours_only(logging.getLogger("conveyor.worker"))
     app = Conveyor("memory://")
     seen_at_start: dict[str, bool] = {}
 
@@ -216,7 +210,7 @@ async def test_a_worker_writes_a_jobs_started_line_before_the_job_runs_and_all_b
                 for job_id in ids.values():
                     await app.wait(job_id, timeout=10)
     finally:
-        worker_logger.handlers[:], worker_logger.level, worker_logger.propagate = saved
+        restore()
     assert seen_at_start == {str(n): True for n in range(12)}
     text = stream.getvalue()
     last = text.rindex(" stopped: ")
