@@ -77,6 +77,15 @@ def clock_at(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
     monkeypatch.setattr(time, "time_ns", lambda: ns)
 
 
+def held_at(
+    monkeypatch: pytest.MonkeyPatch, held: HeldLines, logger: logging.Logger, ns: int
+) -> logging.LogRecord:
+    """Hold job j1's line with the clocks at `ns`; the record logging makes then."""
+    clock_at(monkeypatch, ns)
+    hold(held, logger, 1)
+    return stock_record()
+
+
 def stock_record() -> logging.LogRecord:
     """A record logging makes now (its created and msecs, on this interpreter)."""
     return logging.LogRecord("x", logging.INFO, __file__, 1, "", (), None)
@@ -107,9 +116,7 @@ def test_each_line_keeps_the_time_it_was_made(
     lines: tuple[logging.Logger, CountingStream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, stream, held = ready(lines)
-    clock_at(monkeypatch, 1_700_000_000_250_000_000)
-    hold(held, logger, 1)
-    then = stock_record()
+    then = held_at(monkeypatch, held, logger, 1_700_000_000_250_000_000)
     clock_at(monkeypatch, 1_700_000_007_500_000_000)
     held.write()
     expected = PlainFormatter().time_text(then.created, then.msecs)
@@ -136,9 +143,7 @@ def test_a_handler_added_before_the_write_gets_the_records_of_the_held_lines(
     lines: tuple[logging.Logger, CountingStream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logger, stream, held = ready(lines)
-    clock_at(monkeypatch, 1_700_000_000_250_000_000)
-    hold(held, logger, 1)
-    then = stock_record()
+    then = held_at(monkeypatch, held, logger, 1_700_000_000_250_000_000)
     seen: list[logging.LogRecord] = []
 
     class Keeping(logging.Handler):
