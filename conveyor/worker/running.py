@@ -104,7 +104,9 @@ class JobRunning:
             self._lines.write()
 
     def _start_job(self, job: Job) -> None:
-        """Its "started" line is held: the caller writes it (`_start_jobs`)."""
+        """Its "started" line is held where only conveyor's text handler
+        would see it (the caller writes it: `_start_jobs`), else logged as a
+        record by the job's own task (`_execute`)."""
         if self._claims.stale(job, self._clock()):
             # Fenced by the claim's token: back to the queue if no other
             # worker has taken the job meanwhile, else refused, harmlessly.
