@@ -77,6 +77,21 @@ async def legacy_marker(backend: BullMQBackend, keys: QueueKeys) -> None:
     await waiting(backend, keys, "2")
 
 
+async def retried(backend: BullMQBackend, keys: QueueKeys) -> None:
+    """Jobs claimed before (by Node's worker): their attempts go on from
+    there, their start and worker name are replaced."""
+    await plain(backend, keys)
+    for job_id in ("4", "5"):
+        job = keys.job(job_id)
+        await backend._cmd("HSET", job, "ats", 2, "atm", 1, "processedOn", 5, "pb", "n")
+
+
+async def orphan(backend: BullMQBackend, keys: QueueKeys) -> None:
+    """An id in the wait list whose job hash is gone."""
+    await waiting(backend, keys, "1")
+    await backend._cmd("RPUSH", keys["wait"], "gone")
+
+
 async def empty(backend: BullMQBackend, keys: QueueKeys) -> None:
     await backend._cmd("SET", keys["pc"], 7)  # dropped when the prioritized set is found empty
 
@@ -115,6 +130,8 @@ async def by_claim(backend: BullMQBackend, keys: QueueKeys, n: int) -> list[Any]
         (limit_used_up, 3),
         (legacy_marker, 3),
         (empty, 2),
+        (retried, 5),
+        (orphan, 2),
     ],
 )
 async def test_one_claim_call_does_what_n_move_to_active_calls_do(

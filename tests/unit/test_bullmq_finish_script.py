@@ -70,6 +70,45 @@ async def trimmed_child(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
     return ["a"]
 
 
+async def trimmed_child_here(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
+    """As trimmed_child, with the parent in the same queue: its "waiting"
+    event falls among the batch's own, in moveToFinished's order."""
+    await completed_before(backend, keys, "o1", "o2", "o3")
+    for parent, child in (("p1", "o1"), ("p2", "o2")):  # released in one trim: in its order
+        await add(backend, keys, parent)
+        await backend._cmd("ZADD", keys["waiting-children"], NOW - 2000, parent)
+        await backend._cmd("SADD", keys.job(parent) + ":dependencies", keys.job(child))
+        await backend._cmd("HSET", keys.job(child), "parentKey", keys.job(parent))
+    await running(backend, keys, "a", "b", "c")
+    return ["a", "b", "c"]
+
+
+async def twice(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
+    """One job's completion twice in a batch (and one already retried):
+    the second finds its lock gone, as a second moveToFinished does."""
+    await running(backend, keys, "a", "b")
+    await backend._cmd("HSET", keys.job("b"), "atm", 2, "ats", 3)
+    await backend._cmd("SADD", keys["stalled"], "a")
+    return ["a", "a", "b", "b"]
+
+
+async def many(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
+    """More jobs than one Lua unpack takes at once, the first one waiting
+    behind the drained check."""
+    ids = [f"j{n}" for n in range(1500)]
+    commands: list[list[Any]] = []
+    for job_id in ids:
+        commands += [
+            ["HSET", keys.job(job_id), "name", "task", "data", "{}", "opts", "{}"],
+            ["HSET", keys.job(job_id), "timestamp", NOW - 10, "processedOn", NOW - 5, "ats", 1],
+            ["LPUSH", keys["active"], job_id],
+            ["SET", keys.job(job_id) + ":lock", TOKEN, "PX", 30_000],
+            ["SADD", keys["stalled"], job_id],
+        ]
+    await backend.run(commands)
+    return ids
+
+
 async def refused(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
     await running(backend, keys, "ok", "other", "gone", "idle", "parent", "fails")
     await backend._cmd("SET", keys.job("other") + ":lock", "another token")
@@ -130,6 +169,13 @@ async def by_finish(
         (trimmed, 2),
         (trimmed, 1000),
         (trimmed_child, 1),
+        (trimmed_child_here, 1),
+        (trimmed_child_here, 2),
+        (twice, None),
+        (twice, 0),
+        (twice, 1),
+        (many, None),
+        (many, 5),
         (refused, None),
         (linked, None),
         (linked, 0),

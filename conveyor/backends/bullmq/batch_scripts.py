@@ -68,9 +68,16 @@ from conveyor.backends.bullmq.scripts import Script
 LINKED: Final = -100
 
 CLAIM: Final = """
+-- An integer as text without a float's formatting (the usual ones looked up).
+local SMALL = {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
+local function int_text(n) return SMALL[n] or string.format("%d", n) end
 local wait, active, prioritized, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limiter, delayed, meta, pc, marker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local base, now, token, lock_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+-- Arguments of redis.call go as text: a Lua number is formatted (printf's
+-- "%.17g", a few thousand instructions) at every call, so the hot ones
+-- below are passed as the caller's text or as literal text.
+local now_text = ARGV[2]
 local worker, wanted, scan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 if #ARGV > 7 then
   local served = {}
@@ -111,7 +118,7 @@ if #ARGV > 7 then
       redis.call("RPUSH", wait, id)
     end
   end
-  local due = #redis.call("ZRANGEBYSCORE", delayed, 0, now * 0x1000 + 0xfff, "LIMIT", 0, 1)
+  local due = #redis.call("ZRANGEBYSCORE", delayed, "0", now * 0x1000 + 0xfff, "LIMIT", "0", "1")
   wanted = math.min(wanted, #found + due)
 end
 local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
@@ -122,7 +129,7 @@ local function held_back()
   return concurrency ~= nil and redis.call("LLEN", active) >= concurrency
 end
 -- Due delayed jobs first, as moveToActive promotes them (at most 1000 a call).
-local due = redis.call("ZRANGEBYSCORE", delayed, 0, (now + 1) * 0x1000 - 1, "LIMIT", 0, 1000)
+local due = redis.call("ZRANGEBYSCORE", delayed, "0", (now + 1) * 0x1000 - 1, "LIMIT", "0", "1000")
 if #due > 0 then
   redis.call("ZREM", delayed, unpack(due))
   for _, id in ipairs(due) do
@@ -136,7 +143,7 @@ if #due > 0 then
     redis.call("XADD", events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
     redis.call("HSET", base .. id, "delay", 0)
   end
-  if not held_back() then redis.call("ZADD", marker, 0, "0") end
+  if not held_back() then redis.call("ZADD", marker, "0", "0") end
 end
 local function rate_limited()
   if not max_jobs or max_jobs > tonumber(redis.call("GET", limiter) or 0) then return false end
@@ -168,15 +175,39 @@ while #taken < wanted and not rate_limited() and not held_back() do
   end
   redis.call("SET", job .. ":lock", token, "PX", lock_ms)
   redis.call("XADD", events, "*", "event", "active", "jobId", id, "prev", "waiting")
-  redis.call("HMSET", job, "processedOn", now, "pb", worker)
-  redis.call("HINCRBY", job, "ats", 1)
-  redis.call("ZADD", marker, 0, "0")
-  table.insert(taken, {redis.call("HGETALL", job), id})
+  -- moveToActive's HMSET processedOn/pb and HINCRBY ats, in one write: the
+  -- hash is read first for the attempts so far, and the answer patched.
+  local fields = redis.call("HGETALL", job)
+  local at = {}
+  for f = 1, #fields, 2 do
+    local name = fields[f]
+    if name == "ats" or name == "processedOn" or name == "pb" then at[name] = f + 1 end
+  end
+  local attempts = at.ats and fields[at.ats]
+  if attempts and attempts ~= "0" and not string.match(attempts, "^-?[1-9]%d*$") then
+    redis.call("HINCRBY", job, "ats", 1) -- not an integer: fails as moveToActive's would
+  end
+  attempts = int_text((tonumber(attempts) or 0) + 1)
+  redis.call("HSET", job, "processedOn", now_text, "pb", worker, "ats", attempts)
+  for name, value in pairs({processedOn = now_text, pb = worker, ats = attempts}) do
+    if at[name] then
+      fields[at[name]] = value
+    else
+      table.insert(fields, name); table.insert(fields, value)
+    end
+  end
+  table.insert(taken, {fields, id})
 end
+-- moveToActive adds the marker (for other workers) with every job it takes:
+-- the same set, once.
+if #taken > 0 then redis.call("ZADD", marker, "0", "0") end
 return taken
 """
 
 FINISH: Final = """
+-- An integer as text without a float's formatting (the usual ones looked up).
+local SMALL = {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
+local function int_text(n) return SMALL[n] or string.format("%d", n) end
 local active, stalled, events, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local completed, wait, prioritized = KEYS[5], KEYS[6], KEYS[7]
 local base, keep = ARGV[1], tonumber(ARGV[2])
@@ -202,8 +233,12 @@ local function release_parent(job)
   redis.call("XADD", parent_base .. "events", "*", "event", "waiting", "jobId", parent_id,
     "prev", "waiting-children")
 end
-local trimmed = false
-local answers = {}
+-- A hash field HINCRBY takes: absent (HMGET's false), or an integer's text.
+local function integer(text)
+  return not text or text == "0" or string.match(text, "^-?[1-9]%d*$") ~= nil
+end
+local trimmed, count, draining = false, nil, true
+local answers, unlocked, done = {}, {}, {}
 local i = 3
 while i <= #ARGV do
   local id, token, now, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -212,26 +247,34 @@ while i <= #ARGV do
   i = first + n
   local job = base .. id
   local answer = 0
+  local made = nil
   if redis.call("EXISTS", job) == 0 then
     answer = -1
+  elseif done[id] then
+    answer = -2 -- its lock went with its first completion in this call
   else
-    local links = redis.call("HMGET", job, "parentKey", "parent", "deid")
+    local links = redis.call("HMGET", job, "parentKey", "parent", "deid", "atm")
     local lock = redis.call("GET", job .. ":lock")
+    made = links[4]
+    -- An empty set is no key: one look for both, then which one.
+    local pending = redis.call("EXISTS", job .. ":dependencies", job .. ":unsuccessful") ~= 0
     if links[1] or links[2] or links[3] then
       answer = -100
-    elseif redis.call("SCARD", job .. ":dependencies") ~= 0 then
+    elseif pending and redis.call("SCARD", job .. ":dependencies") ~= 0 then
       answer = -4
-    elseif redis.call("ZCARD", job .. ":unsuccessful") ~= 0 then
+    elseif pending and redis.call("ZCARD", job .. ":unsuccessful") ~= 0 then
       answer = -9
     elseif lock ~= token then
       if lock then answer = -6 else answer = -2 end
     end
   end
   if answer == 0 then
-    redis.call("DEL", job .. ":lock")
-    redis.call("SREM", stalled, id)
-    if n > 0 then redis.call("HMSET", job, unpack(ARGV, first, first + n - 1)) end
-    if redis.call("LREM", active, -1, id) < 1 then answer = -3 end
+    -- The lock and the stalled mark go (at the end, for the whole batch).
+    table.insert(unlocked, id); done[id] = true
+    if redis.call("LREM", active, "-1", id) < 1 then
+      answer = -3
+      if n > 0 then redis.call("HSET", job, unpack(ARGV, first, first + n - 1)) end
+    end
   end
   if answer == 0 then
     if not trimmed then
@@ -243,28 +286,47 @@ while i <= #ARGV do
       redis.call("XTRIM", events, "MAXLEN", "~", most)
       trimmed = true
     end
-    redis.call("HINCRBY", job, "atm", 1)
+    if not integer(made) then redis.call("HINCRBY", job, "atm", 1) end -- fails as moveToFinished's
+    local attempts = tonumber(made) or 0
     if keep ~= 0 then
-      redis.call("ZADD", completed, now, id)
-      redis.call("HSET", job, "returnvalue", value, "finishedOn", now)
-      if keep > 0 then
-        for _, old in ipairs(redis.call("ZREVRANGE", completed, keep, -1)) do
-          release_parent(base .. old)
-          drop(base .. old)
+      -- moveToFinished's writes to the hash (the given fields, atm + 1,
+      -- returnvalue, finishedOn) in one.
+      local values = {unpack(ARGV, first, first + n - 1)}
+      local ending = {"atm", int_text(attempts + 1), "returnvalue", value, "finishedOn", now}
+      for _, v in ipairs(ending) do table.insert(values, v) end
+      redis.call("HSET", job, unpack(values))
+      count = (count or redis.call("ZCARD", completed)) + redis.call("ZADD", completed, now, id)
+      if keep > 0 and count > keep then
+        -- The oldest beyond `keep` (the lowest scores, as ZREVRANGE's ranks
+        -- from `keep` on), removed with their keys.
+        local oldest = redis.call("ZPOPMIN", completed, int_text(count - keep))
+        for o = #oldest - 1, 1, -2 do -- the newest of them first, as moveToFinished goes
+          release_parent(base .. oldest[o])
+          drop(base .. oldest[o])
         end
-        redis.call("ZREMRANGEBYRANK", completed, 0, -(keep + 1))
+        count = keep
       end
     else
       drop(job)
     end
     redis.call("XADD", events, "*", "event", "completed", "jobId", id, "returnvalue", value,
       "prev", "active")
-    if redis.call("LLEN", wait) == 0 and redis.call("LLEN", active) == 0
-        and redis.call("ZCARD", prioritized) == 0 then
+    -- Nothing here adds to this queue's wait list or prioritized set but
+    -- a released parent: once seen waiting, the queue is not drained.
+    if draining and redis.call("LLEN", wait) > 0 then draining = false end
+    if draining and redis.call("LLEN", active) == 0 and redis.call("ZCARD", prioritized) == 0 then
       redis.call("XADD", events, "*", "event", "drained")
     end
   end
   table.insert(answers, answer)
+end
+for from = 1, #unlocked, 1000 do -- unpack takes a few thousand values at most
+  local ids, locks = {}, {}
+  for n = from, math.min(from + 999, #unlocked) do
+    table.insert(ids, unlocked[n]); table.insert(locks, base .. unlocked[n] .. ":lock")
+  end
+  redis.call("DEL", unpack(locks))
+  redis.call("SREM", stalled, unpack(ids))
 end
 return answers
 """
