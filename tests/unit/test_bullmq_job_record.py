@@ -47,7 +47,9 @@ def opts(draw: st.DrawFn) -> str:
 
 @st.composite
 def job_hashes(draw: st.DrawFn) -> dict[str, str]:
-    fields: dict[str, str] = {"name": draw(TEXT), "timestamp": str(draw(MS))}
+    # A timestamp is an integer's text, now and then a float's (Date.now() / 1000 * 1000).
+    made = draw(st.one_of(st.builds(str, MS), st.builds(lambda ms: f"{ms}.25", MS)))
+    fields: dict[str, str] = {"name": draw(TEXT), "timestamp": made}
     optional = {
         "data": st.builds(json.dumps, JSON_VALUE),
         "opts": opts(),

@@ -115,6 +115,31 @@ def _opts(text: str | None) -> Any:
     return _json(text, {}) or {}
 
 
+@functools.lru_cache(maxsize=1024)
+def _from_opts(text: str | None) -> tuple[int, str | None, float | None, str | None]:
+    """What a `Job` takes from its opts, made once per text: max_retries,
+    key (jobId), timeout and headers (JSON text)."""
+    opts = _opts(text)
+    timeout = opts.get(TIMEOUT_OPTION)
+    return (
+        max(int(opts.get("attempts") or 1) - 1, 0),
+        opts.get("jobId") or None,
+        float(timeout) if isinstance(timeout, (int, float)) else None,
+        _headers(opts.get(HEADERS_OPTION)),
+    )
+
+
+def _ms(text: str | None) -> int:
+    """Epoch milliseconds as a hash holds them (written by Lua or Node: an
+    integer's text, now and then a float's)."""
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        return int(float(text))
+
+
 def _log_entry(line: str) -> dict[str, Any]:
     """conveyor writes a log line as JSON text; a Node job.log() line is text."""
     value = _json(line)
@@ -144,17 +169,17 @@ def job_from_hash(
     uses): every job a worker claims is read here, and the generic call
     was half the cost of a claimed job's record."""
     get = fields.get
-    opts = _opts(get("opts"))
-    created = int(float(get("timestamp") or 0))
+    max_retries, key, timeout, headers = _from_opts(get("opts"))
+    created = _ms(get("timestamp"))
     if state is JobState.FAILED and get(CANCELLED):
         state = JobState.CANCELLED
     stored_progress = get("progress")
     progress = _json(stored_progress, 0) if stored_progress else 0
-    timeout = opts.get(TIMEOUT_OPTION)
     done = state is JobState.COMPLETED
     processed, finished = get("processedOn"), get("finishedOn")
     if due_ms is None:  # otherwise due its delay after it was made
-        due_ms = created + int(float(get("delay") or 0))
+        due_ms = created + _ms(get("delay"))
+    created_at = utc(created / 1000)
     result = get("returnvalue") if done else None
     return Job(
         id=job_id,
@@ -163,25 +188,25 @@ def job_from_hash(
         payload=decode_json(get("data") or "null"),
         state=state,
         attempts=int(get("ats") or 0),
-        max_retries=max(int(opts.get("attempts") or 1) - 1, 0),
+        max_retries=max_retries,
         priority=int(get("priority") or 0),
-        key=opts.get("jobId") or None,
+        key=key,
         result=decode_json(result) if result else None,
         error=None if done else get("failedReason") or None,
         progress=float(progress) if isinstance(progress, (int, float)) else 0.0,
-        created_at=utc(created / 1000),
+        created_at=created_at,
         # A delayed job's due time is its score in `delayed` (a retry's too).
-        run_at=utc(due_ms / 1000),
-        started_at=utc(int(float(processed)) / 1000) if processed else None,
-        finished_at=utc(int(float(finished)) / 1000) if finished else None,
-        timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
+        run_at=created_at if due_ms == created else utc(due_ms / 1000),
+        started_at=utc(_ms(processed) / 1000) if processed else None,
+        finished_at=utc(_ms(finished) / 1000) if finished else None,
+        timeout=timeout,
         logs=[_log_entry(line) for line in logs] if logs else [],
         stalls=int(get("stc") or 0),
         cancel_requested=bool(get(CANCEL_REQUESTED)),
         token=token,
         traceback=None if done or "stacktrace" not in fields else _traceback(fields) or None,
         history=history_entries(get(HISTORY)),
-        headers=decode_headers(_headers(opts.get(HEADERS_OPTION))),
+        headers=decode_headers(headers),
     )
 
 
