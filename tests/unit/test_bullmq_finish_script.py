@@ -133,19 +133,27 @@ async def linked(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
 
 
 async def by_move_to_finished(
-    backend: BullMQBackend, keys: QueueKeys, ids: list[str], keep: int | None
+    backend: BullMQBackend,
+    keys: QueueKeys,
+    ids: list[str],
+    keep: int | None,
+    updates: dict[str, str] = UPDATES,
 ) -> list[Any]:
     calls = [
-        backend.finished(keys, i, TOKEN, "completed", f'"{i}"', keep, NOW, dict(UPDATES))
+        backend.finished(keys, i, TOKEN, "completed", f'"{i}"', keep, NOW, dict(updates))
         for i in ids
     ]
     return list(await backend.run(calls))
 
 
 async def by_finish(
-    backend: BullMQBackend, keys: QueueKeys, ids: list[str], keep: int | None
+    backend: BullMQBackend,
+    keys: QueueKeys,
+    ids: list[str],
+    keep: int | None,
+    fields: dict[str, str] = UPDATES,
 ) -> list[Any]:
-    updates = [x for kv in UPDATES.items() for x in kv]
+    updates = [x for kv in fields.items() for x in kv]
     args = [x for i in ids for x in (i, TOKEN, NOW, f'"{i}"', len(updates), *updates)]
     call = backend.call(
         "finish",
@@ -156,33 +164,41 @@ async def by_finish(
     answers = list(answers)
     for n, job_id in enumerate(ids):
         if answers[n] == LINKED:  # as the backend does: BullMQ's own script
-            (answers[n],) = await by_move_to_finished(backend, keys, [job_id], keep)
+            (answers[n],) = await by_move_to_finished(backend, keys, [job_id], keep, fields)
     return answers
 
 
+# Fields set with a completion other than the worker's own two (progress, history).
+ONE_FIELD = {"progress": "100"}
+THREE_FIELDS = {**UPDATES, "stage": "done"}
+
+
 @pytest.mark.parametrize(
-    ("setup", "keep"),
+    ("setup", "keep", "updates"),
     [
-        (three, None),
-        (three, 0),
-        (draining, None),
-        (trimmed, 2),
-        (trimmed, 1000),
-        (trimmed_child, 1),
-        (trimmed_child_here, 1),
-        (trimmed_child_here, 2),
-        (twice, None),
-        (twice, 0),
-        (twice, 1),
-        (many, None),
-        (many, 5),
-        (refused, None),
-        (linked, None),
-        (linked, 0),
+        (three, None, UPDATES),
+        (three, 0, UPDATES),
+        (draining, None, UPDATES),
+        (trimmed, 2, UPDATES),
+        (trimmed, 1000, UPDATES),
+        (trimmed_child, 1, UPDATES),
+        (trimmed_child_here, 1, UPDATES),
+        (trimmed_child_here, 2, UPDATES),
+        (twice, None, UPDATES),
+        (twice, 0, UPDATES),
+        (twice, 1, UPDATES),
+        (many, None, UPDATES),
+        (many, 5, UPDATES),
+        (refused, None, UPDATES),
+        (linked, None, UPDATES),
+        (linked, 0, UPDATES),
+        (three, None, ONE_FIELD),
+        (trimmed, 2, THREE_FIELDS),
+        (twice, 0, THREE_FIELDS),
     ],
 )
 async def test_one_finish_call_does_what_move_to_finished_does_per_job(
-    bullmq_urls: Callable[[], str], setup: Setup, keep: int | None
+    bullmq_urls: Callable[[], str], setup: Setup, keep: int | None, updates: dict[str, str]
 ) -> None:
     backend = BullMQBackend(bullmq_urls())
     await backend.open()
@@ -192,8 +208,8 @@ async def test_one_finish_call_does_what_move_to_finished_does_per_job(
         bull, ours = QueueKeys(prefix, "bull"), QueueKeys(prefix, "ours")
         ids = await setup(backend, bull)
         await setup(backend, ours)
-        expected = await by_move_to_finished(backend, bull, ids, keep)
-        got = await by_finish(backend, ours, ids, keep)
+        expected = await by_move_to_finished(backend, bull, ids, keep, updates)
+        got = await by_finish(backend, ours, ids, keep, updates)
         assert got == expected
         for side in ("", "-parents"):
             mine = await snapshot(backend, QueueKeys(prefix, "ours" + side))

@@ -89,7 +89,8 @@ if #ARGV > 7 then
   local in_place = true -- every job read so far is served: found = the right end, in order
   local seen, chunk = 0, math.max(wanted, 1)
   while #found < wanted and seen < scan do
-    local part = redis.call("LRANGE", wait, -math.min(seen + chunk, scan), -(seen + 1))
+    local part = redis.call("LRANGE", wait, int_text(-math.min(seen + chunk, scan)),
+      int_text(-(seen + 1)))
     if #part == 0 then break end
     for i = #part, 1, -1 do
       if #found >= wanted then break end
@@ -118,7 +119,8 @@ if #ARGV > 7 then
       redis.call("RPUSH", wait, id)
     end
   end
-  local due = #redis.call("ZRANGEBYSCORE", delayed, "0", now * 0x1000 + 0xfff, "LIMIT", "0", "1")
+  local due_by = int_text(now * 0x1000 + 0xfff)
+  local due = #redis.call("ZRANGEBYSCORE", delayed, "0", due_by, "LIMIT", "0", "1")
   wanted = math.min(wanted, #found + due)
 end
 local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
@@ -129,7 +131,8 @@ local function held_back()
   return concurrency ~= nil and redis.call("LLEN", active) >= concurrency
 end
 -- Due delayed jobs first, as moveToActive promotes them (at most 1000 a call).
-local due = redis.call("ZRANGEBYSCORE", delayed, "0", (now + 1) * 0x1000 - 1, "LIMIT", "0", "1000")
+local due_by = int_text((now + 1) * 0x1000 - 1)
+local due = redis.call("ZRANGEBYSCORE", delayed, "0", due_by, "LIMIT", "0", "1000")
 if #due > 0 then
   redis.call("ZREM", delayed, unpack(due))
   for _, id in ipairs(due) do
@@ -150,6 +153,15 @@ local function rate_limited()
   local ttl = redis.call("PTTL", limiter)
   if ttl == 0 then redis.call("DEL", limiter) end
   return ttl > 0
+end
+-- A field's new value in a flat HGETALL answer: at its place, else added.
+local function put(fields, at, name, value)
+  if at then
+    fields[at] = value
+  else
+    local last = #fields
+    fields[last + 1], fields[last + 2] = name, value
+  end
 end
 local taken = {}
 while #taken < wanted and not rate_limited() and not held_back() do
@@ -178,25 +190,27 @@ while #taken < wanted and not rate_limited() and not held_back() do
   -- moveToActive's HMSET processedOn/pb and HINCRBY ats, in one write: the
   -- hash is read first for the attempts so far, and the answer patched.
   local fields = redis.call("HGETALL", job)
-  local at = {}
+  local ats_at, started_at, worker_at
   for f = 1, #fields, 2 do
     local name = fields[f]
-    if name == "ats" or name == "processedOn" or name == "pb" then at[name] = f + 1 end
+    if name == "ats" then
+      ats_at = f + 1
+    elseif name == "processedOn" then
+      started_at = f + 1
+    elseif name == "pb" then
+      worker_at = f + 1
+    end
   end
-  local attempts = at.ats and fields[at.ats]
+  local attempts = ats_at and fields[ats_at]
   if attempts and attempts ~= "0" and not string.match(attempts, "^-?[1-9]%d*$") then
     redis.call("HINCRBY", job, "ats", 1) -- not an integer: fails as moveToActive's would
   end
   attempts = int_text((tonumber(attempts) or 0) + 1)
   redis.call("HSET", job, "processedOn", now_text, "pb", worker, "ats", attempts)
-  for name, value in pairs({processedOn = now_text, pb = worker, ats = attempts}) do
-    if at[name] then
-      fields[at[name]] = value
-    else
-      table.insert(fields, name); table.insert(fields, value)
-    end
-  end
-  table.insert(taken, {fields, id})
+  put(fields, started_at, "processedOn", now_text)
+  put(fields, worker_at, "pb", worker)
+  put(fields, ats_at, "ats", attempts)
+  taken[#taken + 1] = {fields, id}
 end
 -- moveToActive adds the marker (for other workers) with every job it takes:
 -- the same set, once.
@@ -291,10 +305,17 @@ while i <= #ARGV do
     if keep ~= 0 then
       -- moveToFinished's writes to the hash (the given fields, atm + 1,
       -- returnvalue, finishedOn) in one.
-      local values = {unpack(ARGV, first, first + n - 1)}
-      local ending = {"atm", int_text(attempts + 1), "returnvalue", value, "finishedOn", now}
-      for _, v in ipairs(ending) do table.insert(values, v) end
-      redis.call("HSET", job, unpack(values))
+      local made_now = int_text(attempts + 1)
+      if n == 4 then -- the worker's (progress, history): no table made
+        redis.call("HSET", job, ARGV[first], ARGV[first + 1], ARGV[first + 2], ARGV[first + 3],
+          "atm", made_now, "returnvalue", value, "finishedOn", now)
+      else
+        local values = {unpack(ARGV, first, first + n - 1)}
+        for _, v in ipairs({"atm", made_now, "returnvalue", value, "finishedOn", now}) do
+          values[#values + 1] = v
+        end
+        redis.call("HSET", job, unpack(values))
+      end
       count = (count or redis.call("ZCARD", completed)) + redis.call("ZADD", completed, now, id)
       if keep > 0 and count > keep then
         -- The oldest beyond `keep` (the lowest scores, as ZREVRANGE's ranks
