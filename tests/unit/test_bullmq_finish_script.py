@@ -116,7 +116,11 @@ async def refused(backend: BullMQBackend, keys: QueueKeys) -> list[str]:
     await backend._cmd("LREM", keys["active"], 0, "idle")  # locked but not active
     await backend._cmd("SADD", keys.job("parent") + ":dependencies", "bull:x:child")
     await backend._cmd("ZADD", keys.job("fails") + ":unsuccessful", 1, "bull:x:child")
-    return ["ok", "other", "gone", "idle", "parent", "fails", "missing"]
+    await add(backend, keys, "unclaimed")  # a hash without attempts counted, never locked
+    await add(backend, keys, "bare")  # ... locked with the token all the same
+    await backend._cmd("SET", keys.job("bare") + ":lock", TOKEN)
+    await backend._cmd("LPUSH", keys["active"], "bare")
+    return ["ok", "other", "gone", "idle", "parent", "fails", "missing", "unclaimed", "bare"]
 
 
 async def linked(backend: BullMQBackend, keys: QueueKeys) -> list[str]:

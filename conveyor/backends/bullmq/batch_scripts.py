@@ -262,12 +262,14 @@ while i <= #ARGV do
   local job = base .. id
   local answer = 0
   local made = nil
-  if redis.call("EXISTS", job) == 0 then
+  local links = redis.call("HMGET", job, "parentKey", "parent", "deid", "atm", "ats")
+  -- A job a claim took has its attempts counted ("ats"): only a hash
+  -- without them needs a look for whether it exists at all.
+  if not links[5] and redis.call("EXISTS", job) == 0 then
     answer = -1
   elseif done[id] then
     answer = -2 -- its lock went with its first completion in this call
   else
-    local links = redis.call("HMGET", job, "parentKey", "parent", "deid", "atm")
     local lock = redis.call("GET", job .. ":lock")
     made = links[4]
     -- An empty set is no key: one look for both, then which one.
