@@ -96,11 +96,14 @@ def token_of(job: Job) -> ClaimToken:
 
 def success(job: Job, ctx: JobContext, result: Any) -> Outcome:
     now = time.time()
-    try:
-        encoded = encode_json(result, f"the result of job {job.name!r}")
-    except InvalidPayloadError as exc:
-        # The same code would return the same value again: do not retry.
-        return Outcome(job.id, token_of(job), OutcomeKind.FAILED, now, error=str(exc))
+    if result is None:  # most handlers return nothing: no name for an error made
+        encoded = "null"
+    else:
+        try:
+            encoded = encode_json(result, f"the result of job {job.name!r}")
+        except InvalidPayloadError as exc:
+            # The same code would return the same value again: do not retry.
+            return Outcome(job.id, token_of(job), OutcomeKind.FAILED, now, error=str(exc))
     kind = OutcomeKind.CANCELLED if ctx.stop_reason == CANCELLED else OutcomeKind.COMPLETED
     return Outcome(job.id, token_of(job), kind, now, result=encoded)
 

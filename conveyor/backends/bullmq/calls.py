@@ -64,11 +64,43 @@ def history_with(
     """The history (JSON) of a job whose hash holds `fields`, with the
     attempt that ends now appended."""
     attempts, started, history = fields
+    first = not history or history == "[]"  # its first attempt: no need to decode
+    if first and outcome is AttemptOutcome.COMPLETED and error is None:
+        # The usual case, from the texts as they are (entry_text's output).
+        fast = _completed_entry(attempts, started, finished_at)
+        if fast is not None:
+            return fast
     attempt, started_at = int(attempts or 0), int(started) / 1000 if started else None
-    if not history or history == "[]":  # its first attempt: no need to decode
+    if first or history is None:
         return "[" + entry_text(attempt, started_at, finished_at, outcome, error) + "]"
     entry = stored_entry(attempt, started_at, finished_at, outcome, error)
     return json.dumps(with_entry(json.loads(history), entry))
+
+
+def _completed_entry(attempts: str | None, started: str | None, finished_at: float) -> str | None:
+    """A first attempt's history, completed, as `entry_text` writes it, made
+    from the hash's texts where they are plain integers' (an attempt count,
+    a start in epoch milliseconds: what BullMQ's scripts and conveyor's
+    write); None otherwise. A float's repr is the shortest text that reads
+    back as it, which for milliseconds over 1000 (up to 15 digits) is
+    seconds.millis with the zeros at the end dropped."""
+    if (
+        not attempts
+        or not started
+        or type(finished_at) is not float
+        or not math.isfinite(finished_at)
+        or not (attempts.isascii() and attempts.isdigit())
+        or not (started.isascii() and started.isdigit())
+        or not 4 <= len(started) <= 15
+        or started[0] == "0"
+        or (attempts[0] == "0" and attempts != "0")
+    ):
+        return None
+    millis = started[-3:].rstrip("0") or "0"
+    return (
+        f'[{{"attempt": {attempts}, "started_at": {started[:-3]}.{millis}, '
+        f'"finished_at": {finished_at!r}, "outcome": "completed", "error": null}}]'
+    )
 
 
 class BullConnection(RedisStores):
