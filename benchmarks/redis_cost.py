@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from conveyor import Conveyor
 from conveyor.backends.base import Outcome, OutcomeKind, Retention
@@ -50,10 +48,9 @@ def wait_for(port: int) -> None:
     raise SystemExit(f"redis-server under callgrind did not answer on port {port}")
 
 
-def counted(
-    port: int, drain: list[str] | None, run: Coroutine[Any, Any, None] | None = None
-) -> int:
-    """Instructions the server ran from the zeroing to its shutdown."""
+def counted(port: int, drain: Callable[[], None]) -> int:
+    """Instructions the server ran from the zeroing (done by `drain`) to its
+    shutdown."""
     out = tempfile.mkdtemp(prefix="redis-cost-")
     server = subprocess.Popen(
         [
@@ -73,11 +70,7 @@ def counted(
     )
     try:
         wait_for(port)
-        if drain is not None:
-            subprocess.run(drain, check=True, cwd=HERE / "node")
-        else:
-            assert run is not None
-            asyncio.run(run)
+        drain()
     finally:
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
         server.wait()
@@ -127,10 +120,12 @@ def main() -> None:
     url = f"redis://127.0.0.1:{args.port}/9"
     figures: dict[str, float] = {}
     if args.only != "bullmq":
-        run = conveyor_drain(
-            f"bullmq://127.0.0.1:{args.port}/9?queue=bench", args.jobs, args.batch, args.keep
-        )
-        figures["conveyor"] = counted(args.port, None, run) / args.jobs
+        ours = f"bullmq://127.0.0.1:{args.port}/9?queue=bench"
+
+        def conveyor() -> None:
+            asyncio.run(conveyor_drain(ours, args.jobs, args.batch, args.keep))
+
+        figures["conveyor"] = counted(args.port, conveyor) / args.jobs
     if args.only != "conveyor":
         node = [
             "node",
@@ -139,7 +134,11 @@ def main() -> None:
             f"--jobs={args.jobs}",
             f"--keep={args.keep}",
         ]
-        figures["bullmq"] = counted(args.port, [*node, "--", *ZERO]) / args.jobs
+
+        def bullmq() -> None:
+            subprocess.run([*node, "--", *ZERO], check=True, cwd=HERE / "node")
+
+        figures["bullmq"] = counted(args.port, bullmq) / args.jobs
     for name, per_job in figures.items():
         ratio = ""
         if name != "bullmq" and "bullmq" in figures:
@@ -149,5 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -67,16 +67,26 @@ from conveyor.backends.bullmq.scripts import Script
 # FINISH's answer for a job it leaves to BullMQ's moveToFinished.
 LINKED: Final = -100
 
-CLAIM: Final = """
+# What both scripts begin with. Arguments of redis.call go as text: a Lua
+# number is formatted (printf's "%.17g", a few thousand instructions) at
+# every call, so the hot ones are passed as the caller's text, as literal
+# text, or made with int_text.
+_TEXT: Final = """
 -- An integer as text without a float's formatting (the usual ones looked up).
 local SMALL = {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
 local function int_text(n) return SMALL[n] or string.format("%d", n) end
+-- A hash field HINCRBY takes: absent (nil, or HMGET's false), or an integer's text.
+local function integer(text)
+  return not text or text == "0" or string.match(text, "^-?[1-9]%d*$") ~= nil
+end
+"""
+
+CLAIM: Final = (
+    _TEXT
+    + """
 local wait, active, prioritized, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limiter, delayed, meta, pc, marker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local base, now, token, lock_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
--- Arguments of redis.call go as text: a Lua number is formatted (printf's
--- "%.17g", a few thousand instructions) at every call, so the hot ones
--- below are passed as the caller's text or as literal text.
 local now_text = ARGV[2]
 local worker, wanted, scan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 if #ARGV > 7 then
@@ -202,8 +212,8 @@ while #taken < wanted and not rate_limited() and not held_back() do
     end
   end
   local attempts = ats_at and fields[ats_at]
-  if attempts and attempts ~= "0" and not string.match(attempts, "^-?[1-9]%d*$") then
-    redis.call("HINCRBY", job, "ats", 1) -- not an integer: fails as moveToActive's would
+  if not integer(attempts) then
+    redis.call("HINCRBY", job, "ats", 1) -- fails as moveToActive's would
   end
   attempts = int_text((tonumber(attempts) or 0) + 1)
   redis.call("HSET", job, "processedOn", now_text, "pb", worker, "ats", attempts)
@@ -217,11 +227,11 @@ end
 if #taken > 0 then redis.call("ZADD", marker, "0", "0") end
 return taken
 """
+)
 
-FINISH: Final = """
--- An integer as text without a float's formatting (the usual ones looked up).
-local SMALL = {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
-local function int_text(n) return SMALL[n] or string.format("%d", n) end
+FINISH: Final = (
+    _TEXT
+    + """
 local active, stalled, events, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local completed, wait, prioritized = KEYS[5], KEYS[6], KEYS[7]
 local base, keep = ARGV[1], tonumber(ARGV[2])
@@ -247,10 +257,6 @@ local function release_parent(job)
   redis.call("XADD", parent_base .. "events", "*", "event", "waiting", "jobId", parent_id,
     "prev", "waiting-children")
 end
--- A hash field HINCRBY takes: absent (HMGET's false), or an integer's text.
-local function integer(text)
-  return not text or text == "0" or string.match(text, "^-?[1-9]%d*$") ~= nil
-end
 local trimmed, count, draining = false, nil, true
 local answers, unlocked, done = {}, {}, {}
 local i = 3
@@ -261,7 +267,6 @@ while i <= #ARGV do
   i = first + n
   local job = base .. id
   local answer = 0
-  local made = nil
   local links = redis.call("HMGET", job, "parentKey", "parent", "deid", "atm", "ats")
   -- A job a claim took has its attempts counted ("ats"): only a hash
   -- without them needs a look for whether it exists at all.
@@ -271,7 +276,6 @@ while i <= #ARGV do
     answer = -2 -- its lock went with its first completion in this call
   else
     local lock = redis.call("GET", job .. ":lock")
-    made = links[4]
     -- An empty set is no key: one look for both, then which one.
     local pending = redis.call("EXISTS", job .. ":dependencies", job .. ":unsuccessful") ~= 0
     if links[1] or links[2] or links[3] then
@@ -302,6 +306,7 @@ while i <= #ARGV do
       redis.call("XTRIM", events, "MAXLEN", "~", most)
       trimmed = true
     end
+    local made = links[4] -- attempts made so far ("atm")
     if not integer(made) then redis.call("HINCRBY", job, "atm", 1) end -- fails as moveToFinished's
     local attempts = tonumber(made) or 0
     if keep ~= 0 then
@@ -353,6 +358,7 @@ for from = 1, #unlocked, 1000 do -- unpack takes a few thousand values at most
 end
 return answers
 """
+)
 
 
 def _script(name: str, keys: int, source: str) -> Script:

@@ -64,17 +64,16 @@ def history_with(
     """The history (JSON) of a job whose hash holds `fields`, with the
     attempt that ends now appended."""
     attempts, started, history = fields
-    first = not history or history == "[]"  # its first attempt: no need to decode
-    if first and outcome is AttemptOutcome.COMPLETED and error is None:
+    attempt, started_at = int(attempts or 0), int(started) / 1000 if started else None
+    if history and history != "[]":  # earlier attempts: decoded, this one added
+        entry = stored_entry(attempt, started_at, finished_at, outcome, error)
+        return json.dumps(with_entry(json.loads(history), entry))
+    if outcome is AttemptOutcome.COMPLETED and error is None:
         # The usual case, from the texts as they are (entry_text's output).
         fast = _completed_entry(attempts, started, finished_at)
         if fast is not None:
             return fast
-    attempt, started_at = int(attempts or 0), int(started) / 1000 if started else None
-    if first or history is None:
-        return "[" + entry_text(attempt, started_at, finished_at, outcome, error) + "]"
-    entry = stored_entry(attempt, started_at, finished_at, outcome, error)
-    return json.dumps(with_entry(json.loads(history), entry))
+    return "[" + entry_text(attempt, started_at, finished_at, outcome, error) + "]"
 
 
 def _completed_entry(attempts: str | None, started: str | None, finished_at: float) -> str | None:

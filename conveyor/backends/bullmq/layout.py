@@ -109,17 +109,10 @@ def _json(text: str | None, default: Any = None) -> Any:
 
 
 @functools.lru_cache(maxsize=1024)
-def _opts(text: str | None) -> Any:
-    """A job's opts, decoded once per text: the jobs of one type share it.
-    Read only (the value is shared)."""
-    return _json(text, {}) or {}
-
-
-@functools.lru_cache(maxsize=1024)
 def _from_opts(text: str | None) -> tuple[int, str | None, float | None, str | None]:
-    """What a `Job` takes from its opts, made once per text: max_retries,
-    key (jobId), timeout and headers (JSON text)."""
-    opts = _opts(text)
+    """What a `Job` takes from its opts, made once per text (the jobs of one
+    type share it): max_retries, key (jobId), timeout and headers (JSON text)."""
+    opts = _json(text, {}) or {}
     timeout = opts.get(TIMEOUT_OPTION)
     return (
         max(int(opts.get("attempts") or 1) - 1, 0),
