@@ -25,6 +25,7 @@ from conveyor.backends.base import (
     Retention,
 )
 from conveyor.backends.optional import TransactionalEnqueue
+from conveyor.backends.url_options import without_secrets
 from conveyor.cache import Cache
 from conveyor.discovery import HandlerDiscovery
 from conveyor.events import Callback, EventBus
@@ -126,7 +127,7 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
         forking.track(self)  # for the fork hooks
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.url!r} jobs={sorted(self.registry)}>"
+        return f"<Conveyor {without_secrets(self.url)!r} jobs={sorted(self.registry)}>"
 
     # ------------------------------------------------------------------ events
 

@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from conveyor.backends.base import Backend
+from conveyor.backends.url_options import redact, without_secrets
 from conveyor.job import BackendUnavailableError, UnsupportedURLError
 
 # scheme -> (module, class, pip extra that provides its driver)
@@ -54,8 +55,29 @@ def from_url(url: str, **options: Any) -> Backend:
         raise BackendUnavailableError(
             f"the {scheme}:// backend needs a driver that is not installed: {exc}{hint}"
         ) from exc
-    backend: Backend = getattr(module, class_name)(url, **options)
+    try:
+        backend: Backend = getattr(module, class_name)(url, **options)
+    except Exception as exc:
+        # The message quotes the URL (or a URL derived from it) to say what
+        # is wrong; it reaches terminals, logs and error trackers, so the
+        # passwords go, as they go from every URL conveyor prints.
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            shown = redact(exc.args[0], url)
+            if shown != exc.args[0]:
+                exc.args = (shown,)
+                raise exc from None  # the chained cause may quote it too
+        raise
     return backend
 
 
-__all__ = ["SCHEMES", "Backend", "from_url", "scheme_of"]
+def store_from_url(store: str, owner: str, **options: Any) -> Backend:
+    """The backend of a broker's `store=` URL; a refusal says whose store it is
+    (its message quotes only the store's URL)."""
+    try:
+        return from_url(store, **options)
+    except ValueError as exc:
+        exc.args = (f"{exc} (the store= of {without_secrets(owner)!r})",)
+        raise
+
+
+__all__ = ["SCHEMES", "Backend", "from_url", "scheme_of", "store_from_url"]

@@ -75,6 +75,30 @@ def without_secrets(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def _secrets(url: str) -> set[str]:
+    """The passwords `without_secrets` masks in `url`, as written and decoded."""
+    parts = urlsplit(url)
+    found = [parts.password or ""]
+    options, store = split_store(parts.query)
+    for name, sep, value in (item.partition("=") for item in options.split("&") if item):
+        if sep and _SECRET_OPTIONS.search(name):
+            found.append(value)
+    if store is not None:
+        found.extend(_secrets(store))
+    return {text for secret in found for text in (secret, unquote(secret)) if text}
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (an error's message about `url`) with `url`'s passwords masked
+    where a URL in it holds them (`:pw@`, `password=pw`), so that a URL the
+    message quotes, or one derived from it, shows as `without_secrets` shows
+    it; a short password's letters elsewhere in the text are left alone."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(f":{secret}@", ":***@")
+        text = re.sub(rf"=(['\"]?){re.escape(secret)}\1(?=[&'\"\s),;]|$)", r"=\1***\1", text)
+    return text
+
+
 def host_port(url: str, name: str, value: str) -> str:
     """`name=value` of `url` as host:port (an emulator's, an endpoint's)."""
     host, colon, port = value.rpartition(":")

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from conveyor import Conveyor
+from conveyor.backends import from_url
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.url_options import without_secrets
 
@@ -53,3 +54,22 @@ async def test_the_worker_start_line_hides_the_password(caplog: pytest.LogCaptur
         pass
     started = [r.getMessage() for r in caplog.records if " started: " in r.getMessage()]
     assert started and "s3cret" not in started[0] and "redis://:***@127.0.0.1" in started[0]
+
+
+def test_the_apps_repr_hides_the_password() -> None:
+    app = Conveyor("redis://:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in repr(app) and "redis://:***@127.0.0.1:6379/0" in repr(app)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqs://jobs?region=us-east-1&store=redis://:s3cret@127.0.0.1:6379/0",
+        "pubsub://my-project/jobs?store=redis://:s3cret@127.0.0.1:6379/0",
+        "cloudtasks://my-project/europe-west1/jobs?target=https://app.example/tasks"
+        "&store=redis://:s3cret@127.0.0.1:6379/0",
+    ],
+)
+def test_a_brokers_repr_hides_its_stores_password(url: str) -> None:
+    shown = repr(from_url(url))
+    assert "s3cret" not in shown and "store=redis://:***@127.0.0.1:6379/0" in shown

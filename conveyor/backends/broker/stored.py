@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from conveyor.backends import from_url
+from conveyor.backends import store_from_url
 from conveyor.backends.base import (
     Backend,
     CacheStore,
@@ -58,6 +58,7 @@ from conveyor.backends.broker.types import (
 )
 from conveyor.backends.optional import DeliveryStore
 from conveyor.backends.store_sides import StoreSides
+from conveyor.backends.url_options import without_secrets
 from conveyor.job import (
     EnqueueFailedError,
     InvalidOptionError,
@@ -87,7 +88,7 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
     ) -> None:
         super().__init__(url, config, client, facts, **options)
         assert self.config.store is not None
-        store = from_url(self.config.store)
+        store = store_from_url(self.config.store, url)
         if not isinstance(store, DeliveryStore):
             raise InvalidOptionError(
                 f"store={self.config.store!r} in {url!r}: that backend cannot be a "
@@ -107,7 +108,9 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
         self._reconciled_at = time.monotonic()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.config.display} store={self.store.url}>"
+        return (
+            f"<{type(self).__name__} {self.config.display} store={without_secrets(self.store.url)}>"
+        )
 
     async def open(self) -> None:
         await self.store.open()

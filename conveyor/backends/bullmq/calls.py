@@ -21,7 +21,7 @@ from conveyor.backends.bullmq.url import DEFAULT_QUEUE, parse_url
 from conveyor.backends.records import entry_text, stored_entry, with_entry
 from conveyor.backends.redis.resp import Arg, RedisReplyError
 from conveyor.backends.redis.stores import RedisStores
-from conveyor.job import AttemptOutcome, BackendUnavailableError, Job, JobState
+from conveyor.job import AttemptOutcome, BackendUnavailableError, InvalidOptionError, Job, JobState
 
 
 def packed(value: Any) -> bytes:
@@ -111,7 +111,11 @@ class BullConnection(RedisStores):
 
     def __init__(self, url: str) -> None:
         self.config = parse_url(url)
-        super().__init__(self.config.redis_url)
+        try:
+            super().__init__(self.config.redis_url)
+        except InvalidOptionError as exc:
+            # Quote the URL the user wrote, not the redis:// one made from it.
+            raise InvalidOptionError(str(exc).replace(self.config.redis_url, url)) from None
         self.url = url
         self.prefix = "{" + self.config.prefix + ":conveyor}"
         self.scripts: dict[str, Script] = {**load_scripts(), **BATCH_SCRIPTS}

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from conveyor import settings
-from conveyor.backends import from_url
+from conveyor.backends import store_from_url
 from conveyor.backends.base import (
     Backend,
     Heartbeat,
@@ -46,6 +46,7 @@ from conveyor.backends.cloudtasks.client import TasksClient
 from conveyor.backends.cloudtasks.url import CloudTasksURL, parse_url
 from conveyor.backends.optional import DeliveryStore
 from conveyor.backends.store_sides import StoreSides
+from conveyor.backends.url_options import without_secrets
 from conveyor.job import EnqueueFailedError, InvalidOptionError, Job, JobState
 
 logger = logging.getLogger("conveyor.cloudtasks")
@@ -89,7 +90,7 @@ class CloudTasksBackend(StoreSides):
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
         self.config: CloudTasksURL = parse_url(url)
-        store = from_url(self.config.store, **options)
+        store = store_from_url(self.config.store, url, **options)
         if not isinstance(store, DeliveryStore):
             raise InvalidOptionError(
                 f"store={self.config.store!r} in {url!r}: that backend cannot be a "
@@ -118,7 +119,7 @@ class CloudTasksBackend(StoreSides):
         self._idle_said = False
 
     def __repr__(self) -> str:
-        return f"<CloudTasksBackend {self.config.display} store={self.store.url}>"
+        return f"<CloudTasksBackend {self.config.display} store={without_secrets(self.store.url)}>"
 
     async def open(self) -> None:
         await self.store.open()
