@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
+from availability import unavailable
 
 from conveyor import Conveyor
 from conveyor.backends.postgres.url import parse_url
@@ -57,6 +59,41 @@ def test_an_unanswering_server_fails_fast_with_the_address() -> None:
     with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:1/test unreachable"):
         asyncio.run(go())
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.postgres
+def test_a_server_that_refuses_the_connection_says_why(postgres_server_url: str | None) -> None:
+    # A typo in the database's name (or a wrong password) is not an outage
+    # to guess at: the error carries the server's own words.
+    if postgres_server_url is None:
+        unavailable("postgres backend unavailable: no PostgreSQL server answers")
+    missing = postgres_server_url.rsplit("/", 1)[0] + "/no_such_database_here"
+
+    async def go() -> None:
+        app = Conveyor(missing)
+        try:
+            await app.stats()
+        finally:
+            await app.close()
+
+    with pytest.raises(BackendUnavailableError) as caught:
+        asyncio.run(go())
+    assert 'database "no_such_database_here" does not exist' in str(caught.value)
+
+
+@pytest.mark.postgres
+async def test_a_pool_whose_connections_are_all_busy_says_so(
+    postgres_urls: Callable[[], str],
+) -> None:
+    app = Conveyor(postgres_urls() + "&pool_size=2")
+    async with app:
+        pool = await app.backend._pool()  # type: ignore[attr-defined]
+        async with pool.connection(), pool.connection():
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="2 pooled connections") as caught:
+                await app.stats()
+        assert "unreachable" not in str(caught.value)
+        assert time.monotonic() - started < 10
 
 
 BASE = "postgresql://postgres@127.0.0.1:5432/test"

@@ -95,7 +95,7 @@ class PostgresConnection:
             async with pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise self._unreachable(exc) from exc
+            raise await self._timed_out(pool) from exc
         except psycopg.OperationalError as exc:
             # The server went away (or restarted): the other idle connections
             # are most likely dead too. Drop them now, so that the calls after
@@ -119,10 +119,31 @@ class PostgresConnection:
 
     def _unreachable(self, exc: Exception) -> BackendUnavailableError:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, PoolTimeout):
-            reason = f"no connection within {POOL_WAIT:g} s"
         return BackendUnavailableError(
             f"PostgreSQL at {self.settings.display} unreachable: {reason}"
+        )
+
+    async def _timed_out(self, pool: AsyncConnectionPool) -> BackendUnavailableError:
+        """Why no pooled connection came within POOL_WAIT. The pool only logs
+        its failed connects and the timeout says nothing of them: a wrong
+        database name or password would read as an outage. So: every
+        connection busy, or else one connect of our own for the server's words."""
+        stats = pool.get_stats()
+        if stats.get("pool_size", 0) >= pool.max_size and not stats.get("pool_available", 0):
+            return BackendUnavailableError(
+                f"PostgreSQL at {self.settings.display}: all {pool.max_size} pooled connections"
+                f" stayed busy for {POOL_WAIT:g} s (the URL's pool_size)"
+            )
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                self.settings.conninfo, **self._connection_options()
+            )
+        except psycopg.Error as exc:
+            return self._unreachable(exc)
+        await probe.close()  # it answers now: the pool will connect in a moment
+        return BackendUnavailableError(
+            f"PostgreSQL at {self.settings.display} unreachable: no connection within"
+            f" {POOL_WAIT:g} s"
         )
 
     async def _fetch(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
@@ -137,7 +158,10 @@ class PostgresConnection:
         try:
             return await self._fetch(query, params)
         except BackendUnavailableError as exc:
-            if not isinstance(exc.__cause__, psycopg.OperationalError):
+            # PoolTimeout is an OperationalError too, but waiting as long
+            # again for a pooled connection would only double the wait.
+            cause = exc.__cause__
+            if not isinstance(cause, psycopg.OperationalError) or isinstance(cause, PoolTimeout):
                 raise
         return await self._fetch(query, params)
 
@@ -215,7 +239,9 @@ class PostgresConnection:
         try:
             async with pool.connection() as conn:
                 return await _applied(conn, self.schema)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise await self._timed_out(pool) from exc
+        except psycopg.OperationalError as exc:
             raise self._unreachable(exc) from exc
 
     async def pending_sql(self) -> list[tuple[int, str, list[str]]]:
@@ -237,7 +263,9 @@ class PostgresConnection:
         try:
             async with pool.connection() as conn:
                 done = await self._apply(conn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise await self._timed_out(pool) from exc
+        except psycopg.OperationalError as exc:
             raise self._unreachable(exc) from exc
         self._migrated = True
         return [m.version for m in done]
@@ -262,7 +290,9 @@ class PostgresConnection:
                         " `conveyor migrate --url ...` (the URL says migrate=false)"
                     )
                 await self._apply(conn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise await self._timed_out(pool) from exc
+        except psycopg.OperationalError as exc:
             raise self._unreachable(exc) from exc
         self._migrated = True
 
