@@ -368,3 +368,70 @@ def test_an_attempts_history_is_what_json_would_write() -> None:
     )
     assert len(after) == HISTORY_LIMIT and after[0]["attempt"] == 2
     assert after[-1] == stored_entry(HISTORY_LIMIT + 1, 3.0, 4.0, AttemptOutcome.COMPLETED, None)
+
+
+@pytest.mark.bullmq
+async def test_one_bullmq_id_in_two_queues_is_two_jobs(bullmq_urls: Callable[[], str]) -> None:
+    """BullMQ's ids are unique per queue only (Node's numbered ids repeat in
+    every queue): a worker serving two queues must keep their jobs apart,
+    each outcome landing on its own job, not on its namesake's."""
+    backend = BullMQBackend(bullmq_urls())
+    await backend.open()
+    try:
+        for one_claim in (True, False):  # one token for both, or one each
+            await backend.enqueue([new_job("qa", key="same"), new_job("qb", key="same")])
+            if one_claim:
+                claimed = await backend.claim(["qa", "qb"], 2, 30.0)
+            else:
+                claimed = [*await backend.claim(["qa"], 1, 30.0)]
+                claimed += await backend.claim(["qb"], 1, 30.0)
+            a, b = sorted(claimed, key=lambda job: job.queue)
+            assert (a.queue, b.queue) == ("qa", "qb") and a.id != b.id
+            assert a.key == b.key == "same"
+            beats = await backend.heartbeat(
+                [Heartbeat(a.id, a.token or ""), Heartbeat(b.id, b.token or "")], 30.0
+            )
+            assert beats == [LeaseStatus.HELD, LeaseStatus.HELD]
+            done = Outcome(a.id, a.token or "", OutcomeKind.COMPLETED, time.time(), result='"qa"')
+            assert await backend.finish([done], Retention()) == [True]
+            stored_a, stored_b = await backend.get(a.id), await backend.get(b.id)
+            assert stored_a is not None and stored_a.queue == "qa"
+            assert stored_a.state is JobState.COMPLETED and stored_a.result == "qa"
+            assert stored_b is not None and stored_b.queue == "qb"
+            assert stored_b.state is JobState.RUNNING and stored_b.result is None
+            late = Outcome(b.id, b.token or "", OutcomeKind.COMPLETED, time.time(), result='"qb"')
+            assert await backend.finish([late], Retention()) == [True]
+            stored_b = await backend.get(b.id)
+            assert stored_b is not None and stored_b.result == "qb"
+            assert await backend.purge([JobState.COMPLETED], None, None) == 2
+    finally:
+        await backend.close()
+
+
+@pytest.mark.bullmq
+async def test_a_worker_on_two_queues_runs_namesakes_once_each(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    app = Conveyor(bullmq_urls())
+    ran: list[tuple[str, int]] = []
+
+    @app.job("a", queue="qa")
+    async def a(payload: int) -> int:
+        ran.append(("qa", payload))
+        return payload
+
+    @app.job("b", queue="qb")
+    async def b(payload: int) -> int:
+        ran.append(("qb", payload))
+        return -payload
+
+    async with app:
+        jobs = [await a.enqueue(i, key=f"k{i}") for i in range(20)]
+        jobs += [await b.enqueue(i, key=f"k{i}") for i in range(20)]
+        assert len({job.id for job in jobs}) == 40
+        async with app.worker(queues=["qa", "qb"], concurrency=10):
+            for job in jobs:
+                await app.wait(job.id, timeout=30)
+        done = [await app.get_job(job.id) for job in jobs]
+        assert [d.result if d else None for d in done] == [*range(20), *(-i for i in range(20))]
+    assert sorted(ran) == sorted([("qa", i) for i in range(20)] + [("qb", i) for i in range(20)])

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from conveyor.backends.base import CancelResult
 from conveyor.backends.bullmq.calls import BullConnection, now_ms
-from conveyor.backends.bullmq.layout import CANCEL_REQUESTED, CANCELLED, QueueKeys
+from conveyor.backends.bullmq.layout import CANCEL_REQUESTED, CANCELLED, QueueKeys, bull_id
 from conveyor.job import Job, JobState
 
 # Where each conveyor state's jobs are listed (cancelled ones sit in `failed`).
@@ -75,19 +75,19 @@ class BullAdmin(BullConnection):
             return CancelResult.NOT_FOUND
         if job.is_final:
             return CancelResult.FINAL
-        keys = self.keys(job.queue)
+        keys, bull = self.keys(job.queue), bull_id(job.queue, job.id)
         if job.state is JobState.RUNNING:
-            await self._cmd("HSET", keys.job(job_id), CANCEL_REQUESTED, "1")
+            await self._cmd("HSET", keys.job(bull), CANCEL_REQUESTED, "1")
             return CancelResult.REQUESTED
-        if await self.fail_pending(keys, job_id, now_ms(now), "cancelled", CANCELLED):
+        if await self.fail_pending(keys, bull, now_ms(now), "cancelled", CANCELLED):
             return CancelResult.CANCELLED
-        return await self.cancel(job_id, now)  # it moved on meanwhile: look again
+        return await self.cancel(job.id, now)  # it moved on meanwhile: look again
 
     async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         job = await self.find(job_id)
         if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
             return None
-        keys = self.keys(job.queue)
+        keys, job_id = self.keys(job.queue), bull_id(job.queue, job.id)
         # Exactly one more attempt (BullMQ's `attempts` counts them all); a
         # cancelled job resumes with what it had left, at least one. Set
         # before the job is back in line, where a worker may take it at once.
@@ -168,9 +168,9 @@ class BullAdmin(BullConnection):
                 doomed.append(job)
         commands = []
         for job in doomed:
-            keys = self.keys(job.queue)
+            keys, job_id = self.keys(job.queue), bull_id(job.queue, job.id)
             commands.append(
-                self.call("removeJob", [keys.job(job.id), keys["repeat"]], [job.id, 0, keys.base])
+                self.call("removeJob", [keys.job(job_id), keys["repeat"]], [job_id, 0, keys.base])
             )
         replies = await self.run(commands)
         return sum(1 for reply in replies if int(reply) == 1)

@@ -5,7 +5,9 @@ completions run conveyor's batch scripts (batch_scripts.py), which do per
 job what BullMQ's moveToActive and moveToFinished do, a batch per call.
 
 Mapping: job name = BullMQ name, payload = `data` (JSON), idempotency key =
-`jobId` (a job without a key gets conveyor's id as its jobId), retries =
+`jobId` (a job without a key gets conveyor's id as its jobId), job id =
+jobId in the URL's queue and `<queue>:<jobId>` in the others (BullMQ's ids
+are unique per queue only: layout.conveyor_id), retries =
 `attempts - 1`, a delay = `delay`, priority = `priority` (0 = BullMQ's
 unprioritised, which it runs first: conveyor's lowest number, so the orders
 agree; negative priorities do not exist there), lease = lock duration, claim

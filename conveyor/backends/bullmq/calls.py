@@ -14,7 +14,14 @@ from typing import Any
 import msgpack
 
 from conveyor.backends.bullmq.batch_scripts import BATCH_SCRIPTS
-from conveyor.backends.bullmq.layout import HISTORY, STATES, QueueKeys, job_from_hash, pairs
+from conveyor.backends.bullmq.layout import (
+    HISTORY,
+    STATES,
+    QueueKeys,
+    bull_id,
+    job_from_hash,
+    pairs,
+)
 from conveyor.backends.bullmq.own_scripts import FAIL_PENDING
 from conveyor.backends.bullmq.scripts import Script, load_scripts, version_problem
 from conveyor.backends.bullmq.url import DEFAULT_QUEUE, parse_url
@@ -288,25 +295,32 @@ class BullConnection(RedisStores):
         return out
 
     async def find(self, job_id: str) -> Job | None:
-        """A job by id: in the queue it was claimed from here, else the first
-        known queue that has it (BullMQ ids are per queue: Node's numbered
-        ids repeat across queues, and the URL's own queue is looked at first)."""
+        """A job by conveyor's id (layout.conveyor_id): in the queue it was
+        claimed from here, or the queue its id names, else the first known
+        queue that has it: the URL's own queue first, then the others, so
+        that an id given bare, as BullMQ shows it, is found too."""
         claimed = self._claimed.get(job_id)
         queues = [claimed] if claimed else []
         known = await self.known_queues()
+        named, colon, _ = job_id.partition(":")
+        if colon and named in known:
+            queues.append(named)
         queues += sorted(known, key=lambda q: q != DEFAULT_QUEUE)
         for queue in dict.fromkeys(queues):
-            (job,) = await self.read_jobs([(queue, job_id)])
+            (job,) = await self.read_jobs([(queue, bull_id(queue, job_id))])
             if job is not None:
                 return job
         return None
 
-    async def queue_of(self, job_id: str) -> str | None:
+    async def locate(self, job_id: str) -> tuple[str, str] | None:
+        """(conveyor queue, BullMQ id) of conveyor's `job_id`, None if absent."""
         queue = self._claimed.get(job_id)
-        if queue is not None:
-            return queue
-        job = await self.find(job_id)
-        return job.queue if job else None
+        if queue is None:
+            job = await self.find(job_id)
+            if job is None:
+                return None
+            queue = job.queue
+        return queue, bull_id(queue, job_id)
 
     # ------------------------------------------------------------------ waiting
 

@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from conveyor.backends.base import ClaimToken, Heartbeat, LeaseStatus, Retention
@@ -25,6 +26,8 @@ from conveyor.backends.bullmq.layout import (
     CANCELLED,
     HISTORY,
     QueueKeys,
+    bull_id,
+    conveyor_id,
     job_from_hash,
     pairs,
 )
@@ -65,6 +68,12 @@ def _served(names: tuple[str, ...]) -> frozenset[str]:
 
 
 class BullConsumer(BullSchedules):
+    def _forget(self, queue: str, job_id: str) -> None:
+        """Drop what the claim of `queue`'s job (its BullMQ id) left here."""
+        claimed = conveyor_id(queue, job_id)
+        self._claimed.pop(claimed, None)
+        self._claim_fields.pop(claimed, None)
+
     def _take(
         self,
         keys: QueueKeys,
@@ -210,13 +219,14 @@ class BullConsumer(BullSchedules):
             elif served is not None and fields.get("name") not in served:
                 passed_over.append(job_id)
             else:
-                self._claimed[job_id] = queue
-                self._claim_fields[job_id] = (
+                job = job_from_hash(job_id, queue, fields, JobState.RUNNING, token=token)
+                self._claimed[job.id] = queue
+                self._claim_fields[job.id] = (
                     fields.get("ats"),
                     fields.get("processedOn"),
                     fields.get(HISTORY),
                 )
-                claimed.append(job_from_hash(job_id, queue, fields, JobState.RUNNING, token=token))
+                claimed.append(job)
                 if "rjk" in fields:  # a job scheduler's iteration, as Node's worker does
                     await self.next_iteration(keys, job_id, fields, now)
         for job_id in reversed(passed_over):  # the last taken goes back first
@@ -289,17 +299,17 @@ class BullConsumer(BullSchedules):
         )
         return bool(int(moved))
 
-    async def hand_back(self, keys: QueueKeys, job_id: str, token: str, at: float) -> bool:
-        """A job handed back unfinished at `at` (shutdown, a lost claim reply):
-        next in line again, the attempt not counted; cancelled instead if a
-        cancel was asked."""
+    async def hand_back(self, queue: str, job_id: str, token: str, at: float) -> bool:
+        """A job (its BullMQ id in `queue`) handed back unfinished at `at`
+        (shutdown, a lost claim reply): next in line again, the attempt not
+        counted; cancelled instead if a cancel was asked."""
+        keys = self.keys(queue)
         attempts, started, cancel = await self._cmd(
             "HMGET", keys.job(job_id), "ats", "processedOn", CANCEL_REQUESTED
         )
         if not await self._put_back(keys, job_id, token, "front"):
             return False
-        self._claimed.pop(job_id, None)
-        self._claim_fields.pop(job_id, None)
+        self._forget(queue, job_id)
         outcome = AttemptOutcome.CANCELLED if cancel else AttemptOutcome.HANDED_BACK
         await self.record_attempt(keys, job_id, outcome, at, None, attempts, started)
         if cancel:
@@ -316,7 +326,7 @@ class BullConsumer(BullSchedules):
                 continue
             locks = await self.run([("GET", keys.job(i) + ":lock") for i in active])
             for job_id, lock in zip(active, locks, strict=True):
-                if lock == claim_id and await self.hand_back(keys, job_id, claim_id, at):
+                if lock == claim_id and await self.hand_back(queue, job_id, claim_id, at):
                     handed += 1
         return handed
 
@@ -331,6 +341,7 @@ class BullConsumer(BullSchedules):
     ) -> list[LeaseStatus]:
         """Every beat's extendLock (and its cancel check) in one round trip;
         the log lines of the leases renewed in a second, when there are any."""
+        beats = list(beats)  # each made to carry its BullMQ id below
         statuses: list[LeaseStatus] = [LeaseStatus.LOST] * len(beats)
         held: list[tuple[int, QueueKeys]] = []
         elsewhere: list[int] = []  # claimed through another backend object, or finished
@@ -340,9 +351,13 @@ class BullConsumer(BullSchedules):
                 elsewhere.append(index)
             else:
                 held.append((index, self.keys(queue)))
+                beats[index] = replace(beat, job_id=bull_id(queue, beat.job_id))
         if elsewhere:
             found = await self._queues_locked_by([beats[i] for i in elsewhere])
-            held += [(i, self.keys(q)) for i, q in zip(elsewhere, found, strict=True) if q]
+            for i, q in zip(elsewhere, found, strict=True):
+                if q:
+                    held.append((i, self.keys(q)))
+                    beats[i] = replace(beats[i], job_id=bull_id(q, beats[i].job_id))
         if now is not None and held:
             ttls = await self.run([("PTTL", k.job(beats[i].job_id) + ":lock") for i, k in held])
             host, due = now_ms(None), now_ms(now)
@@ -380,7 +395,11 @@ class BullConsumer(BullSchedules):
         list into Lua). None: the lease is gone, as extendLock would find."""
         queues = await self.known_queues()
         locks = await self.run(
-            [("GET", self.keys(q).job(beat.job_id) + ":lock") for beat in beats for q in queues]
+            [
+                ("GET", self.keys(q).job(bull_id(q, beat.job_id)) + ":lock")
+                for beat in beats
+                for q in queues
+            ]
         )
         found: list[str | None] = []
         for n, beat in enumerate(beats):
@@ -414,9 +433,10 @@ class BullConsumer(BullSchedules):
         progress: float | None,
         logs: Sequence[dict[str, Any]],
     ) -> bool:
-        queue = await self.queue_of(job_id)
-        if queue is None:
+        found = await self.locate(job_id)
+        if found is None:
             return False
+        queue, job_id = found
         keys = self.keys(queue)
         if await self._cmd("GET", keys.job(job_id) + ":lock") != token:
             return False
@@ -462,8 +482,7 @@ class BullConsumer(BullSchedules):
             at = now_ms(now)
             ours: list[str] = []
             for job_id in stalled:
-                self._claimed.pop(job_id, None)
-                self._claim_fields.pop(job_id, None)
+                self._forget(queue, job_id)
                 if await self._after_stall(keys, job_id, at, max_stalled):
                     ours.append(job_id)
             found = await self.read_jobs([(queue, i) for i in ours])

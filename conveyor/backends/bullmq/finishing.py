@@ -16,7 +16,13 @@ from conveyor.backends.base import Outcome, OutcomeKind, Retention, attempt_outc
 from conveyor.backends.bullmq.batch_scripts import LINKED
 from conveyor.backends.bullmq.calls import flat, history_with, millis, now_ms, packed, stamp_ms
 from conveyor.backends.bullmq.consume import BullConsumer, attempts_option
-from conveyor.backends.bullmq.layout import CANCEL_REQUESTED, CANCELLED, HISTORY, QueueKeys
+from conveyor.backends.bullmq.layout import (
+    CANCEL_REQUESTED,
+    CANCELLED,
+    HISTORY,
+    QueueKeys,
+    bull_id,
+)
 from conveyor.backends.redis.resp import Arg
 from conveyor.job import Job
 
@@ -159,14 +165,18 @@ class BullFinishing(BullConsumer):
         completions: dict[str, list[tuple[int, list[Arg]]]] = {}  # queue: (outcome, FINISH args)
         claimed = self._claimed
         for o in outcomes:
-            queue = claimed.get(o.job_id) or await self.queue_of(o.job_id)
-            if queue is None:
+            job_id = o.job_id  # conveyor's (layout.conveyor_id)
+            queue = claimed.get(job_id)
+            found = (queue, bull_id(queue, job_id)) if queue else await self.locate(job_id)
+            if found is None:
                 plan.slots.append(False)
                 continue
+            queue, bull = found
+            o = replace(o, job_id=bull)  # BullMQ's id from here on
             keys = self.keys(queue)
             if o.kind is OutcomeKind.QUEUED:
                 await self.add_logs(keys, o.job_id, o.logs)
-                plan.slots.append(await self.hand_back(keys, o.job_id, o.token, o.at))
+                plan.slots.append(await self.hand_back(queue, o.job_id, o.token, o.at))
                 continue
             attempts = 0
             if o.kind is not OutcomeKind.COMPLETED:
@@ -180,9 +190,9 @@ class BullFinishing(BullConsumer):
                 elif o.kind is OutcomeKind.SCHEDULED and wait is not None:
                     o = replace(o, retry_in=wait)
             if o.progress is not None:
-                await self.progress(o.job_id, o.token, o.progress, [])
+                await self.progress(job_id, o.token, o.progress, [])
             outcome = attempt_outcome(o.kind, timed_out=o.timed_out)
-            fields = self._claim_fields.pop(o.job_id, None)
+            fields = self._claim_fields.pop(job_id, None)
             if fields is None:  # claimed by another process, or another backend here
                 history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
             else:

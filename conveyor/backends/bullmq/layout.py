@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from conveyor.backends.bullmq.url import DEFAULT_QUEUE
 from conveyor.backends.records import decode_headers, history_entries
 from conveyor.codec import decode_json
 from conveyor.job import Job, JobState, utc
@@ -147,6 +148,20 @@ def _traceback(fields: dict[str, str]) -> str | None:
     return None
 
 
+def conveyor_id(queue: str, bull_id: str) -> str:
+    """conveyor's id of the BullMQ job `bull_id` in conveyor queue `queue`.
+    BullMQ's ids are unique per queue only (Node's numbered ids repeat in
+    every queue), and a worker, like every backend, tells jobs apart by id:
+    outside the URL's queue, an id is qualified by its queue."""
+    return bull_id if queue == DEFAULT_QUEUE else f"{queue}:{bull_id}"
+
+
+def bull_id(queue: str, job_id: str) -> str:
+    """The BullMQ id in `queue` of conveyor's `job_id` (an id given bare,
+    as BullMQ shows it, is taken as it is)."""
+    return job_id if queue == DEFAULT_QUEUE else job_id.removeprefix(queue + ":")
+
+
 def job_from_hash(
     job_id: str,
     queue: str,
@@ -175,7 +190,7 @@ def job_from_hash(
     created_at = utc(created / 1000)
     result = get("returnvalue") if done else None
     return Job(
-        id=job_id,
+        id=conveyor_id(queue, job_id),
         name=get("name", ""),
         queue=queue,
         payload=decode_json(get("data") or "null"),

@@ -278,13 +278,13 @@ class BullSchedules(BullAdmin):
         the next iteration is added as if a worker had taken it (BullMQ
         refuses to remove that job, or the scheduler would stop for good)."""
         result = await super().cancel(job_id, now)
-        if result is CancelResult.CANCELLED and job_id.startswith("repeat:"):
-            queue = await self.queue_of(job_id)
-            if queue is not None:
-                keys = self.keys(queue)
-                fields = pairs(await self._cmd("HGETALL", keys.job(job_id)))
-                if "rjk" in fields:
-                    await self.next_iteration(keys, job_id, fields, now)
+        found = await self.locate(job_id) if result is CancelResult.CANCELLED else None
+        if found is not None and found[1].startswith("repeat:"):
+            queue, bull = found
+            keys = self.keys(queue)
+            fields = pairs(await self._cmd("HGETALL", keys.job(bull)))
+            if "rjk" in fields:
+                await self.next_iteration(keys, bull, fields, now)
         return result
 
     async def next_iteration(
