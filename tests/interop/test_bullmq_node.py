@@ -143,6 +143,39 @@ async def test_node_jobs_retries_and_failures_on_a_conveyor_worker(
     assert "ValueError: cannot ever work" in seen[1]["stacktrace"][-1]
 
 
+async def test_a_node_jobs_own_remove_on_complete_and_fail_hold_on_a_conveyor_worker(
+    bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
+) -> None:
+    """removeOnComplete / removeOnFail set by the Node producer win over the
+    conveyor worker's retention, as they do over a Node worker's."""
+    url, spec = bull_queue
+    ids = node_bull(
+        spec,
+        command="add",
+        jobs=[
+            {"name": "doomed", "data": {}, "opts": {"attempts": 1, "removeOnFail": True}},
+            {"name": "add", "data": {"a": 1, "b": 1}, "opts": {"removeOnComplete": True}},
+            {"name": "add", "data": {"a": 2, "b": 2}},
+        ],
+    )["ids"]
+    app = Conveyor(url)
+
+    @app.job("add")
+    async def add(payload: dict[str, int]) -> int:
+        return payload["a"] + payload["b"]
+
+    @app.job("doomed")
+    async def doomed(payload: dict[str, Any]) -> None:
+        raise ValueError("cannot ever work")
+
+    async with app, app.worker(concurrency=1, poll_interval=0.05):
+        last = await app.wait(ids[2], timeout=20)  # one at a time: the others ran first
+    assert (last.state, last.result) == (JobState.COMPLETED, 4)
+    seen = node_bull(spec, command="get", ids=ids)["jobs"]
+    assert seen[:2] == [None, None]
+    assert (seen[2]["state"], seen[2]["returnvalue"]) == ("completed", 4)
+
+
 async def test_a_mixed_pool_runs_every_job_once(
     bull_queue: tuple[str, dict[str, Any]], node_bull: NodeBull
 ) -> None:

@@ -4,6 +4,7 @@ tests/interop's)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -435,3 +436,49 @@ async def test_a_worker_on_two_queues_runs_namesakes_once_each(
         done = [await app.get_job(job.id) for job in jobs]
         assert [d.result if d else None for d in done] == [*range(20), *(-i for i in range(20))]
     assert sorted(ran) == sorted([("qa", i) for i in range(20)] + [("qb", i) for i in range(20)])
+
+
+@pytest.mark.bullmq
+async def test_a_jobs_own_remove_on_complete_and_on_fail_are_honoured(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """A Node producer's `removeOnComplete` / `removeOnFail` (true, a count,
+    or {count, age}) win over the worker's retention, as BullMQ's worker
+    lets them; jobs without one keep the worker's retention."""
+    backend = BullMQBackend(bullmq_urls())
+    await backend.open()
+    try:
+        own = {
+            "gone": {"removeOnComplete": True},
+            "keep-all": {"removeOnComplete": False},
+            "fail-gone": {"removeOnFail": True},
+            "fail-early": {},
+            "fail-one": {"removeOnFail": 1},  # trims fail-early
+            "fail-late": {},
+            "plain": {},
+        }
+        jobs = await backend.enqueue([new_job(key=key) for key in own])
+        keys = backend.keys("default")
+        for key, extra in own.items():
+            opts = json.loads(await backend._cmd("HGET", keys.job(key), "opts"))
+            await backend._cmd("HSET", keys.job(key), "opts", json.dumps({**opts, **extra}))
+        claimed = {job.id: job for job in await backend.claim(["default"], 10, 30.0)}
+        assert set(claimed) == {job.id for job in jobs}
+
+        def outcome(key: str) -> Outcome:
+            job = claimed[key]
+            if key.startswith("fail"):
+                return Outcome(job.id, job.token or "", OutcomeKind.FAILED, time.time(), error="x")
+            return Outcome(job.id, job.token or "", OutcomeKind.COMPLETED, time.time(), result="1")
+
+        retention = Retention(keep_completed=0, keep_failed=None)  # the worker's: keep none
+        assert await backend.finish([outcome(key) for key in own], retention) == [True] * 7
+        left = {key: await backend.get(key) for key in own}
+        assert left["gone"] is None  # its own: remove
+        assert left["keep-all"] is not None and left["keep-all"].state is JobState.COMPLETED
+        assert left["plain"] is None  # the worker's retention: keep none
+        assert left["fail-gone"] is None and left["fail-early"] is None
+        assert [left[k] is not None for k in ("fail-one", "fail-late")] == [True, True]
+        assert await backend._cmd("ZCARD", keys["failed"]) == 2
+    finally:
+        await backend.close()

@@ -17,6 +17,7 @@ from conveyor.backends.bullmq.batch_scripts import BATCH_SCRIPTS
 from conveyor.backends.bullmq.layout import (
     HISTORY,
     STATES,
+    OwnKeeps,
     QueueKeys,
     bull_id,
     job_from_hash,
@@ -142,6 +143,9 @@ class BullConnection(RedisStores):
         # lock, so the outcome builds its history entry from them instead of
         # reading the hash again.
         self._claim_fields: dict[str, AttemptFields] = {}
+        # Of the jobs claimed here whose opts carry their own removeOnComplete
+        # or removeOnFail (layout.own_keeps): the keepJobs of each.
+        self._own_keeps: dict[str, OwnKeeps] = {}
         self._keys: dict[str, QueueKeys] = {}
 
     def __repr__(self) -> str:

@@ -25,10 +25,13 @@ from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
     CANCELLED,
     HISTORY,
+    NO_KEEPS,
+    KeepJobs,
     QueueKeys,
     bull_id,
     conveyor_id,
     job_from_hash,
+    own_keeps,
     pairs,
 )
 from conveyor.backends.bullmq.own_scripts import HAND_BACK
@@ -73,6 +76,7 @@ class BullConsumer(BullSchedules):
         claimed = conveyor_id(queue, job_id)
         self._claimed.pop(claimed, None)
         self._claim_fields.pop(claimed, None)
+        self._own_keeps.pop(claimed, None)
 
     def _take(
         self,
@@ -214,7 +218,8 @@ class BullConsumer(BullSchedules):
                 stalls = fields.get("stc")
                 reason = f"{fields['defa']}: lease expired {stalls} times (worker lost)"
                 attempts = attempts_option(fields.get("opts"))
-                await self._fail_deferred(keys, job_id, token, reason, attempts, now)
+                keep = own_keeps(fields.get("opts"))[1]
+                await self._fail_deferred(keys, job_id, token, reason, attempts, now, keep)
                 self._failed_at_claim.append((queue, job_id))
             elif served is not None and fields.get("name") not in served:
                 passed_over.append(job_id)
@@ -226,6 +231,9 @@ class BullConsumer(BullSchedules):
                     fields.get("processedOn"),
                     fields.get(HISTORY),
                 )
+                keeps = own_keeps(fields.get("opts"))
+                if keeps != NO_KEEPS:
+                    self._own_keeps[job.id] = keeps
                 claimed.append(job)
                 if "rjk" in fields:  # a job scheduler's iteration, as Node's worker does
                     await self.next_iteration(keys, job_id, fields, now)
@@ -241,10 +249,11 @@ class BullConsumer(BullSchedules):
         reason: str,
         attempts: int,
         now: float | None,
+        keep: KeepJobs | None,
     ) -> None:
         at = now_ms(now)
         await self.run(
-            [self.finished(keys, job_id, token, "failed", reason, None, at, attempts=attempts)]
+            [self.finished(keys, job_id, token, "failed", reason, keep, at, attempts=attempts)]
         )
 
     def finished(
@@ -254,17 +263,17 @@ class BullConsumer(BullSchedules):
         token: str,
         target: str,
         value: str,
-        keep: int | None,
+        keep: int | KeepJobs | None,
         at: int,
         fields: dict[str, str] | None = None,
         attempts: int = 0,
     ) -> Any:
         """BullMQ's moveToFinished to `target` (completed / failed), fenced by
-        the lock token; `keep` is how many to keep there (None: all);
-        `attempts` the job's own (attempts_option)."""
+        the lock token; `keep` is how many to keep there (None: all), or the
+        job's own keepJobs; `attempts` the job's own (attempts_option)."""
         opts = {
             "token": token,
-            "keepJobs": {"count": -1 if keep is None else keep},
+            "keepJobs": keep if isinstance(keep, dict) else {"count": -1 if keep is None else keep},
             "attempts": attempts,
             "maxMetricsSize": "",
             "name": WORKER,

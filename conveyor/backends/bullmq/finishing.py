@@ -20,8 +20,11 @@ from conveyor.backends.bullmq.layout import (
     CANCEL_REQUESTED,
     CANCELLED,
     HISTORY,
+    NO_KEEPS,
+    OwnKeeps,
     QueueKeys,
     bull_id,
+    own_keeps,
 )
 from conveyor.backends.redis.resp import Arg
 from conveyor.job import Job
@@ -63,15 +66,22 @@ class BullFinishing(BullConsumer):
     # ------------------------------------------------------------------ finishing
 
     def _outcome_command(
-        self, keys: QueueKeys, o: Outcome, retention: Retention, history: str, attempts: int
+        self,
+        keys: QueueKeys,
+        o: Outcome,
+        retention: Retention,
+        history: str,
+        attempts: int,
+        keeps: OwnKeeps = (None, None),
     ) -> Any:
         """BullMQ's script for the outcome; the job's fields it updates (once
         the lock token is checked) carry the history with this attempt;
-        `attempts` is the job's BullMQ attempts (for a failure's events)."""
+        `attempts` is the job's BullMQ attempts (for a failure's events);
+        `keeps` its own keepJobs, which win over `retention` (layout.own_keeps)."""
         at = millis(o.at)
         if o.kind is OutcomeKind.COMPLETED:
             result = o.result or "null"
-            keep = retention.keep_completed
+            keep = retention.keep_completed if keeps[0] is None else keeps[0]
             return self.finished(
                 keys,
                 o.job_id,
@@ -92,7 +102,7 @@ class BullFinishing(BullConsumer):
                 o.token,
                 "failed",
                 reason,
-                retention.keep_failed,
+                retention.keep_failed if keeps[1] is None else keeps[1],
                 at,
                 fields,
                 attempts=attempts,
@@ -179,11 +189,12 @@ class BullFinishing(BullConsumer):
                 plan.slots.append(await self.hand_back(queue, o.job_id, o.token, o.at))
                 continue
             attempts = 0
+            keeps = self._own_keeps.pop(job_id, NO_KEEPS)  # read by the claim here
             if o.kind is not OutcomeKind.COMPLETED:
                 cancel, opts, made = await self._cmd(
                     "HMGET", keys.job(o.job_id), CANCEL_REQUESTED, "opts", "atm"
                 )
-                attempts = attempts_option(opts)
+                attempts, keeps = attempts_option(opts), own_keeps(opts)
                 wait = bull_backoff(opts, int(made or 0) + 1)
                 if o.kind is OutcomeKind.SCHEDULED and cancel:
                     o = replace(o, kind=OutcomeKind.CANCELLED, error=o.error or "cancelled")
@@ -195,12 +206,14 @@ class BullFinishing(BullConsumer):
             fields = self._claim_fields.pop(job_id, None)
             if fields is None:  # claimed by another process, or another backend here
                 history = await self.history_after(keys, o.job_id, outcome, o.at, o.error)
+                if o.kind is OutcomeKind.COMPLETED:
+                    keeps = own_keeps(await self._cmd("HGET", keys.job(o.job_id), "opts"))
             else:
                 history = history_with(fields, outcome, o.at, o.error)
             if o.logs:
                 plan.commands += self.log_commands(keys, o.job_id, o.logs)
             index = len(plan.slots)
-            if o.kind is OutcomeKind.COMPLETED and fields is not None:
+            if o.kind is OutcomeKind.COMPLETED and fields is not None and keeps[0] is None:
                 # Known here to be running, so worth a place in the batch;
                 # its BullMQ command is made only if FINISH leaves it (LINKED).
                 # id, token, now, returnvalue, then 4 values: the fields to set.
@@ -211,7 +224,9 @@ class BullFinishing(BullConsumer):
                 plan.linked[index] = (keys, o, retention, history, attempts)
             else:
                 plan.slots.append(len(plan.commands))
-                plan.commands.append(self._outcome_command(keys, o, retention, history, attempts))
+                plan.commands.append(
+                    self._outcome_command(keys, o, retention, history, attempts, keeps)
+                )
         keep = -1 if retention.keep_completed is None else retention.keep_completed
         for queue, batch in completions.items():
             keys = self.keys(queue)

@@ -123,6 +123,38 @@ def _from_opts(text: str | None) -> tuple[int, str | None, float | None, str | N
     )
 
 
+KeepJobs = dict[str, Any]  # BullMQ's keepJobs: {"count": n}, {"age": s, "limit": n}, ...
+
+
+def _keep_jobs(value: Any) -> KeepJobs | None:
+    """A job's removeOnComplete / removeOnFail as BullMQ's worker turns it
+    into keepJobs (getKeepJobs): true removes the job, false keeps every
+    job, a number keeps that many, an object ({count, age, limit}) is
+    taken as it is. None: the job has none, the worker's retention holds."""
+    if isinstance(value, bool):
+        return {"count": 0 if value else -1}
+    if isinstance(value, (int, float)):
+        return {"count": int(value)}
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k in ("count", "age", "limit")}
+    return None
+
+
+OwnKeeps = tuple[KeepJobs | None, KeepJobs | None]  # on complete, on fail
+NO_KEEPS: Final[OwnKeeps] = (None, None)
+
+
+@functools.lru_cache(maxsize=1024)
+def own_keeps(text: str | None) -> OwnKeeps:
+    """The keepJobs of a job's own removeOnComplete and removeOnFail (a Node
+    producer's; conveyor sets neither), from its opts text. Not to be changed:
+    shared by every job of that text."""
+    opts = _json(text, {}) or {}
+    if not isinstance(opts, dict):
+        return NO_KEEPS
+    return _keep_jobs(opts.get("removeOnComplete")), _keep_jobs(opts.get("removeOnFail"))
+
+
 def _ms(text: str | None) -> int:
     """Epoch milliseconds as a hash holds them (written by Lua or Node: an
     integer's text, now and then a float's)."""
