@@ -176,7 +176,13 @@ def next_after(rec: ScheduleRecord, after: float) -> float:
     if rec.cron is not None:
         zone = parse_tz(rec.tz)
         start = datetime.fromtimestamp(after, zone)
-        return next(iter(CronSim(rec.cron, start))).timestamp()
+        # From a moment in the second pass of a repeated hour (a fall-back),
+        # the cron library answers by wall time: a tick at that hour's first
+        # pass, already gone. A daily 01:45 has then fired and must not again.
+        for tick in CronSim(rec.cron, start):
+            if tick.timestamp() > after:
+                return tick.timestamp()
+        raise InvalidScheduleError(f"cron {rec.cron!r} has no tick after {start.isoformat()}")
     assert rec.every is not None
     # Intervals are anchored on the schedule's own ticks, not on when we look.
     anchor = rec.next_run

@@ -91,6 +91,24 @@ def test_hourly_runs_in_both_real_hours_of_a_repeated_hour() -> None:
     assert sum(1 for f in fires if f.hour == 1) == 2
 
 
+@pytest.mark.parametrize("minute", [5, 20, 40, 50])
+def test_a_tick_is_after_a_moment_in_the_repeated_hour(minute: int) -> None:
+    """In the second 01:xx of a fall-back day, a daily 01:45 has fired
+    already (at its first occurrence): the next tick is the next day's, not
+    that first occurrence again, which would fire once per scheduler pass."""
+    zone = ZoneInfo("America/New_York")
+    after = datetime(2026, 11, 1, 1, minute, tzinfo=zone, fold=1).timestamp()  # EST
+    daily = next_after(record("45 1 * * *", tz="America/New_York"), after)
+    assert daily > after
+    assert datetime.fromtimestamp(daily, zone) == datetime(2026, 11, 2, 1, 45, tzinfo=zone)
+    hourly = next_after(record("30 * * * *", tz="America/New_York"), after)
+    assert hourly > after
+    expected = datetime(2026, 11, 1, 1, 30, tzinfo=zone, fold=1) if minute < 30 else None
+    if expected is None:
+        expected = datetime(2026, 11, 1, 2, 30, tzinfo=zone)
+    assert hourly == expected.timestamp()
+
+
 def test_cron_is_evaluated_in_the_schedule_zone() -> None:
     rec = record("0 9 * * *", tz="America/New_York")
     after = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()  # 08:00 in New York
