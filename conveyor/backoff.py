@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ class Backoff:
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
+        numbers = (self.base, self.factor, self.maximum, self.jitter)
+        if not all(isinstance(n, int | float) and math.isfinite(n) for n in numbers):
+            raise InvalidOptionError(
+                f"backoff needs finite numbers, got base={self.base!r}, factor={self.factor!r},"
+                f" maximum={self.maximum!r}, jitter={self.jitter!r}"
+            )
         if self.base < 0 or self.factor < 1 or self.maximum < 0 or not 0 <= self.jitter <= 1:
             raise InvalidOptionError(
                 "backoff needs base >= 0, factor >= 1, maximum >= 0 and 0 <= jitter <= 1"
@@ -40,7 +47,11 @@ class Backoff:
         return cls(seconds, 1.0, seconds, jitter)
 
     def delay(self, attempt: int) -> float:
-        raw = min(self.maximum, self.base * self.factor ** max(0, attempt - 1))
+        try:
+            grown = self.base * float(self.factor) ** max(0, attempt - 1)
+        except OverflowError:  # a late attempt: far past any maximum
+            grown = math.inf
+        raw = min(self.maximum, grown)
         if self.jitter:
             raw *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, raw)
@@ -58,9 +69,35 @@ def as_backoff(value: BackoffLike | None) -> Callable[[int], float]:
     if isinstance(value, bool):
         raise InvalidOptionError("backoff must be seconds, a Backoff or a callable, not a bool")
     if isinstance(value, int | float):
-        if value < 0:
-            raise InvalidOptionError(f"backoff must be >= 0 seconds, got {value}")
+        if not math.isfinite(value) or value < 0:
+            raise InvalidOptionError(f"backoff must be a finite number >= 0 seconds, got {value}")
         return Backoff.fixed(float(value)).delay
     if callable(value):
-        return value
+        return _checked(value)
     raise InvalidOptionError(f"backoff must be seconds, a Backoff or a callable, got {value!r}")
+
+
+class BadBackoffError(InvalidOptionError):
+    """A backoff callable answered no delay a retry can wait (or raised)."""
+
+
+def _checked(backoff: Callable[[int], float]) -> Callable[[int], float]:
+    """`backoff` whose answer must be seconds: a finite number (below 0 is
+    0). NaN, infinity or anything else raises BadBackoffError, which fails the
+    job saying so: no backend could store such a retry time, and a worker
+    must not stop at it."""
+
+    def delay(attempt: int) -> float:
+        try:
+            seconds = backoff(attempt)
+        except Exception as exc:
+            raise BadBackoffError(
+                f"backoff {backoff!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise BadBackoffError(f"backoff {backoff!r} returned {seconds!r}, not seconds")
+        if not math.isfinite(seconds):
+            raise BadBackoffError(f"backoff {backoff!r} returned {seconds!r} seconds")
+        return max(0.0, float(seconds))
+
+    return delay

@@ -30,6 +30,7 @@ from conveyor.backends.base import (
     Retention,
     attempt_outcome,
 )
+from conveyor.backoff import BadBackoffError
 from conveyor.codec import decode_json, encode_json
 from conveyor.context import JobContext
 from conveyor.events import EventBus
@@ -129,11 +130,13 @@ def failure(
     now = time.time()
     error = f"{type(exc).__name__}: {exc}"
     tb = bounded_traceback(exc)
+    kind, delay = OutcomeKind.FAILED, None
     if not final and job.attempts <= job.max_retries:
-        delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
-        kind = OutcomeKind.SCHEDULED
-    else:
-        kind, delay = OutcomeKind.FAILED, None
+        try:
+            delay = job_type.backoff(job.attempts) if job_type is not None else 1.0
+            kind = OutcomeKind.SCHEDULED
+        except BadBackoffError as bad:  # the job type's callable: fail, not retry never
+            error = f"{error} (not retried: {bad})"
     return Outcome(
         job.id,
         token_of(job),

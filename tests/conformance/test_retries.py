@@ -131,6 +131,37 @@ async def test_custom_backoff_callable_gets_the_attempt_number(app: Conveyor, wo
     assert seen == [1, 2]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "soon", None, "raises"])
+async def test_a_backoff_that_answers_no_delay_fails_the_job_and_nothing_else(
+    app: Conveyor, worker, bad: Any
+) -> None:
+    """A backoff callable's bug (NaN, infinity, not a number, an exception)
+    ends the job failed, saying so, instead of a retry time no backend can
+    store; the worker goes on with the next jobs."""
+
+    def backoff(attempt: int) -> Any:
+        if bad == "raises":
+            raise ZeroDivisionError("in the backoff")
+        return bad
+
+    @app.job("bad_backoff", retries=3, backoff=backoff)
+    async def bad_backoff(payload: Any) -> None:
+        raise Flaky("boom on attempt 1")
+
+    @app.job("fine")
+    async def fine(payload: Any) -> str:
+        return "ran"
+
+    job = await app.enqueue("bad_backoff", {})
+    async with worker(app):
+        done = await app.wait(job.id, timeout=WAIT)
+        after = await app.enqueue("fine", {})
+        later = await app.wait(after.id, timeout=WAIT)
+    assert done.state is JobState.FAILED and done.attempts == 1
+    assert "boom on attempt 1" in (done.error or "") and "backoff" in (done.error or "")
+    assert (later.state, later.result) == (JobState.COMPLETED, "ran")
+
+
 @pytest.mark.parametrize("exc_type", [Permanent, PermanentError])
 async def test_permanent_fails_at_once(app: Conveyor, worker, exc_type: type) -> None:
     calls: list[int] = []

@@ -463,6 +463,16 @@ def test_invalid_backoff() -> None:
     assert delays == [1, 2, 4, 8, 16, 32, 64, 100]
     jittered = [Backoff(base=10, jitter=0.25).delay(1) for _ in range(50)]
     assert all(7.5 <= d <= 12.5 for d in jittered)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(InvalidOptionError, match="finite"):
+            Backoff(base=bad)
+        with pytest.raises(InvalidOptionError, match="finite"):
+            Backoff(maximum=bad)
+        with pytest.raises(InvalidOptionError, match="finite"):
+            Conveyor("memory://").job("j", backoff=bad)(lambda payload: None)
+    # a late attempt is capped, not an overflow
+    assert Backoff.exponential(1, 2, 60, 0).delay(1025) == 60
+    assert Backoff.exponential(1, 10, 60, 0).delay(10**6) == 60
 
 
 async def test_purge_running_is_refused(app: Conveyor) -> None:
