@@ -3,11 +3,25 @@ that fill in what code and command-line flags leave out."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from conveyor.job import InvalidOptionError
 from conveyor.settings import worker_environment
+
+# The settings in seconds: finite numbers (a NaN lease would reach the
+# backend as a lease end no store can hold).
+_SECONDS = (
+    "lease",
+    "heartbeat_interval",
+    "recover_interval",
+    "shutdown_timeout",
+    "poll_interval",
+    "pause_check_interval",
+    "presence_interval",
+    "scheduler_interval",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +58,20 @@ class WorkerSettings:
     burst: bool = False
 
     def __post_init__(self) -> None:
+        for name in _SECONDS:
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise InvalidOptionError(
+                    f"{name} must be a finite number of seconds, got {value!r}"
+                )
+        for name in ("heartbeat_interval", "recover_interval", "scheduler_interval"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InvalidOptionError(f"{name} must be > 0 seconds, got {value}")
         if self.concurrency < 1:
             raise InvalidOptionError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.prefetch < 0:
@@ -60,6 +88,13 @@ class WorkerSettings:
         if self.max_abandoned_threads is not None and self.max_abandoned_threads < 0:
             raise InvalidOptionError(
                 f"max_abandoned_threads must be >= 0, got {self.max_abandoned_threads}"
+            )
+        if self.heartbeat_interval is not None and self.heartbeat_interval >= self.lease:
+            # A renewal after the lease ran out renews nothing: the job would
+            # be recovered, and run again, while it still runs.
+            raise InvalidOptionError(
+                f"heartbeat_interval ({self.heartbeat_interval:g} s) must be shorter than the"
+                f" lease ({self.lease:g} s); a third of it leaves room for a slow round trip"
             )
         if self.queues is not None and not all(self.queues):
             raise InvalidOptionError(f"queue names must be non-empty, got {self.queues!r}")

@@ -127,3 +127,31 @@ def test_every_test_suite_variable_is_declared() -> None:
         for name in re.findall(r"\bCONVEYOR_(?:TEST|CHAOS)_[A-Z_]+\b", path.read_text())
     }
     assert used - declared == set()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"lease": float("nan")}, "lease must be a finite number"),
+        ({"lease": float("inf")}, "lease must be a finite number"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a finite number"),
+        ({"shutdown_timeout": float("inf")}, "shutdown_timeout must be a finite number"),
+        ({"heartbeat_interval": 0.0}, "heartbeat_interval must be > 0"),
+        ({"recover_interval": -1.0}, "recover_interval must be > 0"),
+        ({"scheduler_interval": 0.0}, "scheduler_interval must be > 0"),
+        # a heartbeat that comes after the lease ran out renews nothing: the
+        # job would be recovered, and run again, while it still runs
+        ({"lease": 1.0, "heartbeat_interval": 5.0}, "heartbeat_interval .* shorter than the lease"),
+        ({"lease": 2.0, "heartbeat_interval": 2.0}, "heartbeat_interval .* shorter than the lease"),
+    ],
+)
+def test_worker_settings_that_would_run_jobs_twice_or_never_are_refused(
+    given: dict[str, float], message: str
+) -> None:
+    with pytest.raises(InvalidOptionError, match=message):
+        WorkerSettings(**given)  # type: ignore[arg-type]
+
+
+def test_the_default_heartbeat_fits_any_lease() -> None:
+    for lease in (0.1, 1.0, 2.5, 30.0, 3600.0):
+        assert WorkerSettings(lease=lease).heartbeat_every < lease
