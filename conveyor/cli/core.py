@@ -191,7 +191,10 @@ def options(ctx: click.Context) -> Options:
 
 def out() -> Console:
     # Made per call so output follows sys.stdout when it is swapped (CliRunner).
-    console = Console(highlight=False)
+    # No markup: what is printed holds the application's text (job names,
+    # queues, errors), whose square brackets must show as written, never
+    # style or break the output; conveyor's own styles go as Text.
+    console = Console(highlight=False, markup=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         # Piped or captured: rich would assume 80 columns and cut ids and
         # names; a pipe has no width, so give rows the room they need.

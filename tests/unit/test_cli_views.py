@@ -6,9 +6,13 @@ from __future__ import annotations
 import io
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+from click.testing import CliRunner
 from rich.console import Console
 
+from conveyor import Conveyor
+from conveyor.cli import cli
 from conveyor.cli.views import jobs_table
 from conveyor.job import Job, JobState
 
@@ -68,3 +72,28 @@ def test_stalls_are_shown_apart_from_attempts() -> None:
 def test_no_stalls_column_without_stalls() -> None:
     text = _render([_job(1, JobState.COMPLETED, attempts=1)])
     assert "stalls" not in text
+
+
+def test_text_from_jobs_is_shown_as_written_not_as_markup(tmp_path: Path) -> None:
+    """Names, queues and errors are the application's text: square brackets
+    in them are neither styles to apply nor tags to choke on."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    app = Conveyor(url)
+
+    @app.job("mk[/]", queue="q[/bold]", retries=0)
+    def failing(payload: object) -> None:
+        raise ValueError("field 'sku' must match [a-z]+ and [bold] tags [/]")
+
+    job = app.enqueue_sync("mk[/]", {})
+    app.drain_sync()
+    app.close_sync()
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["--url", url, "jobs", "ls"])
+    assert listed.exit_code == 0, listed.output
+    assert "mk[/]" in listed.output and "q[/bold]" in listed.output
+    assert "[a-z]+ and [bold] tags" in listed.output
+    shown = runner.invoke(cli, ["--url", url, "jobs", "show", job.id])
+    assert shown.exit_code == 0, shown.output
+    assert "must match [a-z]+ and [bold] tags [/]" in shown.output
+    paused = runner.invoke(cli, ["--url", url, "pause", "reports[/]"])
+    assert (paused.exit_code, paused.output.strip()) == (0, "queue reports[/] paused")
