@@ -44,6 +44,7 @@ from conveyor.job import (
 from conveyor.locks import Locks, hold
 from conveyor.observers import JobTracer
 from conveyor.options import (
+    check_listing,
     check_priority,
     check_queue,
     check_retries,
@@ -406,8 +407,7 @@ class Conveyor(JobTypes, RecurringSchedules, ScheduledFunctions, HandlerDiscover
     ) -> list[Job]:
         backend = await self._backend()
         self._require(backend.capabilities.list_jobs, "listing jobs")
-        if limit < 0 or offset < 0:
-            raise InvalidOptionError("limit and offset must be >= 0")
+        check_listing(limit, offset)
         return await backend.list_jobs(
             state=check_state(state), name=name, queue=queue, limit=limit, offset=offset
         )

@@ -24,10 +24,29 @@ class JobDefaults:
         check_queue(self.queue)
 
 
+# Every backend stores attempt counts in a 32-bit column or wider.
+MAX_RETRIES = 1_000_000
+
+
 def check_retries(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidOptionError(f"retries must be an integer >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise InvalidOptionError(
+            f"retries must be an integer from 0 to {MAX_RETRIES:,}, got {value!r}"
+        )
     return value
+
+
+# The most a listing asks for or skips: within every backend's integers.
+MAX_LISTING = 1_000_000_000
+
+
+def check_listing(limit: int, offset: int) -> None:
+    for value in (limit, offset):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LISTING:
+            raise InvalidOptionError(
+                f"limit and offset must be integers from 0 to {MAX_LISTING:,},"
+                f" got limit={limit!r}, offset={offset!r}"
+            )
 
 
 def check_timeout(value: float | None) -> float | None:

@@ -234,7 +234,11 @@ def check_timing(
         )
     if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
         raise InvalidScheduleError(f"max_catch_up must be an integer >= 1, got {max_catch_up!r}")
-    if not 0 <= misfire_grace < 1e11:  # also refuses NaN and infinity
+    if (
+        isinstance(misfire_grace, bool)
+        or not isinstance(misfire_grace, int | float)
+        or not 0 <= misfire_grace < 1e11  # also refuses NaN and infinity
+    ):
         raise InvalidScheduleError(
             f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
         )

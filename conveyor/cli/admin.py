@@ -40,6 +40,7 @@ from conveyor.cli.views import (
 )
 from conveyor.durations import describe_seconds
 from conveyor.job import Job, JobState, NotSupportedError
+from conveyor.options import MAX_LISTING
 
 # --------------------------------------------------------------------------- stats
 
@@ -116,7 +117,7 @@ def jobs() -> None:
 @click.option(
     "-l",
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_LISTING),
     default=50,
     show_default=True,
     help="Show at most this many jobs.",

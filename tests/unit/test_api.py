@@ -482,3 +482,31 @@ async def test_purge_running_is_refused(app: Conveyor) -> None:
         await app.purge(JobState.RUNNING)
     with pytest.raises(InvalidOptionError, match="state"):
         await app.purge("finished")
+
+
+@pytest.mark.parametrize("retries", [-1, 10**20, 1_000_001, True, 2.0, "3"])
+def test_retries_out_of_every_backends_range_are_refused(retries: Any) -> None:
+    app = Conveyor("memory://")
+    with pytest.raises(InvalidOptionError, match="retries must be an integer from 0 to"):
+        app.job("j", retries=retries)(lambda payload: None)
+
+
+async def test_a_listing_beyond_any_backends_integers_is_refused(app: Conveyor) -> None:
+    if not app.backend.capabilities.list_jobs:
+        pytest.skip("capability: the backend declares list_jobs=False")
+    for bad in ({"limit": 10**30}, {"offset": 10**30}, {"limit": -1}, {"limit": 2.5}):
+        with pytest.raises(InvalidOptionError, match="limit and offset must be integers"):
+            await app.list_jobs(**bad)  # type: ignore[arg-type]
+    assert await app.list_jobs(limit=1_000_000_000) == []
+
+
+def test_a_recurring_misfire_grace_must_be_seconds() -> None:
+    app = Conveyor("memory://")
+
+    @app.job("tick")
+    async def tick(payload: Any) -> None:
+        return None
+
+    for bad in ("60", None, float("nan"), -1):
+        with pytest.raises(InvalidOptionError, match="misfire_grace must be"):
+            app.recurring_sync(f"t{bad}", "tick", every=60, misfire_grace=bad)
