@@ -263,3 +263,30 @@ async def test_a_flow_childs_completion_goes_through_bullmqs_own_script(
         "7",
     ]
     await app.close()
+
+
+async def test_a_big_batch_leaves_the_events_stream_near_its_limit(
+    bullmq_urls: Callable[[], str],
+) -> None:
+    """moveToFinished trims the events stream before each job's event; one
+    FINISH call for many jobs must not leave it a batch longer than that."""
+    backend = BullMQBackend(bullmq_urls())
+    await backend.open()
+    try:
+        lengths = []
+        for name in ("bull", "ours"):
+            keys = QueueKeys(backend.config.prefix, name)
+            await backend._cmd("HSET", keys["meta"], "opts.maxLenEvents", 10)
+            for n in range(300):
+                await backend._cmd("XADD", keys["events"], "*", "event", "old", "n", n)
+            ids = [f"j{n}" for n in range(500)]
+            await running(backend, keys, *ids)
+            if name == "bull":
+                await by_move_to_finished(backend, keys, ids, None)
+            else:
+                await by_finish(backend, keys, ids, None)
+            lengths.append(await backend._cmd("XLEN", keys["events"]))
+        bull, ours = lengths
+        assert ours <= bull + 100, lengths  # "~": Redis trims whole nodes of 100
+    finally:
+        await backend.close()

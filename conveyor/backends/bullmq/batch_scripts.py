@@ -14,25 +14,29 @@ CLAIM claims up to `wanted` jobs in one call, each exactly as BullMQ's
 moveToActive would (same keys written, same events, same answer per job):
 BullMQ's worker calls moveToActive once per job, and conveyor's worker
 claims a batch, so one call instead of `wanted` spares the per-call work
-(the queue's meta read, the due-delayed scan, the arguments' decoding).
-What it keeps from moveToActive: due delayed jobs are promoted first (to the
-wait list, or into their priority); nothing is taken while the queue is
-paused, while its global concurrency (meta `concurrency`) is reached, or
-while its rate limit (meta `max`/`duration`, the `limiter` counter) is used
-up, each checked again before every job; the wait list is taken from its
-right end (a legacy "0:" marker there is dropped), then the prioritized set;
-each job taken gets its lock (the claim's token), `processedOn`, `pb`
-(the worker's name), `ats` + 1, an "active" event, and counts towards the
-rate limit unless it is a deferred failure ("defa"); a marker stays for
-other workers. It answers {hash, id} per job taken, in the order taken.
-With served names, a claim by name first passes over jobs of other names,
-which moveToActive cannot (it takes the head): it finds, in the order the
-claim takes them (the wait list from its right end, then the prioritized
-set), the next `wanted` jobs of a served name among the first `scan` of
-each, puts them at the right end of the wait list in that order (nothing
-moves when they are there already, as when no job of another name is
-ahead), and claims as many as it found, one more if a delayed job is due
-(promoting it may bring one of another name, which the caller puts back).
+(the queue's meta read, the due-delayed scan, the arguments' decoding). What
+it keeps from moveToActive: due delayed jobs are promoted first (to the wait
+list, or into their priority; 1000 at most, and 1000 more before each next
+job while there were that many, as moveToActive does per call); nothing is
+taken while the queue is paused, while its global concurrency (meta
+`concurrency`) is reached, or while its rate limit (meta `max`/`duration`,
+the `limiter` counter) is used up, each checked again before every job; the
+wait list is taken from its right end (a legacy "0:" marker there is
+dropped), then the prioritized set; each job taken gets its lock (the
+claim's token), `processedOn`, `pb` (the worker's name), `ats` + 1, an
+"active" event, and counts towards the rate limit unless it is a deferred
+failure ("defa"); a marker stays for other workers. It answers {hash, id}
+per job taken, in the order taken. With served names, a claim by name first
+passes over jobs of other names, which moveToActive cannot (it takes the
+head): it finds, in the order the claim takes them (the wait list from its
+right end, then the prioritized set), the next `wanted` jobs of a served
+name among the first `scan` of each, puts them at the right end of the wait
+list in that order (nothing moves when they are there already, as when no
+job of another name is ahead), and claims as many as it found. It looks for
+no more than the claim may take: none while the queue is paused or at its
+global concurrency, no more than its rate limit has left, so a served job is
+never moved without being taken. Due delayed jobs are promoted before it
+looks.
 KEYS: wait, active, prioritized, events, limiter, delayed, meta, pc, marker.
 ARGV: the queue's key base, now (ms), token, lock duration (ms), worker
 name, wanted, scan, then the served names (none: any name).
@@ -51,7 +55,7 @@ removed (as BullMQ's count trim: a removed child of a parent still waiting
 for it releases the parent), or removed at once when `keep` is 0; a
 "completed" event, and "drained" when nothing is left. The events stream is
 trimmed to the queue's limit (meta opts.maxLenEvents, set to 10000 when
-absent) before the first event, as moveToFinished does.
+absent) before the first event, as moveToFinished does, and after the last.
 KEYS: active, stalled, events, meta, completed, wait, prioritized.
 ARGV: the queue's key base, keep (-1: all), then per job: id, token, now
 (ms), returnvalue, n, and n values (field, value, ...) to set.
@@ -89,7 +93,54 @@ local limiter, delayed, meta, pc, marker = KEYS[5], KEYS[6], KEYS[7], KEYS[8], K
 local base, now, token, lock_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now_text = ARGV[2]
 local worker, wanted, scan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
+local paused, concurrency = settings[1], tonumber(settings[2])
+local max_jobs, window = tonumber(settings[3]), settings[4]
+local function held_back()
+  if paused then return true end
+  return concurrency ~= nil and redis.call("LLEN", active) >= concurrency
+end
+-- Due delayed jobs first, as moveToActive promotes them before it takes a
+-- job: at most 1000 a call, so again before each next job while 1000 came.
+local due_by = int_text((now + 1) * 0x1000 - 1)
+local function promote()
+  local due = redis.call("ZRANGEBYSCORE", delayed, "0", due_by, "LIMIT", "0", "1000")
+  if #due > 0 then
+    redis.call("ZREM", delayed, unpack(due))
+    for _, id in ipairs(due) do
+      local priority = tonumber(redis.call("HGET", base .. id, "priority")) or 0
+      if priority == 0 then
+        redis.call("LPUSH", wait, id)
+      else
+        local order = redis.call("INCR", pc) % 0x100000000
+        redis.call("ZADD", prioritized, priority * 0x100000000 + order, id)
+      end
+      redis.call("XADD", events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
+      redis.call("HSET", base .. id, "delay", 0)
+    end
+    if not held_back() then redis.call("ZADD", marker, "0", "0") end
+  end
+  return #due == 1000
+end
+local more_due = promote()
 if #ARGV > 7 then
+  -- As many as this claim may take now: none while the queue is paused or at
+  -- its global concurrency, no more than its rate limit has left. Served jobs
+  -- are brought forward only as many as will be taken: one left at the head
+  -- of the wait list would have lost its priority, or its place.
+  if paused then
+    wanted = 0
+  elseif concurrency then
+    wanted = math.min(wanted, concurrency - redis.call("LLEN", active))
+  end
+  if max_jobs then
+    local used = tonumber(redis.call("GET", limiter) or 0)
+    if used < max_jobs then
+      wanted = math.min(wanted, max_jobs - used)
+    elseif redis.call("PTTL", limiter) > 0 then
+      wanted = 0
+    end
+  end
   local served = {}
   for i = 8, #ARGV do served[ARGV[i]] = true end
   local function is_served(id) return served[redis.call("HGET", base .. id, "name") or ""] end
@@ -129,34 +180,7 @@ if #ARGV > 7 then
       redis.call("RPUSH", wait, id)
     end
   end
-  local due_by = int_text(now * 0x1000 + 0xfff)
-  local due = #redis.call("ZRANGEBYSCORE", delayed, "0", due_by, "LIMIT", "0", "1")
-  wanted = math.min(wanted, #found + due)
-end
-local settings = redis.call("HMGET", meta, "paused", "concurrency", "max", "duration")
-local paused, concurrency = settings[1], tonumber(settings[2])
-local max_jobs, window = tonumber(settings[3]), settings[4]
-local function held_back()
-  if paused then return true end
-  return concurrency ~= nil and redis.call("LLEN", active) >= concurrency
-end
--- Due delayed jobs first, as moveToActive promotes them (at most 1000 a call).
-local due_by = int_text((now + 1) * 0x1000 - 1)
-local due = redis.call("ZRANGEBYSCORE", delayed, "0", due_by, "LIMIT", "0", "1000")
-if #due > 0 then
-  redis.call("ZREM", delayed, unpack(due))
-  for _, id in ipairs(due) do
-    local priority = tonumber(redis.call("HGET", base .. id, "priority")) or 0
-    if priority == 0 then
-      redis.call("LPUSH", wait, id)
-    else
-      local order = redis.call("INCR", pc) % 0x100000000
-      redis.call("ZADD", prioritized, priority * 0x100000000 + order, id)
-    end
-    redis.call("XADD", events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
-    redis.call("HSET", base .. id, "delay", 0)
-  end
-  if not held_back() then redis.call("ZADD", marker, "0", "0") end
+  wanted = #found
 end
 local function rate_limited()
   if not max_jobs or max_jobs > tonumber(redis.call("GET", limiter) or 0) then return false end
@@ -175,6 +199,7 @@ local function put(fields, at, name, value)
 end
 local taken = {}
 while #taken < wanted and not rate_limited() and not held_back() do
+  if more_due and #taken > 0 then more_due = promote() end
   local id = redis.call("RPOPLPUSH", wait, active)
   if id and string.sub(id, 1, 2) == "0:" then
     redis.call("LREM", active, 1, id)
@@ -257,7 +282,7 @@ local function release_parent(job)
   redis.call("XADD", parent_base .. "events", "*", "event", "waiting", "jobId", parent_id,
     "prev", "waiting-children")
 end
-local trimmed, count, draining = false, nil, true
+local most_events, count, draining = nil, nil, true
 local answers, unlocked, done = {}, {}, {}
 local i = 3
 while i <= #ARGV do
@@ -297,14 +322,13 @@ while i <= #ARGV do
     end
   end
   if answer == 0 then
-    if not trimmed then
-      local most = redis.call("HGET", meta, "opts.maxLenEvents")
-      if not most then
-        most = 10000
-        redis.call("HSET", meta, "opts.maxLenEvents", most)
+    if not most_events then
+      most_events = redis.call("HGET", meta, "opts.maxLenEvents")
+      if not most_events then
+        most_events = "10000"
+        redis.call("HSET", meta, "opts.maxLenEvents", most_events)
       end
-      redis.call("XTRIM", events, "MAXLEN", "~", most)
-      trimmed = true
+      redis.call("XTRIM", events, "MAXLEN", "~", most_events)
     end
     local made = links[4] -- attempts made so far ("atm")
     if not integer(made) then redis.call("HINCRBY", job, "atm", 1) end -- fails as moveToFinished's
@@ -348,6 +372,9 @@ while i <= #ARGV do
   end
   table.insert(answers, answer)
 end
+-- moveToFinished trims before each event; once more after the batch's
+-- events keeps the stream as near its limit.
+if most_events then redis.call("XTRIM", events, "MAXLEN", "~", most_events) end
 for from = 1, #unlocked, 1000 do -- unpack takes a few thousand values at most
   local ids, locks = {}, {}
   for n = from, math.min(from + 999, #unlocked) do

@@ -199,8 +199,8 @@ class BullConsumer(BullSchedules):
     ) -> tuple[list[Any], list[Job]]:
         """Up to `limit` jobs of `queue` as BullMQ's moveToActive takes them; of
         `served` names only (None: any), which the claim script brings to the
-        head first, in the same call. A job of another name that still comes
-        (a delayed one promoted by the claim itself) goes back in front.
+        head first, in the same call, after promoting due delayed jobs. A job
+        of another name that still comes (none should) goes back in front.
         `before`: commands sent ahead in the claim's first round trip
         (outcomes, by finish_and_claim); their replies come first."""
         keys = self.keys(queue)
