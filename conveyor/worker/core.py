@@ -359,7 +359,13 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             if not self.settings.burst:
                 await self._idle()
             elif await self._burst_over():
-                logger.info("worker %s: nothing due and nothing running; burst over", self.id)
+                # A paused queue's due jobs were not looked at: say so, or
+                # "nothing due" would read as if they had run.
+                paused = sorted(self._pauses.paused)
+                left = f"; paused, left as they are: {', '.join(paused)}" if paused else ""
+                logger.info(
+                    "worker %s: nothing due and nothing running; burst over%s", self.id, left
+                )
                 self._stopping.set()  # run() / run_burst() go on to stop()
                 break
 

@@ -85,3 +85,20 @@ def test_burst_from_the_environment_and_with_nothing_due(
         assert "burst over" in done.stderr, done.stderr
     finally:
         burst_app.close_sync()
+
+
+def test_a_burst_that_leaves_a_paused_queue_says_so(
+    tmp_path: Path, db_url: str, burst_app: Conveyor
+) -> None:
+    """A paused queue's due jobs are not run: the burst ends, and its last
+    line names the queue left paused rather than claim nothing was due."""
+    try:
+        waiting = burst_app.enqueue_sync("leaf", {"n": 1})
+        assert burst_app.pause_sync("default")
+        done = run_conveyor("worker", "burstapp", "--burst", cwd=tmp_path, env=burst_env(db_url))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "burst over" in done.stderr, done.stderr
+        assert "paused, left as they are: default" in done.stderr, done.stderr
+        assert burst_app.get_job_sync(waiting.id).state is JobState.QUEUED
+    finally:
+        burst_app.close_sync()
