@@ -255,15 +255,17 @@ def new_job(
     *,
     created_at: float | None = None,
     run_at: float | None = None,
+    job_id: str | None = None,
 ) -> Job:
     """The record of a job just stored, built from what was sent: no read
     back. `created_at`/`run_at`: the times the backend stored, where its own
-    clock set them instead of the producer's."""
+    clock set them instead of the producer's; `job_id`: the id it stored the
+    job under, where that is not the one sent."""
     created = new.created_at if created_at is None else created_at
     due = new.run_at if run_at is None else run_at
     created_utc = utc(created)
     return Job(
-        id=new.id,
+        id=new.id if job_id is None else job_id,
         name=new.name,
         queue=new.queue,
         payload=decode_json(new.payload),

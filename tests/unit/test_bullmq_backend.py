@@ -313,8 +313,10 @@ async def test_an_enqueue_is_one_round_trip_and_reads_back_only_duplicates(
     plain = await app.enqueue("n", {"i": 0})
     later = await app.enqueue("n", {"i": 1}, delay=60, priority=0, key="k1")
     urgent = await app.enqueue("n", {"i": 2}, priority=3, retries=5, timeout=9)
-    assert trips.count == 3
-    for made in (plain, later, urgent):
+    elsewhere = await app.enqueue("n", {"i": 3}, queue="q2", key="k1", delay=0.0015)
+    assert trips.count == 5  # the last: its queue noted in the registry first
+    assert elsewhere.id == "q2:k1" and not elsewhere.duplicate
+    for made in (plain, later, urgent, elsewhere):
         stored = await app.get_job(made.id)
         assert stored is not None
         assert replace(made, duplicate=False) == replace(stored, duplicate=False)

@@ -26,14 +26,19 @@ explicit `now` cannot move: `driven_clock` is False.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from conveyor.backends.base import Capabilities, NewJob
 from conveyor.backends.bullmq.calls import packed, stamp_ms
 from conveyor.backends.bullmq.finishing import BullFinishing
-from conveyor.backends.bullmq.layout import HEADERS_OPTION, TIMEOUT_OPTION, QueueKeys, job_from_hash
+from conveyor.backends.bullmq.layout import (
+    HEADERS_OPTION,
+    TIMEOUT_OPTION,
+    QueueKeys,
+    conveyor_id,
+)
+from conveyor.backends.records import new_job
 from conveyor.job import InvalidOptionError, Job, JobState
 
 # BullMQ's largest priority (2^21).
@@ -91,18 +96,16 @@ class BullMQBackend(BullFinishing):
 
     @staticmethod
     def _added(job: NewJob, bull_id: str, opts: dict[str, Any]) -> Job:
-        """The job as the add script stores it (the fields `job_from_hash`
-        reads), without reading it back."""
-        fields = {
-            "name": job.name,
-            "data": job.payload,
-            "opts": json.dumps(opts),
-            "timestamp": str(stamp_ms(job.created_at)),
-            "delay": str(opts["delay"]),
-            "priority": str(opts.get("priority", 0)),
-        }
-        state = JobState.SCHEDULED if opts["delay"] else JobState.QUEUED
-        return job_from_hash(bull_id, job.queue, fields, state)
+        """The job as the add script stores it (as `job_from_hash` would read
+        it: its times in whole milliseconds), without reading it back."""
+        created, delay = stamp_ms(job.created_at), opts["delay"]
+        return new_job(
+            job,
+            JobState.SCHEDULED if delay else JobState.QUEUED,
+            created_at=created / 1000,
+            run_at=(created + delay) / 1000,
+            job_id=conveyor_id(job.queue, bull_id),
+        )
 
     def _add(self, job: NewJob, keys: QueueKeys, opts: dict[str, Any] | None = None) -> list[Any]:
         """The add script's call for `job`; `opts`: its `_opts`, when made already."""
@@ -150,23 +153,29 @@ class BullMQBackend(BullFinishing):
         await self.note_queues({job.queue for job in jobs})
         commands: list[Sequence[Any]] = []
         options = [self._opts(job) for job in jobs]
+        at: list[int] = []  # where each job's add script answers
         for job, opts in zip(jobs, options, strict=True):
             keys = self.keys(job.queue)
-            bull_id = job.key if job.key is not None else job.id
-            # EXISTS first in the same pipeline: the add scripts answer a
-            # repeated jobId with its id, as they do a new one.
-            commands += [("EXISTS", keys.job(bull_id)), self._add(job, keys, opts)]
+            if job.key is not None:
+                # EXISTS first in the same pipeline: the add scripts answer a
+                # repeated jobId with its id, as they do a new one. (A job
+                # without a key has conveyor's fresh id: never a repeat.)
+                commands.append(("EXISTS", keys.job(job.key)))
+            at.append(len(commands))
+            commands.append(self._add(job, keys, opts))
         replies = await self.run(commands)
-        ids = [str(replies[2 * index + 1]) for index in range(len(jobs))]
+        ids = [str(replies[index]) for index in at]
         # EXISTS said so, or the pipeline's EXISTS ran before an earlier add
         # of the same key in this batch: the job stored before is the answer.
         duplicate: list[bool] = []
         keyed: set[tuple[str, str]] = set()  # (queue, key) of the batch's earlier jobs
-        for index, job in enumerate(jobs):
-            earlier = job.key is not None and (job.queue, job.key) in keyed
-            duplicate.append(bool(replies[2 * index]) or earlier)
-            if job.key is not None:
-                keyed.add((job.queue, job.key))
+        for index, job in zip(at, jobs, strict=True):
+            if job.key is None:
+                duplicate.append(False)
+                continue
+            earlier = (job.queue, job.key) in keyed
+            duplicate.append(bool(replies[index - 1]) or earlier)
+            keyed.add((job.queue, job.key))
         wanted = [(job.queue, i) for job, i, d in zip(jobs, ids, duplicate, strict=True) if d]
         stored = iter(await self.read_jobs(wanted))
         out: list[Job] = []
