@@ -174,6 +174,14 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
         await self._pauses.refresh()  # no claim from a queue paused before the start
         if self.settings.burst:
             await fire_due_schedules(self.backend, self.registry, self.events, self.settings)
+        # Said before the loops start: a burst with nothing to do ends at once.
+        logger.info(
+            "worker %s started: queues=%s concurrency=%d backend=%s",
+            self.id,
+            ",".join(self.queues),
+            self.settings.concurrency,
+            without_secrets(self.backend.url),
+        )
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="conveyor-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="conveyor-heartbeat"),
@@ -213,13 +221,6 @@ class Worker(JobRunning, LeaseKeeping, GracefulStop):
             )
             await self._presence.beat()  # listed by app.workers() from now on
             self._loops.append(asyncio.create_task(self._presence.keep(), name="conveyor-presence"))
-        logger.info(
-            "worker %s started: queues=%s concurrency=%d backend=%s",
-            self.id,
-            ",".join(self.queues),
-            self.settings.concurrency,
-            without_secrets(self.backend.url),
-        )
 
     @property
     def running_jobs(self) -> list[Job]:

@@ -83,6 +83,8 @@ def test_burst_from_the_environment_and_with_nothing_due(
         done = run_conveyor("worker", "burstapp", cwd=tmp_path, env=env, timeout=WAIT)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "burst over" in done.stderr, done.stderr
+        # in the order it happened
+        assert done.stderr.index(" started: ") < done.stderr.index("burst over"), done.stderr
     finally:
         burst_app.close_sync()
 
