@@ -101,6 +101,7 @@ def test_a_burst_that_leaves_a_paused_queue_says_so(
         assert done.returncode == 0, done.stdout + done.stderr
         assert "burst over" in done.stderr, done.stderr
         assert "paused, left as they are: default" in done.stderr, done.stderr
+        assert done.stderr.index(" started: ") < done.stderr.index("burst over"), done.stderr
         assert burst_app.get_job_sync(waiting.id).state is JobState.QUEUED
     finally:
         burst_app.close_sync()
