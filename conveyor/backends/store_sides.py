@@ -22,13 +22,41 @@ from conveyor.backends.base import (
     WorkerInfo,
     WorkerRegistry,
 )
-from conveyor.job import Job, JobState, NotSupportedError
+from conveyor.backends.optional import DeliveryStore
+from conveyor.job import EnqueueFailedError, Job, JobState, NotSupportedError
 
 
 class StoreSides:
     """Mixed in before the backend's own class, so these win."""
 
     store: Backend
+    _delivery: DeliveryStore
+
+    async def _withdraw(self, unconfirmed: Sequence[str], why: str) -> None:
+        """Jobs whose delivery was not confirmed must not run behind the
+        caller's back: withdraw them from the store, keys and all, so that
+        the caller's retry (with the same key) enqueues them afresh, and
+        raise naming them. One a worker has taken meanwhile went out after
+        all (only its reply was lost): it cannot be withdrawn, and it is
+        enqueued, so it is not named; when that is all of them, nothing is
+        raised."""
+        await self._delivery.withdraw(unconfirmed)
+        went_out = [i for i in unconfirmed if await self.store.get(i) is not None]
+        withdrawn = sorted(set(unconfirmed) - set(went_out))
+        if not withdrawn:
+            return
+        also = ""
+        if went_out:
+            listed = ", ".join(went_out[:5]) + (" ..." if len(went_out) > 5 else "")
+            also = (
+                f"; {len(went_out)} went out after all and a worker has them"
+                f" ({listed}): do not enqueue those again"
+            )
+        raise EnqueueFailedError(
+            f"{why}; {len(withdrawn)} job(s) not enqueued (withdrawn from the store,"
+            f" their keys free): enqueue them again{also}",
+            failed=withdrawn,
+        )
 
     async def _send_fired(self, fired: Sequence[Job], jobs: Sequence[NewJob]) -> None:
         """Deliver the jobs a schedule fired that are due now (the store

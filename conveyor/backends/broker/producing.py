@@ -96,6 +96,7 @@ class BrokerProducing:
             raise EnqueueFailedError(
                 f"{self.facts.name} did not confirm {len(failed)} of {sent + len(failed)} "
                 f"job(s): {listed}{more} (a call that failed outright may still have "
-                "delivered some of its batch; with a store, those jobs are cancelled)",
+                "delivered some of its batch; with a store, those are withdrawn unless a worker"
+                " has them already)",
                 failed=sorted(failed),
             )

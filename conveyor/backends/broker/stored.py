@@ -60,7 +60,6 @@ from conveyor.backends.optional import DeliveryStore
 from conveyor.backends.store_sides import StoreSides
 from conveyor.backends.url_options import without_secrets
 from conveyor.job import (
-    EnqueueFailedError,
     InvalidOptionError,
     Job,
     JobState,
@@ -164,17 +163,9 @@ class StoredBrokerBackend(StoreSides, BrokerBackend):
         try:
             await self._send_jobs(due, groups)
         except Exception as exc:
-            # Jobs the broker did not take must not run later behind the caller's
-            # back (the caller was told they were not enqueued).
-            # They are withdrawn from the store, keys and all, so that the
-            # caller's retry (with the same key) enqueues them afresh.
+            # Withdrawn from the store, so nothing of them runs later (store_sides).
             failed = sorted(getattr(exc, "failed", [r.id for r in due]))
-            await self._delivery.withdraw(failed)
-            raise EnqueueFailedError(
-                f"{exc}; not enqueued (withdrawn from the store, their keys free): "
-                "enqueue them again",
-                failed=failed,
-            ) from exc
+            await self._withdraw(failed, str(exc))
         return records
 
     async def _remember_groups(

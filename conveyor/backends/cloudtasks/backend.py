@@ -157,15 +157,9 @@ class CloudTasksBackend(StoreSides):
 
         await asyncio.gather(*(create(job) for job in fresh))
         if failed:
-            # The caller is told these were not enqueued: they are withdrawn
-            # from the store, keys and all, so nothing of them runs later and
-            # a retry with the same key enqueues afresh.
-            await self._delivery.withdraw(failed)
-            raise EnqueueFailedError(
-                f"Cloud Tasks did not take {len(failed)} task(s) ({errors[0]}); not enqueued "
-                "(withdrawn from the store, their keys free): enqueue them again",
-                failed=sorted(failed),
-            )
+            # Withdrawn from the store, so nothing of them runs later (store_sides).
+            why = f"Cloud Tasks did not take {len(failed)} task(s) ({errors[0]})"
+            await self._withdraw(failed, why)
         return records
 
     async def _create_task(self, job: Job, retry: bool = False) -> None:

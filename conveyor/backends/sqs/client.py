@@ -24,6 +24,9 @@ from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 logger = logging.getLogger("conveyor.sqs")
 
 BATCH: Final = 10  # SQS's most entries per batch call and messages per receive
+# SQS's most bytes in one batch call, all its messages together (the classic
+# limit; queues allowing 1 MiB messages allow this too).
+BATCH_BYTES: Final = 262_144
 MAX_VISIBILITY: Final = 43_200  # 12 hours
 MAX_DELAY: Final = 900  # 15 minutes
 SEND_PARALLEL: Final = 16  # SendMessageBatch calls in flight for one enqueue
@@ -256,7 +259,7 @@ class SQSClient:
         reason of its own are sent again (twice). Returns {entry_id: error}
         for what still did not go out: nothing is dropped silently."""
         queue_url = await self.queue_url(name)
-        chunks = [messages[i : i + BATCH] for i in range(0, len(messages), BATCH)]
+        chunks = batches(messages)
         # In parallel, but not a thousand requests at once for 10,000 jobs;
         # a FIFO queue's batches one after the other, or they would land out
         # of order.
@@ -267,8 +270,15 @@ class SQSClient:
                 return await self._send_chunk(queue_url, chunk)
 
         failures: dict[str, str] = {}
-        for result in await asyncio.gather(*(send(c) for c in chunks)):
-            failures.update(result)
+        results = await asyncio.gather(*(send(c) for c in chunks), return_exceptions=True)
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                # This call's messages only: the other batches went out.
+                failures.update({m.entry_id: f"{type(result).__name__}: {result}" for m in chunk})
+            else:
+                failures.update(result)
         return failures
 
     async def _send_chunk(self, queue_url: str, chunk: Sequence[Outgoing]) -> dict[str, str]:
@@ -361,3 +371,19 @@ async def _batched(
     for done in await asyncio.gather(*(call(c, base) for c, base in chunks)):
         results.update(done)
     return [results.get(i, False) for i in range(len(items))]
+
+
+def batches(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
+    """`messages` in order, in batch calls SQS takes: at most BATCH
+    messages and BATCH_BYTES of bodies each (a message as big as one may
+    be goes alone)."""
+    out: list[list[Outgoing]] = []
+    size = 0
+    for message in messages:
+        body = len(message.body.encode())
+        if not out or len(out[-1]) == BATCH or size + body > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(message)
+        size += body
+    return out
