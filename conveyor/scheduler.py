@@ -171,6 +171,19 @@ def parse_tz(name: str) -> ZoneInfo:
         ) from None
 
 
+def _spelled_minutes(cron: str) -> str:
+    """`cron` with a wildcard minute field spelled out (`*` as `0-59`, `*/n`
+    as `0-59/n`) where the hour field is named. The cron library fixes up a
+    skipped or repeated wall time only for fields that do not start with
+    `*`: without this, `*/30 2 * * *` would not fire at all on a spring-
+    forward day and `*/30 1 * * *` twice per tick on a fall-back day, where
+    `0,30 2 * * *` fires once."""
+    minute, hour, rest = cron.split(" ", 2)
+    if minute.startswith("*") and not hour.startswith("*"):
+        minute = "0-59" + minute[1:]
+    return f"{minute} {hour} {rest}"
+
+
 def next_after(rec: ScheduleRecord, after: float) -> float:
     """The first tick strictly after `after` (epoch seconds)."""
     if rec.cron is not None:
@@ -179,7 +192,7 @@ def next_after(rec: ScheduleRecord, after: float) -> float:
         # From a moment in the second pass of a repeated hour (a fall-back),
         # the cron library answers by wall time: a tick at that hour's first
         # pass, already gone. A daily 01:45 has then fired and must not again.
-        for tick in CronSim(rec.cron, start):
+        for tick in CronSim(_spelled_minutes(rec.cron), start):
             if tick.timestamp() > after:
                 return tick.timestamp()
         raise InvalidScheduleError(f"cron {rec.cron!r} has no tick after {start.isoformat()}")

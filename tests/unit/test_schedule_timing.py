@@ -85,6 +85,28 @@ def test_daily_0230_fires_exactly_once_on_both_transition_days(
         assert [(f.hour, f.minute) for f in after] == [(2, 30)]
 
 
+@pytest.mark.parametrize(
+    ("cron", "spring_fires", "fall_fires"),
+    [
+        # minutes given as a wildcard, the hour named: the same as spelled out
+        ("*/30 2 * * *", [(3, 0)], [(2, 0), (2, 30)]),
+        ("0-59/30 2 * * *", [(3, 0)], [(2, 0), (2, 30)]),
+        ("*/30 1 * * *", [(1, 0), (1, 30)], [(1, 0), (1, 30)]),
+        ("0,30 1 * * *", [(1, 0), (1, 30)], [(1, 0), (1, 30)]),
+    ],
+)
+def test_a_wildcard_minute_in_a_named_hour_fires_once_per_tick_on_change_days(
+    cron: str, spring_fires: list[tuple[int, int]], fall_fires: list[tuple[int, int]]
+) -> None:
+    """A skipped time fires once just after the gap and a repeated one once,
+    whether the minutes are spelled out or given as */n."""
+    tz = "America/New_York"
+    spring = fires_on_day(cron, tz, datetime(2026, 3, 8))
+    fall = fires_on_day(cron, tz, datetime(2026, 11, 1))
+    assert [(f.hour, f.minute) for f in spring] == spring_fires
+    assert [(f.hour, f.minute) for f in fall] == fall_fires
+
+
 def test_hourly_runs_in_both_real_hours_of_a_repeated_hour() -> None:
     fires = fires_on_day("30 * * * *", "America/New_York", datetime(2026, 11, 1))
     assert len(fires) == 25  # a 25-hour day
