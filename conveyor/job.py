@@ -84,7 +84,8 @@ def new_job_id() -> str:
 
 # The key of the envelope a payload of a job type's version 2 or later is
 # stored in: {"__conveyor_version__": 2, "payload": ...}. Version 1 payloads
-# are stored bare, as they always were (conveyor/versions.py says why).
+# are stored bare, as they always were (conveyor/versions.py says why), but
+# for an object with this key of its own, which is enveloped as version 1.
 VERSION_KEY = "__conveyor_version__"
 
 
@@ -96,7 +97,7 @@ def opened(stored: dict[str, Any]) -> tuple[Any, int]:
         len(stored) == 2
         and "payload" in stored
         and type(version) is int
-        and version > 1  # version 1 is never wrapped
+        and version >= 1  # version 1 only where the payload has the key itself
     ):
         return stored["payload"], version
     return stored, 1

@@ -21,6 +21,7 @@ the payload as enqueued, `Job.version` its version.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,10 @@ class Versioning:
     migrations: Mapping[int, Migration] = field(default_factory=dict)
 
     def wrap(self, payload_json: str) -> str:
-        """The stored form of a payload (JSON text) of this version."""
-        if self.version == 1:
+        """The stored form of a payload (JSON text) of this version: version 1
+        as it is, unless it is an object with the envelope's key, which would
+        read as an envelope; that one, and every later version, enveloped."""
+        if self.version == 1 and not _has_version_key(payload_json):
             return payload_json
         return f'{{"{VERSION_KEY}":{self.version},"payload":{payload_json}}}'
 
@@ -100,3 +103,12 @@ def versioning(
             "turning a version-n payload into a version-(n+1) one"
         )
     return Versioning(version, steps)
+
+
+def _has_version_key(payload_json: str) -> bool:
+    """Whether a payload is an object with the envelope's key (the text is
+    looked at first: a parse only where the key's name occurs)."""
+    if VERSION_KEY not in payload_json:
+        return False
+    value = json.loads(payload_json)
+    return isinstance(value, dict) and VERSION_KEY in value

@@ -119,3 +119,27 @@ async def test_an_old_worker_leaves_a_newer_version_for_a_new_worker(
         "Alan Turing",
     )
     assert ran == [("v1", "Ada", 1), ("v1", "Grace", 1), ("v2", "Alan Turing", 2)]
+
+
+@needs("lookup")
+async def test_a_payload_shaped_like_the_version_envelope_is_a_payload(
+    app: Conveyor, worker: Callable[..., Worker]
+) -> None:
+    """A version-1 payload that happens to look like the envelope a newer
+    version is stored in (a forwarded webhook's JSON, say) is run as it is,
+    at version 1: not read as a version-2 job no worker here may run."""
+    seen: list[Any] = []
+
+    @app.job("plain", retries=0)
+    async def plain(payload: Any) -> None:
+        seen.append(payload)
+
+    shaped = {"__conveyor_version__": 2, "payload": {"a": 1}}
+    job = await app.enqueue("plain", shaped)
+    assert (job.version, job.payload) == (1, shaped)
+    stored = await app.get_job(job.id)
+    assert stored is not None and (stored.version, stored.payload) == (1, shaped)
+    async with worker(app):
+        done = await app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED
+    assert seen == [shaped]
