@@ -28,8 +28,11 @@ class _Abandoned(Exception):
 def _check(key: str, ttl: float | None) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidOptionError(f"a cache key must be a non-empty string, got {key!r}")
-    if ttl is not None and not _positive_finite(ttl):
-        raise InvalidOptionError(f"a cache ttl must be > 0 seconds or None, got {ttl!r}")
+    if ttl is not None and not (_positive_finite(ttl) and ttl < 1e9):
+        # Below 1e9 s (31 years): every store's expiry holds it (Redis's does not 1e16).
+        raise InvalidOptionError(
+            f"a cache ttl must be > 0 seconds (under 1e9) or None, got {ttl!r}"
+        )
 
 
 def _positive_finite(value: object) -> bool:
@@ -97,6 +100,14 @@ class Cache:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[flight] = future
         try:
+            # Once more, now that later callers wait on us: a caller that
+            # computed and left between our read and here (our read being
+            # answered as of before its store) has stored the value.
+            raw = await store.cache_get(key)
+            if raw is not None:
+                result = decode_json(raw)
+                future.set_result(result)
+                return cast(T, result)
             value = compute()
             if inspect.isawaitable(value):
                 value = await value

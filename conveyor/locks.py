@@ -56,6 +56,8 @@ class Locks:
         """The owner token, or None if the lock is held by someone else.
         With `wait`, keep trying for up to that many seconds."""
         _check(key, ttl)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < 1e9:
+            raise InvalidOptionError(f"a lock wait must be >= 0 seconds (and finite), got {wait!r}")
         store = await self._store()
         token = os.urandom(12).hex()
         deadline = time.monotonic() + wait
