@@ -54,13 +54,15 @@ def starlette_app(dashboard: Dashboard, gate: Gate) -> Starlette:
             Route("/api/jobs", routes.read(routes.jobs)),
             Route("/api/jobs/retry", routes.act(routes.retry_matching), methods=["POST"]),
             Route("/api/jobs/purge", routes.act(routes.purge), methods=["POST"]),
-            get("/api/jobs/{job_id}", dashboard.job),
-            post("/api/jobs/{job_id}/retry", dashboard.retry),
-            post("/api/jobs/{job_id}/cancel", dashboard.cancel),
+            # Names and ids may hold a slash, which the browser encodes and
+            # the path arrives with decoded: `:path` keeps it in the name.
+            get("/api/jobs/{job_id:path}", dashboard.job),
+            post("/api/jobs/{job_id:path}/retry", dashboard.retry),
+            post("/api/jobs/{job_id:path}/cancel", dashboard.cancel),
             get("/api/workers", dashboard.workers),
             get("/api/recurring", dashboard.recurring),
-            post("/api/recurring/{name}/{action}", dashboard.recurring_action),
-            post("/api/queues/{queue}/{action}", dashboard.queue_action),
+            post("/api/recurring/{name:path}/{action}", dashboard.recurring_action),
+            post("/api/queues/{queue:path}/{action}", dashboard.queue_action),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],
     )

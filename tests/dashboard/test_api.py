@@ -255,6 +255,22 @@ async def test_recurring_actions(app: Conveyor, web: httpx.AsyncClient) -> None:
     assert (await web.post("/api/recurring/tick/explode", headers=BEARER)).status_code == 404
 
 
+async def test_names_and_ids_with_a_slash_are_acted_on(
+    app: Conveyor, web: httpx.AsyncClient
+) -> None:
+    """The browser sends a name percent-encoded; the slash in it arrives
+    decoded, and must still be part of the name, not a route's separator."""
+    await app.recurring("reports/daily", "report.build", {}, every="1 day")
+    for path in ("/api/recurring/reports%2Fdaily/disable", "/api/recurring/reports/daily/disable"):
+        assert (await web.post(path, headers=BEARER)).status_code == 200, path
+    assert (await app.get_recurring("reports/daily")).enabled is False  # type: ignore[union-attr]
+    keyed = await app.enqueue("report.build", {}, key="2026/11/27")
+    shown = await web.get(f"/api/jobs/{keyed.id}")
+    assert shown.status_code == 200 and shown.json()["id"] == keyed.id
+    assert (await web.post("/api/queues/a%2Fb/pause", headers=BEARER)).status_code == 200
+    assert await app.paused() == ["a/b"]
+
+
 async def test_pause_and_resume_a_queue(app: Conveyor, web: httpx.AsyncClient) -> None:
     assert (await web.post("/api/queues/reports/pause")).status_code == 401
     paused = await web.post("/api/queues/reports/pause", headers=BEARER)
