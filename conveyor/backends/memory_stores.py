@@ -131,8 +131,11 @@ class MemoryStores:
             self._cache[key] = (value, None if ttl is None else now + ttl)
 
     async def cache_delete(self, key: str) -> bool:
+        """True when a live value went (an expired one reads as missing)."""
+        now = time.time()
         with self._lock:
-            return self._cache.pop(key, None) is not None
+            entry = self._cache.pop(key, None)
+            return entry is not None and (entry[1] is None or entry[1] > now)
 
     # ----------------------------------------------------------------- workers
 

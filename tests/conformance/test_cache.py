@@ -121,6 +121,15 @@ async def test_values_expire_after_their_ttl(app: Conveyor) -> None:
     assert await app.cache.get("forever") == {"v": 3}
 
 
+async def test_deleting_an_expired_value_deletes_nothing(app: Conveyor) -> None:
+    """An expired value reads as missing: deleting it says nothing was there,
+    on every store, whether or not it cleared the entry away yet."""
+    await app.cache.set("short", 1, ttl=0.1)
+    await asyncio.sleep(0.25)
+    assert await app.cache.delete("short") is False
+    assert await app.cache.get("short", MISSING) is MISSING
+
+
 async def test_setting_again_without_ttl_keeps_the_value(app: Conveyor) -> None:
     await app.cache.set("k", 1, ttl=0.2)
     await app.cache.set("k", 2)

@@ -113,10 +113,13 @@ class PostgresStores(PostgresConnection):
         await self._write(self.q.cache_set, {"key": key, "value": value, "ttl": ttl, "now": now})
 
     async def cache_delete(self, key: str) -> bool:
-        deleted = await self._write(
-            f"DELETE FROM {self.q.s}.cache WHERE key = %(key)s", {"key": key}
+        """True when a live value went (an expired one reads as missing)."""
+        rows = await self._fetch(
+            f"DELETE FROM {self.q.s}.cache WHERE key = %(key)s"
+            f" RETURNING expires IS NULL OR expires > {NOW}",
+            {"key": key, "now": None},
         )
-        return deleted > 0
+        return bool(rows and rows[0][0])
 
     # ------------------------------------------------------------ workers
 

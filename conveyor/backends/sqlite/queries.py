@@ -238,6 +238,14 @@ def schedules(conn: sqlite3.Connection, sql: str, *params: Any) -> list[Schedule
     return records
 
 
+def cache_delete(conn: sqlite3.Connection, key: str, now: float) -> bool:
+    with write_transaction(conn):
+        row = conn.execute(
+            "DELETE FROM conveyor_cache WHERE key = ?1 RETURNING expires", (key,)
+        ).fetchone()
+    return row is not None and (row[0] is None or row[0] > now)
+
+
 def cache_get(conn: sqlite3.Connection, key: str, now: float) -> str | None:
     row = conn.execute(
         "SELECT value, expires FROM conveyor_cache WHERE key = ?1", (key,)

@@ -136,7 +136,8 @@ class SQLiteStores(SQLiteConnection):
         )
 
     async def cache_delete(self, key: str) -> bool:
-        return await self._call(queries.write_one, "DELETE FROM conveyor_cache WHERE key = ?1", key)
+        """True when a live value went (an expired one reads as missing)."""
+        return await self._call(queries.cache_delete, key, time.time())
 
     # ------------------------------------------------------------ workers
 
