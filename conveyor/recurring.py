@@ -4,6 +4,7 @@ a mixin of `Conveyor`. Firing them is the scheduler's (scheduler.py)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import timedelta
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,6 +135,21 @@ class RecurringSchedules:
             misfire_grace=float(misfire_grace),
             options=options,
         )
+        if old is not None and replace(record, updated_at=old.updated_at) == old:
+            # The same definition again (every worker's start, a seed script
+            # re-run): nothing to write, and nothing to undo.
+            return Schedule.from_record(old)
+        if old is not None and same_timing and old.enabled:
+            # A scheduler may have fired a tick since the read: keep what it
+            # wrote (writing back the read's next_run would fire it again).
+            fresh = await store.schedule_get(name)
+            if fresh is not None and fresh.next_run != old.next_run:
+                record = replace(
+                    record,
+                    next_run=fresh.next_run,
+                    last_run=fresh.last_run,
+                    last_error=fresh.last_error,
+                )
         await store.schedule_put(record)
         return Schedule.from_record(record)
 
