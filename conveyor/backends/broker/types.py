@@ -91,7 +91,7 @@ class BrokerFacts:
     # a message long enough, or does not count deliveries.
     retry_by_republish: bool = False
     # A delayed message is delivered (and hidden again) when pulled before its
-    # time, so its deliveries overcount its attempts (Pub/Sub's not_before).
+    # time, so its deliveries overcount its attempts (Pub/Sub's delay).
     early_pulls_count: bool = False
     store_hint: str = ""
     # What moves a message to the dead-letter queue, for a failed job's error.

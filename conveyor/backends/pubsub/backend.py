@@ -4,12 +4,13 @@ conveyor/backends/broker: this module says what is Pub/Sub's.
 
 * The lease is the ack deadline, at most 600 s (a longer lease is extended
   by the heartbeat, which beats well within it).
-* Delays: Pub/Sub has none; a `not_before` attribute hides an early message
+* Delays: Pub/Sub has none; a `delay` attribute (seconds after the publish
+  time Pub/Sub stamps, wire.not_before) hides an early message
   when it is pulled, up to 600 s a pull (each pull a delivery attempt), so a
   bare backend declares delays up to 600 s. With a store, the store holds
   delayed jobs and retries and sends them when due: no limit.
 * Retries without a store are new messages carrying the attempts made so
-  far and the backoff as `not_before`, since a message cannot be hidden
+  far and the backoff as `delay`, since a message cannot be hidden
   longer than 600 s and Pub/Sub counts deliveries only where the
   subscription has a dead-letter policy. So a job's attempts are counted in
   the message, plus the delivery attempt of the current message where the
@@ -86,7 +87,7 @@ def pubsub_facts(config: PubSubURL) -> BrokerFacts:
         name="Pub/Sub",
         scheme="pubsub",
         max_visibility=MAX_ACK_DEADLINE,
-        max_delay=2**31,  # not_before has no limit (each 600 s costs a delivery attempt)
+        max_delay=2**31,  # a delay has no limit (each 600 s costs a delivery attempt)
         max_message_bytes=MAX_MESSAGE_BYTES,
         counts=False,
         # Ordering keys (the job's group, else its queue) and a dedup attribute.

@@ -16,8 +16,8 @@ through (see url.py for the names). The calls, as SQSClient's:
   they could land out of order). `Outgoing.group` becomes the ordering key
   (delivered in order where the subscription has message ordering on:
   ordered=true in the URL), `dedup` an attribute (Pub/Sub deduplicates
-  nothing), and `delay` a `not_before` attribute
-  (epoch seconds): Pub/Sub has no delayed delivery, so `receive` hides a
+  nothing), and `delay` a `delay` attribute
+  (seconds after the publish time): Pub/Sub has no delayed delivery, so `receive` hides a
   message pulled before its time for what is left of it (600 s at most per
   pull). Each such hiding is a delivery attempt, so a delay longer than about
   (max_deliveries - 1) x 600 s ends in the dead-letter topic: long delays

@@ -10,7 +10,6 @@ most 512 KiB; an ack deadline 0..600 s.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -28,7 +27,10 @@ ACK_BATCH_BYTES: Final = 400_000  # under Pub/Sub's 512 KiB request limit
 MAX_ACK_DEADLINE: Final = 600
 # Attributes: Pub/Sub has no delayed delivery and no deduplication, so what
 # the sender asked for travels with the message.
-NOT_BEFORE: Final = "not_before"  # epoch seconds before which the message is hidden
+# Seconds after its publish time (the server's clock) before which the
+# message is hidden: relative, so a producer's clock does not move it.
+DELAY: Final = "delay"
+NOT_BEFORE: Final = "not_before"  # epoch seconds: what earlier releases sent
 DEDUP: Final = "dedup"  # the sender's deduplication id
 
 
@@ -75,25 +77,29 @@ def publish_batches(messages: Sequence[Outgoing]) -> tuple[list[list[Outgoing]],
     return batches, refusals
 
 
-def encode(message: Outgoing, now: float | None = None) -> types.PubsubMessage:
+def encode(message: Outgoing) -> types.PubsubMessage:
     from google.pubsub_v1 import types
 
     attributes = {}
     if message.dedup is not None:
         attributes[DEDUP] = message.dedup
     if message.delay > 0:
-        now = time.time() if now is None else now
-        attributes[NOT_BEFORE] = f"{now + message.delay:.3f}"
+        attributes[DELAY] = str(message.delay)
     return types.PubsubMessage(
         data=message.body.encode(), attributes=attributes, ordering_key=message.group or ""
     )
 
 
 def not_before(message: types.PubsubMessage) -> float:
-    """When the message may be handed out (0: at once)."""
+    """When the message may be handed out (0: at once): its delay after the
+    time Pub/Sub took it, so that only the worker's clock and the server's
+    need agree, not the producer's too."""
+    attributes = message.attributes
     try:
-        return float(message.attributes.get(NOT_BEFORE, 0))
-    except ValueError:  # not written by conveyor
+        if DELAY in attributes:
+            return float(message.publish_time.timestamp()) + float(attributes[DELAY])
+        return float(attributes.get(NOT_BEFORE, 0))
+    except (ValueError, TypeError, AttributeError):  # not written by conveyor
         return 0.0
 
 
