@@ -485,7 +485,8 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
             else:
                 settled.append((outcome.job_id, outcome.token))
         if failed:
-            await self._dead_letter(failed)
+            kept = {id(held) for held in await self._dead_letter(failed)}
+            deletes = [held for held in deletes if id(held) not in kept]
         await self._set_visibility(changes + behind)
         await self._delete(deletes)
         with self._held_lock:
@@ -533,8 +534,9 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
     async def _republish(self, held: Held, outcome: Outcome, delay: int) -> None:
         await dead_letters.republish(self, held, outcome, delay)
 
-    async def _dead_letter(self, failed: Sequence[tuple[Held, Outcome]]) -> None:
-        await dead_letters.send_failed(self, failed)
+    async def _dead_letter(self, failed: Sequence[tuple[Held, Outcome]]) -> list[Held]:
+        """The held messages whose dead-letter send failed (kept, not deleted)."""
+        return await dead_letters.send_failed(self, failed)
 
     async def progress(
         self,

@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.broker")
 
 
-async def send_failed(backend: BrokerBackend, failed: Sequence[tuple[Held, Outcome]]) -> None:
+async def send_failed(backend: BrokerBackend, failed: Sequence[tuple[Held, Outcome]]) -> list[Held]:
     """A final failure goes to the queue's dead-letter queue (its redrive
     policy's target) with its error, so it can be redriven; without one it
-    is dropped, said at WARNING."""
+    is dropped, said at WARNING. Returns those whose send failed: their
+    messages must stay (the caller does not delete them), so the job is not
+    lost: delivered again, it fails again or the redrive policy moves it."""
     facts = backend.facts
+    unsent: list[Held] = []
     for held, outcome in failed:
         dlq = await backend.broker.dead_letter_queue(held.queue)
         if dlq is None:
@@ -48,13 +51,17 @@ async def send_failed(backend: BrokerBackend, failed: Sequence[tuple[Held, Outco
             out.dedup = f"{outcome.job_id}-failed-{held.receives}"
         failures = await backend.broker.send(dlq, [out])
         if failures:
+            unsent.append(held)
             logger.error(
-                "%s: failed job %s could not go to %s: %s",
+                "%s: failed job %s could not go to %s (%s); its message stays on %s,"
+                " to be delivered again once its lease ends",
                 facts.name,
                 outcome.job_id,
                 dlq,
                 failures,
+                held.queue,
             )
+    return unsent
 
 
 async def redrive(backend: BrokerBackend, queue: str | None, limit: int | None) -> int:
