@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -24,6 +26,8 @@ from conveyor.job import BackendMisconfiguredError, BackendUnavailableError
 logger = logging.getLogger("conveyor.sqs")
 
 BATCH: Final = 10  # SQS's most entries per batch call and messages per receive
+# What SQS takes as a deduplication id: 1 to 128 letters, digits, punctuation.
+_DEDUP_ID: Final = re.compile(r"""[A-Za-z0-9!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}""")
 # SQS's most bytes in one batch call, all its messages together (the classic
 # limit; queues allowing 1 MiB messages allow this too).
 BATCH_BYTES: Final = 262_144
@@ -293,7 +297,7 @@ class SQSClient:
                 if message.group is not None:
                     entry["MessageGroupId"] = message.group
                 if message.dedup is not None:
-                    entry["MessageDeduplicationId"] = message.dedup
+                    entry["MessageDeduplicationId"] = deduplication_id(message.dedup)
                 entries.append(entry)
             reply = await self.call("send_message_batch", QueueUrl=queue_url, Entries=entries)
             failed = {f["Id"]: f for f in reply.get("Failed", [])}
@@ -387,3 +391,12 @@ def batches(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
         out[-1].append(message)
         size += body
     return out
+
+
+def deduplication_id(text: str) -> str:
+    """`text` (a job's key or id) as SQS takes a deduplication id: as it is
+    where it is one, else a digest of it (the same text, the same id), so
+    that a long key, or one with spaces or accents, dedups all the same."""
+    if _DEDUP_ID.fullmatch(text):
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
