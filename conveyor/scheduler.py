@@ -178,10 +178,10 @@ def _spelled_minutes(cron: str) -> str:
     `*`: without this, `*/30 2 * * *` would not fire at all on a spring-
     forward day and `*/30 1 * * *` twice per tick on a fall-back day, where
     `0,30 2 * * *` fires once."""
-    minute, hour, rest = cron.split(" ", 2)
-    if minute.startswith("*") and not hour.startswith("*"):
-        minute = "0-59" + minute[1:]
-    return f"{minute} {hour} {rest}"
+    fields = cron.split(" ", 2)
+    if len(fields) == 3 and fields[0].startswith("*") and not fields[1].startswith("*"):
+        return f"0-59{fields[0][1:]} {fields[1]} {fields[2]}"
+    return cron
 
 
 def next_after(rec: ScheduleRecord, after: float) -> float:
@@ -320,8 +320,13 @@ class Scheduler:
     async def _fire(self, store: ScheduleStore, rec: ScheduleRecord, now: float) -> int:
         try:
             the_plan = plan(rec, now)
-        except InvalidOptionError as exc:  # e.g. a zone this machine no longer knows
-            await store.schedule_fire(rec.name, rec.next_run, now + 60, None, str(exc), [])
+        except Exception as exc:
+            # A record this release cannot plan (a zone this machine no longer
+            # knows, a cron text its parser refuses): it fails alone, tried
+            # again in a minute, and the other schedules of the pass still fire.
+            why = f"cannot plan the next run: {type(exc).__name__}: {exc}"
+            logger.error("schedule %s %s", rec.name, why)
+            await store.schedule_fire(rec.name, rec.next_run, now + 60, rec.last_run, why, [])
             return 0
         error = None
         jobs: list[NewJob] = []
