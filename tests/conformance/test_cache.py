@@ -169,7 +169,15 @@ async def test_a_non_json_value_is_refused_and_nothing_stored(app: Conveyor, val
 
 @pytest.mark.parametrize(
     "ttl",
-    [0, -1, True, "5", pytest.param(float("nan"), id="nan"), pytest.param(float("inf"), id="inf")],
+    [
+        0,
+        -1,
+        True,
+        "5",
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(1e16, id="beyond-every-store"),  # Redis refused it with its own error
+    ],
 )
 async def test_bad_ttl_is_refused(app: Conveyor, ttl: Any) -> None:
     with pytest.raises(InvalidOptionError, match="ttl"):
@@ -340,3 +348,41 @@ async def test_blocking_twins_from_a_thread(app: Conveyor) -> None:
     assert deleted is True
     assert after is MISSING
     assert await app.cache.get("w") == {"n": 1}
+
+
+async def test_a_wrap_whose_read_is_overtaken_does_not_compute_again(app: Conveyor) -> None:
+    """Two callers miss; the first computes and stores before the second's
+    read (on another pooled connection, say) comes back empty. The second
+    must find the value, not compute it once more."""
+    store: Any = await app.cache._store()
+    real_get = store.cache_get
+    first_done = asyncio.Event()
+    slowed: set[asyncio.Task[Any]] = set()
+
+    async def overtaken(key: str) -> Any:
+        answer = await real_get(key)
+        task = asyncio.current_task()
+        if task is second and task not in slowed:  # answered before the store
+            slowed.add(task)
+            await first_done.wait()
+        return answer
+
+    store.cache_get = overtaken
+    computed = 0
+
+    async def compute() -> int:
+        nonlocal computed
+        computed += 1
+        await asyncio.sleep(0.01)
+        return 42
+
+    try:
+        first = asyncio.create_task(app.cache.wrap("k", 30, compute))
+        second = asyncio.create_task(app.cache.wrap("k", 30, compute))
+        assert await first == 42
+        assert slowed  # the second caller's read was held back
+        first_done.set()
+        assert await second == 42
+    finally:
+        del store.cache_get
+    assert computed == 1

@@ -238,3 +238,11 @@ async def test_a_blocking_holder_excludes_async_callers(app: Conveyor) -> None:
     assert not waiter.done()
     assert await asyncio.to_thread(app.locks.release_sync, "k", token) is True
     assert await asyncio.wait_for(waiter, 5) is not None
+
+
+@pytest.mark.parametrize("wait", [float("nan"), float("inf"), -1.0, "5"])
+async def test_a_wait_that_is_not_seconds_is_refused(app: Conveyor, wait: Any) -> None:
+    held = await app.locks.acquire("k", 30)
+    assert held is not None
+    with pytest.raises(InvalidOptionError, match="lock wait"):  # NaN spun for ever
+        await asyncio.wait_for(app.locks.acquire("k", 30, wait=wait), 5)
