@@ -2,7 +2,7 @@
 it could not confirm, so they cannot run behind the caller's back, and says
 so. A job a worker took meanwhile (the send went out, its reply was lost)
 cannot be withdrawn: it is enqueued, and the caller must not be told to
-enqueue it again."""
+enqueue it again. On each broker that keeps a store (SQS, Pub/Sub)."""
 
 from __future__ import annotations
 
@@ -12,35 +12,44 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, EnqueueFailedError, JobState
+from conveyor.backends.broker.types import Outgoing
 
-pytestmark = pytest.mark.sqs
+BROKERS = [
+    pytest.param("sqs_urls", marks=pytest.mark.sqs),
+    pytest.param("pubsub_urls", marks=pytest.mark.pubsub),
+]
 
 
-def _break_sends(app: Conveyor, monkeypatch: pytest.MonkeyPatch, deliver: bool) -> None:
-    """Every send_message_batch fails; with `deliver`, after it went out and a
-    worker's claim took what it sent (a reply lost on the way back)."""
-    client = app.backend.broker  # type: ignore[attr-defined]
-    call = client.call
+@pytest.fixture(params=BROKERS)
+def app(request: pytest.FixtureRequest) -> Conveyor:
+    urls: Callable[[], str] = request.getfixturevalue(request.param)
+    app = Conveyor(urls())
+    app.declare("n")
+    return app
 
-    async def lost_reply(operation: str, **kwargs: Any) -> Any:
-        if operation != "send_message_batch":
-            return await call(operation, **kwargs)
+
+def break_sends(app: Conveyor, monkeypatch: pytest.MonkeyPatch, deliver: bool) -> None:
+    """Every send fails; with `deliver`, after it went out and a worker's
+    claim took what it sent (a reply lost on the way back)."""
+    broker = app.backend.broker  # type: ignore[attr-defined]
+    send = broker.send
+
+    async def lost_reply(name: str, messages: list[Outgoing]) -> dict[str, str]:
         if deliver:
-            await call(operation, **kwargs)
-            taken = await app.backend.claim(["default"], 10, 30.0)
-            assert taken
+            assert not await send(name, messages)
+            taken: list[Any] = []
+            while not taken:
+                taken = await app.backend.claim(["default"], 10, 30.0)
         raise ConnectionError("the reply was lost")
 
-    monkeypatch.setattr(client, "call", lost_reply)
+    monkeypatch.setattr(broker, "send", lost_reply)
 
 
 async def test_a_job_that_went_out_after_all_is_not_said_withdrawn(
-    sqs_urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = Conveyor(sqs_urls())
-    app.declare("n")
     async with app:
-        _break_sends(app, monkeypatch, deliver=True)
+        break_sends(app, monkeypatch, deliver=True)
         job = await app.enqueue("n", {}, key="k")
         stored = await app.get_job(job.id)
         assert stored is not None and stored.state is JobState.RUNNING
@@ -49,12 +58,10 @@ async def test_a_job_that_went_out_after_all_is_not_said_withdrawn(
 
 
 async def test_a_job_that_did_not_go_out_is_withdrawn_and_its_key_free(
-    sqs_urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = Conveyor(sqs_urls())
-    app.declare("n")
     async with app:
-        _break_sends(app, monkeypatch, deliver=False)
+        break_sends(app, monkeypatch, deliver=False)
         with pytest.raises(EnqueueFailedError, match="withdrawn from the store") as caught:
             await app.enqueue("n", {}, key="k")
         [failed] = caught.value.failed
