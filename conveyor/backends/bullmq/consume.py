@@ -16,7 +16,6 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Final
 
 from conveyor.backends.base import ClaimToken, Heartbeat, LeaseStatus, Retention
@@ -350,49 +349,48 @@ class BullConsumer(BullSchedules):
     ) -> list[LeaseStatus]:
         """Every beat's extendLock (and its cancel check) in one round trip;
         the log lines of the leases renewed in a second, when there are any."""
-        beats = list(beats)  # each made to carry its BullMQ id below
         statuses: list[LeaseStatus] = [LeaseStatus.LOST] * len(beats)
-        held: list[tuple[int, QueueKeys]] = []
+        held: list[tuple[int, QueueKeys, str]] = []  # (beat, its queue's keys, BullMQ id)
         elsewhere: list[int] = []  # claimed through another backend object, or finished
         for index, beat in enumerate(beats):
             queue = self._claimed.get(beat.job_id)
             if queue is None:
                 elsewhere.append(index)
             else:
-                held.append((index, self.keys(queue)))
-                beats[index] = replace(beat, job_id=bull_id(queue, beat.job_id))
+                held.append((index, self.keys(queue), bull_id(queue, beat.job_id)))
         if elsewhere:
             found = await self._queues_locked_by([beats[i] for i in elsewhere])
-            for i, q in zip(elsewhere, found, strict=True):
-                if q:
-                    held.append((i, self.keys(q)))
-                    beats[i] = replace(beats[i], job_id=bull_id(q, beats[i].job_id))
+            held += [
+                (i, self.keys(q), bull_id(q, beats[i].job_id))
+                for i, q in zip(elsewhere, found, strict=True)
+                if q
+            ]
         if now is not None and held:
-            ttls = await self.run([("PTTL", k.job(beats[i].job_id) + ":lock") for i, k in held])
+            ttls = await self.run([("PTTL", k.job(job_id) + ":lock") for _, k, job_id in held])
             host, due = now_ms(None), now_ms(now)
             # As _expired_by: gone, or expiring by `now`, is lost.
-            held = [p for p, ttl in zip(held, ttls, strict=True) if ttl >= 0 and host + ttl > due]
+            held = [h for h, ttl in zip(held, ttls, strict=True) if ttl >= 0 and host + ttl > due]
         if not held:
             return statuses
         replies = await self.run(
             [
                 command
-                for index, keys in held
+                for index, keys, job_id in held
                 for command in (
                     self.call(
                         "extendLock",
-                        [keys.job(beats[index].job_id) + ":lock", keys["stalled"]],
-                        [beats[index].token, lock_ms(lease, now), beats[index].job_id],
+                        [keys.job(job_id) + ":lock", keys["stalled"]],
+                        [beats[index].token, lock_ms(lease, now), job_id],
                     ),
-                    ("HGET", keys.job(beats[index].job_id), CANCEL_REQUESTED),
+                    ("HGET", keys.job(job_id), CANCEL_REQUESTED),
                 )
             ]
         )
         logs: list[list[Arg]] = []
-        for n, (index, keys) in enumerate(held):
+        for n, (index, keys, job_id) in enumerate(held):
             extended, cancel = replies[2 * n], replies[2 * n + 1]
             if int(extended):
-                logs += self.log_commands(keys, beats[index].job_id, beats[index].logs)
+                logs += self.log_commands(keys, job_id, beats[index].logs)
                 statuses[index] = LeaseStatus.CANCEL if cancel else LeaseStatus.HELD
         if logs:
             await self.run(logs)

@@ -182,7 +182,8 @@ class BullFinishing(BullConsumer):
                 plan.slots.append(False)
                 continue
             queue, bull = found
-            o = replace(o, job_id=bull)  # BullMQ's id from here on
+            if bull != job_id:  # outside the URL's queue: BullMQ's id from here on
+                o = replace(o, job_id=bull)
             keys = self.keys(queue)
             if o.kind is OutcomeKind.QUEUED:
                 await self.add_logs(keys, o.job_id, o.logs)
