@@ -119,9 +119,24 @@ class SideChannel:
             and (
                 (s.kind in HITS and execution.started < s.line < until)
                 or (s.kind == TERM and s.line < execution.started)
+                or (s.line < execution.started and self._landed_after(s, execution.started))
             )
             for s in self.signals
         )
+
+    def _landed_after(self, hit: Signal, line: int) -> bool:
+        """Whether a kill or stop noted before `line` (the harness writes its
+        line, then sends the signal) landed after the process wrote `line`. A
+        killed process writes nothing again, and a frozen one nothing before
+        its `cont`: a line of it written between shows the signal was still
+        on its way."""
+        if hit.kind == KILL:
+            return True
+        if hit.kind != STOP:
+            return False
+        resumes = (s.line for s in self.signals if s.kind == CONT and s.pid == hit.pid)
+        resumed = next((at for at in resumes if at > hit.line), len(self.lines))
+        return line < resumed
 
     def after_term(self, execution: Execution) -> bool:
         """Whether it started after the harness sent its worker SIGTERM.

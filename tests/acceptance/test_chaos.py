@@ -211,6 +211,33 @@ def test_a_rerun_with_no_kill_while_in_flight_is_unexplained() -> None:
     assert findings.unexplained == ["j1"]
 
 
+def test_a_start_written_while_the_signal_was_on_its_way_was_hit() -> None:
+    # The harness writes its line before it sends the signal, so a worker can
+    # write `start` in between. A frozen process writes nothing until its
+    # `cont` and a killed one nothing ever again: such a start came before the
+    # signal landed, so the signal caught that run in flight.
+    for hit, after in (("stop", ["cont 100 15.0"]), ("kill", ["spawn 300 12.1"])):
+        lines = [
+            f"{hit} 100 10.9",
+            _line("start", "j1", "e1", 100, 1, 10.0, at=11.0),
+            *after,
+            _line("end", "j1", "e1", 100, 1, 10.0, at=15.1),
+            *_run("j1", "e2", 200, 2, 14.0),
+        ]
+        findings = _findings(lines, _job("j1", JobState.COMPLETED, 2, "e2"))
+        assert findings.problems() == [], hit
+    # A start after the freeze ended is not excused by that freeze.
+    lines = [
+        "stop 100 10.9",
+        "cont 100 11.5",
+        _line("start", "j1", "e1", 100, 1, 11.0, at=11.6),
+        _line("end", "j1", "e1", 100, 1, 11.0, at=15.1),
+        *_run("j1", "e2", 200, 2, 14.0),
+    ]
+    findings = _findings(lines, _job("j1", JobState.COMPLETED, 2, "e2"))
+    assert findings.unexplained == ["j1"]
+
+
 def test_a_result_from_a_superseded_claim_is_a_stale_completion() -> None:
     lines = [
         _line("start", "j1", "e1", 100, 1, 10.0),
