@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from conveyor.durations import is_seconds, seconds_within
 from conveyor.job import InvalidOptionError
 
 
@@ -26,7 +27,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         numbers = (self.base, self.factor, self.maximum, self.jitter)
-        if not all(isinstance(n, int | float) and math.isfinite(n) for n in numbers):
+        if not all(is_seconds(n) for n in numbers):
             raise InvalidOptionError(
                 f"backoff needs finite numbers, got base={self.base!r}, factor={self.factor!r},"
                 f" maximum={self.maximum!r}, jitter={self.jitter!r}"
@@ -69,7 +70,7 @@ def as_backoff(value: BackoffLike | None) -> Callable[[int], float]:
     if isinstance(value, bool):
         raise InvalidOptionError("backoff must be seconds, a Backoff or a callable, not a bool")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
+        if not seconds_within(value, allow_zero=True):
             raise InvalidOptionError(f"backoff must be a finite number >= 0 seconds, got {value}")
         return Backoff.fixed(float(value)).delay
     if callable(value):
@@ -94,10 +95,8 @@ def _checked(backoff: Callable[[int], float]) -> Callable[[int], float]:
             raise BadBackoffError(
                 f"backoff {backoff!r} raised {type(exc).__name__}: {exc}"
             ) from exc
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise BadBackoffError(f"backoff {backoff!r} returned {seconds!r}, not seconds")
-        if not math.isfinite(seconds):
-            raise BadBackoffError(f"backoff {backoff!r} returned {seconds!r} seconds")
+        if not is_seconds(seconds):
+            raise BadBackoffError(f"backoff {backoff!r} returned {seconds!r}, not finite seconds")
         return max(0.0, float(seconds))
 
     return delay

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, CacheStore
 from conveyor.codec import decode_json, encode_json
+from conveyor.durations import seconds_within
 from conveyor.job import InvalidOptionError, NotSupportedError
 from conveyor.settings import CONVEYOR_CACHE_URL
 
@@ -28,20 +28,11 @@ class _Abandoned(Exception):
 def _check(key: str, ttl: float | None) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidOptionError(f"a cache key must be a non-empty string, got {key!r}")
-    if ttl is not None and not (_positive_finite(ttl) and ttl < 1e9):
+    if ttl is not None and not seconds_within(ttl, below=1e9):
         # Below 1e9 s (31 years): every store's expiry holds it (Redis's does not 1e16).
         raise InvalidOptionError(
             f"a cache ttl must be > 0 seconds (under 1e9) or None, got {ttl!r}"
         )
-
-
-def _positive_finite(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 class Cache:

@@ -11,6 +11,7 @@ is anyone's guess, and guessing wrong deletes the wrong jobs.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -35,6 +36,23 @@ _EXAMPLES = "e.g. 30s, 10m, 12h, 7d, 1h30m or '2 hours'"
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*")
 
 
+def is_seconds(value: object) -> bool:
+    """Whether `value` is a finite number of seconds: an int or a float, not a
+    bool (True would read as one second), not NaN or an infinity (no store
+    can hold a time computed from them)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < math.inf
+
+
+def seconds_within(value: object, *, allow_zero: bool = False, below: float = _LONGEST) -> bool:
+    """Whether `value` is a number of seconds above zero (or zero, when
+    `allow_zero`) and under `below`; the one check every option given in
+    seconds goes through, each saying its own error."""
+    if not is_seconds(value):
+        return False
+    seconds = float(value)  # type: ignore[arg-type]  # is_seconds: an int or a float
+    return (seconds >= 0 if allow_zero else seconds > 0) and seconds < below
+
+
 class InvalidDurationError(InvalidOptionError):
     """A duration that is not a number, timedelta or text with units, or is out of range."""
 
@@ -52,16 +70,13 @@ def parse_duration(
     means "everything")."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise InvalidDurationError(_type_error(what, value))
-    elif isinstance(value, int | float):
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = _parse_text(value, what)
     else:
         raise InvalidDurationError(_type_error(what, value))
-    lowest_ok = seconds >= 0 if allow_zero else seconds > 0
-    if not (lowest_ok and seconds < _LONGEST):  # NaN fails both comparisons
+    if not seconds_within(seconds, allow_zero=allow_zero):
         bound = "zero or more" if allow_zero else "above zero"
         raise InvalidDurationError(f"{what} must be {bound} and finite, not {value!r}")
     return seconds

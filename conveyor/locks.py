@@ -17,6 +17,7 @@ from typing import cast
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, LockStore
+from conveyor.durations import seconds_within
 from conveyor.job import InvalidOptionError, NotSupportedError
 from conveyor.settings import CONVEYOR_LOCKS_URL
 
@@ -24,7 +25,7 @@ from conveyor.settings import CONVEYOR_LOCKS_URL
 def _check(key: str, ttl: float) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidOptionError(f"a lock key must be a non-empty string, got {key!r}")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
+    if not seconds_within(ttl, below=1e9):
         raise InvalidOptionError(f"a lock ttl must be > 0 seconds (and finite), got {ttl!r}")
 
 
@@ -56,7 +57,7 @@ class Locks:
         """The owner token, or None if the lock is held by someone else.
         With `wait`, keep trying for up to that many seconds."""
         _check(key, ttl)
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < 1e9:
+        if not seconds_within(wait, allow_zero=True, below=1e9):
             raise InvalidOptionError(f"a lock wait must be >= 0 seconds (and finite), got {wait!r}")
         store = await self._store()
         token = os.urandom(12).hex()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from conveyor.durations import seconds_within
 from conveyor.job import InvalidOptionError, JobState
 
 
@@ -52,7 +53,7 @@ def check_listing(limit: int, offset: int) -> None:
 def check_timeout(value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+    if not seconds_within(value, below=1e9):
         raise InvalidOptionError(f"timeout must be > 0 seconds or None, got {value!r}")
     return float(value)
 

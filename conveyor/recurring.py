@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
+from conveyor.durations import seconds_within
 from conveyor.events import EventBus
 from conveyor.job import Job
 from conveyor.scheduler import (
@@ -250,11 +251,7 @@ def check_timing(
         )
     if isinstance(max_catch_up, bool) or not isinstance(max_catch_up, int) or max_catch_up < 1:
         raise InvalidScheduleError(f"max_catch_up must be an integer >= 1, got {max_catch_up!r}")
-    if (
-        isinstance(misfire_grace, bool)
-        or not isinstance(misfire_grace, int | float)
-        or not 0 <= misfire_grace < 1e11  # also refuses NaN and infinity
-    ):
+    if not seconds_within(misfire_grace, allow_zero=True):
         raise InvalidScheduleError(
             f"misfire_grace must be >= 0 seconds and finite, got {misfire_grace!r}"
         )

@@ -3,10 +3,10 @@ that fill in what code and command-line flags leave out."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.durations import is_seconds
 from conveyor.job import InvalidOptionError
 from conveyor.settings import worker_environment
 
@@ -60,11 +60,7 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         for name in _SECONDS:
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
+            if value is not None and not is_seconds(value):
                 raise InvalidOptionError(
                     f"{name} must be a finite number of seconds, got {value!r}"
                 )

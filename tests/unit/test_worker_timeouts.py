@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import patch
 
 from conveyor.worker.timeouts import GRAIN, Timeouts
 
@@ -32,8 +33,12 @@ async def test_a_disarmed_item_never_expires() -> None:
     loop = asyncio.get_running_loop()
     expired: list[str] = []
     timeouts: Timeouts[str] = Timeouts(loop, expired.append)
-    kept = timeouts.arm("kept", "kept", 0.05)
-    gone = timeouts.arm("gone", "gone", 0.05)
+    # Armed at one instant, so in one slice (two reads of the clock may fall
+    # either side of a slice's end under load).
+    now = loop.time()
+    with patch.object(loop, "time", return_value=now):
+        kept = timeouts.arm("kept", "kept", 0.05)
+        gone = timeouts.arm("gone", "gone", 0.05)
     assert kept == gone  # the same slice
     timeouts.disarm("gone", gone)
     assert len(timeouts) == 1
