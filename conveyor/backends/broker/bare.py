@@ -76,6 +76,10 @@ class Held:
     body: str
     receives: int
     received_at: float  # time.monotonic()
+    # Its message's successor went out (a republished retry, or the dead
+    # letter of a failed job): a finish sent again, after a later broker call
+    # of the batch failed, must not send it twice (the job would run twice).
+    sent: bool = False
 
 
 def visibility(seconds: float, most: int) -> int:
@@ -526,7 +530,9 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
             # Hidden, the message could not wait long enough, or its
             # redelivery would not be counted (Pub/Sub counts deliveries
             # only under a dead-letter policy).
-            await self._republish(held, outcome, math.ceil(wait))
+            if not held.sent:
+                await self._republish(held, outcome, math.ceil(wait))
+                held.sent = True
             deletes.append(held)
             return
         changes.append((held, max(0, min(math.ceil(wait), int(left)))))

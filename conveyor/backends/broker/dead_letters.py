@@ -30,6 +30,8 @@ async def send_failed(backend: BrokerBackend, failed: Sequence[tuple[Held, Outco
     facts = backend.facts
     unsent: list[Held] = []
     for held, outcome in failed:
+        if held.sent:  # by an earlier try of this finish
+            continue
         dlq = await backend.broker.dead_letter_queue(held.queue)
         if dlq is None:
             logger.warning(
@@ -50,6 +52,7 @@ async def send_failed(backend: BrokerBackend, failed: Sequence[tuple[Held, Outco
             out.group = str(group)
             out.dedup = f"{outcome.job_id}-failed-{held.receives}"
         failures = await backend.broker.send(dlq, [out])
+        held.sent = not failures
         if failures:
             unsent.append(held)
             logger.error(

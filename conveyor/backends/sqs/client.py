@@ -342,12 +342,7 @@ class SQSClient:
                 {"Id": str(base + i), "ReceiptHandle": r, "VisibilityTimeout": s}
                 for i, (r, s) in enumerate(items)
             ]
-            reply = await self.call(
-                "change_message_visibility_batch", QueueUrl=queue_url, Entries=entries
-            )
-            done = {int(e["Id"]): True for e in reply.get("Successful", [])}
-            done.update({int(e["Id"]): False for e in reply.get("Failed", [])})
-            return done
+            return await self._by_receipt("change_message_visibility_batch", queue_url, entries)
 
         return await _batched(changes, chunk)
 
@@ -357,12 +352,38 @@ class SQSClient:
 
         async def chunk(items: Sequence[str], base: int) -> dict[int, bool]:
             entries = [{"Id": str(base + i), "ReceiptHandle": r} for i, r in enumerate(items)]
-            reply = await self.call("delete_message_batch", QueueUrl=queue_url, Entries=entries)
-            done = {int(e["Id"]): True for e in reply.get("Successful", [])}
-            done.update({int(e["Id"]): False for e in reply.get("Failed", [])})
-            return done
+            return await self._by_receipt("delete_message_batch", queue_url, entries)
 
         return await _batched(receipts, chunk)
+
+    async def _by_receipt(
+        self, operation: str, queue_url: str, entries: list[dict[str, Any]]
+    ) -> dict[int, bool]:
+        """One batch call on received messages: True where SQS did it, False
+        where it refused the entry itself (a receipt no longer valid: the
+        message went to another receive). An entry SQS failed on its side
+        (not the sender's fault) is tried again; if it still fails, the call
+        raises, so the caller tries the whole again rather than take a
+        message it could not delete for one received elsewhere (its job
+        would run again)."""
+        done: dict[int, bool] = {}
+        pending = entries
+        for attempt in range(3):
+            if attempt:
+                await asyncio.sleep(0.05 * 2**attempt)
+            reply = await self.call(operation, QueueUrl=queue_url, Entries=pending)
+            done.update({int(e["Id"]): True for e in reply.get("Successful", [])})
+            failed = reply.get("Failed", [])
+            done.update({int(f["Id"]): False for f in failed if f.get("SenderFault", True)})
+            again = {f["Id"]: f for f in failed if not f.get("SenderFault", True)}
+            pending = [e for e in pending if e["Id"] in again]
+            if not pending:
+                return done
+        reasons = sorted({f"{f.get('Code')}: {f.get('Message', '')}" for f in again.values()})
+        raise BackendUnavailableError(
+            f"SQS {operation}: {len(pending)} message(s) failed on SQS's side"
+            f" ({'; '.join(reasons)})"
+        )
 
 
 async def _batched(
