@@ -214,7 +214,8 @@ class RecurringSchedules:
             if (
                 (name is None or rec.name == name)
                 and (key is None or rec.key == key)
-                and (cron_text is None or rec.cron == cron_text)
+                # Cron reads names of months and days in any case.
+                and (cron_text is None or (rec.cron or "").lower() == cron_text.lower())
                 and (seconds is None or rec.every == seconds)
             ) and await store.schedule_delete(rec.name):
                 removed += 1

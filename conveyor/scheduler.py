@@ -229,17 +229,19 @@ class Plan:
     next_run: float
 
 
-def plan(rec: ScheduleRecord, now: float) -> Plan:
+def plan(rec: ScheduleRecord, now: float, pass_interval: float = 0.0) -> Plan:
     """Which of the due ticks to fire, by the schedule's catch-up policy.
 
-    A tick more than `misfire_grace` seconds late is a misfire. `once` (the
-    default) fires one job for however many ticks were missed; `skip` fires
-    only a tick still within the grace period; `all` fires each missed tick,
-    the latest `max_catch_up` of them.
+    A tick more than `misfire_grace` seconds late is a misfire, counting
+    lateness beyond `pass_interval` (a scheduler that looks once a second
+    sees a tick up to a second after it is due: that tick was not missed).
+    `once` (the default) fires one job for however many ticks were missed;
+    `skip` fires only a tick still within the grace period; `all` fires each
+    missed tick, the latest `max_catch_up` of them.
     """
     bound = max(1, rec.max_catch_up)
     ticks, missed = _due_ticks(rec, now, bound)
-    on_time = [t for t in ticks if now - t <= rec.misfire_grace]
+    on_time = [t for t in ticks if now - t <= rec.misfire_grace + pass_interval]
     if rec.catch_up == "all":
         fire = ticks
     elif rec.catch_up == "skip":
@@ -319,7 +321,7 @@ class Scheduler:
 
     async def _fire(self, store: ScheduleStore, rec: ScheduleRecord, now: float) -> int:
         try:
-            the_plan = plan(rec, now)
+            the_plan = plan(rec, now, self.interval)
         except Exception as exc:
             # A record this release cannot plan (a zone this machine no longer
             # knows, a cron text its parser refuses): it fails alone, tried

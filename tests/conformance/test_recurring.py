@@ -246,6 +246,7 @@ async def seed(app: Conveyor) -> None:
     await app.recurring("b-daily", "j", {}, cron="0 9 * * *", key="seed-b")
     await app.recurring("b-every", "j", {}, every="5 minutes", key="seed-b")
     await app.recurring("plain", "j", {}, every=300)
+    await app.recurring("c-weekly", "j", {}, cron="0 9 * JAN MON", key="seed-c")
 
 
 @pytest.mark.parametrize(
@@ -261,6 +262,8 @@ async def seed(app: Conveyor) -> None:
         ({"name": "plain", "every": "every 5 minutes"}, ["plain"]),
         ({"name": "a-daily", "key": "seed-b"}, []),
         ({"key": "seed-a", "cron": "0 10 * * *"}, []),
+        # Names of months and days in any case, as cron reads them.
+        ({"key": "seed-c", "cron": "0  9 * jan mon"}, ["c-weekly"]),
         ({"key": "seed-a", "every": 60}, []),
         ({"key": "nope"}, []),
         ({"name": "nope"}, []),

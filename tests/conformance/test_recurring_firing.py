@@ -273,6 +273,17 @@ async def test_catch_up_skip_still_fires_a_tick_within_the_grace(app: Conveyor) 
     assert tick_of(job) == T0 + 180
 
 
+async def test_catch_up_skip_counts_lateness_beyond_the_schedulers_pass(app: Conveyor) -> None:
+    # A scheduler looks once per pass (every second by default): a tick it
+    # sees within that second was not missed, whatever the grace.
+    register(app, "j")
+    await app.recurring("s", "j", {}, every=60, catch_up="skip", misfire_grace=0)
+    await set_next_run(app, "s", T0)
+    assert await app.scheduler().tick(now=T0 + 0.9) == 1
+    assert await app.scheduler().tick(now=T0 + 60 + 1.5) == 0  # late past pass and grace
+    assert [tick_of(job) for job in await jobs_of(app, "j")] == [T0]
+
+
 async def test_catch_up_all_fires_each_missed_tick_bounded(app: Conveyor) -> None:
     register(app, "j")
     await app.recurring("s", "j", {}, every=60, catch_up="all", max_catch_up=4)
