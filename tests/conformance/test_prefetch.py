@@ -76,9 +76,11 @@ async def test_prefetched_jobs_keep_their_lease(app: Conveyor, worker) -> None:
 
     jobs = [await app.enqueue("hold", i) for i in range(2)]
     # A lease far shorter than the wait: only heartbeats keep the waiting job.
-    async with worker(app, concurrency=1, prefetch=1, lease=0.5, heartbeat_interval=0.1):
+    # (A lease of 0.5 s ran out under CI's load on SQS, whose beats go
+    # through moto's server too: one beat took longer than the lease.)
+    async with worker(app, concurrency=1, prefetch=1, lease=1.0, heartbeat_interval=0.1):
         await wait_event(started)
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.5)
         states = [(await app.get_job(j.id)).state for j in jobs]  # type: ignore[union-attr]
         assert states == [JobState.RUNNING, JobState.RUNNING]
         release.set()
