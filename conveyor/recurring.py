@@ -13,7 +13,7 @@ from conveyor._sync import Portal, blocking
 from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
 from conveyor.durations import seconds_within
 from conveyor.events import EventBus
-from conveyor.job import Job
+from conveyor.job import ConveyorError, Job
 from conveyor.scheduler import (
     CATCH_UP_POLICIES,
     InvalidScheduleError,
@@ -105,17 +105,7 @@ class RecurringSchedules:
             retries=retries,
             timeout=timeout,
         )
-        options = stored_options(resolved)
-        store = await _store(self)
-        now = await self.backend.clock()  # next_run is due by the backend's clock
-        old = await store.schedule_get(name)
-        same_timing = old is not None and (old.cron, old.every, old.tz) == (cron_text, seconds, tz)
-        next_run = (
-            old.next_run
-            if old is not None and same_timing and old.enabled
-            else first_run(cron_text, seconds, tz, now)
-        )
-        record = ScheduleRecord(
+        definition = ScheduleRecord(
             name=name,
             job_name=job_name,
             payload=resolved.payload,
@@ -123,36 +113,30 @@ class RecurringSchedules:
             every=seconds,
             tz=tz,
             key=key,
-            # None keeps what an operator chose (a seed script re-run at deploy
-            # time must not re-enable a schedule someone disabled).
-            enabled=(old.enabled if old is not None else True) if enabled is None else enabled,
-            next_run=next_run,
-            created_at=old.created_at if old is not None else now,
-            updated_at=now,
-            last_run=old.last_run if old is not None else None,
-            last_error=old.last_error if old is not None else None,
+            enabled=enabled is not False,
+            next_run=0.0,  # these four: from the stored record, or now
+            created_at=0.0,
+            updated_at=0.0,
             catch_up=catch_up,
             max_catch_up=max_catch_up,
             misfire_grace=float(misfire_grace),
-            options=options,
+            options=stored_options(resolved),
         )
-        if old is not None and replace(record, updated_at=old.updated_at) == old:
-            # The same definition again (every worker's start, a seed script
-            # re-run): nothing to write, and nothing to undo.
-            return Schedule.from_record(old)
-        if old is not None and same_timing and old.enabled:
-            # A scheduler may have fired a tick since the read: keep what it
-            # wrote (writing back the read's next_run would fire it again).
-            fresh = await store.schedule_get(name)
-            if fresh is not None and fresh.next_run != old.next_run:
-                record = replace(
-                    record,
-                    next_run=fresh.next_run,
-                    last_run=fresh.last_run,
-                    last_error=fresh.last_error,
-                )
-        await store.schedule_put(record)
-        return Schedule.from_record(record)
+        store = await _store(self)
+        for _ in range(_CAS_TRIES):
+            now = await self.backend.clock()  # next_run is due by the backend's clock
+            old = await store.schedule_get(name)
+            record = _stored_over(definition, old, now, enabled)
+            if old is not None and replace(record, updated_at=old.updated_at) == old:
+                # The same definition again (every worker's start, a seed
+                # script re-run): nothing to write, and nothing to undo.
+                return Schedule.from_record(old)
+            # Written only if no scheduler fired it since the read (writing
+            # back the read's next run would fire that tick again) and no one
+            # enabled or disabled it; else read again and redo.
+            if await store.schedule_put(record, old):
+                return Schedule.from_record(record)
+        raise _kept_changing(name)
 
     async def get_recurring(self: _Facade, name: str) -> Schedule | None:
         rec = await (await _store(self)).schedule_get(name)
@@ -266,13 +250,53 @@ async def _store(app: _Facade) -> ScheduleStore:
 
 async def _set_enabled(app: _Facade, name: str, enabled: bool) -> bool:
     store = await _store(app)
-    rec = await store.schedule_get(name)
-    if rec is None:
-        return False
-    if rec.enabled != enabled:
-        rec.enabled = enabled
-        rec.updated_at = await app.backend.clock()
-        if enabled:  # no burst of catch-up for the time it was off
-            rec.next_run = first_run(rec.cron, rec.every, rec.tz, rec.updated_at)
-        await store.schedule_put(rec)
-    return True
+    for _ in range(_CAS_TRIES):
+        old = await store.schedule_get(name)
+        if old is None:
+            return False
+        if old.enabled == enabled:
+            return True
+        now = await app.backend.clock()
+        # No burst of catch-up for the time it was off.
+        next_run = first_run(old.cron, old.every, old.tz, now) if enabled else old.next_run
+        record = replace(old, enabled=enabled, updated_at=now, next_run=next_run)
+        if await store.schedule_put(record, old):  # else a tick fired meanwhile: redo
+            return True
+    raise _kept_changing(name)
+
+
+# A schedule rewritten (read, then compare-and-set) this many times over, each
+# time changed by another writer in between, is given up on with an error.
+_CAS_TRIES = 100
+
+
+def _kept_changing(name: str) -> ConveyorError:
+    return ConveyorError(
+        f"schedule {name!r} changed under every one of {_CAS_TRIES} writes"
+        " (another writer rewrites it without pause); nothing was written"
+    )
+
+
+def _stored_over(
+    definition: ScheduleRecord, old: ScheduleRecord | None, now: float, enabled: bool | None
+) -> ScheduleRecord:
+    """`definition` as recurring() stores it over `old` (None: a new one):
+    the next run is kept unless the timing changed (or it was disabled), and
+    enabled kept unless `enabled` is given (a seed script re-run at deploy
+    time must not re-enable a schedule an operator disabled)."""
+    if old is None:
+        first = first_run(definition.cron, definition.every, definition.tz, now)
+        return replace(definition, next_run=first, created_at=now, updated_at=now)
+    timing = (definition.cron, definition.every, definition.tz)
+    keep_next = (old.cron, old.every, old.tz) == timing and old.enabled
+    return replace(
+        definition,
+        enabled=old.enabled if enabled is None else enabled,
+        next_run=old.next_run
+        if keep_next
+        else first_run(definition.cron, definition.every, definition.tz, now),
+        created_at=old.created_at,
+        updated_at=now,
+        last_run=old.last_run,
+        last_error=old.last_error,
+    )

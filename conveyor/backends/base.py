@@ -441,10 +441,22 @@ class ScheduleRecord:
     options: str = "{}"  # JSON: enqueue options (queue, priority, retries, timeout)
 
 
+def same_turn(stored: ScheduleRecord, expected: ScheduleRecord) -> bool:
+    """Whether no fire, enable or disable changed `stored` since `expected`
+    was read (schedule_put's compare-and-set)."""
+    return (stored.next_run, stored.enabled) == (expected.next_run, expected.enabled)
+
+
 @runtime_checkable
 class ScheduleStore(Protocol):
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        """Create or replace the schedule named `record.name`."""
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
+        """Create or replace the schedule named `record.name`; True if written.
+        With `expected` (the record as read before), a compare-and-set: an
+        existing schedule is replaced only while it still has expected's
+        next_run and enabled (a scheduler's fire, or an enable or disable,
+        changed one since the read: False, nothing written)."""
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None: ...
 

@@ -10,7 +10,13 @@ import time
 from collections.abc import Sequence
 
 from conveyor.backends._notify import Notifier
-from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import (
+    STALE_WORKER_KEPT,
+    NewJob,
+    ScheduleRecord,
+    WorkerInfo,
+    same_turn,
+)
 from conveyor.backends.records import present_workers
 from conveyor.job import Job
 
@@ -35,9 +41,15 @@ class MemoryStores:
 
     # ----------------------------------------------------------------- schedules
 
-    async def schedule_put(self, record: ScheduleRecord) -> None:
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
         with self._lock:
+            stored = self._schedules.get(record.name)
+            if expected is not None and stored is not None and not same_turn(stored, expected):
+                return False
             self._schedules[record.name] = dataclasses.replace(record)
+            return True
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None:
         with self._lock:

@@ -110,8 +110,13 @@ class StoreSides:
             raise NotSupportedError(f"the store {self.store.url} has no {what}")
         return self.store
 
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        await self._side(ScheduleStore, "recurring schedules").schedule_put(record)
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
+        written: bool = await self._side(ScheduleStore, "recurring schedules").schedule_put(
+            record, expected
+        )
+        return written
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None:
         found: ScheduleRecord | None = await self._side(ScheduleStore, "schedules").schedule_get(

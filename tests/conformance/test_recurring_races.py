@@ -60,6 +60,63 @@ async def test_a_tick_fired_during_recurring_stays_fired(app: Conveyor, changed:
     assert after.payload == ('{"v":2}' if changed else "{}")
 
 
+def before_the_write(backend: Any, meanwhile: Any) -> list[Any]:
+    """Runs `meanwhile` once, just before the next schedule write goes out:
+    another writer got in between recurring()'s last read and its write."""
+    put = backend.schedule_put
+    done: list[Any] = []
+
+    async def write(*args: Any, **kwargs: Any) -> Any:
+        backend.schedule_put = put  # once
+        done.append(await meanwhile())
+        return await put(*args, **kwargs)
+
+    backend.schedule_put = write
+    return done
+
+
+@pytest.mark.parametrize("queue", [None, "elsewhere"])
+async def test_a_tick_fired_just_before_recurrings_write_stays_fired(
+    app: Conveyor, queue: str | None
+) -> None:
+    """However late the scheduler fires (after every read recurring() makes,
+    before its write), the write must not bring the fired tick back; also
+    when the new definition moves the schedule's jobs to another queue."""
+    backend = ticking_app(app)
+    await app.recurring("r", JOB, {}, every=3600)
+    record = await backend.schedule_get("r")
+    due = record.next_run - 3600 - 5
+    await backend.schedule_put(replace(record, next_run=due))
+    scheduler = Scheduler(backend, app.registry, app.events)
+    fired = before_the_write(backend, scheduler.tick)
+    try:
+        await app.recurring("r", JOB, {"v": 2}, every=3600, queue=queue)
+    finally:
+        vars(backend).pop("schedule_put", None)
+    assert fired == [1]
+    after = await backend.schedule_get("r")
+    assert after.next_run > due and after.payload == '{"v":2}'
+    assert await scheduler.tick() == 0
+
+
+@pytest.mark.parametrize("change", ["disable", "enable"])
+async def test_an_operators_enable_or_disable_meanwhile_is_kept(app: Conveyor, change: str) -> None:
+    """recurring() keeps what an operator chose (enabled=None): a disable (or
+    enable) landing between its read and its write must not be undone."""
+    ticking_app(app)
+    backend = app.backend
+    await app.recurring("r", JOB, {}, every=3600, enabled=change == "disable")
+    switch = app.disable_recurring if change == "disable" else app.enable_recurring
+    before_the_write(backend, lambda: switch("r"))
+    try:
+        await app.recurring("r", JOB, {"v": 2}, every=3600)
+    finally:
+        vars(backend).pop("schedule_put", None)
+    after = await app.get_recurring("r")
+    assert after is not None and after.payload == {"v": 2}
+    assert after.enabled is (change == "enable")
+
+
 @pytest.mark.parametrize("cron", ["61 * * * *", "@sometimes", "0 0 31 2 *"])
 async def test_one_unplannable_schedule_does_not_stop_the_others(app: Conveyor, cron: str) -> None:
     """A stored schedule that cannot be planned (a cron text this release's

@@ -7,9 +7,13 @@ hash (BullMQ's fields and conveyor's `cv...` ones) and its place in the
 Node does not list it). Writing over a scheduler Node made takes it over: its
 pending iteration job (`repeat:<id>:<ms>`, still delayed) is removed, as
 BullMQ's own override does, so that tick is not run twice.
+With an expected next run, a compare-and-set: a conveyor schedule is
+replaced only while its `cvnext` and `cvenabled` are still those read before
+(a tick fired, or an enable or disable, since: nothing written, answer 0).
 KEYS: repeat, the scheduler hash, delayed, events.
-ARGV: id, the queue's key base, "1" enabled | "0", next run (ms), then the
-hash's field/value pairs.
+ARGV: id, the queue's key base, "1" enabled | "0", next run (ms), expected
+next run (text, as stored; "" = write in any case), expected enabled, then
+the hash's field/value pairs.
 
 FIRE_SCHEDULE is a conveyor tick in one atomic step: the compare-and-set of
 the schedule's next run (`cvnext` must still be the value the scheduler read,
@@ -36,6 +40,10 @@ ADD_SCRIPTS: Final = ("addStandardJob", "addPrioritizedJob", "addDelayedJob")
 
 PUT_SCHEDULE: Final = """
 local id, base = ARGV[1], ARGV[2]
+if ARGV[5] ~= "" then
+  local h = redis.call("HMGET", KEYS[2], "cvnext", "cvenabled")
+  if h[1] and (tonumber(h[1]) ~= tonumber(ARGV[5]) or h[2] ~= ARGV[6]) then return 0 end
+end
 local old = redis.call("ZSCORE", KEYS[1], id)
 if old and redis.call("HEXISTS", KEYS[2], "cvnext") == 0 then
   local pending = "repeat:" .. id .. ":" .. old
@@ -46,7 +54,7 @@ if old and redis.call("HEXISTS", KEYS[2], "cvnext") == 0 then
 end
 local iterations = redis.call("HGET", KEYS[2], "ic") or "1"
 redis.call("DEL", KEYS[2])
-redis.call("HSET", KEYS[2], "ic", iterations, unpack(ARGV, 5))
+redis.call("HSET", KEYS[2], "ic", iterations, unpack(ARGV, 7))
 if ARGV[3] == "1" then
   redis.call("ZADD", KEYS[1], ARGV[4], id)
 else

@@ -178,15 +178,26 @@ class BullSchedules(BullAdmin):
 
     # ------------------------------------------------------------------ writing
 
-    async def schedule_put(self, record: ScheduleRecord) -> None:
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
         queue = _queue_of(record)
         await self.note_queues([queue])
+        expect = ("", "") if expected is None else _turn(expected)
+        expected_next = None if expected is None else expected.next_run
         for old in await self._located(record.name):
             if old != queue:
+                # Moving to another queue: compared here, then removed (the
+                # two steps apart; a change of queue is rare).
+                hash_key = self.keys(old)["repeat"] + ":" + record.name
+                at, on = await self._cmd("HMGET", hash_key, OWNED, "cvenabled")
+                turned = at is not None and (float(at), on) != (expected_next, expect[1])
+                if expected is not None and turned:
+                    return False
                 await self._remove(old, record.name)
         keys = self.keys(queue)
         fields = _fields(record)
-        await self._cmd(
+        written = await self._cmd(
             "EVAL",
             PUT_SCHEDULE,
             4,
@@ -198,9 +209,13 @@ class BullSchedules(BullAdmin):
             keys.base,
             "1" if record.enabled else "0",
             _score(record.next_run),
+            *expect,
             *[item for pair in fields.items() for item in pair],
         )
+        if not int(written):
+            return False
         await self._cmd("HSET", self._schedule_index, record.name, queue)
+        return True
 
     async def _remove(self, queue: str, name: str) -> bool:
         """BullMQ's removeJobScheduler (its pending iteration job goes too),
@@ -374,6 +389,12 @@ def _score(next_run: float) -> int:
 def _queue_of(record: ScheduleRecord) -> str:
     queue = json.loads(record.options or "{}").get("queue")
     return queue if isinstance(queue, str) and queue else "default"
+
+
+def _turn(record: ScheduleRecord) -> tuple[str, str]:
+    """A record's next run and enabled as its hash stores them (what
+    schedule_put compares)."""
+    return repr(record.next_run), "1" if record.enabled else "0"
 
 
 def _fields(record: ScheduleRecord) -> dict[str, str]:

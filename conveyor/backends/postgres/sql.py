@@ -481,9 +481,13 @@ DELETE FROM {self.s}.jobs WHERE state = ANY(%(states)s::text[]) AND state <> 'ru
         updates = ", ".join(
             f"{c.strip()} = excluded.{c.strip()}" for c in SCHEDULE_COLS.split(",")[1:]
         )
+        # With an expectation, the stored row is replaced only while it
+        # still has the next run and enabled read before (ScheduleStore).
         return (
             f"INSERT INTO {self.s}.schedules ({SCHEDULE_COLS}) VALUES ({marks})"
             f" ON CONFLICT (name) DO UPDATE SET {updates}"
+            f" WHERE NOT %(expect)s OR ({self.s}.schedules.next_run = %(expected_next_run)s"
+            f" AND {self.s}.schedules.enabled = %(expected_enabled)s)"
         )
 
     @cached_property

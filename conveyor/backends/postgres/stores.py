@@ -35,8 +35,16 @@ class PostgresStores(PostgresConnection):
 
     # ------------------------------------------------------------ schedules
 
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        await self._write(self.q.schedule_put, dataclasses.asdict(record))
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
+        params = dataclasses.asdict(record) | {
+            "expect": expected is not None,
+            "expected_next_run": expected.next_run if expected else None,
+            "expected_enabled": expected.enabled if expected else None,
+        }
+        written = await self._write(self.q.schedule_put, params)
+        return bool(written)
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None:
         records = await self._schedules("WHERE name = %(name)s", {"name": name})

@@ -44,6 +44,7 @@ _SCRIPT_NAMES = (
     "purge",
     "withdraw",
     "schedule_fire",
+    "schedule_put",
     "stats",
     "lock_release",
     "lock_extend",

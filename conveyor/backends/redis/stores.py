@@ -11,7 +11,6 @@ from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, Wo
 from conveyor.backends.records import present_workers, stored_worker
 from conveyor.backends.redis.connection import RedisConnection
 from conveyor.backends.redis.layout import server_time
-from conveyor.backends.redis.resp import Arg
 from conveyor.backends.redis.rows import jobs_json, num_arg, schedule_record
 from conveyor.job import Job
 
@@ -21,7 +20,9 @@ class RedisStores(RedisConnection):
 
     # ------------------------------------------------------------------ schedules
 
-    async def schedule_put(self, record: ScheduleRecord) -> None:
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
         mapping = {
             "name": record.name,
             "job_name": record.job_name,
@@ -41,23 +42,17 @@ class RedisStores(RedisConnection):
             "misfire_grace": repr(record.misfire_grace),
             "options": record.options,
         }
-        key = self._schedule_key(record.name)
-        due: tuple[Arg, ...] = (
-            ("ZADD", f"{self.prefix}:schedules:due", repr(record.next_run), record.name)
-            if record.enabled
-            else ("ZREM", f"{self.prefix}:schedules:due", record.name)
+        written = await self._run(
+            "schedule_put",
+            record.name,
+            "0" if expected is None else "1",
+            "" if expected is None else repr(expected.next_run),
+            "1" if expected is not None and expected.enabled else "0",
+            mapping["enabled"],
+            mapping["next_run"],
+            *[item for pair in mapping.items() for item in pair],
         )
-        fields = [item for pair in mapping.items() for item in pair]
-        await self._pipe(
-            [
-                ("MULTI",),
-                ("DEL", key),
-                ("HSET", key, *fields),
-                ("SADD", f"{self.prefix}:schedules", record.name),
-                due,
-                ("EXEC",),
-            ]
-        )
+        return bool(int(written))
 
     async def _schedules(self, names: Sequence[str]) -> list[ScheduleRecord]:
         if not names:

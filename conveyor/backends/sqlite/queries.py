@@ -203,8 +203,19 @@ def write_one(conn: sqlite3.Connection, sql: str, *params: Any) -> bool:
     return changed > 0
 
 
-def schedule_put(conn: sqlite3.Connection, record: ScheduleRecord) -> None:
+def schedule_put(
+    conn: sqlite3.Connection, record: ScheduleRecord, expected: ScheduleRecord | None = None
+) -> bool:
     with write_transaction(conn):
+        if expected is not None:
+            stored = conn.execute(
+                "SELECT next_run, enabled FROM conveyor_schedules WHERE name = ?1", (record.name,)
+            ).fetchone()
+            if stored is not None and (stored[0], bool(stored[1])) != (
+                expected.next_run,
+                expected.enabled,
+            ):
+                return False
         conn.execute(
             SCHEDULE_PUT,
             (
@@ -227,6 +238,7 @@ def schedule_put(conn: sqlite3.Connection, record: ScheduleRecord) -> None:
                 record.options,
             ),
         )
+    return True
 
 
 def schedules(conn: sqlite3.Connection, sql: str, *params: Any) -> list[ScheduleRecord]:

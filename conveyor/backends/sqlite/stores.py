@@ -20,8 +20,11 @@ class SQLiteStores(SQLiteConnection):
 
     # ------------------------------------------------------------ schedules
 
-    async def schedule_put(self, record: ScheduleRecord) -> None:
-        await self._call(queries.schedule_put, record)
+    async def schedule_put(
+        self, record: ScheduleRecord, expected: ScheduleRecord | None = None
+    ) -> bool:
+        written: bool = await self._call(queries.schedule_put, record, expected)
+        return written
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None:
         records = await self._call(
