@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from availability import unavailable
+from psycopg.conninfo import conninfo_to_dict
 
 from conveyor import Conveyor
 from conveyor.backends.postgres.url import parse_url
@@ -128,3 +129,18 @@ def test_the_conninfo_keeps_the_url_as_libpq_reads_it(url: str, conninfo: str) -
 def test_acknowledgements_wait_for_the_flush_unless_the_url_says_sync_acks_false() -> None:
     assert parse_url(BASE).sync_acks is True
     assert parse_url(f"{BASE}?sync_acks=false").sync_acks is False
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # Spaces, percent-encoded as libpq reads them, stay spaces (not "+").
+        ("options=-c%20statement_timeout%3D300", {"options": "-c statement_timeout=300"}),
+        ("application_name=billing%20worker", {"application_name": "billing worker"}),
+        # A "+" is a plus to libpq (URIs are not forms).
+        ("application_name=a+b", {"application_name": "a+b"}),
+    ],
+)
+def test_libpq_values_reach_libpq_as_it_reads_the_url(query: str, expected: dict[str, str]) -> None:
+    conninfo = parse_url(f"postgresql://127.0.0.1:5432/test?{query}").conninfo
+    assert conninfo_to_dict(conninfo).items() >= expected.items()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from conveyor.backends.url_options import flag
 from conveyor.job import InvalidOptionError
@@ -47,7 +47,7 @@ def parse_url(url: str) -> PostgresURL:
         raise InvalidOptionError(f"bad port in {url!r}") from None
     ours: dict[str, str] = {}
     theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in _query_pairs(parts.query):
         if name in OPTIONS:
             ours[name] = value
         else:
@@ -70,7 +70,7 @@ def parse_url(url: str) -> PostgresURL:
         theirs.append(("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     # Not urlunsplit: it drops the `//` of a URL without a host
     # (`postgresql:///db`: libpq's default host, or $PGHOST).
-    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(theirs)}"
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(theirs, quote_via=quote)}"
     _check_libpq_options(url, conninfo)
     host = parts.hostname or "localhost"
     dbname = parts.path.lstrip("/") or parts.username or "postgres"
@@ -101,3 +101,15 @@ def _check_libpq_options(url: str, conninfo: str) -> None:
             f"bad PostgreSQL URL {url!r}: {exc} (conveyor's own options: "
             f"{', '.join(sorted(OPTIONS))}; the rest are libpq's connection parameters)"
         ) from None
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """The URL's query as libpq reads it: percent-decoded, and "+" a plus (a
+    URI is not a form; parse_qsl would make it a space, and a space written
+    back as "+" reaches libpq as a plus: `options=-c%20x%3D1` broke)."""
+    pairs = []
+    for part in query.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((unquote(name), unquote(value)))
+    return pairs
