@@ -97,6 +97,12 @@ class PostgresConnection:
         except PoolTimeout as exc:
             raise await self._timed_out(pool) from exc
         except psycopg.OperationalError as exc:
+            if not connection_lost(exc):
+                # The server canceled the statement (a lock or statement
+                # timeout, a deadlock): it is there, and the pool is fine.
+                raise BackendUnavailableError(
+                    f"PostgreSQL at {self.settings.display}: {_first_line(exc)}"
+                ) from exc
             # The server went away (or restarted): the other idle connections
             # are most likely dead too. Drop them now, so that the calls after
             # this one connect afresh rather than each failing once.
@@ -118,9 +124,8 @@ class PostgresConnection:
         )
 
     def _unreachable(self, exc: Exception) -> BackendUnavailableError:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return BackendUnavailableError(
-            f"PostgreSQL at {self.settings.display} unreachable: {reason}"
+            f"PostgreSQL at {self.settings.display} unreachable: {_first_line(exc)}"
         )
 
     async def _timed_out(self, pool: AsyncConnectionPool) -> BackendUnavailableError:
@@ -161,7 +166,11 @@ class PostgresConnection:
             # PoolTimeout is an OperationalError too, but waiting as long
             # again for a pooled connection would only double the wait.
             cause = exc.__cause__
-            if not isinstance(cause, psycopg.OperationalError) or isinstance(cause, PoolTimeout):
+            if (
+                not isinstance(cause, psycopg.OperationalError)
+                or isinstance(cause, PoolTimeout)
+                or not connection_lost(cause)  # canceled: it would wait the same again
+            ):
                 raise
         return await self._fetch(query, params)
 
@@ -346,3 +355,22 @@ async def _close(pool: AsyncConnectionPool | None, listener: Listener | None) ->
         await listener.stop()
     if pool is not None:
         await pool.close()
+
+
+# SQLSTATEs of a connection that is gone: class 08 (connection exception) and
+# the server's shutdowns (admin, crash, still starting up).
+_GONE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
+
+
+def connection_lost(exc: psycopg.OperationalError) -> bool:
+    """Whether the connection failed (no SQLSTATE: cut on the client's side;
+    class 08; a server shutdown), not the statement (psycopg raises a lock or
+    statement timeout, a deadlock or a serialization failure as an
+    OperationalError too)."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _GONE_STATES
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,71 @@
+"""A statement the server cancels (a lock_timeout or statement_timeout the
+URL sets, a deadlock) is not the server being unreachable: the error says
+what the server said, and a read is not run a second time for it (a second
+try waits out the same lock again)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+import pytest
+
+from conveyor import BackendUnavailableError, Conveyor
+
+pytestmark = pytest.mark.postgres
+
+
+@contextmanager
+def jobs_table_locked(url: str) -> Iterator[None]:
+    """Another session holds the jobs table (ACCESS EXCLUSIVE) meanwhile."""
+    parts = urlsplit(url)
+    schema = dict(parse_qsl(parts.query))["schema"]
+    server = parts._replace(query="").geturl()
+    ready, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(server) as conn:
+            conn.execute(f'LOCK TABLE "{schema}".jobs IN ACCESS EXCLUSIVE MODE')
+            ready.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(10)
+        yield
+    finally:
+        done.set()
+        holder.join()
+
+
+async def test_a_statement_the_server_cancels_is_said_as_such_and_not_run_twice(
+    postgres_urls: Callable[[], str],
+) -> None:
+    url = postgres_urls()
+    app = Conveyor(url + "&options=-c%20lock_timeout%3D200")
+
+    @app.job("t")
+    async def t(payload: object) -> None:
+        return None
+
+    async with app:
+        job = await app.enqueue("t", {})
+        backend = app.backend
+        ran: list[str] = []
+        real_fetch = backend._fetch  # type: ignore[attr-defined]
+
+        async def counting_fetch(query: str, params: object = None) -> object:
+            ran.append(query)
+            return await real_fetch(query, params)
+
+        backend._fetch = counting_fetch  # type: ignore[attr-defined]
+        with jobs_table_locked(url), pytest.raises(BackendUnavailableError) as caught:
+            await app.get_job(job.id)
+        message = str(caught.value)
+        assert "lock timeout" in message and "unreachable" not in message, message
+        assert len(ran) == 1, "the read was run again after the server canceled it"
+        assert (await app.get_job(job.id)) is not None  # and the pool is fine after
