@@ -28,10 +28,23 @@ def test_conveyor_options_are_taken_out_and_libpq_ones_kept() -> None:
     assert url.display == "db.example:6543/jobs"  # no password in messages
 
 
+# libpq settings the URL gets unless it says otherwise: a server that does
+# not answer fails the connect in 5 s, and a connection cut off without a
+# word (no FIN, no RST) is dropped by TCP in about 30 s, not hours.
+DEFAULTS = (
+    "connect_timeout=5&keepalives_idle=15&keepalives_interval=5&keepalives_count=3"
+    "&tcp_user_timeout=30000"
+)
+
+
 def test_defaults() -> None:
     url = parse_url("postgresql://127.0.0.1/test")
     assert (url.schema, url.migrate, url.pool_size, url.vacuum) == ("conveyor", True, 10, True)
-    assert "connect_timeout=5" in url.conninfo  # an unanswering server fails fast
+    assert url.conninfo == f"postgresql://127.0.0.1/test?{DEFAULTS}"
+    own = parse_url("postgresql://127.0.0.1/test?keepalives_idle=60&connect_timeout=2").conninfo
+    assert conninfo_to_dict(own)["keepalives_idle"] == "60"
+    assert conninfo_to_dict(own)["connect_timeout"] == "2"
+    assert conninfo_to_dict(own)["tcp_user_timeout"] == "30000"
 
 
 @pytest.mark.parametrize(
@@ -113,13 +126,13 @@ def test_prepared_statements_are_on_unless_the_url_says_false() -> None:
     ("url", "conninfo"),
     [
         # No host: libpq's default (or $PGHOST); the `//` must stay.
-        ("postgresql:///shop?schema=jobs", "postgresql:///shop?connect_timeout=5"),
-        ("postgres:///shop", "postgresql:///shop?connect_timeout=5"),
+        ("postgresql:///shop?schema=jobs", f"postgresql:///shop?{DEFAULTS}"),
+        ("postgres:///shop", f"postgresql:///shop?{DEFAULTS}"),
         (
             "postgres://u:p@db:6432/shop?sslmode=disable",
-            "postgresql://u:p@db:6432/shop?sslmode=disable&connect_timeout=5",
+            f"postgresql://u:p@db:6432/shop?sslmode=disable&{DEFAULTS}",
         ),
-        ("postgresql://%2Fvar%2Frun/shop", "postgresql://%2Fvar%2Frun/shop?connect_timeout=5"),
+        ("postgresql://%2Fvar%2Frun/shop", f"postgresql://%2Fvar%2Frun/shop?{DEFAULTS}"),
     ],
 )
 def test_the_conninfo_keeps_the_url_as_libpq_reads_it(url: str, conninfo: str) -> None:

@@ -15,6 +15,13 @@ stays on a server connection that goes back to the pool, and nothing it
 hears is passed on; workers would silently fall back to their poll
 interval. The listener then fails for good (`failure`), and the waiters
 raise BackendMisconfiguredError, which stops a worker with the reason.
+
+The probe goes again every LIVENESS_EVERY seconds while the connection is
+up: a connection cut off without a word (a network cut, a NAT or load
+balancer dropping an idle flow: no FIN, no RST) would otherwise hear nothing
+for hours while looking alive, and workers would wake only at their poll
+interval. One that no longer hears its probe is said at WARNING and made
+again. (The regular traffic also keeps such idle flows open.)
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ _BACKOFF: Final = (0.1, 0.25, 0.5, 1.0, 2.0)
 # to read the first in time).
 PROBE_WAIT: Final = 3.0
 PROBE_ATTEMPTS: Final = 2
+# How often a connection that passed its self-test is proven again.
+LIVENESS_EVERY = 30.0
 
 SendProbe = Callable[[str, str], Awaitable[None]]  # (channel, payload)
 
@@ -133,7 +142,7 @@ class Listener:
                     self.epoch += 1
                     self._listening.set()
                     self.notifier.notify()
-                    await reader
+                    await self._keep_proving(reader)
                 finally:
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -161,6 +170,26 @@ class Listener:
             self.by_pair[(queue, name)] += 1
             self.notifier.notify()
         raise _ConnectionLost("the LISTEN connection was closed")
+
+    async def _keep_proving(self, reader: asyncio.Task[None]) -> None:
+        """Until the connection ends, send the probe again every
+        LIVENESS_EVERY seconds; raise _ConnectionLost when it no longer
+        comes back (it did before: the connection is lost, not misused)."""
+        while True:
+            done, _ = await asyncio.wait({reader}, timeout=LIVENESS_EVERY)
+            if done:
+                await reader  # raises what ended it
+            try:
+                # Bounded: the probe's own send may hang on a cut-off pool.
+                async with asyncio.timeout(PROBE_WAIT * (PROBE_ATTEMPTS + 1)):
+                    await self._self_test(reader)
+            except (BackendMisconfiguredError, TimeoutError) as exc:
+                logger.warning(
+                    "the LISTEN connection to %s stopped hearing its probe NOTIFY (cut off"
+                    " without a word?); connecting again",
+                    self._where,
+                )
+                raise _ConnectionLost("the LISTEN connection stopped hearing") from exc
 
     async def _self_test(self, reader: asyncio.Task[None]) -> None:
         """Return once a probe NOTIFY, sent from another connection, came

@@ -16,9 +16,20 @@ OPTIONS: Final = frozenset(
     {"schema", "migrate", "pool_size", "vacuum", "sync_acks", "prepared_statements"}
 )
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-# A server that does not answer must not hang a worker's start (libpq's
-# default is to wait forever).
-DEFAULT_CONNECT_TIMEOUT: Final = "5"
+# libpq settings a URL gets unless it gives its own. A server that does not
+# answer must not hang a worker's start (libpq's default is to wait for
+# ever); and a connection cut off without a word (a network cut, a NAT or
+# load balancer dropping the flow: no FIN, no RST) must end in about 30 s
+# (TCP keepalives when idle, an unacknowledged-send limit when not), not
+# after the system's two hours of keepalive or a quarter hour of resends,
+# with every call on it waiting meanwhile. Ignored on Unix sockets.
+LIBPQ_DEFAULTS: Final = (
+    ("connect_timeout", "5"),
+    ("keepalives_idle", "15"),
+    ("keepalives_interval", "5"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +77,8 @@ def parse_url(url: str) -> PostgresURL:
         raise InvalidOptionError(
             f"pool_size={ours.get('pool_size')!r} in {url!r}: expected a whole number >= 2"
         )
-    if not any(name == "connect_timeout" for name, _ in theirs):
-        theirs.append(("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    given = {name for name, _ in theirs}
+    theirs += [(name, value) for name, value in LIBPQ_DEFAULTS if name not in given]
     # Not urlunsplit: it drops the `//` of a URL without a host
     # (`postgresql:///db`: libpq's default host, or $PGHOST).
     conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(theirs, quote_via=quote)}"
