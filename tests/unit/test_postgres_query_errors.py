@@ -5,13 +5,17 @@ try waits out the same lock again)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import pytest
+from blackhole import proxied
 
 from conveyor import BackendUnavailableError, Conveyor
 
@@ -58,9 +62,9 @@ async def test_a_statement_the_server_cancels_is_said_as_such_and_not_run_twice(
         ran: list[str] = []
         real_fetch = backend._fetch  # type: ignore[attr-defined]
 
-        async def counting_fetch(query: str, params: object = None) -> object:
+        async def counting_fetch(query: str, params: object = None, **options: Any) -> object:
             ran.append(query)
-            return await real_fetch(query, params)
+            return await real_fetch(query, params, **options)
 
         backend._fetch = counting_fetch  # type: ignore[attr-defined]
         with jobs_table_locked(url), pytest.raises(BackendUnavailableError) as caught:
@@ -69,3 +73,43 @@ async def test_a_statement_the_server_cancels_is_said_as_such_and_not_run_twice(
         assert "lock timeout" in message and "unreachable" not in message, message
         assert len(ran) == 1, "the read was run again after the server canceled it"
         assert (await app.get_job(job.id)) is not None  # and the pool is fine after
+
+
+async def test_a_call_on_a_connection_cut_off_without_a_word_ends_and_the_next_works(
+    postgres_urls: Callable[[], str],
+) -> None:
+    """A statement whose answer never comes (its connection silently cut; a
+    frozen server) fails within the backend's answer deadline, rather than
+    hanging its caller (a worker's heartbeat or claim) for as long as TCP
+    takes to give up; the dropped connection is not reused."""
+    url = postgres_urls()
+    async with proxied(url) as (through_proxy, proxy):
+        app = Conveyor(through_proxy)
+
+        @app.job("t")
+        async def t(payload: object) -> None:
+            return None
+
+        async with app:
+            job = await app.enqueue("t", {})
+            app.backend.answer_within = 1.0  # type: ignore[attr-defined]
+            cut = proxy.cut_all()
+            assert cut >= 1
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="no answer within 1 s"):
+                await asyncio.wait_for(app.get_job(job.id), 30)
+            assert time.monotonic() - started < 15
+            # Each cut connection fails one call at most and is dropped (not
+            # handed out again); connections made after the cut go through.
+            failures = 1
+            while failures <= cut:
+                try:
+                    got = await asyncio.wait_for(app.get_job(job.id), 30)
+                except BackendUnavailableError:
+                    failures += 1
+                    continue
+                break
+            assert failures <= cut, "a cut connection was handed out twice"
+            for _ in range(3):
+                got = await asyncio.wait_for(app.get_job(job.id), 30)
+                assert got is not None and got.id == job.id

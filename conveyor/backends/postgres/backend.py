@@ -447,7 +447,8 @@ class PostgresBackend(PostgresStores):
     async def stats(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for queue, state, count in await self._read(
-            f"SELECT queue, state, count(*) FROM {self.q.s}.jobs GROUP BY queue, state"
+            f"SELECT queue, state, count(*) FROM {self.q.s}.jobs GROUP BY queue, state",
+            bounded=False,  # counts every job
         ):
             counts = out.get(queue)
             if counts is None:
@@ -462,7 +463,9 @@ class PostgresBackend(PostgresStores):
         if not wanted:
             return 0
         return await self._write(
-            self.q.purge, {"states": wanted, "queue": queue, "older_than": older_than}
+            self.q.purge,
+            {"states": wanted, "queue": queue, "older_than": older_than},
+            bounded=False,  # may delete millions of rows
         )
 
 

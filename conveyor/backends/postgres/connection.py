@@ -34,6 +34,9 @@ logger = logging.getLogger("conveyor.postgres")
 # How long a call waits for a pooled connection before it counts the server
 # as unreachable (the pool keeps trying to connect in the background).
 POOL_WAIT: Final = 5.0
+# How long a statement's answer may take by default (as the Redis backend's
+# reply timeout): far beyond any of the worker's statements.
+ANSWER_WITHIN: Final = 30.0
 
 Params = Mapping[str, Any]
 
@@ -50,6 +53,10 @@ class PostgresConnection:
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, Listener] = {}
         self._migrated = False
+        # Seconds a statement's answer may take (a statement over every job,
+        # `stats` or `purge`, has none): a connection cut off without a word
+        # or a frozen server must not hang a worker's heartbeat or claim.
+        self.answer_within = ANSWER_WITHIN
 
     def __repr__(self) -> str:
         return f"<PostgresBackend {self.settings.display} schema={self.schema}>"
@@ -89,11 +96,26 @@ class PostgresConnection:
         return {"autocommit": True, "prepare_threshold": None}
 
     @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _conn(self, bounded: bool = True) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; with `bounded`, what is done on it must be
+        answered within `answer_within` seconds, or the statement is
+        cancelled, the connection closed (psycopg does both when cancelled
+        mid-statement; the pool drops a closed one) and BackendUnavailableError
+        raised."""
         pool = await self._pool()
+        deadline = self.answer_within if bounded else None
         try:
             async with pool.connection() as conn:
-                yield conn
+                try:
+                    async with asyncio.timeout(deadline) as limit:
+                        yield conn
+                except TimeoutError as exc:
+                    if not limit.expired():
+                        raise
+                    raise BackendUnavailableError(
+                        f"PostgreSQL at {self.settings.display}: no answer within"
+                        f" {deadline:g} s (the connection is dropped)"
+                    ) from exc
         except PoolTimeout as exc:
             raise await self._timed_out(pool) from exc
         except psycopg.OperationalError as exc:
@@ -151,17 +173,21 @@ class PostgresConnection:
             f" {POOL_WAIT:g} s"
         )
 
-    async def _fetch(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
-        async with self._conn() as conn:
+    async def _fetch(
+        self, query: str, params: Params | None = None, *, bounded: bool = True
+    ) -> list[tuple[Any, ...]]:
+        async with self._conn(bounded) as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchall() if cur.description is not None else []
 
-    async def _read(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+    async def _read(
+        self, query: str, params: Params | None = None, *, bounded: bool = True
+    ) -> list[tuple[Any, ...]]:
         """`_fetch` for a statement that changes nothing, tried once more on a
         fresh connection when the first was cut (a server restart leaves the
         pool's idle connections dead; reading again cannot do harm)."""
         try:
-            return await self._fetch(query, params)
+            return await self._fetch(query, params, bounded=bounded)
         except BackendUnavailableError as exc:
             # PoolTimeout is an OperationalError too, but waiting as long
             # again for a pooled connection would only double the wait.
@@ -172,11 +198,13 @@ class PostgresConnection:
                 or not connection_lost(cause)  # canceled: it would wait the same again
             ):
                 raise
-        return await self._fetch(query, params)
+        return await self._fetch(query, params, bounded=bounded)
 
-    async def _write(self, query: str, params: Params | None = None) -> int:
+    async def _write(
+        self, query: str, params: Params | None = None, *, bounded: bool = True
+    ) -> int:
         """Run one statement; how many rows it changed."""
-        async with self._conn() as conn:
+        async with self._conn(bounded) as conn:
             cur = await conn.execute(query, params)
             return cur.rowcount
 
