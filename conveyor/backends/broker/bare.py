@@ -119,6 +119,11 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
         # FIFO: a receive's later messages of a group, held until the one
         # before them is settled (groups.py).
         self._gate = GroupGate(self._group_of)
+        # Held messages the gate gave up (their head went back) that a failed
+        # finish could not make visible yet: the next finish does. (The gate
+        # hands them out once; dropped, they would stay hidden for their
+        # whole lease, holding up their group.)
+        self._unhidden_later: list[Held | Received] = []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.config.display}>"
@@ -155,6 +160,7 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
         self._applied = set()
         self._wakes = {}
         self._gate = GroupGate(self._group_of)
+        self._unhidden_later = []
         self._fork_hook("_after_fork_in_child")
 
     def _fork_hook(self, name: str) -> None:
@@ -460,11 +466,35 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
         keys = [(o.job_id, o.token) for o in outcomes]
         with self._held_lock:
             self._applied.update(key for key, ok in zip(keys, accepted, strict=True) if ok)
+        # Held messages of groups going back (with those an earlier finish
+        # could not give back).
+        behind: list[tuple[Held | Received, int]] = [(m, 0) for m in self._unhidden_later]
+        self._unhidden_later = []
+        try:
+            settled = await self._finish_on_broker(outcomes, accepted, behind)
+        except BaseException:
+            self._unhidden_later += [message for message, _ in behind]
+            raise
+        with self._held_lock:
+            for key in keys:
+                self._held.pop(key, None)
+                self._applied.discard(key)
+        if any([self._gate.settled(*head) for head in settled]):
+            self._wake_all()
+        return accepted
+
+    async def _finish_on_broker(
+        self,
+        outcomes: Sequence[Outcome],
+        accepted: Sequence[bool],
+        behind: list[tuple[Held | Received, int]],
+    ) -> list[tuple[str, ClaimToken]]:
+        """finish's broker calls; the heads whose message is deleted (their
+        group's next may go). `behind` is emptied once given back."""
         deletes: list[Held] = []
         changes: list[tuple[Held, int]] = []
         failed: list[tuple[Held, Outcome]] = []
-        behind: list[tuple[Held | Received, int]] = []  # held messages of groups going back
-        settled = []  # heads whose message is deleted: their group's next may go
+        settled = []
         for outcome, ok in zip(outcomes, accepted, strict=True):
             # Still held until the broker calls below are done: if one of
             # them fails, the worker sends the batch again and it is redone.
@@ -492,14 +522,9 @@ class BrokerBackend(BrokerProducing, BrokerInspection):
             kept = {id(held) for held in await self._dead_letter(failed)}
             deletes = [held for held in deletes if id(held) not in kept]
         await self._set_visibility(changes + behind)
+        behind.clear()  # given back
         await self._delete(deletes)
-        with self._held_lock:
-            for key in keys:
-                self._held.pop(key, None)
-                self._applied.discard(key)
-        if any([self._gate.settled(*head) for head in settled]):
-            self._wake_all()
-        return accepted
+        return settled
 
     def _wake_all(self) -> None:
         """A group's message was settled: a blocking claim takes the next now."""
