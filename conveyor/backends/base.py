@@ -453,10 +453,10 @@ class ScheduleStore(Protocol):
         self, record: ScheduleRecord, expected: ScheduleRecord | None = None
     ) -> bool:
         """Create or replace the schedule named `record.name`; True if written.
-        With `expected` (the record as read before), a compare-and-set: an
-        existing schedule is replaced only while it still has expected's
-        next_run and enabled (a scheduler's fire, or an enable or disable,
-        changed one since the read: False, nothing written)."""
+        With `expected` (the record as read before), a compare-and-set: the
+        schedule is replaced only while it still exists with expected's
+        next_run and enabled (a scheduler's fire, an enable or disable, or a
+        delete since the read: False, nothing written)."""
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None: ...
 

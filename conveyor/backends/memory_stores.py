@@ -46,7 +46,7 @@ class MemoryStores:
     ) -> bool:
         with self._lock:
             stored = self._schedules.get(record.name)
-            if expected is not None and stored is not None and not same_turn(stored, expected):
+            if expected is not None and (stored is None or not same_turn(stored, expected)):
                 return False
             self._schedules[record.name] = dataclasses.replace(record)
             return True

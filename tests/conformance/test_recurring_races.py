@@ -117,6 +117,22 @@ async def test_an_operators_enable_or_disable_meanwhile_is_kept(app: Conveyor, c
     assert after.enabled is (change == "enable")
 
 
+@pytest.mark.parametrize("change", ["disable", "enable"])
+async def test_an_enable_or_disable_does_not_bring_back_a_schedule_deleted_meanwhile(
+    app: Conveyor, change: str
+) -> None:
+    ticking_app(app)
+    backend = app.backend
+    await app.recurring("r", JOB, {}, every=3600, enabled=change == "disable")
+    before_the_write(backend, lambda: app.delete_recurring("r"))
+    try:
+        switch = app.disable_recurring if change == "disable" else app.enable_recurring
+        assert await switch("r") is False  # it is gone
+    finally:
+        vars(backend).pop("schedule_put", None)
+    assert await app.get_recurring("r") is None
+
+
 @pytest.mark.parametrize("cron", ["61 * * * *", "@sometimes", "0 0 31 2 *"])
 async def test_one_unplannable_schedule_does_not_stop_the_others(app: Conveyor, cron: str) -> None:
     """A stored schedule that cannot be planned (a cron text this release's

@@ -7,9 +7,10 @@ hash (BullMQ's fields and conveyor's `cv...` ones) and its place in the
 Node does not list it). Writing over a scheduler Node made takes it over: its
 pending iteration job (`repeat:<id>:<ms>`, still delayed) is removed, as
 BullMQ's own override does, so that tick is not run twice.
-With an expected next run, a compare-and-set: a conveyor schedule is
-replaced only while its `cvnext` and `cvenabled` are still those read before
-(a tick fired, or an enable or disable, since: nothing written, answer 0).
+With an expected next run, a compare-and-set: the scheduler is replaced only
+while it still exists and (a conveyor one) its `cvnext` and `cvenabled` are
+those read before (a tick fired, an enable, disable or delete since: nothing
+written, answer 0).
 KEYS: repeat, the scheduler hash, delayed, events.
 ARGV: id, the queue's key base, "1" enabled | "0", next run (ms), expected
 next run (text, as stored; "" = write in any case), expected enabled, then
@@ -41,6 +42,8 @@ ADD_SCRIPTS: Final = ("addStandardJob", "addPrioritizedJob", "addDelayedJob")
 PUT_SCHEDULE: Final = """
 local id, base = ARGV[1], ARGV[2]
 if ARGV[5] ~= "" then
+  -- Gone since the read, or changed (Node's own schedulers have no cvnext).
+  if redis.call("EXISTS", KEYS[2]) == 0 then return 0 end
   local h = redis.call("HMGET", KEYS[2], "cvnext", "cvenabled")
   if h[1] and (tonumber(h[1]) ~= tonumber(ARGV[5]) or h[2] ~= ARGV[6]) then return 0 end
 end

@@ -481,13 +481,19 @@ DELETE FROM {self.s}.jobs WHERE state = ANY(%(states)s::text[]) AND state <> 'ru
         updates = ", ".join(
             f"{c.strip()} = excluded.{c.strip()}" for c in SCHEDULE_COLS.split(",")[1:]
         )
-        # With an expectation, the stored row is replaced only while it
-        # still has the next run and enabled read before (ScheduleStore).
         return (
             f"INSERT INTO {self.s}.schedules ({SCHEDULE_COLS}) VALUES ({marks})"
             f" ON CONFLICT (name) DO UPDATE SET {updates}"
-            f" WHERE NOT %(expect)s OR ({self.s}.schedules.next_run = %(expected_next_run)s"
-            f" AND {self.s}.schedules.enabled = %(expected_enabled)s)"
+        )
+
+    @cached_property
+    def schedule_replace(self) -> str:
+        """schedule_put's compare-and-set: the row, only while it still has
+        the next run and enabled read before (ScheduleStore.schedule_put)."""
+        sets = ", ".join(f"{c.strip()} = %({c.strip()})s" for c in SCHEDULE_COLS.split(",")[1:])
+        return (
+            f"UPDATE {self.s}.schedules SET {sets} WHERE name = %(name)s"
+            " AND next_run = %(expected_next_run)s AND enabled = %(expected_enabled)s"
         )
 
     @cached_property

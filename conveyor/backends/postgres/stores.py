@@ -38,13 +38,11 @@ class PostgresStores(PostgresConnection):
     async def schedule_put(
         self, record: ScheduleRecord, expected: ScheduleRecord | None = None
     ) -> bool:
-        params = dataclasses.asdict(record) | {
-            "expect": expected is not None,
-            "expected_next_run": expected.next_run if expected else None,
-            "expected_enabled": expected.enabled if expected else None,
-        }
-        written = await self._write(self.q.schedule_put, params)
-        return bool(written)
+        params = dataclasses.asdict(record)
+        if expected is None:
+            return bool(await self._write(self.q.schedule_put, params))
+        params |= {"expected_next_run": expected.next_run, "expected_enabled": expected.enabled}
+        return bool(await self._write(self.q.schedule_replace, params))
 
     async def schedule_get(self, name: str) -> ScheduleRecord | None:
         records = await self._schedules("WHERE name = %(name)s", {"name": name})

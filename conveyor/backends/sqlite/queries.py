@@ -211,7 +211,7 @@ def schedule_put(
             stored = conn.execute(
                 "SELECT next_run, enabled FROM conveyor_schedules WHERE name = ?1", (record.name,)
             ).fetchone()
-            if stored is not None and (stored[0], bool(stored[1])) != (
+            if stored is None or (stored[0], bool(stored[1])) != (
                 expected.next_run,
                 expected.enabled,
             ):
