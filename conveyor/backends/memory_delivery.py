@@ -85,18 +85,19 @@ class MemoryDelivery(MemoryStores):
             self._drop_ready(taken)
         return out
 
-    async def withdraw(self, ids: Sequence[str]) -> int:
+    async def withdraw(self, ids: Sequence[str]) -> list[str]:
         gone: dict[tuple[str, str], set[str]] = {}  # (queue, name) -> queued ids withdrawn
-        removed = 0
+        removed: list[str] = []
         with self._lock:
             for job_id in dict.fromkeys(ids):
                 rec = self._jobs.get(job_id)
-                if rec is None or rec.state not in (JobState.QUEUED, JobState.SCHEDULED):
+                pending = rec is not None and rec.state in (JobState.QUEUED, JobState.SCHEDULED)
+                if rec is None or not pending or rec.attempts:  # it went out: it ran
                     continue
                 if rec.state is JobState.QUEUED:
                     gone.setdefault((rec.queue, rec.name), set()).add(rec.id)
                 self._delete(rec)  # a scheduled heap's entry is stale now (no record)
-                removed += 1
+                removed.append(job_id)
             # Out of the ready heaps at once, as in claim_ids.
             self._drop_ready(gone)
         return removed

@@ -119,12 +119,13 @@ class DeliveryStore(Protocol):
         their records: the broker sends one message for each. Atomic: two
         callers never both get the same job."""
 
-    async def withdraw(self, ids: Sequence[str]) -> int:
-        """Delete the listed jobs that are `queued` or `scheduled`: the broker
-        refused their messages, and the caller was told they were not
-        enqueued, so nothing of them may run later and their idempotency keys
-        are free again. Other states and unknown ids are left alone. Returns
-        how many were deleted."""
+    async def withdraw(self, ids: Sequence[str]) -> list[str]:
+        """Delete the listed jobs that were never delivered (`queued` or
+        `scheduled` with no attempt yet): the broker refused their messages,
+        and the caller is told they were not enqueued, so nothing of them may
+        run later and their idempotency keys are free again. A job that ran
+        (running now, finished, or waiting for a retry) went out after all;
+        it and unknown ids are left alone. Returns the ids deleted."""
 
 
 @runtime_checkable

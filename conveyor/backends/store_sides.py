@@ -37,12 +37,14 @@ class StoreSides:
         caller's back: withdraw them from the store, keys and all, so that
         the caller's retry (with the same key) enqueues them afresh, and
         raise naming them. One a worker has taken meanwhile went out after
-        all (only its reply was lost): it cannot be withdrawn, and it is
-        enqueued, so it is not named; when that is all of them, nothing is
-        raised."""
-        await self._delivery.withdraw(unconfirmed)
-        went_out = [i for i in unconfirmed if await self.store.get(i) is not None]
-        withdrawn = sorted(set(unconfirmed) - set(went_out))
+        all (only its reply was lost; it may have run, failed and wait for a
+        retry, or finished and been dropped by retention): it cannot be
+        withdrawn, and it is enqueued, so it is not named; when that is all
+        of them, nothing is raised."""
+        withdrawn = sorted(await self._delivery.withdraw(unconfirmed))
+        # The rest went out: a worker has them, or had them (ran, perhaps
+        # finished and dropped by retention already).
+        went_out = sorted(set(unconfirmed) - set(withdrawn))
         if not withdrawn:
             return
         also = ""

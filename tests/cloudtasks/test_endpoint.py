@@ -272,3 +272,41 @@ async def test_a_worker_on_the_url_fires_schedules_whose_jobs_are_pushed(served:
     fired = await s.app.list_jobs(name="add")
     done = await s.app.wait(fired[-1].id, timeout=WAIT)  # the first fired
     assert done.state is JobState.COMPLETED and done.result == 7
+
+
+def lose_create_replies(served: Served, monkeypatch: pytest.MonkeyPatch, after: str) -> None:
+    """CreateTask does its work, then its reply is lost: the call raises once
+    the endpoint ran the task's job (`after`: an attempt ran, or it ended)."""
+    from google.api_core import exceptions
+
+    client = served.app.backend.client  # type: ignore[attr-defined]
+    create = client.create_task
+
+    async def lost(queue_path: str, name: str, body: str, **options: Any) -> bool:
+        created: bool = await create(queue_path, name, body, **options)
+        job_id = json.loads(body)["id"]
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            job = await served.app.get_job(job_id)
+            if job is not None and (job.is_final if after == "ended" else job.attempts >= 1):
+                break
+            await asyncio.sleep(0.05)
+        raise exceptions.DeadlineExceeded("the reply was lost")
+
+    monkeypatch.setattr(client, "create_task", lost)
+
+
+@pytest.mark.parametrize(("name", "after"), [("add", "ended"), ("flaky", "an attempt ran")])
+async def test_a_job_whose_task_went_out_is_not_withdrawn_after_a_lost_reply(
+    served: Serve, monkeypatch: pytest.MonkeyPatch, name: str, after: str
+) -> None:
+    # The task was created and the endpoint ran the job (to its end, or an
+    # attempt that failed and waits for Cloud Tasks' retry): the enqueue
+    # must not say "withdrawn, enqueue it again", which would run it again.
+    s = await served(adder)
+    lose_create_replies(s, monkeypatch, after)
+    job = await s.app.enqueue(name, {"a": 1, "b": 2}, key="once")
+    monkeypatch.undo()
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED
+    assert s.calls == {name: 1 if name == "add" else 2}

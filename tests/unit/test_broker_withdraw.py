@@ -6,12 +6,14 @@ enqueue it again. On each broker that keeps a store (SQS, Pub/Sub)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, EnqueueFailedError, JobState
+from conveyor.backends.base import Outcome, OutcomeKind, Retention
 from conveyor.backends.broker.types import Outgoing
 
 BROKERS = [
@@ -28,9 +30,13 @@ def app(request: pytest.FixtureRequest) -> Conveyor:
     return app
 
 
-def break_sends(app: Conveyor, monkeypatch: pytest.MonkeyPatch, deliver: bool) -> None:
+def break_sends(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch, deliver: bool, then: str = "running"
+) -> None:
     """Every send fails; with `deliver`, after it went out and a worker's
-    claim took what it sent (a reply lost on the way back)."""
+    claim took what it sent (a reply lost on the way back), and (`then`)
+    still runs it, failed it (it waits for its retry), or completed it (and
+    retention dropped it at once)."""
     broker = app.backend.broker  # type: ignore[attr-defined]
     send = broker.send
 
@@ -40,19 +46,39 @@ def break_sends(app: Conveyor, monkeypatch: pytest.MonkeyPatch, deliver: bool) -
             taken: list[Any] = []
             while not taken:
                 taken = await app.backend.claim(["default"], 10, 30.0)
+            outcomes = [
+                Outcome(job.id, job.token or "", kind, time.time(), retry_in=3600)
+                for job in taken
+                for kind in [OUTCOMES[then]]
+                if kind is not None
+            ]
+            if outcomes:
+                await app.backend.finish(outcomes, Retention(keep_completed=0))
         raise ConnectionError("the reply was lost")
 
     monkeypatch.setattr(broker, "send", lost_reply)
 
 
+OUTCOMES = {
+    "running": None,
+    "waiting for its retry": OutcomeKind.SCHEDULED,
+    "finished and dropped": OutcomeKind.COMPLETED,
+}
+
+
+@pytest.mark.parametrize("then", list(OUTCOMES))
 async def test_a_job_that_went_out_after_all_is_not_said_withdrawn(
-    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch, then: str
 ) -> None:
     async with app:
-        break_sends(app, monkeypatch, deliver=True)
-        job = await app.enqueue("n", {}, key="k")
+        break_sends(app, monkeypatch, deliver=True, then=then)
+        job = await app.enqueue("n", {}, key="k")  # no EnqueueFailedError
         stored = await app.get_job(job.id)
-        assert stored is not None and stored.state is JobState.RUNNING
+        if then == "finished and dropped":
+            assert stored is None
+            return
+        expected = JobState.RUNNING if then == "running" else JobState.SCHEDULED
+        assert stored is not None and stored.state is expected and stored.attempts == 1
         again = await app.enqueue("n", {}, key="k")
         assert again.duplicate and again.id == job.id
 

@@ -348,13 +348,24 @@ async def test_concurrent_release_due_calls_never_return_the_same_job(
 async def test_withdraw_deletes_unsent_jobs_and_frees_their_keys(store: Store) -> None:
     later = time.time() + 3600
     keyed = dataclasses.replace(new("w-keyed"), key="order:7")
-    await store.enqueue([keyed, new("w-held", run_at=later), new("w-running"), new("w-kept")])
+    await store.enqueue(
+        [keyed, new("w-held", run_at=later), new("w-running"), new("w-kept"), new("w-retry")]
+    )
     (running,) = await store.claim_ids(["w-running"], LEASE, claim_id="c-1")
     assert running is not None
-    # Withdrawn: queued or scheduled jobs no message was sent for. A job that
-    # runs already is not (it was delivered after all); unknown ids are ignored.
-    removed = await store.withdraw(["w-keyed", "w-held", "w-running", "nope"])
-    assert removed == 2
+    # w-retry ran once, failed, and waits for its retry: it was delivered.
+    (ran,) = await store.claim_ids(["w-retry"], LEASE, claim_id="c-2")
+    assert ran is not None and ran.token is not None
+    retry = Outcome("w-retry", ran.token, OutcomeKind.SCHEDULED, time.time(), retry_in=86400)
+    assert await store.finish([retry], Retention()) == [True]
+    assert await state_of(store, "w-retry") is JobState.SCHEDULED
+    # Withdrawn: queued or scheduled jobs no message was sent for (never
+    # delivered). A job that runs already, or ran and waits for a retry, is
+    # not (it was delivered after all); unknown ids are ignored. The answer
+    # names the jobs withdrawn.
+    removed = await store.withdraw(["w-keyed", "w-held", "w-running", "w-retry", "nope"])
+    assert sorted(removed) == ["w-held", "w-keyed"]
+    assert await state_of(store, "w-retry") is JobState.SCHEDULED
     assert await store.get("w-keyed") is None
     assert await store.get("w-held") is None
     assert await state_of(store, "w-running") is JobState.RUNNING
@@ -363,12 +374,12 @@ async def test_withdraw_deletes_unsent_jobs_and_frees_their_keys(store: Store) -
     (again,) = await store.enqueue([dataclasses.replace(new("w-keyed-2"), key="order:7")])
     assert not again.duplicate and again.id == "w-keyed-2"
     counts = (await store.stats())["q"]
-    assert counts["queued"] == 2 and counts["scheduled"] == 0  # w-kept, w-keyed-2
+    assert counts["queued"] == 2 and counts["scheduled"] == 1  # w-kept, w-keyed-2; w-retry
     assert await store.release_due(["q"], 10, now=later + 1) == []
 
 
 async def test_withdraw_of_nothing(store: Store) -> None:
-    assert await store.withdraw([]) == 0
+    assert await store.withdraw([]) == []
 
 
 async def test_memory_waiters_do_not_take_jobs_claimed_by_id_for_work() -> None:

@@ -209,10 +209,11 @@ class PostgresBackend(PostgresStores):
             job.token = claim_id
         return by_ids(ids, jobs)
 
-    async def withdraw(self, ids: Sequence[str]) -> int:
+    async def withdraw(self, ids: Sequence[str]) -> list[str]:
         if not ids:
-            return 0
-        return await self._write(self.q.withdraw, {"ids": list(dict.fromkeys(ids))})
+            return []
+        rows = await self._fetch(self.q.withdraw, {"ids": list(dict.fromkeys(ids))})
+        return [row[0] for row in rows]
 
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None

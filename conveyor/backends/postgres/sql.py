@@ -462,7 +462,9 @@ SELECT cur.state, (SELECT count(*) FROM changed) FROM cur"""
     @cached_property
     def withdraw(self) -> str:
         return f"""
-DELETE FROM {self.s}.jobs WHERE id = ANY(%(ids)s::text[]) AND state IN ('queued', 'scheduled')"""
+DELETE FROM {self.s}.jobs WHERE id = ANY(%(ids)s::text[]) AND state IN ('queued', 'scheduled')
+  AND attempts = 0
+RETURNING id"""
 
     @cached_property
     def purge(self) -> str:

@@ -172,10 +172,10 @@ class RedisBackend(RedisStores):
         )
         return [None if row is None else claimed([row], claim_id)[0] for row in rows]
 
-    async def withdraw(self, ids: Sequence[str]) -> int:
+    async def withdraw(self, ids: Sequence[str]) -> list[str]:
         if not ids:
-            return 0
-        return int(await self._run("withdraw", *dict.fromkeys(ids)))
+            return []
+        return [str(i) for i in await self._run("withdraw", *dict.fromkeys(ids))]
 
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None

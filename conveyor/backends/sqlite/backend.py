@@ -240,10 +240,11 @@ class SQLiteBackend(SQLiteStores, SQLiteMigrations):
             job.token = token
         return jobs
 
-    async def withdraw(self, ids: Sequence[str]) -> int:
+    async def withdraw(self, ids: Sequence[str]) -> list[str]:
         if not ids:
-            return 0
-        return await self._call(queries.write_count, WITHDRAW, json.dumps(list(ids)))
+            return []
+        rows = await self._call(queries.write_rows, WITHDRAW, json.dumps(list(ids)))
+        return [row[0] for row in rows]
 
     async def release_due(
         self, queues: Sequence[str], limit: int, now: float | None = None

@@ -196,6 +196,13 @@ def write_count(conn: sqlite3.Connection, sql: str, *params: Any) -> int:
     return changed
 
 
+def write_rows(conn: sqlite3.Connection, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One write statement with RETURNING in its own transaction; its rows."""
+    with write_transaction(conn):
+        rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+    return rows
+
+
 def write_one(conn: sqlite3.Connection, sql: str, *params: Any) -> bool:
     """One write statement in its own transaction; True if it changed a row."""
     with write_transaction(conn):

@@ -327,6 +327,8 @@ WHERE state IN (SELECT value FROM json_each(?1)) AND state != 'running'
 WITHDRAW: Final = """
 DELETE FROM conveyor_jobs
 WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('queued', 'scheduled')
+  AND attempts = 0
+RETURNING id
 """
 
 # In ScheduleRecord's field order (a test holds the two together).
