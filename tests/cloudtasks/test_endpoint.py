@@ -283,7 +283,7 @@ def lose_create_replies(served: Served, monkeypatch: pytest.MonkeyPatch, after: 
     create = client.create_task
 
     async def lost(queue_path: str, name: str, body: str, **options: Any) -> bool:
-        created: bool = await create(queue_path, name, body, **options)
+        await create(queue_path, name, body, **options)
         job_id = json.loads(body)["id"]
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
