@@ -17,7 +17,7 @@ from conveyor.backends.base import Outcome
 from conveyor.context import JobContext
 from conveyor.job import InvalidPayloadError, Job, Permanent
 from conveyor.worker.acks import TIMED_OUT, failure, handed_back, stopped, success, timed_out
-from conveyor.worker.threads import HandlerThreads, LeaseLapsed
+from conveyor.worker.threads import HandlerThreads, LeaseLapsed, awaited_handler
 
 if TYPE_CHECKING:
     from conveyor.registry import JobType
@@ -77,7 +77,7 @@ async def run_attempt(
         if job_type.is_async:
             if not may_begin():
                 raise LeaseLapsed
-            return await job_type.call(payload, ctx)
+            return await awaited_handler(job_type.call(payload, ctx), ctx)
         return await threads.run(
             ctx, job_type.call, payload, ctx, may_begin=may_begin, on_start=arm
         )

@@ -41,7 +41,7 @@ from conveyor.worker.clock import ClaimLeases
 from conveyor.worker.newer import NewerJobs
 from conveyor.worker.pauses import PauseWatch
 from conveyor.worker.settings import WorkerSettings
-from conveyor.worker.threads import HandlerThreads, LeaseLapsed
+from conveyor.worker.threads import HandlerThreads, LeaseLapsed, awaited_handler
 from conveyor.worker.timeouts import Timeouts
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class JobRunning:
             # after whatever the loop runs first (a process frozen in between).
             if self._clock() >= running.lease_until:
                 raise LeaseLapsed
-            return await job_type.call(payload, ctx)
+            return await awaited_handler(job_type.call(payload, ctx), ctx)
         assert self._threads is not None
         # On timeout or cancel this await is cancelled; the thread cannot be
         # interrupted, so it is told through ctx, its late result dropped, and

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -36,6 +36,35 @@ THREAD_PREFIX = "conveyor-job"
 
 class LeaseLapsed(Exception):
     """The handler would begin after the job's lease ran out: not run."""
+
+
+class HandlerEscaped(Exception):
+    """A handler raised what is not an ordinary exception (SystemExit,
+    KeyboardInterrupt, GeneratorExit, a CancelledError of its own making) or,
+    sync, let StopIteration out (which a future cannot carry: the await would
+    never end). It fails the attempt like any error, instead of leaving the
+    job running with no outcome or ending the worker's event loop."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(f"the handler raised {type(raised).__name__}: {raised}")
+
+
+async def awaited_handler(handler: Awaitable[Any], ctx: JobContext) -> Any:
+    """An async handler's result; what it raises that no ordinary `except
+    Exception` sees comes out as HandlerEscaped. A CancelledError is the
+    runner's own (passed on) when the task was cancelled or the job told to
+    stop; else the handler's code raised it."""
+    try:
+        return await handler
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if ctx.stop_reason is None and task is not None and not task.cancelling():
+            raise HandlerEscaped(exc) from exc
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HandlerEscaped(exc) from exc
 
 
 class HandlerThreads:
@@ -75,7 +104,14 @@ class HandlerThreads:
                 raise LeaseLapsed
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 loop.call_soon_threadsafe(on_start)
-            return call(*args)
+            try:
+                return call(*args)
+            except StopIteration as exc:
+                raise HandlerEscaped(exc) from exc
+            except Exception:
+                raise
+            except BaseException as exc:
+                raise HandlerEscaped(exc) from exc
 
         future = self._pool.submit(in_thread)
         try:
