@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 from conveyor.backends.base import Outcome
 from conveyor.context import JobContext
 from conveyor.job import InvalidPayloadError, Job, Permanent
-from conveyor.worker.acks import TIMED_OUT, failure, handed_back, stopped, success, timed_out
+from conveyor.worker.acks import (
+    CANCELLED,
+    TIMED_OUT,
+    failure,
+    handed_back,
+    stopped,
+    success,
+    timed_out,
+)
 from conveyor.worker.threads import HandlerThreads, LeaseLapsed, awaited_handler
 
 if TYPE_CHECKING:
@@ -63,8 +71,12 @@ async def run_attempt(
     timer: asyncio.TimerHandle | None = None
 
     def expire() -> None:
-        if not call.done() and ctx.stop_reason is None:
+        if call.done():
+            return
+        if ctx.stop_reason is None:
             ctx.mark_stopped(TIMED_OUT)
+            call.cancel()
+        elif ctx.stop_reason == CANCELLED:  # told to stop, and did not look: abandoned
             call.cancel()
 
     def arm() -> None:

@@ -27,6 +27,7 @@ from conveyor.job import (
 )
 from conveyor.job_lines import HeldLines, job_line
 from conveyor.worker.acks import (
+    CANCELLED,
     LOST,
     RELEASED,
     TIMED_OUT,
@@ -160,14 +161,23 @@ class JobRunning:
     def _arm_timer(self, running: Running) -> None:
         timeout = running.job.timeout
         task = running.task
-        if timeout is None or task is None or task.done() or running.ctx.stop_reason is not None:
+        if timeout is None or task is None or task.done():
+            return
+        if running.ctx.stop_reason not in (None, CANCELLED):
             return
         running.timeout_slice = self._timeouts.arm(running.job.id, running, timeout)
 
     def _expire(self, running: Running) -> None:
-        if running.task is not None and not running.task.done() and running.ctx.stop_reason is None:
+        task, reason = running.task, running.ctx.stop_reason
+        if task is None or task.done():
+            return
+        if reason is None:
             running.ctx.mark_stopped(TIMED_OUT)
-            running.task.cancel()
+            task.cancel()
+        elif reason == CANCELLED:
+            # A sync handler told to stop that did not look by its timeout:
+            # its thread is abandoned and the job recorded cancelled.
+            task.cancel()
 
     async def _execute(self, running: Running) -> None:
         job, ctx, job_type = running.job, running.ctx, running.job_type

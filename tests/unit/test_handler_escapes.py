@@ -8,6 +8,7 @@ worker's event loop."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -56,3 +57,26 @@ async def test_a_handler_raising_a_base_exception_fails_its_attempt(
         assert by_id[after.id].state is JobState.COMPLETED  # the worker went on
         stored = await app.get_job(odd.id)
         assert stored is not None and stored.state is JobState.FAILED
+
+
+async def test_a_cancelled_sync_handler_that_ignores_it_is_still_timed_out() -> None:
+    """Cancelling a running sync job tells its handler (ctx.is_cancelled());
+    one that does not look must still be stopped at its timeout (its thread
+    abandoned, the job cancelled), not hold its slot and stay running."""
+    app = Conveyor("memory://")
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    @app.job("deaf", timeout=1.0)
+    def deaf(payload: Any) -> None:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(4)  # never looks at ctx.is_cancelled()
+
+    async with app, app.worker(heartbeat_interval=0.1, shutdown_timeout=0.5):
+        job = await app.enqueue("deaf", {})
+        await asyncio.wait_for(started.wait(), 10)
+        await app.cancel(job.id)
+        began = time.monotonic()
+        done = await app.wait(job.id, timeout=10)
+        assert done.state is JobState.CANCELLED
+        assert time.monotonic() - began < 2.5, "the cancel switched the job's timeout off"
