@@ -144,6 +144,12 @@ class JobRunning:
             self._arm_timer(running)  # a sync handler's clock starts in its thread
 
     def _start_backlog(self) -> None:
+        if self._backlog and self._capacity() <= 0:
+            # Every slot is taken by abandoned threads, which may never
+            # return: the prefetched jobs go back for other workers.
+            self._hand_back_backlog()
+            self._acks.flush()
+            return
         started = False
         while self._backlog and len(self._running) < self._capacity():
             if self._stopping.is_set():

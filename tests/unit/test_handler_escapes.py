@@ -80,3 +80,33 @@ async def test_a_cancelled_sync_handler_that_ignores_it_is_still_timed_out() -> 
         done = await app.wait(job.id, timeout=10)
         assert done.state is JobState.CANCELLED
         assert time.monotonic() - began < 2.5, "the cancel switched the job's timeout off"
+
+
+async def test_prefetched_jobs_go_back_when_abandoned_threads_take_every_slot() -> None:
+    """A worker whose every slot is taken by abandoned threads (hung sync
+    handlers past max_abandoned_threads) runs nothing until they return,
+    maybe never: the jobs it prefetched go back to the queue for others,
+    rather than wait there with their leases renewed."""
+    app = Conveyor("memory://")
+    loop = asyncio.get_running_loop()
+    hung = asyncio.Event()
+
+    @app.job("hang", timeout=0.3, retries=0)
+    def hang(payload: Any) -> None:
+        loop.call_soon_threadsafe(hung.set)
+        time.sleep(4)
+
+    @app.job("quick")
+    async def quick(payload: Any) -> None:
+        return None
+
+    async with app:
+        await app.enqueue("hang", {})
+        quick_ones = [await app.enqueue("quick", {"n": n}) for n in range(2)]
+        stuck = app.worker(concurrency=1, prefetch=2, max_abandoned_threads=0, shutdown_timeout=0.2)
+        async with stuck:
+            await asyncio.wait_for(hung.wait(), 10)
+            async with app.worker(concurrency=2):
+                for job in quick_ones:
+                    done = await app.wait(job.id, timeout=2.5)
+                    assert done.state is JobState.COMPLETED
