@@ -13,7 +13,10 @@ thread busy: the thread is abandoned. No other job may pay for it, so:
   (`on_start`), never while it waits for one;
 * the thread itself checks that the job's lease still holds before it calls
   the handler (`may_begin`): a process frozen between the hand-off and the
-  thread's start resumes past the lease, when another worker may hold the job.
+  thread's start resumes past the lease, when another worker may hold the job;
+* the threads are daemons (DaemonThreads, not concurrent.futures' pool, whose
+  threads Python joins at exit): a program that ran a worker exits once the
+  worker stopped, however long an abandoned handler goes on.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from conveyor.context import JobContext
@@ -67,14 +72,68 @@ async def awaited_handler(handler: Awaitable[Any], ctx: JobContext) -> Any:
         raise HandlerEscaped(exc) from exc
 
 
+class DaemonThreads:
+    """A pool of up to `size` daemon threads, made as work needs them."""
+
+    def __init__(self, size: int, name_prefix: str) -> None:
+        self._size = size
+        self._prefix = name_prefix
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, call: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the handler threads are shut down")
+            self._work.put((future, call))
+            if self._idle:
+                self._idle -= 1  # that one takes it
+            elif self._threads < self._size:
+                self._threads += 1
+                name = f"{self._prefix}_{self._threads - 1}"
+                threading.Thread(target=self._serve, name=name, daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # the future carries it (HandlerThreads.run)
+                    future.set_exception(exc)
+            del item, future, call  # not kept alive while idle
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Run nothing more: work not started is cancelled; threads under way
+        finish by themselves (daemons: they never hold the process)."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+            for _ in range(self._threads):
+                self._work.put(None)
+
+
 class HandlerThreads:
     def __init__(self, concurrency: int, tolerated: int, on_returned: Callable[[], None]) -> None:
         self.concurrency = concurrency
         self.tolerated = tolerated
         self._on_returned = on_returned  # called on the loop when an abandoned thread is back
-        self._pool = ThreadPoolExecutor(
-            max_workers=concurrency + tolerated, thread_name_prefix=THREAD_PREFIX
-        )
+        self._pool = DaemonThreads(concurrency + tolerated, THREAD_PREFIX)
         self._abandoned: dict[Future[Any], JobContext] = {}
 
     @property
@@ -168,4 +227,4 @@ class HandlerThreads:
 
     def shutdown(self) -> None:
         """Start no more calls; threads still busy are left to finish by themselves."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
