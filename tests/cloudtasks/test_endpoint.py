@@ -19,7 +19,7 @@ import pytest
 
 from conveyor import Conveyor, JobContext, JobState, Permanent
 from conveyor.backends.cloudtasks.backend import CloudTasksBackend, task_id
-from conveyor.job import EnqueueFailedError, NotSupportedError
+from conveyor.job import EnqueueFailedError, InvalidOptionError, NotSupportedError
 
 from .conftest import SECRET, Served
 
@@ -171,6 +171,11 @@ async def test_what_cloud_tasks_cannot_hold_is_refused(served: Serve) -> None:
         await s.app.enqueue("add", {"a": 1, "b": 1}, priority=1)
     with pytest.raises(NotSupportedError, match="delays over"):
         await s.app.enqueue("add", {"a": 1, "b": 1}, delay=31 * 86_400)
+    # A queue Cloud Tasks cannot name: refused before anything is stored (not
+    # "not enqueued, enqueue them again", which would fail the same way).
+    with pytest.raises(InvalidOptionError, match="high_priority"):
+        await s.app.enqueue("add", {"a": 1, "b": 1}, queue="high_priority", key="hp")
+    assert await s.app.get_job_by_key("hp") is None
     assert s.pending_tasks() == []
 
 
@@ -184,6 +189,34 @@ async def test_a_failed_job_retried_from_the_store_gets_a_task_of_its_own(served
     done = await s.app.wait(job.id, timeout=WAIT)
     assert done.state is JobState.FAILED and done.attempts == 2
     assert s.calls == {"doomed": 2}
+
+
+async def test_a_retry_whose_task_cloud_tasks_refuses_leaves_the_job_retryable(
+    served: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store queued the job again, then Cloud Tasks took no task for it:
+    # the job must not stay queued with nothing to push it (and retry()
+    # refusing it as not failed), but end so that a retry can come again.
+    from google.api_core import exceptions
+
+    s = await served(adder)
+    job = await s.app.enqueue("doomed", {})
+    assert (await s.app.wait(job.id, timeout=WAIT)).state is JobState.FAILED
+    await until_no_tasks(s)
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise exceptions.ServiceUnavailable("Cloud Tasks is down (injected)")
+
+    monkeypatch.setattr(s.tasks(), "create_task", unavailable)
+    with pytest.raises(EnqueueFailedError, match="retry it again"):
+        await s.app.retry(job.id)
+    stored = await s.app.get_job(job.id)
+    assert stored is not None and stored.is_final, stored
+    monkeypatch.undo()
+    again = await s.app.retry(job.id)
+    assert again is not None and again.state is JobState.QUEUED
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.FAILED and s.calls == {"doomed": 2}
 
 
 async def test_cancel_reaches_a_running_handler_through_the_store(served: Serve) -> None:
@@ -310,3 +343,37 @@ async def test_a_job_whose_task_went_out_is_not_withdrawn_after_a_lost_reply(
     done = await s.app.wait(job.id, timeout=WAIT)
     assert done.state is JobState.COMPLETED
     assert s.calls == {name: 1 if name == "add" else 2}
+
+
+async def test_a_task_created_whose_reply_was_lost_is_kept_not_withdrawn(
+    served: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The task was created but not dispatched yet (the queue is paused) when
+    # the reply was lost: the call is made again under the same name, which
+    # finds it ours, so the job is enqueued (withdrawing it would leave a
+    # task whose name Google keeps taken for an hour: the key could not be
+    # used again meanwhile).
+    from google.api_core import exceptions
+
+    s = await served(adder)
+    s.pause()
+    tasks = s.tasks()
+    create = tasks.create_task
+    lost: list[str] = []
+
+    def lose_first_reply(*args: Any, **kwargs: Any) -> Any:
+        made = create(*args, **kwargs)
+        if not lost:
+            lost.append(made.name)
+            raise exceptions.DeadlineExceeded("the reply was lost")
+        return made
+
+    monkeypatch.setattr(tasks, "create_task", lose_first_reply)
+    job = await s.app.enqueue("add", {"a": 1, "b": 2}, key="kept")
+    # (Google would answer the second call ALREADY_EXISTS, the task ours by
+    # its body; the emulator makes a second task of the same name, which
+    # finds the job taken or done: one run all the same.)
+    assert lost and lost[0] in s.pending_tasks()
+    s.resume()
+    done = await s.app.wait(job.id, timeout=WAIT)
+    assert done.state is JobState.COMPLETED and s.calls == {"add": 1}

@@ -141,6 +141,8 @@ class CloudTasksBackend(StoreSides):
     # ------------------------------------------------------------------ producing
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        for queue in {job.queue for job in jobs}:
+            self.config.queue_path(queue)  # a name Cloud Tasks refuses: before anything is stored
         records = await self.store.enqueue(jobs)
         fresh = [r for r in records if not r.duplicate]
         failed: list[str] = []
@@ -173,7 +175,7 @@ class CloudTasksBackend(StoreSides):
         created = await self.client.create_task(
             queue_path, name, body, run_at=run_at, deadline=deadline, headers=headers
         )
-        if not created and await self.client.task_body(f"{queue_path}/tasks/{name}") != body:
+        if not created and not await self._ours(f"{queue_path}/tasks/{name}", body, job):
             # Not our own earlier call answered late: the key's name is
             # taken by a task the store no longer remembers.
             raise EnqueueFailedError(
@@ -182,6 +184,17 @@ class CloudTasksBackend(StoreSides):
                 "an hour after it ends); use a new key",
                 failed=[job.id],
             )
+
+    async def _ours(self, task_name: str, body: bytes, job: Job) -> bool:
+        """Whether the task that holds `task_name` is this job's own (made by
+        a call of ours whose reply was lost): it has this body, or it is gone
+        (Google keeps the name of an ended task) and the job went out (a
+        pushed task ran it: it is no longer waiting for its first run)."""
+        found = await self.client.task_body(task_name)
+        if found is not None:
+            return found == body
+        now = await self.store.get(job.id)
+        return now is None or now.attempts > 0 or now.is_final
 
     # ------------------------------------------------------------------ the endpoint's side
 
@@ -259,7 +272,17 @@ class CloudTasksBackend(StoreSides):
     async def retry(self, job_id: str, now: float | None = None) -> Job | None:
         job = await self.store.retry(job_id, now)
         if job is not None and job.state is JobState.QUEUED:
-            await self._create_task(job, retry=True)
+            try:
+                await self._create_task(job, retry=True)
+            except Exception as exc:
+                # Queued with no task, nothing would ever push it (and retry
+                # refuses a queued job): it ends cancelled, retryable again.
+                await self.store.cancel(job.id, now)
+                raise EnqueueFailedError(
+                    f"Cloud Tasks did not take the task of job {job.id}'s retry ({exc});"
+                    " the job is cancelled: retry it again",
+                    failed=[job.id],
+                ) from exc
         return job
 
     async def _send_fired(self, fired: Sequence[Job], jobs: Sequence[NewJob]) -> None:

@@ -27,6 +27,14 @@ from conveyor.job import BackendMisconfiguredError
 MIN_DISPATCH_DEADLINE: Final = 15.0
 MAX_DISPATCH_DEADLINE: Final = 1_800.0
 CALL_TIMEOUT: Final = 30.0
+# Errors after which a CreateTask may or may not have been done: the call is
+# made again under the same name (ALREADY_EXISTS then tells), this many times.
+AMBIGUOUS: Final = (
+    google_errors.DeadlineExceeded,
+    google_errors.ServiceUnavailable,
+    google_errors.InternalServerError,
+)
+CREATE_TRIES: Final = 3
 
 
 class QueueMissingError(BackendMisconfiguredError):
@@ -131,13 +139,20 @@ class TasksClient:
         if deadline is not None:
             seconds = min(max(deadline, MIN_DISPATCH_DEADLINE), MAX_DISPATCH_DEADLINE)
             task.dispatch_deadline = dt.timedelta(seconds=int(seconds))
-        try:
-            await asyncio.to_thread(
-                self._tasks().create_task, parent=queue_path, task=task, timeout=CALL_TIMEOUT
-            )
-        except google_errors.AlreadyExists:
-            return False
-        return True
+        for attempt in range(CREATE_TRIES):
+            try:
+                await asyncio.to_thread(
+                    self._tasks().create_task, parent=queue_path, task=task, timeout=CALL_TIMEOUT
+                )
+            except google_errors.AlreadyExists:
+                return False  # perhaps our own try whose reply was lost: the caller looks
+            except AMBIGUOUS:
+                if attempt == CREATE_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+            else:
+                return True
+        raise AssertionError("unreachable")
 
     async def task_body(self, name: str) -> bytes | None:
         """The body of an existing task; None when there is none."""
