@@ -377,3 +377,29 @@ async def test_a_task_created_whose_reply_was_lost_is_kept_not_withdrawn(
     s.resume()
     done = await s.app.wait(job.id, timeout=WAIT)
     assert done.state is JobState.COMPLETED and s.calls == {"add": 1}
+
+
+async def test_a_producer_that_may_only_create_tasks_enqueues(
+    served: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # roles/cloudtasks.enqueuer creates tasks but may not read queues or
+    # tasks: the queue check at open is skipped, and a queue that does not
+    # exist is told by CreateTask itself.
+    from google.api_core import exceptions
+
+    s = await served(adder)
+    producer = Conveyor(s.url.replace("create=true", "create=false"))
+    adder(producer, {})
+    tasks = producer.backend.client._tasks()  # type: ignore[attr-defined]
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise exceptions.PermissionDenied("the caller may not (injected)")
+
+    monkeypatch.setattr(tasks, "get_queue", denied)
+    monkeypatch.setattr(tasks, "get_task", denied)
+    async with producer:
+        job = await producer.enqueue("add", {"a": 2, "b": 2})
+        done = await s.app.wait(job.id, timeout=WAIT)
+        assert done.state is JobState.COMPLETED and done.result == 4
+        with pytest.raises(EnqueueFailedError, match="does not exist"):
+            await producer.enqueue("add", {"a": 1, "b": 1}, queue="nowhere")

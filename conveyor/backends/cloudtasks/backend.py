@@ -181,7 +181,8 @@ class CloudTasksBackend(StoreSides):
             raise EnqueueFailedError(
                 f"Cloud Tasks refused task {name} for key {job.key!r}: a task of that key "
                 "ran or was deleted lately (Cloud Tasks keeps a task's name taken for about "
-                "an hour after it ends); use a new key",
+                "an hour after it ends; without cloudtasks.tasks.get, a task of our own whose"
+                " reply was lost reads so too); use a new key",
                 failed=[job.id],
             )
 
@@ -190,7 +191,12 @@ class CloudTasksBackend(StoreSides):
         a call of ours whose reply was lost): it has this body, or it is gone
         (Google keeps the name of an ended task) and the job went out (a
         pushed task ran it: it is no longer waiting for its first run)."""
-        found = await self.client.task_body(task_name)
+        from google.api_core import exceptions as google_errors
+
+        try:
+            found = await self.client.task_body(task_name)
+        except google_errors.PermissionDenied:
+            found = None  # cannot look (no cloudtasks.tasks.get): the store tells what it can
         if found is not None:
             return found == body
         now = await self.store.get(job.id)

@@ -102,10 +102,17 @@ class TasksClient:
         try:
             client.get_queue(name=path, timeout=CALL_TIMEOUT)
         except google_errors.NotFound:
-            raise QueueMissingError(
-                f"Cloud Tasks queue {path} does not exist ({self.config.display}); create it "
-                "(gcloud tasks queues create) or add create=true to the URL"
-            ) from None
+            raise self._missing(path) from None
+        except google_errors.PermissionDenied:
+            # roles/cloudtasks.enqueuer may not read queues, and the endpoint
+            # needs no Cloud Tasks role: CreateTask's NOT_FOUND tells instead.
+            pass
+
+    def _missing(self, path: str) -> QueueMissingError:
+        return QueueMissingError(
+            f"Cloud Tasks queue {path} does not exist ({self.config.display}); create it "
+            "(gcloud tasks queues create) or add create=true to the URL"
+        )
 
     # ------------------------------------------------------------------ tasks
 
@@ -146,6 +153,8 @@ class TasksClient:
                 )
             except google_errors.AlreadyExists:
                 return False  # perhaps our own try whose reply was lost: the caller looks
+            except google_errors.NotFound:
+                raise self._missing(queue_path) from None
             except AMBIGUOUS:
                 if attempt == CREATE_TRIES - 1:
                     raise
@@ -155,7 +164,8 @@ class TasksClient:
         raise AssertionError("unreachable")
 
     async def task_body(self, name: str) -> bytes | None:
-        """The body of an existing task; None when there is none."""
+        """The body of an existing task; None when there is none. Raises
+        PermissionDenied without cloudtasks.tasks.get and tasks.fullView."""
         try:
             task = await asyncio.to_thread(
                 self._tasks().get_task,
