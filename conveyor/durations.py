@@ -39,8 +39,13 @@ _PART = re.compile(r"\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*")
 def is_seconds(value: object) -> bool:
     """Whether `value` is a finite number of seconds: an int or a float, not a
     bool (True would read as one second), not NaN or an infinity (no store
-    can hold a time computed from them)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < math.inf
+    can hold a time computed from them), nor an int too big for a float."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def seconds_within(value: object, *, allow_zero: bool = False, below: float = _LONGEST) -> bool:

@@ -125,6 +125,11 @@ class JobRunning:
             assert self._loop is not None
             self._newer.leave(job, known.version, self._loop)
             return
+        if self._capacity() <= 0:
+            # Every slot is taken by abandoned threads (a claim in flight
+            # when the last one went): nothing here may start it soon.
+            self._hand_back(job)
+            return
         if len(self._running) >= self._capacity():
             self._backlog.append(job)
             return

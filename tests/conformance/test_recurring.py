@@ -28,6 +28,7 @@ from .recurring_support import (
     names,
     register,
     set_next_run,
+    store,
 )
 
 pytestmark = needs("lookup")
@@ -203,6 +204,20 @@ async def test_recurring_again_keeps_an_operators_disable(app: Conveyor) -> None
     forced = await app.recurring("s", "j", {"v": 2}, every=60, enabled=True)
     assert forced.enabled is True
     assert (await app.recurring("t", "j", {}, every=60)).enabled is True  # new: enabled
+
+
+async def test_moving_a_schedules_jobs_to_another_queue_keeps_its_state(app: Conveyor) -> None:
+    register(app, "j")
+    await app.recurring("s", "j", {}, every=60)
+    made = await store(app).schedule_get("s")
+    await app.disable_recurring("s")
+    moved = await app.recurring("s", "j", {}, every=60, queue="elsewhere")
+    assert moved.enabled is False  # the operator's disable stays
+    after = await store(app).schedule_get("s")
+    assert made is not None and after is not None
+    assert after.created_at == made.created_at and not after.enabled
+    assert '"elsewhere"' in after.options
+    assert [s.name for s in await app.list_recurring()] == ["s"]  # once, not in both queues
 
 
 async def test_enable_recomputes_next_run_from_now_without_a_burst(app: Conveyor) -> None:

@@ -136,3 +136,14 @@ def test_schedule_says_every_1_second() -> None:
         misfire_grace=0.0,
     )
     assert schedule.spec == "every 1 second"  # `recurring ls` said "every 1 seconds"
+
+
+def test_an_int_too_big_for_a_float_is_no_number_of_seconds() -> None:
+    from conveyor.durations import is_seconds, seconds_within
+    from conveyor.job import InvalidOptionError
+    from conveyor.options import check_timeout
+
+    assert not is_seconds(10**400) and not seconds_within(10**400)
+    assert is_seconds(10**6) and is_seconds(0.5) and not is_seconds(float("nan"))
+    with pytest.raises(InvalidOptionError):
+        check_timeout(10**400)  # said as a bad option, not an OverflowError

@@ -113,3 +113,18 @@ async def test_a_call_on_a_connection_cut_off_without_a_word_ends_and_the_next_w
             for _ in range(3):
                 got = await asyncio.wait_for(app.get_job(job.id), 30)
                 assert got is not None and got.id == job.id
+
+
+async def test_a_big_enqueue_is_not_cut_by_the_answer_limit(
+    postgres_urls: Callable[[], str],
+) -> None:
+    # One statement holds the whole batch, however long it takes: the limit
+    # is for a worker's quick calls, not a bulk insert.
+    app = Conveyor(postgres_urls())
+    app.declare("t")
+    async with app:
+        app.backend.answer_within = 0.001  # type: ignore[attr-defined]
+        jobs = await app.enqueue_many([("t", {"n": n}) for n in range(3000)])
+        assert len(jobs) == 3000
+        app.backend.answer_within = 30.0  # type: ignore[attr-defined]
+        assert (await app.stats())["default"]["queued"] == 3000

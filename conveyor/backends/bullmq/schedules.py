@@ -184,17 +184,17 @@ class BullSchedules(BullAdmin):
         queue = _queue_of(record)
         await self.note_queues([queue])
         expect = ("", "") if expected is None else _turn(expected)
-        expected_next = None if expected is None else expected.next_run
-        for old in await self._located(record.name):
-            if old != queue:
-                # Moving to another queue: compared here, then removed (the
-                # two steps apart; a change of queue is rare).
+        moved_from = [old for old in await self._located(record.name) if old != queue]
+        if moved_from and expected is not None:
+            # Moving to another queue: compared there (apart from the write;
+            # a change of queue is rare), then written here with no compare,
+            # then removed there.
+            for old in moved_from:
                 hash_key = self.keys(old)["repeat"] + ":" + record.name
                 at, on = await self._cmd("HMGET", hash_key, OWNED, "cvenabled")
-                turned = at is not None and (float(at), on) != (expected_next, expect[1])
-                if expected is not None and turned:
+                if at is not None and (float(at), on) != (expected.next_run, expect[1]):
                     return False
-                await self._remove(old, record.name)
+            expect = ("", "")
         keys = self.keys(queue)
         fields = _fields(record)
         written = await self._cmd(
@@ -215,6 +215,8 @@ class BullSchedules(BullAdmin):
         if not int(written):
             return False
         await self._cmd("HSET", self._schedule_index, record.name, queue)
+        for old in moved_from:
+            await self._remove(old, record.name)
         return True
 
     async def _remove(self, queue: str, name: str) -> bool:

@@ -87,7 +87,8 @@ class PostgresBackend(PostgresStores):
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         if not jobs:
             return []
-        async with self._conn() as conn:
+        # No answer limit: one statement for the whole batch, however big.
+        async with self._conn(bounded=False) as conn:
             return await insert(self.q, conn, jobs)
 
     async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
@@ -423,6 +424,7 @@ class PostgresBackend(PostgresStores):
             f"SELECT {COLS} FROM {self.q.s}.jobs WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s",
             params,
+            bounded=False,  # a deep offset walks every job before it
         )
         return [row_to_job(row) for row in rows]
 

@@ -51,6 +51,9 @@ PROBE_WAIT: Final = 3.0
 PROBE_ATTEMPTS: Final = 2
 # How often a connection that passed its self-test is proven again.
 LIVENESS_EVERY = 30.0
+# What a probe's payload begins with (a wake is a queue and a job name
+# joined by WAKE_SEPARATOR, which a probe never holds).
+_PROBE_PREFIX: Final = "conveyor-probe:"
 
 SendProbe = Callable[[str, str], Awaitable[None]]  # (channel, payload)
 
@@ -77,6 +80,10 @@ class Listener:
         self._listening = asyncio.Event()
         self._probe = ""  # the payload of the probe under way
         self._probe_back = asyncio.Event()
+        # Once a self-test passed, notifications do reach this channel: a
+        # later one that fails (a busy server, a cut connection) is a lost
+        # connection, made again, not the pooler's misuse that stops workers.
+        self._proven = False
 
     @property
     def listening(self) -> bool:
@@ -138,6 +145,7 @@ class Listener:
                 reader = asyncio.create_task(self._read(conn))
                 try:
                     await self._self_test(reader)
+                    self._proven = True
                     attempt = 0
                     self.epoch += 1
                     self._listening.set()
@@ -150,9 +158,15 @@ class Listener:
             except (psycopg.Error, _ConnectionLost) as exc:
                 logger.debug("LISTEN connection lost: %s", exc)
             except BackendMisconfiguredError as exc:
-                self.failure = exc
-                self.notifier.notify()  # the waiters raise it
-                return
+                if self._proven:
+                    logger.warning(
+                        "the LISTEN connection to %s did not hear its probe; connecting again",
+                        self._where,
+                    )
+                else:
+                    self.failure = exc
+                    self.notifier.notify()  # the waiters raise it
+                    return
             finally:
                 self._listening.clear()
                 with contextlib.suppress(Exception):
@@ -162,8 +176,11 @@ class Listener:
 
     async def _read(self, conn: psycopg.AsyncConnection[object]) -> None:
         async for note in conn.notifies():
-            if note.payload == self._probe:
-                self._probe_back.set()
+            if note.payload.startswith(_PROBE_PREFIX) and WAKE_SEPARATOR not in note.payload:
+                # A probe, this listener's or another's (every worker on the
+                # schema sends its own): not a queue's wake.
+                if note.payload == self._probe:
+                    self._probe_back.set()
                 continue
             queue, _, name = note.payload.partition(WAKE_SEPARATOR)
             self.by_queue[queue] += 1
@@ -195,7 +212,7 @@ class Listener:
         """Return once a probe NOTIFY, sent from another connection, came
         back on this one; raise BackendMisconfiguredError when none does."""
         for _ in range(PROBE_ATTEMPTS):
-            self._probe = f"conveyor-probe:{os.urandom(8).hex()}"
+            self._probe = f"{_PROBE_PREFIX}{os.urandom(8).hex()}"
             self._probe_back.clear()
             try:
                 await self._send_probe(self._channel, self._probe)

@@ -181,7 +181,8 @@ class PostgresStores(PostgresConnection):
         out: dict[str, dict[str, int]] = {}
         for queue, name, count in await self._read(
             f"SELECT queue, name, count(*) FROM {self.q.s}.jobs WHERE state = 'queued'"
-            " GROUP BY queue, name"
+            " GROUP BY queue, name",
+            bounded=False,  # counts every queued job
         ):
             out.setdefault(queue, {})[name] = count
         return out

@@ -23,7 +23,7 @@ _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # (TCP keepalives when idle, an unacknowledged-send limit when not), not
 # after the system's two hours of keepalive or a quarter hour of resends,
 # with every call on it waiting meanwhile. Ignored on Unix sockets.
-LIBPQ_DEFAULTS: Final = (
+LIBPQ_DEFAULTS: Final[tuple[tuple[str, str], ...]] = (
     ("connect_timeout", "5"),
     ("keepalives_idle", "15"),
     ("keepalives_interval", "5"),
@@ -78,7 +78,7 @@ def parse_url(url: str) -> PostgresURL:
             f"pool_size={ours.get('pool_size')!r} in {url!r}: expected a whole number >= 2"
         )
     given = {name for name, _ in theirs}
-    theirs += [(name, value) for name, value in LIBPQ_DEFAULTS if name not in given]
+    theirs += [(name, value) for name, value in _libpq_defaults() if name not in given]
     # Not urlunsplit: it drops the `//` of a URL without a host
     # (`postgresql:///db`: libpq's default host, or $PGHOST).
     conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(theirs, quote_via=quote)}"
@@ -97,6 +97,16 @@ def parse_url(url: str) -> PostgresURL:
         ),
         display=f"{host}:{port or 5432}/{dbname}",
     )
+
+
+def _libpq_defaults() -> tuple[tuple[str, str], ...]:
+    """LIBPQ_DEFAULTS this libpq knows (tcp_user_timeout came in libpq 12; a
+    psycopg built against an older system libpq would refuse every URL)."""
+    from psycopg import pq
+
+    if pq.version() >= 120000:
+        return LIBPQ_DEFAULTS
+    return tuple(pair for pair in LIBPQ_DEFAULTS if pair[0] != "tcp_user_timeout")
 
 
 def _check_libpq_options(url: str, conninfo: str) -> None:
