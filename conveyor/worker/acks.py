@@ -86,6 +86,9 @@ class Running:
     # Loop time until which the job's lease surely holds: its claim's, then
     # each renewal's. A sync handler's thread checks it before it begins.
     lease_until: float = math.inf
+    # Its task ran its first step: cancelling it now runs _execute's cleanup
+    # (a task cancelled before that would skip all of it).
+    began: bool = False
 
 
 def token_of(job: Job) -> ClaimToken:

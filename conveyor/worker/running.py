@@ -191,6 +191,7 @@ class JobRunning:
             task.cancel()
 
     async def _execute(self, running: Running) -> None:
+        running.began = True
         job, ctx, job_type = running.job, running.ctx, running.job_type
         events = self.events
         if events.wants("job.started"):
@@ -204,6 +205,10 @@ class JobRunning:
         completed: tuple[object, ...] = ()
         held, elapsed = False, 0.0
         try:
+            if ctx.stop_reason is not None:
+                # Told to stop before its task began (_tell_stop left the
+                # task to get here): as if stopped at once, the handler unrun.
+                raise asyncio.CancelledError
             if job_type is None:
                 raise LookupError(f"no handler for job {job.name!r} is registered in this worker")
             result = await self._call(job_type, running)
@@ -274,6 +279,8 @@ class JobRunning:
 
     def _tell_stop(self, running: Running, reason: str) -> None:
         running.ctx.mark_stopped(reason)
+        if not running.began:
+            return  # its task sees the reason when it begins (_execute)
         if running.task is not None and running.task.get_loop() is self._loop:
             job_type = self.registry.get(running.job.name)
             if job_type is None or job_type.is_async or reason in (RELEASED, LOST):

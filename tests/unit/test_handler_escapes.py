@@ -110,3 +110,40 @@ async def test_prefetched_jobs_go_back_when_abandoned_threads_take_every_slot() 
                 for job in quick_ones:
                     done = await app.wait(job.id, timeout=2.5)
                     assert done.state is JobState.COMPLETED
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_job_told_to_stop_before_its_task_first_ran_still_ends(kind: str) -> None:
+    """A heartbeat may answer "cancelled" for a job whose task was created
+    but has not run a step yet (a backend that answers without yielding):
+    cancelling that task then would skip all of `_execute`, its `finally`
+    too, leaving the job in the worker's running set for ever (a slot lost,
+    a drain that never ends) and no outcome sent."""
+    app = Conveyor("memory://")
+    ran: list[str] = []
+
+    if kind == "async":
+
+        @app.job("j")
+        async def j_async(payload: Any) -> None:
+            ran.append("ran")
+
+    else:
+
+        @app.job("j")
+        def j_sync(payload: Any) -> None:
+            ran.append("ran")
+
+    async with app, app.worker(concurrency=1, poll_interval=60) as worker:
+        job = await app.enqueue("j", {})
+        (claimed,) = await app.backend.claim(["default"], 1, 30.0)
+        await app.cancel(job.id)  # asked while it runs: the heartbeat says so
+        worker._claims.claimed([claimed], worker._clock())
+        worker._start_job(claimed)  # its task is made, not yet run
+        running = worker._running[claimed.id]
+        worker._tell_stop(running, "cancelled")
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert claimed.id not in worker._running, "the job stayed in the running set"
+        done = await app.wait(job.id, timeout=5)
+        assert done.state is JobState.CANCELLED and ran == []
