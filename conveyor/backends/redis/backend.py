@@ -272,7 +272,8 @@ class RedisBackend(RedisStores):
         if not keys:  # nothing to wait on: wait out the timeout (BLPOP needs a key)
             keys = [f"{self.prefix}:wakeup:none"]
         try:
-            await self._pair()[1].call("BLPOP", *keys, f"{timeout:.3f}")
+            # Silent on purpose for up to `timeout`: not counted as late.
+            await self._pair()[1].call("BLPOP", *keys, f"{timeout:.3f}", wait=timeout)
         except RedisConnectionLost as exc:
             raise self._lost(exc) from exc
 
@@ -312,7 +313,8 @@ class RedisBackend(RedisStores):
                         names_arg(names),
                         *queues,
                     ),
-                ]
+                ],
+                wait=max(timeout, 0.001),  # the BLPOP's silence is not lateness
             )
         except RedisConnectionLost as exc:
             raise self._lost(exc) from exc
