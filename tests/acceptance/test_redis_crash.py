@@ -501,6 +501,39 @@ def test_producer_sees_the_outage_and_recovers_without_a_new_app(
     assert {job.id for job in app.list_jobs_sync(limit=10)} == {before.id, after.id}
 
 
+def test_a_demoted_server_is_an_outage_and_is_connected_to_again(
+    own_redis: RedisServer, producer_for: Callable[[str], Conveyor]
+) -> None:
+    """A server that answers but cannot serve (a primary demoted to a replica
+    behind a DNS name that now points at the new primary: READONLY) is an
+    outage, BackendUnavailableError, and its connection is dropped, so the
+    next call connects afresh (to whatever the name points at now) rather
+    than stay on it for good."""
+    url = f"{own_redis.url}?prefix=unable"
+    app = producer_for(url)
+    app.enqueue_sync("crash.quick", {"n": 1})
+    before = _client_ids(own_redis)
+    own_redis.command("REPLICAOF", "127.0.0.1", str(free_port()))  # of a gone primary
+    try:
+        with pytest.raises(BackendUnavailableError, match="READONLY"):
+            app.enqueue_sync("crash.quick", {"n": 2})
+    finally:
+        own_redis.command("REPLICAOF", "NO", "ONE")
+    app.enqueue_sync("crash.quick", {"n": 3})
+    assert before and before.isdisjoint(_client_ids(own_redis)), "the connection was kept"
+    assert _stats(app)["queued"] == 2
+
+
+def _client_ids(server: RedisServer) -> set[str]:
+    """The ids of the server's client connections, but the one asking."""
+    listing = server.command("CLIENT", "LIST")
+    return {
+        line.split("id=", 1)[1].split(" ", 1)[0]
+        for line in listing.splitlines()
+        if "id=" in line and "cmd=client|list" not in line
+    }
+
+
 def test_producer_call_cut_off_by_the_outage_names_the_server(
     own_redis: RedisServer, producer_for: Callable[[str], Conveyor]
 ) -> None:

@@ -148,3 +148,33 @@ async def test_a_cancelled_caller_closes_the_connection(silent: SilentServer) ->
     assert await asyncio.wait_for(client.call("PING"), 3) == "PONG"
     assert silent.connections == 2
     await client.aclose()
+
+
+async def test_a_server_refusing_more_clients_is_said_in_its_words() -> None:
+    """A server at maxclients says so unasked, before any command, and
+    closes: the next call fails with the server's words (not a bare
+    "closed"), and no IndexError is raised in the event loop's callbacks."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR max number of clients reached\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(RedisURL(f"redis://127.0.0.1:{port}"))
+    try:
+        await client._connection()
+        await asyncio.sleep(0.2)  # the words come before any command
+        with pytest.raises(RedisConnectionLost, match="max number of clients"):
+            await client.call("PING")
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

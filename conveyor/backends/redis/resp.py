@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import hiredis
 
@@ -39,6 +39,9 @@ from conveyor.backends.redis.wire import (
 __all__ = ["Arg", "RedisConnectionLost", "RedisReplyError", "RedisURL", "RespClient"]
 
 logger = logging.getLogger("conveyor.redis")
+
+# Error replies of a server that cannot serve anyone at the moment.
+_UNABLE: Final = frozenset({"LOADING", "MASTERDOWN", "BUSY"})
 
 
 class RespClient(Redirects):
@@ -149,11 +152,30 @@ class RespClient(Redirects):
         long a blocking command in the batch may legitimately keep Redis silent."""
         if not commands:
             return []  # nothing to send, and no reply would ever resolve a wait
-        replies = await self._send(await self._connection(), commands, wait)
+        protocol = await self._connection()
+        replies = await self._send(protocol, commands, wait)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
+                if self._unable(reply):
+                    # Answering, but not able to serve: an outage. The
+                    # connection goes, so the next call connects afresh (a
+                    # DNS name may point at the new primary by then).
+                    protocol.shut()
+                    raise RedisConnectionLost(
+                        f"Redis at {self.host}:{self.port} cannot serve now: {reply}"
+                    )
                 return await self._redirected(commands, replies, wait)
         return replies
+
+    def _unable(self, reply: hiredis.ReplyError) -> bool:
+        """An error reply saying the server cannot serve anyone now: loading
+        its data, a replica (READONLY, where Sentinel is not there to ask
+        again: cluster.py), cut off from its primary, or busy in a script."""
+        text = str(reply)
+        kind = text.split(" ", 1)[0]
+        if text.startswith("ERR max number of clients"):
+            return True  # said before the server closes a connection it will not take
+        return kind in _UNABLE or (kind == "READONLY" and not self.settings.sentinels)
 
     async def _send(
         self, protocol: Protocol, commands: Sequence[Sequence[Arg]], wait: float

@@ -67,6 +67,7 @@ class Protocol(asyncio.Protocol):
         self.closed = False
         self.where = "?"  # the server, as errors name it (set by open_connection)
         self._watch: asyncio.TimerHandle | None = None
+        self._why: str | None = None  # what the server said unasked before it closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
@@ -81,6 +82,13 @@ class Protocol(asyncio.Protocol):
         self._reader.feed(data)
         pending = self._pending
         while (reply := self._reader.gets()) is not False:
+            if not pending:
+                # Said unasked (an error before any command: "max number of
+                # clients reached", then the server closes): the connection
+                # is no good, and the reason is the server's words.
+                self._why = f"Redis said, unasked: {reply}"
+                self.shut()
+                return
             batch = pending[0]
             batch.replies.append(reply)
             batch.remaining -= 1
@@ -91,7 +99,12 @@ class Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        reason = (explain_tls_failure(exc) if exc else None) or exc or "closed by the server"
+        reason = (
+            (explain_tls_failure(exc) if exc else None)
+            or exc
+            or self._why
+            or "closed by the server"
+        )
         self._fail_pending(RedisConnectionLost(f"connection to Redis lost: {reason}"))
 
     def _fail_pending(self, error: RedisConnectionLost) -> None:
@@ -107,7 +120,7 @@ class Protocol(asyncio.Protocol):
         fails (and the connection with it) unless they come within `allowed`
         seconds (inf: the caller bounds the wait itself)."""
         if self.closed or self.transport is None:
-            raise RedisConnectionLost("connection to Redis is closed")
+            raise RedisConnectionLost(self._why or "connection to Redis is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         deadline = loop.time() + allowed
