@@ -30,3 +30,37 @@ async def test_an_idle_wait_longer_than_the_reply_timeout_is_no_outage(
         assert time.monotonic() - began >= 1.8  # both waited their whole time
     finally:
         await backend.close()
+
+
+async def test_a_duplicate_whose_job_is_gone_by_the_next_read_is_answered(
+    redis_urls: Callable[[], str],
+) -> None:
+    """A keyed enqueue that finds the key taken answers the existing job's
+    record, read in the same script: read in a second round trip, a job
+    finished and dropped by retention in between made it a row of Nones
+    (TypeError)."""
+    import time as clock
+
+    from test_sqlite_backend import new_job
+
+    from conveyor.backends.base import Outcome, OutcomeKind, Retention
+
+    backend: Any = from_url(redis_urls())
+    await backend.open()
+    try:
+        [first] = await backend.enqueue([new_job(key="once")])
+        [claimed] = await backend.claim(["default"], 1, 30.0)
+        run = backend._run
+
+        async def then_it_ends_and_goes(name: str, *args: Any) -> Any:
+            reply = await run(name, *args)
+            if name == "enqueue":  # another worker finishes it; retention drops it
+                done = Outcome(claimed.id, claimed.token, OutcomeKind.COMPLETED, clock.time())
+                await backend.finish([done], Retention(keep_completed=0))
+            return reply
+
+        backend._run = then_it_ends_and_goes
+        [again] = await backend.enqueue([new_job(key="once")])
+        assert again.duplicate and again.id == first.id
+    finally:
+        await backend.close()

@@ -23,7 +23,7 @@ from conveyor.backends.redis.resp import (
     RedisURL,
     RespClient,
 )
-from conveyor.backends.redis.rows import FIELDS, new_job_record, row_to_job
+from conveyor.backends.redis.rows import new_job_record, row_to_job
 from conveyor.job import BackendUnavailableError, InvalidOptionError, Job, JobState
 
 logger = logging.getLogger("conveyor.redis")
@@ -191,25 +191,14 @@ class RedisConnection:
         for duplicates."""
         now_text, flat = reply
         now = float(now_text)
-        out: list[Job | None] = []
-        duplicates: dict[int, str] = {}
+        out: list[Job] = []
         for index, new in enumerate(jobs):
-            job_id, duplicate = flat[2 * index], int(flat[2 * index + 1])
-            if duplicate:
-                duplicates[index] = job_id
-                out.append(None)
+            existing = flat[2 * index + 1]  # 0: stored now; else the duplicate's record
+            if isinstance(existing, list):
+                out.append(row_to_job(existing, duplicate=True))
             else:
                 out.append(new_job_record(new, now, by_server=True))
-        if duplicates:
-            rows = await self._pipe(
-                [
-                    ("HMGET", f"{self.prefix}:job:{job_id}", *FIELDS)
-                    for job_id in duplicates.values()
-                ]
-            )
-            for (index, job_id), row in zip(duplicates.items(), rows, strict=True):
-                out[index] = row_to_job([job_id, *row], duplicate=True)
-        return [job for job in out if job is not None]
+        return out
 
     async def _queues(self) -> set[str]:
         return set(await self._cmd("SMEMBERS", f"{self.prefix}:queues"))

@@ -236,8 +236,10 @@ local function insert(jobs, now_text)
     local existing = false
     if ukey ~= "" then existing = redis.call("HGET", P .. ":keys", ukey) end
     if existing then
+      -- Its record, read here: a second round trip could find it finished
+      -- and dropped by retention meanwhile.
       out[#out + 1] = existing
-      out[#out + 1] = 1
+      out[#out + 1] = record(existing)
     else
       local state = "queued"
       if tonumber(run_at) > now then state = "scheduled" end
