@@ -218,7 +218,8 @@ end
 
 -- Store jobs [[id, name, queue, payload, priority, max_retries, timeout, key,
 -- created_at, run_at, relative ("1" or "")], ...] at `now_text`. Returns
--- {id, duplicate (0/1)} per job.
+-- per job its id, then 0 (stored now) or the record of the job holding its
+-- key (a duplicate).
 local function insert(jobs, now_text)
   local now = tonumber(now_text)
   local out = {}
