@@ -64,7 +64,16 @@ class Locks:
         deadline = time.monotonic() + wait
         pause = 0.01
         while True:
-            if await store.lock_acquire(key, token, float(ttl)):
+            try:
+                taken = await store.lock_acquire(key, token, float(ttl))
+            except BaseException:
+                # The store may have taken it and its answer been lost: the
+                # caller gets no token to release it with, so give it back
+                # now (else it is held by nobody for its whole ttl).
+                with contextlib.suppress(Exception):
+                    await store.lock_release(key, token)
+                raise
+            if taken:
                 return token
             if time.monotonic() >= deadline:
                 return None

@@ -246,3 +246,25 @@ async def test_a_wait_that_is_not_seconds_is_refused(app: Conveyor, wait: Any) -
     assert held is not None
     with pytest.raises(InvalidOptionError, match="lock wait"):  # NaN spun for ever
         await asyncio.wait_for(app.locks.acquire("k", 30, wait=wait), 5)
+
+
+async def test_an_acquire_whose_reply_was_lost_leaves_the_lock_free(app: Conveyor) -> None:
+    """The store took the lock but its answer never came (the connection
+    cut): the caller gets an error and no token, so no one could release
+    the lock; it is given back at once, not held by nobody for its ttl."""
+    from conveyor import BackendUnavailableError
+
+    store: Any = await app.locks._store()
+    acquire = store.lock_acquire
+
+    async def taken_then_lost(*args: Any, **kwargs: Any) -> bool:
+        await acquire(*args, **kwargs)
+        raise BackendUnavailableError("the reply was lost (injected)")
+
+    store.lock_acquire = taken_then_lost
+    try:
+        with pytest.raises(BackendUnavailableError):
+            await app.locks.acquire("cut", ttl=60)
+    finally:
+        del store.lock_acquire
+    assert await app.locks.acquire("cut", ttl=60) is not None
