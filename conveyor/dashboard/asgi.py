@@ -98,7 +98,16 @@ async def _answer(handler: Handler, request: Request) -> Response:
         return _error(501, str(exc))
     except ConveyorError as exc:  # a bad option, an unknown state...
         return _error(400, str(exc))
-    return JSONResponse(result)
+    return AsciiJSON(result)
+
+
+class AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: a job's text may hold a
+    lone surrogate (a file name decoded from undecodable bytes), which UTF-8
+    cannot encode (Starlette's JSONResponse answered 500 for the whole list)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class _Routes:
@@ -153,7 +162,7 @@ class _Routes:
     async def login(self, request: Request) -> Response:
         try:
             body = await request.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8 (JSONDecodeError, UnicodeDecodeError)
             body = None
         token = body.get("token") if isinstance(body, dict) else None
         outcome = self.gate.login(token if isinstance(token, str) else None)

@@ -22,7 +22,6 @@ No credentials at all: 401. Wrong ones, or a missing or wrong CSRF token: 403.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -112,7 +111,7 @@ class Sessions:
         session_id, _, expires = body.partition(".")
         if not (session_id and expires.isdigit()):
             return None
-        if not hmac.compare_digest(signature, self._sign(body)):
+        if not _same(signature, self._sign(body)):  # bytes: any text compares
             return None
         if int(expires) < (time.time() if now is None else now):
             return None
@@ -122,7 +121,7 @@ class Sessions:
         return self._sign(f"csrf:{principal}")
 
     def csrf_ok(self, principal: str, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given, self.csrf_for(principal))
+        return given is not None and _same(given, self.csrf_for(principal))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +135,11 @@ class Credentials:
 
 
 def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    """Constant-time; on bytes, as compare_digest refuses non-ASCII text
+    (a header or cookie may hold anything)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def basic_user(access: Access, authorization: str | None) -> str | Refusal | None:
@@ -147,7 +150,7 @@ def basic_user(access: Access, authorization: str | None) -> str | Refusal | Non
         return None
     try:
         user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error; non-ASCII in the header
         return Refusal(403, "malformed basic credentials")
     if _same(user, access.basic[0]) & _same(password, access.basic[1]):
         return user

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -233,7 +233,11 @@ class Dashboard:
         # Ids first, then retries: a retried job leaves the state, which
         # would shift the pages under a loop that retried as it read.
         ids: list[str] = []
-        while len(ids) < MAX_RETRY_ALL:
+        if query.key is not None:  # the one job holding the key, as the list shows
+            held = await self.app.get_job_by_key(query.key)
+            if held is not None and _matches(held, replace(query, state=state)):
+                ids.append(held.id)
+        while query.key is None and len(ids) < MAX_RETRY_ALL:
             page = await self.app.list_jobs(
                 state=state, name=query.name, queue=query.queue, limit=MAX_PAGE, offset=len(ids)
             )
@@ -249,6 +253,14 @@ class Dashboard:
     async def purge(self, params: Mapping[str, str]) -> dict[str, Any]:
         """Delete the failed (or completed, or cancelled) jobs of a queue or
         of all, optionally only those older than a duration ("7d")."""
+        narrowed = [name for name in ("name", "key") if params.get(name, "").strip()]
+        if narrowed:
+            # Purging deletes by state, queue and age only: refused rather
+            # than delete more than the filtered list shows.
+            raise DashboardError(
+                f"purge cannot filter by {' or '.join(narrowed)}: it deletes every job of"
+                " the state (in a queue, older than an age); retry or cancel them one by one"
+            )
         raw_state = params.get("state", "").strip() or JobState.FAILED.value
         state = check_state(raw_state)
         if state not in (JobState.FAILED, JobState.COMPLETED, JobState.CANCELLED):

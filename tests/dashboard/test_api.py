@@ -221,6 +221,29 @@ async def test_retry_cancel_retry_all_and_purge(app: Conveyor, web: httpx.AsyncC
     ).status_code == 400
 
 
+async def test_bulk_actions_act_on_what_the_filter_shows_or_refuse(
+    app: Conveyor, web: httpx.AsyncClient
+) -> None:
+    # A list filtered by key shows one job: "retry all matching" retries that
+    # one, not every failed job; purge, which cannot filter by name or key,
+    # refuses such a filter rather than delete every failed job.
+    keyed = await app.enqueue("email.welcome", {"to": "k", "fail": True}, key="k0")
+    await app.drain()
+    for n in range(3):
+        await failed_job(app, n=n)
+    one = await web.post("/api/jobs/retry", params={"state": "failed", "key": "k0"}, headers=BEARER)
+    assert one.json() == {"retried": 1}
+    stored = await app.get_job(keyed.id)
+    assert stored is not None and stored.state is JobState.QUEUED
+    assert len(await app.list_jobs(state=JobState.FAILED)) == 3
+    for narrowed in ({"name": "email.welcome"}, {"key": "k0"}):
+        refused = await web.post(
+            "/api/jobs/purge", params={"state": "failed", **narrowed}, headers=BEARER
+        )
+        assert refused.status_code == 400, refused.text
+    assert len(await app.list_jobs(state=JobState.FAILED)) == 3
+
+
 async def test_cancel_a_queued_and_a_running_job(app: Conveyor, web: httpx.AsyncClient) -> None:
     started = asyncio.Event()
 
@@ -379,6 +402,38 @@ async def test_basic_auth_guards_reads_and_needs_csrf_to_act(app: Conveyor) -> N
             f"/api/jobs/{job_id}/cancel", auth=("ops", "pw-of-ops"), headers={"X-CSRF-Token": csrf}
         )
         assert off.status_code == 403 and "read-only" in off.json()["error"]
+
+
+async def test_odd_bytes_in_credentials_are_refused_not_a_server_error(app: Conveyor) -> None:
+    from conveyor.dashboard.auth import SESSION_COOKIE
+
+    guarded = create_app(app, token=TOKEN, basic_auth=("ops", "pw-of-ops"))
+    async with client(guarded) as http:
+        # Header bytes beyond ASCII (read as Latin-1): not base64's alphabet.
+        odd = {"Authorization": b"Basic \xe9\xe9=="}
+        assert (await http.get("/api/overview", headers=odd)).status_code in (401, 403)
+    async with client(create_app(app, token=TOKEN)) as http:
+        cookie = {"Cookie": f"{SESSION_COOKIE}=abc.9999999999.sign".encode() + b"\xe9"}
+        assert (await http.get("/api/session", headers=cookie)).status_code == 200  # anonymous
+        login = await http.post("/api/login", content=b"\xff\xfe{not utf-8")
+        assert login.status_code in (400, 401, 403), login.text
+        session = await http.post("/api/login", json={"token": TOKEN})
+        assert session.status_code == 200
+        csrf = {"X-CSRF-Token": b"t\xe9"}
+        retried = await http.post("/api/jobs/retry", params={"state": "failed"}, headers=csrf)
+        assert retried.status_code == 403, retried.text
+
+
+async def test_a_job_holding_a_lone_surrogate_is_listed(
+    app: Conveyor, web: httpx.AsyncClient
+) -> None:
+    # A file name decoded from bytes that are not UTF-8 (os.fsdecode) holds
+    # a lone surrogate: stored fine, it must not make the list a 500.
+    job = await app.enqueue("report.build", {"file": "report-\udcff.csv"}, delay=3600)
+    listed = await web.get("/api/jobs", headers=BEARER)
+    assert listed.status_code == 200, listed.text
+    shown = await web.get(f"/api/jobs/{job.id}", headers=BEARER)
+    assert shown.status_code == 200 and "report-" in shown.text
 
 
 # --------------------------------------------------------------------------- redaction

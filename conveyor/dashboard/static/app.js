@@ -322,11 +322,16 @@ function jobsView(params) {
   }, h("label", {}, "Find by id", idInput), h("button", { type: "submit" }, "Open"));
   const bulk = h("div", { className: "toolbar" });
   if (session.actions && ["failed", "cancelled"].includes(filters.state)) {
-    const match = query({ state: filters.state, name: filters.name, queue: filters.queue });
+    const match = query({
+      state: filters.state, name: filters.name, queue: filters.queue, key: filters.key,
+    });
     bulk.append(button("Retry all matching", () => act(`jobs/retry${match}`,
       (body) => `Retried ${body.retried} job(s).`), { "data-action": "retry-all" }));
   }
-  if (session.actions && ["failed", "completed", "cancelled"].includes(filters.state)) {
+  // Purge deletes by state and queue only: not offered on a list narrowed
+  // by name or key (the server refuses those filters too).
+  if (session.actions && ["failed", "completed", "cancelled"].includes(filters.state)
+      && !filters.name && !filters.key) {
     bulk.append(button(`Purge ${filters.state}${filters.queue ? ` in ${filters.queue}` : ""}`,
       () => {
         if (!confirm(`Delete every ${filters.state} job${filters.queue ? ` of ${filters.queue}` : ""}?`)) return;
