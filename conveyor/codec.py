@@ -29,9 +29,49 @@ def encode_json(value: Any, what: str) -> str:
         except PydanticSerializationError as exc:  # e.g. bytes that are not UTF-8
             raise InvalidPayloadError(f"{what} is not JSON: {exc}") from exc
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidPayloadError(f"{what} is not JSON: {exc}") from exc
+    if "\\ud" in text:  # a surrogate's escape, maybe: rare, so checked only then
+        _refuse_surrogates(value, what)
+    return text
+
+
+def _refuse_surrogates(value: Any, what: str) -> None:
+    """A string holding a surrogate (a lone one: a file name decoded from
+    bytes that are not UTF-8) is no Unicode text: PostgreSQL refuses its
+    JSON escape, and a worker could never store it. Refused here, saying so."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise InvalidPayloadError(
+            f"{what} is not JSON: it holds {bad!r}, a surrogate that is no Unicode character"
+            " (text decoded from bytes that are not UTF-8?); decode with errors='replace',"
+            " or send the bytes as base64"
+        ) from None
+
+
+def storable(text: str) -> str:
+    """`text` as every store takes it: UTF-8 cannot hold a surrogate (a file
+    name decoded from bytes that are not UTF-8), which is shown escaped. For
+    what is shown of a job (errors, tracebacks, log lines), not its data."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def storable_fields(value: Any) -> Any:
+    """`value` (a log line's fields) with `storable` text throughout."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable_fields(key): storable_fields(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_fields(item) for item in value]
+    return value
 
 
 # The standard library's own scanner (C), which json.loads calls after checks

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from conveyor.codec import storable, storable_fields
 from conveyor.job import InvalidOptionError, Job
 from conveyor.logs import job_fields
 
@@ -56,7 +57,7 @@ class JobContext:
 
     def log(self, message: str, **fields: Any) -> None:
         """Keep a line on the job record (flushed with progress, heartbeat and finish)."""
-        entry = {"at": time.time(), "msg": str(message), **fields}
+        entry = {"at": time.time(), "msg": storable(str(message)), **storable_fields(fields)}
         self._logs.append(entry)
         logger.info(
             "%s [%s] %s %s",

@@ -31,7 +31,7 @@ from conveyor.backends.base import (
     attempt_outcome,
 )
 from conveyor.backoff import BadBackoffError
-from conveyor.codec import decode_json, encode_json
+from conveyor.codec import decode_json, encode_json, storable
 from conveyor.context import JobContext
 from conveyor.events import EventBus
 from conveyor.job import HISTORY_LIMIT, InvalidPayloadError, Job, JobState, attempt_entry, utc
@@ -131,7 +131,7 @@ def failure(
     timed_out: bool = False,
 ) -> Outcome:
     now = time.time()
-    error = f"{type(exc).__name__}: {exc}"
+    error = storable(f"{type(exc).__name__}: {exc}")
     tb = bounded_traceback(exc)
     kind, delay = OutcomeKind.FAILED, None
     if not final and job.attempts <= job.max_retries:
@@ -165,7 +165,7 @@ def bounded_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
     while len(stack) > 1 and _is_runner_frame(stack[0].filename):
         stack = traceback.StackSummary.from_list(stack[1:])
     formatted.stack = stack
-    parts = list(formatted.format())
+    parts = [storable(part) for part in formatted.format()]
     sizes = [len(part.encode()) for part in parts]
     if sum(sizes) <= limit:
         return "".join(parts)

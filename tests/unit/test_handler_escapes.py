@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, JobState
+from conveyor import Conveyor, InvalidPayloadError, JobState
 
 ESCAPES: list[type[BaseException]] = [
     asyncio.CancelledError,
@@ -147,3 +147,52 @@ async def test_a_job_told_to_stop_before_its_task_first_ran_still_ends(kind: str
         assert claimed.id not in worker._running, "the job stayed in the running set"
         done = await app.wait(job.id, timeout=5)
         assert done.state is JobState.CANCELLED and ran == []
+
+
+async def test_an_error_holding_a_lone_surrogate_fails_the_job() -> None:
+    """An error message or traceback with a lone surrogate (a file name
+    decoded from bytes that are not UTF-8) is recorded with it escaped;
+    encoding it raised in the worker, and the job stayed running."""
+    app = Conveyor("memory://")
+
+    @app.job("bad", retries=0)
+    async def bad(payload: Any) -> None:
+        raise ValueError("file report-\udcff.csv is broken")
+
+    async with app:
+        job = await app.enqueue("bad", {})
+        (done,) = await asyncio.wait_for(app.drain(), 20)
+        assert done.id == job.id and done.state is JobState.FAILED
+        assert "report-\\udcff.csv" in (done.error or "")
+        assert "report-\\udcff.csv" in (done.traceback or "")
+
+
+async def test_a_result_or_log_line_holding_a_lone_surrogate_does_not_wedge_the_worker() -> None:
+    """A log line's text is kept escaped; a result (data, not a message) with
+    a surrogate fails its job saying so. PostgreSQL refused the JSON escape
+    of a lone surrogate, so such an outcome was sent again and again, for
+    ever, holding every outcome of its batch."""
+    app = Conveyor("memory://")
+
+    @app.job("logs", retries=0)
+    async def logs(payload: Any, ctx: Any) -> str:
+        ctx.log("saw report-\udcff.csv", file="report-\udcff.csv")
+        return "ok"
+
+    @app.job("result", retries=0)
+    async def result(payload: Any) -> str:
+        return "report-\udcff.csv"
+
+    async with app:
+        logged = await app.enqueue("logs", {})
+        returned = await app.enqueue("result", {})
+        ran = {job.id: job for job in await asyncio.wait_for(app.drain(), 20)}
+        assert ran[logged.id].state is JobState.COMPLETED
+        line = ran[logged.id].logs[0]
+        assert line["msg"] == "saw report-\\udcff.csv" and line["file"] == "report-\\udcff.csv"
+        assert ran[returned.id].state is JobState.FAILED
+        assert "surrogate" in (ran[returned.id].error or "")
+    producer = Conveyor("memory://")
+    producer.declare("anything")
+    with pytest.raises(InvalidPayloadError, match="surrogate"):
+        await producer.enqueue("anything", {"file": "report-\udcff.csv"})
