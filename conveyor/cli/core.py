@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 
 from conveyor.app import Conveyor
@@ -189,12 +191,36 @@ def options(ctx: click.Context) -> Options:
     return found
 
 
+# Control characters but newline and tab: in a job's name, error or log line
+# they would reach the operator's terminal as commands (ESC sequences set its
+# title, clear the screen, ...). Shown escaped instead.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters shown as escapes (\\x1b)."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+class _Console(Console):
+    """Rich's console, writing the application's text with `visible`:
+    every value shown passes here, whatever view made it (rich's own
+    styles are control segments, left alone)."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        shown = (
+            segment if segment.control else Segment(visible(segment.text), segment.style)
+            for segment in buffer
+        )
+        return super()._render_buffer(shown)
+
+
 def out() -> Console:
     # Made per call so output follows sys.stdout when it is swapped (CliRunner).
     # No markup: what is printed holds the application's text (job names,
     # queues, errors), whose square brackets must show as written, never
     # style or break the output; conveyor's own styles go as Text.
-    console = Console(highlight=False, markup=False)
+    console = _Console(highlight=False, markup=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         # Piped or captured: rich would assume 80 columns and cut ids and
         # names; a pipe has no width, so give rows the room they need.

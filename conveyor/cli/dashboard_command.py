@@ -23,7 +23,11 @@ from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_
     help="Address to listen on; anything but loopback without basic auth logs a warning.",
 )
 @click.option(
-    "--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to listen on."
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
 )
 @click.option(
     "--read-only",

@@ -7,6 +7,7 @@ import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 from rich.console import Console
@@ -97,3 +98,33 @@ def test_text_from_jobs_is_shown_as_written_not_as_markup(tmp_path: Path) -> Non
     assert "must match [a-z]+ and [bold] tags [/]" in shown.output
     paused = runner.invoke(cli, ["--url", url, "pause", "reports[/]"])
     assert (paused.exit_code, paused.output.strip()) == (0, "queue reports[/] paused")
+
+
+def test_control_characters_in_job_text_do_not_reach_the_terminal(tmp_path: Path) -> None:
+    """A job's text may hold terminal escape sequences (set the window's
+    title, clear the screen): shown escaped, never sent as they are."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    app = Conveyor(url)
+    title, clear = "\x1b]0;owned\x07", "\x1b[2J"
+
+    @app.job(f"mk{clear}", queue="q\x9b", retries=0)
+    def failing(payload: object, ctx: Any) -> None:
+        ctx.log(f"line{title}")
+        raise ValueError(f"bad{clear}")
+
+    job = app.enqueue_sync(f"mk{clear}", {})
+    app.drain_sync()
+    app.close_sync()
+    runner = CliRunner()
+    for args in (["jobs", "ls"], ["jobs", "show", job.id], ["stats"], ["pause", "p\x1b[2J"]):
+        shown = runner.invoke(cli, ["--url", url, *args])
+        assert shown.exit_code == 0, shown.output
+        assert "\x1b" not in shown.output and "\x07" not in shown.output, (args, shown.output)
+        assert "\x9b" not in shown.output
+    listed = runner.invoke(cli, ["--url", url, "jobs", "show", job.id])
+    assert "mk\\x1b[2J" in listed.output and "bad\\x1b[2J" in listed.output
+
+
+def test_the_dashboard_refuses_a_port_that_does_not_exist() -> None:
+    refused = CliRunner().invoke(cli, ["--url", "memory://", "dashboard", "--port", "99999"])
+    assert refused.exit_code == 2 and "99999" in refused.output
