@@ -269,3 +269,34 @@ def test_a_paused_queue_stops_being_served(browser: Any, site: Site) -> None:
     assert reports.locator("[data-paused]").count() == 0
     assert blocking(producer.wait_sync, held.id, timeout=20).result == {"rows": 3}
     page.close()
+
+
+def test_slow_answers_do_not_pile_up_refreshes(browser: Any, site: Site) -> None:
+    """The page refreshes every 2 s; when the server takes longer to answer
+    (many queues, a busy store), the next refresh waits for the last one
+    instead of adding to a pile of requests in flight."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(WAIT_MS)
+    # Every overview answer comes 3 s late (longer than the refresh interval);
+    # the page's requests in flight are counted.
+    page.add_init_script(
+        """
+        window.__flight = { now: 0, most: 0, sent: 0 };
+        const realFetch = window.fetch;
+        window.fetch = async (...args) => {
+          const url = String(args[0] instanceof Request ? args[0].url : args[0]);
+          if (!url.includes("api/overview")) return realFetch(...args);
+          const flight = window.__flight;
+          flight.now += 1; flight.sent += 1; flight.most = Math.max(flight.most, flight.now);
+          try {
+            await new Promise((done) => setTimeout(done, 3000));
+            return await realFetch(...args);
+          } finally { flight.now -= 1; }
+        };
+        """
+    )
+    page.goto(site.base)
+    page.wait_for_timeout(10_000)
+    flight = page.evaluate("window.__flight")
+    assert flight["sent"] >= 2, flight  # it did refresh
+    assert flight["most"] == 1, flight

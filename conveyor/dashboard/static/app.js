@@ -491,7 +491,30 @@ function route() {
   return ["overview", overviewView()];
 }
 
+// One refresh in flight at a time: a slow answer (many queues, a busy store)
+// must not pile requests up. One asked for meanwhile (a new page) runs after.
+let refreshing = null;
+let again = false;
+
 async function refresh() {
+  if (refreshing) {
+    again = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    do {
+      again = false;
+      await refreshOnce();
+    } while (again);
+  })();
+  try {
+    await refreshing;
+  } finally {
+    refreshing = null;
+  }
+}
+
+async function refreshOnce() {
   if (!current) return;
   const updated = document.getElementById("updated");
   try {
@@ -523,7 +546,13 @@ async function start() {
     show();
   });
   await show();
-  timer = setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
+  // The next refresh is set once this one is done (setInterval would start
+  // one every REFRESH_MS however long each took).
+  const tick = async () => {
+    if (!document.hidden) await refresh();
+    timer = setTimeout(tick, REFRESH_MS);
+  };
+  timer = setTimeout(tick, REFRESH_MS);
 }
 
 document.addEventListener("DOMContentLoaded", start);
