@@ -17,6 +17,7 @@ every "42" in a traceback would hide line numbers, not secrets).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from types import EllipsisType
 from typing import Any
@@ -121,8 +122,20 @@ def _secrets(value: Any, fields: frozenset[str], found: set[str], inside: bool =
     elif inside and value is not None and not isinstance(value, bool):
         text = str(value)
         if text and text != REDACTED:
-            found.add(text)
+            found.update(_spellings(text))
     return found
+
+
+def _spellings(text: str) -> set[str]:
+    """`text` and the escaped forms a handler's message may show it in:
+    repr() (an f-string of the payload) and json.dumps (a log line) double
+    backslashes and escape newlines, quotes and non-ASCII."""
+    return {
+        text,
+        repr(text)[1:-1],
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+    }
 
 
 def _hide(value: Any, secrets: list[str]) -> Any:

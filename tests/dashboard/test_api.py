@@ -5,6 +5,7 @@ redaction, and two dashboards in one process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -504,6 +505,30 @@ async def test_a_redacted_value_is_hidden_where_the_handler_echoed_it(app: Conve
     async with client(custom) as http:
         error = (await http.get(f"/api/jobs/{job.id}")).json()["error"]
     assert "hunter2" not in error and "9876" not in error
+
+
+@pytest.mark.parametrize(
+    "secret", ["C:\\vault\\s3cr3t", "line1\nline2-secret", "p\u00e4ssw\u00f6rd-42"]
+)
+async def test_a_redacted_value_echoed_escaped_is_hidden_too(app: Conveyor, secret: str) -> None:
+    """repr() and json.dumps, as an f-string or a log line writes a payload,
+    double backslashes, escape newlines and non-ASCII: the secret must be
+    hidden in those spellings as well."""
+
+    @app.job("login.check", retries=0)
+    def check(payload: dict[str, Any], ctx: JobContext) -> None:
+        ctx.log(f"checking {json.dumps(payload)}")
+        raise PermissionError(f"login refused for {payload}")
+
+    job = await app.enqueue("login.check", {"user": "ada", "password": secret})
+    await app.drain()
+    async with client(create_app(app, token=TOKEN)) as http:
+        detail = (await http.get(f"/api/jobs/{job.id}")).json()
+    shown = [detail["error"], detail["traceback"], detail["logs"][0]["msg"]]
+    spellings = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    for text in shown:
+        assert not [s for s in spellings if s in text], text
+        assert "[redacted]" in text
 
 
 # --------------------------------------------------------------------------- the page, mounts
