@@ -155,11 +155,12 @@ async def test_a_server_refusing_more_clients_is_said_in_its_words() -> None:
     closes: the next call fails with the server's words (not a bare
     "closed"), and no IndexError is raised in the event loop's callbacks."""
 
+    writers: list[asyncio.StreamWriter] = []
+
     async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         writer.write(b"-ERR max number of clients reached\r\n")
         await writer.drain()
-        await asyncio.sleep(0.5)
-        writer.close()
 
     loop = asyncio.get_running_loop()
     errors: list[dict[str, object]] = []
@@ -176,5 +177,9 @@ async def test_a_server_refusing_more_clients_is_said_in_its_words() -> None:
     finally:
         loop.set_exception_handler(None)
         await client.aclose()
+        for writer in writers:  # closed here, not left to the loop's end
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
         server.close()
         await server.wait_closed()
