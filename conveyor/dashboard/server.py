@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.settings import CONVEYOR_DASHBOARD_BASIC_AUTH, CONVEYOR_DASHBOARD_TOKEN
 
@@ -50,11 +50,14 @@ def exposure_warning(host: str, access: Access) -> str | None:
     )
 
 
-def standalone(app: Conveyor, dashboard: Starlette) -> Starlette:
+def standalone(app: Conveyor, dashboard: Starlette, host: str = DEFAULT_HOST) -> Starlette:
     """The dashboard as a server's whole app: it opens the Conveyor app at
     start-up (a wrong URL fails there, not at the first request) and closes
-    it at shutdown."""
+    it at shutdown. Bound to loopback, it answers only requests for a
+    loopback name: a web page whose own name was made to point at 127.0.0.1
+    (DNS rebinding) must not read the jobs a browser on this machine sees."""
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.routing import Mount
 
     @contextlib.asynccontextmanager
@@ -62,7 +65,39 @@ def standalone(app: Conveyor, dashboard: Starlette) -> Starlette:
         async with app:
             yield
 
-    return Starlette(routes=[Mount("/", app=dashboard)], lifespan=lifespan)
+    middleware = [Middleware(_LoopbackHostOnly, bound=host)] if is_loopback(host) else []
+    return Starlette(routes=[Mount("/", app=dashboard)], lifespan=lifespan, middleware=middleware)
+
+
+class _LoopbackHostOnly:
+    """ASGI middleware: HTTP requests whose Host is no loopback name get 400."""
+
+    def __init__(self, app: Any, bound: str) -> None:
+        self.app = app
+        self.bound = bound
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            name = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if name != self.bound and not is_loopback(name):
+                from starlette.responses import PlainTextResponse
+
+                refused = PlainTextResponse(
+                    f"this dashboard listens on {self.bound} and answers loopback names only,"
+                    f" not {name!r}",
+                    status_code=400,
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """A Host header's name, without its port ("[::1]:8000" -> "::1")."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def serve(
@@ -77,4 +112,4 @@ def serve(
     warning = exposure_warning(host, dashboard.state.gate.access)
     if warning is not None:
         logger.warning("%s", warning)
-    uvicorn.run(standalone(app, dashboard), host=host, port=port, log_level="info")
+    uvicorn.run(standalone(app, dashboard, host), host=host, port=port, log_level="info")

@@ -4,6 +4,8 @@ command's help."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -96,3 +98,28 @@ def test_the_command_binds_to_loopback_by_default() -> None:
     assert result.exit_code == 0, result.output
     assert "default: 127.0.0.1" in result.output and "--port" in result.output
     assert CONVEYOR_DASHBOARD_TOKEN in result.output
+
+
+async def test_on_loopback_only_loopback_names_are_answered(tmp_path: Path) -> None:
+    """A page whose own name was made to resolve to 127.0.0.1 (DNS rebinding)
+    sends its name as Host: the dashboard on loopback refuses it, so it
+    cannot read the jobs through the browser of someone on this machine."""
+    import httpx
+
+    from conveyor import Conveyor
+    from conveyor.dashboard import create_app
+    from conveyor.dashboard.server import standalone
+
+    app = Conveyor(f"sqlite:///{tmp_path / 'jobs.db'}")
+    served = standalone(app, create_app(app), host="127.0.0.1")
+    transport = httpx.ASGITransport(app=served)
+    async with app, httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+        for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"):
+            answered = await http.get("/api/session", headers={"Host": host})
+            assert answered.status_code == 200, (host, answered.text)
+        rebound = await http.get("/api/overview", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400 and "evil.example" in rebound.text
+    # Bound beyond loopback (behind basic auth, say), names are not checked.
+    anywhere = httpx.ASGITransport(app=standalone(app, create_app(app), host="0.0.0.0"))
+    async with app, httpx.AsyncClient(transport=anywhere, base_url="http://x") as http:
+        assert (await http.get("/api/session", headers={"Host": "jobs.example"})).status_code == 200
