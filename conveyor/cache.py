@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends.base import Backend, CacheStore
+from conveyor.backends.base import Backend
+from conveyor.backends.stores import CacheStore
 from conveyor.codec import decode_json, encode_json
 from conveyor.durations import seconds_within
 from conveyor.job import InvalidOptionError, NotSupportedError

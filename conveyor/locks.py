@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends.base import Backend, LockStore
+from conveyor.backends.base import Backend
+from conveyor.backends.stores import LockStore
 from conveyor.durations import seconds_within
 from conveyor.job import InvalidOptionError, NotSupportedError
 from conveyor.settings import CONVEYOR_LOCKS_URL

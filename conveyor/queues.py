@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends.base import Backend, QueuePauses, WorkerInfo, WorkerRegistry
+from conveyor.backends.base import Backend
+from conveyor.backends.stores import QueuePauses, WorkerInfo, WorkerRegistry
 from conveyor.job import NotSupportedError
 from conveyor.options import check_queue
 

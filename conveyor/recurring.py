@@ -10,7 +10,8 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor._sync import Portal, blocking
-from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
+from conveyor.backends.base import Backend, NewJob
+from conveyor.backends.stores import ScheduleRecord, ScheduleStore
 from conveyor.durations import seconds_within
 from conveyor.events import EventBus
 from conveyor.job import ConveyorError, Job

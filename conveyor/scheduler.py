@@ -43,7 +43,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from conveyor.backends.base import Backend, NewJob, ScheduleRecord, ScheduleStore
+from conveyor.backends.base import Backend, NewJob
+from conveyor.backends.stores import ScheduleRecord, ScheduleStore
 from conveyor.durations import InvalidDurationError, describe_seconds, parse_duration
 from conveyor.job import (
     VERSION_KEY,

@@ -10,14 +10,9 @@ import time
 from collections.abc import Sequence
 
 from conveyor.backends._notify import Notifier
-from conveyor.backends.base import (
-    STALE_WORKER_KEPT,
-    NewJob,
-    ScheduleRecord,
-    WorkerInfo,
-    same_turn,
-)
+from conveyor.backends.base import NewJob
 from conveyor.backends.records import present_workers
+from conveyor.backends.stores import STALE_WORKER_KEPT, ScheduleRecord, WorkerInfo, same_turn
 from conveyor.job import Job
 
 

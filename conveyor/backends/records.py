@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
-from conveyor.backends.base import STALE_WORKER_KEPT, ClaimToken, NewJob, WorkerInfo
+from conveyor.backends.base import ClaimToken, NewJob
+from conveyor.backends.stores import STALE_WORKER_KEPT, WorkerInfo
 from conveyor.codec import decode_json
 from conveyor.job import HISTORY_LIMIT, AttemptOutcome, Job, JobState, attempt_entry, utc
 

@@ -9,20 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.backends.base import (
-    Backend,
+from conveyor.backends.base import Backend, CancelResult, ClaimToken, NewJob
+from conveyor.backends.optional import DeliveryStore
+from conveyor.backends.stores import (
     CacheStore,
-    CancelResult,
-    ClaimToken,
     LockStore,
-    NewJob,
     QueuePauses,
     ScheduleRecord,
     ScheduleStore,
     WorkerInfo,
     WorkerRegistry,
 )
-from conveyor.backends.optional import DeliveryStore
 from conveyor.job import EnqueueFailedError, Job, JobState, NotSupportedError
 
 

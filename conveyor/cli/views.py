@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.backends.base import WorkerInfo
+from conveyor.backends.stores import WorkerInfo
 from conveyor.job import PENDING_STATES, Job, JobState
 from conveyor.scheduler import Schedule
 

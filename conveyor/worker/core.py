@@ -19,13 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import (
-    Backend,
-    QueuePauses,
-    Retention,
-    WorkerRegistry,
-)
+from conveyor.backends.base import Backend, Retention
 from conveyor.backends.optional import BlockingClaim
+from conveyor.backends.stores import QueuePauses, WorkerRegistry
 from conveyor.backends.url_options import without_secrets
 from conveyor.job import (
     BackendMisconfiguredError,

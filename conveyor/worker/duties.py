@@ -14,13 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from conveyor.backends.base import (
-    Backend,
-    Retention,
-    RunningJobInfo,
-    WorkerInfo,
-    WorkerRegistry,
-)
+from conveyor.backends.base import Backend, Retention
+from conveyor.backends.stores import RunningJobInfo, WorkerInfo, WorkerRegistry
 from conveyor.events import EventBus
 from conveyor.job import Job, JobState
 from conveyor.logs import job_fields

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from conveyor.backends.base import QueuePauses
+from conveyor.backends.stores import QueuePauses
 from conveyor.outage import Outage
 
 logger = logging.getLogger("conveyor.worker")

@@ -92,7 +92,7 @@ def test_stats(jobs: Jobs) -> None:
 
 
 def test_stats_names_waiting_job_types_no_live_worker_serves(db_url: str) -> None:
-    from conveyor.backends.base import WorkerInfo, WorkerRegistry
+    from conveyor.backends.stores import WorkerInfo, WorkerRegistry
 
     async def setup() -> None:
         app = Conveyor(db_url)

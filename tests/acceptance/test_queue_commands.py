@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from conveyor import Conveyor, JobState
-from conveyor.backends.base import RunningJobInfo, WorkerInfo, WorkerRegistry
+from conveyor.backends.stores import RunningJobInfo, WorkerInfo, WorkerRegistry
 
 from .helpers import WorkerProcess, eventually, invoke
 

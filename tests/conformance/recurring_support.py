@@ -14,7 +14,7 @@ from conveyor import (
     Conveyor,
     Job,
 )
-from conveyor.backends.base import ScheduleRecord, ScheduleStore
+from conveyor.backends.stores import ScheduleRecord, ScheduleStore
 from conveyor.scheduler import Schedule
 
 # A fixed past instant to tick at: 2026-01-05 12:00:00 UTC, a Monday.

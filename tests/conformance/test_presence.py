@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor import Conveyor, Worker
-from conveyor.backends.base import STALE_WORKER_KEPT, RunningJobInfo, WorkerInfo, WorkerRegistry
+from conveyor.backends.stores import STALE_WORKER_KEPT, RunningJobInfo, WorkerInfo, WorkerRegistry
 
 from .conftest import MakeApp, needs
 from .helpers import eventually, wait_state

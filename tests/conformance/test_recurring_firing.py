@@ -20,7 +20,8 @@ from conveyor import (
     Event,
     JobState,
 )
-from conveyor.backends.base import NewJob, ScheduleRecord, ScheduleStore
+from conveyor.backends.base import NewJob
+from conveyor.backends.stores import ScheduleRecord, ScheduleStore
 from conveyor.job import new_job_id
 from conveyor.scheduler import Scheduler, first_run
 

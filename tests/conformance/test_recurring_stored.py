@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, Event, Job, JobState
-from conveyor.backends.base import ScheduleStore
+from conveyor.backends.stores import ScheduleStore
 from conveyor.scheduler import InvalidScheduleError
 
 from .conftest import Peer, fast_worker, needs

@@ -299,7 +299,7 @@ async def test_workers_lists_a_running_worker_and_drops_it_after_stop(
 async def test_unserved_shows_waiting_jobs_of_names_no_live_worker_serves(
     make_app: MakeApp, backend_name: str, worker: Callable[..., Worker]
 ) -> None:
-    from conveyor.backends.base import WorkerInfo, WorkerRegistry
+    from conveyor.backends.stores import WorkerInfo, WorkerRegistry
 
     old, new, _ = await old_and_new(make_app, backend_name)
     await new.enqueue_many([("B", n) for n in range(3)])
@@ -324,7 +324,7 @@ async def test_unserved_shows_waiting_jobs_of_names_no_live_worker_serves(
 
 
 async def test_worker_records_expire_after_their_ttl(app: Conveyor) -> None:
-    from conveyor.backends.base import WorkerInfo, WorkerRegistry
+    from conveyor.backends.stores import WorkerInfo, WorkerRegistry
 
     backend = app.backend
     assert isinstance(backend, WorkerRegistry)

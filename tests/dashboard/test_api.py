@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conveyor import Conveyor, JobContext, JobState
-from conveyor.backends.base import RunningJobInfo, WorkerInfo, WorkerRegistry
+from conveyor.backends.stores import RunningJobInfo, WorkerInfo, WorkerRegistry
 from conveyor.dashboard import Dashboard, create_app
 from conveyor.dashboard.auth import SESSION_COOKIE
 from conveyor.settings import CONVEYOR_DASHBOARD_TOKEN

@@ -21,7 +21,8 @@ import conveyor.app as app_module
 import conveyor.backends.redis.backend as redis_backend_module
 import conveyor.backends.redis.stores as redis_stores_module
 from conveyor import Conveyor, JobState
-from conveyor.backends.base import Heartbeat, LeaseStatus, WorkerInfo
+from conveyor.backends.base import Heartbeat, LeaseStatus
+from conveyor.backends.stores import WorkerInfo
 
 pytestmark = pytest.mark.redis
 

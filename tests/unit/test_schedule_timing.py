@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conveyor.backends.base import ScheduleRecord
+from conveyor.backends.stores import ScheduleRecord
 from conveyor.scheduler import (
     InvalidScheduleError,
     next_after,

@@ -37,10 +37,10 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Retention,
-    ScheduleRecord,
 )
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from conveyor.backends.stores import ScheduleRecord
 from conveyor.job import (
     BackendUnavailableError,
     InvalidOptionError,

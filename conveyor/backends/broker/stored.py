@@ -38,7 +38,6 @@ from typing import Any, Final
 from conveyor.backends import store_from_url
 from conveyor.backends.base import (
     Backend,
-    CacheStore,
     Heartbeat,
     LeaseStatus,
     NewJob,
@@ -58,6 +57,7 @@ from conveyor.backends.broker.types import (
 )
 from conveyor.backends.optional import DeliveryStore
 from conveyor.backends.store_sides import StoreSides
+from conveyor.backends.stores import CacheStore
 from conveyor.backends.url_options import without_secrets
 from conveyor.job import (
     InvalidOptionError,

@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 
-from conveyor.backends.base import CancelResult, NewJob, ScheduleRecord
+from conveyor.backends.base import CancelResult, NewJob
 from conveyor.backends.bullmq.admin import BullAdmin
 from conveyor.backends.bullmq.calls import now_ms, packed
 from conveyor.backends.bullmq.layout import TIMEOUT_OPTION, QueueKeys, pairs
@@ -50,6 +50,7 @@ from conveyor.backends.bullmq.schedule_scripts import PUT_SCHEDULE, fire_script
 from conveyor.backends.redis.resp import RedisReplyError
 from conveyor.backends.redis.rows import num_arg
 from conveyor.backends.redis.stores import RedisStores
+from conveyor.backends.stores import ScheduleRecord
 from conveyor.job import Job
 
 logger = logging.getLogger("conveyor.backends.bullmq")

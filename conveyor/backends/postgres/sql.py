@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Final
 
-from conveyor.backends.base import STALE_WORKER_KEPT
+from conveyor.backends.stores import STALE_WORKER_KEPT
 from conveyor.job import HISTORY_LIMIT, AttemptOutcome
 
 # The server's time (stable within a statement), unless the caller gave one.

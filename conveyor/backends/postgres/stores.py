@@ -22,11 +22,12 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import NewJob
 from conveyor.backends.postgres.connection import PostgresConnection
 from conveyor.backends.postgres.inserts import insert
 from conveyor.backends.postgres.sql import NOW, SCHEDULE_COLS
 from conveyor.backends.records import present_workers, stored_worker
+from conveyor.backends.stores import STALE_WORKER_KEPT, ScheduleRecord, WorkerInfo
 from conveyor.job import Job
 
 

@@ -8,15 +8,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.backends.base import (
-    ClaimToken,
-    LeaseStatus,
-    NewJob,
-    Outcome,
-    Retention,
-    ScheduleRecord,
-)
+from conveyor.backends.base import ClaimToken, LeaseStatus, NewJob, Outcome, Retention
 from conveyor.backends.records import new_job, stored_job
+from conveyor.backends.stores import ScheduleRecord
 from conveyor.job import Job, JobState
 
 FIELDS = (

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from conveyor.backends.base import STALE_WORKER_KEPT, NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import NewJob
 from conveyor.backends.records import present_workers, stored_worker
 from conveyor.backends.redis.connection import RedisConnection
 from conveyor.backends.redis.layout import server_time
 from conveyor.backends.redis.rows import jobs_json, num_arg, schedule_record
+from conveyor.backends.stores import STALE_WORKER_KEPT, ScheduleRecord, WorkerInfo
 from conveyor.job import Job
 
 

@@ -10,13 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.backends.base import (
-    STALE_WORKER_KEPT,
-    CancelResult,
-    NewJob,
-    ScheduleRecord,
-    WorkerInfo,
-)
+from conveyor.backends.base import CancelResult, NewJob
 from conveyor.backends.records import present_workers, stored_worker
 from conveyor.backends.sqlite.rows import new_job_record, row_to_job
 from conveyor.backends.sqlite.sql import (
@@ -28,6 +22,7 @@ from conveyor.backends.sqlite.sql import (
     SELECT_RUNNING,
 )
 from conveyor.backends.sqlite.writer import write_transaction
+from conveyor.backends.stores import STALE_WORKER_KEPT, ScheduleRecord, WorkerInfo
 from conveyor.job import InvalidOptionError, Job, JobState
 
 

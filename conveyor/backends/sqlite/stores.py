@@ -7,11 +7,12 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from conveyor.backends.base import NewJob, ScheduleRecord, WorkerInfo
+from conveyor.backends.base import NewJob
 from conveyor.backends.sqlite import queries
 from conveyor.backends.sqlite.connection import SQLiteConnection
 from conveyor.backends.sqlite.sql import CACHE_SET, LOCK_ACQUIRE, SCHEDULE_COLS, SCHEDULE_FIRE
 from conveyor.backends.sqlite.writer import write_transaction
+from conveyor.backends.stores import ScheduleRecord, WorkerInfo
 from conveyor.job import Job
 
 
