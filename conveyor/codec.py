@@ -56,6 +56,8 @@ def storable(text: str) -> str:
     """`text` as every store takes it: UTF-8 cannot hold a surrogate (a file
     name decoded from bytes that are not UTF-8), which is shown escaped. For
     what is shown of a job (errors, tracebacks, log lines), not its data."""
+    if text.isascii():
+        return text
     try:
         text.encode()
     except UnicodeEncodeError:

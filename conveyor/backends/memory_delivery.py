@@ -91,8 +91,9 @@ class MemoryDelivery(MemoryStores):
         with self._lock:
             for job_id in dict.fromkeys(ids):
                 rec = self._jobs.get(job_id)
-                pending = rec is not None and rec.state in (JobState.QUEUED, JobState.SCHEDULED)
-                if rec is None or not pending or rec.attempts:  # it went out: it ran
+                if rec is None or rec.state not in (JobState.QUEUED, JobState.SCHEDULED):
+                    continue
+                if rec.attempts:  # it went out: it ran
                     continue
                 if rec.state is JobState.QUEUED:
                     gone.setdefault((rec.queue, rec.name), set()).add(rec.id)

@@ -186,3 +186,39 @@ async def test_a_delete_the_broker_failed_on_its_side_is_tried_again(
         assert await backend.claim(["default"], 3, 30.0) == [], "a completed job came back"
     finally:
         await backend.close()
+
+
+@pytest.mark.sqs
+async def test_a_bad_entry_stays_failed_when_another_is_retried(
+    sqs_bare_urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One batch: entry "a" is the sender's fault (refused for good), "b" SQS
+    # failed on its side (tried again, then sent). "a" must still be named
+    # failed: an answer kept from the last try only called it sent.
+    backend: Any = from_url(sqs_bare_urls())
+    await backend.open()
+    try:
+        client = backend.broker
+        real_call = client.call
+        tries = 0
+
+        async def first_try_fails_both(operation: str, **kwargs: Any) -> Any:
+            nonlocal tries
+            if operation != "send_message_batch":
+                return await real_call(operation, **kwargs)
+            tries += 1
+            if tries == 1:
+                return {
+                    "Failed": [
+                        {"Id": "a", "Code": "InvalidMessageContents", "SenderFault": True},
+                        {"Id": "b", "Code": "InternalError", "SenderFault": False},
+                    ]
+                }
+            return await real_call(operation, **kwargs)
+
+        monkeypatch.setattr(client, "call", first_try_fails_both)
+        queue = backend.config.queue_name("default")
+        failures = await client.send(queue, [Outgoing("a", "{}"), Outgoing("b", "{}")])
+        assert tries == 2 and list(failures) == ["a"]
+    finally:
+        await backend.close()

@@ -286,32 +286,43 @@ class SQSClient:
         return failures
 
     async def _send_chunk(self, queue_url: str, chunk: Sequence[Outgoing]) -> dict[str, str]:
-        pending = list(chunk)
-        failures: dict[str, str] = {}
+        entries = []
+        for message in chunk:
+            entry: dict[str, Any] = {"Id": message.entry_id, "MessageBody": message.body}
+            if message.delay:
+                entry["DelaySeconds"] = message.delay
+            if message.group is not None:
+                entry["MessageGroupId"] = message.group
+            if message.dedup is not None:
+                entry["MessageDeduplicationId"] = deduplication_id(message.dedup)
+            entries.append(entry)
+        failed = await self._batch("send_message_batch", queue_url, entries)
+        return {entry_id: _reason(f) for entry_id, f in failed.items()}
+
+    async def _batch(
+        self, operation: str, queue_url: str, entries: list[dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """One batch call; the entries that failed, by id. An entry SQS failed
+        on its side (not the sender's fault) is tried again, twice; a
+        sender's fault (a bad entry, a receipt no longer valid) fails the
+        same way again, so it is answered at once."""
+        failed: dict[str, dict[str, Any]] = {}
+        pending = entries
         for attempt in range(3):
-            entries = []
-            for message in pending:
-                entry: dict[str, Any] = {"Id": message.entry_id, "MessageBody": message.body}
-                if message.delay:
-                    entry["DelaySeconds"] = message.delay
-                if message.group is not None:
-                    entry["MessageGroupId"] = message.group
-                if message.dedup is not None:
-                    entry["MessageDeduplicationId"] = deduplication_id(message.dedup)
-                entries.append(entry)
-            reply = await self.call("send_message_batch", QueueUrl=queue_url, Entries=entries)
-            failed = {f["Id"]: f for f in reply.get("Failed", [])}
-            failures = {
-                entry_id: f"{f.get('Code')}: {f.get('Message', '')}"
-                for entry_id, f in failed.items()
-            }
-            # A sender's fault (a bad entry) fails the same way again.
-            retry = {i for i, f in failed.items() if not f.get("SenderFault")}
-            pending = [m for m in pending if m.entry_id in retry]
+            if attempt:
+                await asyncio.sleep(0.05 * 2**attempt)
+            reply = await self.call(operation, QueueUrl=queue_url, Entries=pending)
+            again: set[str] = set()
+            for failure in reply.get("Failed", []):
+                failed[failure["Id"]] = failure
+                if not failure.get("SenderFault", True):
+                    again.add(failure["Id"])
+            for done in reply.get("Successful", []):
+                failed.pop(done["Id"], None)
+            pending = [e for e in pending if e["Id"] in again]
             if not pending:
                 break
-            await asyncio.sleep(0.05 * 2**attempt)
-        return failures
+        return failed
 
     async def receive(self, name: str, limit: int, wait: int, visibility: int) -> list[Received]:
         reply = await self.call(
@@ -366,24 +377,14 @@ class SQSClient:
         raises, so the caller tries the whole again rather than take a
         message it could not delete for one received elsewhere (its job
         would run again)."""
-        done: dict[int, bool] = {}
-        pending = entries
-        for attempt in range(3):
-            if attempt:
-                await asyncio.sleep(0.05 * 2**attempt)
-            reply = await self.call(operation, QueueUrl=queue_url, Entries=pending)
-            done.update({int(e["Id"]): True for e in reply.get("Successful", [])})
-            failed = reply.get("Failed", [])
-            done.update({int(f["Id"]): False for f in failed if f.get("SenderFault", True)})
-            again = {f["Id"]: f for f in failed if not f.get("SenderFault", True)}
-            pending = [e for e in pending if e["Id"] in again]
-            if not pending:
-                return done
-        reasons = sorted({f"{f.get('Code')}: {f.get('Message', '')}" for f in again.values()})
-        raise BackendUnavailableError(
-            f"SQS {operation}: {len(pending)} message(s) failed on SQS's side"
-            f" ({'; '.join(reasons)})"
-        )
+        failed = await self._batch(operation, queue_url, entries)
+        theirs = [f for f in failed.values() if not f.get("SenderFault", True)]
+        if theirs:
+            reasons = "; ".join(sorted({_reason(f) for f in theirs}))
+            raise BackendUnavailableError(
+                f"SQS {operation}: {len(theirs)} message(s) failed on SQS's side ({reasons})"
+            )
+        return {int(e["Id"]): e["Id"] not in failed for e in entries}
 
 
 async def _batched(
@@ -421,3 +422,8 @@ def deduplication_id(text: str) -> str:
     if _DEDUP_ID.fullmatch(text):
         return text
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reason(failure: dict[str, Any]) -> str:
+    """A batch entry's failure as SQS said it."""
+    return f"{failure.get('Code')}: {failure.get('Message', '')}"
